@@ -1,0 +1,45 @@
+# mae-tfx: `make pipeline` runs the pipeline, `make test` the tests.
+# Both create the virtual environment (.venv, Python 3.10, the pinned set in
+# requirements.lock) when it is missing or out of date.
+
+PYTHON310 ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.10*/bin/python3.10) \
+                         $(shell command -v python3.10 2>/dev/null))
+VENV      ?= .venv
+PY        := $(VENV)/bin/python
+PROFILE   ?= cpu
+# The local CIFAR-10 copy when there is one; otherwise the runner downloads
+# the official archive once into outputs/cache.
+DATA      ?= $(firstword $(MAE_TFX_CIFAR10) $(wildcard ../shared/data/cifar10))
+PYTEST_ARGS ?=
+
+export TF_USE_LEGACY_KERAS := 1
+export TF_CPP_MIN_LOG_LEVEL := 1
+export PYTHONWARNINGS := ignore::FutureWarning
+
+.PHONY: pipeline test test-all report lock clean
+
+$(VENV)/.installed: setup.py requirements.lock
+	@test -n "$(PYTHON310)" || { echo "Python 3.10 not found: install it (pyenv install 3.10.13) or set PYTHON310=/path/to/python3.10"; exit 1; }
+	test -x $(PY) || $(PYTHON310) -m venv $(VENV)
+	$(PY) -m pip install -q "pip==24.3.1" "wheel==0.48.0" "setuptools==84.2.1"
+	$(PY) -m pip install -q -c requirements.lock -e ".[test]"
+	touch $@
+
+pipeline: $(VENV)/.installed
+	$(PY) -m pipeline.local_runner --profile $(PROFILE) $(if $(DATA),--data $(DATA))
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-all: $(VENV)/.installed
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+report: $(VENV)/.installed
+	$(PY) -m pipeline.report
+
+# Re-pin after changing setup.py's requirements (then run `make test`).
+lock: $(VENV)/.installed
+	$(PY) -m pip freeze --exclude-editable > requirements.lock
+
+clean:
+	rm -rf outputs

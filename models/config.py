@@ -1,0 +1,168 @@
+"""Every hyper-parameter of the MAE and of the linear probe, in one place.
+
+The pipeline passes a resolved `RunConfig` (as a plain dict) to both Trainers
+through `custom_config`, so what a run used is recorded in MLMD next to its
+model. Profiles name complete configurations:
+
+  smoke  tiny model, a few steps: for the tests.
+  cpu    default of `make pipeline`: fits this 2-core machine in < 45 minutes.
+  full   the official-style schedule (200 epochs) for a GPU/TPU or Vertex AI.
+"""
+
+import dataclasses
+import json
+from typing import Any, Dict, Optional
+
+NUM_CLASSES = 10
+IMAGE_SIZE = 32
+IMAGE_CHANNELS = 3
+
+# Feature names shared by the schema, preprocessing_fn, Trainers and signatures.
+IMAGE_KEY = "image"
+LABEL_KEY = "label"
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Shape of the MAE (encoder + decoder)."""
+  image_size: int = IMAGE_SIZE
+  patch_size: int = 4
+  embed_dim: int = 128
+  depth: int = 6
+  num_heads: int = 4
+  decoder_embed_dim: int = 64
+  decoder_depth: int = 2
+  decoder_num_heads: int = 4
+  mlp_ratio: float = 4.0
+  mask_ratio: float = 0.75
+  norm_pix_loss: bool = True
+
+  @property
+  def num_patches(self) -> int:
+    return (self.image_size // self.patch_size) ** 2
+
+
+@dataclasses.dataclass(frozen=True)
+class PretrainConfig:
+  """MAE pretraining schedule (official recipe: AdamW, warmup + cosine)."""
+  epochs: int = 10
+  batch_size: int = 256
+  base_lr: float = 1.5e-4          # lr = base_lr * batch_size / 256
+  min_lr: float = 0.0
+  warmup_epochs: float = 1.0
+  weight_decay: float = 0.05       # decoupled, multiplied by the scheduled lr
+  beta_1: float = 0.9
+  beta_2: float = 0.95
+  crop_min_scale: float = 0.2      # RandomResizedCrop scale range (min, 1.0)
+  steps_per_epoch: Optional[int] = None  # None: one pass over the train split
+  max_train_examples: Optional[int] = None
+  reconstruction_images: int = 8
+
+
+@dataclasses.dataclass(frozen=True)
+class ProbeConfig:
+  """Linear probe: BatchNorm (no affine) + Dense on frozen mean-pooled tokens."""
+  epochs: int = 90
+  batch_size: int = 256
+  base_lr: float = 1e-3
+  weight_decay: float = 0.0
+  warmup_epochs: float = 5.0
+
+
+@dataclasses.dataclass(frozen=True)
+class RuntimeConfig:
+  """How to run, not what to learn."""
+  precision: str = "float32"        # or "mixed_bfloat16" / "mixed_float16"
+  strategy: str = "default"         # default | mirrored | multi_worker | tpu
+  jit_compile: bool = False
+  seed: int = 0
+  log_every_steps: int = 0          # 0: per-epoch log lines only
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+  profile: str = "cpu"
+  model: ModelConfig = ModelConfig()
+  pretrain: PretrainConfig = PretrainConfig()
+  probe: ProbeConfig = ProbeConfig()
+  runtime: RuntimeConfig = RuntimeConfig()
+
+  def to_dict(self) -> Dict[str, Any]:
+    return dataclasses.asdict(self)
+
+  def to_json(self) -> str:
+    return json.dumps(self.to_dict(), sort_keys=True)
+
+  @classmethod
+  def from_dict(cls, d: Dict[str, Any]) -> "RunConfig":
+    return cls(
+        profile=d.get("profile", "custom"),
+        model=_build(ModelConfig, d.get("model", {})),
+        pretrain=_build(PretrainConfig, d.get("pretrain", {})),
+        probe=_build(ProbeConfig, d.get("probe", {})),
+        runtime=_build(RuntimeConfig, d.get("runtime", {})),
+    )
+
+
+def _build(cls, values: Dict[str, Any]):
+  names = {f.name for f in dataclasses.fields(cls)}
+  unknown = sorted(set(values) - names)
+  if unknown:
+    raise ValueError(f"Unknown {cls.__name__} field(s) {unknown}; "
+                     f"expected some of {sorted(names)}")
+  return cls(**values)
+
+
+PROFILES: Dict[str, RunConfig] = {
+    "smoke": RunConfig(
+        profile="smoke",
+        model=ModelConfig(embed_dim=32, depth=2, num_heads=2,
+                          decoder_embed_dim=32, decoder_depth=1,
+                          decoder_num_heads=2),
+        pretrain=PretrainConfig(epochs=2, batch_size=32, base_lr=1e-3,
+                                warmup_epochs=0.5),
+        probe=ProbeConfig(epochs=5, batch_size=32, warmup_epochs=0.0),
+        runtime=RuntimeConfig(precision="float32"),
+    ),
+    "cpu": RunConfig(
+        profile="cpu",
+        pretrain=PretrainConfig(epochs=14, batch_size=256, base_lr=1.5e-4 * 4,
+                                warmup_epochs=1.0),
+        probe=ProbeConfig(epochs=60),
+        runtime=RuntimeConfig(precision="mixed_bfloat16", jit_compile=True),
+    ),
+    "full": RunConfig(
+        profile="full",
+        pretrain=PretrainConfig(epochs=200, batch_size=256, base_lr=1.5e-4 * 4,
+                                warmup_epochs=10.0),
+        probe=ProbeConfig(epochs=90),
+        runtime=RuntimeConfig(precision="mixed_bfloat16"),
+    ),
+}
+
+
+def get_profile(name: str, overrides: Optional[Dict[str, Dict[str, Any]]] = None
+                ) -> RunConfig:
+  """Returns profile `name`, with `overrides` {section: {field: value}} applied."""
+  if name not in PROFILES:
+    raise ValueError(f"Unknown profile {name!r}; expected one of {sorted(PROFILES)}")
+  d = PROFILES[name].to_dict()
+  for section, values in (overrides or {}).items():
+    if section not in d or not isinstance(d[section], dict):
+      raise ValueError(f"Unknown config section {section!r}; expected one of "
+                       f"{sorted(k for k, v in d.items() if isinstance(v, dict))}")
+    d[section].update(values)
+  return RunConfig.from_dict(d)
+
+
+# Keys of the Trainers' custom_config.
+RUN_CONFIG_KEY = "run_config"
+CHECKPOINT_ROOT_KEY = "checkpoint_root"
+
+
+def from_custom_config(custom_config: Optional[Dict[str, Any]]) -> RunConfig:
+  """The RunConfig a Trainer received from the pipeline."""
+  if not custom_config or RUN_CONFIG_KEY not in custom_config:
+    raise ValueError(f"Trainer custom_config must hold {RUN_CONFIG_KEY!r} "
+                     f"(got keys {sorted(custom_config or {})})")
+  return RunConfig.from_dict(custom_config[RUN_CONFIG_KEY])

@@ -1,0 +1,41 @@
+"""Linear probe on frozen MAE features (official MAE recipe).
+
+BatchNorm without affine parameters (it only standardises the features with
+batch statistics while training, moving statistics at inference) followed by
+one Dense layer. The encoder is frozen, so its features are computed once and
+the head trains on them; `ProbeClassifier` joins the two for serving/TFMA.
+"""
+
+import tensorflow as tf
+
+from models.config import NUM_CLASSES
+from models.mae import Encoder, mean_pool
+
+
+def build_probe_head(feature_dim: int, num_classes: int = NUM_CLASSES
+                     ) -> tf.keras.Model:
+  """[B, D] features -> [B, num_classes] logits."""
+  features = tf.keras.Input([feature_dim], name="features")
+  x = tf.keras.layers.BatchNormalization(center=False, scale=False,
+                                         epsilon=1e-6, name="feature_bn")(features)
+  logits = tf.keras.layers.Dense(
+      num_classes, name="classifier",
+      kernel_initializer=tf.keras.initializers.TruncatedNormal(stddev=0.01))(x)
+  return tf.keras.Model(features, logits, name="linear_probe")
+
+
+class ProbeClassifier(tf.Module):
+  """Frozen encoder + probe head: images -> embeddings / class probabilities."""
+
+  def __init__(self, encoder: Encoder, head: tf.keras.Model):
+    super().__init__(name="probe_classifier")
+    self.encoder = encoder
+    self.head = head
+
+  def embed(self, images: tf.Tensor) -> tf.Tensor:
+    """[B, H, W, C] normalised images -> [B, D] float32 embeddings."""
+    return mean_pool(self.encoder(images))
+
+  def probabilities(self, images: tf.Tensor) -> tf.Tensor:
+    logits = self.head(self.embed(images), training=False)
+    return tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)

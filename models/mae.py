@@ -1,0 +1,268 @@
+"""Masked Autoencoder (He et al. 2021) with a ViT encoder, in tf.keras (Keras 2).
+
+Follows the official `models_mae.py`: the encoder sees only the visible
+patches, the decoder re-inserts mask tokens, adds its own position
+embeddings and predicts every patch with a per-token linear head; the loss
+counts masked patches only, optionally against per-patch normalised pixels.
+
+Shapes: B batch, L = (H/p)^2 patches, D encoder width, Dd decoder width,
+P = p*p*3 values per patch.
+"""
+
+from typing import Optional, Tuple
+
+import numpy as np
+import tensorflow as tf
+
+from models.config import ModelConfig
+
+LAYER_NORM_EPS = 1e-6
+
+
+# --------------------------------------------------------------------------
+# Patches and position embeddings
+# --------------------------------------------------------------------------
+def patchify(imgs: tf.Tensor, patch_size: int) -> tf.Tensor:
+  """[B, H, W, C] -> [B, L, p*p*C], patches in row-major order."""
+  b = tf.shape(imgs)[0]
+  h, w, c = imgs.shape[1], imgs.shape[2], imgs.shape[3]
+  gh, gw = h // patch_size, w // patch_size
+  x = tf.reshape(imgs, [b, gh, patch_size, gw, patch_size, c])
+  x = tf.transpose(x, [0, 1, 3, 2, 4, 5])            # [B, gh, gw, p, p, C]
+  return tf.reshape(x, [b, gh * gw, patch_size * patch_size * c])
+
+
+def unpatchify(x: tf.Tensor, patch_size: int, channels: int = 3) -> tf.Tensor:
+  """[B, L, p*p*C] -> [B, H, W, C]; the inverse of `patchify`."""
+  b = tf.shape(x)[0]
+  g = int(round(x.shape[1] ** 0.5))
+  x = tf.reshape(x, [b, g, g, patch_size, patch_size, channels])
+  x = tf.transpose(x, [0, 1, 3, 2, 4, 5])            # [B, g, p, g, p, C]
+  return tf.reshape(x, [b, g * patch_size, g * patch_size, channels])
+
+
+def sincos_pos_embed(embed_dim: int, grid_size: int) -> np.ndarray:
+  """Fixed 2-D sin-cos position embedding, [grid_size**2, embed_dim]."""
+  assert embed_dim % 4 == 0, "embed_dim must be divisible by 4"
+  gy, gx = np.meshgrid(np.arange(grid_size, dtype=np.float64),
+                       np.arange(grid_size, dtype=np.float64), indexing="ij")
+
+  def embed_1d(pos):                                    # [L] -> [L, D/2]
+    omega = 1.0 / 10000 ** (np.arange(embed_dim // 4) / (embed_dim / 4.0))
+    out = np.einsum("m,d->md", pos.reshape(-1), omega)
+    return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+
+  return np.concatenate([embed_1d(gy), embed_1d(gx)], axis=1).astype(np.float32)
+
+
+# --------------------------------------------------------------------------
+# Masking
+# --------------------------------------------------------------------------
+def random_masking(x: tf.Tensor, mask_ratio: float,
+                   noise: Optional[tf.Tensor] = None
+                   ) -> Tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+  """Per-image random masking by argsort of uniform noise.
+
+  Args:
+    x: [B, L, D] tokens.
+    mask_ratio: fraction of tokens to drop.
+    noise: optional [B, L] noise (for tests); uniform random otherwise.
+  Returns:
+    x_visible [B, L_keep, D], mask [B, L] (1 = masked, 0 = kept),
+    ids_restore [B, L] that undoes the shuffle.
+  """
+  b = tf.shape(x)[0]
+  length = x.shape[1]
+  len_keep = int(length * (1 - mask_ratio))
+  if noise is None:
+    noise = tf.random.uniform([b, length])
+  ids_shuffle = tf.argsort(noise, axis=1)              # small noise is kept
+  ids_restore = tf.argsort(ids_shuffle, axis=1)
+  ids_keep = ids_shuffle[:, :len_keep]
+  x_visible = tf.gather(x, ids_keep, batch_dims=1)     # [B, L_keep, D]
+  mask = tf.concat([tf.zeros([b, len_keep]), tf.ones([b, length - len_keep])],
+                   axis=1)
+  mask = tf.gather(mask, ids_restore, batch_dims=1)    # [B, L] unshuffled
+  return x_visible, mask, ids_restore
+
+
+# --------------------------------------------------------------------------
+# Transformer block
+# --------------------------------------------------------------------------
+class Attention(tf.keras.layers.Layer):
+  """Multi-head self-attention with one fused qkv projection."""
+
+  def __init__(self, dim: int, num_heads: int, **kwargs):
+    super().__init__(**kwargs)
+    self.num_heads = num_heads
+    self.head_dim = dim // num_heads
+    self.scale = self.head_dim ** -0.5
+    self.qkv = tf.keras.layers.Dense(3 * dim, name="qkv")
+    self.proj = tf.keras.layers.Dense(dim, name="proj")
+
+  def call(self, x):
+    b, n, d = tf.shape(x)[0], tf.shape(x)[1], x.shape[2]
+    qkv = tf.reshape(self.qkv(x), [b, n, 3, self.num_heads, self.head_dim])
+    qkv = tf.transpose(qkv, [2, 0, 3, 1, 4])           # [3, B, H, N, Dh]
+    q, k, v = qkv[0], qkv[1], qkv[2]
+    attn = tf.matmul(q * self.scale, k, transpose_b=True)  # [B, H, N, N]
+    attn = tf.nn.softmax(attn, axis=-1)
+    out = tf.transpose(tf.matmul(attn, v), [0, 2, 1, 3])   # [B, N, H, Dh]
+    return self.proj(tf.reshape(out, [b, n, d]))
+
+
+class Block(tf.keras.layers.Layer):
+  """Pre-norm transformer block: x + Attn(LN(x)), then x + MLP(LN(x))."""
+
+  def __init__(self, dim: int, num_heads: int, mlp_ratio: float, **kwargs):
+    super().__init__(**kwargs)
+    self.norm1 = tf.keras.layers.LayerNormalization(epsilon=LAYER_NORM_EPS,
+                                                    name="norm1")
+    self.attn = Attention(dim, num_heads, name="attn")
+    self.norm2 = tf.keras.layers.LayerNormalization(epsilon=LAYER_NORM_EPS,
+                                                    name="norm2")
+    self.fc1 = tf.keras.layers.Dense(int(dim * mlp_ratio), name="fc1")
+    self.fc2 = tf.keras.layers.Dense(dim, name="fc2")
+
+  def call(self, x):
+    x = x + self.attn(self.norm1(x))
+    return x + self.fc2(tf.nn.gelu(self.fc1(self.norm2(x))))
+
+
+# --------------------------------------------------------------------------
+# Encoder and decoder
+# --------------------------------------------------------------------------
+class Encoder(tf.keras.layers.Layer):
+  """ViT encoder. `call` embeds all patches; `forward_masked` only visible ones."""
+
+  def __init__(self, cfg: ModelConfig, **kwargs):
+    super().__init__(**kwargs)
+    self.cfg = cfg
+    grid = cfg.image_size // cfg.patch_size
+    self.pos_embed = tf.constant(sincos_pos_embed(cfg.embed_dim, grid)[None])
+    self.patch_embed = tf.keras.layers.Dense(cfg.embed_dim, name="patch_embed")
+    self.blocks = [Block(cfg.embed_dim, cfg.num_heads, cfg.mlp_ratio,
+                         name=f"block_{i}") for i in range(cfg.depth)]
+    self.norm = tf.keras.layers.LayerNormalization(epsilon=LAYER_NORM_EPS,
+                                                   name="norm")
+
+  def _embed(self, imgs):                              # -> [B, L, D]
+    x = self.patch_embed(patchify(imgs, self.cfg.patch_size))
+    return x + tf.cast(self.pos_embed, x.dtype)
+
+  def _blocks(self, x):
+    for blk in self.blocks:
+      x = blk(x)
+    return self.norm(x)
+
+  def call(self, imgs):
+    """[B, H, W, C] -> [B, L, D] tokens of every patch (no masking)."""
+    return self._blocks(self._embed(imgs))
+
+  def forward_masked(self, imgs, mask_ratio: float, noise=None):
+    """-> latent [B, L_keep, D], mask [B, L], ids_restore [B, L]."""
+    x, mask, ids_restore = random_masking(self._embed(imgs), mask_ratio, noise)
+    return self._blocks(x), mask, ids_restore
+
+
+class Decoder(tf.keras.layers.Layer):
+  """Lightweight decoder with mask tokens and a per-token linear head."""
+
+  def __init__(self, cfg: ModelConfig, **kwargs):
+    super().__init__(**kwargs)
+    self.cfg = cfg
+    grid = cfg.image_size // cfg.patch_size
+    self.pos_embed = tf.constant(
+        sincos_pos_embed(cfg.decoder_embed_dim, grid)[None])
+    self.embed = tf.keras.layers.Dense(cfg.decoder_embed_dim, name="embed")
+    self.blocks = [Block(cfg.decoder_embed_dim, cfg.decoder_num_heads,
+                         cfg.mlp_ratio, name=f"block_{i}")
+                   for i in range(cfg.decoder_depth)]
+    self.norm = tf.keras.layers.LayerNormalization(epsilon=LAYER_NORM_EPS,
+                                                   name="norm")
+    self.pred = tf.keras.layers.Dense(cfg.patch_size ** 2 * 3, name="pred")
+
+  def build(self, input_shape):
+    self.mask_token = self.add_weight(
+        name="mask_token", shape=[1, 1, self.cfg.decoder_embed_dim],
+        initializer=tf.keras.initializers.RandomNormal(stddev=0.02))
+    super().build(input_shape)
+
+  def call(self, latent, ids_restore):
+    """latent [B, L_keep, D], ids_restore [B, L] -> pred [B, L, P]."""
+    x = self.embed(latent)                              # [B, L_keep, Dd]
+    b, length = tf.shape(x)[0], ids_restore.shape[1]
+    mask_tokens = tf.tile(tf.cast(self.mask_token, x.dtype),
+                          [b, length - latent.shape[1], 1])
+    x = tf.concat([x, mask_tokens], axis=1)             # [B, L, Dd] shuffled
+    x = tf.gather(x, ids_restore, batch_dims=1)         # unshuffle
+    x = x + tf.cast(self.pos_embed, x.dtype)
+    for blk in self.blocks:
+      x = blk(x)
+    return self.pred(self.norm(x))                      # [B, L, P]
+
+
+def masked_patch_loss(imgs, pred, mask, patch_size: int,
+                      norm_pix_loss: bool) -> tf.Tensor:
+  """Mean squared error over masked patches only (float32)."""
+  target = patchify(tf.cast(imgs, tf.float32), patch_size)  # [B, L, P]
+  if norm_pix_loss:
+    mean, var = tf.nn.moments(target, axes=[-1], keepdims=True)
+    target = (target - mean) / tf.sqrt(var + 1e-6)
+  per_patch = tf.reduce_mean(tf.square(tf.cast(pred, tf.float32) - target),
+                             axis=-1)                   # [B, L]
+  return tf.reduce_sum(per_patch * mask) / tf.reduce_sum(mask)
+
+
+def mean_pool(tokens: tf.Tensor) -> tf.Tensor:
+  """[B, L, D] -> [B, D] float32: the embedding used by the probe and serving."""
+  return tf.reduce_mean(tf.cast(tokens, tf.float32), axis=1)
+
+
+# --------------------------------------------------------------------------
+# The model
+# --------------------------------------------------------------------------
+class MaskedAutoencoder(tf.keras.Model):
+  """MAE: `call(imgs)` -> (loss, pred, mask); `fit` runs the MAE objective."""
+
+  def __init__(self, cfg: ModelConfig, **kwargs):
+    super().__init__(**kwargs)
+    self.cfg = cfg
+    self.encoder = Encoder(cfg, name="encoder")
+    self.decoder = Decoder(cfg, name="decoder")
+    self.loss_tracker = tf.keras.metrics.Mean(name="loss")
+
+  def call(self, imgs, training=False, noise=None):
+    latent, mask, ids_restore = self.encoder.forward_masked(
+        imgs, self.cfg.mask_ratio, noise)
+    pred = self.decoder(latent, ids_restore)
+    loss = masked_patch_loss(imgs, pred, mask, self.cfg.patch_size,
+                             self.cfg.norm_pix_loss)
+    return loss, pred, mask
+
+  def embed(self, imgs) -> tf.Tensor:
+    """[B, H, W, C] -> [B, D] mean of the encoder tokens of all patches."""
+    return mean_pool(self.encoder(imgs))
+
+  @property
+  def metrics(self):
+    return [self.loss_tracker]
+
+  def train_step(self, imgs):
+    with tf.GradientTape() as tape:
+      loss, _, _ = self(imgs, training=True)
+    # minimize() applies loss scaling when the optimizer is a LossScaleOptimizer.
+    self.optimizer.minimize(loss, self.trainable_variables, tape=tape)
+    self.loss_tracker.update_state(loss)
+    return {"loss": self.loss_tracker.result()}
+
+  def test_step(self, imgs):
+    loss, _, _ = self(imgs, training=False)
+    self.loss_tracker.update_state(loss)
+    return {"loss": self.loss_tracker.result()}
+
+  def build_for(self, batch: int = 2):
+    """Creates every variable by running a dummy batch."""
+    c = self.cfg
+    self(tf.zeros([batch, c.image_size, c.image_size, 3]))
+    return self

@@ -1,0 +1,158 @@
+"""Training machinery shared by both Trainers: precision, distribution,
+learning-rate schedule, AdamW, progress logging and resumable checkpoints."""
+
+import contextlib
+import logging
+import math
+import os
+import time
+from typing import Iterable, Optional
+
+import tensorflow as tf
+
+
+# --------------------------------------------------------------------------
+# Where and how to run
+# --------------------------------------------------------------------------
+@contextlib.contextmanager
+def precision_policy(name: str):
+  """Sets the global Keras mixed-precision policy inside the block only."""
+  previous = tf.keras.mixed_precision.global_policy()
+  tf.keras.mixed_precision.set_global_policy(name)
+  try:
+    yield
+  finally:
+    tf.keras.mixed_precision.set_global_policy(previous)
+
+
+def make_strategy(name: str) -> tf.distribute.Strategy:
+  """`default` (one device), `mirrored` (all local GPUs/CPUs),
+  `multi_worker` (TF_CONFIG cluster) or `tpu`."""
+  if name == "default":
+    return tf.distribute.get_strategy()
+  if name == "mirrored":
+    return tf.distribute.MirroredStrategy()
+  if name == "multi_worker":
+    return tf.distribute.MultiWorkerMirroredStrategy()
+  if name == "tpu":
+    resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
+    tf.config.experimental_connect_to_cluster(resolver)
+    tf.tpu.experimental.initialize_tpu_system(resolver)
+    return tf.distribute.TPUStrategy(resolver)
+  raise ValueError(f"Unknown distribution strategy {name!r}; expected one of "
+                   "default, mirrored, multi_worker, tpu")
+
+
+# --------------------------------------------------------------------------
+# Optimisation
+# --------------------------------------------------------------------------
+class WarmupCosine(tf.keras.optimizers.schedules.LearningRateSchedule):
+  """Linear warmup from 0 to `peak_lr`, then half-cosine down to `min_lr`."""
+
+  def __init__(self, peak_lr: float, total_steps: int, warmup_steps: int,
+               min_lr: float = 0.0):
+    self.peak_lr = float(peak_lr)
+    self.total_steps = int(total_steps)
+    self.warmup_steps = int(warmup_steps)
+    self.min_lr = float(min_lr)
+
+  def __call__(self, step):
+    step = tf.cast(step, tf.float32)
+    warmup = self.peak_lr * step / max(self.warmup_steps, 1)
+    progress = (step - self.warmup_steps) / max(
+        self.total_steps - self.warmup_steps, 1)
+    progress = tf.clip_by_value(progress, 0.0, 1.0)
+    cosine = self.min_lr + (self.peak_lr - self.min_lr) * 0.5 * (
+        1.0 + tf.cos(math.pi * progress))
+    return tf.where(step < self.warmup_steps, warmup, cosine)
+
+  def get_config(self):
+    return dict(peak_lr=self.peak_lr, total_steps=self.total_steps,
+                warmup_steps=self.warmup_steps, min_lr=self.min_lr)
+
+
+def scaled_lr(base_lr: float, global_batch: int) -> float:
+  """The MAE scaling rule: lr = base_lr * batch / 256."""
+  return base_lr * global_batch / 256.0
+
+
+def no_decay(variable: tf.Variable) -> bool:
+  """Biases, norm scales/offsets and embeddings are not weight-decayed."""
+  name = variable.name
+  return (len(variable.shape) <= 1 or "mask_token" in name
+          or "pos_embed" in name or "norm" in name)
+
+
+def adamw(schedule, weight_decay: float, beta_1: float, beta_2: float,
+          variables: Iterable[tf.Variable]) -> tf.keras.optimizers.Optimizer:
+  """AdamW whose decoupled decay is `lr(t) * weight_decay * w` (it follows the
+  schedule), skipping the variables `no_decay` selects."""
+  opt = tf.keras.optimizers.AdamW(learning_rate=schedule,
+                                  weight_decay=weight_decay,
+                                  beta_1=beta_1, beta_2=beta_2)
+  opt.exclude_from_weight_decay(var_list=[v for v in variables if no_decay(v)])
+  return opt
+
+
+# --------------------------------------------------------------------------
+# Progress and checkpoints
+# --------------------------------------------------------------------------
+class ProgressLogger(tf.keras.callbacks.Callback):
+  """One log line per epoch with the metrics, lr and images/second; the
+  throughput also goes to TensorBoard."""
+
+  def __init__(self, name: str, epochs: int, images_per_epoch: int,
+               log_dir: Optional[str] = None):
+    super().__init__()
+    self.name, self.epochs, self.images_per_epoch = name, epochs, images_per_epoch
+    self.writer = (tf.summary.create_file_writer(os.path.join(log_dir, "progress"))
+                   if log_dir else None)
+    self.history = []
+
+  def on_epoch_begin(self, epoch, logs=None):
+    self._start = time.perf_counter()
+
+  def on_epoch_end(self, epoch, logs=None):
+    seconds = time.perf_counter() - self._start
+    ips = self.images_per_epoch / seconds
+    opt = self.model.optimizer
+    lr = float(opt.learning_rate(opt.iterations)
+               if callable(opt.learning_rate) else opt.learning_rate)
+    metrics = " ".join(f"{k} {v:.4f}" for k, v in sorted((logs or {}).items()))
+    logging.info("[%s] epoch %d/%d %s lr %.2e %.0f img/s %.1f s", self.name,
+                 epoch + 1, self.epochs, metrics, lr, ips, seconds)
+    print(f"[{self.name}] epoch {epoch + 1}/{self.epochs} {metrics} "
+          f"lr {lr:.2e} {ips:.0f} img/s {seconds:.1f} s", flush=True)
+    self.history.append(dict(epoch=epoch + 1, seconds=seconds,
+                             images_per_second=ips, lr=lr, **(logs or {})))
+    if self.writer:
+      with self.writer.as_default():
+        tf.summary.scalar("images_per_second", ips, step=epoch + 1)
+        tf.summary.scalar("learning_rate", lr, step=epoch + 1)
+
+
+class EpochCheckpoint(tf.keras.callbacks.Callback):
+  """Saves model + optimizer after every epoch so a killed run resumes."""
+
+  def __init__(self, directory: str, model: tf.keras.Model,
+               optimizer: tf.keras.optimizers.Optimizer, max_to_keep: int = 2):
+    super().__init__()
+    self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
+    self.checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer,
+                                          epoch=self.epoch)
+    self.manager = tf.train.CheckpointManager(self.checkpoint, directory,
+                                              max_to_keep=max_to_keep)
+
+  def restore(self) -> int:
+    """Restores the latest checkpoint, if any; returns the epochs done."""
+    if self.manager.latest_checkpoint:
+      self.checkpoint.restore(self.manager.latest_checkpoint).assert_consumed()
+      logging.info("Resumed from %s at epoch %d", self.manager.latest_checkpoint,
+                   int(self.epoch.numpy()))
+      print(f"Resuming from {self.manager.latest_checkpoint} "
+            f"(epoch {int(self.epoch.numpy())})", flush=True)
+    return int(self.epoch.numpy())
+
+  def on_epoch_end(self, epoch, logs=None):
+    self.epoch.assign(epoch + 1)
+    self.manager.save(checkpoint_number=epoch + 1)

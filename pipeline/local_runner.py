@@ -1,0 +1,62 @@
+"""Runs the pipeline locally with BeamDagRunner and SQLite MLMD.
+
+  python -m pipeline.local_runner --profile cpu --data ../shared/data/cifar10
+
+`--data` (or $MAE_TFX_CIFAR10) points at a local copy; without it the
+official archive is downloaded once into <output>/cache.
+"""
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+from tfx import v1 as tfx
+from tfx.orchestration.beam.beam_dag_runner import BeamDagRunner
+
+from pipeline import configs, data_source, report
+from pipeline.pipeline import create_pipeline
+
+
+def run(config: configs.PipelineConfig) -> None:
+  """Runs the DAG in this process; raises if any component fails."""
+  metadata = tfx.orchestration.metadata.sqlite_metadata_connection_config(
+      config.metadata_path)
+  BeamDagRunner().run(create_pipeline(config, metadata))
+
+
+def parse_args(argv):
+  p = argparse.ArgumentParser(description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--profile", default=os.environ.get("MAE_TFX_PROFILE", "cpu"))
+  p.add_argument("--data", default=os.environ.get("MAE_TFX_CIFAR10"),
+                 help="CIFAR-10 source: extracted folder, .tar.gz, or folder "
+                      "of .tar.gz.part-* pieces (default: download)")
+  p.add_argument("--output-dir", default=os.environ.get(
+      "MAE_TFX_OUTPUT", os.path.join(configs.PROJECT_DIR, "outputs")))
+  p.add_argument("--overrides", default="{}",
+                 help='JSON {section: {field: value}}, e.g. '
+                      '\'{"pretrain": {"epochs": 20}}\'')
+  p.add_argument("--min-accuracy", type=float, default=None)
+  p.add_argument("--no-cache", action="store_true")
+  return p.parse_args(argv)
+
+
+def main(argv=None) -> None:
+  logging.basicConfig(level=logging.INFO)
+  args = parse_args(sys.argv[1:] if argv is None else argv)
+  data_root = data_source.resolve_cifar10(
+      args.data, os.path.join(args.output_dir, "cache"))
+  config = configs.PipelineConfig(
+      data_root=data_root, output_dir=os.path.abspath(args.output_dir),
+      profile=args.profile, overrides=json.loads(args.overrides),
+      min_accuracy=args.min_accuracy, enable_cache=not args.no_cache)
+  print(f"mae-tfx: profile {config.profile}, data {data_root}, "
+        f"output {config.output_dir}", flush=True)
+  run(config)
+  print(report.format_report(config.metadata_path, config.pipeline_name), flush=True)
+
+
+if __name__ == "__main__":
+  main()

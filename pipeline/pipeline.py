@@ -1,0 +1,122 @@
+"""create_pipeline: the mae-tfx DAG, the same for every orchestrator.
+
+Cifar10ExampleGen -> StatisticsGen -> ImportSchemaGen -> ExampleValidator
+  -> AnomaliesGate -> Transform -> Trainer(mae_pretrain)
+  -> Trainer(linear_probe, base_model=MAE) -> Evaluator (vs latest blessed)
+  -> Pusher (versioned filesystem push of the blessed encoder)
+"""
+
+from typing import List, Optional
+
+import tensorflow_model_analysis as tfma
+from ml_metadata.proto import metadata_store_pb2
+from tfx import v1 as tfx
+from tfx.proto import transform_pb2
+
+from components.anomalies_gate import AnomaliesGate
+from components.cifar10_example_gen import Cifar10ExampleGen
+from components.versioned_pusher import VersionedPusher
+from models.config import LABEL_KEY
+from models.signatures import CLASSIFY_EXAMPLES, PROBABILITIES_KEY
+from pipeline.configs import PipelineConfig
+
+PREPROCESSING_FN = "models.preprocessing.preprocessing_fn"
+MAE_RUN_FN = "models.mae_trainer.run_fn"
+PROBE_RUN_FN = "models.probe_trainer.run_fn"
+
+
+def eval_config(min_accuracy: float, max_drop: float) -> tfma.EvalConfig:
+  """Accuracy overall and per label; bless above `min_accuracy` and within
+  `max_drop` of the latest blessed model (ignored when there is none)."""
+  return tfma.EvalConfig(
+      model_specs=[tfma.ModelSpec(signature_name=CLASSIFY_EXAMPLES,
+                                  label_key=LABEL_KEY,
+                                  prediction_key=PROBABILITIES_KEY)],
+      slicing_specs=[tfma.SlicingSpec(), tfma.SlicingSpec(feature_keys=[LABEL_KEY])],
+      metrics_specs=[tfma.MetricsSpec(metrics=[
+          tfma.MetricConfig(class_name="ExampleCount"),
+          # The gate applies to the overall slice; per-label accuracies are
+          # reported, not gated (a class of 10 test images is too noisy).
+          tfma.MetricConfig(
+              class_name="SparseCategoricalAccuracy",
+              per_slice_thresholds=[tfma.PerSliceMetricThreshold(
+                  slicing_specs=[tfma.SlicingSpec()],
+                  threshold=tfma.MetricThreshold(
+                      value_threshold=tfma.GenericValueThreshold(
+                          lower_bound={"value": min_accuracy}),
+                      change_threshold=tfma.GenericChangeThreshold(
+                          direction=tfma.MetricDirection.HIGHER_IS_BETTER,
+                          absolute={"value": -max_drop})))]),
+      ])])
+
+
+def create_pipeline(config: PipelineConfig,
+                    metadata_connection_config: Optional[
+                        metadata_store_pb2.ConnectionConfig] = None,
+                    beam_pipeline_args: Optional[List[str]] = None
+                    ) -> tfx.dsl.Pipeline:
+  example_gen = Cifar10ExampleGen(input_base=config.data_root)
+  statistics_gen = tfx.components.StatisticsGen(
+      examples=example_gen.outputs["examples"])
+  schema_gen = tfx.components.ImportSchemaGen(schema_file=config.schema_path)
+  example_validator = tfx.components.ExampleValidator(
+      statistics=statistics_gen.outputs["statistics"],
+      schema=schema_gen.outputs["schema"])
+  anomalies_gate = AnomaliesGate(anomalies=example_validator.outputs["anomalies"])
+
+  # Analyse on train only; the Trainers apply the graph themselves, so the
+  # 3,072-float images are not materialised.
+  transform = tfx.components.Transform(
+      examples=example_gen.outputs["examples"],
+      schema=schema_gen.outputs["schema"],
+      preprocessing_fn=PREPROCESSING_FN,
+      splits_config=transform_pb2.SplitsConfig(analyze=["train"]),
+      materialize=False,
+      disable_statistics=True)
+  transform.add_upstream_node(anomalies_gate)
+
+  def trainer(run_fn: str, **inputs) -> tfx.components.Trainer:
+    """Both Trainers read the same examples through the same Transform graph."""
+    return tfx.components.Trainer(
+        run_fn=run_fn,
+        examples=example_gen.outputs["examples"],
+        transform_graph=transform.outputs["transform_graph"],
+        schema=schema_gen.outputs["schema"],
+        train_args=tfx.proto.TrainArgs(splits=["train"]),
+        eval_args=tfx.proto.EvalArgs(splits=["test"]),
+        custom_config=config.trainer_custom_config(),
+        **inputs)
+
+  mae_trainer = trainer(MAE_RUN_FN).with_id("mae_pretrain")
+  probe_trainer = trainer(
+      PROBE_RUN_FN, base_model=mae_trainer.outputs["model"]).with_id("linear_probe")
+
+  model_resolver = tfx.dsl.Resolver(
+      strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+      model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
+      model_blessing=tfx.dsl.Channel(
+          type=tfx.types.standard_artifacts.ModelBlessing)
+  ).with_id("latest_blessed_model_resolver")
+
+  min_accuracy, max_drop = config.eval_gate
+  evaluator = tfx.components.Evaluator(
+      examples=example_gen.outputs["examples"],
+      model=probe_trainer.outputs["model"],
+      baseline_model=model_resolver.outputs["model"],
+      example_splits=["test"],
+      eval_config=eval_config(min_accuracy, max_drop))
+
+  pusher = VersionedPusher(model=probe_trainer.outputs["model"],
+                           model_blessing=evaluator.outputs["blessing"],
+                           base_directory=config.serving_model_dir)
+
+  return tfx.dsl.Pipeline(
+      pipeline_name=config.pipeline_name,
+      pipeline_root=config.pipeline_root,
+      components=[example_gen, statistics_gen, schema_gen, example_validator,
+                  anomalies_gate, transform, mae_trainer, probe_trainer,
+                  model_resolver, evaluator, pusher],
+      enable_cache=config.enable_cache,
+      metadata_connection_config=metadata_connection_config,
+      beam_pipeline_args=(config.beam_pipeline_args if beam_pipeline_args is None
+                          else beam_pipeline_args))

@@ -1,0 +1,22 @@
+"""mae-tfx: a TFX pipeline that pretrains a Masked Autoencoder and serves embeddings.
+
+Install exactly the tested set:  pip install -c requirements.lock -e .
+"""
+from setuptools import find_packages, setup
+
+setup(
+    name="mae-tfx",
+    version="0.1.0",
+    description="TFX pipeline: MAE pretraining, linear probe, TFMA gate, "
+                "embedding SavedModel",
+    python_requires=">=3.10,<3.11",
+    packages=find_packages(include=["pipeline", "pipeline.*", "components",
+                                    "components.*", "models", "models.*"]),
+    package_data={"": ["*.pbtxt"]},
+    install_requires=[
+        "tfx==1.16.0",
+        "dill",            # tfx-bsl 1.16 imports it; apache-beam 2.74 no longer brings it
+        "pillow",
+    ],
+    extras_require={"test": ["pytest"]},
+)

@@ -1,0 +1,123 @@
+"""Shared fixtures: real CIFAR-10 from the local copy, small official-format subsets."""
+
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # before TensorFlow loads
+import pickle
+
+import numpy as np
+import pytest
+
+from components.cifar10_example_gen import read_batch_file
+from pipeline import configs, data_source
+
+LOCAL_COPY = os.environ.get(
+    "MAE_TFX_CIFAR10",
+    os.path.join(os.path.dirname(configs.PROJECT_DIR), "shared", "data", "cifar10"))
+CACHE_DIR = os.path.join(configs.PROJECT_DIR, ".cache", "data")
+
+
+def write_batch_file(path, images, labels, batch_label=b"test batch"):
+  """Writes [N, 32, 32, 3] uint8 images in the official CIFAR-10 pickle format."""
+  data = np.ascontiguousarray(
+      np.asarray(images, np.uint8).transpose(0, 3, 1, 2)).reshape(len(images), -1)
+  with open(path, "wb") as f:
+    pickle.dump({b"batch_label": batch_label, b"labels": [int(x) for x in labels],
+                 b"data": data,
+                 b"filenames": [b"img_%d.png" % i for i in range(len(images))]},
+                f, protocol=2)
+
+
+def write_cifar_dir(root, train, test, batches=5):
+  """Writes a cifar-10-batches-py/ folder; train/test are (images, labels)."""
+  os.makedirs(root, exist_ok=True)
+  for i, idx in enumerate(np.array_split(np.arange(len(train[1])), batches)):
+    write_batch_file(os.path.join(root, f"data_batch_{i + 1}"), train[0][idx],
+                     train[1][idx], b"training batch %d of %d" % (i + 1, batches))
+  write_batch_file(os.path.join(root, "test_batch"), *test, b"testing batch 1 of 1")
+  with open(os.path.join(root, "batches.meta"), "wb") as f:
+    pickle.dump({b"num_cases_per_batch": len(train[1]) // batches,
+                 b"label_names": [b"c%d" % i for i in range(10)],
+                 b"num_vis": 3072}, f, protocol=2)
+  return root
+
+
+@pytest.fixture(scope="session")
+def cifar10_dir():
+  """The full real CIFAR-10 (extracted once into .cache/)."""
+  if not os.path.exists(LOCAL_COPY):
+    pytest.fail(f"The local CIFAR-10 copy {LOCAL_COPY} is missing; set "
+                "MAE_TFX_CIFAR10 to a cifar-10-batches-py folder or archive. "
+                "Tests never download.")
+  return data_source.resolve_cifar10(LOCAL_COPY, CACHE_DIR)
+
+
+@pytest.fixture(scope="session")
+def cifar10_sample(cifar10_dir):
+  """First 320 train and 100 test real images (class-balanced prefixes)."""
+  train = read_batch_file(os.path.join(cifar10_dir, "data_batch_1"))
+  test = read_batch_file(os.path.join(cifar10_dir, "test_batch"))
+  return (train[0][:320], train[1][:320]), (test[0][:100], test[1][:100])
+
+
+@pytest.fixture(scope="session")
+def small_cifar_dir(cifar10_sample, tmp_path_factory):
+  """A cifar-10-batches-py/ folder of the real sample, in the official format."""
+  root = tmp_path_factory.mktemp("cifar_small") / "cifar-10-batches-py"
+  return write_cifar_dir(str(root), *cifar10_sample)
+
+
+def png_bytes(image):
+  from components.cifar10_example_gen import encode_png
+  return encode_png(np.asarray(image, np.uint8))
+
+
+def jpeg_bytes(image, size=None):
+  import io
+  from PIL import Image
+  img = Image.fromarray(np.asarray(image, np.uint8))
+  if size:
+    img = img.resize(size)
+  buf = io.BytesIO()
+  img.save(buf, format="JPEG", quality=95)
+  return buf.getvalue()
+
+
+def raw_feature_spec():
+  """The raw feature spec the curated schema gives (what Transform parses)."""
+  from tensorflow_transform.tf_metadata import schema_utils
+  from tfx.utils import io_utils
+  from tensorflow_metadata.proto.v0 import schema_pb2
+  schema = io_utils.parse_pbtxt_file(configs.SCHEMA_PATH, schema_pb2.Schema())
+  return schema_utils.schema_as_feature_spec(schema).feature_spec
+
+
+def analyze_and_write_transform(images, labels, out_dir):
+  """Runs the real preprocessing_fn through tf.Transform on Beam; returns
+  the TFTransformOutput written to `out_dir`."""
+  import apache_beam as beam
+  import tensorflow_transform as tft
+  import tensorflow_transform.beam as tft_beam
+  from tensorflow_transform.tf_metadata import dataset_metadata, metadata_io
+  from models.preprocessing import preprocessing_fn
+
+  metadata = dataset_metadata.DatasetMetadata.from_feature_spec(raw_feature_spec())
+  rows = [{"image": [png_bytes(img)], "label": [int(lab)]}
+          for img, lab in zip(images, labels)]
+  with beam.Pipeline() as p, tft_beam.Context(temp_dir=os.path.join(out_dir, "tmp")):
+    raw = p | beam.Create(rows)
+    transform_fn = ((raw, metadata)
+                    | tft_beam.AnalyzeDataset(preprocessing_fn))
+    _ = transform_fn | tft_beam.WriteTransformFn(out_dir)
+  # Raw metadata, as TFX's Transform writes it (serving signatures parse with it).
+  metadata_io.write_metadata(
+      metadata, os.path.join(out_dir, tft.TFTransformOutput.RAW_METADATA_DIR))
+  return tft.TFTransformOutput(out_dir)
+
+
+@pytest.fixture(scope="session")
+def transform_output(cifar10_sample, tmp_path_factory):
+  """A Transform graph analysed on 64 real training images."""
+  (images, labels), _ = cifar10_sample
+  out = str(tmp_path_factory.mktemp("transform"))
+  return analyze_and_write_transform(images[:64], labels[:64], out)

@@ -1,0 +1,124 @@
+"""Unit tests of the MAE model: patches, masking, loss, training step."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from models.config import ModelConfig, get_profile
+from models.mae import (MaskedAutoencoder, masked_patch_loss, patchify,
+                        random_masking, sincos_pos_embed, unpatchify)
+
+TINY = get_profile("smoke").model
+
+
+def test_patchify_unpatchify_round_trip():
+  imgs = tf.random.normal([3, 32, 32, 3])
+  patches = patchify(imgs, 4)
+  assert patches.shape == (3, 64, 48)
+  np.testing.assert_array_equal(unpatchify(patches, 4).numpy(), imgs.numpy())
+
+
+def test_patchify_orders_patches_row_major():
+  imgs = tf.reshape(tf.range(2 * 8 * 8 * 3, dtype=tf.float32), [2, 8, 8, 3])
+  patches = patchify(imgs, 4).numpy()
+  # Patch 1 is the top-right 4x4 block of image 0, flattened (row, col, channel).
+  np.testing.assert_array_equal(patches[0, 1], imgs.numpy()[0, :4, 4:, :].reshape(-1))
+
+
+def test_masking_keeps_exact_count_per_image():
+  x = tf.random.normal([16, 64, 8])
+  visible, mask, _ = random_masking(x, 0.75)
+  assert visible.shape == (16, 16, 8)
+  np.testing.assert_array_equal(mask.numpy().sum(axis=1), np.full(16, 48))
+
+
+def test_masking_restore_indices_invert_the_shuffle():
+  x = tf.random.normal([4, 64, 8])
+  noise = tf.random.uniform([4, 64])
+  visible, mask, ids_restore = random_masking(x, 0.75, noise)
+  ids_shuffle = tf.argsort(noise, axis=1)
+  # Shuffled order gathered with ids_restore gives back the original order.
+  np.testing.assert_array_equal(
+      tf.gather(ids_shuffle, ids_restore, batch_dims=1).numpy(),
+      np.tile(np.arange(64), (4, 1)))
+  # The visible tokens are exactly the unmasked positions, in shuffle order.
+  for b in range(4):
+    kept = np.where(mask.numpy()[b] == 0)[0]
+    np.testing.assert_array_equal(np.sort(ids_shuffle.numpy()[b, :16]), kept)
+    np.testing.assert_array_equal(visible.numpy()[b],
+                                  x.numpy()[b, ids_shuffle.numpy()[b, :16]])
+
+
+def test_masks_differ_between_images():
+  _, mask, _ = random_masking(tf.zeros([32, 64, 4]), 0.75)
+  assert len({m.tobytes() for m in mask.numpy()}) == 32
+
+
+@pytest.mark.parametrize("norm_pix", [False, True])
+def test_loss_counts_masked_patches_only(norm_pix):
+  imgs = tf.random.normal([2, 32, 32, 3])
+  target = patchify(imgs, 4)
+  if norm_pix:
+    mean, var = tf.nn.moments(target, axes=[-1], keepdims=True)
+    target = (target - mean) / tf.sqrt(var + 1e-6)
+  mask = tf.cast(tf.random.uniform([2, 64]) < 0.75, tf.float32)
+  garbage = tf.random.normal(target.shape) * 10
+  # Perfect on masked patches, garbage on visible ones: zero loss.
+  pred = mask[..., None] * target + (1 - mask[..., None]) * garbage
+  assert float(masked_patch_loss(imgs, pred, mask, 4, norm_pix)) < 1e-8
+  # Garbage on masked patches: the loss is their mean squared error.
+  pred = (1 - mask[..., None]) * target + mask[..., None] * garbage
+  per_patch = np.square(garbage.numpy() - target.numpy()).mean(-1)
+  expected = (per_patch * mask.numpy()).sum() / mask.numpy().sum()
+  np.testing.assert_allclose(float(masked_patch_loss(imgs, pred, mask, 4, norm_pix)),
+                             expected, rtol=1e-5)
+
+
+def test_sincos_pos_embed_is_distinct_per_position():
+  pe = sincos_pos_embed(32, 8)
+  assert pe.shape == (64, 32)
+  assert len({row.tobytes() for row in pe}) == 64
+
+
+def test_encoder_sees_only_visible_tokens_and_decoder_predicts_all():
+  model = MaskedAutoencoder(TINY).build_for()
+  imgs = tf.random.normal([3, 32, 32, 3])
+  latent, mask, ids_restore = model.encoder.forward_masked(imgs, TINY.mask_ratio)
+  assert latent.shape == (3, 16, TINY.embed_dim)
+  pred = model.decoder(latent, ids_restore)
+  assert pred.shape == (3, 64, TINY.patch_size ** 2 * 3)
+  assert model.embed(imgs).shape == (3, TINY.embed_dim)
+  # The per-token head is small: (Dd + 1) * p*p*3 parameters, not L*Dd*L*P.
+  assert model.decoder.pred.count_params() == (TINY.decoder_embed_dim + 1) * 48
+
+
+def test_decoder_uses_position_embeddings():
+  """Same latent tokens, different restore order -> different predictions."""
+  model = MaskedAutoencoder(TINY).build_for()
+  latent = tf.random.normal([1, 16, TINY.embed_dim])
+  ids = tf.range(64)[None]
+  a = model.decoder(latent, ids)
+  b = model.decoder(latent, tf.reverse(ids, [1]))
+  assert not np.allclose(a.numpy(), b.numpy())
+
+
+def test_train_step_reduces_loss_on_a_fixed_batch():
+  tf.keras.utils.set_random_seed(0)
+  model = MaskedAutoencoder(TINY).build_for()
+  model.compile(optimizer=tf.keras.optimizers.AdamW(1e-3))
+  imgs = tf.random.normal([8, 32, 32, 3])
+  noise = tf.random.uniform([8, 64])
+  before = float(model(imgs, noise=noise)[0])
+  for _ in range(30):
+    model.train_step(imgs)
+  after = float(model(imgs, noise=noise)[0])
+  assert after < 0.9 * before, (before, after)
+
+
+def test_mixed_bfloat16_forward_returns_float32_loss():
+  from models.training import precision_policy
+  with precision_policy("mixed_bfloat16"):
+    model = MaskedAutoencoder(TINY).build_for()
+    loss, pred, _ = model(tf.random.normal([2, 32, 32, 3]))
+  assert loss.dtype == tf.float32 and pred.dtype == tf.bfloat16
+  assert tf.keras.mixed_precision.global_policy().name == "float32"

@@ -1,0 +1,167 @@
+"""The real DAG (BeamDagRunner, SQLite MLMD, TFMA) on a few hundred real images.
+
+One smoke run is shared by the checks below; later tests re-run the same
+pipeline (cache), with a gate nobody passes, and on broken inputs.
+"""
+
+import glob
+import os
+import shutil
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from models.signatures import CLASSIFY_EXAMPLES, SERVING_DEFAULT
+from pipeline import configs, local_runner, report
+from tests.conftest import png_bytes, write_batch_file, write_cifar_dir
+
+ALL_NODES = {"Cifar10ExampleGen", "StatisticsGen", "ImportSchemaGen",
+             "ExampleValidator", "AnomaliesGate", "Transform", "mae_pretrain",
+             "linear_probe", "latest_blessed_model_resolver", "Evaluator", "Pusher"}
+TRAINING_NODES = {"Transform", "mae_pretrain", "linear_probe", "Evaluator", "Pusher"}
+
+
+def _config(data_root, output_dir, **kwargs):
+  return configs.PipelineConfig(data_root=data_root, output_dir=str(output_dir),
+                                profile="smoke", **kwargs)
+
+
+def _states(config):
+  return {r["node"]: r["state"]
+          for r in report.last_run_executions(config.metadata_path, config.pipeline_name)}
+
+
+def _versions(config):
+  return sorted(os.listdir(config.serving_model_dir)) if os.path.isdir(
+      config.serving_model_dir) else []
+
+
+@pytest.fixture(scope="module")
+def smoke_run(small_cifar_dir, tmp_path_factory):
+  config = _config(small_cifar_dir, tmp_path_factory.mktemp("smoke_run"))
+  local_runner.run(config)
+  return config
+
+
+def test_every_component_executes(smoke_run):
+  states = _states(smoke_run)
+  assert set(states) == ALL_NODES
+  assert all(s == "COMPLETE" for s in states.values()), states
+
+
+def test_blessed_model_is_pushed_and_embeds_png(smoke_run, cifar10_sample):
+  versions = _versions(smoke_run)
+  assert len(versions) == 1
+  path = os.path.join(smoke_run.serving_model_dir, versions[0])
+  assert os.path.isfile(os.path.join(path, "saved_model.pb"))
+  _, (test_images, _) = cifar10_sample
+  loaded = tf.saved_model.load(path)
+  emb = loaded.signatures[SERVING_DEFAULT](
+      image_bytes=tf.constant([png_bytes(i) for i in test_images[:5]]))["embedding"]
+  dim = smoke_run.run_config.model.embed_dim
+  assert emb.shape == (5, dim) and np.isfinite(emb.numpy()).all()
+  assert np.linalg.norm(emb.numpy()[0] - emb.numpy()[1]) > 0
+
+
+def test_tfma_accuracy_matches_the_pushed_model(smoke_run, cifar10_sample):
+  rows = {r["node"]: r for r in report.last_run_executions(
+      smoke_run.metadata_path, smoke_run.pipeline_name)}
+  accuracy = report.tfma_accuracy(rows["Evaluator"]["outputs"]["ModelEvaluation"][0])
+  assert set(accuracy) == {"overall"} | {f"label={k}" for k in range(10)}
+  # Recompute the accuracy with the pushed model on the same test split.
+  _, (test_images, test_labels) = cifar10_sample
+  path = os.path.join(smoke_run.serving_model_dir, _versions(smoke_run)[0])
+  examples = [tf.train.Example(features=tf.train.Features(feature={
+      "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[png_bytes(i)]))
+  })).SerializeToString() for i in test_images]
+  probs = tf.saved_model.load(path).signatures[CLASSIFY_EXAMPLES](
+      examples=tf.constant(examples))["probabilities"].numpy()
+  ours = float((probs.argmax(1) == test_labels).mean())
+  assert abs(accuracy["overall"] - ours) < 1e-6
+  assert os.path.exists(os.path.join(rows["Evaluator"]["outputs"]["ModelBlessing"][0],
+                                     "BLESSED"))
+
+
+def test_trainers_log_progress_and_tensorboard(smoke_run):
+  rows = {r["node"]: r for r in report.last_run_executions(
+      smoke_run.metadata_path, smoke_run.pipeline_name)}
+  run_dir = rows["mae_pretrain"]["outputs"]["ModelRun"][0]
+  assert glob.glob(os.path.join(run_dir, "**", "events.out.tfevents.*"), recursive=True)
+  text = report.format_report(smoke_run.metadata_path, smoke_run.pipeline_name)
+  assert "img/s" in text and "Linear probe test accuracy (TFMA)" in text
+
+
+def test_notebook_runs_on_the_pipeline_outputs(smoke_run, monkeypatch):
+  import nbformat
+  from nbclient import NotebookClient
+  nb = nbformat.read(os.path.join(configs.PROJECT_DIR, "notebooks",
+                                  "explore_embeddings.ipynb"), as_version=4)
+  monkeypatch.setenv("MAE_TFX_OUTPUT", smoke_run.output_dir)
+  NotebookClient(nb, timeout=600, kernel_name="python3",
+                 resources={"metadata": {"path": configs.PROJECT_DIR}}).execute()
+  text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code"
+                 for o in c.get("outputs", []))
+  assert "kNN (k=20, cosine) top-1 on 100 test images with 320 train images" in text
+  assert os.path.exists(os.path.join(smoke_run.output_dir, "nearest_neighbours.png"))
+
+
+def test_second_run_is_served_from_cache(smoke_run):
+  before = _versions(smoke_run)
+  local_runner.run(smoke_run)
+  states = _states(smoke_run)
+  assert {n for n, s in states.items() if s != "CACHED"} <= {
+      "latest_blessed_model_resolver", "ImportSchemaGen"}, states
+  assert {"Cifar10ExampleGen", "Transform", "mae_pretrain", "linear_probe",
+          "Evaluator", "Pusher"} <= {n for n, s in states.items() if s == "CACHED"}
+  assert _versions(smoke_run) == before
+
+
+def test_unblessed_model_is_not_pushed_and_nothing_is_overwritten(smoke_run):
+  before = {v: os.path.getmtime(os.path.join(smoke_run.serving_model_dir, v,
+                                             "saved_model.pb"))
+            for v in _versions(smoke_run)}
+  strict = _config(smoke_run.data_root, smoke_run.output_dir, min_accuracy=1.01)
+  local_runner.run(strict)
+  states = _states(strict)
+  assert states["Evaluator"] == "COMPLETE" and states["mae_pretrain"] == "CACHED"
+  rows = {r["node"]: r for r in report.last_run_executions(
+      strict.metadata_path, strict.pipeline_name)}
+  assert os.path.exists(os.path.join(rows["Evaluator"]["outputs"]["ModelBlessing"][0],
+                                     "NOT_BLESSED"))
+  assert rows["Pusher"]["output_properties"]["PushedModel"][0]["pushed"] == 0
+  after = {v: os.path.getmtime(os.path.join(strict.serving_model_dir, v, "saved_model.pb"))
+           for v in _versions(strict)}
+  assert after == before
+
+
+def _assert_stopped_before_training(config):
+  states = _states(config)
+  assert not TRAINING_NODES & {n for n, s in states.items() if s in ("COMPLETE", "CACHED")}, states
+
+
+def test_label_out_of_range_stops_the_pipeline_before_transform(tmp_path, cifar10_sample):
+  (train, train_labels), test = cifar10_sample
+  bad_labels = train_labels.copy()
+  bad_labels[7] = 12
+  root = write_cifar_dir(str(tmp_path / "data" / "cifar-10-batches-py"),
+                         (train, bad_labels), test)
+  config = _config(root, tmp_path / "out")
+  with pytest.raises(Exception, match=r"split 'train', feature 'label'.*"
+                                      r"(OUT_OF_DOMAIN|out of range|Out-of-range)"):
+    local_runner.run(config)
+  _assert_stopped_before_training(config)
+  assert _states(config)["AnomaliesGate"] == "FAILED"
+  assert _versions(config) == []
+
+
+def test_truncated_batch_file_stops_the_pipeline_in_example_gen(tmp_path, small_cifar_dir):
+  root = str(tmp_path / "cifar-10-batches-py")
+  shutil.copytree(small_cifar_dir, root)
+  with open(os.path.join(root, "data_batch_2"), "r+b") as f:
+    f.truncate(1000)
+  config = _config(root, tmp_path / "out")
+  with pytest.raises(Exception, match=r"data_batch_2: not a readable CIFAR-10 batch"):
+    local_runner.run(config)
+  assert _states(config)["Cifar10ExampleGen"] == "FAILED"
+  _assert_stopped_before_training(config)

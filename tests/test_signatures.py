@@ -1,0 +1,82 @@
+"""The exported SavedModel: one model, three TF-Serving-compatible signatures."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from models import config as config_lib
+from models.linear_probe import ProbeClassifier, build_probe_head
+from models.mae import MaskedAutoencoder
+from models.signatures import (CLASSIFY_EXAMPLES, EMBED_EXAMPLES, SERVING_DEFAULT,
+                               export_saved_model)
+from tests.conftest import jpeg_bytes, png_bytes
+
+
+def _example(image):
+  return tf.train.Example(features=tf.train.Features(feature={
+      "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[png_bytes(image)]))
+  })).SerializeToString()
+
+
+@pytest.fixture(scope="module")
+def exported(transform_output, tmp_path_factory):
+  cfg = config_lib.get_profile("smoke").model
+  encoder = MaskedAutoencoder(cfg).build_for().encoder
+  classifier = ProbeClassifier(encoder, build_probe_head(cfg.embed_dim))
+  path = str(tmp_path_factory.mktemp("export"))
+  export_saved_model(classifier, transform_output, path)
+  return classifier, tf.saved_model.load(path), cfg
+
+
+def test_signatures_and_their_tensors(exported):
+  _, loaded, cfg = exported
+  sigs = loaded.signatures
+  assert set(sigs) == {SERVING_DEFAULT, EMBED_EXAMPLES, CLASSIFY_EXAMPLES}
+  assert list(sigs[SERVING_DEFAULT].structured_input_signature[1]) == ["image_bytes"]
+  assert list(sigs[CLASSIFY_EXAMPLES].structured_input_signature[1]) == ["examples"]
+  assert sigs[SERVING_DEFAULT].structured_outputs["embedding"].shape.as_list() == [
+      None, cfg.embed_dim]
+
+
+def test_png_and_jpeg_give_embeddings_of_the_same_shape(exported, cifar10_sample):
+  _, loaded, cfg = exported
+  (images, _), _ = cifar10_sample
+  serve = loaded.signatures[SERVING_DEFAULT]
+  png = serve(image_bytes=tf.constant([png_bytes(i) for i in images[:4]]))["embedding"]
+  jpg = serve(image_bytes=tf.constant([jpeg_bytes(i) for i in images[:4]]))["embedding"]
+  assert png.shape == jpg.shape == (4, cfg.embed_dim) and png.dtype == tf.float32
+  # JPEG artefacts move the embedding only a little compared with other images.
+  same = np.linalg.norm(png - jpg, axis=1)
+  other = np.linalg.norm(png - np.roll(png, 1, axis=0), axis=1)
+  assert np.all(same < other)
+
+
+def test_serving_default_equals_the_transform_path(exported, transform_output,
+                                                   cifar10_sample):
+  classifier, loaded, _ = exported
+  (images, _), _ = cifar10_sample
+  served = loaded.signatures[SERVING_DEFAULT](
+      image_bytes=tf.constant([png_bytes(i) for i in images[:8]]))["embedding"]
+  # Reference: parse Examples with the schema's spec, Transform layer, encoder.
+  spec = {"image": tf.io.FixedLenFeature([1], tf.string)}
+  parsed = tf.io.parse_example(tf.constant([_example(i) for i in images[:8]]), spec)
+  reference = classifier.embed(transform_output.transform_features_layer()(parsed)["image"])
+  np.testing.assert_allclose(served.numpy(), reference.numpy(), atol=1e-5)
+  by_examples = loaded.signatures[EMBED_EXAMPLES](
+      examples=tf.constant([_example(i) for i in images[:8]]))["embedding"]
+  np.testing.assert_allclose(by_examples.numpy(), served.numpy(), atol=1e-5)
+
+
+def test_classify_examples_gives_probabilities(exported, cifar10_sample):
+  _, loaded, _ = exported
+  (images, _), _ = cifar10_sample
+  probs = loaded.signatures[CLASSIFY_EXAMPLES](
+      examples=tf.constant([_example(i) for i in images[:5]]))["probabilities"].numpy()
+  assert probs.shape == (5, 10)
+  np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-5)
+
+
+def test_bytes_that_are_not_an_image_fail_loudly(exported):
+  _, loaded, _ = exported
+  with pytest.raises(tf.errors.InvalidArgumentError):
+    loaded.signatures[SERVING_DEFAULT](image_bytes=tf.constant([b"not an image"]))

@@ -1,0 +1,30 @@
+"""The Pusher never overwrites a version and never exposes a half-copied one."""
+
+import os
+
+from components.versioned_pusher import next_version, push_to_filesystem
+
+
+def _model(path, content):
+  os.makedirs(os.path.join(path, "variables"))
+  with open(os.path.join(path, "saved_model.pb"), "w") as f:
+    f.write(content)
+  return path
+
+
+def test_pushes_in_the_same_second_get_distinct_versions(tmp_path):
+  base = str(tmp_path / "serving")
+  a = push_to_filesystem(_model(str(tmp_path / "a"), "model a"), base)
+  b = push_to_filesystem(_model(str(tmp_path / "b"), "model b"), base)
+  assert int(b) > int(a)
+  assert open(os.path.join(base, a, "saved_model.pb")).read() == "model a"
+  assert open(os.path.join(base, b, "saved_model.pb")).read() == "model b"
+  assert sorted(os.listdir(base)) == sorted([a, b])      # no staging leftovers
+
+
+def test_next_version_is_newer_than_any_existing(tmp_path):
+  base = tmp_path / "serving"
+  (base / "9999999999").mkdir(parents=True)
+  (base / "notes").mkdir()
+  assert next_version(str(base), now=100) == 10000000000
+  assert next_version(str(tmp_path / "missing"), now=100) == 100
