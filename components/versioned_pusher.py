@@ -6,12 +6,14 @@ done, pointing at someone else's model. This executor takes the next free
 version number instead (`max(now, newest + 1)`), copies into a hidden
 staging directory and renames it into place, so a model server polling
 `<base>/<version>/` (TF Serving layout) never sees a half-copied model.
+A model identical to the newest version (same SavedModel fingerprint) is
+not pushed again.
 """
 
 import os
 import re
 import time
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 from absl import logging
 from tfx import types
@@ -26,17 +28,42 @@ from tfx.v1.components import Pusher
 _VERSION = re.compile(r"^\d+$")
 
 
-def next_version(base_directory: str, now: int) -> int:
-  """A version number newer than every version already in `base_directory`."""
-  existing = [int(name.rstrip("/")) for name in
+def _fingerprint(saved_model_dir: str) -> Optional[bytes]:
+  """The SavedModel's fingerprint.pb (hashes of graph and variables), if any."""
+  path = os.path.join(saved_model_dir, "fingerprint.pb")
+  if not fileio.exists(path):
+    return None
+  with fileio.open(path, "rb") as f:
+    return f.read()
+
+
+def newest_version(base_directory: str) -> Optional[str]:
+  versions = [name.rstrip("/") for name in
               (fileio.listdir(base_directory) if fileio.exists(base_directory) else [])
               if _VERSION.match(name.rstrip("/"))]
-  return max([now] + [v + 1 for v in existing])
+  return max(versions, key=int) if versions else None
+
+
+def next_version(base_directory: str, now: int) -> int:
+  """A version number newer than every version already in `base_directory`."""
+  newest = newest_version(base_directory)
+  return max(now, int(newest) + 1) if newest else now
 
 
 def push_to_filesystem(model_path: str, base_directory: str) -> str:
-  """Copies `model_path` to `<base>/<new version>` atomically; returns it."""
+  """Copies `model_path` to `<base>/<new version>` atomically; returns it.
+
+  When the newest version already is this very model (same SavedModel
+  fingerprint, e.g. a re-run whose Evaluator re-blessed the same model
+  against itself), nothing is copied and that version is returned.
+  """
   fileio.makedirs(base_directory)
+  newest = newest_version(base_directory)
+  fingerprint = _fingerprint(model_path)
+  if (newest and fingerprint is not None and
+      _fingerprint(os.path.join(base_directory, newest)) == fingerprint):
+    logging.info("Model %s is already served as version %s", model_path, newest)
+    return newest
   version = str(next_version(base_directory, int(time.time())))
   staging = os.path.join(base_directory, f".staging-{version}-{os.getpid()}")
   io_utils.copy_dir(model_path, staging)

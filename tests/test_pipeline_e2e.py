@@ -110,10 +110,11 @@ def test_second_run_is_served_from_cache(smoke_run):
   before = _versions(smoke_run)
   local_runner.run(smoke_run)
   states = _states(smoke_run)
-  assert {n for n, s in states.items() if s != "CACHED"} <= {
-      "latest_blessed_model_resolver", "ImportSchemaGen"}, states
-  assert {"Cifar10ExampleGen", "Transform", "mae_pretrain", "linear_probe",
-          "Evaluator", "Pusher"} <= {n for n, s in states.items() if s == "CACHED"}
+  upstream = ALL_NODES - {"latest_blessed_model_resolver", "Evaluator", "Pusher"}
+  assert all(states[n] == "CACHED" for n in upstream), states
+  # The resolver now finds the first run's blessed model, so the Evaluator's
+  # inputs differ and it re-runs (against the same model); the Pusher sees the
+  # model is already the newest served version and adds none.
   assert _versions(smoke_run) == before
 
 
@@ -147,8 +148,8 @@ def test_label_out_of_range_stops_the_pipeline_before_transform(tmp_path, cifar1
   root = write_cifar_dir(str(tmp_path / "data" / "cifar-10-batches-py"),
                          (train, bad_labels), test)
   config = _config(root, tmp_path / "out")
-  with pytest.raises(Exception, match=r"split 'train', feature 'label'.*"
-                                      r"(OUT_OF_DOMAIN|out of range|Out-of-range)"):
+  with pytest.raises(Exception, match=r"split 'train', feature 'label': "
+                                      r"INT_TYPE_BIG_INT: Unexpectedly large value: 12"):
     local_runner.run(config)
   _assert_stopped_before_training(config)
   assert _states(config)["AnomaliesGate"] == "FAILED"

@@ -5,10 +5,13 @@ import os
 from components.versioned_pusher import next_version, push_to_filesystem
 
 
-def _model(path, content):
+def _model(path, content, fingerprint=None):
   os.makedirs(os.path.join(path, "variables"))
   with open(os.path.join(path, "saved_model.pb"), "w") as f:
     f.write(content)
+  if fingerprint:
+    with open(os.path.join(path, "fingerprint.pb"), "w") as f:
+      f.write(fingerprint)
   return path
 
 
@@ -28,3 +31,14 @@ def test_next_version_is_newer_than_any_existing(tmp_path):
   (base / "notes").mkdir()
   assert next_version(str(base), now=100) == 10000000000
   assert next_version(str(tmp_path / "missing"), now=100) == 100
+
+
+def test_the_model_already_served_newest_is_not_pushed_again(tmp_path):
+  base = str(tmp_path / "serving")
+  model = _model(str(tmp_path / "a"), "model a", fingerprint="fp-a")
+  first = push_to_filesystem(model, base)
+  assert push_to_filesystem(model, base) == first
+  assert os.listdir(base) == [first]
+  other = _model(str(tmp_path / "b"), "model b", fingerprint="fp-b")
+  assert push_to_filesystem(other, base) != first
+  assert len(os.listdir(base)) == 2
