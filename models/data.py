@@ -59,6 +59,15 @@ def load_transformed(file_patterns: List[str],
   return images, labels.astype(np.int64)
 
 
+def load_raw_images(file_patterns: List[str], feature_spec, count: int) -> np.ndarray:
+  """The first `count` images decoded to [count, S, S, 3] float32 in [0, 1]
+  (what the Transform graph starts from), for pictures."""
+  from models.preprocessing import decode_images
+  ds = tf.data.TFRecordDataset(_expand(file_patterns), compression_type="GZIP")
+  serialized = tf.stack(list(ds.take(count)))
+  return decode_images(tf.io.parse_example(serialized, feature_spec)[IMAGE_KEY]).numpy()
+
+
 def random_resized_crop(images: tf.Tensor, min_scale: float,
                         ratio=(3 / 4, 4 / 3)) -> tf.Tensor:
   """Per-image RandomResizedCrop (area in [min_scale, 1]) + horizontal flip.

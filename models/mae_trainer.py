@@ -2,7 +2,9 @@
 
 Output (the Model artifact's serving dir): `config.json` (the ModelConfig)
 and `weights/` (a tf.train.Checkpoint of the whole MAE), read back by
-`load_mae` in the linear-probe Trainer and the benchmarks.
+`load_mae` in the linear-probe Trainer and the benchmarks, plus
+`train_summary.json` and `reconstructions.png` (also in the ModelRun dir,
+whose TensorBoard logs show the reconstructions of every epoch).
 """
 
 import dataclasses
@@ -16,12 +18,13 @@ import tensorflow_transform as tft
 from tfx.components.trainer.fn_args_utils import FnArgs
 
 from models import config as config_lib
-from models import data, training
+from models import data, training, visualize
 from models.mae import MaskedAutoencoder
 
 CONFIG_FILE = "config.json"
 WEIGHTS_PREFIX = os.path.join("weights", "mae")
 SUMMARY_FILE = "train_summary.json"
+RECONSTRUCTIONS_FILE = "reconstructions.png"
 
 
 def save_mae(model: MaskedAutoencoder, directory: str) -> None:
@@ -58,7 +61,7 @@ def _checkpoint_dir(fn_args: FnArgs, cfg: config_lib.RunConfig) -> str:
 
 
 def pretrain(cfg: config_lib.RunConfig, train_images, log_dir: str,
-             checkpoint_dir: str):
+             checkpoint_dir: str, extra_callbacks=()):
   """Pretrains an MAE on `train_images` [N, S, S, 3]; returns (model, history)."""
   p, rt = cfg.pretrain, cfg.runtime
   tf.keras.utils.set_random_seed(rt.seed)
@@ -92,7 +95,8 @@ def pretrain(cfg: config_lib.RunConfig, train_images, log_dir: str,
     model.fit(dataset, epochs=p.epochs, steps_per_epoch=steps_per_epoch,
               initial_epoch=initial_epoch, verbose=0,
               callbacks=[progress, checkpoint,
-                         tf.keras.callbacks.TensorBoard(log_dir, update_freq="epoch")])
+                         tf.keras.callbacks.TensorBoard(log_dir, update_freq="epoch"),
+                         *extra_callbacks])
   return model, progress.history
 
 
@@ -102,9 +106,18 @@ def run_fn(fn_args: FnArgs) -> None:
   tft_output = tft.TFTransformOutput(fn_args.transform_output)
   train_images, _ = data.load_transformed(fn_args.train_files, tft_output,
                                           cfg.pretrain.max_train_examples)
-  model, history = pretrain(cfg, train_images, fn_args.model_run_dir,
-                            _checkpoint_dir(fn_args, cfg))
+  # A few test images to show what the MAE reconstructs, every epoch.
+  n_show = cfg.pretrain.reconstruction_images
+  shown, _ = data.load_transformed(fn_args.eval_files, tft_output, n_show)
+  shown_raw = data.load_raw_images(fn_args.eval_files,
+                                   tft_output.raw_feature_spec(), n_show)
+  model, history = pretrain(
+      cfg, train_images, fn_args.model_run_dir, _checkpoint_dir(fn_args, cfg),
+      [visualize.ReconstructionLogger(shown, shown_raw, fn_args.model_run_dir)])
   save_mae(model, fn_args.serving_model_dir)
+  grid = visualize.reconstruction_grid(model, shown, shown_raw)
+  for directory in (fn_args.serving_model_dir, fn_args.model_run_dir):
+    visualize.write_png(grid, os.path.join(directory, RECONSTRUCTIONS_FILE))
   summary = dict(run_config=cfg.to_dict(), history=history,
                  train_examples=int(len(train_images)))
   for directory in (fn_args.serving_model_dir, fn_args.model_run_dir):

@@ -17,11 +17,12 @@ import tensorflow_transform as tft
 from tfx.components.trainer.fn_args_utils import FnArgs
 
 from models import config as config_lib
-from models import data, signatures, training
+from models import data, evaluation, signatures, training
 from models.linear_probe import ProbeClassifier, build_probe_head
 from models.mae_trainer import SUMMARY_FILE, load_mae
 
 FEATURE_BATCH = 512
+KNN_K = 20
 
 
 def extract_features(encoder_embed, images: np.ndarray) -> np.ndarray:
@@ -78,10 +79,15 @@ def run_fn(fn_args: FnArgs) -> None:
   classifier.head = head
   signatures.export_saved_model(classifier, tft_output, fn_args.serving_model_dir)
 
+  knn = evaluation.knn_accuracy(train_features, train_labels, eval_features,
+                                eval_labels, k=KNN_K)
+  print(f"[linear_probe] test top-1: linear {history[-1]['val_accuracy']:.4f}, "
+        f"{KNN_K}-NN (cosine) {knn:.4f}", flush=True)
   summary = dict(history=history, feature_dim=int(train_features.shape[1]),
                  train_examples=int(len(train_labels)),
                  eval_examples=int(len(eval_labels)),
-                 eval_accuracy=history[-1].get("val_accuracy") if history else None)
+                 eval_accuracy=history[-1].get("val_accuracy") if history else None,
+                 knn_k=KNN_K, knn_accuracy=knn)
   with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, SUMMARY_FILE), "w") as f:
     json.dump(summary, f, indent=2, default=float)
   logging.info("Probe exported to %s (test accuracy %.4f)",

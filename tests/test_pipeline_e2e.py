@@ -88,6 +88,9 @@ def test_trainers_log_progress_and_tensorboard(smoke_run):
       smoke_run.metadata_path, smoke_run.pipeline_name)}
   run_dir = rows["mae_pretrain"]["outputs"]["ModelRun"][0]
   assert glob.glob(os.path.join(run_dir, "**", "events.out.tfevents.*"), recursive=True)
+  assert glob.glob(os.path.join(run_dir, "reconstructions", "events.out.tfevents.*"))
+  grid = tf.io.decode_png(tf.io.read_file(os.path.join(run_dir, "reconstructions.png")))
+  assert grid.shape == (3 * (3 * 32 + 4), 3 * (8 * 32 + 7 * 2), 3)  # 3 rows of 8, x3
   text = report.format_report(smoke_run.metadata_path, smoke_run.pipeline_name)
   assert "img/s" in text and "Linear probe test accuracy (TFMA)" in text
 
