@@ -13,9 +13,12 @@ Prints LP top-1 and k-NN (k=20, cosine) top-1 on the 10,000 test images,
 the MAE images/second and the wall time of each stage.
 """
 
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # Keras 2, before TF loads
+
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time

@@ -1,15 +1,20 @@
 """Images/second of the MAE training step, input pipeline included.
 
   python benchmarks/train_throughput.py --data ../shared/data/cifar10 \
-      --precision mixed_bfloat16 --steps 60
+      --precision float32,mixed_bfloat16 --steps 60
 
 Uses the pipeline's own model, optimizer and input pipeline
 (`models.mae_trainer.pretrain`) on real CIFAR-10 train images; the first
-epoch (tracing, warm-up) is not counted.
+epoch (tracing, XLA compilation, warm-up) is not counted. Several precisions
+run one after the other in one process, so their ratio is measured under the
+same machine load.
 """
 
-import argparse
 import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # Keras 2, before TF loads
+
+import argparse
 import sys
 import tempfile
 
@@ -33,31 +38,35 @@ def main():
   p = argparse.ArgumentParser(description=__doc__)
   p.add_argument("--data", default=os.environ.get("MAE_TFX_CIFAR10"))
   p.add_argument("--profile", default="cpu")
-  p.add_argument("--precision", default="mixed_bfloat16")
+  p.add_argument("--precision", default="float32,mixed_bfloat16",
+                 help="comma-separated Keras policies")
   p.add_argument("--batch-size", type=int, default=256)
   p.add_argument("--steps", type=int, default=60, help="steps per timed epoch")
   p.add_argument("--epochs", type=int, default=3, help="first one is warm-up")
-  p.add_argument("--jit", action="store_true")
+  p.add_argument("--jit", choices=["on", "off"], default=None,
+                 help="XLA; default: the profile's setting")
   args = p.parse_args()
 
   root = data_source.resolve_cifar10(args.data, os.path.join(
       os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".cache", "data"))
   images = standardised_train_images(root, 50000)
-  base = config_lib.get_profile(args.profile)
-  cfg = config_lib.get_profile(args.profile, {
-      "pretrain": {"epochs": args.epochs, "steps_per_epoch": args.steps,
-                   "batch_size": args.batch_size},
-      "runtime": {"precision": args.precision, "jit_compile": args.jit}})
-  with tempfile.TemporaryDirectory() as tmp:
-    _, history = pretrain(cfg, images, tmp, os.path.join(tmp, "ckpt"))
-  timed = history[1:]
-  ips = sum(h["images_per_second"] for h in timed) / len(timed)
-  m = base.model
+  profile = config_lib.get_profile(args.profile)
+  jit = profile.runtime.jit_compile if args.jit is None else args.jit == "on"
+  m = profile.model
   print(f"model: encoder {m.depth}x{m.embed_dim} ({m.num_heads} heads), decoder "
         f"{m.decoder_depth}x{m.decoder_embed_dim}, patch {m.patch_size}, mask "
-        f"{m.mask_ratio}, batch {args.batch_size}, {args.precision}, "
-        f"jit={args.jit}")
-  print(f"throughput: {ips:.0f} img/s  ({50000 / ips:.1f} s per 50,000-image epoch)")
+        f"{m.mask_ratio}, batch {args.batch_size}, XLA {jit}")
+  for precision in args.precision.split(","):
+    cfg = config_lib.get_profile(args.profile, {
+        "pretrain": {"epochs": args.epochs, "steps_per_epoch": args.steps,
+                     "batch_size": args.batch_size},
+        "runtime": {"precision": precision, "jit_compile": jit}})
+    with tempfile.TemporaryDirectory() as tmp:
+      _, history = pretrain(cfg, images, tmp, os.path.join(tmp, "ckpt"))
+    timed = history[1:]
+    ips = sum(h["images_per_second"] for h in timed) / len(timed)
+    print(f"{precision:16s} {ips:6.0f} img/s  "
+          f"({50000 / ips:.1f} s per 50,000-image epoch)", flush=True)
 
 
 if __name__ == "__main__":

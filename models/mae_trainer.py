@@ -63,6 +63,7 @@ def _checkpoint_dir(fn_args: FnArgs, cfg: config_lib.RunConfig) -> str:
 def pretrain(cfg: config_lib.RunConfig, train_images, log_dir: str,
              checkpoint_dir: str, extra_callbacks=()):
   """Pretrains an MAE on `train_images` [N, S, S, 3]; returns (model, history)."""
+  training.require_keras2()
   p, rt = cfg.pretrain, cfg.runtime
   tf.keras.utils.set_random_seed(rt.seed)
   strategy = training.make_strategy(rt.strategy)

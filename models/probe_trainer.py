@@ -59,6 +59,7 @@ def train_probe(cfg: config_lib.ProbeConfig, train_features, train_labels,
 
 def run_fn(fn_args: FnArgs) -> None:
   """TFX Trainer entry point; `fn_args.base_model` is the pretrained MAE."""
+  training.require_keras2()
   if not fn_args.base_model:
     raise ValueError("linear_probe needs the MAE model as base_model")
   cfg = config_lib.from_custom_config(fn_args.custom_config)

@@ -14,6 +14,17 @@ import tensorflow as tf
 # --------------------------------------------------------------------------
 # Where and how to run
 # --------------------------------------------------------------------------
+def require_keras2() -> None:
+  """The models are Keras 2 (tf_keras), what TFX 1.16 uses. TensorFlow binds
+  tf.keras when first imported, so a program that imports it before setting
+  TF_USE_LEGACY_KERAS=1 gets Keras 3 and fails later in obscure ways."""
+  if not tf.keras.__name__.startswith("tf_keras"):
+    raise RuntimeError(
+        f"tf.keras is {tf.keras.__name__}, not tf_keras (Keras 2): set "
+        "TF_USE_LEGACY_KERAS=1 before TensorFlow is first imported (importing "
+        "the `models`, `pipeline` or `components` package first does it)")
+
+
 @contextlib.contextmanager
 def precision_policy(name: str):
   """Sets the global Keras mixed-precision policy inside the block only."""

@@ -75,3 +75,14 @@ def test_killed_pretraining_resumes_from_last_epoch(tmp_path):
   model, resumed = run(epochs=3)
   assert [h["epoch"] for h in resumed] == [3]    # only the missing epoch ran
   assert int(model.optimizer.iterations.numpy()) == 3 * 4
+
+
+def test_keras3_is_refused_with_a_clear_error():
+  import subprocess
+  import sys
+  env = dict(os.environ, TF_USE_LEGACY_KERAS="0", TF_CPP_MIN_LOG_LEVEL="3")
+  out = subprocess.run(
+      [sys.executable, "-c", "from models import training; training.require_keras2()"],
+      env=env, capture_output=True, text=True, timeout=120)
+  assert out.returncode != 0
+  assert "set TF_USE_LEGACY_KERAS=1 before TensorFlow is first imported" in out.stderr
