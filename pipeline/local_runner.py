@@ -38,12 +38,15 @@ def parse_args(argv):
   p.add_argument("--overrides", default="{}",
                  help='JSON {section: {field: value}}, e.g. '
                       '\'{"pretrain": {"epochs": 20}}\'')
-  p.add_argument("--min-accuracy", type=float, default=None)
+  p.add_argument("--min-accuracy", type=float, default=None,
+                 help="Evaluator floor on test accuracy (default: the profile's)")
+  p.add_argument("--max-accuracy-drop", type=float, default=None,
+                 help="largest allowed drop against the latest blessed model")
   p.add_argument("--no-cache", action="store_true")
   return p.parse_args(argv)
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> configs.PipelineConfig:
   logging.basicConfig(level=logging.INFO)
   args = parse_args(sys.argv[1:] if argv is None else argv)
   data_root = data_source.resolve_cifar10(
@@ -51,11 +54,13 @@ def main(argv=None) -> None:
   config = configs.PipelineConfig(
       data_root=data_root, output_dir=os.path.abspath(args.output_dir),
       profile=args.profile, overrides=json.loads(args.overrides),
-      min_accuracy=args.min_accuracy, enable_cache=not args.no_cache)
+      min_accuracy=args.min_accuracy, max_accuracy_drop=args.max_accuracy_drop,
+      enable_cache=not args.no_cache)
   print(f"mae-tfx: profile {config.profile}, data {data_root}, "
         f"output {config.output_dir}", flush=True)
   run(config)
   print(report.format_report(config.metadata_path, config.pipeline_name), flush=True)
+  return config
 
 
 if __name__ == "__main__":

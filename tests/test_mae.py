@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from models.config import ModelConfig, get_profile
+from models.config import get_profile
 from models.mae import (MaskedAutoencoder, masked_patch_loss, patchify,
                         random_masking, sincos_pos_embed, unpatchify)
 

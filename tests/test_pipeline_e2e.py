@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from models.signatures import CLASSIFY_EXAMPLES, SERVING_DEFAULT
 from pipeline import configs, local_runner, report
-from tests.conftest import png_bytes, write_batch_file, write_cifar_dir
+from tests.conftest import png_bytes, write_cifar_dir
 
 ALL_NODES = {"Cifar10ExampleGen", "StatisticsGen", "ImportSchemaGen",
              "ExampleValidator", "AnomaliesGate", "Transform", "mae_pretrain",
@@ -39,9 +39,9 @@ def _versions(config):
 
 @pytest.fixture(scope="module")
 def smoke_run(small_cifar_dir, tmp_path_factory):
-  config = _config(small_cifar_dir, tmp_path_factory.mktemp("smoke_run"))
-  local_runner.run(config)
-  return config
+  """The runner's command line, as `make pipeline PROFILE=smoke` calls it."""
+  return local_runner.main(["--profile", "smoke", "--data", small_cifar_dir,
+                            "--output-dir", str(tmp_path_factory.mktemp("smoke_run"))])
 
 
 def test_every_component_executes(smoke_run):

@@ -71,7 +71,7 @@ def test_killed_pretraining_resumes_from_last_epoch(tmp_path):
   for suffix in (".index", ".data-00000-of-00001"):
     os.remove(newest + suffix)
   with open(os.path.join(ckpt, "checkpoint"), "w") as f:
-    f.write(f'model_checkpoint_path: "ckpt-2"\n')
+    f.write('model_checkpoint_path: "ckpt-2"\n')
   model, resumed = run(epochs=3)
   assert [h["epoch"] for h in resumed] == [3]    # only the missing epoch ran
   assert int(model.optimizer.iterations.numpy()) == 3 * 4
