@@ -15,6 +15,7 @@ import tensorflow as tf
 import tensorflow_transform as tft
 
 from models.config import IMAGE_KEY, IMAGE_SIZE, LABEL_KEY
+from models.preprocessing import decode_images
 
 _READ_BATCH = 1024
 
@@ -62,7 +63,6 @@ def load_transformed(file_patterns: List[str],
 def load_raw_images(file_patterns: List[str], feature_spec, count: int) -> np.ndarray:
   """The first `count` images decoded to [count, S, S, 3] float32 in [0, 1]
   (what the Transform graph starts from), for pictures."""
-  from models.preprocessing import decode_images
   ds = tf.data.TFRecordDataset(_expand(file_patterns), compression_type="GZIP")
   serialized = tf.stack(list(ds.take(count)))
   return decode_images(tf.io.parse_example(serialized, feature_spec)[IMAGE_KEY]).numpy()

@@ -117,11 +117,10 @@ def run_fn(fn_args: FnArgs) -> None:
       [visualize.ReconstructionLogger(shown, shown_raw, fn_args.model_run_dir)])
   save_mae(model, fn_args.serving_model_dir)
   grid = visualize.reconstruction_grid(model, shown, shown_raw)
-  for directory in (fn_args.serving_model_dir, fn_args.model_run_dir):
-    visualize.write_png(grid, os.path.join(directory, RECONSTRUCTIONS_FILE))
   summary = dict(run_config=cfg.to_dict(), history=history,
                  train_examples=int(len(train_images)))
   for directory in (fn_args.serving_model_dir, fn_args.model_run_dir):
+    visualize.write_png(grid, os.path.join(directory, RECONSTRUCTIONS_FILE))
     with tf.io.gfile.GFile(os.path.join(directory, SUMMARY_FILE), "w") as f:
       json.dump(summary, f, indent=2, default=float)
   logging.info("MAE saved to %s", fn_args.serving_model_dir)

@@ -35,6 +35,8 @@ def extract_features(encoder_embed, images: np.ndarray) -> np.ndarray:
 def train_probe(cfg: config_lib.ProbeConfig, train_features, train_labels,
                 eval_features, eval_labels, log_dir: str, seed: int = 0):
   """Trains the probe head on frozen features; returns (head, history)."""
+  if cfg.epochs < 1:
+    raise ValueError(f"probe.epochs must be at least 1, got {cfg.epochs}")
   tf.keras.utils.set_random_seed(seed)
   head = build_probe_head(train_features.shape[1])
   steps_per_epoch = int(np.ceil(len(train_features) / cfg.batch_size))
@@ -80,16 +82,16 @@ def run_fn(fn_args: FnArgs) -> None:
   classifier.head = head
   signatures.export_saved_model(classifier, tft_output, fn_args.serving_model_dir)
 
+  linear = history[-1]["val_accuracy"]
   knn = evaluation.knn_accuracy(train_features, train_labels, eval_features,
                                 eval_labels, k=KNN_K)
-  print(f"[linear_probe] test top-1: linear {history[-1]['val_accuracy']:.4f}, "
+  print(f"[linear_probe] test top-1: linear {linear:.4f}, "
         f"{KNN_K}-NN (cosine) {knn:.4f}", flush=True)
   summary = dict(history=history, feature_dim=int(train_features.shape[1]),
                  train_examples=int(len(train_labels)),
                  eval_examples=int(len(eval_labels)),
-                 eval_accuracy=history[-1].get("val_accuracy") if history else None,
-                 knn_k=KNN_K, knn_accuracy=knn)
+                 eval_accuracy=linear, knn_k=KNN_K, knn_accuracy=knn)
   with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, SUMMARY_FILE), "w") as f:
     json.dump(summary, f, indent=2, default=float)
   logging.info("Probe exported to %s (test accuracy %.4f)",
-               fn_args.serving_model_dir, summary["eval_accuracy"] or float("nan"))
+               fn_args.serving_model_dir, linear)

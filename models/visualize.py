@@ -1,6 +1,7 @@
 """Reconstruction grid of the MAE: original / masked / reconstruction rows."""
 
 import io
+from typing import Callable
 
 import numpy as np
 import tensorflow as tf
@@ -11,20 +12,21 @@ from models.mae import MaskedAutoencoder, patchify, unpatchify
 _GAP = 2
 
 
-def to_pixel_scale(normalised: np.ndarray, raw: np.ndarray) -> np.ndarray:
+def to_pixel_scale(normalised: np.ndarray, raw: np.ndarray
+                   ) -> Callable[[np.ndarray], np.ndarray]:
   """Per-channel affine map from Transform's normalised space back to [0, 1].
 
   The Transform graph standardises each channel, raw = a * x + b; `a` and `b`
   are recovered exactly by least squares from images seen in both spaces.
   """
-  a_b = [np.polyfit(normalised[..., c].ravel(), raw[..., c].ravel(), 1)
-         for c in range(3)]
-  return lambda x: np.clip(x * np.array([p[0] for p in a_b]) +
-                           np.array([p[1] for p in a_b]), 0.0, 1.0)
+  slope, offset = np.array([np.polyfit(normalised[..., c].ravel(),
+                                        raw[..., c].ravel(), 1) for c in range(3)]).T
+  return lambda x: np.clip(x * slope + offset, 0.0, 1.0)
 
 
 def reconstruct(model: MaskedAutoencoder, images: np.ndarray, seed: int = 0):
-  """-> (masked, reconstruction) in the model's input space, [B, S, S, 3].
+  """-> (masked, reconstruction, hidden): [B, S, S, 3] in the model's input
+  space, and a boolean [B, S, S, 3] that is True on masked pixels.
 
   Visible patches are shown as they are; masked ones as the decoder predicts
   them (de-normalised with the patch's own mean/std when the loss uses
