@@ -43,30 +43,42 @@ def main():
   p.add_argument("--batch-size", type=int, default=256)
   p.add_argument("--steps", type=int, default=60, help="steps per timed epoch")
   p.add_argument("--epochs", type=int, default=3, help="first one is warm-up")
-  p.add_argument("--jit", choices=["on", "off"], default=None,
-                 help="XLA; default: the profile's setting")
+  p.add_argument("--jit", default=None,
+                 help="XLA for the whole train step: on, off or on,off; "
+                      "default: the profile's setting")
   args = p.parse_args()
 
   root = data_source.resolve_cifar10(args.data, os.path.join(
       os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".cache", "data"))
   images = standardised_train_images(root, 50000)
   profile = config_lib.get_profile(args.profile)
-  jit = profile.runtime.jit_compile if args.jit is None else args.jit == "on"
+  jits = ([profile.runtime.jit_compile] if args.jit is None else
+          [_on_off(v) for v in args.jit.split(",")])
   m = profile.model
   print(f"model: encoder {m.depth}x{m.embed_dim} ({m.num_heads} heads), decoder "
         f"{m.decoder_depth}x{m.decoder_embed_dim}, patch {m.patch_size}, mask "
-        f"{m.mask_ratio}, batch {args.batch_size}, XLA {jit}")
+        f"{m.mask_ratio}, batch {args.batch_size}")
+  results = []
   for precision in args.precision.split(","):
-    cfg = config_lib.get_profile(args.profile, {
-        "pretrain": {"epochs": args.epochs, "steps_per_epoch": args.steps,
-                     "batch_size": args.batch_size},
-        "runtime": {"precision": precision, "jit_compile": jit}})
-    with tempfile.TemporaryDirectory() as tmp:
-      _, history = pretrain(cfg, images, tmp, os.path.join(tmp, "ckpt"))
-    timed = history[1:]
-    ips = sum(h["images_per_second"] for h in timed) / len(timed)
-    print(f"{precision:16s} {ips:6.0f} img/s  "
-          f"({50000 / ips:.1f} s per 50,000-image epoch)", flush=True)
+    for jit in jits:
+      cfg = config_lib.get_profile(args.profile, {
+          "pretrain": {"epochs": args.epochs, "steps_per_epoch": args.steps,
+                       "batch_size": args.batch_size},
+          "runtime": {"precision": precision, "jit_compile": jit}})
+      with tempfile.TemporaryDirectory() as tmp:
+        _, history = pretrain(cfg, images, tmp, os.path.join(tmp, "ckpt"))
+      timed = history[1:]
+      ips = sum(h["images_per_second"] for h in timed) / len(timed)
+      results.append(f"{precision:16s} XLA {'on ' if jit else 'off'} {ips:6.0f} img/s"
+                     f"  ({50000 / ips:.1f} s per 50,000-image epoch)")
+      print(results[-1], flush=True)
+  print("\n".join(["summary:"] + results))
+
+
+def _on_off(value: str) -> bool:
+  if value not in ("on", "off"):
+    raise ValueError(f"--jit takes on, off or on,off; got {value!r}")
+  return value == "on"
 
 
 if __name__ == "__main__":

@@ -88,7 +88,43 @@ def random_masking(x: tf.Tensor, mask_ratio: float,
 
 # --------------------------------------------------------------------------
 # Transformer block
+#
+# Speed notes (profiled on a 2-core AVX512/AMX CPU, benchmarks/RESULTS.md):
+# tokens are flattened to [B*N, D] inside a block so every projection is a
+# 2-D MatMul (+ BiasAdd), which oneDNN runs (with AMX in bfloat16) instead of
+# the tensordot reshapes of a Dense on 3-D input; the train step is
+# jit-compiled (RuntimeConfig.jit_compile) so XLA fuses LayerNorm, GELU and
+# the residual adds. Nothing here needs XLA at serving time.
 # --------------------------------------------------------------------------
+def layer_norm(x: tf.Tensor, gamma: tf.Tensor, beta: tf.Tensor,
+               epsilon: float) -> tf.Tensor:
+  """LayerNorm over the last axis, computed in float32, returned in x.dtype."""
+  x32 = tf.cast(x, tf.float32)
+  mean, var = tf.nn.moments(x32, axes=[-1], keepdims=True)
+  y = (x32 - mean) * tf.math.rsqrt(var + epsilon) * gamma + beta
+  return tf.cast(y, x.dtype)
+
+
+class LayerNorm(tf.keras.layers.Layer):
+  """LayerNorm with float32 scale/offset, even under a mixed-precision policy."""
+
+  def __init__(self, epsilon: float = LAYER_NORM_EPS, **kwargs):
+    super().__init__(**kwargs)
+    self.epsilon = epsilon
+
+  def build(self, input_shape):
+    dim = input_shape[-1]
+    # experimental_autocast=False: read as float32 inside a bfloat16 layer.
+    self.gamma = self.add_weight(name="gamma", shape=[dim], initializer="ones",
+                                 experimental_autocast=False)
+    self.beta = self.add_weight(name="beta", shape=[dim], initializer="zeros",
+                                experimental_autocast=False)
+    super().build(input_shape)
+
+  def call(self, x):
+    return layer_norm(x, self.gamma, self.beta, self.epsilon)
+
+
 class Attention(tf.keras.layers.Layer):
   """Multi-head self-attention with one fused qkv projection."""
 
@@ -100,15 +136,17 @@ class Attention(tf.keras.layers.Layer):
     self.qkv = tf.keras.layers.Dense(3 * dim, name="qkv")
     self.proj = tf.keras.layers.Dense(dim, name="proj")
 
-  def call(self, x):
-    b, n, d = tf.shape(x)[0], tf.shape(x)[1], x.shape[2]
-    qkv = tf.reshape(self.qkv(x), [b, n, 3, self.num_heads, self.head_dim])
-    qkv = tf.transpose(qkv, [2, 0, 3, 1, 4])           # [3, B, H, N, Dh]
-    q, k, v = qkv[0], qkv[1], qkv[2]
+  def call(self, x, num_tokens: int):
+    """x [B*N, D] (N = num_tokens) -> [B*N, D]."""
+    qkv = tf.reshape(self.qkv(x), [-1, num_tokens, 3, self.num_heads,
+                                   self.head_dim])
+    # unstack, not qkv[i]: the gradient of each strided slice would write a
+    # full-size zero tensor (a third of the step time); unstack's is one stack.
+    q, k, v = tf.unstack(tf.transpose(qkv, [2, 0, 3, 1, 4]))  # [B, H, N, Dh]
     attn = tf.matmul(q * self.scale, k, transpose_b=True)  # [B, H, N, N]
     attn = tf.nn.softmax(attn, axis=-1)
     out = tf.transpose(tf.matmul(attn, v), [0, 2, 1, 3])   # [B, N, H, Dh]
-    return self.proj(tf.reshape(out, [b, n, d]))
+    return self.proj(tf.reshape(out, [-1, x.shape[-1]]))
 
 
 class Block(tf.keras.layers.Layer):
@@ -116,17 +154,21 @@ class Block(tf.keras.layers.Layer):
 
   def __init__(self, dim: int, num_heads: int, mlp_ratio: float, **kwargs):
     super().__init__(**kwargs)
-    self.norm1 = tf.keras.layers.LayerNormalization(epsilon=LAYER_NORM_EPS,
-                                                    name="norm1")
+    self.dim = dim
+    self.norm1 = LayerNorm(name="norm1")
     self.attn = Attention(dim, num_heads, name="attn")
-    self.norm2 = tf.keras.layers.LayerNormalization(epsilon=LAYER_NORM_EPS,
-                                                    name="norm2")
-    self.fc1 = tf.keras.layers.Dense(int(dim * mlp_ratio), name="fc1")
+    self.norm2 = LayerNorm(name="norm2")
+    self.fc1 = tf.keras.layers.Dense(int(dim * mlp_ratio), activation=tf.nn.gelu,
+                                     name="fc1")
     self.fc2 = tf.keras.layers.Dense(dim, name="fc2")
 
   def call(self, x):
-    x = x + self.attn(self.norm1(x))
-    return x + self.fc2(tf.nn.gelu(self.fc1(self.norm2(x))))
+    """[B, N, D] -> [B, N, D]."""
+    n = x.shape[1]
+    h = tf.reshape(x, [-1, self.dim])                   # [B*N, D]
+    h = h + self.attn(self.norm1(h), n)
+    h = h + self.fc2(self.fc1(self.norm2(h)))
+    return tf.reshape(h, [-1, n, self.dim])
 
 
 # --------------------------------------------------------------------------
@@ -143,8 +185,7 @@ class Encoder(tf.keras.layers.Layer):
     self.patch_embed = tf.keras.layers.Dense(cfg.embed_dim, name="patch_embed")
     self.blocks = [Block(cfg.embed_dim, cfg.num_heads, cfg.mlp_ratio,
                          name=f"block_{i}") for i in range(cfg.depth)]
-    self.norm = tf.keras.layers.LayerNormalization(epsilon=LAYER_NORM_EPS,
-                                                   name="norm")
+    self.norm = LayerNorm(name="norm")
 
   def _embed(self, imgs):                              # -> [B, L, D]
     x = self.patch_embed(patchify(imgs, self.cfg.patch_size))
@@ -178,8 +219,7 @@ class Decoder(tf.keras.layers.Layer):
     self.blocks = [Block(cfg.decoder_embed_dim, cfg.decoder_num_heads,
                          cfg.mlp_ratio, name=f"block_{i}")
                    for i in range(cfg.decoder_depth)]
-    self.norm = tf.keras.layers.LayerNormalization(epsilon=LAYER_NORM_EPS,
-                                                   name="norm")
+    self.norm = LayerNorm(name="norm")
     self.pred = tf.keras.layers.Dense(cfg.patch_size ** 2 * 3, name="pred")
 
   def build(self, input_shape):

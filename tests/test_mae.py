@@ -5,8 +5,9 @@ import pytest
 import tensorflow as tf
 
 from models.config import get_profile
-from models.mae import (MaskedAutoencoder, masked_patch_loss, patchify,
-                        random_masking, sincos_pos_embed, unpatchify)
+from models.mae import (Attention, LayerNorm, MaskedAutoencoder,
+                        masked_patch_loss, patchify, random_masking,
+                        sincos_pos_embed, unpatchify)
 
 TINY = get_profile("smoke").model
 
@@ -122,3 +123,43 @@ def test_mixed_bfloat16_forward_returns_float32_loss():
     loss, pred, _ = model(tf.random.normal([2, 32, 32, 3]))
   assert loss.dtype == tf.float32 and pred.dtype == tf.bfloat16
   assert tf.keras.mixed_precision.global_policy().name == "float32"
+
+
+def test_layer_norm_matches_keras_and_keeps_float32_parameters():
+  from models.training import precision_policy
+  x = tf.random.normal([6, 32]) * 3.0 + 1.0
+  ours, keras_ln = LayerNorm(), tf.keras.layers.LayerNormalization(epsilon=1e-6)
+  ours.build(x.shape), keras_ln.build(x.shape)
+  gamma, beta = tf.random.normal([32]), tf.random.normal([32])
+  ours.set_weights([gamma, beta]), keras_ln.set_weights([gamma, beta])
+  np.testing.assert_allclose(ours(x), keras_ln(x), atol=1e-5)
+  with precision_policy("mixed_bfloat16"):
+    mixed = LayerNorm()
+    y = mixed(tf.cast(x, tf.bfloat16))
+  assert y.dtype == tf.bfloat16 and mixed.gamma.dtype == tf.float32
+
+
+def test_attention_on_flattened_tokens_matches_per_head_reference():
+  b, n, d, heads = 2, 5, 16, 4
+  attn = Attention(d, heads)
+  x = tf.random.normal([b, n, d])
+  out = attn(tf.reshape(x, [b * n, d]), n)             # [B*N, D]
+  qkv = attn.qkv(x)                                     # [B, N, 3D]
+  q, k, v = tf.split(qkv, 3, axis=-1)
+  per_head = []
+  for h in range(heads):
+    s = slice(h * d // heads, (h + 1) * d // heads)
+    w = tf.nn.softmax(tf.matmul(q[..., s], k[..., s], transpose_b=True)
+                      / (d // heads) ** 0.5)
+    per_head.append(tf.matmul(w, v[..., s]))
+  expected = attn.proj(tf.concat(per_head, axis=-1))
+  np.testing.assert_allclose(tf.reshape(out, [b, n, d]), expected, atol=1e-5)
+
+
+def test_xla_compiled_forward_matches_plain_graph():
+  """The train step is jit-compiled; serving graphs are not: same numbers."""
+  model = MaskedAutoencoder(TINY).build_for()
+  imgs, noise = tf.random.normal([4, 32, 32, 3]), tf.random.uniform([4, 64])
+  plain = tf.function(lambda i, z: model(i, noise=z)[0])
+  xla = tf.function(lambda i, z: model(i, noise=z)[0], jit_compile=True)
+  np.testing.assert_allclose(plain(imgs, noise), xla(imgs, noise), rtol=1e-4)
