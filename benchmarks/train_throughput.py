@@ -1,7 +1,7 @@
 """Images/second of the MAE training step, input pipeline included.
 
   python benchmarks/train_throughput.py --data ../shared/data/cifar10 \
-      --precision float32,mixed_bfloat16 --steps 60
+      --precision float32,mixed_bfloat16 --jit on,off
 
 Uses the pipeline's own model, optimizer and input pipeline
 (`models.mae_trainer.pretrain`) on real CIFAR-10 train images; the first
@@ -41,7 +41,7 @@ def main():
   p.add_argument("--precision", default="float32,mixed_bfloat16",
                  help="comma-separated Keras policies")
   p.add_argument("--batch-size", type=int, default=256)
-  p.add_argument("--steps", type=int, default=60, help="steps per timed epoch")
+  p.add_argument("--steps", type=int, default=100, help="steps per timed epoch")
   p.add_argument("--epochs", type=int, default=3, help="first one is warm-up")
   p.add_argument("--jit", default=None,
                  help="XLA for the whole train step: on, off or on,off; "

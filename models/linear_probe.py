@@ -27,14 +27,17 @@ def build_probe_head(feature_dim: int, num_classes: int = NUM_CLASSES
 class ProbeClassifier(tf.Module):
   """Frozen encoder + probe head: images -> embeddings / class probabilities."""
 
-  def __init__(self, encoder: Encoder, head: tf.keras.Model):
+  def __init__(self, encoder: Encoder, head: tf.keras.Model,
+               feature_blocks: int = 1):
     super().__init__(name="probe_classifier")
     self.encoder = encoder
     self.head = head
+    self.feature_blocks = feature_blocks
 
   def embed(self, images: tf.Tensor) -> tf.Tensor:
-    """[B, H, W, C] normalised images -> [B, D] float32 embeddings."""
-    return mean_pool(self.encoder(images))
+    """[B, H, W, C] normalised images -> [B, D] float32 embeddings: the mean
+    over patches of the last `feature_blocks` blocks' (averaged) tokens."""
+    return mean_pool(self.encoder(images, last_blocks=self.feature_blocks))
 
   def probabilities(self, images: tf.Tensor) -> tf.Tensor:
     logits = self.head(self.embed(images), training=False)

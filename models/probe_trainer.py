@@ -22,6 +22,7 @@ from models.linear_probe import ProbeClassifier, build_probe_head
 from models.mae_trainer import SUMMARY_FILE, load_mae
 
 FEATURE_BATCH = 512
+PROBE_STEPS_PER_EXECUTION = 32
 KNN_K = 20
 
 
@@ -48,7 +49,9 @@ def train_probe(cfg: config_lib.ProbeConfig, train_features, train_labels,
       optimizer=training.adamw(schedule, cfg.weight_decay, 0.9, 0.999,
                                head.trainable_variables),
       loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-      metrics=[tf.keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
+      metrics=[tf.keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+      # The head is tiny: run many steps per call so Python does not dominate.
+      steps_per_execution=PROBE_STEPS_PER_EXECUTION)
   progress = training.ProgressLogger("linear_probe", cfg.epochs,
                                      len(train_features), log_dir)
   head.fit(train_features, train_labels, batch_size=cfg.batch_size,
@@ -69,7 +72,8 @@ def run_fn(fn_args: FnArgs) -> None:
   encoder = load_mae(fn_args.base_model).encoder     # float32 for export
   encoder.trainable = False
 
-  classifier = ProbeClassifier(encoder, head=None)
+  classifier = ProbeClassifier(encoder, head=None,
+                               feature_blocks=cfg.probe.feature_blocks)
   train_images, train_labels = data.load_transformed(fn_args.train_files, tft_output)
   eval_images, eval_labels = data.load_transformed(fn_args.eval_files, tft_output)
   train_features = extract_features(classifier.embed, train_images)

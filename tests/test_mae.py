@@ -163,3 +163,18 @@ def test_xla_compiled_forward_matches_plain_graph():
   plain = tf.function(lambda i, z: model(i, noise=z)[0])
   xla = tf.function(lambda i, z: model(i, noise=z)[0], jit_compile=True)
   np.testing.assert_allclose(plain(imgs, noise), xla(imgs, noise), rtol=1e-4)
+
+
+def test_encoder_can_average_the_last_blocks():
+  model = MaskedAutoencoder(TINY).build_for()
+  enc, imgs = model.encoder, tf.random.normal([2, 32, 32, 3])
+  np.testing.assert_allclose(enc(imgs, last_blocks=1), enc(imgs), atol=1e-6)
+  x = enc._embed(imgs)
+  outputs = []
+  for blk in enc.blocks:
+    x = blk(x)
+    outputs.append(enc.norm(x))
+  np.testing.assert_allclose(enc(imgs, last_blocks=2),
+                             (outputs[-1] + outputs[-2]) / 2, atol=1e-5)
+  with pytest.raises(ValueError, match=r"last_blocks must be in \[1, 2\], got 3"):
+    enc(imgs, last_blocks=3)

@@ -22,7 +22,9 @@ def _example(image):
 def exported(transform_output, tmp_path_factory):
   cfg = config_lib.get_profile("smoke").model
   encoder = MaskedAutoencoder(cfg).build_for().encoder
-  classifier = ProbeClassifier(encoder, build_probe_head(cfg.embed_dim))
+  # feature_blocks=2: the exported embedding averages the last two blocks.
+  classifier = ProbeClassifier(encoder, build_probe_head(cfg.embed_dim),
+                               feature_blocks=2)
   path = str(tmp_path_factory.mktemp("export"))
   export_saved_model(classifier, transform_output, path)
   return classifier, tf.saved_model.load(path), cfg

@@ -1,0 +1,110 @@
+"""Linear-probe ablations on one frozen encoder: features and probe optimiser.
+
+  python benchmarks/probe_ablation.py --mae /tmp/q/mae/Format-Serving
+  python benchmarks/probe_ablation.py --random-init          # same, random encoder
+
+The encoder is frozen, so one pretraining run serves every probe variant:
+features are extracted once per feature option (mean-pooled tokens of the last
+block, or of the average of the last k blocks) with the probe Trainer's own
+`extract_features`, then each probe setting is trained with its own
+`train_probe` (BatchNorm without affine + Dense). For calibration, each feature
+set is also scored by a multinomial logistic regression (L-BFGS) on
+standardised features and by k-NN (k=20, cosine). Data: the Examples and
+Transform graph of the newest `make pipeline` run (as probe_quality.py).
+"""
+
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # Keras 2, before TF loads
+
+import argparse
+import dataclasses
+import json
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import tensorflow as tf  # noqa: E402
+import tensorflow_transform as tft  # noqa: E402
+
+from benchmarks.probe_quality import pipeline_inputs  # noqa: E402
+from models import config as config_lib  # noqa: E402
+from models import data, evaluation  # noqa: E402
+from models.linear_probe import ProbeClassifier  # noqa: E402
+from models.mae import MaskedAutoencoder  # noqa: E402
+from models.mae_trainer import load_mae  # noqa: E402
+from models.probe_trainer import KNN_K, extract_features, train_probe  # noqa: E402
+from pipeline import configs  # noqa: E402
+
+
+def logistic_regression_accuracy(train_x, train_y, test_x, test_y) -> float:
+  """The calibration probe: L2 logistic regression on standardised features."""
+  from sklearn.linear_model import LogisticRegression
+  from sklearn.preprocessing import StandardScaler
+  scaler = StandardScaler().fit(train_x)
+  clf = LogisticRegression(max_iter=1000).fit(scaler.transform(train_x), train_y)
+  return float(clf.score(scaler.transform(test_x), test_y))
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  source = p.add_mutually_exclusive_group(required=True)
+  source.add_argument("--mae", help="an MAE saved by the mae_pretrain Trainer")
+  source.add_argument("--random-init", action="store_true")
+  p.add_argument("--profile", default="cpu", help="model shape for --random-init "
+                 "and the baseline probe settings")
+  p.add_argument("--feature-blocks", default="1,2,4",
+                 help="comma-separated k: average the last k blocks")
+  p.add_argument("--probes", default='[{}]',
+                 help="JSON list of ProbeConfig overrides, one probe each")
+  p.add_argument("--metadata", default=os.path.join(configs.PROJECT_DIR, "outputs",
+                                                    "metadata.sqlite"))
+  args = p.parse_args()
+
+  cfg = config_lib.get_profile(args.profile)
+  if args.mae:
+    encoder = load_mae(args.mae).encoder
+  else:
+    tf.keras.utils.set_random_seed(cfg.runtime.seed)
+    encoder = MaskedAutoencoder(cfg.model).build_for().encoder
+  examples, transform = pipeline_inputs(args.metadata)
+  tft_output = tft.TFTransformOutput(transform)
+  train_images, train_labels = data.load_transformed(
+      [os.path.join(examples, "Split-train", "*")], tft_output)
+  test_images, test_labels = data.load_transformed(
+      [os.path.join(examples, "Split-test", "*")], tft_output)
+
+  rows = []
+  for k in [int(v) for v in args.feature_blocks.split(",")]:
+    classifier = ProbeClassifier(encoder, head=None, feature_blocks=k)
+    t0 = time.time()
+    train_x = extract_features(classifier.embed, train_images)
+    test_x = extract_features(classifier.embed, test_images)
+    print(f"features (last {k} block(s)): {time.time() - t0:.0f} s", flush=True)
+    knn = evaluation.knn_accuracy(train_x, train_labels, test_x, test_labels, k=KNN_K)
+    t0 = time.time()
+    logreg = logistic_regression_accuracy(train_x, train_labels, test_x, test_labels)
+    rows.append((k, "logistic regression (L-BFGS, standardised)", logreg, knn,
+                 time.time() - t0))
+    print(rows[-1], flush=True)
+    for overrides in json.loads(args.probes):
+      probe_cfg = dataclasses.replace(cfg.probe, **overrides)
+      t0 = time.time()
+      with tempfile.TemporaryDirectory() as tmp:
+        _, history = train_probe(probe_cfg, train_x, train_labels, test_x,
+                                 test_labels, tmp, cfg.runtime.seed)
+      rows.append((k, f"BN + linear {json.dumps(overrides)}",
+                   history[-1]["val_accuracy"], knn, time.time() - t0))
+      print(rows[-1], flush=True)
+
+  print("\nsummary (test top-1 on 10,000 images):")
+  print(f"{'blocks':>6}  {'probe':60s} {'LP':>7} {'kNN':>7} {'probe s':>8}")
+  for k, name, acc, knn, secs in rows:
+    print(f"{k:>6}  {name:60s} {acc:7.4f} {knn:7.4f} {secs:8.0f}")
+
+
+if __name__ == "__main__":
+  main()
