@@ -29,7 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import tensorflow as tf  # noqa: E402
 import tensorflow_transform as tft  # noqa: E402
 
-from benchmarks.probe_quality import pipeline_inputs  # noqa: E402
+from benchmarks.probe_quality import pipeline_inputs, split_files  # noqa: E402
 from models import config as config_lib  # noqa: E402
 from models import data, evaluation  # noqa: E402
 from models.linear_probe import ProbeClassifier  # noqa: E402
@@ -73,9 +73,9 @@ def main():
   examples, transform = pipeline_inputs(args.metadata)
   tft_output = tft.TFTransformOutput(transform)
   train_images, train_labels = data.load_transformed(
-      [os.path.join(examples, "Split-train", "*")], tft_output)
+      split_files(examples, "train"), tft_output)
   test_images, test_labels = data.load_transformed(
-      [os.path.join(examples, "Split-test", "*")], tft_output)
+      split_files(examples, "test"), tft_output)
 
   rows = []
   for k in [int(v) for v in args.feature_blocks.split(",")]:

@@ -44,13 +44,18 @@ def pipeline_inputs(metadata_path: str):
                      f"({e}); run `make pipeline` first") from e
 
 
+def split_files(examples: str, split: str):
+  """File patterns of one split of an Examples artifact."""
+  return [os.path.join(examples, f"Split-{split}", "*")]
+
+
 def fn_args(examples: str, transform: str, work: str, name: str,
             cfg: config_lib.RunConfig, base_model=None) -> FnArgs:
   serving = os.path.join(work, name, "Format-Serving")
   os.makedirs(serving, exist_ok=True)
   return FnArgs(
-      train_files=[os.path.join(examples, "Split-train", "*")],
-      eval_files=[os.path.join(examples, "Split-test", "*")],
+      train_files=split_files(examples, "train"),
+      eval_files=split_files(examples, "test"),
       transform_output=transform, serving_model_dir=serving,
       model_run_dir=os.path.join(work, name, "run"), base_model=base_model,
       custom_config={config_lib.RUN_CONFIG_KEY: cfg.to_dict(),

@@ -191,27 +191,23 @@ class Encoder(tf.keras.layers.Layer):
     x = self.patch_embed(patchify(imgs, self.cfg.patch_size))
     return x + tf.cast(self.pos_embed, x.dtype)
 
-  def _blocks(self, x):
-    for blk in self.blocks:
-      x = blk(x)
-    return self.norm(x)
-
-  def call(self, imgs, last_blocks: int = 1):
-    """[B, H, W, C] -> [B, L, D] tokens of every patch (no masking).
-
-    last_blocks > 1 averages the (final-norm'ed) outputs of the last
-    `last_blocks` blocks: a linear-probe feature option.
-    """
+  def _blocks(self, x, last_blocks: int = 1):
+    """Runs every block; returns the final-norm'ed tokens of the last block,
+    or their average over the last `last_blocks` blocks."""
     if not 1 <= last_blocks <= len(self.blocks):
       raise ValueError(f"last_blocks must be in [1, {len(self.blocks)}], "
                        f"got {last_blocks}")
-    x = self._embed(imgs)
     outputs = []
     for i, blk in enumerate(self.blocks):
       x = blk(x)
       if i >= len(self.blocks) - last_blocks:
         outputs.append(self.norm(x))
     return outputs[0] if last_blocks == 1 else tf.add_n(outputs) / last_blocks
+
+  def call(self, imgs, last_blocks: int = 1):
+    """[B, H, W, C] -> [B, L, D] tokens of every patch (no masking);
+    last_blocks > 1 is a linear-probe feature option (see `_blocks`)."""
+    return self._blocks(self._embed(imgs), last_blocks)
 
   def forward_masked(self, imgs, mask_ratio: float, noise=None):
     """-> latent [B, L_keep, D], mask [B, L], ids_restore [B, L]."""
