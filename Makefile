@@ -16,7 +16,7 @@ export TF_USE_LEGACY_KERAS := 1
 export TF_CPP_MIN_LOG_LEVEL := 1
 export PYTHONWARNINGS := ignore::FutureWarning
 
-.PHONY: pipeline test test-all report lock clean
+.PHONY: pipeline test test-all report serve image vertex-compile vertex-submit lock clean
 
 $(VENV)/.installed: setup.py requirements.lock
 	@test -n "$(PYTHON310)" || { echo "Python 3.10 not found: install it (pyenv install 3.10.13) or set PYTHON310=/path/to/python3.10"; exit 1; }
@@ -36,6 +36,23 @@ test-all: $(VENV)/.installed
 
 report: $(VENV)/.installed
 	$(PY) -m pipeline.report
+
+# The embedding server (TF Serving REST subset) on the pushed versions;
+# INDEX=file.npz (from `python -m serving.embed`) enables :neighbors.
+MODEL_DIR ?= outputs/serving_model/mae-tfx
+PORT      ?= 8501
+serve: $(VENV)/.installed
+	$(PY) -m serving.server --model-dir $(MODEL_DIR) --port $(PORT) $(if $(INDEX),--index $(INDEX))
+
+# Google Cloud (README "Run on Vertex AI"): MAE_TFX_PROJECT, MAE_TFX_BUCKET and
+# MAE_TFX_IMAGE (or the runner's flags) say where.
+SPEC ?= mae-tfx-vertex.json
+image:
+	docker build -t $(MAE_TFX_IMAGE) .
+vertex-compile: $(VENV)/.installed
+	$(PY) -m pipeline.vertex_runner compile --output $(SPEC)
+vertex-submit: $(VENV)/.installed
+	$(PY) -m pipeline.vertex_runner submit --spec $(SPEC) $(if $(DRY_RUN),--dry-run)
 
 # Re-pin after changing setup.py's requirements (then run `make test`).
 lock: $(VENV)/.installed

@@ -11,12 +11,18 @@ setup(
                 "embedding SavedModel",
     python_requires=">=3.10,<3.11",
     packages=find_packages(include=["pipeline", "pipeline.*", "components",
-                                    "components.*", "models", "models.*"]),
+                                    "components.*", "models", "models.*",
+                                    "serving", "serving.*"]),
     package_data={"": ["*.pbtxt"]},
     install_requires=[
         "tfx==1.16.0",
         "dill",            # tfx-bsl 1.16 imports it; apache-beam 2.74 no longer brings it
         "pillow",
+        "aiohttp",         # the embedding server (serving/)
+        "scikit-learn",    # exact cosine nearest neighbours (serving/embeddings.py)
+        "tqdm",            # batch embedding progress bar
+        "kfp-pipeline-spec",  # KubeflowV2DagRunner (Vertex AI Pipelines); the
+                              # kfp SDK itself conflicts with TFX 1.16's pins
     ],
-    extras_require={"test": ["pytest"]},
+    extras_require={"test": ["pytest", "requests"]},
 )

@@ -29,7 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import tensorflow as tf  # noqa: E402
 import tensorflow_transform as tft  # noqa: E402
 
-from benchmarks.probe_quality import pipeline_inputs, split_files  # noqa: E402
+from pipeline.report import pipeline_inputs, split_files  # noqa: E402
 from models import config as config_lib  # noqa: E402
 from models import data, evaluation  # noqa: E402
 from models.linear_probe import ProbeClassifier  # noqa: E402

@@ -29,24 +29,8 @@ from tfx.components.trainer.fn_args_utils import FnArgs  # noqa: E402
 
 from models import config as config_lib  # noqa: E402
 from models import mae_trainer, probe_trainer  # noqa: E402
-from pipeline import configs, report  # noqa: E402
-
-
-def pipeline_inputs(metadata_path: str):
-  """(examples uri, transform graph uri) of the newest pipeline run."""
-  rows = {r["node"]: r for r in report.last_run_executions(metadata_path,
-                                                           configs.PIPELINE_NAME)}
-  try:
-    return (rows["Cifar10ExampleGen"]["outputs"]["Examples"][0],
-            rows["Transform"]["outputs"]["TransformGraph"][0])
-  except KeyError as e:
-    raise SystemExit(f"{metadata_path} has no completed ExampleGen/Transform run "
-                     f"({e}); run `make pipeline` first") from e
-
-
-def split_files(examples: str, split: str):
-  """File patterns of one split of an Examples artifact."""
-  return [os.path.join(examples, f"Split-{split}", "*")]
+from pipeline import configs  # noqa: E402
+from pipeline.report import pipeline_inputs, split_files  # noqa: E402
 
 
 def fn_args(examples: str, transform: str, work: str, name: str,

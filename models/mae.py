@@ -297,11 +297,16 @@ class MaskedAutoencoder(tf.keras.Model):
   def metrics(self):
     return [self.loss_tracker]
 
-  def train_step(self, imgs):
+  def train_step(self, data):
+    """`data`: images [B, H, W, C], or (images, noise [B, L]) to fix the masks."""
+    imgs, noise = data if isinstance(data, tuple) else (data, None)
     with tf.GradientTape() as tape:
-      loss, _, _ = self(imgs, training=True)
+      loss, _, _ = self(imgs, training=True, noise=noise)
+      # Gradients are summed over replicas: scale each replica's mean loss so
+      # the sum is the gradient of the global-batch mean.
+      replica_loss = loss / tf.distribute.get_strategy().num_replicas_in_sync
     # minimize() applies loss scaling when the optimizer is a LossScaleOptimizer.
-    self.optimizer.minimize(loss, self.trainable_variables, tape=tape)
+    self.optimizer.minimize(replica_loss, self.trainable_variables, tape=tape)
     self.loss_tracker.update_state(loss)
     return {"loss": self.loss_tracker.result()}
 

@@ -62,6 +62,26 @@ def _checkpoint_dir(fn_args: FnArgs, cfg: config_lib.RunConfig) -> str:
   return os.path.join(root, f"mae-{key}")
 
 
+def compile_mae(cfg: config_lib.RunConfig, strategy: tf.distribute.Strategy,
+                steps_per_epoch: int) -> MaskedAutoencoder:
+  """The MAE with its AdamW and warmup-cosine schedule for the global batch
+  (batch_size per replica x replicas). Call inside `strategy.scope()` and the
+  precision policy."""
+  p = cfg.pretrain
+  global_batch = p.batch_size * strategy.num_replicas_in_sync
+  model = MaskedAutoencoder(cfg.model).build_for()
+  schedule = training.WarmupCosine(
+      training.scaled_lr(p.base_lr, global_batch),
+      total_steps=steps_per_epoch * p.epochs,
+      warmup_steps=round(p.warmup_epochs * steps_per_epoch), min_lr=p.min_lr)
+  optimizer = training.adamw(schedule, p.weight_decay, p.beta_1, p.beta_2,
+                             model.trainable_variables)
+  optimizer.build(model.trainable_variables)
+  model.compile(optimizer=optimizer,
+                jit_compile=training.use_xla(strategy, cfg.runtime.jit_compile))
+  return model
+
+
 def pretrain(cfg: config_lib.RunConfig, train_images, log_dir: str,
              checkpoint_dir: str, extra_callbacks=()):
   """Pretrains an MAE on `train_images` [N, S, S, 3]; returns (model, history)."""
@@ -77,16 +97,8 @@ def pretrain(cfg: config_lib.RunConfig, train_images, log_dir: str,
   dataset = data.pretrain_dataset(train_images, global_batch, p.crop_min_scale,
                                   seed=rt.seed)
   with training.precision_policy(rt.precision), strategy.scope():
-    model = MaskedAutoencoder(cfg.model).build_for()
-    schedule = training.WarmupCosine(
-        training.scaled_lr(p.base_lr, global_batch),
-        total_steps=steps_per_epoch * p.epochs,
-        warmup_steps=round(p.warmup_epochs * steps_per_epoch), min_lr=p.min_lr)
-    optimizer = training.adamw(schedule, p.weight_decay, p.beta_1, p.beta_2,
-                               model.trainable_variables)
-    optimizer.build(model.trainable_variables)
-    model.compile(optimizer=optimizer, jit_compile=rt.jit_compile)
-    checkpoint = training.EpochCheckpoint(checkpoint_dir, model, optimizer)
+    model = compile_mae(cfg, strategy, steps_per_epoch)
+    checkpoint = training.EpochCheckpoint(checkpoint_dir, model, model.optimizer)
     initial_epoch = checkpoint.restore()
     progress = training.ProgressLogger("mae_pretrain", p.epochs,
                                        steps_per_epoch * global_batch, log_dir)

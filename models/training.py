@@ -42,7 +42,10 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
   if name == "default":
     return tf.distribute.get_strategy()
   if name == "mirrored":
-    return tf.distribute.MirroredStrategy()
+    # All local GPUs; without any, all logical CPU devices (one per replica).
+    devices = (tf.config.list_logical_devices("GPU")
+               or tf.config.list_logical_devices("CPU"))
+    return tf.distribute.MirroredStrategy([d.name for d in devices])
   if name == "multi_worker":
     return tf.distribute.MultiWorkerMirroredStrategy()
   if name == "tpu":
@@ -52,6 +55,18 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
     return tf.distribute.TPUStrategy(resolver)
   raise ValueError(f"Unknown distribution strategy {name!r}; expected one of "
                    "default, mirrored, multi_worker, tpu")
+
+
+def use_xla(strategy: tf.distribute.Strategy, jit_compile: bool) -> bool:
+  """XLA for the train step, unless replicas are CPU devices: XLA:CPU cannot
+  reach a variable mirrored on another logical CPU device (XLA known issue
+  "tf.Variable on a different device")."""
+  if (jit_compile and strategy.num_replicas_in_sync > 1
+      and all("CPU" in d.upper() for d in strategy.extended.worker_devices)):
+    logging.warning("jit_compile ignored: %d replicas on CPU devices",
+                    strategy.num_replicas_in_sync)
+    return False
+  return jit_compile
 
 
 # --------------------------------------------------------------------------

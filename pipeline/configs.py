@@ -28,6 +28,91 @@ EVAL_GATES = {
 DEFAULT_BEAM_ARGS = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
 
 
+def _env(name: str, default: str, cast=str):
+  """A field read from $MAE_TFX_<name> when the config is created."""
+  def read():
+    value = os.environ.get(f"MAE_TFX_{name}", default)
+    return value in ("1", "true", "True") if cast is bool else cast(value)
+  return dataclasses.field(default_factory=read)
+
+
+@dataclasses.dataclass
+class VertexConfig:
+  """Where and on what the pipeline runs on Google Cloud. Every field has a
+  MAE_TFX_<FIELD> environment variable (e.g. MAE_TFX_PROJECT); the Vertex
+  runner's flags override them."""
+  project: str = _env("PROJECT", "")
+  region: str = _env("REGION", "us-central1")
+  bucket: str = _env("BUCKET", "")                 # gs://<bucket>, holds data and artifacts
+  image: str = _env("IMAGE", "")                   # this project's container (Dockerfile)
+  service_account: str = _env("SERVICE_ACCOUNT", "")
+  # Trainers as Vertex AI custom jobs (False: inside the pipeline's own container).
+  vertex_training: bool = _env("VERTEX_TRAINING", "1", bool)
+  trainer_machine_type: str = _env("TRAINER_MACHINE_TYPE", "n1-standard-8")
+  accelerator_type: str = _env("ACCELERATOR_TYPE", "NVIDIA_TESLA_T4")  # "" for none
+  accelerator_count: int = _env("ACCELERATOR_COUNT", "1", int)
+  # Beam components (StatisticsGen, Transform, Evaluator...) on Dataflow.
+  dataflow: bool = _env("DATAFLOW", "1", bool)
+  dataflow_machine_type: str = _env("DATAFLOW_MACHINE_TYPE", "n1-standard-4")
+  dataflow_max_workers: int = _env("DATAFLOW_MAX_WORKERS", "8", int)
+  # Pusher: a Vertex AI endpoint serving with a prebuilt TF container.
+  endpoint_name: str = _env("ENDPOINT_NAME", "mae-tfx-embeddings")
+  serving_image: str = _env("SERVING_IMAGE",
+                            "us-docker.pkg.dev/vertex-ai/prediction/tf2-cpu.2-15:latest")
+  serving_machine_type: str = _env("SERVING_MACHINE_TYPE", "n1-standard-4")
+
+  def validate(self) -> "VertexConfig":
+    missing = [f for f in ("project", "bucket", "image") if not getattr(self, f)]
+    if missing:
+      raise ValueError(f"Vertex AI config needs {missing} (flags --{missing[0]} ... or "
+                       f"MAE_TFX_{missing[0].upper()} ...)")
+    if not self.bucket.startswith("gs://"):
+      raise ValueError(f"bucket must be a gs:// URI, got {self.bucket!r}")
+    if self.accelerator_count < 0 or (self.accelerator_type and self.accelerator_count < 1):
+      raise ValueError(f"accelerator_count {self.accelerator_count} does not fit "
+                       f"accelerator_type {self.accelerator_type!r}")
+    return self
+
+  def beam_pipeline_args(self, temp_location: str) -> List[str]:
+    if not self.dataflow:
+      return list(DEFAULT_BEAM_ARGS)
+    return ["--runner=DataflowRunner", f"--project={self.project}",
+            f"--region={self.region}", f"--temp_location={temp_location}",
+            f"--machine_type={self.dataflow_machine_type}",
+            "--autoscaling_algorithm=THROUGHPUT_BASED",
+            f"--max_num_workers={self.dataflow_max_workers}",
+            f"--sdk_container_image={self.image}",
+            "--experiments=use_runner_v2"]
+
+  def worker_pool_specs(self) -> List[Dict[str, Any]]:
+    """One Vertex Training worker pool running this project's image."""
+    machine: Dict[str, Any] = {"machine_type": self.trainer_machine_type}
+    if self.accelerator_type:
+      machine.update(accelerator_type=self.accelerator_type,
+                     accelerator_count=self.accelerator_count)
+    return [{"machine_spec": machine, "replica_count": 1,
+             "container_spec": {"image_uri": self.image}}]
+
+  def trainer_custom_config(self) -> Dict[str, Any]:
+    """custom_config entries of the Vertex AI Training Trainer."""
+    from tfx.v1.extensions import google_cloud_ai_platform as gcp
+    job_spec: Dict[str, Any] = {"worker_pool_specs": self.worker_pool_specs()}
+    if self.service_account:
+      job_spec["service_account"] = self.service_account
+    return {gcp.ENABLE_VERTEX_KEY: True, gcp.VERTEX_REGION_KEY: self.region,
+            gcp.TRAINING_ARGS_KEY: {"project": self.project, "job_spec": job_spec}}
+
+  def pusher_custom_config(self) -> Dict[str, Any]:
+    """custom_config of the Vertex AI endpoint Pusher."""
+    from tfx.v1.extensions import google_cloud_ai_platform as gcp
+    return {gcp.ENABLE_VERTEX_KEY: True, gcp.VERTEX_REGION_KEY: self.region,
+            gcp.VERTEX_CONTAINER_IMAGE_URI_KEY: self.serving_image,
+            gcp.SERVING_ARGS_KEY: {
+                "project_id": self.project, "endpoint_name": self.endpoint_name,
+                "machine_type": self.serving_machine_type,
+                "min_replica_count": 1, "max_replica_count": 2}}
+
+
 @dataclasses.dataclass
 class PipelineConfig:
   data_root: str                         # an extracted cifar-10-batches-py/
@@ -42,6 +127,7 @@ class PipelineConfig:
   overrides: Dict[str, Dict[str, Any]] = dataclasses.field(default_factory=dict)
   beam_pipeline_args: List[str] = dataclasses.field(
       default_factory=lambda: list(DEFAULT_BEAM_ARGS))
+  vertex: Optional[VertexConfig] = None  # set: compile the Google Cloud variant
 
   @property
   def pipeline_root(self) -> str:

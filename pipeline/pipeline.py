@@ -75,16 +75,24 @@ def create_pipeline(config: PipelineConfig,
       disable_statistics=True)
   transform.add_upstream_node(anomalies_gate)
 
+  vertex = config.vertex
+
   def trainer(run_fn: str, **inputs) -> tfx.components.Trainer:
-    """Both Trainers read the same examples through the same Transform graph."""
-    return tfx.components.Trainer(
+    """Both Trainers read the same examples through the same Transform graph;
+    on Google Cloud they run as Vertex AI Training jobs."""
+    custom_config = config.trainer_custom_config()
+    component = tfx.components.Trainer
+    if vertex and vertex.vertex_training:
+      custom_config.update(vertex.trainer_custom_config())
+      component = tfx.extensions.google_cloud_ai_platform.Trainer
+    return component(
         run_fn=run_fn,
         examples=example_gen.outputs["examples"],
         transform_graph=transform.outputs["transform_graph"],
         schema=schema_gen.outputs["schema"],
         train_args=tfx.proto.TrainArgs(splits=["train"]),
         eval_args=tfx.proto.EvalArgs(splits=["test"]),
-        custom_config=config.trainer_custom_config(),
+        custom_config=custom_config,
         **inputs)
 
   mae_trainer = trainer(MAE_RUN_FN).with_id("mae_pretrain")
@@ -106,9 +114,15 @@ def create_pipeline(config: PipelineConfig,
       example_splits=["test"],
       eval_config=eval_config(min_accuracy, max_drop))
 
-  pusher = VersionedPusher(model=probe_trainer.outputs["model"],
-                           model_blessing=evaluator.outputs["blessing"],
-                           base_directory=config.serving_model_dir)
+  if vertex:   # a Vertex AI endpoint, serving with a prebuilt TF container
+    pusher = tfx.extensions.google_cloud_ai_platform.Pusher(
+        model=probe_trainer.outputs["model"],
+        model_blessing=evaluator.outputs["blessing"],
+        custom_config=vertex.pusher_custom_config())
+  else:
+    pusher = VersionedPusher(model=probe_trainer.outputs["model"],
+                             model_blessing=evaluator.outputs["blessing"],
+                             base_directory=config.serving_model_dir)
 
   return tfx.dsl.Pipeline(
       pipeline_name=config.pipeline_name,

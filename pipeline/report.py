@@ -9,7 +9,7 @@ probe's TFMA accuracy and whether (and where) the model was pushed.
 import argparse
 import json
 import os
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
@@ -64,6 +64,23 @@ def last_run_executions(metadata_path: str, pipeline_name: str) -> List[Dict]:
                  execution.create_time_since_epoch) / 1000.0,
         outputs=outputs, output_properties=output_properties))
   return rows
+
+
+def pipeline_inputs(metadata_path: str,
+                    pipeline_name: str = configs.PIPELINE_NAME) -> Tuple[str, str]:
+  """(Examples uri, TransformGraph uri) of the newest run."""
+  rows = {r["node"]: r for r in last_run_executions(metadata_path, pipeline_name)}
+  try:
+    return (rows["Cifar10ExampleGen"]["outputs"]["Examples"][0],
+            rows["Transform"]["outputs"]["TransformGraph"][0])
+  except KeyError as e:
+    raise SystemExit(f"{metadata_path} has no completed ExampleGen/Transform run "
+                     f"({e}); run `make pipeline` first") from e
+
+
+def split_files(examples: str, split: str) -> List[str]:
+  """File patterns of one split of an Examples artifact."""
+  return [os.path.join(examples, f"Split-{split}", "*")]
 
 
 def _read_json(path: str):

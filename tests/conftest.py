@@ -121,3 +121,28 @@ def transform_output(cifar10_sample, tmp_path_factory):
   (images, labels), _ = cifar10_sample
   out = str(tmp_path_factory.mktemp("transform"))
   return analyze_and_write_transform(images[:64], labels[:64], out)
+
+
+@pytest.fixture(scope="session")
+def smoke_run(small_cifar_dir, tmp_path_factory):
+  """The real pipeline on the small sample, run by the runner's command line
+  as `make pipeline PROFILE=smoke` calls it; returns its PipelineConfig."""
+  from pipeline import local_runner
+  return local_runner.main(["--profile", "smoke", "--data", small_cifar_dir,
+                            "--output-dir", str(tmp_path_factory.mktemp("smoke_run"))])
+
+
+def export_random_classifier(tf_transform_output, export_dir, feature_blocks=1, seed=0):
+  """A randomly initialised smoke-size encoder + probe head exported with the
+  real serving signatures; returns the ProbeClassifier."""
+  import tensorflow as tf
+  from models import config as config_lib
+  from models.linear_probe import ProbeClassifier, build_probe_head
+  from models.mae import MaskedAutoencoder
+  from models.signatures import export_saved_model
+  tf.keras.utils.set_random_seed(seed)
+  cfg = config_lib.get_profile("smoke").model
+  classifier = ProbeClassifier(MaskedAutoencoder(cfg).build_for().encoder,
+                               build_probe_head(cfg.embed_dim), feature_blocks)
+  export_saved_model(classifier, tf_transform_output, str(export_dir))
+  return classifier

@@ -37,13 +37,6 @@ def _versions(config):
       config.serving_model_dir) else []
 
 
-@pytest.fixture(scope="module")
-def smoke_run(small_cifar_dir, tmp_path_factory):
-  """The runner's command line, as `make pipeline PROFILE=smoke` calls it."""
-  return local_runner.main(["--profile", "smoke", "--data", small_cifar_dir,
-                            "--output-dir", str(tmp_path_factory.mktemp("smoke_run"))])
-
-
 def test_every_component_executes(smoke_run):
   states = _states(smoke_run)
   assert set(states) == ALL_NODES

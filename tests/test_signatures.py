@@ -5,11 +5,8 @@ import pytest
 import tensorflow as tf
 
 from models import config as config_lib
-from models.linear_probe import ProbeClassifier, build_probe_head
-from models.mae import MaskedAutoencoder
-from models.signatures import (CLASSIFY_EXAMPLES, EMBED_EXAMPLES, SERVING_DEFAULT,
-                               export_saved_model)
-from tests.conftest import jpeg_bytes, png_bytes
+from models.signatures import (CLASSIFY_EXAMPLES, EMBED_EXAMPLES, SERVING_DEFAULT)
+from tests.conftest import export_random_classifier, jpeg_bytes, png_bytes
 
 
 def _example(image):
@@ -20,14 +17,10 @@ def _example(image):
 
 @pytest.fixture(scope="module")
 def exported(transform_output, tmp_path_factory):
-  cfg = config_lib.get_profile("smoke").model
-  encoder = MaskedAutoencoder(cfg).build_for().encoder
-  # feature_blocks=2: the exported embedding averages the last two blocks.
-  classifier = ProbeClassifier(encoder, build_probe_head(cfg.embed_dim),
-                               feature_blocks=2)
   path = str(tmp_path_factory.mktemp("export"))
-  export_saved_model(classifier, transform_output, path)
-  return classifier, tf.saved_model.load(path), cfg
+  # feature_blocks=2: the exported embedding averages the last two blocks.
+  classifier = export_random_classifier(transform_output, path, feature_blocks=2)
+  return classifier, tf.saved_model.load(path), config_lib.get_profile("smoke").model
 
 
 def test_signatures_and_their_tensors(exported):

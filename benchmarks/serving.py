@@ -1,0 +1,115 @@
+"""Serving figures: request latency of the embedding server and batch
+embedding throughput, on real CIFAR-10 test images.
+
+  python benchmarks/serving.py --model-dir outputs/serving_model/mae-tfx \
+      --data ../shared/data/cifar10 [--requests 1000] [--clients 1,8,32]
+
+Latency: the real server (`python -m serving.server`, a child process on
+loopback) answers single-image PNG `:predict` requests from 1, 8 and 32
+concurrent clients (threads with keep-alive sessions, on the same machine,
+so the clients' CPU use counts against the server). Batch embedding: the
+batch CLI's code path (`serving.embed.embed_all`) over PNG bytes in memory.
+"""
+
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # Keras 2, before TF loads
+
+import argparse
+import base64
+import concurrent.futures
+import sys
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+import requests  # noqa: E402
+
+from components.cifar10_example_gen import encode_png, read_batch_file  # noqa: E402
+from pipeline import data_source  # noqa: E402
+from serving.embed import embed_all  # noqa: E402
+from serving.launch import ServerProcess  # noqa: E402
+from serving.model_store import SERVING_DEFAULT, load_version  # noqa: E402
+
+PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_pngs(data: str, count: int):
+  root = data_source.resolve_cifar10(data, os.path.join(PROJECT, ".cache", "data"))
+  images, _ = read_batch_file(os.path.join(root, "test_batch"))
+  return [encode_png(image) for image in images[:count]]
+
+
+def latency(url: str, name: str, pngs, clients: int, total: int):
+  """(p50 ms, p99 ms, requests/s) of `total` one-image requests."""
+  bodies = [{"instances": [{"b64": base64.b64encode(p).decode()}]} for p in pngs]
+  local = threading.local()
+
+  def one(i):
+    session = getattr(local, "session", None) or requests.Session()
+    local.session = session
+    start = time.perf_counter()
+    r = session.post(f"{url}/v1/models/{name}:predict", json=bodies[i % len(bodies)])
+    elapsed = time.perf_counter() - start
+    if r.status_code != 200:
+      raise RuntimeError(f"request {i}: {r.status_code} {r.text}")
+    return elapsed
+
+  for i in range(min(50, total)):        # warm-up: connections, first calls
+    one(i)
+  start = time.perf_counter()
+  with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+    seconds = np.array(list(pool.map(one, range(total))))
+  wall = time.perf_counter() - start
+  return (np.percentile(seconds, 50) * 1e3, np.percentile(seconds, 99) * 1e3,
+          total / wall)
+
+
+def batch_embedding(model_dir: str, pngs, batch_size: int) -> float:
+  model = load_version(model_dir)
+  batches = lambda: (pngs[i:i + batch_size] for i in range(0, len(pngs), batch_size))  # noqa: E731
+  embed_all(model, SERVING_DEFAULT, batches(), list(range(len(pngs))), progress=False)
+  start = time.perf_counter()                                  # timed second pass
+  embed_all(model, SERVING_DEFAULT, batches(), list(range(len(pngs))), progress=False)
+  return len(pngs) / (time.perf_counter() - start)
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--model-dir", default=os.path.join(PROJECT, "outputs", "serving_model",
+                                                     "mae-tfx"))
+  p.add_argument("--data", default=os.environ.get("MAE_TFX_CIFAR10"))
+  p.add_argument("--requests", type=int, default=1000, help="per concurrency level")
+  p.add_argument("--clients", default="1,8,32")
+  p.add_argument("--batch-sizes", default="64,256,1024")
+  p.add_argument("--images", type=int, default=10000, help="for batch embedding")
+  args = p.parse_args()
+
+  pngs = test_pngs(args.data, args.images)
+  model = load_version(args.model_dir)
+  print(f"model {model.path} (version {model.version}); {len(pngs)} CIFAR-10 test PNGs")
+  lines = []
+  for batch_size in [int(b) for b in args.batch_sizes.split(",")]:
+    ips = batch_embedding(args.model_dir, pngs, batch_size)
+    lines.append(f"batch embedding, batch {batch_size:5d}: {ips:7.0f} img/s")
+    print(lines[-1], flush=True)
+  name = os.path.basename(os.path.abspath(args.model_dir))
+  with ServerProcess(["--model-dir", args.model_dir]) as server:
+    for clients in [int(c) for c in args.clients.split(",")]:
+      p50, p99, rps = latency(server.url, name, pngs, clients, args.requests)
+      lines.append(f"server, {clients:2d} client(s), {args.requests} one-image requests: "
+                   f"p50 {p50:6.1f} ms  p99 {p99:6.1f} ms  {rps:6.0f} req/s")
+      print(lines[-1], flush=True)
+    metrics = requests.get(f"{server.url}/monitoring/prometheus/metrics").text
+  calls = dict(line.rsplit(" ", 1) for line in metrics.splitlines()
+               if line.startswith("mae_tfx_model"))
+  lines.append(f"server batching: {calls['mae_tfx_model_instances_total']} instances in "
+               f"{calls['mae_tfx_model_calls_total']} model calls")
+  print("\n".join(["summary:"] + lines))
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,148 @@
+"""Compiles the pipeline for Vertex AI Pipelines and submits it.
+
+  python -m pipeline.vertex_runner compile --project P --bucket gs://B \
+      --image REGION-docker.pkg.dev/P/mae-tfx/mae-tfx:TAG [--output mae-tfx-vertex.json]
+  python -m pipeline.vertex_runner submit --project P --bucket gs://B \
+      --image ... --spec mae-tfx-vertex.json [--dry-run]
+
+The same `create_pipeline` as the local runner, compiled by TFX's
+KubeflowV2DagRunner to a PipelineJob JSON whose every step runs this
+project's container image. Cloud variants, from `VertexConfig`: Trainers as
+Vertex AI Training jobs (worker pool with GPUs), Beam components on Dataflow,
+the Pusher deploying to a Vertex AI endpoint. Every flag also has a
+MAE_TFX_<FLAG> environment variable. Values are fixed at compile time: no
+RuntimeParameters (see tensorflow/tfx issue 7733 for TFX 1.16).
+"""
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+from typing import Dict, Optional
+
+from pipeline import configs
+from pipeline.pipeline import create_pipeline
+
+DEFAULT_SPEC = "mae-tfx-vertex.json"
+
+
+def vertex_config(args: argparse.Namespace) -> configs.VertexConfig:
+  """The environment's VertexConfig with the flags that were given applied."""
+  given = {f.name: getattr(args, f.name) for f in dataclasses.fields(configs.VertexConfig)
+           if getattr(args, f.name, None) is not None}
+  return dataclasses.replace(configs.VertexConfig(), **given).validate()
+
+
+def pipeline_config(args: argparse.Namespace) -> configs.PipelineConfig:
+  vertex = vertex_config(args)
+  overrides = json.loads(args.overrides)
+  if vertex.accelerator_count > 1:   # all GPUs of the worker: one replica each
+    overrides.setdefault("runtime", {}).setdefault("strategy", "mirrored")
+  bucket = vertex.bucket.rstrip("/")
+  return configs.PipelineConfig(
+      data_root=args.data or f"{bucket}/data/cifar-10-batches-py",
+      output_dir=f"{bucket}/{configs.PIPELINE_NAME}",
+      profile=args.profile, overrides=overrides,
+      enable_cache=not args.no_cache, vertex=vertex,
+      beam_pipeline_args=vertex.beam_pipeline_args(f"{bucket}/tmp"))
+
+
+def compile_pipeline(config: configs.PipelineConfig, output_path: str) -> str:
+  """Writes the PipelineJob JSON to `output_path`; returns it."""
+  from tfx.orchestration.kubeflow.v2 import kubeflow_v2_dag_runner as v2
+  runner = v2.KubeflowV2DagRunner(
+      config=v2.KubeflowV2DagRunnerConfig(default_image=config.vertex.image),
+      output_dir=os.path.dirname(os.path.abspath(output_path)),
+      output_filename=os.path.basename(output_path))
+  runner.run(create_pipeline(config))   # Vertex keeps its own metadata
+  return output_path
+
+
+def pipeline_job(spec_path: str, config: configs.PipelineConfig,
+                 credentials=None):
+  """The aiplatform.PipelineJob for the compiled spec (no network until submit)."""
+  from google.cloud import aiplatform
+  vertex = config.vertex
+  return aiplatform.PipelineJob(
+      display_name=config.pipeline_name, template_path=spec_path,
+      pipeline_root=config.pipeline_root, enable_caching=config.enable_cache,
+      project=vertex.project, location=vertex.region, credentials=credentials)
+
+
+def submit(spec_path: str, config: configs.PipelineConfig, dry_run: bool) -> Dict:
+  """Submits the job, or (dry run) validates it and returns what it would send."""
+  if not os.path.isfile(spec_path):
+    raise FileNotFoundError(f"{spec_path} not found: run `compile` first")
+  with open(spec_path) as f:
+    spec = json.load(f)
+  validate_spec(spec, config.vertex.image)
+  if dry_run:
+    from google.auth.credentials import AnonymousCredentials
+    job = pipeline_job(spec_path, config, credentials=AnonymousCredentials())
+    request = job.to_dict()      # the PipelineJob resource `submit` would create
+    return {"parent": f"projects/{config.vertex.project}/locations/{config.vertex.region}",
+            "service_account": config.vertex.service_account or None,
+            "pipeline_job": request}
+  job = pipeline_job(spec_path, config)
+  job.submit(service_account=config.vertex.service_account or None)
+  return {"pipeline_job": job.resource_name}
+
+
+def validate_spec(spec: Dict, image: Optional[str] = None) -> None:
+  """Parses the compiled JSON as a kfp PipelineSpec; checks it runs `image`."""
+  from google.protobuf import json_format
+  from kfp.pipeline_spec import pipeline_spec_pb2
+  if "pipelineSpec" not in spec:
+    raise ValueError("not a compiled PipelineJob: no 'pipelineSpec' field")
+  pipeline_spec = pipeline_spec_pb2.PipelineSpec()
+  json_format.ParseDict(spec["pipelineSpec"], pipeline_spec)
+  images = {e["container"]["image"] for e in spec["pipelineSpec"]["deploymentSpec"][
+      "executors"].values() if "container" in e}
+  if image and images != {image}:
+    raise ValueError(f"the spec runs images {sorted(images)}, expected only {image}")
+
+
+def parse_args(argv):
+  p = argparse.ArgumentParser(description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("command", choices=["compile", "submit"])
+  p.add_argument("--spec", default=DEFAULT_SPEC, help="compiled PipelineJob JSON")
+  p.add_argument("--output", default=None, help="compile: where to write (default --spec)")
+  p.add_argument("--dry-run", action="store_true",
+                 help="submit: validate and print the request, no network")
+  p.add_argument("--profile", default=os.environ.get("MAE_TFX_PROFILE", "full"))
+  p.add_argument("--overrides", default="{}", help="JSON {section: {field: value}}")
+  p.add_argument("--data", default=None,
+                 help="cifar-10-batches-py/ on GCS (default <bucket>/data/cifar-10-batches-py)")
+  p.add_argument("--no-cache", action="store_true")
+  for field in dataclasses.fields(configs.VertexConfig):
+    flag = "--" + field.name.replace("_", "-")
+    if field.type in (bool, "bool"):
+      p.add_argument(flag, dest=field.name, default=None,
+                     type=lambda v: v.lower() in ("1", "true", "yes"),
+                     help=f"true/false (MAE_TFX_{field.name.upper()})")
+    else:
+      p.add_argument(flag, dest=field.name, default=None,
+                     type=int if field.type in (int, "int") else str,
+                     help=f"(MAE_TFX_{field.name.upper()})")
+  return p.parse_args(argv)
+
+
+def main(argv=None) -> Dict:
+  args = parse_args(sys.argv[1:] if argv is None else argv)
+  config = pipeline_config(args)
+  if args.command == "compile":
+    path = compile_pipeline(config, args.output or args.spec)
+    print(f"vertex_runner: compiled {config.pipeline_name} (profile {config.profile}, "
+          f"image {config.vertex.image}) to {path}", flush=True)
+    return {"spec": path}
+  result = submit(args.spec, config, args.dry_run)
+  if args.dry_run:
+    print("vertex_runner: dry run, nothing submitted. Request:")
+  print(json.dumps(result, indent=2, sort_keys=True), flush=True)
+  return result
+
+
+if __name__ == "__main__":
+  main()

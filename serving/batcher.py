@@ -1,0 +1,113 @@
+"""Merges concurrent predict requests into one model call.
+
+No timer: a request that finds the model idle runs at once, so a lone client
+pays no batching delay. Requests that arrive while a call runs queue up and
+go together in the next call (up to `max_batch` instances), which is where
+batching pays: one [B] call costs far less than B calls of one image.
+
+A batch that fails on bad input (an instance that is not an image) is re-run
+request by request, so only the request with the bad instance fails, with
+the instance named; the others get their results.
+"""
+
+import asyncio
+import collections
+import concurrent.futures
+from typing import Dict, List, Tuple
+
+import numpy as np
+import tensorflow as tf
+
+from serving.model_store import LoadedModel, error_summary
+
+
+class BadInstance(ValueError):
+  """An instance the model cannot take (a 400 for the client)."""
+
+
+class Batcher:
+  """`await batcher.run(model, signature, values)` -> {output: [len(values), ...]}."""
+
+  def __init__(self, max_batch: int = 256, threads: int = 1):
+    self.max_batch = max_batch
+    # One model call at a time by default: TensorFlow already spreads a call
+    # over the intra-op threads, and two calls would compete for the cores.
+    self._executor = concurrent.futures.ThreadPoolExecutor(threads, "model")
+    self._pending: Dict[Tuple[int, str], collections.deque] = {}
+    self._active = set()
+    self.calls = 0          # model calls made (for tests and the benchmark)
+    self.instances = 0
+
+  async def run(self, model: LoadedModel, signature: str,
+                values: List[bytes]) -> Dict[str, np.ndarray]:
+    loop = asyncio.get_running_loop()
+    future = loop.create_future()
+    key = (model.version, signature)
+    self._pending.setdefault(key, collections.deque()).append((model, values, future))
+    if key not in self._active:
+      self._active.add(key)
+      loop.create_task(self._drain(key))
+    return await future
+
+  def close(self) -> None:
+    self._executor.shutdown(wait=False, cancel_futures=True)
+
+  async def _drain(self, key) -> None:
+    queue = self._pending[key]
+    try:
+      while queue:
+        batch, size = [], 0
+        while queue and (not batch or size + len(queue[0][1]) <= self.max_batch):
+          item = queue.popleft()
+          batch.append(item)
+          size += len(item[1])
+        await self._run_batch(batch, signature=key[1])
+    finally:
+      self._active.discard(key)
+
+  async def _run_batch(self, batch, signature: str) -> None:
+    model = batch[0][0]
+    values = [v for _, vs, _ in batch for v in vs]
+    try:
+      outputs = await self._call(model, signature, values)
+    except tf.errors.InvalidArgumentError:
+      for item in batch:   # isolate the request(s) with bad instances
+        await self._run_alone(model, signature, item)
+      return
+    except Exception as e:  # pylint: disable=broad-except
+      for _, _, future in batch:
+        if not future.done():
+          future.set_exception(e)
+      return
+    start = 0
+    for _, vs, future in batch:
+      if not future.done():
+        future.set_result({k: v[start:start + len(vs)] for k, v in outputs.items()})
+      start += len(vs)
+
+  async def _run_alone(self, model, signature, item) -> None:
+    _, values, future = item
+    try:
+      result = await self._call(model, signature, values)
+    except tf.errors.InvalidArgumentError as e:
+      result = await self._name_bad_instances(model, signature, values, e)
+    if not future.done():
+      if isinstance(result, Exception):
+        future.set_exception(result)
+      else:
+        future.set_result(result)
+
+  async def _name_bad_instances(self, model, signature, values, error) -> Exception:
+    bad = []
+    for i, value in enumerate(values):
+      try:
+        await self._call(model, signature, [value])
+      except tf.errors.InvalidArgumentError as e:
+        bad.append(f"instances[{i}]: {error_summary(e)}")
+    return BadInstance("; ".join(bad) if bad else error_summary(error))
+
+  async def _call(self, model: LoadedModel, signature: str, values: List[bytes]):
+    self.calls += 1
+    self.instances += len(values)
+    return await asyncio.get_running_loop().run_in_executor(
+        self._executor, model.run, signature, values)

@@ -1,0 +1,158 @@
+"""Batch embedding: a folder of images, or a split of the pipeline's examples,
+to an embeddings file (`serving.embeddings`).
+
+  python -m serving.embed --model-dir outputs/serving_model/mae-tfx \
+      --images photos/ --out photos.npz
+  python -m serving.embed --model-dir outputs/serving_model/mae-tfx \
+      --split test --out cifar10_test.npz      # newest `make pipeline` run's Examples
+
+Images (PNG/JPEG/BMP/GIF, any size) go through the model's `serving_default`
+signature, examples through `embed_examples`: the same preparation as every
+other caller. In a folder laid out as `<root>/<label>/<image>`, labels are the
+sub-folder names; ids are paths relative to `<root>`. An image that cannot be
+decoded stops the run with its path named (`--skip-bad` skips and lists
+them instead); the output file is written only when complete.
+"""
+
+import argparse
+import logging
+import os
+import sys
+import time
+from typing import Iterator, List, Tuple
+
+import numpy as np
+import tensorflow as tf
+from tqdm import tqdm
+
+from models.config import LABEL_KEY
+from models.signatures import EMBED_EXAMPLES
+from serving.embeddings import EmbeddingsFile
+from serving.model_store import SERVING_DEFAULT, LoadedModel, error_summary, load_version
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+
+
+class BadImages(ValueError):
+  pass
+
+
+def list_images(root: str) -> Tuple[List[str], List[str], List[str]]:
+  """(paths, ids, labels) of the images under `root`, sorted by id."""
+  if not os.path.isdir(root):
+    raise FileNotFoundError(f"{root} is not a directory")
+  found = []
+  for directory, _, files in os.walk(root):
+    for name in files:
+      if name.lower().endswith(IMAGE_EXTENSIONS):
+        found.append(os.path.relpath(os.path.join(directory, name), root))
+  if not found:
+    raise FileNotFoundError(f"no {'/'.join(IMAGE_EXTENSIONS)} files under {root}")
+  found.sort()
+  labels = [rel.split(os.sep)[0] if os.sep in rel else "" for rel in found]
+  return [os.path.join(root, rel) for rel in found], found, labels
+
+
+def image_batches(paths: List[str], batch_size: int) -> Iterator[List[bytes]]:
+  """File contents in batches, read ahead by parallel tf.data readers."""
+  ds = (tf.data.Dataset.from_tensor_slices(paths)
+        .map(tf.io.read_file, num_parallel_calls=tf.data.AUTOTUNE)
+        .batch(batch_size).prefetch(2))
+  for batch in ds:
+    yield list(batch.numpy())
+
+
+def example_records(file_patterns: List[str]) -> Tuple[List[bytes], List[str]]:
+  """(serialized tf.Examples, labels) of gzipped TFRecord files."""
+  files = sorted(f for p in file_patterns for f in tf.io.gfile.glob(p))
+  if not files:
+    raise FileNotFoundError(f"no example files match {file_patterns}")
+  records = [r.numpy() for r in tf.data.TFRecordDataset(files, compression_type="GZIP")]
+  spec = {LABEL_KEY: tf.io.FixedLenFeature([], tf.int64, default_value=-1)}
+  labels = tf.io.parse_example(tf.constant(records), spec)[LABEL_KEY].numpy()
+  return records, [str(x) if x >= 0 else "" for x in labels]
+
+
+def embed_all(model: LoadedModel, signature: str, batches: Iterator[List[bytes]],
+              ids: List[str], skip_bad: bool = False, progress: bool = True
+              ) -> Tuple[np.ndarray, List[int]]:
+  """Embeds every batch; returns (embeddings [N', D], indices of the
+  embedded items). A batch with an undecodable item is re-run item by item
+  to name it; it raises `BadImages` unless `skip_bad`."""
+  output = model.signature(signature).output_names[0]
+  chunks, kept, bad, start = [], [], [], 0
+  with tqdm(total=len(ids), unit="img", disable=not progress, file=sys.stderr) as bar:
+    for values in batches:
+      indices = list(range(start, start + len(values)))
+      try:
+        chunks.append(model.run(signature, values)[output])
+        kept.extend(indices)
+      except tf.errors.InvalidArgumentError:
+        for i, value in zip(indices, values):
+          try:
+            chunks.append(model.run(signature, [value])[output])
+            kept.append(i)
+          except tf.errors.InvalidArgumentError as e:
+            bad.append(f"{ids[i]}: {error_summary(e)}")
+      start += len(values)
+      bar.update(len(values))
+  if bad and not skip_bad:
+    raise BadImages(f"{len(bad)} item(s) could not be embedded (use --skip-bad to "
+                    "skip them):\n  " + "\n  ".join(bad[:20]))
+  for line in bad:
+    logging.warning("skipped %s", line)
+  if not chunks:
+    raise BadImages("nothing could be embedded")
+  return np.concatenate(chunks), kept
+
+
+def main(argv=None) -> EmbeddingsFile:
+  logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+  p = argparse.ArgumentParser(description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--model-dir", required=True,
+                 help="a pushed version, or the base directory (newest version)")
+  source = p.add_mutually_exclusive_group(required=True)
+  source.add_argument("--images", help="folder of images (sub-folders = labels)")
+  source.add_argument("--split", help="a split (train/test) of the newest pipeline run")
+  p.add_argument("--metadata", default=os.path.join("outputs", "metadata.sqlite"),
+                 help="MLMD database of the pipeline run (with --split)")
+  p.add_argument("--out", required=True, help="embeddings file to write (.npz)")
+  p.add_argument("--batch-size", type=int, default=256)
+  p.add_argument("--skip-bad", action="store_true")
+  p.add_argument("--no-progress", action="store_true")
+  args = p.parse_args(sys.argv[1:] if argv is None else argv)
+
+  model = load_version(args.model_dir)
+  if args.images:
+    paths, ids, labels = list_images(args.images)
+    signature, source = SERVING_DEFAULT, os.path.abspath(args.images)
+    batches = image_batches(paths, args.batch_size)
+  else:
+    from pipeline.report import pipeline_inputs, split_files
+    examples, _ = pipeline_inputs(args.metadata)
+    records, labels = example_records(split_files(examples, args.split))
+    ids = [f"{args.split}/{i}" for i in range(len(records))]
+    signature, source = EMBED_EXAMPLES, os.path.join(examples, f"Split-{args.split}")
+    batches = (records[i:i + args.batch_size]
+               for i in range(0, len(records), args.batch_size))
+
+  start = time.perf_counter()
+  embeddings, kept = embed_all(model, signature, batches, ids, args.skip_bad,
+                               progress=not args.no_progress)
+  seconds = time.perf_counter() - start
+  table = EmbeddingsFile(
+      embeddings, np.array(ids)[kept], np.array(labels)[kept],
+      meta={"model_dir": os.path.abspath(model.path), "model_version": model.version,
+            "signature": signature, "source": source, "count": len(kept),
+            "skipped": len(ids) - len(kept),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+  table.save(args.out)
+  print(f"serving.embed: {len(kept)} embeddings of dim {embeddings.shape[1]} "
+        f"(model version {model.version}) in {seconds:.1f} s, "
+        f"{len(kept) / seconds:.0f} img/s -> {args.out}", flush=True)
+  return table
+
+
+if __name__ == "__main__":
+  main()

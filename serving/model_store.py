@@ -1,0 +1,231 @@
+"""The pushed versions of one model, as TF Serving sees them.
+
+The Pusher writes `<base>/<version>/saved_model.pb` (numeric versions, copied
+to a hidden staging directory and renamed into place). The store loads the
+newest version at start, polls the base directory and loads a newly pushed
+version in the background (warmed up before it takes traffic), so a server
+picks it up without a restart. Older versions are loaded on their first
+request and kept in a small LRU.
+"""
+
+import collections
+import dataclasses
+import logging
+import os
+import re
+import threading
+import time
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+import tensorflow as tf
+
+_VERSION = re.compile(r"^\d+$")
+SERVING_DEFAULT = "serving_default"
+
+
+def error_summary(error: tf.errors.OpError) -> str:
+  """The op's own message ("Unknown image file format...") out of a graph
+  execution error's text, without the node and stack boilerplate."""
+  lines = [line.strip() for line in error.message.splitlines()]
+  useful = [line for line in lines if line and not line.startswith(("[[", "<stack")) and
+            not line.startswith(("Graph execution error", "Detected at node"))]
+  return useful[0] if useful else lines[0]
+
+
+class NotFound(LookupError):
+  """An unknown model version or signature (a 404 / 400 for the client)."""
+
+
+@dataclasses.dataclass
+class Signature:
+  """A signature this server can feed: exactly one string input."""
+  name: str
+  input_name: str
+  output_names: List[str]
+  function: Callable
+
+  def describe(self) -> Dict:
+    spec = self.function.structured_input_signature[1][self.input_name]
+    return {"inputs": {self.input_name: {"dtype": spec.dtype.name,
+                                         "shape": spec.shape.as_list()}},
+            "outputs": {k: {"dtype": v.dtype.name, "shape": v.shape.as_list()}
+                        for k, v in sorted(self.function.structured_outputs.items())}}
+
+
+class LoadedModel:
+  """One SavedModel version and its string-input signatures."""
+
+  def __init__(self, version: int, path: str):
+    self.version, self.path = version, path
+    self._saved_model = tf.saved_model.load(path)
+    self.signatures: Dict[str, Signature] = {}
+    for name, function in self._saved_model.signatures.items():
+      inputs = function.structured_input_signature[1]
+      if len(inputs) == 1 and next(iter(inputs.values())).dtype == tf.string:
+        self.signatures[name] = Signature(name, next(iter(inputs)),
+                                          sorted(function.structured_outputs),
+                                          function)
+    if not self.signatures:
+      raise ValueError(f"{path} has no signature with one string input")
+
+  def signature(self, name: str) -> Signature:
+    if name not in self.signatures:
+      raise NotFound(f"signature {name!r} not found in version {self.version}; "
+                     f"available: {sorted(self.signatures)}")
+    return self.signatures[name]
+
+  def run(self, signature_name: str, values: List[bytes]) -> Dict[str, np.ndarray]:
+    """Calls one signature on a batch of strings; {output: [B, ...] array}."""
+    sig = self.signature(signature_name)
+    outputs = sig.function(**{sig.input_name: tf.constant(values, tf.string)})
+    return {k: v.numpy() for k, v in outputs.items()}
+
+  def warm_up(self) -> None:
+    """One call of `serving_default` on a black 32x32 PNG, so the first
+    client request does not pay for graph initialisation."""
+    if SERVING_DEFAULT in self.signatures:
+      png = tf.io.encode_png(tf.zeros([32, 32, 3], tf.uint8)).numpy()
+      self.run(SERVING_DEFAULT, [png])
+
+
+def versions_on_disk(base_dir: str) -> List[int]:
+  """Complete versions (a numeric directory with a saved_model.pb), oldest first."""
+  if not tf.io.gfile.isdir(base_dir):
+    return []
+  return sorted(int(name.rstrip("/")) for name in tf.io.gfile.listdir(base_dir)
+                if _VERSION.match(name.rstrip("/")) and tf.io.gfile.exists(
+                    os.path.join(base_dir, name.rstrip("/"), "saved_model.pb")))
+
+
+def load_version(model_dir: str) -> LoadedModel:
+  """A version directory (with saved_model.pb), or a base directory of
+  versions (its newest), loaded."""
+  model_dir = model_dir.rstrip("/")
+  if tf.io.gfile.exists(os.path.join(model_dir, "saved_model.pb")):
+    name = os.path.basename(model_dir)
+    return LoadedModel(int(name) if _VERSION.match(name) else 0, model_dir)
+  versions = versions_on_disk(model_dir)
+  if not versions:
+    raise FileNotFoundError(f"{model_dir} is neither a SavedModel nor a directory "
+                            "of numeric versions holding one")
+  return LoadedModel(versions[-1], os.path.join(model_dir, str(versions[-1])))
+
+
+class ModelStore:
+  """Serves the newest version of the model under `base_dir`, any other
+  version on request; `refresh` (or the polling thread) picks up new ones."""
+
+  def __init__(self, base_dir: str, name: str, max_loaded: int = 3):
+    self.base_dir, self.name, self.max_loaded = base_dir, name, max(1, max_loaded)
+    self._loaded: "collections.OrderedDict[int, LoadedModel]" = collections.OrderedDict()
+    self._failed: Dict[int, str] = {}
+    self._latest: Optional[int] = None
+    self._lock = threading.Lock()
+    self._stop = threading.Event()
+    self._poller: Optional[threading.Thread] = None
+
+  # ---- versions ----------------------------------------------------------
+  @property
+  def latest_version(self) -> Optional[int]:
+    return self._latest
+
+  def refresh(self) -> Optional[int]:
+    """Loads the newest version on disk when it is newer than the one served;
+    returns the version now served. A version that fails to load is logged,
+    reported in `status` and skipped; the previous version keeps serving."""
+    candidates = [v for v in versions_on_disk(self.base_dir)
+                  if v not in self._failed and (self._latest is None or v > self._latest)]
+    for version in reversed(candidates):
+      try:
+        model = self._load(version)
+      except Exception as e:  # pylint: disable=broad-except
+        self._failed[version] = f"{type(e).__name__}: {e}"
+        logging.error("Version %d of %s failed to load, still serving %s: %s",
+                      version, self.name, self._latest, self._failed[version])
+        continue
+      model.warm_up()
+      with self._lock:
+        self._remember(model)
+        self._latest = version
+      logging.info("Serving %s version %d from %s", self.name, version, model.path)
+      break
+    return self._latest
+
+  def get(self, version: Optional[int] = None) -> LoadedModel:
+    """The latest version, or `version` (loaded on first use)."""
+    with self._lock:
+      if version is None:
+        if self._latest is None:
+          raise NotFound(f"no version of model {self.name!r} is loaded yet "
+                         f"(none under {self.base_dir})")
+        version = self._latest
+      if version in self._loaded:
+        self._loaded.move_to_end(version)
+        return self._loaded[version]
+    on_disk = versions_on_disk(self.base_dir)
+    if version not in on_disk:
+      raise NotFound(f"version {version} of model {self.name!r} not found; "
+                     f"available versions: {on_disk}")
+    if version in self._failed:
+      raise NotFound(f"version {version} of model {self.name!r} failed to load: "
+                     f"{self._failed[version]}")
+    model = self._load(version)
+    with self._lock:
+      return self._remember(model)
+
+  def status(self, version: Optional[int] = None) -> List[Dict]:
+    """TF Serving's `model_version_status` entries, newest first."""
+    versions = sorted(set(versions_on_disk(self.base_dir)) | set(self._loaded)
+                      | set(self._failed), reverse=True)
+    if version is not None:
+      if version not in versions:
+        raise NotFound(f"version {version} of model {self.name!r} not found; "
+                       f"available versions: {sorted(versions)}")
+      versions = [version]
+    rows = []
+    for v in versions:
+      if v in self._failed:
+        state, code, message = "END", "UNKNOWN", self._failed[v]
+      elif v in self._loaded:
+        state, code, message = "AVAILABLE", "OK", ""
+      else:  # on disk, loaded on first request
+        state, code, message = "START", "OK", "loaded on first request"
+      rows.append({"version": str(v), "state": state,
+                   "status": {"error_code": code, "error_message": message}})
+    return rows
+
+  # ---- polling -----------------------------------------------------------
+  def start_polling(self, interval_seconds: float) -> None:
+    """Checks for new versions every `interval_seconds` in a daemon thread."""
+    def poll():
+      while not self._stop.wait(interval_seconds):
+        try:
+          self.refresh()
+        except Exception:  # pylint: disable=broad-except
+          logging.exception("Polling %s failed; will retry", self.base_dir)
+    self._poller = threading.Thread(target=poll, name="model-poller", daemon=True)
+    self._poller.start()
+
+  def stop(self) -> None:
+    self._stop.set()
+    if self._poller:
+      self._poller.join(timeout=5)
+
+  # ---- internals ---------------------------------------------------------
+  def _load(self, version: int) -> LoadedModel:
+    start = time.perf_counter()
+    model = LoadedModel(version, os.path.join(self.base_dir, str(version)))
+    logging.info("Loaded %s version %d in %.1f s", self.name, version,
+                 time.perf_counter() - start)
+    return model
+
+  def _remember(self, model: LoadedModel) -> LoadedModel:
+    """Caches `model` (caller holds the lock), evicting the least recently
+    used version other than the latest."""
+    self._loaded[model.version] = model
+    self._loaded.move_to_end(model.version)
+    while len(self._loaded) > self.max_loaded:
+      evict = next(v for v in self._loaded if v != self._latest and v != model.version)
+      del self._loaded[evict]
+    return model

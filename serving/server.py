@@ -1,0 +1,309 @@
+"""A local embedding server speaking the TF Serving REST API (a subset).
+
+  python -m serving.server --model-dir outputs/serving_model/mae-tfx \
+      [--port 8501] [--index embeddings.npz]
+
+  GET  /v1/models/<name>[/versions/<v>]            version status
+  GET  /v1/models/<name>[/versions/<v>]/metadata   signatures, inputs, outputs
+  POST /v1/models/<name>[/versions/<v>]:predict    {"instances": [{"b64": ...}],
+                                                    "signature_name": optional}
+  POST /v1/models/<name>:neighbors                 {"instances": [{"b64": ...}], "k": 10}
+  GET  /monitoring/prometheus/metrics              request and batching counters
+
+Serves the newest version under --model-dir and loads a newly pushed one
+without a restart (polling, like TF Serving's file-system poll). Concurrent
+requests are merged into one model call (`serving.batcher`). Every bad
+request gets a 4xx with {"error": "<what is wrong>"} and is logged as one
+line; the server keeps serving.
+"""
+
+import os
+
+# A request with a bad image is a client error answered with a 400; keep
+# TensorFlow's C++ runtime from also logging each one as a warning.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import argparse
+import asyncio
+import base64
+import binascii
+import collections
+import json
+import logging
+import signal
+import sys
+from typing import Dict, List, Optional
+
+import numpy as np
+from aiohttp import web
+
+from serving.batcher import BadInstance, Batcher
+from serving.embeddings import EmbeddingsFile, NeighbourIndex
+from serving.model_store import SERVING_DEFAULT, ModelStore, NotFound
+
+log = logging.getLogger("serving")
+
+STORE = web.AppKey("store", ModelStore)
+BATCHER = web.AppKey("batcher", Batcher)
+INDEX = web.AppKey("index", object)
+RESPONSES = web.AppKey("responses", collections.Counter)   # status -> count
+MAX_NEIGHBOURS = 1000
+
+
+class BadRequest(ValueError):
+  """A request the client must fix (400)."""
+
+
+# --------------------------------------------------------------------------
+# Request parsing (TF Serving REST semantics, string inputs as {"b64": ...})
+# --------------------------------------------------------------------------
+async def read_json_object(request: web.Request) -> Dict:
+  raw = await request.read()        # 413 past the app's client_max_size
+  try:
+    body = json.loads(raw)
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise BadRequest(f"request body is not valid JSON: {e}") from None
+  if not isinstance(body, dict):
+    raise BadRequest(f"request body must be a JSON object, got {type(body).__name__}")
+  return body
+
+
+def decode_instances(body: Dict, input_name: str) -> List[bytes]:
+  """`instances` (row format) or `inputs` (columnar) -> the raw byte strings.
+
+  Each instance is {"b64": "<base64>"} or {"<input_name>": {"b64": ...}}.
+  """
+  if "instances" in body:
+    field, items = "instances", body["instances"]
+  elif "inputs" in body:
+    field, items = "inputs", body["inputs"]
+    if isinstance(items, dict) and set(items) == {input_name}:
+      items = items[input_name]
+  else:
+    raise BadRequest("request has no 'instances' field (nor columnar 'inputs'); "
+                     'expected {"instances": [{"b64": "<base64 image>"}, ...]}')
+  if not isinstance(items, list) or not items:
+    raise BadRequest(f"'{field}' must be a non-empty list, got {_short(items)}")
+  values = []
+  for i, item in enumerate(items):
+    if isinstance(item, dict) and set(item) == {input_name}:
+      item = item[input_name]
+    if not (isinstance(item, dict) and set(item) == {"b64"} and isinstance(item["b64"], str)):
+      raise BadRequest(f'{field}[{i}]: expected {{"b64": "<base64 string>"}}, '
+                       f"got {_short(item)}")
+    try:
+      values.append(base64.b64decode(item["b64"], validate=True))
+    except (binascii.Error, ValueError) as e:
+      raise BadRequest(f"{field}[{i}].b64 is not valid base64: {e}") from None
+  return values
+
+
+def _short(value, limit: int = 60) -> str:
+  text = json.dumps(value)
+  return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _version(request: web.Request) -> Optional[int]:
+  text = request.match_info.get("version")
+  if text is None:
+    return None
+  if not text.isdigit():
+    raise NotFound(f"version {text!r} not found: versions are integers")
+  return int(text)
+
+
+def _check_name(request: web.Request) -> ModelStore:
+  store = request.app[STORE]
+  name = request.match_info["name"]
+  if name != store.name:
+    raise NotFound(f"model {name!r} not found; this server serves {store.name!r}")
+  return store
+
+
+# --------------------------------------------------------------------------
+# Handlers
+# --------------------------------------------------------------------------
+async def model_status(request: web.Request) -> web.Response:
+  store = _check_name(request)
+  return web.json_response({"model_version_status": store.status(_version(request))})
+
+
+async def model_metadata(request: web.Request) -> web.Response:
+  store = _check_name(request)
+  model = store.get(_version(request))
+  return web.json_response({
+      "model_spec": {"name": store.name, "version": str(model.version)},
+      "metadata": {"signature_def": {name: sig.describe() for name, sig
+                                     in sorted(model.signatures.items())}}})
+
+
+async def predict(request: web.Request) -> web.Response:
+  store = _check_name(request)
+  body = await read_json_object(request)
+  signature_name = body.get("signature_name", SERVING_DEFAULT)
+  if not isinstance(signature_name, str):
+    raise BadRequest(f"'signature_name' must be a string, got {_short(signature_name)}")
+  model = store.get(_version(request))
+  try:
+    signature = model.signature(signature_name)
+  except NotFound as e:  # the body names it: the request is wrong, not the URL
+    raise BadRequest(e.args[0]) from None
+  values = decode_instances(body, signature.input_name)
+  outputs = await request.app[BATCHER].run(model, signature_name, values)
+  return web.json_response(_format_outputs(outputs, columnar="instances" not in body),
+                           headers={"X-Model-Version": str(model.version)})
+
+
+def _format_outputs(outputs: Dict[str, np.ndarray], columnar: bool) -> Dict:
+  """TF Serving's response: one output -> a list of values per instance;
+  several -> a dict per instance (`outputs` instead for columnar requests)."""
+  if columnar:
+    if len(outputs) == 1:
+      return {"outputs": next(iter(outputs.values())).tolist()}
+    return {"outputs": {k: v.tolist() for k, v in outputs.items()}}
+  if len(outputs) == 1:
+    return {"predictions": next(iter(outputs.values())).tolist()}
+  names = sorted(outputs)
+  n = len(outputs[names[0]])
+  return {"predictions": [{k: outputs[k][i].tolist() for k in names} for i in range(n)]}
+
+
+async def neighbors(request: web.Request) -> web.Response:
+  store = _check_name(request)
+  index: Optional[NeighbourIndex] = request.app[INDEX]
+  if index is None:
+    raise NotFound("no embeddings file is loaded: start the server with "
+                   "--index FILE (written by `python -m serving.embed`)")
+  body = await read_json_object(request)
+  k = body.get("k", 10)
+  if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= MAX_NEIGHBOURS:
+    raise BadRequest(f"'k' must be an integer in [1, {MAX_NEIGHBOURS}], got {_short(k)}")
+  # Queries are embedded by the model version that embedded the file.
+  model = store.get(index.table.model_version)
+  signature = model.signature(SERVING_DEFAULT)
+  values = decode_instances(body, signature.input_name)
+  outputs = await request.app[BATCHER].run(model, SERVING_DEFAULT, values)
+  return web.json_response({
+      "model_version": str(model.version),
+      "neighbors": index.query(outputs[signature.output_names[0]], k)})
+
+
+async def metrics(request: web.Request) -> web.Response:
+  """Counters in the Prometheus text format (TF Serving serves its own at
+  this path): responses by status, model calls and instances, so batching
+  is visible (instances per call > 1 under concurrent load)."""
+  batcher = request.app[BATCHER]
+  lines = ["# TYPE mae_tfx_responses_total counter"]
+  lines += [f'mae_tfx_responses_total{{status="{status}"}} {count}'
+            for status, count in sorted(request.app[RESPONSES].items())]
+  lines += ["# TYPE mae_tfx_model_calls_total counter",
+            f"mae_tfx_model_calls_total {batcher.calls}",
+            "# TYPE mae_tfx_model_instances_total counter",
+            f"mae_tfx_model_instances_total {batcher.instances}"]
+  return web.Response(text="\n".join(lines) + "\n")
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler):
+  """Client errors as {"error": message} with a 4xx and one log line."""
+  response = await _json_errors(request, handler)
+  request.app[RESPONSES][response.status] += 1
+  return response
+
+
+async def _json_errors(request: web.Request, handler):
+  try:
+    return await handler(request)
+  except (BadRequest, BadInstance) as e:
+    status, message = 400, str(e)
+  except NotFound as e:
+    status, message = 404, e.args[0]
+  except web.HTTPException as e:
+    if e.status < 400:
+      raise
+    status, message = e.status, _http_error_message(request, e)
+  log.info("%d %s %s: %s", status, request.method, request.path, message)
+  return web.json_response({"error": message}, status=status)
+
+
+def _http_error_message(request: web.Request, e: web.HTTPException) -> str:
+  if e.status == 404:
+    return (f"no route {request.method} {request.path}; see "
+            "GET /v1/models/<name> and POST /v1/models/<name>[/versions/<v>]:predict")
+  if e.status == 405:
+    return f"method {request.method} not allowed on {request.path}"
+  return e.text or e.reason
+
+
+def create_app(store: ModelStore, batcher: Batcher,
+               index: Optional[NeighbourIndex] = None,
+               max_body_bytes: int = 8 << 20) -> web.Application:
+  app = web.Application(middlewares=[json_errors], client_max_size=max_body_bytes)
+  app[STORE], app[BATCHER], app[INDEX] = store, batcher, index
+  app[RESPONSES] = collections.Counter()
+  app.router.add_get("/monitoring/prometheus/metrics", metrics)
+  model = "/v1/models/{name:[^/:]+}"
+  version = model + "/versions/{version:[^/:]+}"
+  for prefix in (model, version):
+    app.router.add_get(prefix, model_status)
+    app.router.add_get(prefix + "/metadata", model_metadata)
+    app.router.add_post(prefix + ":predict", predict)
+  app.router.add_post(model + ":neighbors", neighbors)
+  return app
+
+
+# --------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------
+def parse_args(argv):
+  p = argparse.ArgumentParser(description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--model-dir", required=True,
+                 help="base directory of numeric versions (the Pusher's destination)")
+  p.add_argument("--model-name", default=None, help="default: the directory's name")
+  p.add_argument("--host", default="127.0.0.1")
+  p.add_argument("--port", type=int, default=8501, help="0: any free port")
+  p.add_argument("--poll-seconds", type=float, default=2.0,
+                 help="how often to look for a newly pushed version")
+  p.add_argument("--max-body-mb", type=float, default=8.0)
+  p.add_argument("--max-batch", type=int, default=256,
+                 help="most instances merged into one model call")
+  p.add_argument("--index", default=None,
+                 help="embeddings file for POST :neighbors (python -m serving.embed)")
+  p.add_argument("--access-log", action="store_true")
+  return p.parse_args(argv)
+
+
+async def serve(args) -> None:
+  base = os.path.abspath(args.model_dir)
+  store = ModelStore(base, args.model_name or os.path.basename(base.rstrip("/")))
+  # Load before listening, as TF Serving does: no request meets an empty server.
+  if store.refresh() is None:
+    log.warning("No version under %s yet; waiting for one to be pushed", base)
+  store.start_polling(args.poll_seconds)
+  index = NeighbourIndex(EmbeddingsFile.load(args.index)) if args.index else None
+  batcher = Batcher(max_batch=args.max_batch)
+  app = create_app(store, batcher, index, int(args.max_body_mb * (1 << 20)))
+  runner = web.AppRunner(app, access_log=log if args.access_log else None)
+  await runner.setup()
+  site = web.TCPSite(runner, args.host, args.port)
+  await site.start()
+  host, port = site._server.sockets[0].getsockname()[:2]  # pylint: disable=protected-access
+  print(f"serving.server: model {store.name!r} version {store.latest_version} "
+        f"on http://{host}:{port}", flush=True)
+  stop = asyncio.Event()
+  for sig in (signal.SIGINT, signal.SIGTERM):
+    asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+  await stop.wait()
+  await runner.cleanup()
+  store.stop()
+  batcher.close()
+
+
+def main(argv=None) -> None:
+  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+  asyncio.run(serve(parse_args(sys.argv[1:] if argv is None else argv)))
+
+
+if __name__ == "__main__":
+  main()

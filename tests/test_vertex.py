@@ -1,0 +1,174 @@
+"""Vertex AI: the compiled PipelineSpec mirrors the local DAG; cloud variants;
+a dry-run submission that makes no network call."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from google.protobuf import json_format
+from kfp.pipeline_spec import pipeline_spec_pb2
+
+from models import config as config_lib
+from pipeline import configs, vertex_runner
+from pipeline.pipeline import MAE_RUN_FN, PROBE_RUN_FN, create_pipeline
+
+IMAGE = "us-central1-docker.pkg.dev/test-project/mae-tfx/mae-tfx:test"
+CLOUD = ["--project", "test-project", "--bucket", "gs://test-bucket", "--image", IMAGE,
+         "--region", "europe-west4"]
+RESOLVER = "latest_blessed_model_resolver"
+
+
+def _compile(tmp_path, *flags):
+  path = str(tmp_path / "spec.json")
+  vertex_runner.main(["compile", *CLOUD, "--output", path, *flags])
+  with open(path) as f:
+    return json.load(f), path
+
+
+def _parameters(spec, task):
+  params = spec["pipelineSpec"]["root"]["dag"]["tasks"][task]["inputs"]["parameters"]
+  return {k: v["runtimeValue"]["constantValue"]["stringValue"] for k, v in params.items()}
+
+
+def _executor_args(spec, task):
+  return spec["pipelineSpec"]["deploymentSpec"]["executors"][f"{task}_executor"][
+      "container"]["args"]
+
+
+@pytest.fixture(scope="module")
+def default_spec(tmp_path_factory):
+  return _compile(tmp_path_factory.mktemp("vertex"))
+
+
+def test_spec_parses_and_has_the_local_dag(default_spec, tmp_path):
+  spec, _ = default_spec
+  parsed = pipeline_spec_pb2.PipelineSpec()
+  json_format.ParseDict(spec["pipelineSpec"], parsed)        # a valid kfp PipelineSpec
+  assert parsed.pipeline_info.name == configs.PIPELINE_NAME
+  local = create_pipeline(configs.PipelineConfig(data_root=str(tmp_path),
+                                                 output_dir=str(tmp_path)))
+  local_deps = {c.id: {u.id for u in c.upstream_nodes} for c in local.components}
+  # The compiler splits the latest-blessed-model resolver into two resolver steps.
+  tasks = parsed.root.dag.tasks
+  compiled = {name.split("-")[0]: set() for name in tasks}
+  for name, task in tasks.items():
+    compiled[name.split("-")[0]] |= {d.split("-")[0] for d in task.dependent_tasks}
+  assert compiled == local_deps
+  executors = spec["pipelineSpec"]["deploymentSpec"]["executors"].values()
+  assert {e["container"]["image"] for e in executors if "container" in e} == {IMAGE}
+  assert spec["runtimeConfig"]["gcsOutputDirectory"] == "gs://test-bucket/mae-tfx/pipeline_root"
+
+
+def test_trainers_carry_run_fns_and_the_run_config(default_spec):
+  spec, _ = default_spec
+  for task, run_fn in (("mae_pretrain", MAE_RUN_FN), ("linear_probe", PROBE_RUN_FN)):
+    params = _parameters(spec, task)
+    assert params["run_fn"] == run_fn
+    custom = json.loads(params["custom_config"])
+    run_config = config_lib.from_custom_config(custom)
+    assert run_config.profile == "full"
+    assert custom[config_lib.CHECKPOINT_ROOT_KEY] == "gs://test-bucket/mae-tfx/checkpoints"
+  assert "linear_probe" in spec["pipelineSpec"]["root"]["dag"]["tasks"]["Evaluator"][
+      "dependentTasks"]
+
+
+def test_cloud_variants_vertex_training_endpoint_pusher_and_dataflow(default_spec):
+  spec, _ = default_spec
+  custom = json.loads(_parameters(spec, "mae_pretrain")["custom_config"])
+  assert custom["ai_platform_enable_vertex"] is True
+  assert custom["ai_platform_vertex_region"] == "europe-west4"
+  pool = custom["ai_platform_training_args"]["job_spec"]["worker_pool_specs"][0]
+  assert pool["machine_spec"] == {"machine_type": "n1-standard-8",
+                                  "accelerator_type": "NVIDIA_TESLA_T4",
+                                  "accelerator_count": 1}
+  assert pool["container_spec"]["image_uri"] == IMAGE
+  assert "google_cloud_ai_platform.trainer.executor" in " ".join(
+      _executor_args(spec, "mae_pretrain"))
+  pusher = json.loads(_parameters(spec, "Pusher")["custom_config"])
+  assert pusher["ai_platform_serving_args"]["endpoint_name"] == "mae-tfx-embeddings"
+  assert pusher["ai_platform_serving_args"]["project_id"] == "test-project"
+  assert pusher["ai_platform_vertex_container_image_uri"].startswith(
+      "us-docker.pkg.dev/vertex-ai/prediction/tf2-cpu")
+  assert "google_cloud_ai_platform.pusher.executor" in " ".join(_executor_args(spec, "Pusher"))
+  for task in ("StatisticsGen", "Transform", "Evaluator"):
+    args = _executor_args(spec, task)
+    assert "--runner=DataflowRunner" in args and "--temp_location=gs://test-bucket/tmp" in args
+    assert "--autoscaling_algorithm=THROUGHPUT_BASED" in args
+
+
+def test_more_gpus_select_mirrored_and_local_variants_compile(tmp_path):
+  spec, _ = _compile(tmp_path, "--accelerator-type", "NVIDIA_TESLA_A100",
+                     "--accelerator-count", "4", "--vertex-training", "false",
+                     "--dataflow", "false")
+  custom = json.loads(_parameters(spec, "mae_pretrain")["custom_config"])
+  assert config_lib.from_custom_config(custom).runtime.strategy == "mirrored"
+  assert "ai_platform_training_args" not in custom       # Trainer inside the pipeline step
+  assert "tfx.components.trainer.executor" in " ".join(_executor_args(spec, "mae_pretrain"))
+  assert "--runner=DataflowRunner" not in _executor_args(spec, "Transform")
+
+
+def test_missing_settings_are_named(tmp_path, monkeypatch):
+  for name in ("PROJECT", "BUCKET", "IMAGE"):
+    monkeypatch.delenv(f"MAE_TFX_{name}", raising=False)
+  with pytest.raises(ValueError, match=r"needs \['project', 'bucket', 'image'\]"):
+    vertex_runner.main(["compile", "--output", str(tmp_path / "x.json")])
+  with pytest.raises(ValueError, match="bucket must be a gs:// URI"):
+    vertex_runner.main(["compile", *CLOUD[:2], "--bucket", "/local", "--image", IMAGE])
+
+
+BLOCK_NETWORK = r"""
+import os, socket
+def _blocked(*args, **kwargs):
+  with open(os.environ["NETWORK_ATTEMPTS"], "a") as f:
+    f.write(repr(args[1:3]) + "\n")
+  raise OSError(101, "Network is unreachable (blocked by the test)")
+socket.socket.connect = socket.socket.connect_ex = _blocked
+socket.create_connection = socket.getaddrinfo = _blocked
+"""
+
+
+def test_dry_run_submission_prints_the_job_without_network(default_spec, tmp_path):
+  _, spec_path = default_spec
+  (tmp_path / "sitecustomize.py").write_text(BLOCK_NETWORK)
+  attempts = tmp_path / "attempts.log"
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), configs.PROJECT_DIR]),
+             NETWORK_ATTEMPTS=str(attempts))
+  run = subprocess.run(
+      [sys.executable, "-m", "pipeline.vertex_runner", "submit", "--dry-run",
+       "--spec", spec_path, *CLOUD], cwd=configs.PROJECT_DIR, env=env,
+      capture_output=True, text=True, timeout=600)
+  assert run.returncode == 0, run.stderr[-3000:]
+  assert not attempts.exists(), attempts.read_text()
+  out = run.stdout
+  request = json.loads(out[out.index("{"):])
+  assert request["parent"] == "projects/test-project/locations/europe-west4"
+  job = request["pipeline_job"]
+  assert job["runtimeConfig"]["gcsOutputDirectory"] == "gs://test-bucket/mae-tfx/pipeline_root"
+  assert set(job["pipelineSpec"]["root"]["dag"]["tasks"]) >= {"mae_pretrain", "Pusher"}
+  # The sitecustomize really blocks: a real submission attempt fails on it.
+  probe = subprocess.run([sys.executable, "-c", "import socket; socket.create_connection(('example.com', 443))"],
+                         env=env, capture_output=True, text=True)
+  assert probe.returncode != 0 and "Network is unreachable" in probe.stderr
+
+
+def test_dockerfile_and_cloudbuild_install_this_project_with_the_pins():
+  """No Docker daemon here, so the image is checked against the project: the
+  TFX base matches the installed TFX, every package is copied, the pins are
+  used and Keras 2 is selected."""
+  import tfx
+  with open(os.path.join(configs.PROJECT_DIR, "Dockerfile")) as f:
+    dockerfile = f.read()
+  assert f"FROM tensorflow/tfx:{tfx.__version__}\n" in dockerfile
+  packages = {d for d in os.listdir(configs.PROJECT_DIR)
+              if os.path.isfile(os.path.join(configs.PROJECT_DIR, d, "__init__.py"))
+              and d not in ("tests", "benchmarks")}
+  assert packages == {"pipeline", "components", "models", "serving"}
+  for package in packages | {"schemas"}:
+    assert f"COPY {package}/ {package}/" in dockerfile
+  assert "pip install --no-cache-dir -c requirements.lock -e ." in dockerfile
+  assert "TF_USE_LEGACY_KERAS=1" in dockerfile
+  with open(os.path.join(configs.PROJECT_DIR, "cloudbuild.yaml")) as f:
+    cloudbuild = f.read()
+  assert '["build", "-t", "${_IMAGE}", "."]' in cloudbuild and 'images: ["${_IMAGE}"]' in cloudbuild
