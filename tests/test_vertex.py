@@ -12,7 +12,7 @@ from kfp.pipeline_spec import pipeline_spec_pb2
 
 from models import config as config_lib
 from pipeline import configs, vertex_runner
-from pipeline.pipeline import MAE_RUN_FN, PROBE_RUN_FN, create_pipeline
+from pipeline.pipeline import MAE_RUN_FN, PREPROCESSING_FN, PROBE_RUN_FN, create_pipeline
 
 IMAGE = "us-central1-docker.pkg.dev/test-project/mae-tfx/mae-tfx:test"
 CLOUD = ["--project", "test-project", "--bucket", "gs://test-bucket", "--image", IMAGE,
@@ -29,7 +29,8 @@ def _compile(tmp_path, *flags):
 
 def _parameters(spec, task):
   params = spec["pipelineSpec"]["root"]["dag"]["tasks"][task]["inputs"]["parameters"]
-  return {k: v["runtimeValue"]["constantValue"]["stringValue"] for k, v in params.items()}
+  return {k: next(iter(v["runtimeValue"]["constantValue"].values()))
+          for k, v in params.items()}
 
 
 def _executor_args(spec, task):
@@ -70,6 +71,7 @@ def test_trainers_carry_run_fns_and_the_run_config(default_spec):
     run_config = config_lib.from_custom_config(custom)
     assert run_config.profile == "full"
     assert custom[config_lib.CHECKPOINT_ROOT_KEY] == "gs://test-bucket/mae-tfx/checkpoints"
+  assert _parameters(spec, "Transform")["preprocessing_fn"] == PREPROCESSING_FN
   assert "linear_probe" in spec["pipelineSpec"]["root"]["dag"]["tasks"]["Evaluator"][
       "dependentTasks"]
 
