@@ -179,7 +179,11 @@ async def neighbors(request: web.Request) -> web.Response:
   if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= MAX_NEIGHBOURS:
     raise BadRequest(f"'k' must be an integer in [1, {MAX_NEIGHBOURS}], got {_short(k)}")
   # Queries are embedded by the model version that embedded the file.
-  model = store.get(index.table.model_version)
+  try:
+    model = store.get(index.table.model_version)
+  except NotFound as e:
+    raise NotFound(f"the embeddings file was made by version "
+                   f"{index.table.model_version}, which cannot be served: {e}") from None
   signature = model.signature(SERVING_DEFAULT)
   values = decode_instances(body, signature.input_name)
   outputs = await request.app[BATCHER].run(model, SERVING_DEFAULT, values)
