@@ -46,6 +46,9 @@ def main():
   p.add_argument("--jit", default=None,
                  help="XLA for the whole train step: on, off or on,off; "
                       "default: the profile's setting")
+  p.add_argument("--xla-splits", default=None,
+                 help="comma-separated runtime.xla_splits values, e.g. 1,2; "
+                      "default: the profile's setting")
   args = p.parse_args()
 
   root = data_source.resolve_cifar10(args.data, os.path.join(
@@ -54,22 +57,25 @@ def main():
   profile = config_lib.get_profile(args.profile)
   jits = ([profile.runtime.jit_compile] if args.jit is None else
           [_on_off(v) for v in args.jit.split(",")])
+  splits = ([profile.runtime.xla_splits] if args.xla_splits is None else
+            [int(v) for v in args.xla_splits.split(",")])
   m = profile.model
   print(f"model: encoder {m.depth}x{m.embed_dim} ({m.num_heads} heads), decoder "
         f"{m.decoder_depth}x{m.decoder_embed_dim}, patch {m.patch_size}, mask "
         f"{m.mask_ratio}, batch {args.batch_size}")
   results = []
   for precision in args.precision.split(","):
-    for jit in jits:
+    for jit, n in [(j, n) for j in jits for n in (splits if j else [1])]:
       cfg = config_lib.get_profile(args.profile, {
           "pretrain": {"epochs": args.epochs, "steps_per_epoch": args.steps,
                        "batch_size": args.batch_size},
-          "runtime": {"precision": precision, "jit_compile": jit}})
+          "runtime": {"precision": precision, "jit_compile": jit, "xla_splits": n}})
       with tempfile.TemporaryDirectory() as tmp:
         _, history = pretrain(cfg, images, tmp, os.path.join(tmp, "ckpt"))
       timed = history[1:]
       ips = sum(h["images_per_second"] for h in timed) / len(timed)
-      results.append(f"{precision:16s} XLA {'on ' if jit else 'off'} {ips:6.0f} img/s"
+      results.append(f"{precision:16s} XLA {f'on, {n} split(s)' if jit else 'off':14s} "
+                     f"{ips:6.0f} img/s"
                      f"  ({50000 / ips:.1f} s per 50,000-image epoch)")
       print(results[-1], flush=True)
   print("\n".join(["summary:"] + results))

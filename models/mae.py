@@ -274,9 +274,13 @@ def mean_pool(tokens: tf.Tensor) -> tf.Tensor:
 class MaskedAutoencoder(tf.keras.Model):
   """MAE: `call(imgs)` -> (loss, pred, mask); `fit` runs the MAE objective."""
 
-  def __init__(self, cfg: ModelConfig, **kwargs):
+  def __init__(self, cfg: ModelConfig, xla_splits: int = 1, **kwargs):
+    """`xla_splits` > 1: each train step computes gradients as that many
+    jit-compiled micro-batch programs (see `train_step`)."""
     super().__init__(**kwargs)
     self.cfg = cfg
+    self.xla_splits = xla_splits
+    self._split_gradients = self._xla_apply_gradients = None
     self.encoder = Encoder(cfg, name="encoder")
     self.decoder = Decoder(cfg, name="decoder")
     self.loss_tracker = tf.keras.metrics.Mean(name="loss")
@@ -300,15 +304,53 @@ class MaskedAutoencoder(tf.keras.Model):
   def train_step(self, data):
     """`data`: images [B, H, W, C], or (images, noise [B, L]) to fix the masks."""
     imgs, noise = data if isinstance(data, tuple) else (data, None)
+    if self.xla_splits == 1:
+      loss, grads = self._loss_and_gradients(imgs, noise)
+      self._apply_gradients(grads)
+    else:
+      loss, grads = self._split_loss_and_gradients(imgs, noise)
+      self._xla_apply_gradients(grads)
+    self.loss_tracker.update_state(loss)
+    return {"loss": self.loss_tracker.result()}
+
+  def _loss_and_gradients(self, imgs, noise):
+    """(batch mean loss, gradients of this replica's share of the global loss)."""
+    opt = self.optimizer
+    scaled = isinstance(opt, tf.keras.mixed_precision.LossScaleOptimizer)
     with tf.GradientTape() as tape:
       loss, _, _ = self(imgs, training=True, noise=noise)
       # Gradients are summed over replicas: scale each replica's mean loss so
       # the sum is the gradient of the global-batch mean.
       replica_loss = loss / tf.distribute.get_strategy().num_replicas_in_sync
-    # minimize() applies loss scaling when the optimizer is a LossScaleOptimizer.
-    self.optimizer.minimize(replica_loss, self.trainable_variables, tape=tape)
-    self.loss_tracker.update_state(loss)
-    return {"loss": self.loss_tracker.result()}
+      if scaled:
+        replica_loss = opt.get_scaled_loss(replica_loss)
+    grads = tape.gradient(replica_loss, self.trainable_variables)
+    return loss, (opt.get_unscaled_gradients(grads) if scaled else grads)
+
+  def _apply_gradients(self, grads):
+    # The optimizer is built before training, so this creates no variables;
+    # a LossScaleOptimizer skips the step on non-finite gradients here.
+    self.optimizer.apply_gradients(zip(grads, self.trainable_variables))
+
+  def _split_loss_and_gradients(self, imgs, noise):
+    """The same as `_loss_and_gradients` on B / n equal micro-batches, each
+    one XLA program. XLA:CPU runs its reductions (LayerNorm, softmax, the
+    weight gradients) on one thread, so one whole-batch program keeps ~1.5 of
+    2 cores busy; independent programs run side by side on TF's inter-op
+    threads and fill the rest. Every image masks the same number of patches,
+    so the mean of the micro-batch losses is the batch loss."""
+    n = self.xla_splits
+    if self._split_gradients is None:
+      self._split_gradients = tf.function(self._loss_and_gradients,
+                                          jit_compile=True)
+      # One fused program for AdamW too (Keras runs it per variable on CPU).
+      self._xla_apply_gradients = tf.function(self._apply_gradients,
+                                              jit_compile=True)
+    noises = tf.split(noise, n) if noise is not None else [None] * n
+    outs = [self._split_gradients(i, z) for i, z in zip(tf.split(imgs, n), noises)]
+    loss = tf.add_n([o[0] for o in outs]) / n
+    grads = [tf.add_n(list(g)) / n for g in zip(*[o[1] for o in outs])]
+    return loss, grads
 
   def test_step(self, imgs):
     loss, _, _ = self(imgs, training=False)

@@ -69,7 +69,12 @@ def compile_mae(cfg: config_lib.RunConfig, strategy: tf.distribute.Strategy,
   precision policy."""
   p = cfg.pretrain
   global_batch = p.batch_size * strategy.num_replicas_in_sync
-  model = MaskedAutoencoder(cfg.model).build_for()
+  jit = training.use_xla(strategy, cfg.runtime.jit_compile)
+  splits = cfg.runtime.xla_splits if jit else 1
+  if splits < 1 or p.batch_size % splits:
+    raise ValueError(f"runtime.xla_splits must divide pretrain.batch_size "
+                     f"{p.batch_size}; got {cfg.runtime.xla_splits}")
+  model = MaskedAutoencoder(cfg.model, xla_splits=splits).build_for()
   schedule = training.WarmupCosine(
       training.scaled_lr(p.base_lr, global_batch),
       total_steps=steps_per_epoch * p.epochs,
@@ -77,8 +82,8 @@ def compile_mae(cfg: config_lib.RunConfig, strategy: tf.distribute.Strategy,
   optimizer = training.adamw(schedule, p.weight_decay, p.beta_1, p.beta_2,
                              model.trainable_variables)
   optimizer.build(model.trainable_variables)
-  model.compile(optimizer=optimizer,
-                jit_compile=training.use_xla(strategy, cfg.runtime.jit_compile))
+  # With splits, the micro-batch programs are the XLA parts of the step.
+  model.compile(optimizer=optimizer, jit_compile=jit and splits == 1)
   return model
 
 

@@ -3,12 +3,14 @@
 import os
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from models import config as config_lib
 from models.mae import MaskedAutoencoder
-from models.mae_trainer import load_mae, pretrain, save_mae
-from models.training import WarmupCosine, adamw, no_decay, scaled_lr
+from models.mae_trainer import compile_mae, load_mae, pretrain, save_mae
+from models.training import (WarmupCosine, adamw, no_decay, precision_policy,
+                             scaled_lr)
 
 
 def test_warmup_then_cosine():
@@ -86,3 +88,45 @@ def test_keras3_is_refused_with_a_clear_error():
       env=env, capture_output=True, text=True, timeout=120)
   assert out.returncode != 0
   assert "set TF_USE_LEGACY_KERAS=1 before TensorFlow is first imported" in out.stderr
+
+
+def _fit_three_steps(precision, xla_splits):
+  """Loss per step, start and final weights of the smoke MAE trained from a
+  fixed start on a fixed batch with fixed masks."""
+  cfg = config_lib.get_profile("smoke", {"runtime": {
+      "precision": precision, "jit_compile": True, "xla_splits": xla_splits}})
+  rng = np.random.RandomState(0)
+  images = rng.randn(32, 32, 32, 3).astype(np.float32)
+  noise = rng.rand(32, cfg.model.num_patches).astype(np.float32)
+  tf.keras.utils.set_random_seed(0)
+  with precision_policy(precision):
+    model = compile_mae(cfg, tf.distribute.get_strategy(), steps_per_epoch=3)
+    start = [v.numpy() for v in model.trainable_variables]
+    data = tf.data.Dataset.from_tensors((images, noise)).repeat()
+    history = model.fit(data, epochs=3, steps_per_epoch=1, verbose=0)
+  return model, start, history.history["loss"]
+
+
+# mixed_float16 takes the LossScaleOptimizer path (scaled loss, unscaled
+# gradients, skip on overflow); its tolerance is that of float16 activations.
+@pytest.mark.parametrize("precision,rtol", [("float32", 1e-4), ("mixed_float16", 2e-2)])
+def test_xla_splits_match_the_whole_batch_step(precision, rtol):
+  whole, start, whole_losses = _fit_three_steps(precision, xla_splits=1)
+  split, split_start, split_losses = _fit_three_steps(precision, xla_splits=4)
+  assert split.xla_splits == 4 and whole.xla_splits == 1
+  assert isinstance(split.optimizer, tf.keras.mixed_precision.LossScaleOptimizer) \
+      == (precision == "mixed_float16")
+  for a, b in zip(split_start, start):
+    np.testing.assert_array_equal(a, b)                      # same start
+  np.testing.assert_allclose(split_losses, whole_losses, rtol=rtol)
+  assert whole_losses[2] < whole_losses[0]                   # it trained
+  for a, b in zip(split.trainable_variables, whole.trainable_variables):
+    np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=rtol, atol=rtol / 10,
+                               err_msg=a.name)
+
+
+def test_xla_splits_must_divide_the_batch():
+  cfg = config_lib.get_profile("smoke", {"runtime": {"jit_compile": True,
+                                                     "xla_splits": 3}})
+  with pytest.raises(ValueError, match="xla_splits must divide pretrain.batch_size 32; got 3"):
+    compile_mae(cfg, tf.distribute.get_strategy(), steps_per_epoch=1)
