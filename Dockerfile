@@ -16,6 +16,8 @@ RUN python -m pip install --no-cache-dir "pip==24.3.1" \
  && python -c "import pipeline.pipeline, models.mae_trainer, models.probe_trainer"
 
 # TFX 1.16 and our models are Keras 2 (tf_keras); the Trainer's run_fns are
-# imported by module path, so the project must be importable everywhere.
+# imported by module path, so the project must be importable everywhere. The
+# BFC CPU allocator keeps XLA's temp buffers instead of re-mapping them per step.
 ENV TF_USE_LEGACY_KERAS=1 \
+    TF_CPU_ALLOCATOR_USE_BFC=true \
     PYTHONPATH=/mae-tfx

@@ -13,6 +13,7 @@ DATA      ?= $(firstword $(MAE_TFX_CIFAR10) $(wildcard ../shared/data/cifar10))
 PYTEST_ARGS ?=
 
 export TF_USE_LEGACY_KERAS := 1
+export TF_CPU_ALLOCATOR_USE_BFC := true
 export TF_CPP_MIN_LOG_LEVEL := 1
 export PYTHONWARNINGS := ignore::FutureWarning
 

@@ -62,7 +62,8 @@ def main():
   m = profile.model
   print(f"model: encoder {m.depth}x{m.embed_dim} ({m.num_heads} heads), decoder "
         f"{m.decoder_depth}x{m.decoder_embed_dim}, patch {m.patch_size}, mask "
-        f"{m.mask_ratio}, batch {args.batch_size}")
+        f"{m.mask_ratio}, batch {args.batch_size}, TF_CPU_ALLOCATOR_USE_BFC="
+        f"{os.environ.get('TF_CPU_ALLOCATOR_USE_BFC')}")
   results = []
   for precision in args.precision.split(","):
     for jit, n in [(j, n) for j in jits for n in (splits if j else [1])]:

@@ -171,6 +171,7 @@ def test_dockerfile_and_cloudbuild_install_this_project_with_the_pins():
     assert f"COPY {package}/ {package}/" in dockerfile
   assert "pip install --no-cache-dir -c requirements.lock -e ." in dockerfile
   assert "TF_USE_LEGACY_KERAS=1" in dockerfile
+  assert "TF_CPU_ALLOCATOR_USE_BFC=true" in dockerfile  # the caching CPU allocator
   with open(os.path.join(configs.PROJECT_DIR, "cloudbuild.yaml")) as f:
     cloudbuild = f.read()
   assert '["build", "-t", "${_IMAGE}", "."]' in cloudbuild and 'images: ["${_IMAGE}"]' in cloudbuild
