@@ -26,6 +26,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import models  # noqa: E402,F401  TensorFlow's environment (models/__init__.py) first
 import tensorflow as tf  # noqa: E402
 import tensorflow_transform as tft  # noqa: E402
 

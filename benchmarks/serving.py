@@ -9,6 +9,8 @@ loopback) answers single-image PNG `:predict` requests from 1, 8 and 32
 concurrent clients (threads with keep-alive sessions, on the same machine,
 so the clients' CPU use counts against the server). Batch embedding: the
 batch CLI's code path (`serving.embed.embed_all`) over PNG bytes in memory.
+`--roofline cpu` adds the bound this CPU's matmul speed puts on batch
+embedding for a model of that profile's shape (benchmarks/roofline.py).
 """
 
 import os
@@ -27,7 +29,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 import requests  # noqa: E402
 
+import roofline  # noqa: E402  (benchmarks/)
 from components.cifar10_example_gen import encode_png, read_batch_file  # noqa: E402
+from models import config as config_lib  # noqa: E402
 from pipeline import data_source  # noqa: E402
 from serving.embed import embed_all  # noqa: E402
 from serving.launch import ServerProcess  # noqa: E402
@@ -86,15 +90,24 @@ def main():
   p.add_argument("--clients", default="1,8,32")
   p.add_argument("--batch-sizes", default="64,256,1024")
   p.add_argument("--images", type=int, default=10000, help="for batch embedding")
+  p.add_argument("--roofline", metavar="PROFILE", default=None,
+                 help="also print the float32 matmul bound on batch embedding for "
+                      "a model of this profile's shape (the pushed model's)")
   args = p.parse_args()
 
   pngs = test_pngs(args.data, args.images)
   model = load_version(args.model_dir)
   print(f"model {model.path} (version {model.version}); {len(pngs)} CIFAR-10 test PNGs")
-  lines = []
+  lines, bound = [], None
+  if args.roofline:
+    bound, line = roofline.img_per_second_bound(
+        "float32", roofline.embedding_flops(config_lib.get_profile(args.roofline).model))
+    lines.append(f"{args.roofline} profile's encoder, {line}")
+    print(lines[-1], flush=True)
   for batch_size in [int(b) for b in args.batch_sizes.split(",")]:
     ips = batch_embedding(args.model_dir, pngs, batch_size)
-    lines.append(f"batch embedding, batch {batch_size:5d}: {ips:7.0f} img/s")
+    lines.append(f"batch embedding, batch {batch_size:5d}: {ips:7.0f} img/s"
+                 + (f", {ips / bound:.0%} of the matmul bound" if bound else ""))
     print(lines[-1], flush=True)
   name = os.path.basename(os.path.abspath(args.model_dir))
   with ServerProcess(["--model-dir", args.model_dir]) as server:

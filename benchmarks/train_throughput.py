@@ -8,6 +8,11 @@ Uses the pipeline's own model, optimizer and input pipeline
 epoch (tracing, XLA compilation, warm-up) is not counted. Several precisions
 run one after the other in one process, so their ratio is measured under the
 same machine load.
+
+With --roofline it first prints the bound the CPU puts on the step: the
+matmul FLOPs of one image's training step (counted from the model config)
+against this machine's measured matmul speed (a large square matmul per
+precision), and each result's share of that bound.
 """
 
 import os
@@ -25,6 +30,8 @@ import numpy as np  # noqa: E402
 from components.cifar10_example_gen import read_batch_file  # noqa: E402
 from models import config as config_lib  # noqa: E402
 from models.mae_trainer import pretrain  # noqa: E402
+from models.training import resolve_precision  # noqa: E402
+import roofline  # noqa: E402  (benchmarks/)
 from pipeline import data_source  # noqa: E402
 
 
@@ -39,7 +46,8 @@ def main():
   p.add_argument("--data", default=os.environ.get("MAE_TFX_CIFAR10"))
   p.add_argument("--profile", default="cpu")
   p.add_argument("--precision", default="float32,mixed_bfloat16",
-                 help="comma-separated Keras policies")
+                 help="comma-separated Keras policies, or auto (what the "
+                      "cpu profile picks on this machine)")
   p.add_argument("--batch-size", type=int, default=256)
   p.add_argument("--steps", type=int, default=100, help="steps per timed epoch")
   p.add_argument("--epochs", type=int, default=3, help="first one is warm-up")
@@ -49,6 +57,8 @@ def main():
   p.add_argument("--xla-splits", default=None,
                  help="comma-separated runtime.xla_splits values, e.g. 1,2; "
                       "default: the profile's setting")
+  p.add_argument("--roofline", action="store_true",
+                 help="also print the matmul-FLOP bound on img/s for this CPU")
   args = p.parse_args()
 
   root = data_source.resolve_cifar10(args.data, os.path.join(
@@ -65,6 +75,13 @@ def main():
         f"{m.mask_ratio}, batch {args.batch_size}, TF_CPU_ALLOCATOR_USE_BFC="
         f"{os.environ.get('TF_CPU_ALLOCATOR_USE_BFC')}")
   results = []
+  bounds = {}
+  if args.roofline:
+    for policy in sorted({resolve_precision(pr, profile.runtime.strategy)
+                          for pr in args.precision.split(",")}):
+      bounds[policy], line = roofline.img_per_second_bound(
+          policy, roofline.mae_train_flops(m))
+      print(line, flush=True)
   for precision in args.precision.split(","):
     for jit, n in [(j, n) for j in jits for n in (splits if j else [1])]:
       cfg = config_lib.get_profile(args.profile, {
@@ -75,9 +92,13 @@ def main():
         _, history = pretrain(cfg, images, tmp, os.path.join(tmp, "ckpt"))
       timed = history[1:]
       ips = sum(h["images_per_second"] for h in timed) / len(timed)
-      results.append(f"{precision:16s} XLA {f'on, {n} split(s)' if jit else 'off':14s} "
+      policy = resolve_precision(precision, cfg.runtime.strategy)
+      label = policy if policy == precision else f"{precision}={policy}"
+      results.append(f"{label:16s} XLA {f'on, {n} split(s)' if jit else 'off':14s} "
                      f"{ips:6.0f} img/s"
-                     f"  ({50000 / ips:.1f} s per 50,000-image epoch)")
+                     f"  ({50000 / ips:.1f} s per 50,000-image epoch)"
+                     + (f", {ips / bounds[policy]:.0%} of the matmul bound"
+                        if policy in bounds else ""))
       print(results[-1], flush=True)
   print("\n".join(["summary:"] + results))
 

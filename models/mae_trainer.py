@@ -56,8 +56,13 @@ def _checkpoint_dir(fn_args: FnArgs, cfg: config_lib.RunConfig) -> str:
   root = (fn_args.custom_config or {}).get(config_lib.CHECKPOINT_ROOT_KEY)
   if not root:
     return os.path.join(fn_args.model_run_dir, "checkpoints")
+  run = cfg.to_dict()
+  # Keyed by the policy "auto" picked here: a run resumed on another kind of
+  # machine (GPU: loss-scaled optimizer) starts its own checkpoints.
+  run["runtime"]["precision"] = training.resolve_precision(cfg.runtime.precision,
+                                                           cfg.runtime.strategy)
   key = hashlib.sha256(json.dumps(
-      [cfg.to_dict(), fn_args.transform_output, sorted(fn_args.train_files)],
+      [run, fn_args.transform_output, sorted(fn_args.train_files)],
       sort_keys=True).encode()).hexdigest()[:16]
   return os.path.join(root, f"mae-{key}")
 
@@ -101,7 +106,8 @@ def pretrain(cfg: config_lib.RunConfig, train_images, log_dir: str,
                      f"batch of {global_batch}")
   dataset = data.pretrain_dataset(train_images, global_batch, p.crop_min_scale,
                                   seed=rt.seed)
-  with training.precision_policy(rt.precision), strategy.scope():
+  precision = training.resolve_precision(rt.precision, rt.strategy)
+  with training.precision_policy(precision), strategy.scope():
     model = compile_mae(cfg, strategy, steps_per_epoch)
     checkpoint = training.EpochCheckpoint(checkpoint_dir, model, model.optimizer)
     initial_epoch = checkpoint.restore()
@@ -110,7 +116,8 @@ def pretrain(cfg: config_lib.RunConfig, train_images, log_dir: str,
     n_params = sum(int(tf.size(v)) for v in model.trainable_variables)
     print(f"[mae_pretrain] {n_params / 1e6:.2f}M parameters, "
           f"{len(train_images)} images, {steps_per_epoch} steps/epoch of "
-          f"{global_batch}, {p.epochs} epochs, {rt.precision}, "
+          f"{global_batch}, {p.epochs} epochs, {precision} (runtime.precision "
+          f"{rt.precision}), "
           f"{strategy.num_replicas_in_sync} replica(s)", flush=True)
     model.fit(dataset, epochs=p.epochs, steps_per_epoch=steps_per_epoch,
               initial_epoch=initial_epoch, verbose=0,
@@ -137,6 +144,8 @@ def run_fn(fn_args: FnArgs) -> None:
   save_mae(model, fn_args.serving_model_dir)
   grid = visualize.reconstruction_grid(model, shown, shown_raw)
   summary = dict(run_config=cfg.to_dict(), history=history,
+                 precision=training.resolve_precision(cfg.runtime.precision,
+                                                      cfg.runtime.strategy),
                  train_examples=int(len(train_images)))
   for directory in (fn_args.serving_model_dir, fn_args.model_run_dir):
     visualize.write_png(grid, os.path.join(directory, RECONSTRUCTIONS_FILE))

@@ -10,7 +10,7 @@ from models import config as config_lib
 from models.mae import MaskedAutoencoder
 from models.mae_trainer import compile_mae, load_mae, pretrain, save_mae
 from models.training import (WarmupCosine, adamw, no_decay, precision_policy,
-                             scaled_lr)
+                             resolve_precision, scaled_lr)
 
 
 def test_warmup_then_cosine():
@@ -130,3 +130,33 @@ def test_xla_splits_must_divide_the_batch():
                                                      "xla_splits": 3}})
   with pytest.raises(ValueError, match="xla_splits must divide pretrain.batch_size 32; got 3"):
     compile_mae(cfg, tf.distribute.get_strategy(), steps_per_epoch=1)
+
+
+@pytest.mark.parametrize("flags,expected", [
+    ("fpu sse2 avx2 fma", "float32"),                           # AMD Zen 3: emulated bf16
+    ("fpu avx2 avx512f avx512_bf16", "mixed_bfloat16"),         # Cooper Lake, Zen 4
+    ("fpu avx2 avx512f amx_bf16 amx_tile", "mixed_bfloat16"),   # Sapphire Rapids
+])
+def test_auto_precision_uses_bfloat16_only_where_the_cpu_has_it(tmp_path, flags, expected):
+  cpuinfo = tmp_path / "cpuinfo"
+  cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n\nprocessor\t: 1\n")
+  assert not tf.config.list_physical_devices("GPU")
+  assert resolve_precision("auto", "default", str(cpuinfo)) == expected
+  assert resolve_precision("auto", "tpu", str(cpuinfo)) == "mixed_bfloat16"
+  for explicit in ("float32", "mixed_bfloat16", "mixed_float16"):
+    assert resolve_precision(explicit, "default", str(cpuinfo)) == explicit
+  # Without /proc/cpuinfo (macOS laptops): the safe float32.
+  assert resolve_precision("auto", "default", str(tmp_path / "absent")) == "float32"
+
+
+def test_auto_precision_is_float16_on_gpu(monkeypatch, tmp_path):
+  # No GPU on this machine: the device query is the one part faked here.
+  monkeypatch.setattr(tf.config, "list_physical_devices",
+                      lambda kind=None: ["GPU:0"] if kind == "GPU" else [])
+  assert resolve_precision("auto", "mirrored", str(tmp_path / "absent")) == "mixed_float16"
+
+
+def test_unknown_precision_is_refused():
+  with pytest.raises(ValueError, match="Unknown runtime.precision 'bf16'; expected one of "
+                                       r"\['auto', 'float32', 'mixed_bfloat16', 'mixed_float16'\]"):
+    config_lib.get_profile("cpu", {"runtime": {"precision": "bf16"}})

@@ -1,0 +1,66 @@
+"""The bound the CPU puts on img/s: matmul FLOPs per image (counted from the
+model config) against this machine's measured matmul speed.
+
+Element-wise work (GELU, LayerNorm, softmax, AdamW) is not counted, so real
+throughput stays below the bound; how far below says how much is left to win
+by anything but a cheaper model or a faster CPU.
+"""
+
+import time
+from typing import Tuple
+
+from models import config as config_lib
+
+
+def _blocks(m: config_lib.ModelConfig, depth: int, dim: int, tokens: int) -> float:
+  """Multiply-adds of `depth` transformer blocks over `tokens` tokens:
+  q, k, v and proj 4 dim^2, MLP 2 mlp_ratio dim^2, QK^T and AV 2 tokens dim."""
+  return depth * tokens * ((4 + 2 * m.mlp_ratio) * dim * dim + 2 * tokens * dim)
+
+
+def _patch_dim(m: config_lib.ModelConfig) -> int:
+  return m.patch_size ** 2 * config_lib.IMAGE_CHANNELS
+
+
+def embedding_flops(m: config_lib.ModelConfig) -> float:
+  """FLOPs (2 per multiply-add) of one image's embedding: the encoder on all
+  the patches, as the serving signatures run it."""
+  n = m.num_patches
+  return 2.0 * (n * _patch_dim(m) * m.embed_dim + _blocks(m, m.depth, m.embed_dim, n))
+
+
+def mae_train_flops(m: config_lib.ModelConfig) -> float:
+  """FLOPs of one image's MAE training step: the forward pass (encoder on the
+  visible patches, decoder on all) and a backward pass of twice its matmuls."""
+  n = m.num_patches
+  visible = int(n * (1 - m.mask_ratio))
+  macs = (visible * _patch_dim(m) * m.embed_dim                 # patch embedding
+          + _blocks(m, m.depth, m.embed_dim, visible)
+          + visible * m.embed_dim * m.decoder_embed_dim        # decoder embedding
+          + _blocks(m, m.decoder_depth, m.decoder_embed_dim, n)
+          + n * m.decoder_embed_dim * _patch_dim(m))           # per-token pixel head
+  return 3 * 2.0 * macs
+
+
+def matmul_flops_per_second(policy: str = "float32", size: int = 2048,
+                            repeats: int = 20) -> float:
+  """Measured speed of a large square matmul in the policy's compute dtype."""
+  import tensorflow as tf
+  dtype = tf.keras.mixed_precision.Policy(policy).compute_dtype
+  a = tf.cast(tf.random.normal([size, size]), dtype)
+  matmul = tf.function(lambda x: tf.matmul(x, x))
+  matmul(a).numpy()                                         # trace, warm up
+  start = time.perf_counter()
+  for _ in range(repeats):
+    out = matmul(a)
+  out.numpy()
+  return 2 * size ** 3 * repeats / (time.perf_counter() - start)
+
+
+def img_per_second_bound(policy: str, flops_per_image: float) -> Tuple[float, str]:
+  """(bound in img/s, a line saying how it was found) for this machine."""
+  peak = matmul_flops_per_second(policy)
+  bound = peak / flops_per_image
+  return bound, (f"{policy}: 2048x2048 matmul at {peak / 1e9:.0f} GFLOP/s, "
+                 f"{flops_per_image / 1e6:.0f} MFLOP per image in matmuls: "
+                 f"at most {bound:.0f} img/s")
