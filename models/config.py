@@ -146,8 +146,9 @@ PROFILES: Dict[str, RunConfig] = {
                                 warmup_epochs=1.0),
         probe=ProbeConfig(epochs=60),
         # 2 XLA programs per step fill both cores: 1.1-1.4x img/s. bf16 only
-        # where the CPU has it natively: 1.2-1.3x on AVX512-BF16, 0.93x on an
-        # AVX2-only CPU, which emulates it (RESULTS.md).
+        # where the CPU has it natively: 1.2-1.3x on AVX512-BF16; on an
+        # AVX2-only CPU, which emulates it, no faster than float32 (0.93x and
+        # 1.04x in two runs), so there the exact float32 (RESULTS.md).
         runtime=RuntimeConfig(precision="auto", jit_compile=True,
                               xla_splits=2),
     ),

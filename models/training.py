@@ -28,7 +28,7 @@ def require_keras2() -> None:
 def cpu_has_native_bfloat16(cpuinfo: str = "/proc/cpuinfo") -> bool:
   """Whether the CPU computes bfloat16 itself (AVX512-BF16 or AMX-BF16: Intel
   Cooper Lake and Sapphire Rapids on, AMD Zen 4 on). Elsewhere oneDNN emulates
-  bf16, slower than float32. False where /proc/cpuinfo does not exist."""
+  bf16 through float32, no faster. False where /proc/cpuinfo does not exist."""
   try:
     with open(cpuinfo) as f:
       for line in f:
