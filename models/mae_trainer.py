@@ -56,13 +56,10 @@ def _checkpoint_dir(fn_args: FnArgs, cfg: config_lib.RunConfig) -> str:
   root = (fn_args.custom_config or {}).get(config_lib.CHECKPOINT_ROOT_KEY)
   if not root:
     return os.path.join(fn_args.model_run_dir, "checkpoints")
-  run = cfg.to_dict()
-  # Keyed by the policy "auto" picked here: a run resumed on another kind of
-  # machine (GPU: loss-scaled optimizer) starts its own checkpoints.
-  run["runtime"]["precision"] = training.resolve_precision(cfg.runtime.precision,
-                                                           cfg.runtime.strategy)
+  # cfg's precision is resolved: a run resumed on another kind of machine
+  # (GPU: loss-scaled optimizer) starts its own checkpoints.
   key = hashlib.sha256(json.dumps(
-      [run, fn_args.transform_output, sorted(fn_args.train_files)],
+      [cfg.to_dict(), fn_args.transform_output, sorted(fn_args.train_files)],
       sort_keys=True).encode()).hexdigest()[:16]
   return os.path.join(root, f"mae-{key}")
 
@@ -96,6 +93,7 @@ def pretrain(cfg: config_lib.RunConfig, train_images, log_dir: str,
              checkpoint_dir: str, extra_callbacks=()):
   """Pretrains an MAE on `train_images` [N, S, S, 3]; returns (model, history)."""
   training.require_keras2()
+  cfg = training.with_resolved_precision(cfg)
   p, rt = cfg.pretrain, cfg.runtime
   tf.keras.utils.set_random_seed(rt.seed)
   strategy = training.make_strategy(rt.strategy)
@@ -106,8 +104,7 @@ def pretrain(cfg: config_lib.RunConfig, train_images, log_dir: str,
                      f"batch of {global_batch}")
   dataset = data.pretrain_dataset(train_images, global_batch, p.crop_min_scale,
                                   seed=rt.seed)
-  precision = training.resolve_precision(rt.precision, rt.strategy)
-  with training.precision_policy(precision), strategy.scope():
+  with training.precision_policy(rt.precision), strategy.scope():
     model = compile_mae(cfg, strategy, steps_per_epoch)
     checkpoint = training.EpochCheckpoint(checkpoint_dir, model, model.optimizer)
     initial_epoch = checkpoint.restore()
@@ -116,8 +113,7 @@ def pretrain(cfg: config_lib.RunConfig, train_images, log_dir: str,
     n_params = sum(int(tf.size(v)) for v in model.trainable_variables)
     print(f"[mae_pretrain] {n_params / 1e6:.2f}M parameters, "
           f"{len(train_images)} images, {steps_per_epoch} steps/epoch of "
-          f"{global_batch}, {p.epochs} epochs, {precision} (runtime.precision "
-          f"{rt.precision}), "
+          f"{global_batch}, {p.epochs} epochs, {rt.precision}, "
           f"{strategy.num_replicas_in_sync} replica(s)", flush=True)
     model.fit(dataset, epochs=p.epochs, steps_per_epoch=steps_per_epoch,
               initial_epoch=initial_epoch, verbose=0,
@@ -129,7 +125,8 @@ def pretrain(cfg: config_lib.RunConfig, train_images, log_dir: str,
 
 def run_fn(fn_args: FnArgs) -> None:
   """TFX Trainer entry point."""
-  cfg = config_lib.from_custom_config(fn_args.custom_config)
+  cfg = training.with_resolved_precision(
+      config_lib.from_custom_config(fn_args.custom_config))
   tft_output = tft.TFTransformOutput(fn_args.transform_output)
   train_images, _ = data.load_transformed(fn_args.train_files, tft_output,
                                           cfg.pretrain.max_train_examples)
@@ -144,8 +141,6 @@ def run_fn(fn_args: FnArgs) -> None:
   save_mae(model, fn_args.serving_model_dir)
   grid = visualize.reconstruction_grid(model, shown, shown_raw)
   summary = dict(run_config=cfg.to_dict(), history=history,
-                 precision=training.resolve_precision(cfg.runtime.precision,
-                                                      cfg.runtime.strategy),
                  train_examples=int(len(train_images)))
   for directory in (fn_args.serving_model_dir, fn_args.model_run_dir):
     visualize.write_png(grid, os.path.join(directory, RECONSTRUCTIONS_FILE))

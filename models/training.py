@@ -2,6 +2,7 @@
 learning-rate schedule, AdamW, progress logging and resumable checkpoints."""
 
 import contextlib
+import dataclasses
 import logging
 import math
 import os
@@ -9,6 +10,8 @@ import time
 from typing import Iterable, Optional
 
 import tensorflow as tf
+
+from models import config as config_lib
 
 
 # --------------------------------------------------------------------------
@@ -52,6 +55,14 @@ def resolve_precision(precision: str, strategy: str,
   if tf.config.list_physical_devices("GPU"):
     return "mixed_float16"
   return "mixed_bfloat16" if cpu_has_native_bfloat16(cpuinfo) else "float32"
+
+
+def with_resolved_precision(cfg: config_lib.RunConfig) -> config_lib.RunConfig:
+  """`cfg` with runtime.precision "auto" replaced by the policy it resolves to
+  here, so logs, summaries and checkpoint keys name what actually ran."""
+  rt = cfg.runtime
+  return dataclasses.replace(cfg, runtime=dataclasses.replace(
+      rt, precision=resolve_precision(rt.precision, rt.strategy)))
 
 
 @contextlib.contextmanager

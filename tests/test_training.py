@@ -10,7 +10,7 @@ from models import config as config_lib
 from models.mae import MaskedAutoencoder
 from models.mae_trainer import compile_mae, load_mae, pretrain, save_mae
 from models.training import (WarmupCosine, adamw, no_decay, precision_policy,
-                             resolve_precision, scaled_lr)
+                             resolve_precision, scaled_lr, with_resolved_precision)
 
 
 def test_warmup_then_cosine():
@@ -154,6 +154,15 @@ def test_auto_precision_is_float16_on_gpu(monkeypatch, tmp_path):
   monkeypatch.setattr(tf.config, "list_physical_devices",
                       lambda kind=None: ["GPU:0"] if kind == "GPU" else [])
   assert resolve_precision("auto", "mirrored", str(tmp_path / "absent")) == "mixed_float16"
+
+
+def test_resolved_config_names_the_policy_and_keeps_the_rest():
+  cfg = config_lib.get_profile("cpu")
+  resolved = with_resolved_precision(cfg)
+  assert cfg.runtime.precision == "auto"
+  assert resolved.runtime.precision == resolve_precision("auto", "default") != "auto"
+  assert resolved.to_dict() == {**cfg.to_dict(), "runtime": {
+      **cfg.to_dict()["runtime"], "precision": resolved.runtime.precision}}
 
 
 def test_unknown_precision_is_refused():
