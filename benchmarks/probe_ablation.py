@@ -4,8 +4,9 @@
   python benchmarks/probe_ablation.py --random-init          # same, random encoder
 
 The encoder is frozen, so one pretraining run serves every probe variant:
-features are extracted once per feature option (mean-pooled tokens of the last
-block, or of the average of the last k blocks) with the probe Trainer's own
+features are extracted once per feature option (the encoder's embedding, i.e.
+its [CLS] token or the mean of the patch tokens, of the last block or of the
+average of the last k blocks) with the probe Trainer's own
 `extract_features`, then each probe setting is trained with its own
 `train_probe` (BatchNorm without affine + Dense). For calibration, each feature
 set is also scored by a multinomial logistic regression (L-BFGS) on

@@ -26,7 +26,8 @@ def embedding_flops(m: config_lib.ModelConfig) -> float:
   """FLOPs (2 per multiply-add) of one image's embedding: the encoder on all
   the patches, as the serving signatures run it."""
   n = m.num_patches
-  return 2.0 * (n * _patch_dim(m) * m.embed_dim + _blocks(m, m.depth, m.embed_dim, n))
+  return 2.0 * (n * _patch_dim(m) * m.embed_dim
+                + _blocks(m, m.depth, m.embed_dim, m.num_prefix_tokens + n))
 
 
 def mae_train_flops(m: config_lib.ModelConfig) -> float:
@@ -34,10 +35,11 @@ def mae_train_flops(m: config_lib.ModelConfig) -> float:
   visible patches, decoder on all) and a backward pass of twice its matmuls."""
   n = m.num_patches
   visible = int(n * (1 - m.mask_ratio))
+  prefix = m.num_prefix_tokens                                  # [CLS], if any
   macs = (visible * _patch_dim(m) * m.embed_dim                 # patch embedding
-          + _blocks(m, m.depth, m.embed_dim, visible)
-          + visible * m.embed_dim * m.decoder_embed_dim        # decoder embedding
-          + _blocks(m, m.decoder_depth, m.decoder_embed_dim, n)
+          + _blocks(m, m.depth, m.embed_dim, prefix + visible)
+          + (prefix + visible) * m.embed_dim * m.decoder_embed_dim  # decoder embedding
+          + _blocks(m, m.decoder_depth, m.decoder_embed_dim, prefix + n)
           + n * m.decoder_embed_dim * _patch_dim(m))           # per-token pixel head
   return 3 * 2.0 * macs
 

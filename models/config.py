@@ -37,6 +37,13 @@ class ModelConfig:
   mlp_ratio: float = 4.0
   mask_ratio: float = 0.75
   norm_pix_loss: bool = True
+  # A learned [CLS] token ahead of the patches (as in the official MAE): the
+  # embedding is then its output token instead of the mean over patches.
+  cls_token: bool = False
+
+  @property
+  def num_prefix_tokens(self) -> int:
+    return int(self.cls_token)
 
   @property
   def num_patches(self) -> int:
@@ -62,7 +69,7 @@ class PretrainConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ProbeConfig:
-  """Linear probe: BatchNorm (no affine) + Dense on frozen mean-pooled tokens."""
+  """Linear probe: BatchNorm (no affine) + Dense on the frozen embedding."""
   epochs: int = 90
   batch_size: int = 256
   # 1e-2 matches an L-BFGS logistic regression on the same features; 1e-3

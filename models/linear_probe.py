@@ -9,7 +9,7 @@ the head trains on them; `ProbeClassifier` joins the two for serving/TFMA.
 import tensorflow as tf
 
 from models.config import NUM_CLASSES
-from models.mae import Encoder, mean_pool
+from models.mae import Encoder
 
 
 def build_probe_head(feature_dim: int, num_classes: int = NUM_CLASSES
@@ -35,9 +35,9 @@ class ProbeClassifier(tf.Module):
     self.feature_blocks = feature_blocks
 
   def embed(self, images: tf.Tensor) -> tf.Tensor:
-    """[B, H, W, C] normalised images -> [B, D] float32 embeddings: the mean
-    over patches of the last `feature_blocks` blocks' (averaged) tokens."""
-    return mean_pool(self.encoder(images, last_blocks=self.feature_blocks))
+    """[B, H, W, C] normalised images -> [B, D] float32 embeddings of the last
+    `feature_blocks` blocks' (averaged) tokens (see `Encoder.embed`)."""
+    return self.encoder.embed(images, last_blocks=self.feature_blocks)
 
   def probabilities(self, images: tf.Tensor) -> tf.Tensor:
     logits = self.head(self.embed(images), training=False)

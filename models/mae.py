@@ -175,7 +175,12 @@ class Block(tf.keras.layers.Layer):
 # Encoder and decoder
 # --------------------------------------------------------------------------
 class Encoder(tf.keras.layers.Layer):
-  """ViT encoder. `call` embeds all patches; `forward_masked` only visible ones."""
+  """ViT encoder. `call` embeds all patches; `forward_masked` only visible ones.
+
+  With `cfg.cls_token` a learned [CLS] token leads the tokens (T = 1 + N
+  tokens for N patches; it has no position embedding) and is the embedding;
+  without it (T = N), the embedding is the mean over the patch tokens.
+  """
 
   def __init__(self, cfg: ModelConfig, **kwargs):
     super().__init__(**kwargs)
@@ -183,6 +188,11 @@ class Encoder(tf.keras.layers.Layer):
     grid = cfg.image_size // cfg.patch_size
     self.pos_embed = tf.constant(sincos_pos_embed(cfg.embed_dim, grid)[None])
     self.patch_embed = tf.keras.layers.Dense(cfg.embed_dim, name="patch_embed")
+    if cfg.cls_token:
+      # Created here, not in build: forward_masked does not go through __call__.
+      self.cls_token = self.add_weight(
+          name="cls_token", shape=[1, 1, cfg.embed_dim],
+          initializer=tf.keras.initializers.RandomNormal(stddev=0.02))
     self.blocks = [Block(cfg.embed_dim, cfg.num_heads, cfg.mlp_ratio,
                          name=f"block_{i}") for i in range(cfg.depth)]
     self.norm = LayerNorm(name="norm")
@@ -190,6 +200,12 @@ class Encoder(tf.keras.layers.Layer):
   def _embed(self, imgs):                              # -> [B, L, D]
     x = self.patch_embed(patchify(imgs, self.cfg.patch_size))
     return x + tf.cast(self.pos_embed, x.dtype)
+
+  def _prepend_cls(self, x):                           # [B, N, D] -> [B, T, D]
+    if not self.cfg.cls_token:
+      return x
+    cls = tf.tile(tf.cast(self.cls_token, x.dtype), [tf.shape(x)[0], 1, 1])
+    return tf.concat([cls, x], axis=1)
 
   def _blocks(self, x, last_blocks: int = 1):
     """Runs every block; returns the final-norm'ed tokens of the last block,
@@ -205,14 +221,20 @@ class Encoder(tf.keras.layers.Layer):
     return outputs[0] if last_blocks == 1 else tf.add_n(outputs) / last_blocks
 
   def call(self, imgs, last_blocks: int = 1):
-    """[B, H, W, C] -> [B, L, D] tokens of every patch (no masking);
+    """[B, H, W, C] -> [B, T, D] tokens of every patch (no masking);
     last_blocks > 1 is a linear-probe feature option (see `_blocks`)."""
-    return self._blocks(self._embed(imgs), last_blocks)
+    return self._blocks(self._prepend_cls(self._embed(imgs)), last_blocks)
+
+  def embed(self, imgs, last_blocks: int = 1) -> tf.Tensor:
+    """[B, H, W, C] -> [B, D] float32: the embedding the probe and serving use,
+    the [CLS] output or the mean over the patch tokens."""
+    tokens = tf.cast(self(imgs, last_blocks=last_blocks), tf.float32)
+    return tokens[:, 0] if self.cfg.cls_token else tf.reduce_mean(tokens, axis=1)
 
   def forward_masked(self, imgs, mask_ratio: float, noise=None):
-    """-> latent [B, L_keep, D], mask [B, L], ids_restore [B, L]."""
+    """-> latent [B, T_keep, D], mask [B, L], ids_restore [B, L]."""
     x, mask, ids_restore = random_masking(self._embed(imgs), mask_ratio, noise)
-    return self._blocks(x), mask, ids_restore
+    return self._blocks(self._prepend_cls(x)), mask, ids_restore
 
 
 class Decoder(tf.keras.layers.Layer):
@@ -238,17 +260,23 @@ class Decoder(tf.keras.layers.Layer):
     super().build(input_shape)
 
   def call(self, latent, ids_restore):
-    """latent [B, L_keep, D], ids_restore [B, L] -> pred [B, L, P]."""
-    x = self.embed(latent)                              # [B, L_keep, Dd]
+    """latent [B, T_keep, D], ids_restore [B, L] -> pred [B, L, P]."""
+    prefix = self.cfg.num_prefix_tokens                 # the [CLS] token, if any
+    x = self.embed(latent)                              # [B, T_keep, Dd]
+    if prefix:
+      cls, x = tf.split(x, [prefix, x.shape[1] - prefix], axis=1)
     b, length = tf.shape(x)[0], ids_restore.shape[1]
     mask_tokens = tf.tile(tf.cast(self.mask_token, x.dtype),
-                          [b, length - latent.shape[1], 1])
+                          [b, length - x.shape[1], 1])
     x = tf.concat([x, mask_tokens], axis=1)             # [B, L, Dd] shuffled
     x = tf.gather(x, ids_restore, batch_dims=1)         # unshuffle
     x = x + tf.cast(self.pos_embed, x.dtype)
+    if prefix:
+      x = tf.concat([cls, x], axis=1)                   # [B, 1 + L, Dd]
     for blk in self.blocks:
       x = blk(x)
-    return self.pred(self.norm(x))                      # [B, L, P]
+    pred = self.pred(self.norm(x))                      # [B, T, P]
+    return pred[:, prefix:] if prefix else pred         # [B, L, P]
 
 
 def masked_patch_loss(imgs, pred, mask, patch_size: int,
@@ -261,11 +289,6 @@ def masked_patch_loss(imgs, pred, mask, patch_size: int,
   per_patch = tf.reduce_mean(tf.square(tf.cast(pred, tf.float32) - target),
                              axis=-1)                   # [B, L]
   return tf.reduce_sum(per_patch * mask) / tf.reduce_sum(mask)
-
-
-def mean_pool(tokens: tf.Tensor) -> tf.Tensor:
-  """[B, L, D] -> [B, D] float32: the embedding used by the probe and serving."""
-  return tf.reduce_mean(tf.cast(tokens, tf.float32), axis=1)
 
 
 # --------------------------------------------------------------------------
@@ -294,8 +317,8 @@ class MaskedAutoencoder(tf.keras.Model):
     return loss, pred, mask
 
   def embed(self, imgs) -> tf.Tensor:
-    """[B, H, W, C] -> [B, D] mean of the encoder tokens of all patches."""
-    return mean_pool(self.encoder(imgs))
+    """[B, H, W, C] -> [B, D] float32 (see `Encoder.embed`)."""
+    return self.encoder.embed(imgs)
 
   @property
   def metrics(self):

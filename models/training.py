@@ -146,7 +146,7 @@ def no_decay(variable: tf.Variable) -> bool:
   """Biases, norm scales/offsets and embeddings are not weight-decayed."""
   name = variable.name
   return (len(variable.shape) <= 1 or "mask_token" in name
-          or "pos_embed" in name or "norm" in name)
+          or "cls_token" in name or "pos_embed" in name or "norm" in name)
 
 
 def adamw(schedule, weight_decay: float, beta_1: float, beta_2: float,

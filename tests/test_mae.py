@@ -1,5 +1,7 @@
 """Unit tests of the MAE model: patches, masking, loss, training step."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -10,6 +12,7 @@ from models.mae import (Attention, LayerNorm, MaskedAutoencoder,
                         sincos_pos_embed, unpatchify)
 
 TINY = get_profile("smoke").model
+TINY_CLS = dataclasses.replace(TINY, cls_token=True)
 
 
 def test_patchify_unpatchify_round_trip():
@@ -81,16 +84,36 @@ def test_sincos_pos_embed_is_distinct_per_position():
   assert len({row.tobytes() for row in pe}) == 64
 
 
-def test_encoder_sees_only_visible_tokens_and_decoder_predicts_all():
-  model = MaskedAutoencoder(TINY).build_for()
+@pytest.mark.parametrize("cfg", [TINY, TINY_CLS], ids=["mean_pool", "cls_token"])
+def test_encoder_sees_only_visible_tokens_and_decoder_predicts_all(cfg):
+  model = MaskedAutoencoder(cfg).build_for()
   imgs = tf.random.normal([3, 32, 32, 3])
-  latent, mask, ids_restore = model.encoder.forward_masked(imgs, TINY.mask_ratio)
-  assert latent.shape == (3, 16, TINY.embed_dim)
+  latent, mask, ids_restore = model.encoder.forward_masked(imgs, cfg.mask_ratio)
+  assert latent.shape == (3, cfg.num_prefix_tokens + 16, cfg.embed_dim)
   pred = model.decoder(latent, ids_restore)
-  assert pred.shape == (3, 64, TINY.patch_size ** 2 * 3)
-  assert model.embed(imgs).shape == (3, TINY.embed_dim)
+  assert pred.shape == (3, 64, cfg.patch_size ** 2 * 3)
+  assert model.embed(imgs).shape == (3, cfg.embed_dim)
   # The per-token head is small: (Dd + 1) * p*p*3 parameters, not L*Dd*L*P.
-  assert model.decoder.pred.count_params() == (TINY.decoder_embed_dim + 1) * 48
+  assert model.decoder.pred.count_params() == (cfg.decoder_embed_dim + 1) * 48
+
+
+def test_embedding_is_the_patch_mean_or_the_cls_token():
+  imgs = tf.random.normal([2, 32, 32, 3])
+  plain = MaskedAutoencoder(TINY).build_for()
+  tokens = plain.encoder(imgs)                          # [B, L, D]
+  assert tokens.shape == (2, 64, TINY.embed_dim)
+  np.testing.assert_allclose(plain.embed(imgs), tf.reduce_mean(tokens, 1), atol=1e-6)
+  cls = MaskedAutoencoder(TINY_CLS).build_for()
+  tokens = cls.encoder(imgs)                            # [B, 1 + L, D]
+  assert tokens.shape == (2, 65, TINY.embed_dim)
+  np.testing.assert_allclose(cls.embed(imgs), tokens[:, 0], atol=1e-6)
+  # The [CLS] token is learned, and not weight-decayed (like the official MAE).
+  from models.training import no_decay
+  (token,) = [v for v in cls.trainable_variables if "cls_token" in v.name]
+  assert token.shape == (1, 1, TINY.embed_dim) and no_decay(token)
+  with tf.GradientTape() as tape:
+    loss, _, _ = cls(imgs)
+  assert float(tf.norm(tape.gradient(loss, token))) > 0
 
 
 def test_decoder_uses_position_embeddings():
@@ -103,9 +126,10 @@ def test_decoder_uses_position_embeddings():
   assert not np.allclose(a.numpy(), b.numpy())
 
 
-def test_train_step_reduces_loss_on_a_fixed_batch():
+@pytest.mark.parametrize("cfg", [TINY, TINY_CLS], ids=["mean_pool", "cls_token"])
+def test_train_step_reduces_loss_on_a_fixed_batch(cfg):
   tf.keras.utils.set_random_seed(0)
-  model = MaskedAutoencoder(TINY).build_for()
+  model = MaskedAutoencoder(cfg).build_for()
   model.compile(optimizer=tf.keras.optimizers.AdamW(1e-3))
   imgs = tf.random.normal([8, 32, 32, 3])
   noise = tf.random.uniform([8, 64])

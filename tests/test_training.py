@@ -1,5 +1,6 @@
 """Schedule, weight decay and resumable pretraining."""
 
+import dataclasses
 import os
 
 import numpy as np
@@ -46,8 +47,9 @@ def test_weight_decay_follows_schedule_and_skips_norms_biases_embeddings():
   np.testing.assert_allclose(bias.numpy(), 1.0)
 
 
-def test_save_and_load_mae_round_trip(tmp_path):
-  cfg = config_lib.get_profile("smoke").model
+@pytest.mark.parametrize("cls_token", [False, True])
+def test_save_and_load_mae_round_trip(tmp_path, cls_token):
+  cfg = dataclasses.replace(config_lib.get_profile("smoke").model, cls_token=cls_token)
   model = MaskedAutoencoder(cfg).build_for()
   save_mae(model, str(tmp_path))
   loaded = load_mae(str(tmp_path))
