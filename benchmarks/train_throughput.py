@@ -2,6 +2,11 @@
 
   python benchmarks/train_throughput.py --data ../shared/data/cifar10 \
       --precision float32,mixed_bfloat16 --jit on,off
+  python benchmarks/train_throughput.py --model profile     # the cpu profile's MAE
+
+The model is the reference size of the throughput targets
+(`config.REFERENCE_MODEL`: encoder 6x128) unless --model profile, which takes
+the profile's own (4x160 for `cpu`); everything else is the profile's.
 
 Uses the pipeline's own model, optimizer and input pipeline
 (`models.mae_trainer.pretrain`) on real CIFAR-10 train images; the first
@@ -20,6 +25,7 @@ import os
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # Keras 2, before TF loads
 
 import argparse
+import dataclasses
 import sys
 import tempfile
 
@@ -45,6 +51,9 @@ def main():
   p = argparse.ArgumentParser(description=__doc__)
   p.add_argument("--data", default=os.environ.get("MAE_TFX_CIFAR10"))
   p.add_argument("--profile", default="cpu")
+  p.add_argument("--model", choices=["reference", "profile"], default="reference",
+                 help="reference: config.REFERENCE_MODEL (6x128 encoder); "
+                      "profile: the profile's model")
   p.add_argument("--precision", default="float32,mixed_bfloat16",
                  help="comma-separated Keras policies, or auto (what the "
                       "cpu profile picks on this machine)")
@@ -64,7 +73,9 @@ def main():
   root = data_source.resolve_cifar10(args.data, os.path.join(
       os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".cache", "data"))
   images = standardised_train_images(root, 50000)
-  profile = config_lib.get_profile(args.profile)
+  model = ({} if args.model == "profile"
+           else dataclasses.asdict(config_lib.REFERENCE_MODEL))
+  profile = config_lib.get_profile(args.profile, {"model": model})
   jits = ([profile.runtime.jit_compile] if args.jit is None else
           [_on_off(v) for v in args.jit.split(",")])
   splits = ([profile.runtime.xla_splits] if args.xla_splits is None else
@@ -85,6 +96,7 @@ def main():
   for precision in args.precision.split(","):
     for jit, n in [(j, n) for j in jits for n in (splits if j else [1])]:
       cfg = config_lib.get_profile(args.profile, {
+          "model": model,
           "pretrain": {"epochs": args.epochs, "steps_per_epoch": args.steps,
                        "batch_size": args.batch_size},
           "runtime": {"precision": precision, "jit_compile": jit, "xla_splits": n}})
