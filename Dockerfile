@@ -5,7 +5,7 @@
 FROM tensorflow/tfx:1.16.0
 
 WORKDIR /mae-tfx
-COPY requirements.lock setup.py README.md ./
+COPY requirements.lock setup.py pyproject.toml README.md ./
 COPY pipeline/ pipeline/
 COPY components/ components/
 COPY models/ models/
@@ -13,7 +13,7 @@ COPY serving/ serving/
 COPY schemas/ schemas/
 RUN python -m pip install --no-cache-dir "pip==24.3.1" \
  && python -m pip install --no-cache-dir -c requirements.lock -e . \
- && python -c "import pipeline.pipeline, models.mae_trainer, models.probe_trainer"
+ && python -c "import pipeline.pipeline, components.mae_trainer, components.probe_trainer"
 
 # TFX 1.16 and our models are Keras 2 (tf_keras); the Trainer's run_fns are
 # imported by module path, so the project must be importable everywhere. The

@@ -12,6 +12,9 @@ PROFILE   ?= cpu
 DATA      ?= $(firstword $(MAE_TFX_CIFAR10) $(wildcard ../shared/data/cifar10))
 PYTEST_ARGS ?=
 
+# TensorFlow's environment is set by models/__init__.py, which every entry
+# point imports first; exported here too for tools run outside the packages
+# (tensorboard, a bare python).
 export TF_USE_LEGACY_KERAS := 1
 export TF_CPU_ALLOCATOR_USE_BFC := true
 export TF_CPP_MIN_LOG_LEVEL := 1
@@ -19,7 +22,7 @@ export PYTHONWARNINGS := ignore::FutureWarning
 
 .PHONY: pipeline test test-all report serve image vertex-compile vertex-submit lock clean
 
-$(VENV)/.installed: setup.py requirements.lock
+$(VENV)/.installed: setup.py pyproject.toml requirements.lock
 	@test -n "$(PYTHON310)" || { echo "Python 3.10 not found: install it (pyenv install 3.10.13) or set PYTHON310=/path/to/python3.10"; exit 1; }
 	test -x $(PY) || $(PYTHON310) -m venv $(VENV)
 	$(PY) -m pip install -q "pip==24.3.1" "wheel==0.48.0" "setuptools==84.2.1"

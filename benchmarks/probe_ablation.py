@@ -1,44 +1,36 @@
 """Linear-probe ablations on one frozen encoder: features and probe optimiser.
 
-  python benchmarks/probe_ablation.py --mae /tmp/q/mae/Format-Serving
-  python benchmarks/probe_ablation.py --random-init          # same, random encoder
+  python -m benchmarks.probe_ablation --mae /tmp/q/mae/model
+  python -m benchmarks.probe_ablation --random-init          # same, random encoder
 
 The encoder is frozen, so one pretraining run serves every probe variant:
 features are extracted once per feature option (the encoder's embedding, i.e.
 its [CLS] token or the mean of the patch tokens, of the last block or of the
-average of the last k blocks) with the probe Trainer's own
-`extract_features`, then each probe setting is trained with its own
-`train_probe` (BatchNorm without affine + Dense). For calibration, each feature
+average of the last k blocks) with `engine_probe.extract_features`, then each
+probe setting is trained with `engine_probe.train_probe` (BatchNorm without
+affine + Dense), the functions the probe Trainer runs. For calibration, each feature
 set is also scored by a multinomial logistic regression (L-BFGS) on
 standardised features and by k-NN (k=20, cosine). Data: the Examples and
-Transform graph of the newest `make pipeline` run (as probe_quality.py).
+Transform graph of the newest `make pipeline` run (as probe_quality).
 """
-
-import os
-
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # Keras 2, before TF loads
 
 import argparse
 import dataclasses
 import json
-import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import tensorflow as tf
+import tensorflow_transform as tft
 
-import models  # noqa: E402,F401  TensorFlow's environment (models/__init__.py) first
-import tensorflow as tf  # noqa: E402
-import tensorflow_transform as tft  # noqa: E402
-
-from pipeline.report import pipeline_inputs, split_files  # noqa: E402
-from models import config as config_lib  # noqa: E402
-from models import data, evaluation  # noqa: E402
-from models.linear_probe import ProbeClassifier  # noqa: E402
-from models.mae import MaskedAutoencoder  # noqa: E402
-from models.mae_trainer import load_mae  # noqa: E402
-from models.probe_trainer import KNN_K, extract_features, train_probe  # noqa: E402
-from pipeline import configs  # noqa: E402
+from models import config as config_lib
+from models import data, names
+from models.engine_pretrain import load_mae
+from models.engine_probe import KNN_K, extract_features, train_probe
+from models.evaluation import evaluate_knn
+from models.linear_probe import ProbeClassifier
+from models.mae import MaskedAutoencoder
+from pipeline.runs import pipeline_inputs
 
 
 def logistic_regression_accuracy(train_x, train_y, test_x, test_y) -> float:
@@ -50,7 +42,7 @@ def logistic_regression_accuracy(train_x, train_y, test_x, test_y) -> float:
   return float(clf.score(scaler.transform(test_x), test_y))
 
 
-def main():
+def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   source = p.add_mutually_exclusive_group(required=True)
@@ -62,9 +54,9 @@ def main():
                  help="comma-separated k: average the last k blocks")
   p.add_argument("--probes", default='[{}]',
                  help="JSON list of ProbeConfig overrides, one probe each")
-  p.add_argument("--metadata", default=os.path.join(configs.PROJECT_DIR, "outputs",
-                                                    "metadata.sqlite"))
-  args = p.parse_args()
+  p.add_argument("--metadata", default=names.metadata_path(),
+                 help="MLMD database of the run whose data to use")
+  args = p.parse_args(argv)
 
   cfg = config_lib.get_profile(args.profile)
   if args.mae:
@@ -75,9 +67,9 @@ def main():
   examples, transform = pipeline_inputs(args.metadata)
   tft_output = tft.TFTransformOutput(transform)
   train_images, train_labels = data.load_transformed(
-      split_files(examples, "train"), tft_output)
+      names.split_files(examples, "train"), tft_output)
   test_images, test_labels = data.load_transformed(
-      split_files(examples, "test"), tft_output)
+      names.split_files(examples, "test"), tft_output)
 
   rows = []
   for k in [int(v) for v in args.feature_blocks.split(",")]:
@@ -86,7 +78,7 @@ def main():
     train_x = extract_features(classifier.embed, train_images)
     test_x = extract_features(classifier.embed, test_images)
     print(f"features (last {k} block(s)): {time.time() - t0:.0f} s", flush=True)
-    knn = evaluation.knn_accuracy(train_x, train_labels, test_x, test_labels, k=KNN_K)
+    knn = evaluate_knn(train_x, train_labels, test_x, test_labels, k=KNN_K)
     t0 = time.time()
     logreg = logistic_regression_accuracy(train_x, train_labels, test_x, test_labels)
     rows.append((k, "logistic regression (L-BFGS, standardised)", logreg, knn,

@@ -1,87 +1,81 @@
 """Representation quality: pretrain N epochs, then linear probe and k-NN.
 
-  python benchmarks/probe_quality.py --epochs 10            # MAE, 10 epochs
-  python benchmarks/probe_quality.py --epochs 0             # random-init encoder
-  python benchmarks/probe_quality.py --epochs 10 \
+  python -m benchmarks.probe_quality --epochs 10            # MAE, 10 epochs
+  python -m benchmarks.probe_quality --epochs 0             # random-init encoder
+  python -m benchmarks.probe_quality --epochs 10 \
       --overrides '{"model": {"mask_ratio": 0.6}}'           # an ablation
 
-Calls the pipeline's own Trainer run_fns (`models.mae_trainer.run_fn`, then
-`models.probe_trainer.run_fn` with the MAE as base model) on the Examples and
-Transform graph of the newest `make pipeline` run in the given MLMD
-database, so there is no second copy of the model or of the training code.
-Prints LP top-1 and k-NN (k=20, cosine) top-1 on the 10,000 test images,
-the MAE images/second and the wall time of each stage.
+Runs the library the pipeline's Trainers run (`engine_pretrain.pretrain`,
+then `engine_probe.linear_probe` on the frozen encoder) on the Examples and
+Transform graph of the newest `make pipeline` run in the given output
+folder. Prints LP top-1 and k-NN (k=20, cosine) top-1 on the test split, the
+MAE images/second and the wall time of each stage.
 """
-
-import os
-
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # Keras 2, before TF loads
 
 import argparse
 import json
-import sys
+import os
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import tensorflow as tf
+import tensorflow_transform as tft
 
-from tfx.components.trainer.fn_args_utils import FnArgs  # noqa: E402
-
-from models import config as config_lib  # noqa: E402
-from models import mae_trainer, probe_trainer  # noqa: E402
-from pipeline import configs  # noqa: E402
-from pipeline.report import pipeline_inputs, split_files  # noqa: E402
-
-
-def fn_args(examples: str, transform: str, work: str, name: str,
-            cfg: config_lib.RunConfig, base_model=None) -> FnArgs:
-  serving = os.path.join(work, name, "Format-Serving")
-  os.makedirs(serving, exist_ok=True)
-  return FnArgs(
-      train_files=split_files(examples, "train"),
-      eval_files=split_files(examples, "test"),
-      transform_output=transform, serving_model_dir=serving,
-      model_run_dir=os.path.join(work, name, "run"), base_model=base_model,
-      custom_config={config_lib.RUN_CONFIG_KEY: cfg.to_dict(),
-                     config_lib.CHECKPOINT_ROOT_KEY: os.path.join(work, "ckpt")})
+from models import config as config_lib
+from models import data, engine_pretrain, engine_probe, names, training
+from models.mae import MaskedAutoencoder
+from pipeline.runs import pipeline_inputs
 
 
-def main():
+def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--epochs", type=int, required=True)
+  p.add_argument("--epochs", type=int, required=True, help="0: random-init encoder")
   p.add_argument("--profile", default="cpu")
   p.add_argument("--overrides", default="{}")
-  p.add_argument("--metadata", default=os.path.join(configs.PROJECT_DIR, "outputs",
-                                                    "metadata.sqlite"))
-  p.add_argument("--work-dir", default=None, help="keep models here (default: temp)")
-  args = p.parse_args()
+  p.add_argument("--metadata", default=names.metadata_path(),
+                 help="MLMD database of the run whose data to use")
+  p.add_argument("--work-dir", default=None,
+                 help="keep the MAE, logs and checkpoints here (default: temp)")
+  args = p.parse_args(argv)
 
   overrides = json.loads(args.overrides)
   overrides.setdefault("pretrain", {})["epochs"] = args.epochs
-  cfg = config_lib.get_profile(args.profile, overrides)
+  cfg = training.with_resolved_precision(config_lib.get_profile(args.profile, overrides))
   examples, transform = pipeline_inputs(args.metadata)
+  tft_output = tft.TFTransformOutput(transform)
   work = args.work_dir or tempfile.mkdtemp(prefix="probe_quality-")
+  train_files = names.split_files(examples, "train")
+  train_images, train_labels = data.load_transformed(train_files, tft_output)
+  test_images, test_labels = data.load_transformed(names.split_files(examples, "test"),
+                                                   tft_output)
 
   t0 = time.time()
-  mae_args = fn_args(examples, transform, work, "mae", cfg)
-  mae_trainer.run_fn(mae_args)
+  history = []
+  if args.epochs:
+    model, history = engine_pretrain.pretrain(
+        cfg, train_images, os.path.join(work, "mae"),
+        engine_pretrain.checkpoint_dir(os.path.join(work, "ckpt"), cfg,
+                                       [transform, *train_files]))
+    mae = model.mae
+    engine_pretrain.save_mae(mae, os.path.join(work, "mae", "model"))
+  else:
+    tf.keras.utils.set_random_seed(cfg.runtime.seed)
+    mae = MaskedAutoencoder(cfg.model).build_for()
   t1 = time.time()
-  probe_trainer.run_fn(fn_args(examples, transform, work, "probe", cfg,
-                               base_model=mae_args.serving_model_dir))
+  result = engine_probe.linear_probe(cfg, mae.encoder, train_images, train_labels,
+                                     test_images, test_labels, os.path.join(work, "probe"))
   t2 = time.time()
 
-  with open(os.path.join(work, "mae", "run", mae_trainer.SUMMARY_FILE)) as f:
-    mae_summary = json.load(f)
-  with open(os.path.join(work, "probe", "run", mae_trainer.SUMMARY_FILE)) as f:
-    probe_summary = json.load(f)
-  ips = [h["images_per_second"] for h in mae_summary["history"][1:]] or [
-      h["images_per_second"] for h in mae_summary["history"]]
-  print(json.dumps({"overrides": overrides, "profile": args.profile}))
-  print(f"epochs {args.epochs}: LP top-1 {probe_summary['eval_accuracy']:.4f}, "
-        f"kNN(k={probe_summary['knn_k']}) top-1 {probe_summary['knn_accuracy']:.4f}, "
-        f"MAE {sum(ips) / len(ips) if ips else float('nan'):.0f} img/s, "
-        f"pretrain {t1 - t0:.0f} s, probe {t2 - t1:.0f} s, models in {work}")
+  # The first epoch includes tracing and XLA compilation.
+  ips = [h["images_per_second"] for h in history[1:] or history]
+  summary = result.summary
+  print(json.dumps({"overrides": overrides, "profile": args.profile,
+                    "precision": cfg.runtime.precision}))
+  print(f"epochs {args.epochs}: LP top-1 {summary['eval_accuracy']:.4f}, "
+        f"kNN(k={summary['knn_k']}) top-1 {summary['knn_accuracy']:.4f}, "
+        + (f"MAE {sum(ips) / len(ips):.0f} img/s, " if ips else "")
+        + f"pretrain {t1 - t0:.0f} s, probe {t2 - t1:.0f} s, models in {work}")
 
 
 if __name__ == "__main__":

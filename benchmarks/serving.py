@@ -1,7 +1,7 @@
 """Serving figures: request latency of the embedding server and batch
 embedding throughput, on real CIFAR-10 test images.
 
-  python benchmarks/serving.py --model-dir outputs/serving_model/mae-tfx \
+  python -m benchmarks.serving --model-dir outputs/serving_model/mae-tfx \
       --data ../shared/data/cifar10 [--requests 1000] [--clients 1,8,32]
 
 Latency: the real server (`python -m serving.server`, a child process on
@@ -13,35 +13,29 @@ batch CLI's code path (`serving.embed.embed_all`) over PNG bytes in memory.
 embedding for a model of that profile's shape (benchmarks/roofline.py).
 """
 
-import os
-
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # Keras 2, before TF loads
-
 import argparse
 import base64
 import concurrent.futures
-import sys
+import os
 import threading
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import numpy as np
+import requests
 
-import numpy as np  # noqa: E402
-import requests  # noqa: E402
-
-import roofline  # noqa: E402  (benchmarks/)
-from components.cifar10_example_gen import encode_png, read_batch_file  # noqa: E402
-from models import config as config_lib  # noqa: E402
-from pipeline import data_source  # noqa: E402
-from serving.embed import embed_all  # noqa: E402
-from serving.launch import ServerProcess  # noqa: E402
-from serving.model_store import SERVING_DEFAULT, load_version  # noqa: E402
-
-PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from benchmarks import roofline
+from models import config as config_lib
+from models import names
+from models.cifar10 import encode_png, read_batch_file
+from models.names import SERVING_DEFAULT
+from pipeline import data_source
+from serving.embed import embed_all
+from serving.launch import ServerProcess
+from serving.model_store import load_version
 
 
 def test_pngs(data: str, count: int):
-  root = data_source.resolve_cifar10(data, os.path.join(PROJECT, ".cache", "data"))
+  root = data_source.resolve_cifar10(data, names.DATA_CACHE_DIR)
   images, _ = read_batch_file(os.path.join(root, "test_batch"))
   return [encode_png(image) for image in images[:count]]
 
@@ -80,12 +74,11 @@ def batch_embedding(model_dir: str, pngs, batch_size: int) -> float:
   return len(pngs) / (time.perf_counter() - start)
 
 
-def main():
+def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--model-dir", default=os.path.join(PROJECT, "outputs", "serving_model",
-                                                     "mae-tfx"))
-  p.add_argument("--data", default=os.environ.get("MAE_TFX_CIFAR10"))
+  p.add_argument("--model-dir", default=names.serving_model_dir())
+  p.add_argument("--data", default=os.environ.get(names.CIFAR10_ENV))
   p.add_argument("--requests", type=int, default=1000, help="per concurrency level")
   p.add_argument("--clients", default="1,8,32")
   p.add_argument("--batch-sizes", default="64,256,1024")
@@ -93,7 +86,7 @@ def main():
   p.add_argument("--roofline", metavar="PROFILE", default=None,
                  help="also print the float32 matmul bound on batch embedding for "
                       "a model of this profile's shape (the pushed model's)")
-  args = p.parse_args()
+  args = p.parse_args(argv)
 
   pngs = test_pngs(args.data, args.images)
   model = load_version(args.model_dir)

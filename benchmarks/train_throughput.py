@@ -1,15 +1,15 @@
 """Images/second of the MAE training step, input pipeline included.
 
-  python benchmarks/train_throughput.py --data ../shared/data/cifar10 \
+  python -m benchmarks.train_throughput --data ../shared/data/cifar10 \
       --precision float32,mixed_bfloat16 --jit on,off
-  python benchmarks/train_throughput.py --model profile     # the cpu profile's MAE
+  python -m benchmarks.train_throughput --model profile     # the cpu profile's MAE
 
 The model is the reference size of the throughput targets
 (`config.REFERENCE_MODEL`: encoder 6x128) unless --model profile, which takes
 the profile's own (4x160 for `cpu`); everything else is the profile's.
 
 Uses the pipeline's own model, optimizer and input pipeline
-(`models.mae_trainer.pretrain`) on real CIFAR-10 train images; the first
+(`models.engine_pretrain.pretrain`) on real CIFAR-10 train images; the first
 epoch (tracing, XLA compilation, warm-up) is not counted. Several precisions
 run one after the other in one process, so their ratio is measured under the
 same machine load.
@@ -20,25 +20,20 @@ against this machine's measured matmul speed (a large square matmul per
 precision), and each result's share of that bound.
 """
 
-import os
-
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # Keras 2, before TF loads
-
 import argparse
 import dataclasses
-import sys
+import os
 import tempfile
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from components.cifar10_example_gen import read_batch_file  # noqa: E402
-from models import config as config_lib  # noqa: E402
-from models.mae_trainer import pretrain  # noqa: E402
-from models.training import resolve_precision  # noqa: E402
-import roofline  # noqa: E402  (benchmarks/)
-from pipeline import data_source  # noqa: E402
+from benchmarks import roofline
+from models import config as config_lib
+from models import names
+from models.cifar10 import read_batch_file
+from models.engine_pretrain import pretrain
+from models.training import resolve_precision
+from pipeline import data_source
 
 
 def standardised_train_images(data_root: str, limit: int) -> np.ndarray:
@@ -47,9 +42,9 @@ def standardised_train_images(data_root: str, limit: int) -> np.ndarray:
   return (images - images.mean((0, 1, 2))) / images.std((0, 1, 2))
 
 
-def main():
+def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__)
-  p.add_argument("--data", default=os.environ.get("MAE_TFX_CIFAR10"))
+  p.add_argument("--data", default=os.environ.get(names.CIFAR10_ENV))
   p.add_argument("--profile", default="cpu")
   p.add_argument("--model", choices=["reference", "profile"], default="reference",
                  help="reference: config.REFERENCE_MODEL (6x128 encoder); "
@@ -68,10 +63,9 @@ def main():
                       "default: the profile's setting")
   p.add_argument("--roofline", action="store_true",
                  help="also print the matmul-FLOP bound on img/s for this CPU")
-  args = p.parse_args()
+  args = p.parse_args(argv)
 
-  root = data_source.resolve_cifar10(args.data, os.path.join(
-      os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".cache", "data"))
+  root = data_source.resolve_cifar10(args.data, names.DATA_CACHE_DIR)
   images = standardised_train_images(root, 50000)
   model = ({} if args.model == "profile"
            else dataclasses.asdict(config_lib.REFERENCE_MODEL))

@@ -11,7 +11,6 @@ not pushed again.
 """
 
 import os
-import re
 import time
 from typing import Any, Dict, List, Optional
 
@@ -25,7 +24,7 @@ from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import io_utils, proto_utils
 from tfx.v1.components import Pusher
 
-_VERSION = re.compile(r"^\d+$")
+from models.names import pushed_versions
 
 
 def _fingerprint(saved_model_dir: str) -> Optional[bytes]:
@@ -38,10 +37,9 @@ def _fingerprint(saved_model_dir: str) -> Optional[bytes]:
 
 
 def newest_version(base_directory: str) -> Optional[str]:
-  versions = [name.rstrip("/") for name in
-              (fileio.listdir(base_directory) if fileio.exists(base_directory) else [])
-              if _VERSION.match(name.rstrip("/"))]
-  return max(versions, key=int) if versions else None
+  versions = pushed_versions(fileio.listdir(base_directory)
+                             if fileio.exists(base_directory) else [])
+  return str(versions[-1]) if versions else None
 
 
 def next_version(base_directory: str, now: int) -> int:

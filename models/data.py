@@ -1,4 +1,4 @@
-"""Input pipelines shared by both Trainers.
+"""Input pipelines shared by the pretraining and probe engines.
 
 Raw tf.Examples are parsed and pushed through the Transform graph once, kept
 in memory (CIFAR-10 train is 600 MB as float32), then served in shuffled
@@ -14,17 +14,12 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from models.config import IMAGE_KEY, IMAGE_SIZE, LABEL_KEY
+from models.config import IMAGE_SIZE
+from models.examples import serialized_examples
+from models.names import IMAGE_KEY, LABEL_KEY
 from models.preprocessing import decode_images
 
 _READ_BATCH = 1024
-
-
-def _expand(file_patterns: List[str]) -> List[str]:
-  files = sorted(f for p in file_patterns for f in tf.io.gfile.glob(p))
-  if not files:
-    raise FileNotFoundError(f"No example files match {file_patterns}")
-  return files
 
 
 def load_transformed(file_patterns: List[str],
@@ -38,9 +33,7 @@ def load_transformed(file_patterns: List[str],
   """
   feature_spec = tf_transform_output.raw_feature_spec()
   tft_layer = tf_transform_output.transform_features_layer()
-  ds = tf.data.TFRecordDataset(_expand(file_patterns), compression_type="GZIP")
-  if max_examples:
-    ds = ds.take(max_examples)
+  ds = serialized_examples(file_patterns, max_examples)
 
   @tf.function
   def transform(serialized):
@@ -63,8 +56,7 @@ def load_transformed(file_patterns: List[str],
 def load_raw_images(file_patterns: List[str], feature_spec, count: int) -> np.ndarray:
   """The first `count` images decoded to [count, S, S, 3] float32 in [0, 1]
   (what the Transform graph starts from), for pictures."""
-  ds = tf.data.TFRecordDataset(_expand(file_patterns), compression_type="GZIP")
-  serialized = tf.stack(list(ds.take(count)))
+  serialized = tf.stack(list(serialized_examples(file_patterns, count)))
   return decode_images(tf.io.parse_example(serialized, feature_spec)[IMAGE_KEY]).numpy()
 
 

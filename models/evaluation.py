@@ -1,5 +1,5 @@
-"""Representation quality measures shared by the probe Trainer, benchmarks
-and the notebook."""
+"""Representation quality measures shared by the probe engine, the
+benchmarks and the notebooks."""
 
 import numpy as np
 
@@ -32,7 +32,8 @@ def knn_predict(train_features: np.ndarray, train_labels: np.ndarray,
   return np.concatenate(predictions)
 
 
-def knn_accuracy(train_features, train_labels, query_features, query_labels,
+def evaluate_knn(train_features, train_labels, query_features, query_labels,
                  k: int = 20, **kwargs) -> float:
+  """Top-1 accuracy of `knn_predict` on labelled queries."""
   predicted = knn_predict(train_features, train_labels, query_features, k, **kwargs)
   return float((predicted == np.asarray(query_labels)).mean())

@@ -89,10 +89,10 @@ def random_masking(x: tf.Tensor, mask_ratio: float,
 # --------------------------------------------------------------------------
 # Transformer block
 #
-# Speed notes (profiled on a 2-core AVX512/AMX CPU, benchmarks/RESULTS.md):
-# tokens are flattened to [B*N, D] inside a block so every projection is a
-# 2-D MatMul (+ BiasAdd), which oneDNN runs (with AMX in bfloat16) instead of
-# the tensordot reshapes of a Dense on 3-D input; the train step is
+# Speed notes (benchmarks/RESULTS.md has the profiles): tokens are flattened
+# to [B*N, D] inside a block so every projection is a 2-D MatMul (+ BiasAdd),
+# which oneDNN runs (with AMX in bfloat16) instead of the tensordot reshapes
+# of a Dense on 3-D input; the train step is
 # jit-compiled (RuntimeConfig.jit_compile) so XLA fuses LayerNorm, GELU and
 # the residual adds. Nothing here needs XLA at serving time.
 # --------------------------------------------------------------------------
@@ -295,20 +295,20 @@ def masked_patch_loss(imgs, pred, mask, patch_size: int,
 # The model
 # --------------------------------------------------------------------------
 class MaskedAutoencoder(tf.keras.Model):
-  """MAE: `call(imgs)` -> (loss, pred, mask); `fit` runs the MAE objective."""
+  """MAE: `call(imgs)` -> (loss, pred, mask); `embed(imgs)` -> embeddings.
 
-  def __init__(self, cfg: ModelConfig, xla_splits: int = 1, **kwargs):
-    """`xla_splits` > 1: each train step computes gradients as that many
-    jit-compiled micro-batch programs (see `train_step`)."""
+  The model only: how it is trained (optimizer, precision, distribution, XLA)
+  is `models.engine_pretrain`.
+  """
+
+  def __init__(self, cfg: ModelConfig, **kwargs):
     super().__init__(**kwargs)
     self.cfg = cfg
-    self.xla_splits = xla_splits
-    self._split_gradients = self._xla_apply_gradients = None
     self.encoder = Encoder(cfg, name="encoder")
     self.decoder = Decoder(cfg, name="decoder")
-    self.loss_tracker = tf.keras.metrics.Mean(name="loss")
 
   def call(self, imgs, training=False, noise=None):
+    """imgs [B, H, W, C], noise [B, L] or None -> (loss, pred [B, L, P], mask [B, L])."""
     latent, mask, ids_restore = self.encoder.forward_masked(
         imgs, self.cfg.mask_ratio, noise)
     pred = self.decoder(latent, ids_restore)
@@ -319,66 +319,6 @@ class MaskedAutoencoder(tf.keras.Model):
   def embed(self, imgs) -> tf.Tensor:
     """[B, H, W, C] -> [B, D] float32 (see `Encoder.embed`)."""
     return self.encoder.embed(imgs)
-
-  @property
-  def metrics(self):
-    return [self.loss_tracker]
-
-  def train_step(self, data):
-    """`data`: images [B, H, W, C], or (images, noise [B, L]) to fix the masks."""
-    imgs, noise = data if isinstance(data, tuple) else (data, None)
-    if self.xla_splits == 1:
-      loss, grads = self._loss_and_gradients(imgs, noise)
-      self._apply_gradients(grads)
-    else:
-      loss, grads = self._split_loss_and_gradients(imgs, noise)
-      self._xla_apply_gradients(grads)
-    self.loss_tracker.update_state(loss)
-    return {"loss": self.loss_tracker.result()}
-
-  def _loss_and_gradients(self, imgs, noise):
-    """(batch mean loss, gradients of this replica's share of the global loss)."""
-    opt = self.optimizer
-    scaled = isinstance(opt, tf.keras.mixed_precision.LossScaleOptimizer)
-    with tf.GradientTape() as tape:
-      loss, _, _ = self(imgs, training=True, noise=noise)
-      # Gradients are summed over replicas: scale each replica's mean loss so
-      # the sum is the gradient of the global-batch mean.
-      replica_loss = loss / tf.distribute.get_strategy().num_replicas_in_sync
-      if scaled:
-        replica_loss = opt.get_scaled_loss(replica_loss)
-    grads = tape.gradient(replica_loss, self.trainable_variables)
-    return loss, (opt.get_unscaled_gradients(grads) if scaled else grads)
-
-  def _apply_gradients(self, grads):
-    # The optimizer is built before training, so this creates no variables;
-    # a LossScaleOptimizer skips the step on non-finite gradients here.
-    self.optimizer.apply_gradients(zip(grads, self.trainable_variables))
-
-  def _split_loss_and_gradients(self, imgs, noise):
-    """The same as `_loss_and_gradients` on B / n equal micro-batches, each
-    one XLA program. XLA:CPU runs its reductions (LayerNorm, softmax, the
-    weight gradients) on one thread, so one whole-batch program keeps ~1.5 of
-    2 cores busy; independent programs run side by side on TF's inter-op
-    threads and fill the rest. Every image masks the same number of patches,
-    so the mean of the micro-batch losses is the batch loss."""
-    n = self.xla_splits
-    if self._split_gradients is None:
-      self._split_gradients = tf.function(self._loss_and_gradients,
-                                          jit_compile=True)
-      # One fused program for AdamW too (Keras runs it per variable on CPU).
-      self._xla_apply_gradients = tf.function(self._apply_gradients,
-                                              jit_compile=True)
-    noises = tf.split(noise, n) if noise is not None else [None] * n
-    outs = [self._split_gradients(i, z) for i, z in zip(tf.split(imgs, n), noises)]
-    loss = tf.add_n([o[0] for o in outs]) / n
-    grads = [tf.add_n(list(g)) / n for g in zip(*[o[1] for o in outs])]
-    return loss, grads
-
-  def test_step(self, imgs):
-    loss, _, _ = self(imgs, training=False)
-    self.loss_tracker.update_state(loss)
-    return {"loss": self.loss_tracker.result()}
 
   def build_for(self, batch: int = 2):
     """Creates every variable by running a dummy batch."""

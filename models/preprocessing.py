@@ -13,7 +13,8 @@ to IMAGE_SIZE x IMAGE_SIZE; CIFAR-10 images pass through unchanged.
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from models.config import IMAGE_CHANNELS, IMAGE_KEY, IMAGE_SIZE, LABEL_KEY
+from models.config import IMAGE_CHANNELS, IMAGE_SIZE
+from models.names import IMAGE_KEY, LABEL_KEY
 
 
 def decode_image(image_bytes: tf.Tensor) -> tf.Tensor:

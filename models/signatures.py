@@ -15,14 +15,10 @@ from typing import Dict
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from models.config import IMAGE_KEY, LABEL_KEY
 from models.linear_probe import ProbeClassifier
-
-SERVING_DEFAULT = "serving_default"
-EMBED_EXAMPLES = "embed_examples"
-CLASSIFY_EXAMPLES = "classify_examples"
-EMBEDDING_KEY = "embedding"
-PROBABILITIES_KEY = "probabilities"
+from models.names import (CLASSIFY_EXAMPLES, EMBED_EXAMPLES, EMBEDDING_KEY,
+                          EXAMPLES_INPUT, IMAGE_BYTES_INPUT, IMAGE_KEY, LABEL_KEY,
+                          PROBABILITIES_KEY, SERVING_DEFAULT)
 
 
 def serving_feature_spec(tf_transform_output: tft.TFTransformOutput
@@ -47,15 +43,15 @@ def build_signatures(classifier: ProbeClassifier,
   def images_from_examples(examples):
     return classifier.tft_layer(tf.io.parse_example(examples, feature_spec))[IMAGE_KEY]
 
-  @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
+  @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=IMAGE_BYTES_INPUT)])
   def serve_image_bytes(image_bytes):
     return {EMBEDDING_KEY: classifier.embed(images_from_bytes(image_bytes))}
 
-  @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+  @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=EXAMPLES_INPUT)])
   def embed_examples(examples):
     return {EMBEDDING_KEY: classifier.embed(images_from_examples(examples))}
 
-  @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+  @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=EXAMPLES_INPUT)])
   def classify_examples(examples):
     return {PROBABILITIES_KEY: classifier.probabilities(images_from_examples(examples))}
 

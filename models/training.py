@@ -1,8 +1,10 @@
-"""Training machinery shared by both Trainers: precision, distribution,
-learning-rate schedule, AdamW, progress logging and resumable checkpoints."""
+"""Training machinery shared by the pretraining and probe engines: precision,
+distribution, learning-rate schedule, AdamW, progress logging, resumable
+checkpoints and summaries."""
 
 import contextlib
 import dataclasses
+import json
 import logging
 import math
 import os
@@ -222,3 +224,12 @@ class EpochCheckpoint(tf.keras.callbacks.Callback):
   def on_epoch_end(self, epoch, logs=None):
     self.epoch.assign(epoch + 1)
     self.manager.save(checkpoint_number=epoch + 1)
+
+
+def write_json(obj, path: str) -> None:
+  """Writes `obj` as JSON to `path` (local or GCS) through a temporary name,
+  so a reader never sees half a file."""
+  tmp = f"{path}.tmp-{os.getpid()}"
+  with tf.io.gfile.GFile(tmp, "w") as f:
+    json.dump(obj, f, indent=2, default=float)
+  tf.io.gfile.rename(tmp, path, overwrite=True)

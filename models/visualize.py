@@ -1,6 +1,7 @@
 """Reconstruction grid of the MAE: original / masked / reconstruction rows."""
 
 import io
+import os
 from typing import Callable
 
 import numpy as np
@@ -66,14 +67,18 @@ def reconstruction_grid(model: MaskedAutoencoder, images: np.ndarray,
 
 
 def write_png(grid: np.ndarray, path: str) -> None:
+  """Writes the PNG through a temporary name: a reader never sees half of it."""
   buf = io.BytesIO()
   Image.fromarray(grid).save(buf, format="PNG")
-  with tf.io.gfile.GFile(path, "wb") as f:
+  tmp = f"{path}.tmp-{os.getpid()}"
+  with tf.io.gfile.GFile(tmp, "wb") as f:
     f.write(buf.getvalue())
+  tf.io.gfile.rename(tmp, path, overwrite=True)
 
 
 class ReconstructionLogger(tf.keras.callbacks.Callback):
-  """Writes the reconstruction grid to TensorBoard after every epoch."""
+  """Writes the reconstruction grid to TensorBoard after every epoch of
+  `engine_pretrain.pretrain` (whose model's `.mae` is the MAE)."""
 
   def __init__(self, images: np.ndarray, raw_images: np.ndarray, log_dir: str):
     super().__init__()
@@ -81,6 +86,6 @@ class ReconstructionLogger(tf.keras.callbacks.Callback):
     self.writer = tf.summary.create_file_writer(log_dir + "/reconstructions")
 
   def on_epoch_end(self, epoch, logs=None):
-    grid = reconstruction_grid(self.model, self.images, self.raw_images)
+    grid = reconstruction_grid(self.model.mae, self.images, self.raw_images)
     with self.writer.as_default():
       tf.summary.image("original_masked_reconstruction", grid[None], step=epoch + 1)

@@ -1,7 +1,11 @@
-"""Pipeline configuration: names, paths, profile and gates, in one place.
+"""Pipeline configuration: where a run reads and writes, which profile it
+runs, and (for Google Cloud) where and on what.
 
-Every value has a default and an environment variable; the runners' flags
-override both. Model hyper-parameters live in `models/config.py` (profiles).
+What a profile means (model, schedule, runtime, the Evaluator's gate, Beam
+arguments) is the profile registry, `models/config.py`; names and paths
+shared with the Trainers, the server and the report are `models/names.py`.
+Every value here has a default and an environment variable; the runners'
+flags override both.
 """
 
 import dataclasses
@@ -9,23 +13,7 @@ import os
 from typing import Any, Dict, List, Optional
 
 from models import config as model_config
-
-PIPELINE_NAME = "mae-tfx"
-PROJECT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCHEMA_PATH = os.path.join(PROJECT_DIR, "schemas", "schema.pbtxt")
-
-# Evaluator gates per profile: (lower bound on test accuracy, largest allowed
-# drop against the last blessed model). The smoke model trains on a few
-# hundred images for seconds, so its gate only rules out a broken model.
-EVAL_GATES = {
-    "smoke": (0.05, 0.5),
-    "cpu": (0.45, 0.01),
-    "full": (0.60, 0.005),
-}
-
-# DirectRunner in one process: on 2 cores the multi-process mode costs more in
-# pickling than it gains, and in-process runs show errors with their traceback.
-DEFAULT_BEAM_ARGS = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
+from models import names
 
 
 def _env(name: str, default: str, cast=str):
@@ -73,9 +61,10 @@ class VertexConfig:
                        f"accelerator_type {self.accelerator_type!r}")
     return self
 
-  def beam_pipeline_args(self, temp_location: str) -> List[str]:
+  def beam_pipeline_args(self, temp_location: str) -> Optional[List[str]]:
+    """Dataflow's arguments; None (the profile's) when Dataflow is off."""
     if not self.dataflow:
-      return list(DEFAULT_BEAM_ARGS)
+      return None
     return ["--runner=DataflowRunner", f"--project={self.project}",
             f"--region={self.region}", f"--temp_location={temp_location}",
             f"--machine_type={self.dataflow_machine_type}",
@@ -116,18 +105,21 @@ class VertexConfig:
 @dataclasses.dataclass
 class PipelineConfig:
   data_root: str                         # an extracted cifar-10-batches-py/
-  output_dir: str = os.environ.get("MAE_TFX_OUTPUT",
-                                   os.path.join(PROJECT_DIR, "outputs"))
-  profile: str = os.environ.get("MAE_TFX_PROFILE", "cpu")
-  pipeline_name: str = PIPELINE_NAME
-  schema_path: str = SCHEMA_PATH
-  min_accuracy: Optional[float] = None   # None: the profile's gate
-  max_accuracy_drop: Optional[float] = None
+  output_dir: str = dataclasses.field(default_factory=names.default_output_dir)
+  profile: str = dataclasses.field(
+      default_factory=lambda: os.environ.get(names.PROFILE_ENV, "cpu"))
+  pipeline_name: str = names.PIPELINE_NAME
+  schema_path: str = names.SCHEMA_PATH
   enable_cache: bool = True
+  # {section: {field: value}} over the profile, e.g. {"evaluation":
+  # {"min_accuracy": 0.5}} or {"pretrain": {"epochs": 20}}.
   overrides: Dict[str, Dict[str, Any]] = dataclasses.field(default_factory=dict)
-  beam_pipeline_args: List[str] = dataclasses.field(
-      default_factory=lambda: list(DEFAULT_BEAM_ARGS))
+  # None: the profile's (`beam.pipeline_args`); the Vertex runner sets Dataflow's.
+  beam_pipeline_args: Optional[List[str]] = None
   vertex: Optional[VertexConfig] = None  # set: compile the Google Cloud variant
+
+  def __post_init__(self):
+    self.run_config  # an unknown profile or override fails here, naming it
 
   @property
   def pipeline_root(self) -> str:
@@ -135,11 +127,11 @@ class PipelineConfig:
 
   @property
   def metadata_path(self) -> str:
-    return os.path.join(self.output_dir, "metadata.sqlite")
+    return names.metadata_path(self.output_dir)
 
   @property
   def serving_model_dir(self) -> str:
-    return os.path.join(self.output_dir, "serving_model", self.pipeline_name)
+    return names.serving_model_dir(self.output_dir, self.pipeline_name)
 
   @property
   def checkpoint_root(self) -> str:
@@ -150,11 +142,11 @@ class PipelineConfig:
     return model_config.get_profile(self.profile, self.overrides)
 
   @property
-  def eval_gate(self):
-    lower, drop = EVAL_GATES.get(self.profile, EVAL_GATES["cpu"])
-    return (lower if self.min_accuracy is None else self.min_accuracy,
-            drop if self.max_accuracy_drop is None else self.max_accuracy_drop)
+  def beam_args(self) -> List[str]:
+    if self.beam_pipeline_args is not None:
+      return list(self.beam_pipeline_args)
+    return list(self.run_config.beam.pipeline_args)
 
   def trainer_custom_config(self) -> Dict[str, Any]:
-    return {model_config.RUN_CONFIG_KEY: self.run_config.to_dict(),
+    return {model_config.RUN_CONFIG_KEY: self.run_config.trainer_config(),
             model_config.CHECKPOINT_ROOT_KEY: self.checkpoint_root}

@@ -16,13 +16,12 @@ from tfx.proto import transform_pb2
 from components.anomalies_gate import AnomaliesGate
 from components.cifar10_example_gen import Cifar10ExampleGen
 from components.versioned_pusher import VersionedPusher
-from models.config import LABEL_KEY
-from models.signatures import CLASSIFY_EXAMPLES, PROBABILITIES_KEY
+from models.names import CLASSIFY_EXAMPLES, LABEL_KEY, PROBABILITIES_KEY
 from pipeline.configs import PipelineConfig
 
 PREPROCESSING_FN = "models.preprocessing.preprocessing_fn"
-MAE_RUN_FN = "models.mae_trainer.run_fn"
-PROBE_RUN_FN = "models.probe_trainer.run_fn"
+MAE_RUN_FN = "components.mae_trainer.run_fn"
+PROBE_RUN_FN = "components.probe_trainer.run_fn"
 
 
 def eval_config(min_accuracy: float, max_drop: float) -> tfma.EvalConfig:
@@ -106,13 +105,13 @@ def create_pipeline(config: PipelineConfig,
           type=tfx.types.standard_artifacts.ModelBlessing)
   ).with_id("latest_blessed_model_resolver")
 
-  min_accuracy, max_drop = config.eval_gate
+  gate = config.run_config.evaluation
   evaluator = tfx.components.Evaluator(
       examples=example_gen.outputs["examples"],
       model=probe_trainer.outputs["model"],
       baseline_model=model_resolver.outputs["model"],
       example_splits=["test"],
-      eval_config=eval_config(min_accuracy, max_drop))
+      eval_config=eval_config(gate.min_accuracy, gate.max_accuracy_drop))
 
   if vertex:   # a Vertex AI endpoint, serving with a prebuilt TF container
     pusher = tfx.extensions.google_cloud_ai_platform.Pusher(
@@ -132,5 +131,5 @@ def create_pipeline(config: PipelineConfig,
                   model_resolver, evaluator, pusher],
       enable_cache=config.enable_cache,
       metadata_connection_config=metadata_connection_config,
-      beam_pipeline_args=(config.beam_pipeline_args if beam_pipeline_args is None
+      beam_pipeline_args=(config.beam_args if beam_pipeline_args is None
                           else beam_pipeline_args))

@@ -21,6 +21,7 @@ import os
 import sys
 from typing import Dict, Optional
 
+from models import names
 from pipeline import configs
 from pipeline.pipeline import create_pipeline
 
@@ -42,7 +43,7 @@ def pipeline_config(args: argparse.Namespace) -> configs.PipelineConfig:
   bucket = vertex.bucket.rstrip("/")
   return configs.PipelineConfig(
       data_root=args.data or f"{bucket}/data/cifar-10-batches-py",
-      output_dir=f"{bucket}/{configs.PIPELINE_NAME}",
+      output_dir=f"{bucket}/{names.PIPELINE_NAME}",
       profile=args.profile, overrides=overrides,
       enable_cache=not args.no_cache, vertex=vertex,
       beam_pipeline_args=vertex.beam_pipeline_args(f"{bucket}/tmp"))
@@ -111,7 +112,7 @@ def parse_args(argv):
   p.add_argument("--output", default=None, help="compile: where to write (default --spec)")
   p.add_argument("--dry-run", action="store_true",
                  help="submit: validate and print the request, no network")
-  p.add_argument("--profile", default=os.environ.get("MAE_TFX_PROFILE", "full"))
+  p.add_argument("--profile", default=os.environ.get(names.PROFILE_ENV, "full"))
   p.add_argument("--overrides", default="{}", help="JSON {section: {field: value}}")
   p.add_argument("--data", default=None,
                  help="cifar-10-batches-py/ on GCS (default <bucket>/data/cifar-10-batches-py)")

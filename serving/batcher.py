@@ -18,7 +18,7 @@ from typing import Dict, List, Tuple
 import numpy as np
 import tensorflow as tf
 
-from serving.model_store import LoadedModel, error_summary
+from serving.model_store import LoadedModel
 
 
 class BadInstance(ValueError):
@@ -86,25 +86,24 @@ class Batcher:
       start += len(vs)
 
   async def _run_alone(self, model, signature, item) -> None:
+    """One request on its own; its bad instances are named in a BadInstance."""
     _, values, future = item
+    self.calls += 1          # the re-runs that find a bad instance count once
+    self.instances += len(values)
     try:
-      result = await self._call(model, signature, values)
-    except tf.errors.InvalidArgumentError as e:
-      result = await self._name_bad_instances(model, signature, values, e)
-    if not future.done():
-      if isinstance(result, Exception):
-        future.set_exception(result)
-      else:
-        future.set_result(result)
-
-  async def _name_bad_instances(self, model, signature, values, error) -> Exception:
-    bad = []
-    for i, value in enumerate(values):
-      try:
-        await self._call(model, signature, [value])
-      except tf.errors.InvalidArgumentError as e:
-        bad.append(f"instances[{i}]: {error_summary(e)}")
-    return BadInstance("; ".join(bad) if bad else error_summary(error))
+      outputs, _, errors = await asyncio.get_running_loop().run_in_executor(
+          self._executor, model.run_isolating_errors, signature, values)
+    except Exception as e:  # pylint: disable=broad-except
+      if not future.done():
+        future.set_exception(e)
+      return
+    if future.done():
+      return
+    if errors:
+      future.set_exception(BadInstance("; ".join(
+          f"instances[{i}]: {message}" for i, message in sorted(errors.items()))))
+    else:
+      future.set_result(outputs)
 
   async def _call(self, model: LoadedModel, signature: str, values: List[bytes]):
     self.calls += 1

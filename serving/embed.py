@@ -25,10 +25,11 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from models.config import LABEL_KEY
-from models.signatures import EMBED_EXAMPLES
+from models import names
+from models.examples import read_examples
+from models.names import EMBED_EXAMPLES, SERVING_DEFAULT
 from serving.embeddings import EmbeddingsFile
-from serving.model_store import SERVING_DEFAULT, LoadedModel, error_summary, load_version
+from serving.model_store import LoadedModel, load_version
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 
@@ -62,17 +63,6 @@ def image_batches(paths: List[str], batch_size: int) -> Iterator[List[bytes]]:
     yield list(batch.numpy())
 
 
-def example_records(file_patterns: List[str]) -> Tuple[List[bytes], List[str]]:
-  """(serialized tf.Examples, labels) of gzipped TFRecord files."""
-  files = sorted(f for p in file_patterns for f in tf.io.gfile.glob(p))
-  if not files:
-    raise FileNotFoundError(f"no example files match {file_patterns}")
-  records = [r.numpy() for r in tf.data.TFRecordDataset(files, compression_type="GZIP")]
-  spec = {LABEL_KEY: tf.io.FixedLenFeature([], tf.int64, default_value=-1)}
-  labels = tf.io.parse_example(tf.constant(records), spec)[LABEL_KEY].numpy()
-  return records, [str(x) if x >= 0 else "" for x in labels]
-
-
 def embed_all(model: LoadedModel, signature: str, batches: Iterator[List[bytes]],
               ids: List[str], skip_bad: bool = False, progress: bool = True
               ) -> Tuple[np.ndarray, List[int]]:
@@ -83,17 +73,11 @@ def embed_all(model: LoadedModel, signature: str, batches: Iterator[List[bytes]]
   chunks, kept, bad, start = [], [], [], 0
   with tqdm(total=len(ids), unit="img", disable=not progress, file=sys.stderr) as bar:
     for values in batches:
-      indices = list(range(start, start + len(values)))
-      try:
-        chunks.append(model.run(signature, values)[output])
-        kept.extend(indices)
-      except tf.errors.InvalidArgumentError:
-        for i, value in zip(indices, values):
-          try:
-            chunks.append(model.run(signature, [value])[output])
-            kept.append(i)
-          except tf.errors.InvalidArgumentError as e:
-            bad.append(f"{ids[i]}: {error_summary(e)}")
+      outputs, ran, errors = model.run_isolating_errors(signature, values)
+      if outputs is not None:
+        chunks.append(outputs[output])
+      kept.extend(start + i for i in ran)
+      bad.extend(f"{ids[start + i]}: {message}" for i, message in sorted(errors.items()))
       start += len(values)
       bar.update(len(values))
   if bad and not skip_bad:
@@ -115,8 +99,9 @@ def main(argv=None) -> EmbeddingsFile:
   source = p.add_mutually_exclusive_group(required=True)
   source.add_argument("--images", help="folder of images (sub-folders = labels)")
   source.add_argument("--split", help="a split (train/test) of the newest pipeline run")
-  p.add_argument("--metadata", default=os.path.join("outputs", "metadata.sqlite"),
-                 help="MLMD database of the pipeline run (with --split)")
+  p.add_argument("--metadata", default=names.metadata_path(),
+                 help=f"MLMD database of the pipeline run (with --split; default "
+                      f"${names.OUTPUT_ENV} or outputs/, then metadata.sqlite)")
   p.add_argument("--out", required=True, help="embeddings file to write (.npz)")
   p.add_argument("--batch-size", type=int, default=256)
   p.add_argument("--skip-bad", action="store_true")
@@ -129,9 +114,11 @@ def main(argv=None) -> EmbeddingsFile:
     signature, source = SERVING_DEFAULT, os.path.abspath(args.images)
     batches = image_batches(paths, args.batch_size)
   else:
-    from pipeline.report import pipeline_inputs, split_files
+    from pipeline.runs import pipeline_inputs   # the run's records: MLMD
     examples, _ = pipeline_inputs(args.metadata)
-    records, labels = example_records(split_files(examples, args.split))
+    found = read_examples(names.split_files(examples, args.split))
+    records = found.serialized
+    labels = [str(x) if x >= 0 else "" for x in found.labels]
     ids = [f"{args.split}/{i}" for i in range(len(records))]
     signature, source = EMBED_EXAMPLES, os.path.join(examples, f"Split-{args.split}")
     batches = (records[i:i + args.batch_size]

@@ -12,16 +12,14 @@ import collections
 import dataclasses
 import logging
 import os
-import re
 import threading
 import time
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
 
-_VERSION = re.compile(r"^\d+$")
-SERVING_DEFAULT = "serving_default"
+from models.names import SERVING_DEFAULT, pushed_versions
 
 
 def error_summary(error: tf.errors.OpError) -> str:
@@ -81,6 +79,27 @@ class LoadedModel:
     outputs = sig.function(**{sig.input_name: tf.constant(values, tf.string)})
     return {k: v.numpy() for k, v in outputs.items()}
 
+  def run_isolating_errors(self, signature_name: str, values: List[bytes]
+                           ) -> Tuple[Optional[Dict[str, np.ndarray]], List[int],
+                                      Dict[int, str]]:
+    """`run`, but a batch that fails on bad input (a value that is not an
+    image) is re-run value by value to find which. Returns (outputs of the
+    values that ran, stacked, or None if none did; their indices; {index:
+    error summary} of those that failed)."""
+    try:
+      return self.run(signature_name, values), list(range(len(values))), {}
+    except tf.errors.InvalidArgumentError:
+      pass
+    ran, kept, errors = [], [], {}
+    for i, value in enumerate(values):
+      try:
+        ran.append(self.run(signature_name, [value]))
+        kept.append(i)
+      except tf.errors.InvalidArgumentError as e:
+        errors[i] = error_summary(e)
+    outputs = {k: np.concatenate([r[k] for r in ran]) for k in ran[0]} if ran else None
+    return outputs, kept, errors
+
   def warm_up(self) -> None:
     """One call of `serving_default` on a black 32x32 PNG, so the first
     client request does not pay for graph initialisation."""
@@ -93,9 +112,8 @@ def versions_on_disk(base_dir: str) -> List[int]:
   """Complete versions (a numeric directory with a saved_model.pb), oldest first."""
   if not tf.io.gfile.isdir(base_dir):
     return []
-  return sorted(int(name.rstrip("/")) for name in tf.io.gfile.listdir(base_dir)
-                if _VERSION.match(name.rstrip("/")) and tf.io.gfile.exists(
-                    os.path.join(base_dir, name.rstrip("/"), "saved_model.pb")))
+  return [v for v in pushed_versions(tf.io.gfile.listdir(base_dir))
+          if tf.io.gfile.exists(os.path.join(base_dir, str(v), "saved_model.pb"))]
 
 
 def load_version(model_dir: str) -> LoadedModel:
@@ -103,8 +121,8 @@ def load_version(model_dir: str) -> LoadedModel:
   versions (its newest), loaded."""
   model_dir = model_dir.rstrip("/")
   if tf.io.gfile.exists(os.path.join(model_dir, "saved_model.pb")):
-    name = os.path.basename(model_dir)
-    return LoadedModel(int(name) if _VERSION.match(name) else 0, model_dir)
+    version = pushed_versions([os.path.basename(model_dir)])
+    return LoadedModel(version[0] if version else 0, model_dir)
   versions = versions_on_disk(model_dir)
   if not versions:
     raise FileNotFoundError(f"{model_dir} is neither a SavedModel nor a directory "

@@ -15,8 +15,9 @@ from typing import Dict, List
 
 import tensorflow as tf
 
+from models.names import SERVING_DEFAULT, serving_model_dir
 from serving.embeddings import EmbeddingsFile, NeighbourIndex
-from serving.model_store import SERVING_DEFAULT, LoadedModel, error_summary
+from serving.model_store import LoadedModel
 
 
 def query_model(table: EmbeddingsFile, model_dir: str) -> LoadedModel:
@@ -37,18 +38,14 @@ def query_model(table: EmbeddingsFile, model_dir: str) -> LoadedModel:
 def search(table: EmbeddingsFile, model: LoadedModel, images: Dict[str, bytes],
            k: int) -> Dict[str, List[Dict]]:
   """{query name: its k nearest entries}."""
-  names = list(images)
+  query_names = list(images)
   output = model.signature(SERVING_DEFAULT).output_names[0]
-  try:
-    queries = model.run(SERVING_DEFAULT, [images[n] for n in names])[output]
-  except tf.errors.InvalidArgumentError:
-    for name in names:  # name the offending query
-      try:
-        model.run(SERVING_DEFAULT, [images[name]])
-      except tf.errors.InvalidArgumentError as e:
-        raise ValueError(f"{name}: not a decodable image ({error_summary(e)})") from None
-    raise
-  return dict(zip(names, NeighbourIndex(table).query(queries, k)))
+  outputs, _, errors = model.run_isolating_errors(
+      SERVING_DEFAULT, [images[n] for n in query_names])
+  if errors:
+    raise ValueError("; ".join(f"{query_names[i]}: not a decodable image ({message})"
+                               for i, message in sorted(errors.items())))
+  return dict(zip(query_names, NeighbourIndex(table).query(outputs[output], k)))
 
 
 def main(argv=None) -> Dict[str, List[Dict]]:
@@ -56,7 +53,8 @@ def main(argv=None) -> Dict[str, List[Dict]]:
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("images", nargs="+", help="query image files")
   p.add_argument("--embeddings", required=True, help="file from `python -m serving.embed`")
-  p.add_argument("--model-dir", default=os.path.join("outputs", "serving_model", "mae-tfx"))
+  p.add_argument("--model-dir", default=serving_model_dir(),
+                 help="the pushed versions (default: the local run's)")
   p.add_argument("-k", type=int, default=5)
   p.add_argument("--json", action="store_true", help="print JSON")
   args = p.parse_args(sys.argv[1:] if argv is None else argv)

@@ -37,9 +37,10 @@ from typing import Dict, List, Optional
 import numpy as np
 from aiohttp import web
 
+from models.names import SERVING_DEFAULT
 from serving.batcher import BadInstance, Batcher
 from serving.embeddings import EmbeddingsFile, NeighbourIndex
-from serving.model_store import SERVING_DEFAULT, ModelStore, NotFound
+from serving.model_store import ModelStore, NotFound
 
 log = logging.getLogger("serving")
 

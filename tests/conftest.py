@@ -1,20 +1,20 @@
 """Shared fixtures: real CIFAR-10 from the local copy, small official-format subsets."""
 
 import os
-
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # before TensorFlow loads
 import pickle
 
+import models  # noqa: F401  TensorFlow's environment, before TensorFlow loads
 import numpy as np
 import pytest
 
-from components.cifar10_example_gen import read_batch_file
-from pipeline import configs, data_source
+from models import names
+from models.cifar10 import read_batch_file
+from pipeline import data_source
 
 LOCAL_COPY = os.environ.get(
-    "MAE_TFX_CIFAR10",
-    os.path.join(os.path.dirname(configs.PROJECT_DIR), "shared", "data", "cifar10"))
-CACHE_DIR = os.path.join(configs.PROJECT_DIR, ".cache", "data")
+    names.CIFAR10_ENV,
+    os.path.join(os.path.dirname(names.PROJECT_DIR), "shared", "data", "cifar10"))
+CACHE_DIR = names.DATA_CACHE_DIR
 
 
 def write_batch_file(path, images, labels, batch_label=b"test batch"):
@@ -68,7 +68,7 @@ def small_cifar_dir(cifar10_sample, tmp_path_factory):
 
 
 def png_bytes(image):
-  from components.cifar10_example_gen import encode_png
+  from models.cifar10 import encode_png
   return encode_png(np.asarray(image, np.uint8))
 
 
@@ -88,7 +88,7 @@ def raw_feature_spec():
   from tensorflow_transform.tf_metadata import schema_utils
   from tfx.utils import io_utils
   from tensorflow_metadata.proto.v0 import schema_pb2
-  schema = io_utils.parse_pbtxt_file(configs.SCHEMA_PATH, schema_pb2.Schema())
+  schema = io_utils.parse_pbtxt_file(names.SCHEMA_PATH, schema_pb2.Schema())
   return schema_utils.schema_as_feature_spec(schema).feature_spec
 
 

@@ -9,18 +9,18 @@ import json
 import subprocess
 import sys
 
-from pipeline import configs
+from models import names
 
 SCRIPT = r"""
-import json, os
-os.environ["TF_USE_LEGACY_KERAS"] = "1"
+import json
+import models  # TensorFlow's environment, before TensorFlow loads
 import numpy as np
 import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 
 from models import config as config_lib, training
-from models.mae_trainer import compile_mae
+from models.engine_pretrain import compile_mae
 
 GLOBAL_BATCH = 8
 rng = np.random.default_rng(0)
@@ -57,7 +57,7 @@ print(json.dumps(dict(
 
 
 def test_mirrored_on_two_cpus_matches_one_device():
-  run = subprocess.run([sys.executable, "-c", SCRIPT], cwd=configs.PROJECT_DIR,
+  run = subprocess.run([sys.executable, "-c", SCRIPT], cwd=names.PROJECT_DIR,
                        capture_output=True, text=True, timeout=900)
   assert run.returncode == 0, run.stderr[-4000:]
   result = json.loads(run.stdout.strip().splitlines()[-1])

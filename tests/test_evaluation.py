@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from models.evaluation import knn_accuracy, knn_predict
+from models.evaluation import evaluate_knn, knn_predict
 
 
 def test_knn_separates_clusters_and_matches_brute_force():
@@ -12,7 +12,7 @@ def test_knn_separates_clusters_and_matches_brute_force():
   train = centres[train_y] + rng.randn(300, 16)
   query_y = np.repeat(np.arange(10), 5)
   query = centres[query_y] + rng.randn(50, 16)
-  assert knn_accuracy(train, train_y, query, query_y, k=20) == 1.0
+  assert evaluate_knn(train, train_y, query, query_y, k=20) == 1.0
 
   # Same votes as a plain sort-based implementation, chunked or not.
   got = knn_predict(train, train_y, query, k=7, chunk=8)

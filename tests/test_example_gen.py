@@ -12,6 +12,7 @@ import tensorflow as tf
 from PIL import Image
 
 from components import cifar10_example_gen as eg
+from models import cifar10
 from pipeline import data_source
 from tests.conftest import write_batch_file, write_cifar_dir
 
@@ -28,7 +29,7 @@ def test_read_batch_file_round_trip(tmp_path, cifar10_sample):
   (images, labels), _ = cifar10_sample
   path = str(tmp_path / "data_batch_1")
   write_batch_file(path, images[:10], labels[:10])
-  got_images, got_labels = eg.read_batch_file(path)
+  got_images, got_labels = cifar10.read_batch_file(path)
   np.testing.assert_array_equal(got_images, images[:10])
   np.testing.assert_array_equal(got_labels, labels[:10])
 
@@ -64,8 +65,8 @@ def test_truncated_batch_file_is_named(tmp_path, cifar10_sample):
   write_batch_file(path, images[:10], labels[:10])
   with open(path, "r+b") as f:
     f.truncate(5000)
-  with pytest.raises(eg.CifarFormatError, match=r"data_batch_3.*(truncated|corrupt)"):
-    eg.read_batch_file(path)
+  with pytest.raises(cifar10.CifarFormatError, match=r"data_batch_3.*(truncated|corrupt)"):
+    cifar10.read_batch_file(path)
 
 
 def test_wrong_data_shape_is_named(tmp_path):
@@ -73,26 +74,26 @@ def test_wrong_data_shape_is_named(tmp_path):
   with open(path, "wb") as f:
     pickle.dump({b"data": np.zeros((4, 100), np.uint8), b"labels": [0] * 4}, f,
                 protocol=2)
-  with pytest.raises(eg.CifarFormatError,
+  with pytest.raises(cifar10.CifarFormatError,
                      match=r"data_batch_1: field b'data' must be a uint8 array of "
                            r"shape \(N, 3072\), got uint8 array of shape \(4, 100\)"):
-    eg.read_batch_file(path)
+    cifar10.read_batch_file(path)
 
 
 def test_label_count_mismatch_is_named(tmp_path):
   path = str(tmp_path / "test_batch")
   with open(path, "wb") as f:
     pickle.dump({b"data": np.zeros((4, 3072), np.uint8), b"labels": [0] * 3}, f)
-  with pytest.raises(eg.CifarFormatError, match="4 images in b'data' but 3 entries"):
-    eg.read_batch_file(path)
+  with pytest.raises(cifar10.CifarFormatError, match="4 images in b'data' but 3 entries"):
+    cifar10.read_batch_file(path)
 
 
 def test_pickle_that_runs_code_is_refused(tmp_path):
   path = str(tmp_path / "data_batch_1")
   with open(path, "wb") as f:
     pickle.dump({b"data": os.system}, f)  # would import posix.system on load
-  with pytest.raises(eg.CifarFormatError, match="forbidden global"):
-    eg.read_batch_file(path)
+  with pytest.raises(cifar10.CifarFormatError, match="forbidden global"):
+    cifar10.read_batch_file(path)
 
 
 # ---------------------------------------------------------------- data source

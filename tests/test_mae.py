@@ -128,14 +128,16 @@ def test_decoder_uses_position_embeddings():
 
 @pytest.mark.parametrize("cfg", [TINY, TINY_CLS], ids=["mean_pool", "cls_token"])
 def test_train_step_reduces_loss_on_a_fixed_batch(cfg):
+  from models.engine_pretrain import PretrainingModel
   tf.keras.utils.set_random_seed(0)
   model = MaskedAutoencoder(cfg).build_for()
-  model.compile(optimizer=tf.keras.optimizers.AdamW(1e-3))
+  trainer = PretrainingModel(model)
+  trainer.compile(optimizer=tf.keras.optimizers.AdamW(1e-3))
   imgs = tf.random.normal([8, 32, 32, 3])
   noise = tf.random.uniform([8, 64])
   before = float(model(imgs, noise=noise)[0])
   for _ in range(30):
-    model.train_step(imgs)
+    trainer.train_step(imgs)
   after = float(model(imgs, noise=noise)[0])
   assert after < 0.9 * before, (before, after)
 

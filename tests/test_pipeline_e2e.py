@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from models.signatures import CLASSIFY_EXAMPLES, SERVING_DEFAULT
-from pipeline import configs, local_runner, report
+from models import names
+from models.names import CLASSIFY_EXAMPLES, SERVING_DEFAULT
+from pipeline import configs, local_runner, report, runs
 from tests.conftest import png_bytes, write_cifar_dir
 
 ALL_NODES = {"Cifar10ExampleGen", "StatisticsGen", "ImportSchemaGen",
@@ -29,12 +30,12 @@ def _config(data_root, output_dir, **kwargs):
 
 def _states(config):
   return {r["node"]: r["state"]
-          for r in report.last_run_executions(config.metadata_path, config.pipeline_name)}
+          for r in runs.last_run_executions(config.metadata_path, config.pipeline_name)}
 
 
 def _versions(config):
-  return sorted(os.listdir(config.serving_model_dir)) if os.path.isdir(
-      config.serving_model_dir) else []
+  return [str(v) for v in names.pushed_versions(os.listdir(config.serving_model_dir))
+          ] if os.path.isdir(config.serving_model_dir) else []
 
 
 def test_every_component_executes(smoke_run):
@@ -58,7 +59,7 @@ def test_blessed_model_is_pushed_and_embeds_png(smoke_run, cifar10_sample):
 
 
 def test_tfma_accuracy_matches_the_pushed_model(smoke_run, cifar10_sample):
-  rows = {r["node"]: r for r in report.last_run_executions(
+  rows = {r["node"]: r for r in runs.last_run_executions(
       smoke_run.metadata_path, smoke_run.pipeline_name)}
   accuracy = report.tfma_accuracy(rows["Evaluator"]["outputs"]["ModelEvaluation"][0])
   assert set(accuracy) == {"overall"} | {f"label={k}" for k in range(10)}
@@ -77,7 +78,7 @@ def test_tfma_accuracy_matches_the_pushed_model(smoke_run, cifar10_sample):
 
 
 def test_trainers_log_progress_and_tensorboard(smoke_run):
-  rows = {r["node"]: r for r in report.last_run_executions(
+  rows = {r["node"]: r for r in runs.last_run_executions(
       smoke_run.metadata_path, smoke_run.pipeline_name)}
   run_dir = rows["mae_pretrain"]["outputs"]["ModelRun"][0]
   assert glob.glob(os.path.join(run_dir, "**", "events.out.tfevents.*"), recursive=True)
@@ -91,11 +92,17 @@ def test_trainers_log_progress_and_tensorboard(smoke_run):
 def test_notebook_runs_on_the_pipeline_outputs(smoke_run, monkeypatch):
   import nbformat
   from nbclient import NotebookClient
-  nb = nbformat.read(os.path.join(configs.PROJECT_DIR, "notebooks",
+  nb = nbformat.read(os.path.join(names.PROJECT_DIR, "notebooks",
                                   "explore_embeddings.ipynb"), as_version=4)
-  monkeypatch.setenv("MAE_TFX_OUTPUT", smoke_run.output_dir)
-  NotebookClient(nb, timeout=600, kernel_name="python3",
-                 resources={"metadata": {"path": configs.PROJECT_DIR}}).execute()
+  monkeypatch.setenv(names.OUTPUT_ENV, smoke_run.output_dir)
+  # A push killed mid-copy leaves a staging folder; the notebook skips it.
+  staging = os.path.join(smoke_run.serving_model_dir, ".staging-9999999999-1")
+  os.makedirs(staging)
+  try:
+    NotebookClient(nb, timeout=600, kernel_name="python3",
+                   resources={"metadata": {"path": names.PROJECT_DIR}}).execute()
+  finally:
+    shutil.rmtree(staging)
   text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code"
                  for o in c.get("outputs", []))
   assert "kNN (k=20, cosine) top-1 on 100 test images with 320 train images" in text
@@ -118,11 +125,12 @@ def test_unblessed_model_is_not_pushed_and_nothing_is_overwritten(smoke_run):
   before = {v: os.path.getmtime(os.path.join(smoke_run.serving_model_dir, v,
                                              "saved_model.pb"))
             for v in _versions(smoke_run)}
-  strict = _config(smoke_run.data_root, smoke_run.output_dir, min_accuracy=1.01)
+  strict = _config(smoke_run.data_root, smoke_run.output_dir,
+                   overrides={"evaluation": {"min_accuracy": 1.01}})
   local_runner.run(strict)
   states = _states(strict)
   assert states["Evaluator"] == "COMPLETE" and states["mae_pretrain"] == "CACHED"
-  rows = {r["node"]: r for r in report.last_run_executions(
+  rows = {r["node"]: r for r in runs.last_run_executions(
       strict.metadata_path, strict.pipeline_name)}
   assert os.path.exists(os.path.join(rows["Evaluator"]["outputs"]["ModelBlessing"][0],
                                      "NOT_BLESSED"))

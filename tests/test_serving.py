@@ -13,7 +13,7 @@ import requests
 import tensorflow as tf
 
 from components.versioned_pusher import push_to_filesystem
-from pipeline.report import pipeline_inputs
+from pipeline.runs import pipeline_inputs
 from serving import embed, search
 from serving.embeddings import EmbeddingsFile
 from serving.launch import ServerProcess

@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 from models import config as config_lib
-from models.signatures import (CLASSIFY_EXAMPLES, EMBED_EXAMPLES, SERVING_DEFAULT)
+from models.names import CLASSIFY_EXAMPLES, EMBED_EXAMPLES, SERVING_DEFAULT
 from tests.conftest import export_random_classifier, jpeg_bytes, png_bytes
 
 

@@ -9,7 +9,7 @@ import tensorflow as tf
 
 from models import config as config_lib
 from models.mae import MaskedAutoencoder
-from models.mae_trainer import compile_mae, load_mae, pretrain, save_mae
+from models.engine_pretrain import compile_mae, load_mae, pretrain, save_mae
 from models.training import (WarmupCosine, adamw, no_decay, precision_policy,
                              resolve_precision, scaled_lr, with_resolved_precision)
 

@@ -11,6 +11,7 @@ from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
 
 from models import config as config_lib
+from models import names
 from pipeline import configs, vertex_runner
 from pipeline.pipeline import MAE_RUN_FN, PREPROCESSING_FN, PROBE_RUN_FN, create_pipeline
 
@@ -47,7 +48,7 @@ def test_spec_parses_and_has_the_local_dag(default_spec, tmp_path):
   spec, _ = default_spec
   parsed = pipeline_spec_pb2.PipelineSpec()
   json_format.ParseDict(spec["pipelineSpec"], parsed)        # a valid kfp PipelineSpec
-  assert parsed.pipeline_info.name == configs.PIPELINE_NAME
+  assert parsed.pipeline_info.name == names.PIPELINE_NAME
   local = create_pipeline(configs.PipelineConfig(data_root=str(tmp_path),
                                                  output_dir=str(tmp_path)))
   local_deps = {c.id: {u.id for u in c.upstream_nodes} for c in local.components}
@@ -135,11 +136,11 @@ def test_dry_run_submission_prints_the_job_without_network(default_spec, tmp_pat
   _, spec_path = default_spec
   (tmp_path / "sitecustomize.py").write_text(BLOCK_NETWORK)
   attempts = tmp_path / "attempts.log"
-  env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), configs.PROJECT_DIR]),
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), names.PROJECT_DIR]),
              NETWORK_ATTEMPTS=str(attempts))
   run = subprocess.run(
       [sys.executable, "-m", "pipeline.vertex_runner", "submit", "--dry-run",
-       "--spec", spec_path, *CLOUD], cwd=configs.PROJECT_DIR, env=env,
+       "--spec", spec_path, *CLOUD], cwd=names.PROJECT_DIR, env=env,
       capture_output=True, text=True, timeout=600)
   assert run.returncode == 0, run.stderr[-3000:]
   assert not attempts.exists(), attempts.read_text()
@@ -160,11 +161,11 @@ def test_dockerfile_and_cloudbuild_install_this_project_with_the_pins():
   TFX base matches the installed TFX, every package is copied, the pins are
   used and Keras 2 is selected."""
   import tfx
-  with open(os.path.join(configs.PROJECT_DIR, "Dockerfile")) as f:
+  with open(os.path.join(names.PROJECT_DIR, "Dockerfile")) as f:
     dockerfile = f.read()
   assert f"FROM tensorflow/tfx:{tfx.__version__}\n" in dockerfile
-  packages = {d for d in os.listdir(configs.PROJECT_DIR)
-              if os.path.isfile(os.path.join(configs.PROJECT_DIR, d, "__init__.py"))
+  packages = {d for d in os.listdir(names.PROJECT_DIR)
+              if os.path.isfile(os.path.join(names.PROJECT_DIR, d, "__init__.py"))
               and d not in ("tests", "benchmarks")}
   assert packages == {"pipeline", "components", "models", "serving"}
   for package in packages | {"schemas"}:
@@ -172,6 +173,6 @@ def test_dockerfile_and_cloudbuild_install_this_project_with_the_pins():
   assert "pip install --no-cache-dir -c requirements.lock -e ." in dockerfile
   assert "TF_USE_LEGACY_KERAS=1" in dockerfile
   assert "TF_CPU_ALLOCATOR_USE_BFC=true" in dockerfile  # the caching CPU allocator
-  with open(os.path.join(configs.PROJECT_DIR, "cloudbuild.yaml")) as f:
+  with open(os.path.join(names.PROJECT_DIR, "cloudbuild.yaml")) as f:
     cloudbuild = f.read()
   assert '["build", "-t", "${_IMAGE}", "."]' in cloudbuild and 'images: ["${_IMAGE}"]' in cloudbuild

@@ -1,40 +1,44 @@
-"""Trainer "linear_probe": frozen MAE encoder + BatchNorm(no affine) + Dense.
+"""Linear probe of a frozen encoder: features, the probe head, LP and k-NN.
 
-The encoder is frozen and the probe uses no augmentation, so the features of
-every image are computed once (mean of the encoder tokens of all patches, no
-masking) and the head trains on them for many epochs in seconds. The export
-joins encoder and head into one float32 SavedModel with the serving
-signatures of `models.signatures`.
+  result = linear_probe(cfg, encoder, train_images, train_labels,
+                        eval_images, eval_labels, log_dir)
+
+The encoder is frozen and the probe uses no augmentation, so every image's
+embedding is computed once (`extract_features`) and the head (BatchNorm
+without affine + Dense, `models.linear_probe`) trains on them for many epochs
+in seconds (`train_probe`). The same features give the k-NN accuracy
+(`models.evaluation.evaluate_knn`). No TFX types: the Trainer's run_fn
+(`components/probe_trainer.py`), the benchmarks and the notebooks call these.
 """
 
-import json
-import logging
-import os
+import dataclasses
+from typing import Any, Callable, Dict, List, Tuple
 
 import numpy as np
 import tensorflow as tf
-import tensorflow_transform as tft
-from tfx.components.trainer.fn_args_utils import FnArgs
 
 from models import config as config_lib
-from models import data, evaluation, signatures, training
+from models import data, training
+from models.evaluation import evaluate_knn
 from models.linear_probe import ProbeClassifier, build_probe_head
-from models.mae_trainer import SUMMARY_FILE, load_mae
+from models.mae import Encoder
 
 FEATURE_BATCH = 512
 PROBE_STEPS_PER_EXECUTION = 32
 KNN_K = 20
 
 
-def extract_features(encoder_embed, images: np.ndarray) -> np.ndarray:
-  """[N, S, S, 3] -> [N, D] with the frozen encoder, in batches."""
-  fn = tf.function(encoder_embed)
+def extract_features(embed: Callable[[tf.Tensor], tf.Tensor],
+                     images: np.ndarray) -> np.ndarray:
+  """[N, S, S, 3] -> [N, D] with a frozen `embed` function, in batches."""
+  fn = tf.function(embed)
   return np.concatenate([fn(batch).numpy()
                          for batch in data.batched(images, FEATURE_BATCH)])
 
 
 def train_probe(cfg: config_lib.ProbeConfig, train_features, train_labels,
-                eval_features, eval_labels, log_dir: str, seed: int = 0):
+                eval_features, eval_labels, log_dir: str, seed: int = 0
+                ) -> Tuple[tf.keras.Model, List[Dict[str, Any]]]:
   """Trains the probe head on frozen features; returns (head, history)."""
   if cfg.epochs < 1:
     raise ValueError(f"probe.epochs must be at least 1, got {cfg.epochs}")
@@ -62,40 +66,32 @@ def train_probe(cfg: config_lib.ProbeConfig, train_features, train_labels,
   return head, progress.history
 
 
-def run_fn(fn_args: FnArgs) -> None:
-  """TFX Trainer entry point; `fn_args.base_model` is the pretrained MAE."""
-  training.require_keras2()
-  if not fn_args.base_model:
-    raise ValueError("linear_probe needs the MAE model as base_model")
-  cfg = config_lib.from_custom_config(fn_args.custom_config)
-  tft_output = tft.TFTransformOutput(fn_args.transform_output)
-  encoder = load_mae(fn_args.base_model).encoder     # float32 for export
-  encoder.trainable = False
+@dataclasses.dataclass
+class ProbeResult:
+  classifier: ProbeClassifier    # frozen encoder + trained head (to export)
+  summary: Dict[str, Any]        # history, eval_accuracy, knn_accuracy, ...
 
+
+def linear_probe(cfg: config_lib.RunConfig, encoder: Encoder,
+                 train_images: np.ndarray, train_labels: np.ndarray,
+                 eval_images: np.ndarray, eval_labels: np.ndarray,
+                 log_dir: str) -> ProbeResult:
+  """Probes the frozen `encoder`: linear (BN + Dense) and k-NN accuracy on
+  the eval images, both on the embedding the served model returns."""
+  training.require_keras2()
+  encoder.trainable = False
   classifier = ProbeClassifier(encoder, head=None,
                                feature_blocks=cfg.probe.feature_blocks)
-  train_images, train_labels = data.load_transformed(fn_args.train_files, tft_output)
-  eval_images, eval_labels = data.load_transformed(fn_args.eval_files, tft_output)
   train_features = extract_features(classifier.embed, train_images)
   eval_features = extract_features(classifier.embed, eval_images)
-  del train_images, eval_images
-
   head, history = train_probe(cfg.probe, train_features, train_labels,
-                              eval_features, eval_labels,
-                              fn_args.model_run_dir, cfg.runtime.seed)
+                              eval_features, eval_labels, log_dir, cfg.runtime.seed)
   classifier.head = head
-  signatures.export_saved_model(classifier, tft_output, fn_args.serving_model_dir)
-
   linear = history[-1]["val_accuracy"]
-  knn = evaluation.knn_accuracy(train_features, train_labels, eval_features,
-                                eval_labels, k=KNN_K)
+  knn = evaluate_knn(train_features, train_labels, eval_features, eval_labels, k=KNN_K)
   print(f"[linear_probe] test top-1: linear {linear:.4f}, "
         f"{KNN_K}-NN (cosine) {knn:.4f}", flush=True)
-  summary = dict(history=history, feature_dim=int(train_features.shape[1]),
-                 train_examples=int(len(train_labels)),
-                 eval_examples=int(len(eval_labels)),
-                 eval_accuracy=linear, knn_k=KNN_K, knn_accuracy=knn)
-  with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, SUMMARY_FILE), "w") as f:
-    json.dump(summary, f, indent=2, default=float)
-  logging.info("Probe exported to %s (test accuracy %.4f)",
-               fn_args.serving_model_dir, linear)
+  return ProbeResult(classifier, dict(
+      history=history, feature_dim=int(train_features.shape[1]),
+      train_examples=int(len(train_labels)), eval_examples=int(len(eval_labels)),
+      eval_accuracy=linear, knn_k=KNN_K, knn_accuracy=knn))

@@ -1,0 +1,46 @@
+"""Trainer "mae_pretrain": the run_fn, a TFX adapter over `models.engine_pretrain`.
+
+Reads the Transform'ed examples, pretrains the MAE (resuming from the epoch
+checkpoints of an interrupted run with the same config and data), and writes
+into the Model artifact's serving dir the saved MAE (`config.json` +
+`weights/`, read by the linear_probe Trainer's `load_mae`) and the
+reconstruction grid; the ModelRun dir gets TensorBoard logs (a reconstruction
+grid every epoch), the grid and `train_summary.json`.
+"""
+
+import os
+
+import tensorflow_transform as tft
+from tfx.components.trainer.fn_args_utils import FnArgs
+
+from models import config as config_lib
+from models import data, engine_pretrain, names, training, visualize
+
+
+def run_fn(fn_args: FnArgs) -> None:
+  """TFX Trainer entry point."""
+  cfg = training.with_resolved_precision(
+      config_lib.from_custom_config(fn_args.custom_config))
+  tft_output = tft.TFTransformOutput(fn_args.transform_output)
+  train_images, _ = data.load_transformed(fn_args.train_files, tft_output,
+                                          cfg.pretrain.max_train_examples)
+  # A few test images to show what the MAE reconstructs.
+  n_show = cfg.pretrain.reconstruction_images
+  shown, _ = data.load_transformed(fn_args.eval_files, tft_output, n_show)
+  shown_raw = data.load_raw_images(fn_args.eval_files, tft_output.raw_feature_spec(),
+                                   n_show)
+  checkpoint_root = ((fn_args.custom_config or {}).get(config_lib.CHECKPOINT_ROOT_KEY)
+                     or os.path.join(fn_args.model_run_dir, "checkpoints"))
+  model, history = engine_pretrain.pretrain(
+      cfg, train_images, fn_args.model_run_dir,
+      engine_pretrain.checkpoint_dir(
+          checkpoint_root, cfg, [fn_args.transform_output, *sorted(fn_args.train_files)]),
+      [visualize.ReconstructionLogger(shown, shown_raw, fn_args.model_run_dir)])
+
+  engine_pretrain.save_mae(model.mae, fn_args.serving_model_dir)
+  grid = visualize.reconstruction_grid(model.mae, shown, shown_raw)
+  for directory in (fn_args.serving_model_dir, fn_args.model_run_dir):
+    visualize.write_png(grid, os.path.join(directory, names.RECONSTRUCTIONS_FILE))
+  training.write_json(dict(run_config=cfg.trainer_config(), history=history,
+                           train_examples=int(len(train_images))),
+                      os.path.join(fn_args.model_run_dir, names.SUMMARY_FILE))

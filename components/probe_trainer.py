@@ -1,0 +1,34 @@
+"""Trainer "linear_probe": the run_fn, a TFX adapter over `models.engine_probe`.
+
+`base_model` is the MAE the mae_pretrain Trainer saved. Its frozen encoder
+and the trained probe head are exported as one float32 SavedModel with the
+serving signatures of `models.signatures` (what the Evaluator scores and the
+Pusher pushes); the ModelRun dir gets TensorBoard logs and
+`train_summary.json` (linear and k-NN test accuracy).
+"""
+
+import os
+
+import tensorflow_transform as tft
+from tfx.components.trainer.fn_args_utils import FnArgs
+
+from models import config as config_lib
+from models import data, engine_pretrain, engine_probe, names, signatures, training
+
+
+def run_fn(fn_args: FnArgs) -> None:
+  """TFX Trainer entry point."""
+  if not fn_args.base_model:
+    raise ValueError("linear_probe needs the MAE model as base_model")
+  cfg = config_lib.from_custom_config(fn_args.custom_config)
+  tft_output = tft.TFTransformOutput(fn_args.transform_output)
+  encoder = engine_pretrain.load_mae(fn_args.base_model).encoder  # float32 for export
+  train_images, train_labels = data.load_transformed(fn_args.train_files, tft_output)
+  eval_images, eval_labels = data.load_transformed(fn_args.eval_files, tft_output)
+
+  result = engine_probe.linear_probe(cfg, encoder, train_images, train_labels,
+                                     eval_images, eval_labels, fn_args.model_run_dir)
+
+  signatures.export_saved_model(result.classifier, tft_output, fn_args.serving_model_dir)
+  training.write_json(result.summary,
+                      os.path.join(fn_args.model_run_dir, names.SUMMARY_FILE))

@@ -1,0 +1,81 @@
+"""The CIFAR-10 "python version" batch-file format: read safely, with errors
+that name the file and the field.
+
+A batch file is a pickled dict {b"data": uint8 [N, 3072] (channel-major
+32x32 RGB), b"labels": [N] ints, ...}. Only plain containers and numpy arrays
+are unpickled, never code. Used by `Cifar10ExampleGen`, the benchmarks and
+the tests.
+"""
+
+import io
+import pickle
+from typing import Tuple
+
+import numpy as np
+import tensorflow as tf
+from PIL import Image
+
+from models.config import IMAGE_SIZE
+
+_PIXELS = IMAGE_SIZE * IMAGE_SIZE * 3
+
+
+class CifarFormatError(ValueError):
+  """A batch file that does not follow the CIFAR-10 python format."""
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+  """Unpickles plain containers and numpy arrays, nothing that runs code."""
+
+  _ALLOWED = {("numpy.core.multiarray", "_reconstruct"),
+              ("numpy._core.multiarray", "_reconstruct"),
+              ("numpy", "ndarray"), ("numpy", "dtype"),
+              ("_codecs", "encode")}  # protocol-2 pickles of bytes use it
+
+  def find_class(self, module, name):
+    if (module, name) in self._ALLOWED:
+      return super().find_class(module, name)
+    raise pickle.UnpicklingError(f"forbidden global {module}.{name}")
+
+
+def read_batch_file(path: str) -> Tuple[np.ndarray, np.ndarray]:
+  """Reads one batch file -> (images [N, 32, 32, 3] uint8, labels [N] int64)."""
+  with tf.io.gfile.GFile(path, "rb") as f:
+    raw = f.read()
+  try:
+    batch = _NumpyOnlyUnpickler(io.BytesIO(raw), encoding="bytes").load()
+  except Exception as e:  # pickle raises many types for damaged input.
+    raise CifarFormatError(
+        f"{path}: not a readable CIFAR-10 batch file ({type(e).__name__}: {e}); "
+        f"{len(raw)} bytes; truncated or corrupt files fail this way"
+    ) from e
+  if not isinstance(batch, dict):
+    raise CifarFormatError(f"{path}: expected a pickled dict, got "
+                           f"{type(batch).__name__}")
+  for key in (b"data", b"labels"):
+    if key not in batch:
+      raise CifarFormatError(f"{path}: field {key!r} missing; found "
+                             f"{sorted(batch)}")
+  pixels = batch[b"data"]
+  if (not isinstance(pixels, np.ndarray) or pixels.dtype != np.uint8 or
+      pixels.ndim != 2 or pixels.shape[1] != _PIXELS):
+    got = (f"{pixels.dtype} array of shape {pixels.shape}"
+           if isinstance(pixels, np.ndarray) else type(pixels).__name__)
+    raise CifarFormatError(f"{path}: field b'data' must be a uint8 array of "
+                           f"shape (N, {_PIXELS}), got {got}")
+  try:
+    labels = np.asarray(batch[b"labels"], dtype=np.int64).reshape(-1)
+  except (TypeError, ValueError) as e:
+    raise CifarFormatError(f"{path}: field b'labels' must be a list of ints "
+                           f"({e})") from e
+  if len(labels) != len(pixels):
+    raise CifarFormatError(f"{path}: {len(pixels)} images in b'data' but "
+                           f"{len(labels)} entries in b'labels'")
+  images = pixels.reshape(-1, 3, IMAGE_SIZE, IMAGE_SIZE).transpose(0, 2, 3, 1)
+  return images, labels
+
+
+def encode_png(image: np.ndarray) -> bytes:
+  buf = io.BytesIO()
+  Image.fromarray(image, mode="RGB").save(buf, format="PNG")
+  return buf.getvalue()

@@ -1,0 +1,207 @@
+"""MAE pretraining: the train step, the loop and what it saves.
+
+  model, history = pretrain(cfg, train_images, log_dir, checkpoint_dir)
+  save_mae(model.mae, directory); mae = load_mae(directory)
+
+`PretrainingModel` runs the MAE's objective under Keras `fit`: gradients
+scaled for replicas and mixed precision, optionally as several XLA programs
+on micro-batches (`runtime.xla_splits`). `pretrain` adds the optimizer
+(AdamW, warmup + cosine), precision policy, distribution strategy, per-epoch
+progress, TensorBoard and resumable epoch checkpoints (`models.training`).
+No TFX types: the Trainer's run_fn (`components/mae_trainer.py`), the
+benchmarks and the notebooks call these functions directly.
+"""
+
+import dataclasses
+import hashlib
+import json
+import os
+from typing import Iterable, List, Sequence, Tuple
+
+import numpy as np
+import tensorflow as tf
+
+from models import config as config_lib
+from models import data, names, training
+from models.mae import MaskedAutoencoder
+
+
+class PretrainingModel(tf.keras.Model):
+  """`fit` on batches of images (or (images, noise [B, L]) to fix the masks)
+  trains `self.mae` on its masked-patch loss."""
+
+  def __init__(self, mae: MaskedAutoencoder, xla_splits: int = 1, **kwargs):
+    """`xla_splits` > 1: each step computes gradients as that many
+    jit-compiled micro-batch programs (see `_split_loss_and_gradients`)."""
+    super().__init__(**kwargs)
+    self.mae = mae
+    self.xla_splits = xla_splits
+    self._split_gradients = self._xla_apply_gradients = None
+    self.loss_tracker = tf.keras.metrics.Mean(name="loss")
+
+  def call(self, imgs, training=False, noise=None):
+    return self.mae(imgs, training=training, noise=noise)
+
+  @property
+  def metrics(self):
+    return [self.loss_tracker]
+
+  def train_step(self, data):
+    imgs, noise = data if isinstance(data, tuple) else (data, None)
+    if self.xla_splits == 1:
+      loss, grads = self._loss_and_gradients(imgs, noise)
+      self._apply_gradients(grads)
+    else:
+      loss, grads = self._split_loss_and_gradients(imgs, noise)
+      self._xla_apply_gradients(grads)
+    self.loss_tracker.update_state(loss)
+    return {"loss": self.loss_tracker.result()}
+
+  def test_step(self, imgs):
+    loss, _, _ = self.mae(imgs, training=False)
+    self.loss_tracker.update_state(loss)
+    return {"loss": self.loss_tracker.result()}
+
+  def _loss_and_gradients(self, imgs, noise):
+    """(batch mean loss, gradients of this replica's share of the global loss)."""
+    opt = self.optimizer
+    scaled = isinstance(opt, tf.keras.mixed_precision.LossScaleOptimizer)
+    with tf.GradientTape() as tape:
+      loss, _, _ = self.mae(imgs, training=True, noise=noise)
+      # Gradients are summed over replicas: scale each replica's mean loss so
+      # the sum is the gradient of the global-batch mean.
+      replica_loss = loss / tf.distribute.get_strategy().num_replicas_in_sync
+      if scaled:
+        replica_loss = opt.get_scaled_loss(replica_loss)
+    grads = tape.gradient(replica_loss, self.trainable_variables)
+    return loss, (opt.get_unscaled_gradients(grads) if scaled else grads)
+
+  def _apply_gradients(self, grads):
+    # The optimizer is built before training, so this creates no variables;
+    # a LossScaleOptimizer skips the step on non-finite gradients here.
+    self.optimizer.apply_gradients(zip(grads, self.trainable_variables))
+
+  def _split_loss_and_gradients(self, imgs, noise):
+    """The same as `_loss_and_gradients` on B / n equal micro-batches, each
+    one XLA program. XLA:CPU runs its reductions (LayerNorm, softmax, the
+    weight gradients) on one thread, so one whole-batch program leaves cores
+    idle; independent programs run side by side on TF's inter-op threads.
+    Every image masks the same number of patches, so the mean of the
+    micro-batch losses is the batch loss."""
+    n = self.xla_splits
+    if self._split_gradients is None:
+      self._split_gradients = tf.function(self._loss_and_gradients,
+                                          jit_compile=True)
+      # One fused program for AdamW too (Keras runs it per variable on CPU).
+      self._xla_apply_gradients = tf.function(self._apply_gradients,
+                                              jit_compile=True)
+    noises = tf.split(noise, n) if noise is not None else [None] * n
+    outs = [self._split_gradients(i, z) for i, z in zip(tf.split(imgs, n), noises)]
+    loss = tf.add_n([o[0] for o in outs]) / n
+    grads = [tf.add_n(list(g)) / n for g in zip(*[o[1] for o in outs])]
+    return loss, grads
+
+
+def compile_mae(cfg: config_lib.RunConfig, strategy: tf.distribute.Strategy,
+                steps_per_epoch: int) -> PretrainingModel:
+  """A new MAE ready to `fit`, with its AdamW and warmup-cosine schedule for
+  the global batch (batch_size per replica x replicas). Call inside
+  `strategy.scope()` and the precision policy."""
+  p = cfg.pretrain
+  global_batch = p.batch_size * strategy.num_replicas_in_sync
+  jit = training.use_xla(strategy, cfg.runtime.jit_compile)
+  splits = cfg.runtime.xla_splits if jit else 1
+  if splits < 1 or p.batch_size % splits:
+    raise ValueError(f"runtime.xla_splits must divide pretrain.batch_size "
+                     f"{p.batch_size}; got {cfg.runtime.xla_splits}")
+  model = PretrainingModel(MaskedAutoencoder(cfg.model).build_for(),
+                           xla_splits=splits)
+  schedule = training.WarmupCosine(
+      training.scaled_lr(p.base_lr, global_batch),
+      total_steps=steps_per_epoch * p.epochs,
+      warmup_steps=round(p.warmup_epochs * steps_per_epoch), min_lr=p.min_lr)
+  optimizer = training.adamw(schedule, p.weight_decay, p.beta_1, p.beta_2,
+                             model.trainable_variables)
+  optimizer.build(model.trainable_variables)
+  # With splits, the micro-batch programs are the XLA parts of the step.
+  model.compile(optimizer=optimizer, jit_compile=jit and splits == 1)
+  return model
+
+
+def checkpoint_dir(root: str, cfg: config_lib.RunConfig,
+                   data_ids: Sequence[str]) -> str:
+  """A directory under `root` keyed by the training config and the data
+  (`data_ids`: e.g. the Transform graph and the example files), so a re-run
+  after a crash resumes instead of starting over, and any change starts
+  afresh. `cfg`'s precision must be resolved: a run resumed on another kind
+  of machine (GPU: loss-scaled optimizer) starts its own checkpoints."""
+  key = hashlib.sha256(json.dumps(
+      [cfg.trainer_config(), list(data_ids)], sort_keys=True).encode()).hexdigest()[:16]
+  return os.path.join(root, f"mae-{key}")
+
+
+def pretrain(cfg: config_lib.RunConfig, train_images: np.ndarray, log_dir: str,
+             checkpoint_dir: str, callbacks: Iterable[tf.keras.callbacks.Callback] = ()
+             ) -> Tuple[PretrainingModel, List[dict]]:
+  """Pretrains an MAE on `train_images` [N, S, S, 3] (Transform-normalised),
+  resuming from the newest checkpoint in `checkpoint_dir`; returns the
+  trained `PretrainingModel` (`.mae` is the MAE) and one history row per
+  epoch run (loss, lr, images/second)."""
+  training.require_keras2()
+  cfg = training.with_resolved_precision(cfg)
+  p, rt = cfg.pretrain, cfg.runtime
+  tf.keras.utils.set_random_seed(rt.seed)
+  strategy = training.make_strategy(rt.strategy)
+  global_batch = p.batch_size * strategy.num_replicas_in_sync
+  steps_per_epoch = p.steps_per_epoch or len(train_images) // global_batch
+  if steps_per_epoch < 1:
+    raise ValueError(f"{len(train_images)} training images do not fill one "
+                     f"batch of {global_batch}")
+  dataset = data.pretrain_dataset(train_images, global_batch, p.crop_min_scale,
+                                  seed=rt.seed)
+  with training.precision_policy(rt.precision), strategy.scope():
+    model = compile_mae(cfg, strategy, steps_per_epoch)
+    # The MAE itself (not the wrapper) is checkpointed: the same layout as
+    # `save_mae`'s weights plus the optimizer.
+    checkpoint = training.EpochCheckpoint(checkpoint_dir, model.mae, model.optimizer)
+    initial_epoch = checkpoint.restore()
+    progress = training.ProgressLogger("mae_pretrain", p.epochs,
+                                       steps_per_epoch * global_batch, log_dir)
+    n_params = sum(int(tf.size(v)) for v in model.trainable_variables)
+    print(f"[mae_pretrain] {n_params / 1e6:.2f}M parameters, "
+          f"{len(train_images)} images, {steps_per_epoch} steps/epoch of "
+          f"{global_batch}, {p.epochs} epochs, {rt.precision}, "
+          f"{strategy.num_replicas_in_sync} replica(s)", flush=True)
+    model.fit(dataset, epochs=p.epochs, steps_per_epoch=steps_per_epoch,
+              initial_epoch=initial_epoch, verbose=0,
+              callbacks=[progress, checkpoint,
+                         tf.keras.callbacks.TensorBoard(log_dir, update_freq="epoch"),
+                         *callbacks])
+  return model, progress.history
+
+
+# --------------------------------------------------------------------------
+# The saved MAE: `config.json` (its ModelConfig) + `weights/` (a checkpoint)
+# --------------------------------------------------------------------------
+def save_mae(mae: MaskedAutoencoder, directory: str) -> None:
+  tf.io.gfile.makedirs(directory)
+  with tf.io.gfile.GFile(os.path.join(directory, names.MAE_CONFIG_FILE), "w") as f:
+    json.dump(dataclasses.asdict(mae.cfg), f, indent=2, sort_keys=True)
+  tf.train.Checkpoint(model=mae).write(os.path.join(directory, names.MAE_WEIGHTS_PREFIX))
+
+
+def load_mae(directory: str) -> MaskedAutoencoder:
+  """Rebuilds the MAE saved by `save_mae` (in the current precision policy)."""
+  path = os.path.join(directory, names.MAE_CONFIG_FILE)
+  if not tf.io.gfile.exists(path):
+    raise FileNotFoundError(f"{path} not found: {directory} is not an MAE "
+                            "saved by the mae_pretrain Trainer (save_mae)")
+  with tf.io.gfile.GFile(path) as f:
+    cfg = config_lib.ModelConfig(**json.load(f))
+  model = MaskedAutoencoder(cfg).build_for()
+  # The epoch checkpoints also hold the optimizer's slots, not needed here.
+  tf.train.Checkpoint(model=model).read(
+      os.path.join(directory, names.MAE_WEIGHTS_PREFIX)
+  ).assert_existing_objects_matched().expect_partial()
+  return model
+

@@ -1,0 +1,48 @@
+"""The pipeline's Examples on disk: GZIP TFRecord files of serialized
+tf.Example {image: encoded bytes, label: int64} (ExampleGen's output format).
+
+One reader for the Trainers' input pipelines, batch embedding and the
+notebooks. TensorFlow only (no tf.Transform), so the serving side can use it.
+"""
+
+from typing import List, NamedTuple, Optional
+
+import numpy as np
+import tensorflow as tf
+
+from models.names import IMAGE_KEY, LABEL_KEY
+
+COMPRESSION = "GZIP"
+
+
+def example_files(file_patterns: List[str]) -> List[str]:
+  """The files matching `file_patterns`, sorted; raises when there are none."""
+  files = sorted(f for p in file_patterns for f in tf.io.gfile.glob(p))
+  if not files:
+    raise FileNotFoundError(f"No example files match {file_patterns}")
+  return files
+
+
+def serialized_examples(file_patterns: List[str],
+                        limit: Optional[int] = None) -> tf.data.Dataset:
+  """The serialized tf.Examples of the files, in file order."""
+  ds = tf.data.TFRecordDataset(example_files(file_patterns), compression_type=COMPRESSION)
+  return ds.take(limit) if limit else ds
+
+
+class ExampleRecords(NamedTuple):
+  serialized: List[bytes]        # [N] serialized tf.Example
+  images: List[bytes]            # [N] encoded images (PNG, JPEG, ...)
+  labels: np.ndarray             # [N] int64; -1 where an example has no label
+
+
+def read_examples(file_patterns: List[str], limit: Optional[int] = None) -> ExampleRecords:
+  """Reads (up to `limit`) examples into memory, with their images and labels."""
+  serialized = [r.numpy() for r in serialized_examples(file_patterns, limit)]
+  if not serialized:
+    return ExampleRecords([], [], np.zeros([0], np.int64))
+  spec = {IMAGE_KEY: tf.io.FixedLenFeature([], tf.string),
+          LABEL_KEY: tf.io.FixedLenFeature([], tf.int64, default_value=-1)}
+  parsed = tf.io.parse_example(tf.constant(serialized), spec)
+  return ExampleRecords(serialized, list(parsed[IMAGE_KEY].numpy()),
+                        parsed[LABEL_KEY].numpy())

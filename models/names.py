@@ -1,0 +1,69 @@
+"""Names and paths shared by the pipeline, the Trainers, the server, the report,
+the benchmarks, the notebooks and the tests: the contract between them.
+
+Standard library only, so that anything can import it without TensorFlow.
+"""
+
+import os
+from typing import Iterable, List, Optional
+
+PIPELINE_NAME = "mae-tfx"
+PROJECT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCHEMA_PATH = os.path.join(PROJECT_DIR, "schemas", "schema.pbtxt")
+
+# ---- features (schema, preprocessing_fn, Trainers, signatures) -------------
+IMAGE_KEY = "image"
+LABEL_KEY = "label"
+
+# ---- serving signatures of the pushed SavedModel ---------------------------
+SERVING_DEFAULT = "serving_default"       # image_bytes -> embedding
+EMBED_EXAMPLES = "embed_examples"         # examples -> embedding
+CLASSIFY_EXAMPLES = "classify_examples"   # examples -> probabilities
+IMAGE_BYTES_INPUT = "image_bytes"         # "_bytes": TF Serving's REST API takes b64
+EXAMPLES_INPUT = "examples"
+EMBEDDING_KEY = "embedding"
+PROBABILITIES_KEY = "probabilities"
+
+# ---- files the Trainers write ----------------------------------------------
+MAE_CONFIG_FILE = "config.json"               # the ModelConfig of a saved MAE
+MAE_WEIGHTS_PREFIX = os.path.join("weights", "mae")
+SUMMARY_FILE = "train_summary.json"           # each Trainer's, in its ModelRun dir
+RECONSTRUCTIONS_FILE = "reconstructions.png"
+
+# ---- where a local run reads and writes -------------------------------------
+OUTPUT_ENV = "MAE_TFX_OUTPUT"        # default output folder: <project>/outputs
+CIFAR10_ENV = "MAE_TFX_CIFAR10"      # a local CIFAR-10 copy (folder or archive)
+PROFILE_ENV = "MAE_TFX_PROFILE"
+# Where tests and benchmarks extract a CIFAR-10 archive (a run uses <output>/cache).
+DATA_CACHE_DIR = os.path.join(PROJECT_DIR, ".cache", "data")
+
+
+def default_output_dir() -> str:
+  return os.path.abspath(os.environ.get(OUTPUT_ENV) or os.path.join(PROJECT_DIR, "outputs"))
+
+
+def metadata_path(output_dir: Optional[str] = None) -> str:
+  """The MLMD SQLite database of the runs written to `output_dir`."""
+  return os.path.join(output_dir or default_output_dir(), "metadata.sqlite")
+
+
+def serving_model_dir(output_dir: Optional[str] = None,
+                      pipeline_name: str = PIPELINE_NAME) -> str:
+  """The Pusher's base directory: one numeric sub-directory per pushed version."""
+  return os.path.join(output_dir or default_output_dir(), "serving_model", pipeline_name)
+
+
+def split_files(examples_uri: str, split: str) -> List[str]:
+  """File patterns of one split of an Examples artifact (GZIP TFRecords)."""
+  return [os.path.join(examples_uri, f"Split-{split}", "*")]
+
+
+def pushed_versions(entries: Iterable[str]) -> List[int]:
+  """The version numbers among a serving directory's entries, oldest first.
+
+  Only all-digit names are versions: the Pusher copies into a hidden
+  `.staging-<version>-<pid>` directory first and renames it into place, so
+  anything else is not (yet) a version. Trailing slashes (GCS listings) are
+  ignored."""
+  names = (entry.rstrip("/") for entry in entries)
+  return sorted(int(name) for name in names if name.isdigit() and name.isascii())

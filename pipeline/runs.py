@@ -1,0 +1,85 @@
+"""Pipeline runs as MLMD recorded them: each execution's state, wall time and
+output artifacts, and the newest run's Examples and Transform graph.
+
+Reads the SQLite MLMD database a local run writes (`names.metadata_path`)
+with ml_metadata alone, so the report, batch embedding, the benchmarks and
+the notebooks share one reader without importing TFX.
+"""
+
+import os
+from typing import Dict, List, Tuple
+
+from ml_metadata import metadata_store
+from ml_metadata.proto import metadata_store_pb2
+
+from models import names
+
+_STATES = {v: k for k, v in metadata_store_pb2.Execution.State.items()}
+
+
+def open_store(metadata_path: str) -> metadata_store.MetadataStore:
+  if not os.path.exists(metadata_path):
+    raise FileNotFoundError(f"No MLMD database at {metadata_path}: run `make pipeline` "
+                            "first, or name the run's output folder")
+  config = metadata_store_pb2.ConnectionConfig()
+  config.sqlite.filename_uri = metadata_path
+  config.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
+  return metadata_store.MetadataStore(config)
+
+
+def last_run_executions(metadata_path: str,
+                        pipeline_name: str = names.PIPELINE_NAME) -> List[Dict]:
+  """[{node, state, seconds, outputs: {type: [uri]},
+  output_properties: {type: [{custom property: value}]}}] of the newest run."""
+  store = open_store(metadata_path)
+  pipelines = [c for c in store.get_contexts_by_type("pipeline")
+               if c.name == pipeline_name]
+  if not pipelines:
+    return []
+  runs = [c for c in store.get_contexts_by_type("pipeline_run")
+          if any(p.id == pipelines[0].id
+                 for p in store.get_parent_contexts_by_context(c.id))]
+  if not runs:
+    return []
+  run = max(runs, key=lambda c: c.create_time_since_epoch)
+  rows = []
+  for execution in sorted(store.get_executions_by_context(run.id),
+                          key=lambda e: e.create_time_since_epoch):
+    nodes = [c.name for c in store.get_contexts_by_execution(execution.id)
+             if store.get_context_types_by_id([c.type_id])[0].name == "node"]
+    node = nodes[0].split(".", 1)[-1] if nodes else str(execution.type_id)
+    outputs: Dict[str, List[str]] = {}
+    output_properties: Dict[str, List[Dict]] = {}
+    events = store.get_events_by_execution_ids([execution.id])
+    out_ids = [e.artifact_id for e in events
+               if e.type == metadata_store_pb2.Event.OUTPUT]
+    for artifact in store.get_artifacts_by_id(out_ids):
+      artifact_type = store.get_artifact_types_by_id([artifact.type_id])[0].name
+      outputs.setdefault(artifact_type, []).append(artifact.uri)
+      output_properties.setdefault(artifact_type, []).append(
+          {k: v.string_value or v.int_value
+           for k, v in artifact.custom_properties.items()})
+    rows.append(dict(
+        node=node, state=_STATES.get(execution.last_known_state, "?"),
+        seconds=(execution.last_update_time_since_epoch -
+                 execution.create_time_since_epoch) / 1000.0,
+        outputs=outputs, output_properties=output_properties))
+  return rows
+
+
+def last_run_nodes(metadata_path: str,
+                   pipeline_name: str = names.PIPELINE_NAME) -> Dict[str, Dict]:
+  """`last_run_executions` keyed by node id (e.g. "mae_pretrain")."""
+  return {r["node"]: r for r in last_run_executions(metadata_path, pipeline_name)}
+
+
+def pipeline_inputs(metadata_path: str,
+                    pipeline_name: str = names.PIPELINE_NAME) -> Tuple[str, str]:
+  """(Examples uri, TransformGraph uri) of the newest run."""
+  rows = last_run_nodes(metadata_path, pipeline_name)
+  try:
+    return (rows["Cifar10ExampleGen"]["outputs"]["Examples"][0],
+            rows["Transform"]["outputs"]["TransformGraph"][0])
+  except KeyError as e:
+    raise SystemExit(f"{metadata_path} has no completed ExampleGen/Transform run "
+                     f"({e}); run `make pipeline` first") from e

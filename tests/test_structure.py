@@ -1,0 +1,110 @@
+"""The code's structure: `models/` is a library that imports no TFX, the
+server loads neither tf.Transform nor the pipeline, the benchmarks call the
+library rather than the Trainer adapters, and shared names have one home.
+
+Imports are checked in a fresh interpreter, where nothing else loaded them.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from models import config as config_lib
+from models import names
+
+IMPORTS = r"""
+import importlib, json, pkgutil, sys
+import models
+
+def loaded(prefixes):
+  return sorted(m for m in sys.modules if any(m == p or m.startswith(p + ".") for p in prefixes))
+
+result = {}
+for m in ("serving.server", "serving.embed", "serving.search"):
+  importlib.import_module(m)
+result["serving"] = loaded(["tfx", "tensorflow_transform", "pipeline", "components",
+                            "models.mae", "models.signatures"])
+library = [m.name for m in pkgutil.iter_modules(models.__path__, "models.")]
+for m in library:
+  importlib.import_module(m)
+result["library"] = library
+result["library_tfx"] = loaded(["tfx", "components", "pipeline"])
+for m in ("probe_quality", "probe_ablation", "train_throughput", "serving", "roofline"):
+  importlib.import_module("benchmarks." + m)
+result["benchmarks_adapters"] = loaded(["components", "tfx.components"])
+print(json.dumps(result))
+"""
+
+
+@pytest.fixture(scope="module")
+def imports():
+  run = subprocess.run([sys.executable, "-c", IMPORTS], cwd=names.PROJECT_DIR,
+                       capture_output=True, text=True, timeout=600)
+  assert run.returncode == 0, run.stderr[-3000:]
+  return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+def test_the_library_imports_no_tfx(imports):
+  assert {"models.mae", "models.engine_pretrain", "models.engine_probe",
+          "models.evaluation", "models.names"} <= set(imports["library"])
+  assert imports["library_tfx"] == []
+
+
+def test_the_server_loads_no_transform_model_or_pipeline(imports):
+  assert imports["serving"] == []
+
+
+def test_benchmarks_call_the_library_not_the_trainer_adapters(imports):
+  assert imports["benchmarks_adapters"] == []
+
+
+def test_pushed_versions_ignore_staging_and_other_entries():
+  entries = ["1700000002/", "1700000001", ".staging-1700000003-42", "README",
+             "12a", "", "²", "1700000010"]
+  assert names.pushed_versions(entries) == [1700000001, 1700000002, 1700000010]
+
+
+def test_default_paths_follow_the_output_env(monkeypatch, tmp_path):
+  monkeypatch.setenv(names.OUTPUT_ENV, str(tmp_path))
+  assert names.metadata_path() == os.path.join(str(tmp_path), "metadata.sqlite")
+  assert names.serving_model_dir() == os.path.join(str(tmp_path), "serving_model",
+                                                   names.PIPELINE_NAME)
+  monkeypatch.delenv(names.OUTPUT_ENV)
+  assert names.default_output_dir() == os.path.join(names.PROJECT_DIR, "outputs")
+
+
+def test_unknown_profile_is_refused_naming_the_known_ones():
+  with pytest.raises(ValueError, match=r"Unknown profile 'gpu'; known profiles: "
+                                       r"\['cpu', 'full', 'smoke'\]"):
+    config_lib.get_profile("gpu")
+  from pipeline import configs
+  with pytest.raises(ValueError, match="Unknown profile 'gpu'"):
+    configs.PipelineConfig(data_root="/nowhere", profile="gpu")
+
+
+def test_the_runner_refuses_an_unknown_profile_before_touching_data(tmp_path):
+  from pipeline import local_runner
+  with pytest.raises(ValueError, match="Unknown profile 'laptop'"):
+    local_runner.main(["--profile", "laptop", "--data", str(tmp_path / "absent"),
+                       "--output-dir", str(tmp_path / "out")])
+  assert not (tmp_path / "out").exists()
+
+
+def test_a_profile_holds_its_gate_and_beam_args_and_trainers_get_the_rest():
+  cpu = config_lib.get_profile("cpu", {"evaluation": {"min_accuracy": 0.5},
+                                       "beam": {"pipeline_args": ["--a=1"]}})
+  assert cpu.evaluation.min_accuracy == 0.5 and cpu.evaluation.max_accuracy_drop == 0.01
+  assert cpu.beam.pipeline_args == ("--a=1",)
+  assert config_lib.get_profile("smoke").evaluation.min_accuracy == 0.05
+  trainer = cpu.trainer_config()
+  assert set(trainer) == {"profile", "model", "pretrain", "probe", "runtime"}
+  # What a Trainer rebuilds from custom_config trains exactly the same.
+  rebuilt = config_lib.RunConfig.from_dict(json.loads(json.dumps(trainer)))
+  assert rebuilt.trainer_config() == trainer
+  with pytest.raises(ValueError, match=r"Unknown config section 'gate'"):
+    config_lib.get_profile("cpu", {"gate": {"min_accuracy": 0.5}})
+  with pytest.raises(ValueError, match=r"Unknown EvaluationConfig field\(s\) \['min_acc'\]"):
+    config_lib.get_profile("cpu", {"evaluation": {"min_acc": 0.5}})
