@@ -43,7 +43,7 @@ report: $(VENV)/.installed
 
 # The embedding server (TF Serving REST subset) on the pushed versions;
 # INDEX=file.npz (from `python -m serving.embed`) enables :neighbors.
-MODEL_DIR ?= outputs/serving_model/mae-tfx
+MODEL_DIR ?= $(or $(MAE_TFX_OUTPUT),outputs)/serving_model/mae-tfx
 PORT      ?= 8501
 serve: $(VENV)/.installed
 	$(PY) -m serving.server --model-dir $(MODEL_DIR) --port $(PORT) $(if $(INDEX),--index $(INDEX))

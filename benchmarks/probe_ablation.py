@@ -66,17 +66,15 @@ def main(argv=None):
     encoder = MaskedAutoencoder(cfg.model).build_for().encoder
   examples, transform = pipeline_inputs(args.metadata)
   tft_output = tft.TFTransformOutput(transform)
-  train_images, train_labels = data.load_transformed(
-      names.split_files(examples, "train"), tft_output)
-  test_images, test_labels = data.load_transformed(
-      names.split_files(examples, "test"), tft_output)
 
   rows = []
   for k in [int(v) for v in args.feature_blocks.split(",")]:
     classifier = ProbeClassifier(encoder, head=None, feature_blocks=k)
     t0 = time.time()
-    train_x = extract_features(classifier.embed, train_images)
-    test_x = extract_features(classifier.embed, test_images)
+    train_x, train_labels = extract_features(classifier.embed, data.transformed_batches(
+        names.split_files(examples, "train"), tft_output))
+    test_x, test_labels = extract_features(classifier.embed, data.transformed_batches(
+        names.split_files(examples, "test"), tft_output))
     print(f"features (last {k} block(s)): {time.time() - t0:.0f} s", flush=True)
     knn = evaluate_knn(train_x, train_labels, test_x, test_labels, k=KNN_K)
     t0 = time.time()

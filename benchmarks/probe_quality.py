@@ -46,25 +46,26 @@ def main(argv=None):
   tft_output = tft.TFTransformOutput(transform)
   work = args.work_dir or tempfile.mkdtemp(prefix="probe_quality-")
   train_files = names.split_files(examples, "train")
-  train_images, train_labels = data.load_transformed(train_files, tft_output)
-  test_images, test_labels = data.load_transformed(names.split_files(examples, "test"),
-                                                   tft_output)
+  test_files = names.split_files(examples, "test")
 
   t0 = time.time()
   history = []
   if args.epochs:
+    train_images, _ = data.load_transformed(train_files, tft_output)
     model, history = engine_pretrain.pretrain(
         cfg, train_images, os.path.join(work, "mae"),
         engine_pretrain.checkpoint_dir(os.path.join(work, "ckpt"), cfg,
                                        [transform, *train_files]))
+    del train_images
     mae = model.mae
     engine_pretrain.save_mae(mae, os.path.join(work, "mae", "model"))
   else:
     tf.keras.utils.set_random_seed(cfg.runtime.seed)
     mae = MaskedAutoencoder(cfg.model).build_for()
   t1 = time.time()
-  result = engine_probe.linear_probe(cfg, mae.encoder, train_images, train_labels,
-                                     test_images, test_labels, os.path.join(work, "probe"))
+  result = engine_probe.linear_probe(
+      cfg, mae.encoder, data.transformed_batches(train_files, tft_output),
+      data.transformed_batches(test_files, tft_output), os.path.join(work, "probe"))
   t2 = time.time()
 
   # The first epoch includes tracing and XLA compilation.

@@ -23,11 +23,9 @@ def run_fn(fn_args: FnArgs) -> None:
   cfg = config_lib.from_custom_config(fn_args.custom_config)
   tft_output = tft.TFTransformOutput(fn_args.transform_output)
   encoder = engine_pretrain.load_mae(fn_args.base_model).encoder  # float32 for export
-  train_images, train_labels = data.load_transformed(fn_args.train_files, tft_output)
-  eval_images, eval_labels = data.load_transformed(fn_args.eval_files, tft_output)
-
-  result = engine_probe.linear_probe(cfg, encoder, train_images, train_labels,
-                                     eval_images, eval_labels, fn_args.model_run_dir)
+  result = engine_probe.linear_probe(
+      cfg, encoder, data.transformed_batches(fn_args.train_files, tft_output),
+      data.transformed_batches(fn_args.eval_files, tft_output), fn_args.model_run_dir)
 
   signatures.export_saved_model(result.classifier, tft_output, fn_args.serving_model_dir)
   training.write_json(result.summary,

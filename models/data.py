@@ -1,9 +1,10 @@
 """Input pipelines shared by the pretraining and probe engines.
 
-Raw tf.Examples are parsed and pushed through the Transform graph once, kept
-in memory (CIFAR-10 train is 600 MB as float32), then served in shuffled
-batches. Augmentation (random-resized-crop + flip) is vectorised over the
-batch with a different crop per image.
+Raw tf.Examples are parsed and pushed through the Transform graph. The probe
+streams them (`transformed_batches`: each image is embedded once); MAE
+pretraining keeps them in memory (`load_transformed`; CIFAR-10 train is 600
+MB as float32) and serves shuffled batches, augmented (random-resized-crop +
+flip) vectorised over the batch with a different crop per image.
 """
 
 import logging
@@ -22,27 +23,35 @@ from models.preprocessing import decode_images
 _READ_BATCH = 1024
 
 
-def load_transformed(file_patterns: List[str],
-                     tf_transform_output: tft.TFTransformOutput,
-                     max_examples: Optional[int] = None
-                     ) -> Tuple[np.ndarray, np.ndarray]:
-  """Reads gzipped tf.Example files through the Transform graph.
-
-  Returns:
-    images [N, S, S, 3] float32 (normalised), labels [N] int64.
+def transformed_batches(file_patterns: List[str],
+                        tf_transform_output: tft.TFTransformOutput,
+                        max_examples: Optional[int] = None,
+                        batch_size: int = _READ_BATCH) -> tf.data.Dataset:
+  """Gzipped tf.Example files through the Transform graph, lazily, in file
+  order: batches of (images [B, S, S, 3] float32 normalised, labels [B] int64).
   """
   feature_spec = tf_transform_output.raw_feature_spec()
   tft_layer = tf_transform_output.transform_features_layer()
-  ds = serialized_examples(file_patterns, max_examples)
 
   @tf.function
   def transform(serialized):
     transformed = tft_layer(tf.io.parse_example(serialized, feature_spec))
-    return transformed[IMAGE_KEY], transformed[LABEL_KEY]
+    return transformed[IMAGE_KEY], tf.cast(transformed[LABEL_KEY], tf.int64)
 
-  ds = ds.batch(_READ_BATCH).map(transform, num_parallel_calls=tf.data.AUTOTUNE)
+  return (serialized_examples(file_patterns, max_examples)
+          .batch(batch_size)
+          .map(transform, num_parallel_calls=tf.data.AUTOTUNE)
+          .prefetch(2))
+
+
+def load_transformed(file_patterns: List[str],
+                     tf_transform_output: tft.TFTransformOutput,
+                     max_examples: Optional[int] = None
+                     ) -> Tuple[np.ndarray, np.ndarray]:
+  """`transformed_batches` held in memory: images [N, S, S, 3] float32
+  (normalised), labels [N] int64."""
   images, labels = [], []
-  for img, lab in ds.prefetch(2):
+  for img, lab in transformed_batches(file_patterns, tf_transform_output, max_examples):
     images.append(img.numpy())
     labels.append(lab.numpy())
   if not images:
@@ -50,7 +59,7 @@ def load_transformed(file_patterns: List[str],
   images, labels = np.concatenate(images), np.concatenate(labels)
   logging.info("Loaded %d transformed examples from %s", len(labels),
                file_patterns)
-  return images, labels.astype(np.int64)
+  return images, labels
 
 
 def load_raw_images(file_patterns: List[str], feature_spec, count: int) -> np.ndarray:
@@ -96,8 +105,3 @@ def pretrain_dataset(images: np.ndarray, batch_size: int, min_scale: float,
           .map(lambda idx: random_resized_crop(tf.gather(pool, idx), min_scale),
                num_parallel_calls=tf.data.AUTOTUNE)
           .prefetch(tf.data.AUTOTUNE))
-
-
-def batched(images: np.ndarray, batch_size: int) -> tf.data.Dataset:
-  """Images in order, for inference."""
-  return tf.data.Dataset.from_tensor_slices(images).batch(batch_size).prefetch(2)

@@ -1,10 +1,10 @@
 """Linear probe of a frozen encoder: features, the probe head, LP and k-NN.
 
-  result = linear_probe(cfg, encoder, train_images, train_labels,
-                        eval_images, eval_labels, log_dir)
+  result = linear_probe(cfg, encoder, train_batches, eval_batches, log_dir)
 
 The encoder is frozen and the probe uses no augmentation, so every image's
-embedding is computed once (`extract_features`) and the head (BatchNorm
+embedding is computed once, streaming the images (`extract_features`; the
+batches come from `data.transformed_batches`), and the head (BatchNorm
 without affine + Dense, `models.linear_probe`) trains on them for many epochs
 in seconds (`train_probe`). The same features give the k-NN accuracy
 (`models.evaluation.evaluate_knn`). No TFX types: the Trainer's run_fn
@@ -12,28 +12,34 @@ in seconds (`train_probe`). The same features give the k-NN accuracy
 """
 
 import dataclasses
+import time
 from typing import Any, Callable, Dict, List, Tuple
 
 import numpy as np
 import tensorflow as tf
 
 from models import config as config_lib
-from models import data, training
+from models import training
 from models.evaluation import evaluate_knn
 from models.linear_probe import ProbeClassifier, build_probe_head
 from models.mae import Encoder
 
-FEATURE_BATCH = 512
 PROBE_STEPS_PER_EXECUTION = 32
 KNN_K = 20
 
 
 def extract_features(embed: Callable[[tf.Tensor], tf.Tensor],
-                     images: np.ndarray) -> np.ndarray:
-  """[N, S, S, 3] -> [N, D] with a frozen `embed` function, in batches."""
+                     batches: tf.data.Dataset) -> Tuple[np.ndarray, np.ndarray]:
+  """(features [N, D], labels [N]) of a dataset of (images [B, S, S, 3],
+  labels [B]) batches, embedded by the frozen `embed`."""
   fn = tf.function(embed)
-  return np.concatenate([fn(batch).numpy()
-                         for batch in data.batched(images, FEATURE_BATCH)])
+  features, labels = [], []
+  for images, batch_labels in batches:
+    features.append(fn(images).numpy())
+    labels.append(batch_labels.numpy())
+  if not features:
+    raise ValueError("No examples to embed")
+  return np.concatenate(features), np.concatenate(labels).astype(np.int64)
 
 
 def train_probe(cfg: config_lib.ProbeConfig, train_features, train_labels,
@@ -73,17 +79,21 @@ class ProbeResult:
 
 
 def linear_probe(cfg: config_lib.RunConfig, encoder: Encoder,
-                 train_images: np.ndarray, train_labels: np.ndarray,
-                 eval_images: np.ndarray, eval_labels: np.ndarray,
+                 train_batches: tf.data.Dataset, eval_batches: tf.data.Dataset,
                  log_dir: str) -> ProbeResult:
   """Probes the frozen `encoder`: linear (BN + Dense) and k-NN accuracy on
-  the eval images, both on the embedding the served model returns."""
+  the eval batches, both on the embedding the served model returns. Batches
+  are (images, labels), e.g. `data.transformed_batches`."""
   training.require_keras2()
   encoder.trainable = False
   classifier = ProbeClassifier(encoder, head=None,
                                feature_blocks=cfg.probe.feature_blocks)
-  train_features = extract_features(classifier.embed, train_images)
-  eval_features = extract_features(classifier.embed, eval_images)
+  start = time.perf_counter()
+  train_features, train_labels = extract_features(classifier.embed, train_batches)
+  eval_features, eval_labels = extract_features(classifier.embed, eval_batches)
+  print(f"[linear_probe] {train_features.shape[1]}-d features of {len(train_labels)} "
+        f"train and {len(eval_labels)} eval images in "
+        f"{time.perf_counter() - start:.0f} s", flush=True)
   head, history = train_probe(cfg.probe, train_features, train_labels,
                               eval_features, eval_labels, log_dir, cfg.runtime.seed)
   classifier.head = head

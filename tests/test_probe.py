@@ -1,0 +1,70 @@
+"""The probe engine on real CIFAR-10 examples: it streams the Transform'ed
+examples, and what it reports is what the classifier it returns does."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from models import config as config_lib
+from models import data
+from models.engine_probe import KNN_K, extract_features, linear_probe
+from models.evaluation import evaluate_knn
+from models.mae import MaskedAutoencoder
+from tests.conftest import png_bytes
+
+
+def _write_examples(path, images, labels):
+  with tf.io.TFRecordWriter(str(path), options="GZIP") as writer:
+    for image, label in zip(images, labels):
+      writer.write(tf.train.Example(features=tf.train.Features(feature={
+          "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[png_bytes(image)])),
+          "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(label)])),
+      })).SerializeToString())
+  return [str(path)]
+
+
+@pytest.fixture(scope="module")
+def example_files(cifar10_sample, tmp_path_factory):
+  (train, train_labels), (test, test_labels) = cifar10_sample
+  root = tmp_path_factory.mktemp("examples")
+  return (_write_examples(root / "train.gz", train, train_labels),
+          _write_examples(root / "test.gz", test, test_labels))
+
+
+@pytest.fixture(scope="module")
+def encoder():
+  tf.keras.utils.set_random_seed(0)
+  return MaskedAutoencoder(config_lib.get_profile("smoke").model).build_for().encoder
+
+
+def test_streamed_features_equal_the_in_memory_ones(example_files, transform_output,
+                                                    encoder, cifar10_sample):
+  train_files, _ = example_files
+  features, labels = extract_features(
+      encoder.embed, data.transformed_batches(train_files, transform_output, batch_size=96))
+  images, loaded_labels = data.load_transformed(train_files, transform_output)
+  (_, train_labels), _ = cifar10_sample
+  assert features.shape == (320, encoder.cfg.embed_dim) and labels.dtype == np.int64
+  np.testing.assert_array_equal(labels, train_labels)
+  np.testing.assert_array_equal(loaded_labels, train_labels)
+  np.testing.assert_allclose(features, encoder.embed(images).numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_reported_accuracies_are_the_returned_classifiers(example_files, transform_output,
+                                                          encoder, cifar10_sample, tmp_path):
+  train_files, test_files = example_files
+  cfg = config_lib.get_profile("smoke")
+  result = linear_probe(cfg, encoder, data.transformed_batches(train_files, transform_output),
+                        data.transformed_batches(test_files, transform_output), str(tmp_path))
+  s = result.summary
+  assert (s["train_examples"], s["eval_examples"], s["knn_k"]) == (320, 100, KNN_K)
+  assert len(s["history"]) == cfg.probe.epochs
+  _, (test_images, test_labels) = cifar10_sample
+  images, _ = data.load_transformed(test_files, transform_output)
+  predicted = result.classifier.probabilities(tf.constant(images)).numpy().argmax(1)
+  assert s["eval_accuracy"] == pytest.approx(float((predicted == test_labels).mean()), abs=1e-6)
+  train_x, train_y = extract_features(result.classifier.embed,
+                                      data.transformed_batches(train_files, transform_output))
+  test_x, test_y = extract_features(result.classifier.embed,
+                                    data.transformed_batches(test_files, transform_output))
+  assert s["knn_accuracy"] == evaluate_knn(train_x, train_y, test_x, test_y, k=KNN_K)
