@@ -1,7 +1,9 @@
 """Trainer "mae_pretrain": the run_fn, a TFX adapter over `models.engine_pretrain`.
 
-Reads the Transform'ed examples, pretrains the MAE (resuming from the epoch
-checkpoints of an interrupted run with the same config and data), and writes
+Reads the Transform'ed examples (held in memory when they fit
+`data.memory_budget_mb`, streamed otherwise), pretrains the MAE (resuming
+from the epoch checkpoints of an interrupted run with the same config and
+data), and writes
 into the Model artifact's serving dir the saved MAE (`config.json` +
 `weights/`, read by the linear_probe Trainer's `load_mae`) and the
 reconstruction grid; the ModelRun dir gets TensorBoard logs (a reconstruction
@@ -22,8 +24,9 @@ def run_fn(fn_args: FnArgs) -> None:
   cfg = training.with_resolved_precision(
       config_lib.from_custom_config(fn_args.custom_config))
   tft_output = tft.TFTransformOutput(fn_args.transform_output)
-  train_images, _ = data.load_transformed(fn_args.train_files, tft_output,
-                                          cfg.pretrain.max_train_examples)
+  train_images = data.training_images(
+      fn_args.train_files, tft_output, cfg.data.memory_budget_mb,
+      cfg.data.shuffle_buffer, cfg.pretrain.max_train_examples)
   # A few test images to show what the MAE reconstructs.
   n_show = cfg.pretrain.reconstruction_images
   shown, _ = data.load_transformed(fn_args.eval_files, tft_output, n_show)
@@ -42,5 +45,6 @@ def run_fn(fn_args: FnArgs) -> None:
   for directory in (fn_args.serving_model_dir, fn_args.model_run_dir):
     visualize.write_png(grid, os.path.join(directory, names.RECONSTRUCTIONS_FILE))
   training.write_json(dict(run_config=cfg.trainer_config(), history=history,
-                           train_examples=int(len(train_images))),
+                           train_examples=train_images.count,
+                           streamed=train_images.streamed),
                       os.path.join(fn_args.model_run_dir, names.SUMMARY_FILE))

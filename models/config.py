@@ -1,8 +1,9 @@
 """The profile registry: everything a profile means, in one place.
 
 A `RunConfig` is a complete run: the MAE's shape, the pretraining schedule,
-the linear probe, how to run (precision, strategy, XLA), the Evaluator's gate
-and the Beam arguments of the data components. `PROFILES` names complete
+the linear probe, how to run (precision, strategy, XLA), how the Trainers
+read their data, the Evaluator's gate and the Beam arguments of the data
+components. `PROFILES` names complete
 configurations; `get_profile(name, overrides)` returns one with
 {section: {field: value}} overrides applied, and refuses unknown names.
 
@@ -61,6 +62,16 @@ class ModelConfig:
 # The size the throughput targets are stated for (encoder 6 x 128, 4 heads;
 # decoder 2 x 64; patch 4; mask 0.75): benchmarks/train_throughput.py's default.
 REFERENCE_MODEL = ModelConfig(embed_dim=128, depth=6)
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+  """How the Trainers read their examples."""
+  # The MAE Trainer holds the Transform'ed train split in memory (float32)
+  # when it fits this budget, and streams it from the example files through
+  # the Transform graph otherwise, so memory does not grow with the data.
+  memory_budget_mb: int = 2048
+  shuffle_buffer: int = 10_000       # examples, when streaming
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,6 +155,7 @@ class RunConfig:
   pretrain: PretrainConfig = PretrainConfig()
   probe: ProbeConfig = ProbeConfig()
   runtime: RuntimeConfig = RuntimeConfig()
+  data: DataConfig = DataConfig()
   evaluation: EvaluationConfig = EvaluationConfig()
   beam: BeamConfig = BeamConfig()
 
@@ -169,9 +181,9 @@ class RunConfig:
 
 
 SECTIONS = {"model": ModelConfig, "pretrain": PretrainConfig, "probe": ProbeConfig,
-            "runtime": RuntimeConfig, "evaluation": EvaluationConfig,
-            "beam": BeamConfig}
-TRAINER_SECTIONS = ("profile", "model", "pretrain", "probe", "runtime")
+            "runtime": RuntimeConfig, "data": DataConfig,
+            "evaluation": EvaluationConfig, "beam": BeamConfig}
+TRAINER_SECTIONS = ("profile", "model", "pretrain", "probe", "runtime", "data")
 
 
 def _build(cls, values: Dict[str, Any]):

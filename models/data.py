@@ -1,26 +1,42 @@
 """Input pipelines shared by the pretraining and probe engines.
 
 Raw tf.Examples are parsed and pushed through the Transform graph. The probe
-streams them (`transformed_batches`: each image is embedded once); MAE
-pretraining keeps them in memory (`load_transformed`; CIFAR-10 train is 600
-MB as float32) and serves shuffled batches, augmented (random-resized-crop +
-flip) vectorised over the batch with a different crop per image.
+streams them (`transformed_batches`: each image is embedded once). MAE
+pretraining draws shuffled, augmented batches many times over
+(`TrainingImages`): from the split held in memory when it fits the memory
+budget (CIFAR-10 train is 614 MB as float32), otherwise streamed from the
+example files through a shuffle buffer, so memory does not grow with the
+data. Augmentation (random-resized-crop + flip) is vectorised over the batch
+with a different crop per image.
 """
 
+import dataclasses
 import logging
 import math
-from typing import List, Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_transform as tft
 
 from models.config import IMAGE_SIZE
-from models.examples import serialized_examples
+from models.examples import COMPRESSION, example_files, serialized_examples
 from models.names import IMAGE_KEY, LABEL_KEY
 from models.preprocessing import decode_images
 
 _READ_BATCH = 1024
+
+
+def _transform_fn(tf_transform_output: tft.TFTransformOutput):
+  """serialized tf.Examples [B] -> (images [B, S, S, 3] float32, labels [B] int64)."""
+  feature_spec = tf_transform_output.raw_feature_spec()
+  tft_layer = tf_transform_output.transform_features_layer()
+
+  @tf.function
+  def transform(serialized):
+    transformed = tft_layer(tf.io.parse_example(serialized, feature_spec))
+    return transformed[IMAGE_KEY], tf.cast(transformed[LABEL_KEY], tf.int64)
+  return transform
 
 
 def transformed_batches(file_patterns: List[str],
@@ -30,17 +46,9 @@ def transformed_batches(file_patterns: List[str],
   """Gzipped tf.Example files through the Transform graph, lazily, in file
   order: batches of (images [B, S, S, 3] float32 normalised, labels [B] int64).
   """
-  feature_spec = tf_transform_output.raw_feature_spec()
-  tft_layer = tf_transform_output.transform_features_layer()
-
-  @tf.function
-  def transform(serialized):
-    transformed = tft_layer(tf.io.parse_example(serialized, feature_spec))
-    return transformed[IMAGE_KEY], tf.cast(transformed[LABEL_KEY], tf.int64)
-
   return (serialized_examples(file_patterns, max_examples)
           .batch(batch_size)
-          .map(transform, num_parallel_calls=tf.data.AUTOTUNE)
+          .map(_transform_fn(tf_transform_output), num_parallel_calls=tf.data.AUTOTUNE)
           .prefetch(2))
 
 
@@ -105,3 +113,92 @@ def pretrain_dataset(images: np.ndarray, batch_size: int, min_scale: float,
           .map(lambda idx: random_resized_crop(tf.gather(pool, idx), min_scale),
                num_parallel_calls=tf.data.AUTOTUNE)
           .prefetch(tf.data.AUTOTUNE))
+
+
+def streamed_pretrain_dataset(file_patterns: Sequence[str],
+                              tf_transform_output: tft.TFTransformOutput,
+                              batch_size: int, min_scale: float, seed: int = 0,
+                              shuffle_buffer: int = 10_000,
+                              max_examples: Optional[int] = None,
+                              augment: bool = True) -> tf.data.Dataset:
+  """Endless shuffled, augmented batches streamed from the example files:
+  files read in parallel, serialized examples shuffled through a buffer of
+  `shuffle_buffer`, then decoded, Transform'ed and augmented in parallel.
+  Memory is the buffer's, whatever the number of examples. Each epoch is a
+  permutation of the examples (`augment=False` shows them unaugmented)."""
+  files = example_files(list(file_patterns))
+  transform = _transform_fn(tf_transform_output)
+  prepare = ((lambda s: random_resized_crop(transform(s)[0], min_scale)) if augment
+             else (lambda s: transform(s)[0]))
+  records = tf.data.Dataset.from_tensor_slices(files).interleave(
+      lambda f: tf.data.TFRecordDataset(f, compression_type=COMPRESSION),
+      cycle_length=min(len(files), 4), num_parallel_calls=tf.data.AUTOTUNE)
+  return (records.take(max_examples or -1)
+          .shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+          .repeat()
+          .batch(batch_size, drop_remainder=True)
+          .map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
+          .prefetch(tf.data.AUTOTUNE))
+
+
+def count_examples(file_patterns: Sequence[str], max_examples: Optional[int] = None) -> int:
+  """The number of examples in the files (a pass that decodes nothing)."""
+  ds = serialized_examples(list(file_patterns), max_examples)
+  return int(ds.reduce(np.int64(0), lambda n, _: n + 1))
+
+
+@dataclasses.dataclass
+class TrainingImages:
+  """The Transform'ed images MAE pretraining draws its batches from: held in
+  memory (`images`), or streamed from `file_patterns` through the graph."""
+  count: int
+  images: Optional[np.ndarray] = None
+  file_patterns: Sequence[str] = ()
+  tf_transform_output: Optional[tft.TFTransformOutput] = None
+  max_examples: Optional[int] = None
+  shuffle_buffer: int = 10_000
+
+  @classmethod
+  def in_memory(cls, images: np.ndarray) -> "TrainingImages":
+    return cls(count=len(images), images=images)
+
+  @property
+  def streamed(self) -> bool:
+    return self.images is None
+
+  def batches(self, batch_size: int, min_scale: float, seed: int = 0) -> tf.data.Dataset:
+    """Endless shuffled, augmented batches."""
+    if not self.streamed:
+      return pretrain_dataset(self.images, batch_size, min_scale, seed)
+    if self.count < batch_size:
+      raise ValueError(f"Batch size {batch_size} is larger than the "
+                       f"{self.count} training examples")
+    return streamed_pretrain_dataset(
+        self.file_patterns, self.tf_transform_output, batch_size, min_scale, seed,
+        self.shuffle_buffer, self.max_examples)
+
+
+def training_images(file_patterns: List[str], tf_transform_output: tft.TFTransformOutput,
+                    memory_budget_mb: float, shuffle_buffer: int = 10_000,
+                    max_examples: Optional[int] = None) -> TrainingImages:
+  """The train split for pretraining: in memory when its Transform'ed images
+  (float32) fit `memory_budget_mb`, streamed otherwise. Says which."""
+  count = count_examples(file_patterns, max_examples)
+  if count == 0:
+    raise ValueError(f"No examples in {file_patterns}")
+  shape = tf_transform_output.transformed_feature_spec()[IMAGE_KEY].shape
+  megabytes = count * int(np.prod(shape)) * 4 / 2**20
+  if megabytes <= memory_budget_mb:
+    images, _ = load_transformed(file_patterns, tf_transform_output, max_examples)
+    source = TrainingImages.in_memory(images)
+    how = "held in memory"
+  else:
+    source = TrainingImages(count, None, list(file_patterns), tf_transform_output,
+                            max_examples, shuffle_buffer)
+    how = (f"streamed from {len(example_files(file_patterns))} example file(s) "
+           f"through a shuffle buffer of {shuffle_buffer}")
+  message = (f"{count} training images ({megabytes:.0f} MB as float32, memory budget "
+             f"{memory_budget_mb} MB): {how}")
+  logging.info(message)
+  print(f"[mae_pretrain] {message}", flush=True)
+  return source

@@ -1,6 +1,6 @@
 """MAE pretraining: the train step, the loop and what it saves.
 
-  model, history = pretrain(cfg, train_images, log_dir, checkpoint_dir)
+  model, history = pretrain(cfg, images, log_dir, checkpoint_dir)
   save_mae(model.mae, directory); mae = load_mae(directory)
 
 `PretrainingModel` runs the MAE's objective under Keras `fit`: gradients
@@ -16,7 +16,7 @@ import dataclasses
 import hashlib
 import json
 import os
-from typing import Iterable, List, Sequence, Tuple
+from typing import Iterable, List, Sequence, Tuple, Union
 
 import numpy as np
 import tensorflow as tf
@@ -140,25 +140,28 @@ def checkpoint_dir(root: str, cfg: config_lib.RunConfig,
   return os.path.join(root, f"mae-{key}")
 
 
-def pretrain(cfg: config_lib.RunConfig, train_images: np.ndarray, log_dir: str,
+def pretrain(cfg: config_lib.RunConfig,
+             images: Union[np.ndarray, data.TrainingImages], log_dir: str,
              checkpoint_dir: str, callbacks: Iterable[tf.keras.callbacks.Callback] = ()
              ) -> Tuple[PretrainingModel, List[dict]]:
-  """Pretrains an MAE on `train_images` [N, S, S, 3] (Transform-normalised),
-  resuming from the newest checkpoint in `checkpoint_dir`; returns the
-  trained `PretrainingModel` (`.mae` is the MAE) and one history row per
-  epoch run (loss, lr, images/second)."""
+  """Pretrains an MAE on Transform-normalised images: an array [N, S, S, 3],
+  or `data.TrainingImages` (in memory or streamed, `data.training_images`).
+  Resumes from the newest checkpoint in `checkpoint_dir`; returns the trained
+  `PretrainingModel` (`.mae` is the MAE) and one history row per epoch run
+  (loss, lr, images/second)."""
   training.require_keras2()
+  if isinstance(images, np.ndarray):
+    images = data.TrainingImages.in_memory(images)
   cfg = training.with_resolved_precision(cfg)
   p, rt = cfg.pretrain, cfg.runtime
   tf.keras.utils.set_random_seed(rt.seed)
   strategy = training.make_strategy(rt.strategy)
   global_batch = p.batch_size * strategy.num_replicas_in_sync
-  steps_per_epoch = p.steps_per_epoch or len(train_images) // global_batch
+  steps_per_epoch = p.steps_per_epoch or images.count // global_batch
   if steps_per_epoch < 1:
-    raise ValueError(f"{len(train_images)} training images do not fill one "
+    raise ValueError(f"{images.count} training images do not fill one "
                      f"batch of {global_batch}")
-  dataset = data.pretrain_dataset(train_images, global_batch, p.crop_min_scale,
-                                  seed=rt.seed)
+  dataset = images.batches(global_batch, p.crop_min_scale, seed=rt.seed)
   with training.precision_policy(rt.precision), strategy.scope():
     model = compile_mae(cfg, strategy, steps_per_epoch)
     # The MAE itself (not the wrapper) is checkpointed: the same layout as
@@ -169,7 +172,7 @@ def pretrain(cfg: config_lib.RunConfig, train_images: np.ndarray, log_dir: str,
                                        steps_per_epoch * global_batch, log_dir)
     n_params = sum(int(tf.size(v)) for v in model.trainable_variables)
     print(f"[mae_pretrain] {n_params / 1e6:.2f}M parameters, "
-          f"{len(train_images)} images, {steps_per_epoch} steps/epoch of "
+          f"{images.count} images, {steps_per_epoch} steps/epoch of "
           f"{global_batch}, {p.epochs} epochs, {rt.precision}, "
           f"{strategy.num_replicas_in_sync} replica(s)", flush=True)
     model.fit(dataset, epochs=p.epochs, steps_per_epoch=steps_per_epoch,

@@ -6,6 +6,7 @@ import pickle
 import models  # noqa: F401  TensorFlow's environment, before TensorFlow loads
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from models import names
 from models.cifar10 import read_batch_file
@@ -146,3 +147,23 @@ def export_random_classifier(tf_transform_output, export_dir, feature_blocks=1, 
                                build_probe_head(cfg.embed_dim), feature_blocks)
   export_saved_model(classifier, tf_transform_output, str(export_dir))
   return classifier
+
+
+def write_examples(path, images, labels):
+  """Writes GZIP TFRecords of {image: PNG, label} tf.Examples, as ExampleGen does."""
+  with tf.io.TFRecordWriter(str(path), options="GZIP") as writer:
+    for image, label in zip(images, labels):
+      writer.write(tf.train.Example(features=tf.train.Features(feature={
+          "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[png_bytes(image)])),
+          "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(label)])),
+      })).SerializeToString())
+  return [str(path)]
+
+
+@pytest.fixture(scope="session")
+def example_files(cifar10_sample, tmp_path_factory):
+  """([train file], [test file]) of the real sample, as ExampleGen writes them."""
+  (train, train_labels), (test, test_labels) = cifar10_sample
+  root = tmp_path_factory.mktemp("examples")
+  return (write_examples(root / "train.gz", train, train_labels),
+          write_examples(root / "test.gz", test, test_labels))

@@ -10,25 +10,6 @@ from models import data
 from models.engine_probe import KNN_K, extract_features, linear_probe
 from models.evaluation import evaluate_knn
 from models.mae import MaskedAutoencoder
-from tests.conftest import png_bytes
-
-
-def _write_examples(path, images, labels):
-  with tf.io.TFRecordWriter(str(path), options="GZIP") as writer:
-    for image, label in zip(images, labels):
-      writer.write(tf.train.Example(features=tf.train.Features(feature={
-          "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[png_bytes(image)])),
-          "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(label)])),
-      })).SerializeToString())
-  return [str(path)]
-
-
-@pytest.fixture(scope="module")
-def example_files(cifar10_sample, tmp_path_factory):
-  (train, train_labels), (test, test_labels) = cifar10_sample
-  root = tmp_path_factory.mktemp("examples")
-  return (_write_examples(root / "train.gz", train, train_labels),
-          _write_examples(root / "test.gz", test, test_labels))
 
 
 @pytest.fixture(scope="module")

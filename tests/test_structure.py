@@ -32,7 +32,8 @@ for m in library:
   importlib.import_module(m)
 result["library"] = library
 result["library_tfx"] = loaded(["tfx", "components", "pipeline"])
-for m in ("probe_quality", "probe_ablation", "train_throughput", "serving", "roofline"):
+for m in ("probe_quality", "probe_ablation", "train_throughput", "serving", "roofline",
+          "pretrain_memory"):
   importlib.import_module("benchmarks." + m)
 result["benchmarks_adapters"] = loaded(["components", "tfx.components"])
 print(json.dumps(result))
@@ -100,7 +101,7 @@ def test_a_profile_holds_its_gate_and_beam_args_and_trainers_get_the_rest():
   assert cpu.beam.pipeline_args == ("--a=1",)
   assert config_lib.get_profile("smoke").evaluation.min_accuracy == 0.05
   trainer = cpu.trainer_config()
-  assert set(trainer) == {"profile", "model", "pretrain", "probe", "runtime"}
+  assert set(trainer) == {"profile", "model", "pretrain", "probe", "runtime", "data"}
   # What a Trainer rebuilds from custom_config trains exactly the same.
   rebuilt = config_lib.RunConfig.from_dict(json.loads(json.dumps(trainer)))
   assert rebuilt.trainer_config() == trainer
