@@ -117,9 +117,8 @@ def pretrain_dataset(images: np.ndarray, batch_size: int, min_scale: float,
 
 def streamed_pretrain_dataset(file_patterns: Sequence[str],
                               tf_transform_output: tft.TFTransformOutput,
-                              batch_size: int, min_scale: float, seed: int = 0,
-                              shuffle_buffer: int = 10_000,
-                              max_examples: Optional[int] = None,
+                              batch_size: int, min_scale: float, shuffle_buffer: int,
+                              seed: int = 0, max_examples: Optional[int] = None,
                               augment: bool = True) -> tf.data.Dataset:
   """Endless shuffled, augmented batches streamed from the example files:
   files read in parallel, serialized examples shuffled through a buffer of
@@ -156,7 +155,7 @@ class TrainingImages:
   file_patterns: Sequence[str] = ()
   tf_transform_output: Optional[tft.TFTransformOutput] = None
   max_examples: Optional[int] = None
-  shuffle_buffer: int = 10_000
+  shuffle_buffer: Optional[int] = None      # examples (streamed only)
 
   @classmethod
   def in_memory(cls, images: np.ndarray) -> "TrainingImages":
@@ -174,12 +173,12 @@ class TrainingImages:
       raise ValueError(f"Batch size {batch_size} is larger than the "
                        f"{self.count} training examples")
     return streamed_pretrain_dataset(
-        self.file_patterns, self.tf_transform_output, batch_size, min_scale, seed,
-        self.shuffle_buffer, self.max_examples)
+        self.file_patterns, self.tf_transform_output, batch_size, min_scale,
+        self.shuffle_buffer, seed, self.max_examples)
 
 
 def training_images(file_patterns: List[str], tf_transform_output: tft.TFTransformOutput,
-                    memory_budget_mb: float, shuffle_buffer: int = 10_000,
+                    memory_budget_mb: float, shuffle_buffer: int,
                     max_examples: Optional[int] = None) -> TrainingImages:
   """The train split for pretraining: in memory when its Transform'ed images
   (float32) fit `memory_budget_mb`, streamed otherwise. Says which."""

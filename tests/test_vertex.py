@@ -171,6 +171,8 @@ def test_dockerfile_and_cloudbuild_install_this_project_with_the_pins():
   for package in packages | {"schemas"}:
     assert f"COPY {package}/ {package}/" in dockerfile
   assert "pip install --no-cache-dir -c requirements.lock -e ." in dockerfile
+  # pyproject.toml makes that a PEP 517/660 install, not `setup.py develop`.
+  assert "COPY requirements.lock setup.py pyproject.toml" in dockerfile
   assert "TF_USE_LEGACY_KERAS=1" in dockerfile
   assert "TF_CPU_ALLOCATOR_USE_BFC=true" in dockerfile  # the caching CPU allocator
   with open(os.path.join(names.PROJECT_DIR, "cloudbuild.yaml")) as f:
