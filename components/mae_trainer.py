@@ -31,7 +31,7 @@ def run_fn(fn_args: FnArgs) -> None:
   n_show = cfg.pretrain.reconstruction_images
   shown, _ = data.load_transformed(fn_args.eval_files, tft_output, n_show)
   shown_raw = data.load_raw_images(fn_args.eval_files, tft_output.raw_feature_spec(),
-                                   n_show)
+                                   n_show, cfg.data.image_size)
   checkpoint_root = ((fn_args.custom_config or {}).get(config_lib.CHECKPOINT_ROOT_KEY)
                      or os.path.join(fn_args.model_run_dir, "checkpoints"))
   model, history = engine_pretrain.pretrain(

@@ -15,9 +15,8 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from models.config import IMAGE_SIZE
-
-_PIXELS = IMAGE_SIZE * IMAGE_SIZE * 3
+CIFAR10_SIZE = 32           # the format's images are 32 x 32 RGB
+_PIXELS = CIFAR10_SIZE * CIFAR10_SIZE * 3
 
 
 class CifarFormatError(ValueError):
@@ -71,7 +70,7 @@ def read_batch_file(path: str) -> Tuple[np.ndarray, np.ndarray]:
   if len(labels) != len(pixels):
     raise CifarFormatError(f"{path}: {len(pixels)} images in b'data' but "
                            f"{len(labels)} entries in b'labels'")
-  images = pixels.reshape(-1, 3, IMAGE_SIZE, IMAGE_SIZE).transpose(0, 2, 3, 1)
+  images = pixels.reshape(-1, 3, CIFAR10_SIZE, CIFAR10_SIZE).transpose(0, 2, 3, 1)
   return images, labels
 
 

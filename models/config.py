@@ -66,7 +66,12 @@ REFERENCE_MODEL = ModelConfig(embed_dim=128, depth=6)
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-  """How the Trainers read their examples."""
+  """The images' size, and how the Trainers read their examples."""
+  # What Transform resizes every image to (centre crop to a square, area
+  # resize); a multiple of model.patch_size. The MAE, the probe, the
+  # signatures and the reconstructions follow it (model.image_size is set
+  # from it); the served model still accepts images of any size.
+  image_size: int = IMAGE_SIZE
   # The MAE Trainer holds the Transform'ed train split in memory (float32)
   # when it fits this budget, and streams it from the example files through
   # the Transform graph otherwise, so memory does not grow with the data.
@@ -159,6 +164,16 @@ class RunConfig:
   evaluation: EvaluationConfig = EvaluationConfig()
   beam: BeamConfig = BeamConfig()
 
+  def __post_init__(self):
+    size, patch = self.data.image_size, self.model.patch_size
+    if size < patch or size % patch:
+      raise ValueError(f"data.image_size {size} must be a positive multiple of "
+                       f"model.patch_size {patch}")
+    if self.model.image_size != size:
+      raise ValueError(f"model.image_size {self.model.image_size} differs from "
+                       f"data.image_size {size}: set data.image_size, the model "
+                       "follows it")
+
   def to_dict(self) -> Dict[str, Any]:
     return dataclasses.asdict(self)
 
@@ -245,6 +260,10 @@ def get_profile(name: str, overrides: Optional[Dict[str, Dict[str, Any]]] = None
       raise ValueError(f"Unknown config section {section!r}; expected one of "
                        f"{sorted(SECTIONS)} with a {{field: value}} object")
     d[section].update(values)
+  if "image_size" in (overrides or {}).get("model", {}):
+    raise ValueError("model.image_size follows data.image_size: override "
+                     '{"data": {"image_size": ...}} instead')
+  d["model"]["image_size"] = d["data"]["image_size"]
   return RunConfig.from_dict(d)
 
 

@@ -19,7 +19,6 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from models.config import IMAGE_SIZE
 from models.examples import COMPRESSION, example_files, serialized_examples
 from models.names import IMAGE_KEY, LABEL_KEY
 from models.preprocessing import decode_images
@@ -70,11 +69,13 @@ def load_transformed(file_patterns: List[str],
   return images, labels
 
 
-def load_raw_images(file_patterns: List[str], feature_spec, count: int) -> np.ndarray:
-  """The first `count` images decoded to [count, S, S, 3] float32 in [0, 1]
-  (what the Transform graph starts from), for pictures."""
+def load_raw_images(file_patterns: List[str], feature_spec, count: int,
+                    size: int) -> np.ndarray:
+  """The first `count` images decoded to [count, size, size, 3] float32 in
+  [0, 1] (what the Transform graph starts from), for pictures."""
   serialized = tf.stack(list(serialized_examples(file_patterns, count)))
-  return decode_images(tf.io.parse_example(serialized, feature_spec)[IMAGE_KEY]).numpy()
+  return decode_images(tf.io.parse_example(serialized, feature_spec)[IMAGE_KEY],
+                       size).numpy()
 
 
 def random_resized_crop(images: tf.Tensor, min_scale: float,
@@ -93,7 +94,7 @@ def random_resized_crop(images: tf.Tensor, min_scale: float,
   x0 = tf.random.uniform([b]) * (1.0 - w)
   boxes = tf.stack([y0, x0, y0 + h, x0 + w], axis=1)   # [B, 4]
   crops = tf.image.crop_and_resize(images, boxes, tf.range(b),
-                                   [IMAGE_SIZE, IMAGE_SIZE])
+                                   images.shape[1:3].as_list())
   flip = tf.random.uniform([b, 1, 1, 1]) < 0.5
   return tf.where(flip, tf.reverse(crops, axis=[2]), crops)
 

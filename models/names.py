@@ -14,6 +14,8 @@ SCHEMA_PATH = os.path.join(PROJECT_DIR, "schemas", "schema.pbtxt")
 # ---- features (schema, preprocessing_fn, Trainers, signatures) -------------
 IMAGE_KEY = "image"
 LABEL_KEY = "label"
+# Transform's custom_config key: the size preprocessing_fn resizes images to.
+IMAGE_SIZE_CONFIG_KEY = "image_size"
 
 # ---- serving signatures of the pushed SavedModel ---------------------------
 SERVING_DEFAULT = "serving_default"       # image_bytes -> embedding

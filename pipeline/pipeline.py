@@ -16,6 +16,7 @@ from tfx.proto import transform_pb2
 from components.anomalies_gate import AnomaliesGate
 from components.cifar10_example_gen import Cifar10ExampleGen
 from components.versioned_pusher import VersionedPusher
+from models import names
 from models.names import CLASSIFY_EXAMPLES, LABEL_KEY, PROBABILITIES_KEY
 from pipeline.configs import PipelineConfig
 
@@ -69,6 +70,7 @@ def create_pipeline(config: PipelineConfig,
       examples=example_gen.outputs["examples"],
       schema=schema_gen.outputs["schema"],
       preprocessing_fn=PREPROCESSING_FN,
+      custom_config={names.IMAGE_SIZE_CONFIG_KEY: config.run_config.data.image_size},
       splits_config=transform_pb2.SplitsConfig(analyze=["train"]),
       materialize=False,
       disable_statistics=True)

@@ -170,3 +170,33 @@ def test_truncated_batch_file_stops_the_pipeline_in_example_gen(tmp_path, small_
     local_runner.run(config)
   assert _states(config)["Cifar10ExampleGen"] == "FAILED"
   _assert_stopped_before_training(config)
+
+
+def test_a_smaller_image_size_runs_end_to_end(tmp_path, small_cifar_dir, cifar10_sample):
+  """data.image_size 16: Transform resizes to it and the MAE, the probe, the
+  reconstructions and the signatures follow; the served model still takes
+  images of any size."""
+  import json
+  import tensorflow_transform as tft
+  from tests.conftest import jpeg_bytes
+  config = local_runner.main(["--profile", "smoke", "--data", small_cifar_dir,
+                              "--output-dir", str(tmp_path / "out"),
+                              "--overrides", '{"data": {"image_size": 16}}'])
+  states = _states(config)
+  assert all(s == "COMPLETE" for s in states.values()), states
+  rows = runs.last_run_nodes(config.metadata_path)
+  graph = tft.TFTransformOutput(rows["Transform"]["outputs"]["TransformGraph"][0])
+  assert graph.transformed_feature_spec()["image"].shape == [16, 16, 3]
+  mae_dir = os.path.join(rows["mae_pretrain"]["outputs"]["Model"][0], "Format-Serving")
+  with open(os.path.join(mae_dir, names.MAE_CONFIG_FILE)) as f:
+    assert json.load(f)["image_size"] == 16
+  grid = tf.io.decode_png(tf.io.read_file(os.path.join(
+      rows["mae_pretrain"]["outputs"]["ModelRun"][0], names.RECONSTRUCTIONS_FILE)))
+  assert grid.shape == (3 * (3 * 16 + 4), 3 * (8 * 16 + 7 * 2), 3)
+  _, (test_images, _) = cifar10_sample
+  served = tf.saved_model.load(os.path.join(config.serving_model_dir, _versions(config)[-1]))
+  emb = served.signatures[SERVING_DEFAULT](image_bytes=tf.constant(
+      [png_bytes(test_images[0]), jpeg_bytes(test_images[1], size=(70, 50))]))["embedding"]
+  assert emb.shape == (2, config.run_config.model.embed_dim)
+  assert np.isfinite(emb.numpy()).all()
+

@@ -109,3 +109,14 @@ def test_a_profile_holds_its_gate_and_beam_args_and_trainers_get_the_rest():
     config_lib.get_profile("cpu", {"gate": {"min_accuracy": 0.5}})
   with pytest.raises(ValueError, match=r"Unknown EvaluationConfig field\(s\) \['min_acc'\]"):
     config_lib.get_profile("cpu", {"evaluation": {"min_acc": 0.5}})
+
+
+def test_the_model_follows_data_image_size_which_must_fit_the_patches():
+  cfg = config_lib.get_profile("smoke", {"data": {"image_size": 48}})
+  assert cfg.data.image_size == cfg.model.image_size == 48
+  assert cfg.model.num_patches == (48 // 4) ** 2
+  with pytest.raises(ValueError, match="data.image_size 30 must be a positive multiple "
+                                       "of model.patch_size 4"):
+    config_lib.get_profile("smoke", {"data": {"image_size": 30}})
+  with pytest.raises(ValueError, match="model.image_size follows data.image_size"):
+    config_lib.get_profile("smoke", {"model": {"image_size": 48}})
