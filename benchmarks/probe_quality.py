@@ -51,7 +51,8 @@ def main(argv=None):
   t0 = time.time()
   history = []
   if args.epochs:
-    train_images, _ = data.load_transformed(train_files, tft_output)
+    train_images = data.training_images(train_files, tft_output, cfg.data.memory_budget_mb,
+                                        cfg.data.shuffle_buffer)
     model, history = engine_pretrain.pretrain(
         cfg, train_images, os.path.join(work, "mae"),
         engine_pretrain.checkpoint_dir(os.path.join(work, "ckpt"), cfg,

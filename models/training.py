@@ -226,10 +226,14 @@ class EpochCheckpoint(tf.keras.callbacks.Callback):
     self.manager.save(checkpoint_number=epoch + 1)
 
 
-def write_json(obj, path: str) -> None:
-  """Writes `obj` as JSON to `path` (local or GCS) through a temporary name,
-  so a reader never sees half a file."""
+def write_atomically(path: str, contents) -> None:
+  """Writes `contents` (str or bytes) to `path`, local or GCS, through a
+  temporary name, so a reader never sees half a file."""
   tmp = f"{path}.tmp-{os.getpid()}"
-  with tf.io.gfile.GFile(tmp, "w") as f:
-    json.dump(obj, f, indent=2, default=float)
+  with tf.io.gfile.GFile(tmp, "wb" if isinstance(contents, bytes) else "w") as f:
+    f.write(contents)
   tf.io.gfile.rename(tmp, path, overwrite=True)
+
+
+def write_json(obj, path: str) -> None:
+  write_atomically(path, json.dumps(obj, indent=2, default=float))

@@ -1,7 +1,6 @@
 """Reconstruction grid of the MAE: original / masked / reconstruction rows."""
 
 import io
-import os
 from typing import Callable
 
 import numpy as np
@@ -9,6 +8,7 @@ import tensorflow as tf
 from PIL import Image
 
 from models.mae import MaskedAutoencoder, patchify, unpatchify
+from models.training import write_atomically
 
 _GAP = 2
 
@@ -67,13 +67,9 @@ def reconstruction_grid(model: MaskedAutoencoder, images: np.ndarray,
 
 
 def write_png(grid: np.ndarray, path: str) -> None:
-  """Writes the PNG through a temporary name: a reader never sees half of it."""
   buf = io.BytesIO()
   Image.fromarray(grid).save(buf, format="PNG")
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with tf.io.gfile.GFile(tmp, "wb") as f:
-    f.write(buf.getvalue())
-  tf.io.gfile.rename(tmp, path, overwrite=True)
+  write_atomically(path, buf.getvalue())
 
 
 class ReconstructionLogger(tf.keras.callbacks.Callback):
