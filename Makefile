@@ -8,8 +8,11 @@ VENV      ?= .venv
 PY        := $(VENV)/bin/python
 PROFILE   ?= cpu
 # The local CIFAR-10 copy when there is one; otherwise the runner downloads
-# the official archive once into outputs/cache.
+# the official archive once into outputs/cache. Or your own images: a folder
+# of class folders, or of TFRecord files (README "Your own images").
 DATA      ?= $(firstword $(MAE_TFX_CIFAR10) $(wildcard ../shared/data/cifar10))
+UNLABELED ?=
+ARGS      ?=
 PYTEST_ARGS ?=
 
 # TensorFlow's environment is set by models/__init__.py, which every entry
@@ -30,7 +33,8 @@ $(VENV)/.installed: setup.py pyproject.toml requirements.lock
 	touch $@
 
 pipeline: $(VENV)/.installed
-	$(PY) -m pipeline.local_runner --profile $(PROFILE) $(if $(DATA),--data $(DATA))
+	$(PY) -m pipeline.local_runner --profile $(PROFILE) $(if $(DATA),--data $(DATA)) \
+	    $(if $(UNLABELED),--unlabeled $(UNLABELED)) $(ARGS)
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)

@@ -24,13 +24,13 @@ import tensorflow as tf
 import tensorflow_transform as tft
 
 from models import config as config_lib
-from models import data, names
+from models import data, names, schema
 from models.engine_pretrain import load_mae
 from models.engine_probe import KNN_K, extract_features, train_probe
 from models.evaluation import evaluate_knn
 from models.linear_probe import ProbeClassifier
 from models.mae import MaskedAutoencoder
-from pipeline.runs import pipeline_inputs
+from pipeline.runs import pipeline_inputs, schema_file
 
 
 def logistic_regression_accuracy(train_x, train_y, test_x, test_y) -> float:
@@ -66,10 +66,12 @@ def main(argv=None):
     encoder = MaskedAutoencoder(cfg.model).build_for().encoder
   examples, transform = pipeline_inputs(args.metadata)
   tft_output = tft.TFTransformOutput(transform)
+  class_names = schema.class_names(schema.read_schema(schema_file(args.metadata)))
 
   rows = []
   for k in [int(v) for v in args.feature_blocks.split(",")]:
-    classifier = ProbeClassifier(encoder, head=None, feature_blocks=k)
+    classifier = ProbeClassifier(encoder, head=None, class_names=class_names,
+                                 feature_blocks=k)
     t0 = time.time()
     train_x, train_labels = extract_features(classifier.embed, data.transformed_batches(
         names.split_files(examples, "train"), tft_output))
@@ -86,13 +88,13 @@ def main(argv=None):
       probe_cfg = dataclasses.replace(cfg.probe, **overrides)
       t0 = time.time()
       with tempfile.TemporaryDirectory() as tmp:
-        _, history = train_probe(probe_cfg, train_x, train_labels, test_x,
+        _, history = train_probe(probe_cfg, len(class_names), train_x, train_labels, test_x,
                                  test_labels, tmp, cfg.runtime.seed)
       rows.append((k, f"BN + linear {json.dumps(overrides)}",
                    history[-1]["val_accuracy"], knn, time.time() - t0))
       print(rows[-1], flush=True)
 
-  print("\nsummary (test top-1 on 10,000 images):")
+  print(f"\nsummary (test top-1 on {len(test_labels):,} images):")
   print(f"{'blocks':>6}  {'probe':60s} {'LP':>7} {'kNN':>7} {'probe s':>8}")
   for k, name, acc, knn, secs in rows:
     print(f"{k:>6}  {name:60s} {acc:7.4f} {knn:7.4f} {secs:8.0f}")

@@ -22,9 +22,9 @@ import tensorflow as tf
 import tensorflow_transform as tft
 
 from models import config as config_lib
-from models import data, engine_pretrain, engine_probe, names, training
+from models import data, engine_pretrain, engine_probe, names, schema, training
 from models.mae import MaskedAutoencoder
-from pipeline.runs import pipeline_inputs
+from pipeline.runs import pipeline_inputs, schema_file
 
 
 def main(argv=None):
@@ -64,8 +64,9 @@ def main(argv=None):
     tf.keras.utils.set_random_seed(cfg.runtime.seed)
     mae = MaskedAutoencoder(cfg.model).build_for()
   t1 = time.time()
+  class_names = schema.class_names(schema.read_schema(schema_file(args.metadata)))
   result = engine_probe.linear_probe(
-      cfg, mae.encoder, data.transformed_batches(train_files, tft_output),
+      cfg, mae.encoder, class_names, data.transformed_batches(train_files, tft_output),
       data.transformed_batches(test_files, tft_output), os.path.join(work, "probe"))
   t2 = time.time()
 

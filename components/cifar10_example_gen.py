@@ -4,7 +4,8 @@ The Beam/TFX adapter over `models.cifar10` (the batch-file format).
 
 `input_base` is an extracted `cifar-10-batches-py/` folder. The train split is
 `data_batch_*` (50,000 images), the test split `test_batch` (10,000). Each
-image becomes `{image: PNG bytes (lossless), label: int64}`. Beam reads one
+image becomes `{image: PNG bytes (lossless), label: int64, class_name}`, the
+name from `batches.meta`. Beam reads one
 batch file per element, so the work spreads over the runner's workers and
 the 60,000 images are never collected in one list.
 
@@ -15,10 +16,9 @@ or shape; the error names the file and the field.
 """
 
 import os
-from typing import Any, Dict, Iterator
+from typing import Any, Dict, Iterator, List
 
 import apache_beam as beam
-import numpy as np
 import tensorflow as tf
 from tfx.components.example_gen import base_example_gen_executor
 from tfx.components.example_gen.component import FileBasedExampleGen
@@ -26,25 +26,21 @@ from tfx.dsl.components.base import executor_spec
 from tfx.proto import example_gen_pb2
 from tfx.types import standard_component_specs
 
-from models.cifar10 import encode_png, read_batch_file
-from models.names import IMAGE_KEY, LABEL_KEY
+from models.cifar10 import encode_png, read_batch_file, read_class_names
+from models.examples import image_example
 
 TRAIN_PATTERN = "data_batch_*"
 TEST_PATTERN = "test_batch"
+META_FILE = "batches.meta"
 
 
-def to_example(image: np.ndarray, label: int) -> tf.train.Example:
-  return tf.train.Example(features=tf.train.Features(feature={
-      IMAGE_KEY: tf.train.Feature(
-          bytes_list=tf.train.BytesList(value=[encode_png(image)])),
-      LABEL_KEY: tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
-  }))
-
-
-def batch_file_to_examples(path: str) -> Iterator[tf.train.Example]:
+def batch_file_to_examples(path: str, class_names: List[str]) -> Iterator[tf.train.Example]:
   images, labels = read_batch_file(path)
   for image, label in zip(images, labels):
-    yield to_example(image, int(label))
+    label = int(label)
+    # An id without a name keeps it as its name: the schema flags both.
+    name = class_names[label] if 0 <= label < len(class_names) else str(label)
+    yield image_example(encode_png(image), label, name)
 
 
 @beam.ptransform_fn
@@ -58,10 +54,11 @@ def _CifarBatchesToExample(pipeline: beam.Pipeline,  # pylint: disable=invalid-n
   files = sorted(tf.io.gfile.glob(pattern))
   if not files:
     raise FileNotFoundError(f"No CIFAR-10 batch file matches {pattern}")
+  class_names = read_class_names(os.path.join(input_base, META_FILE))
   return (pipeline
           | "BatchFiles" >> beam.Create(files)
           | "Spread" >> beam.Reshuffle()
-          | "ToExamples" >> beam.FlatMap(batch_file_to_examples))
+          | "ToExamples" >> beam.FlatMap(batch_file_to_examples, class_names))
 
 
 class Executor(base_example_gen_executor.BaseExampleGenExecutor):

@@ -1,7 +1,8 @@
 """Trainer "mae_pretrain": the run_fn, a TFX adapter over `models.engine_pretrain`.
 
-Reads the Transform'ed examples (held in memory when they fit
-`data.memory_budget_mb`, streamed otherwise), pretrains the MAE (resuming
+Reads the Transform'ed images of its train splits (train, and unlabeled when
+the data has it; held in memory when they fit `data.memory_budget_mb`,
+streamed otherwise), pretrains the MAE (resuming
 from the epoch checkpoints of an interrupted run with the same config and
 data), and writes
 into the Model artifact's serving dir the saved MAE (`config.json` +

@@ -4,7 +4,8 @@
 and the trained probe head are exported as one float32 SavedModel with the
 serving signatures of `models.signatures` (what the Evaluator scores and the
 Pusher pushes); the ModelRun dir gets TensorBoard logs and
-`train_summary.json` (linear and k-NN test accuracy).
+`train_summary.json` (linear and k-NN test accuracy). The classes (number
+and names, id order) come from the schema's `class_name` domain.
 """
 
 import os
@@ -13,7 +14,7 @@ import tensorflow_transform as tft
 from tfx.components.trainer.fn_args_utils import FnArgs
 
 from models import config as config_lib
-from models import data, engine_pretrain, engine_probe, names, signatures, training
+from models import data, engine_pretrain, engine_probe, names, schema, signatures, training
 
 
 def run_fn(fn_args: FnArgs) -> None:
@@ -23,8 +24,9 @@ def run_fn(fn_args: FnArgs) -> None:
   cfg = config_lib.from_custom_config(fn_args.custom_config)
   tft_output = tft.TFTransformOutput(fn_args.transform_output)
   encoder = engine_pretrain.load_mae(fn_args.base_model).encoder  # float32 for export
+  class_names = schema.class_names(schema.read_schema(fn_args.schema_path))
   result = engine_probe.linear_probe(
-      cfg, encoder, data.transformed_batches(fn_args.train_files, tft_output),
+      cfg, encoder, class_names, data.transformed_batches(fn_args.train_files, tft_output),
       data.transformed_batches(fn_args.eval_files, tft_output), fn_args.model_run_dir)
 
   signatures.export_saved_model(result.classifier, tft_output, fn_args.serving_model_dir)

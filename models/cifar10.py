@@ -9,7 +9,7 @@ the tests.
 
 import io
 import pickle
-from typing import Tuple
+from typing import List, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -72,6 +72,20 @@ def read_batch_file(path: str) -> Tuple[np.ndarray, np.ndarray]:
                            f"{len(labels)} entries in b'labels'")
   images = pixels.reshape(-1, 3, CIFAR10_SIZE, CIFAR10_SIZE).transpose(0, 2, 3, 1)
   return images, labels
+
+
+def read_class_names(meta_path: str) -> List[str]:
+  """The class names of `batches.meta` (b"label_names"), id order."""
+  with tf.io.gfile.GFile(meta_path, "rb") as f:
+    raw = f.read()
+  try:
+    meta = _NumpyOnlyUnpickler(io.BytesIO(raw), encoding="bytes").load()
+    names = [n.decode("utf-8") if isinstance(n, bytes) else str(n)
+             for n in meta[b"label_names"]]
+  except Exception as e:  # pickle raises many types for damaged input.
+    raise CifarFormatError(f"{meta_path}: no readable b'label_names' "
+                           f"({type(e).__name__}: {e})") from e
+  return names
 
 
 def encode_png(image: np.ndarray) -> bytes:

@@ -7,7 +7,8 @@ pretraining draws shuffled, augmented batches many times over
 budget (CIFAR-10 train is 586 MB as float32), otherwise streamed from the
 example files through a shuffle buffer, so memory does not grow with the
 data. Augmentation (random-resized-crop + flip) is vectorised over the batch
-with a different crop per image.
+with a different crop per image. Pretraining reads only the image, so it
+also takes the examples of an unlabeled split.
 """
 
 import dataclasses
@@ -26,39 +27,50 @@ from models.preprocessing import decode_images
 _READ_BATCH = 1024
 
 
-def _transform_fn(tf_transform_output: tft.TFTransformOutput):
-  """serialized tf.Examples [B] -> (images [B, S, S, 3] float32, labels [B] int64)."""
-  feature_spec = tf_transform_output.raw_feature_spec()
+def _transform_fn(tf_transform_output: tft.TFTransformOutput, labeled: bool = True):
+  """serialized tf.Examples [B] -> (images [B, S, S, 3] float32, labels [B] int64).
+
+  Unlabeled (`labeled=False`, what pretraining reads: examples of an
+  unlabeled split have only the image), every label is -1."""
+  raw_spec = tf_transform_output.raw_feature_spec()
+  feature_spec = {k: raw_spec[k] for k in ((IMAGE_KEY, LABEL_KEY) if labeled else (IMAGE_KEY,))}
   tft_layer = tf_transform_output.transform_features_layer()
 
   @tf.function
   def transform(serialized):
     transformed = tft_layer(tf.io.parse_example(serialized, feature_spec))
-    return transformed[IMAGE_KEY], tf.cast(transformed[LABEL_KEY], tf.int64)
+    images = transformed[IMAGE_KEY]
+    if not labeled:
+      return images, tf.fill(tf.shape(images)[:1], tf.constant(-1, tf.int64))
+    return images, tf.cast(transformed[LABEL_KEY], tf.int64)
   return transform
 
 
 def transformed_batches(file_patterns: List[str],
                         tf_transform_output: tft.TFTransformOutput,
                         max_examples: Optional[int] = None,
-                        batch_size: int = _READ_BATCH) -> tf.data.Dataset:
+                        batch_size: int = _READ_BATCH,
+                        labeled: bool = True) -> tf.data.Dataset:
   """Gzipped tf.Example files through the Transform graph, lazily, in file
-  order: batches of (images [B, S, S, 3] float32 normalised, labels [B] int64).
+  order: batches of (images [B, S, S, 3] float32 normalised, labels [B] int64;
+  -1 when not `labeled`).
   """
   return (serialized_examples(file_patterns, max_examples)
           .batch(batch_size)
-          .map(_transform_fn(tf_transform_output), num_parallel_calls=tf.data.AUTOTUNE)
+          .map(_transform_fn(tf_transform_output, labeled),
+               num_parallel_calls=tf.data.AUTOTUNE)
           .prefetch(2))
 
 
 def load_transformed(file_patterns: List[str],
                      tf_transform_output: tft.TFTransformOutput,
-                     max_examples: Optional[int] = None
+                     max_examples: Optional[int] = None, labeled: bool = True
                      ) -> Tuple[np.ndarray, np.ndarray]:
   """`transformed_batches` held in memory: images [N, S, S, 3] float32
   (normalised), labels [N] int64."""
   images, labels = [], []
-  for img, lab in transformed_batches(file_patterns, tf_transform_output, max_examples):
+  for img, lab in transformed_batches(file_patterns, tf_transform_output, max_examples,
+                                      labeled=labeled):
     images.append(img.numpy())
     labels.append(lab.numpy())
   if not images:
@@ -127,7 +139,7 @@ def streamed_pretrain_dataset(file_patterns: Sequence[str],
   Memory is the buffer's, whatever the number of examples. Each epoch is a
   permutation of the examples (`augment=False` shows them unaugmented)."""
   files = example_files(list(file_patterns))
-  transform = _transform_fn(tf_transform_output)
+  transform = _transform_fn(tf_transform_output, labeled=False)
   prepare = ((lambda s: random_resized_crop(transform(s)[0], min_scale)) if augment
              else (lambda s: transform(s)[0]))
   records = tf.data.Dataset.from_tensor_slices(files).interleave(
@@ -189,7 +201,7 @@ def training_images(file_patterns: List[str], tf_transform_output: tft.TFTransfo
   shape = tf_transform_output.transformed_feature_spec()[IMAGE_KEY].shape
   megabytes = count * int(np.prod(shape)) * 4 / 2**20
   if megabytes <= memory_budget_mb:
-    images, _ = load_transformed(files, tf_transform_output, max_examples)
+    images, _ = load_transformed(files, tf_transform_output, max_examples, labeled=False)
     source = TrainingImages.in_memory(images)
     how = "held in memory"
   else:

@@ -1,6 +1,6 @@
 """Linear probe of a frozen encoder: features, the probe head, LP and k-NN.
 
-  result = linear_probe(cfg, encoder, train_batches, eval_batches, log_dir)
+  result = linear_probe(cfg, encoder, class_names, train_batches, eval_batches, log_dir)
 
 The encoder is frozen and the probe uses no augmentation, so every image's
 embedding is computed once, streaming the images (`extract_features`; the
@@ -42,14 +42,18 @@ def extract_features(embed: Callable[[tf.Tensor], tf.Tensor],
   return np.concatenate(features), np.concatenate(labels).astype(np.int64)
 
 
-def train_probe(cfg: config_lib.ProbeConfig, train_features, train_labels,
+def train_probe(cfg: config_lib.ProbeConfig, num_classes: int, train_features, train_labels,
                 eval_features, eval_labels, log_dir: str, seed: int = 0
                 ) -> Tuple[tf.keras.Model, List[Dict[str, Any]]]:
   """Trains the probe head on frozen features; returns (head, history)."""
   if cfg.epochs < 1:
     raise ValueError(f"probe.epochs must be at least 1, got {cfg.epochs}")
+  for split, labels in (("train", train_labels), ("eval", eval_labels)):
+    if len(labels) and not 0 <= labels.min() <= labels.max() < num_classes:
+      raise ValueError(f"{split} labels span [{labels.min()}, {labels.max()}], "
+                       f"outside the {num_classes} classes [0, {num_classes - 1}]")
   tf.keras.utils.set_random_seed(seed)
-  head = build_probe_head(train_features.shape[1])
+  head = build_probe_head(train_features.shape[1], num_classes)
   steps_per_epoch = int(np.ceil(len(train_features) / cfg.batch_size))
   schedule = training.WarmupCosine(
       training.scaled_lr(cfg.base_lr, cfg.batch_size),
@@ -78,15 +82,16 @@ class ProbeResult:
   summary: Dict[str, Any]        # history, eval_accuracy, knn_accuracy, ...
 
 
-def linear_probe(cfg: config_lib.RunConfig, encoder: Encoder,
+def linear_probe(cfg: config_lib.RunConfig, encoder: Encoder, class_names: List[str],
                  train_batches: tf.data.Dataset, eval_batches: tf.data.Dataset,
                  log_dir: str) -> ProbeResult:
   """Probes the frozen `encoder`: linear (BN + Dense) and k-NN accuracy on
   the eval batches, both on the embedding the served model returns. Batches
-  are (images, labels), e.g. `data.transformed_batches`."""
+  are (images, labels), e.g. `data.transformed_batches`; label i is
+  `class_names[i]`."""
   training.require_keras2()
   encoder.trainable = False
-  classifier = ProbeClassifier(encoder, head=None,
+  classifier = ProbeClassifier(encoder, head=None, class_names=class_names,
                                feature_blocks=cfg.probe.feature_blocks)
   start = time.perf_counter()
   train_features, train_labels = extract_features(classifier.embed, train_batches)
@@ -94,7 +99,7 @@ def linear_probe(cfg: config_lib.RunConfig, encoder: Encoder,
   print(f"[linear_probe] {train_features.shape[1]}-d features of {len(train_labels)} "
         f"train and {len(eval_labels)} eval images in "
         f"{time.perf_counter() - start:.0f} s", flush=True)
-  head, history = train_probe(cfg.probe, train_features, train_labels,
+  head, history = train_probe(cfg.probe, len(class_names), train_features, train_labels,
                               eval_features, eval_labels, log_dir, cfg.runtime.seed)
   classifier.head = head
   linear = history[-1]["val_accuracy"]
@@ -102,6 +107,6 @@ def linear_probe(cfg: config_lib.RunConfig, encoder: Encoder,
   print(f"[linear_probe] test top-1: linear {linear:.4f}, "
         f"{KNN_K}-NN (cosine) {knn:.4f}", flush=True)
   return ProbeResult(classifier, dict(
-      history=history, feature_dim=int(train_features.shape[1]),
+      history=history, feature_dim=int(train_features.shape[1]), classes=len(class_names),
       train_examples=int(len(train_labels)), eval_examples=int(len(eval_labels)),
       eval_accuracy=linear, knn_k=KNN_K, knn_accuracy=knn))

@@ -1,5 +1,6 @@
 """The pipeline's Examples on disk: GZIP TFRecord files of serialized
-tf.Example {image: encoded bytes, label: int64} (ExampleGen's output format).
+tf.Example {image: encoded bytes, label: int64, class_name: bytes} (labeled
+splits) or {image} (an unlabeled split): ExampleGen's output format.
 
 One reader for the Trainers' input pipelines, batch embedding and the
 notebooks. TensorFlow only (no tf.Transform), so the serving side can use it.
@@ -10,9 +11,24 @@ from typing import List, NamedTuple, Optional
 import numpy as np
 import tensorflow as tf
 
-from models.names import IMAGE_KEY, LABEL_KEY
+from models.names import CLASS_NAME_KEY, IMAGE_KEY, LABEL_KEY
 
 COMPRESSION = "GZIP"
+
+
+def image_example(image: Optional[bytes], label: Optional[int] = None,
+                  class_name: Optional[str] = None) -> tf.train.Example:
+  """The tf.Example of one encoded image, with its class when labeled (a
+  feature that is None is left out)."""
+  feature = {}
+  if image is not None:
+    feature[IMAGE_KEY] = tf.train.Feature(bytes_list=tf.train.BytesList(value=[image]))
+  if label is not None:
+    feature[LABEL_KEY] = tf.train.Feature(int64_list=tf.train.Int64List(value=[label]))
+  if class_name is not None:
+    feature[CLASS_NAME_KEY] = tf.train.Feature(
+        bytes_list=tf.train.BytesList(value=[class_name.encode("utf-8")]))
+  return tf.train.Example(features=tf.train.Features(feature=feature))
 
 
 def example_files(file_patterns: List[str]) -> List[str]:

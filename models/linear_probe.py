@@ -6,14 +6,14 @@ one Dense layer. The encoder is frozen, so its features are computed once and
 the head trains on them; `ProbeClassifier` joins the two for serving/TFMA.
 """
 
+from typing import List, Optional
+
 import tensorflow as tf
 
-from models.config import NUM_CLASSES
 from models.mae import Encoder
 
 
-def build_probe_head(feature_dim: int, num_classes: int = NUM_CLASSES
-                     ) -> tf.keras.Model:
+def build_probe_head(feature_dim: int, num_classes: int) -> tf.keras.Model:
   """[B, D] features -> [B, num_classes] logits."""
   features = tf.keras.Input([feature_dim], name="features")
   x = tf.keras.layers.BatchNormalization(center=False, scale=False,
@@ -25,13 +25,15 @@ def build_probe_head(feature_dim: int, num_classes: int = NUM_CLASSES
 
 
 class ProbeClassifier(tf.Module):
-  """Frozen encoder + probe head: images -> embeddings / class probabilities."""
+  """Frozen encoder + probe head: images -> embeddings / class probabilities;
+  `class_names` (id order) name the head's outputs."""
 
-  def __init__(self, encoder: Encoder, head: tf.keras.Model,
-               feature_blocks: int = 1):
+  def __init__(self, encoder: Encoder, head: Optional[tf.keras.Model],
+               class_names: List[str], feature_blocks: int = 1):
     super().__init__(name="probe_classifier")
     self.encoder = encoder
     self.head = head
+    self.class_names = list(class_names)
     self.feature_blocks = feature_blocks
 
   def embed(self, images: tf.Tensor) -> tf.Tensor:

@@ -13,7 +13,11 @@ SCHEMA_PATH = os.path.join(PROJECT_DIR, "schemas", "schema.pbtxt")
 
 # ---- features (schema, preprocessing_fn, Trainers, signatures) -------------
 IMAGE_KEY = "image"
-LABEL_KEY = "label"
+LABEL_KEY = "label"             # class id: the position of the class name in CLASS_NAME_KEY's
+CLASS_NAME_KEY = "class_name"   # domain in the schema (the name <-> id mapping)
+# Splits of the Examples: the probe and the Evaluator use train and test; the
+# MAE also pretrains on the unlabeled split when there is one.
+TRAIN_SPLIT, TEST_SPLIT, UNLABELED_SPLIT = "train", "test", "unlabeled"
 # Transform's custom_config key: the size preprocessing_fn resizes images to.
 IMAGE_SIZE_CONFIG_KEY = "image_size"
 
@@ -25,12 +29,16 @@ IMAGE_BYTES_INPUT = "image_bytes"         # "_bytes": TF Serving's REST API take
 EXAMPLES_INPUT = "examples"
 EMBEDDING_KEY = "embedding"
 PROBABILITIES_KEY = "probabilities"
+CLASS_NAME_OUTPUT = "class_name"          # classify_examples: the most probable class
 
 # ---- files the Trainers write ----------------------------------------------
 MAE_CONFIG_FILE = "config.json"               # the ModelConfig of a saved MAE
 MAE_WEIGHTS_PREFIX = os.path.join("weights", "mae")
 SUMMARY_FILE = "train_summary.json"           # each Trainer's, in its ModelRun dir
 RECONSTRUCTIONS_FILE = "reconstructions.png"
+CLASS_NAMES_FILE = "class_names.txt"          # one name a line, line i = id i (an asset)
+# ---- files ExampleGen writes beside the splits of an Examples artifact ------
+BAD_IMAGES_FILE = "bad_images.txt"            # skipped files (--skip-bad-images)
 
 # ---- where a local run reads and writes -------------------------------------
 OUTPUT_ENV = "MAE_TFX_OUTPUT"        # default output folder: <project>/outputs

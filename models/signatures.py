@@ -4,36 +4,56 @@ Every signature prepares pixels with the Transform graph:
 
   serving_default    image_bytes: string [B] (PNG/JPEG/...) -> embedding [B, D]
   embed_examples     examples: serialized tf.Example [B]    -> embedding [B, D]
-  classify_examples  examples: serialized tf.Example [B]    -> probabilities [B, 10]
+  classify_examples  examples: serialized tf.Example [B]    -> probabilities [B, K],
+                                                              class_name [B]
+
+The class names (id order) are an asset of the SavedModel,
+`assets/class_names.txt`, read by classify_examples's lookup table.
 
 `image_bytes` ends in `_bytes`, so TF Serving's REST API accepts
 `{"instances": [{"b64": "<base64>"}]}` for it.
 """
 
-from typing import Dict
+import os
+import tempfile
+from typing import Dict, List
 
 import tensorflow as tf
 import tensorflow_transform as tft
 
 from models.linear_probe import ProbeClassifier
-from models.names import (CLASSIFY_EXAMPLES, EMBED_EXAMPLES, EMBEDDING_KEY,
-                          EXAMPLES_INPUT, IMAGE_BYTES_INPUT, IMAGE_KEY, LABEL_KEY,
-                          PROBABILITIES_KEY, SERVING_DEFAULT)
+from models.names import (CLASS_NAME_OUTPUT, CLASS_NAMES_FILE, CLASSIFY_EXAMPLES,
+                          EMBED_EXAMPLES, EMBEDDING_KEY, EXAMPLES_INPUT,
+                          IMAGE_BYTES_INPUT, IMAGE_KEY, PROBABILITIES_KEY,
+                          SERVING_DEFAULT)
 
 
 def serving_feature_spec(tf_transform_output: tft.TFTransformOutput
                          ) -> Dict[str, tf.io.FixedLenFeature]:
-  """The raw feature spec without the label: what a serving Example carries."""
-  spec = dict(tf_transform_output.raw_feature_spec())
-  spec.pop(LABEL_KEY, None)
-  return spec
+  """The raw feature spec of the image alone: what a serving Example carries
+  (no label, no class name)."""
+  return {IMAGE_KEY: tf_transform_output.raw_feature_spec()[IMAGE_KEY]}
+
+
+def class_names_table(class_names: List[str], directory: str) -> tf.lookup.StaticHashTable:
+  """id -> class name, from a text file (one name a line) that saving the
+  SavedModel copies into its assets."""
+  path = os.path.join(directory, CLASS_NAMES_FILE)
+  with open(path, "w", encoding="utf-8") as f:
+    f.write("".join(f"{name}\n" for name in class_names))
+  return tf.lookup.StaticHashTable(
+      tf.lookup.TextFileInitializer(path, tf.int64, tf.lookup.TextFileIndex.LINE_NUMBER,
+                                    tf.string, tf.lookup.TextFileIndex.WHOLE_LINE),
+      default_value="")
 
 
 def build_signatures(classifier: ProbeClassifier,
-                     tf_transform_output: tft.TFTransformOutput
-                     ) -> Dict[str, tf.types.experimental.ConcreteFunction]:
-  """Returns {name: concrete function}; tracks the Transform layer on `classifier`."""
+                     tf_transform_output: tft.TFTransformOutput,
+                     asset_dir: str) -> Dict[str, tf.types.experimental.ConcreteFunction]:
+  """Returns {name: concrete function}; tracks the Transform layer and the
+  class-name table (its file written to `asset_dir`) on `classifier`."""
   classifier.tft_layer = tf_transform_output.transform_features_layer()
+  classifier.class_names_table = class_names_table(classifier.class_names, asset_dir)
   feature_spec = serving_feature_spec(tf_transform_output)
 
   def images_from_bytes(image_bytes):
@@ -53,7 +73,10 @@ def build_signatures(classifier: ProbeClassifier,
 
   @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=EXAMPLES_INPUT)])
   def classify_examples(examples):
-    return {PROBABILITIES_KEY: classifier.probabilities(images_from_examples(examples))}
+    probabilities = classifier.probabilities(images_from_examples(examples))
+    best = tf.argmax(probabilities, axis=-1, output_type=tf.int64)
+    return {PROBABILITIES_KEY: probabilities,
+            CLASS_NAME_OUTPUT: classifier.class_names_table.lookup(best)}
 
   return {
       SERVING_DEFAULT: serve_image_bytes.get_concrete_function(),
@@ -65,6 +88,7 @@ def build_signatures(classifier: ProbeClassifier,
 def export_saved_model(classifier: ProbeClassifier,
                        tf_transform_output: tft.TFTransformOutput,
                        export_dir: str) -> None:
-  """Writes one SavedModel with the three signatures."""
-  signatures = build_signatures(classifier, tf_transform_output)
-  tf.saved_model.save(classifier, export_dir, signatures=signatures)
+  """Writes one SavedModel with the three signatures and the class names."""
+  with tempfile.TemporaryDirectory() as asset_dir:
+    signatures = build_signatures(classifier, tf_transform_output, asset_dir)
+    tf.saved_model.save(classifier, export_dir, signatures=signatures)

@@ -14,6 +14,7 @@ from typing import Any, Dict, List, Optional
 
 from models import config as model_config
 from models import names
+from pipeline import data_source
 
 
 def _env(name: str, default: str, cast=str):
@@ -103,13 +104,65 @@ class VertexConfig:
 
 
 @dataclasses.dataclass
+class SourceConfig:
+  """What ExampleGen ingests (`pipeline.data_source` tells the formats apart)."""
+  format: str = "cifar10"                # cifar10 | image_folder | tfrecord
+  # A folder of images (any depth) pretraining also learns from, as the
+  # `unlabeled` split; the probe and the Evaluator use the labeled splits.
+  unlabeled_root: Optional[str] = None
+  test_fraction: float = 0.2             # a source without train/test folders
+  skip_bad_images: bool = False          # skip and list them, instead of stopping
+  image_feature: str = "image"           # tfrecord: the features holding the
+  label_feature: str = "label"           # image bytes and the int64 class id
+  # A digest of the local input files: a changed file re-runs ExampleGen.
+  fingerprint: str = ""
+
+  def __post_init__(self):
+    if self.format not in data_source.FORMATS:
+      raise ValueError(f"data format {self.format!r} is not one of {data_source.FORMATS}")
+    if self.unlabeled_root and self.format == data_source.CIFAR10:
+      raise ValueError("--unlabeled takes an image-folder or TFRecord source, not the "
+                       "CIFAR-10 archive (write CIFAR-10 out as class folders to add one)")
+    if not 0.0 < self.test_fraction < 1.0:
+      raise ValueError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
+
+
+def add_source_arguments(parser) -> None:
+  """The runners' flags for SourceConfig's fields, and --schema."""
+  parser.add_argument("--unlabeled", default=None,
+                      help="a folder of images (any depth) for MAE pretraining only")
+  parser.add_argument("--skip-bad-images", action="store_true",
+                      help="skip unreadable image files and list them (default: stop, "
+                           "naming the file)")
+  parser.add_argument("--test-fraction", type=float, default=0.2,
+                      help="share of the test split when the data has no train/test folders")
+  parser.add_argument("--image-feature", default="image",
+                      help="TFRecord: the feature holding the encoded image")
+  parser.add_argument("--label-feature", default="label",
+                      help="TFRecord: the feature holding the int64 class id")
+  parser.add_argument("--schema", default=None,
+                      help="the dataset's schema (default: CIFAR-10's curated one, else "
+                           "schemas/<data folder>/schema.pbtxt)")
+
+
+def source_config(args, data_format: str, fingerprint: str = "") -> SourceConfig:
+  """SourceConfig from the flags of `add_source_arguments`."""
+  return SourceConfig(format=data_format, unlabeled_root=args.unlabeled,
+                      test_fraction=args.test_fraction,
+                      skip_bad_images=args.skip_bad_images,
+                      image_feature=args.image_feature, label_feature=args.label_feature,
+                      fingerprint=fingerprint)
+
+
+@dataclasses.dataclass
 class PipelineConfig:
-  data_root: str                         # an extracted cifar-10-batches-py/
+  data_root: str            # cifar-10-batches-py/, a folder of images or of TFRecords
+  source: SourceConfig = dataclasses.field(default_factory=SourceConfig)
   output_dir: str = dataclasses.field(default_factory=names.default_output_dir)
   profile: str = dataclasses.field(
       default_factory=lambda: os.environ.get(names.PROFILE_ENV, "cpu"))
   pipeline_name: str = names.PIPELINE_NAME
-  schema_path: str = names.SCHEMA_PATH
+  schema_path: str = names.SCHEMA_PATH   # CIFAR-10's; other data: their own (README)
   enable_cache: bool = True
   # {section: {field: value}} over the profile, e.g. {"evaluation":
   # {"min_accuracy": 0.5}} or {"pretrain": {"epochs": 20}}.

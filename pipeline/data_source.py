@@ -1,4 +1,10 @@
-"""Finds or fetches CIFAR-10 in the official "python version" layout.
+"""What `--data` points at, and CIFAR-10 found or fetched.
+
+`detect_format(path)` tells the three sources apart by what is there:
+  cifar10        the CIFAR-10 python layout, its .tar.gz or the .part-* pieces;
+  tfrecord       TFRecord files of tf.Example (*.tfrecord*, *.tfrec*), in
+                 <root>/ or in <root>/train/ + <root>/test/;
+  image_folder   class folders of images (models/image_files.py).
 
 `resolve_cifar10(source, cache_dir)` returns a `cifar-10-batches-py/` folder
 for Cifar10ExampleGen's `input_base`. `source` may be:
@@ -21,6 +27,8 @@ import tarfile
 import tempfile
 import urllib.request
 from typing import List, Optional
+
+from models import names
 
 OFFICIAL_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 OFFICIAL_MD5 = "c58f30108f718f92721af3b95e74349a"
@@ -97,6 +105,47 @@ def download_official(cache_dir: str) -> str:
   return path
 
 
+CIFAR10, IMAGE_FOLDER, TFRECORD = "cifar10", "image_folder", "tfrecord"
+FORMATS = (CIFAR10, IMAGE_FOLDER, TFRECORD)
+TFRECORD_SUFFIXES = (".tfrecord", ".tfrecords", ".tfrec", ".tfrecord.gz", ".tfrecords.gz",
+                     ".tfrec.gz")
+
+
+def tfrecord_files(folder: str) -> List[str]:
+  """The TFRecord files directly in `folder` (visible, by suffix), sorted."""
+  if not os.path.isdir(folder):
+    return []
+  return sorted(f for f in os.listdir(folder)
+                if not f.startswith(".") and f.lower().endswith(TFRECORD_SUFFIXES))
+
+
+def _is_cifar10(source: str) -> bool:
+  if os.path.isfile(source):
+    return ".tar.gz" in os.path.basename(source)
+  entries = os.listdir(source)
+  return (os.path.isfile(os.path.join(source, "data_batch_1"))
+          or os.path.isdir(os.path.join(source, BATCHES_DIR))
+          or any(".tar.gz" in f for f in entries))
+
+
+def detect_format(source: str) -> str:
+  """cifar10, tfrecord or image_folder for a local path (see the module doc)."""
+  source = os.path.abspath(os.path.expanduser(source))
+  if not os.path.exists(source):
+    raise DataSourceError(f"data source {source} does not exist")
+  if _is_cifar10(source):
+    return CIFAR10
+  if os.path.isdir(source) and (tfrecord_files(source) or (
+      tfrecord_files(os.path.join(source, "train")) and
+      tfrecord_files(os.path.join(source, "test")))):
+    return TFRECORD
+  if os.path.isdir(source):
+    return IMAGE_FOLDER
+  raise DataSourceError(
+      f"{source}: not a data source: expected the CIFAR-10 archive or folder, a "
+      "folder of TFRecord files, or a folder of class folders of images")
+
+
 def resolve_cifar10(source: Optional[str], cache_dir: str) -> str:
   """Returns an extracted `cifar-10-batches-py/` folder for `source`."""
   cache_dir = os.path.abspath(os.path.expanduser(cache_dir))
@@ -122,3 +171,64 @@ def resolve_cifar10(source: Optional[str], cache_dir: str) -> str:
   raise DataSourceError(
       f"{source} holds no CIFAR-10 data: expected {BATCHES_DIR}/, its batch "
       "files, a .tar.gz archive or its .tar.gz.part-* pieces")
+
+
+def _tfrecord_label_ids(root: str, label_feature: str) -> List[int]:
+  """The distinct int64 class ids in the TFRecords under `root` (a pass that
+  parses only the label)."""
+  import tensorflow as tf
+  files = [os.path.join(d, f) for d in (root, os.path.join(root, "train"),
+                                        os.path.join(root, "test"))
+           for f in tfrecord_files(d)]
+  ids = set()
+  for path in files:
+    records = tf.data.TFRecordDataset(
+        path, compression_type="GZIP" if path.lower().endswith(".gz") else "")
+    spec = {label_feature: tf.io.VarLenFeature(tf.int64)}
+    for batch in records.batch(4096).map(lambda s: tf.io.parse_example(s, spec)):
+      ids.update(int(v) for v in batch[label_feature].values.numpy())
+  return sorted(ids)
+
+
+def class_names(source: str, data_format: str, test_fraction: float = 0.2,
+                label_feature: str = "label") -> List[str]:
+  """The class names (id order) of a local labeled source, as its ExampleGen
+  will number them: the train split's class folders; for TFRecords the lines
+  of class_names.txt, or the ids found (0 .. max) as names."""
+  from models import image_files
+  if data_format == IMAGE_FOLDER:
+    return image_files.detect_layout(source, test_fraction).class_names
+  if data_format == TFRECORD:
+    found = image_files.read_class_names_file(source)
+    if found:
+      return found
+    ids = _tfrecord_label_ids(source, label_feature)
+    if not ids:
+      raise DataSourceError(f"{source}: no record has an int64 '{label_feature}' "
+                            "feature (set --label-feature)")
+    return [str(i) for i in range(max(ids) + 1)]
+  raise ValueError(f"{data_format}: the curated CIFAR-10 schema names its classes")
+
+
+def dataset_schema_path(source: str) -> str:
+  """Where the schema of a dataset other than CIFAR-10 is written for review
+  (and read back by later runs): schemas/<folder name>/schema.pbtxt."""
+  name = os.path.basename(os.path.normpath(source)) or "dataset"
+  return os.path.join(names.PROJECT_DIR, "schemas", name, "schema.pbtxt")
+
+
+def ensure_schema(source: str, data_format: str, schema_path: str, test_fraction: float,
+                  label_feature: str = "label") -> bool:
+  """Writes the dataset's schema to `schema_path` unless one is there (a
+  reviewed schema is never overwritten); returns whether it wrote one."""
+  from models import schema
+  if os.path.exists(schema_path):
+    return False
+  classes = class_names(source, data_format, test_fraction, label_feature)
+  os.makedirs(os.path.dirname(schema_path), exist_ok=True)
+  schema.write_schema(schema.dataset_schema(classes), schema_path, header=(
+      f"Schema of {source}, generated from its data by mae-tfx ({len(classes)} classes).\n"
+      "Review it and check it in: ExampleValidator holds every run of this dataset\n"
+      "to it. The class_name domain lists the classes in id order (label i is the\n"
+      "i-th name); a class added to the data later is an anomaly until it is added here."))
+  return True

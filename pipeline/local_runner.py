@@ -1,9 +1,14 @@
 """Runs the pipeline locally with BeamDagRunner and SQLite MLMD.
 
   python -m pipeline.local_runner --profile cpu --data ../shared/data/cifar10
+  python -m pipeline.local_runner --data ~/photos [--unlabeled ~/more_photos]
 
-`--data` (or $MAE_TFX_CIFAR10) points at a local copy; without it the
-official archive is downloaded once into <output>/cache.
+`--data` is CIFAR-10 (a local copy of the archive or its folder; without
+--data, or $MAE_TFX_CIFAR10, the official archive is downloaded once into
+<output>/cache), a folder of class folders of images, or a folder of TFRecord
+files: told apart by what is there (`pipeline.data_source`). For data other
+than CIFAR-10 the first run writes the dataset's schema for review
+(schemas/<folder>/schema.pbtxt, or --schema); later runs are held to it.
 """
 
 import argparse
@@ -16,7 +21,7 @@ from tfx import v1 as tfx
 from tfx.orchestration.beam.beam_dag_runner import BeamDagRunner
 
 from models import config as model_config
-from models import names
+from models import image_files, names
 from pipeline import configs, data_source, report
 from pipeline.pipeline import create_pipeline
 
@@ -33,8 +38,10 @@ def parse_args(argv):
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--profile", default=os.environ.get(names.PROFILE_ENV, "cpu"))
   p.add_argument("--data", default=os.environ.get(names.CIFAR10_ENV),
-                 help="CIFAR-10 source: extracted folder, .tar.gz, or folder "
-                      "of .tar.gz.part-* pieces (default: download)")
+                 help="CIFAR-10 (extracted folder, .tar.gz, or folder of .tar.gz.part-* "
+                      "pieces; default: download), a folder <root>/<class>/<image> or "
+                      "<root>/train|test/<class>/<image>, or a folder of TFRecord files")
+  configs.add_source_arguments(p)
   p.add_argument("--output-dir", default=names.default_output_dir())
   p.add_argument("--overrides", default="{}",
                  help='JSON {section: {field: value}} over the profile, e.g. '
@@ -59,13 +66,31 @@ def main(argv=None) -> configs.PipelineConfig:
   if gate:
     overrides.setdefault("evaluation", {}).update(gate)
   model_config.get_profile(args.profile, overrides)   # refuse a bad one at once
-  data_root = data_source.resolve_cifar10(
-      args.data, os.path.join(args.output_dir, "cache"))
+  data_format = data_source.detect_format(args.data) if args.data else data_source.CIFAR10
+  if args.unlabeled:
+    args.unlabeled = os.path.abspath(os.path.expanduser(args.unlabeled))
+    if not os.path.isdir(args.unlabeled):
+      raise SystemExit(f"--unlabeled {args.unlabeled}: not a folder")
+  source = configs.source_config(args, data_format)    # refuses a bad combination
+  if data_format == data_source.CIFAR10:
+    data_root = data_source.resolve_cifar10(args.data, os.path.join(args.output_dir, "cache"))
+    schema_path = args.schema or names.SCHEMA_PATH
+  else:
+    data_root = os.path.abspath(os.path.expanduser(args.data))
+    schema_path = os.path.abspath(args.schema or data_source.dataset_schema_path(data_root))
+    if data_source.ensure_schema(data_root, data_format, schema_path, args.test_fraction,
+                                 args.label_feature):
+      print(f"mae-tfx: wrote the schema of {data_root} to {schema_path}: review it and "
+            "check it in; runs of this dataset are held to it", flush=True)
+    source.fingerprint = (image_files.folder_fingerprint(data_root)
+                          + image_files.folder_fingerprint(args.unlabeled))
   config = configs.PipelineConfig(
-      data_root=data_root, output_dir=os.path.abspath(args.output_dir),
+      data_root=data_root, source=source, schema_path=schema_path,
+      output_dir=os.path.abspath(args.output_dir),
       profile=args.profile, overrides=overrides, enable_cache=not args.no_cache)
-  print(f"mae-tfx: profile {config.profile}, data {data_root}, "
-        f"output {config.output_dir}", flush=True)
+  print(f"mae-tfx: profile {config.profile}, data {data_root} ({data_format}"
+        + (f", unlabeled {args.unlabeled}" if args.unlabeled else "")
+        + f"), schema {schema_path}, output {config.output_dir}", flush=True)
   run(config)
   print(report.format_report(config.metadata_path, config.pipeline_name), flush=True)
   return config

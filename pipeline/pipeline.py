@@ -1,7 +1,8 @@
 """create_pipeline: the mae-tfx DAG, the same for every orchestrator.
 
-Cifar10ExampleGen -> StatisticsGen -> ImportSchemaGen -> ExampleValidator
-  -> AnomaliesGate -> Transform -> Trainer(mae_pretrain)
+ExampleGen (CIFAR-10, image folder or TFRecord) -> StatisticsGen
+  -> ImportSchemaGen -> ExampleValidator -> AnomaliesGate
+  -> Transform -> Trainer(mae_pretrain)
   -> Trainer(linear_probe, base_model=MAE) -> Evaluator (vs latest blessed)
   -> Pusher (versioned filesystem push of the blessed encoder)
 """
@@ -15,9 +16,13 @@ from tfx.proto import transform_pb2
 
 from components.anomalies_gate import AnomaliesGate
 from components.cifar10_example_gen import Cifar10ExampleGen
+from components.image_folder_example_gen import ImageFolderExampleGen
+from components.tfrecord_example_gen import TFRecordImageExampleGen
 from components.versioned_pusher import VersionedPusher
 from models import names
-from models.names import CLASSIFY_EXAMPLES, LABEL_KEY, PROBABILITIES_KEY
+from models.names import (CLASS_NAME_KEY, CLASSIFY_EXAMPLES, LABEL_KEY, PROBABILITIES_KEY,
+                          TEST_SPLIT, TRAIN_SPLIT, UNLABELED_SPLIT)
+from pipeline import data_source
 from pipeline.configs import PipelineConfig
 
 PREPROCESSING_FN = "models.preprocessing.preprocessing_fn"
@@ -26,16 +31,17 @@ PROBE_RUN_FN = "components.probe_trainer.run_fn"
 
 
 def eval_config(min_accuracy: float, max_drop: float) -> tfma.EvalConfig:
-  """Accuracy overall and per label; bless above `min_accuracy` and within
-  `max_drop` of the latest blessed model (ignored when there is none)."""
+  """Accuracy overall and per class (sliced by the examples' class name);
+  bless above `min_accuracy` and within `max_drop` of the latest blessed
+  model (ignored when there is none)."""
   return tfma.EvalConfig(
       model_specs=[tfma.ModelSpec(signature_name=CLASSIFY_EXAMPLES,
                                   label_key=LABEL_KEY,
                                   prediction_key=PROBABILITIES_KEY)],
-      slicing_specs=[tfma.SlicingSpec(), tfma.SlicingSpec(feature_keys=[LABEL_KEY])],
+      slicing_specs=[tfma.SlicingSpec(), tfma.SlicingSpec(feature_keys=[CLASS_NAME_KEY])],
       metrics_specs=[tfma.MetricsSpec(metrics=[
           tfma.MetricConfig(class_name="ExampleCount"),
-          # The gate applies to the overall slice; per-label accuracies are
+          # The gate applies to the overall slice; per-class accuracies are
           # reported, not gated (a class of 10 test images is too noisy).
           tfma.MetricConfig(
               class_name="SparseCategoricalAccuracy",
@@ -50,35 +56,54 @@ def eval_config(min_accuracy: float, max_drop: float) -> tfma.EvalConfig:
       ])])
 
 
+def example_gen(config: PipelineConfig):
+  """The ExampleGen of the configured source."""
+  source = config.source
+  if source.format == data_source.CIFAR10:
+    return Cifar10ExampleGen(input_base=config.data_root)
+  common = dict(input_base=config.data_root, test_fraction=source.test_fraction,
+                unlabeled_base=source.unlabeled_root,
+                skip_bad_images=source.skip_bad_images, fingerprint=source.fingerprint)
+  if source.format == data_source.IMAGE_FOLDER:
+    return ImageFolderExampleGen(**common)
+  return TFRecordImageExampleGen(image_feature=source.image_feature,
+                                 label_feature=source.label_feature, **common)
+
+
 def create_pipeline(config: PipelineConfig,
                     metadata_connection_config: Optional[
                         metadata_store_pb2.ConnectionConfig] = None,
                     beam_pipeline_args: Optional[List[str]] = None
                     ) -> tfx.dsl.Pipeline:
-  example_gen = Cifar10ExampleGen(input_base=config.data_root)
+  examples_gen = example_gen(config)
+  unlabeled = bool(config.source.unlabeled_root)
   statistics_gen = tfx.components.StatisticsGen(
-      examples=example_gen.outputs["examples"])
+      examples=examples_gen.outputs["examples"])
   schema_gen = tfx.components.ImportSchemaGen(schema_file=config.schema_path)
+  # The unlabeled split has no label to check; its images were checked by
+  # ExampleGen, and its statistics are there to look at.
   example_validator = tfx.components.ExampleValidator(
       statistics=statistics_gen.outputs["statistics"],
-      schema=schema_gen.outputs["schema"])
-  anomalies_gate = AnomaliesGate(anomalies=example_validator.outputs["anomalies"])
+      schema=schema_gen.outputs["schema"],
+      exclude_splits=[UNLABELED_SPLIT] if unlabeled else [])
+  anomalies_gate = AnomaliesGate(anomalies=example_validator.outputs["anomalies"],
+                                 statistics=statistics_gen.outputs["statistics"])
 
   # Analyse on train only; the Trainers apply the graph themselves, so the
   # 3,072-float images are not materialised.
   transform = tfx.components.Transform(
-      examples=example_gen.outputs["examples"],
+      examples=examples_gen.outputs["examples"],
       schema=schema_gen.outputs["schema"],
       preprocessing_fn=PREPROCESSING_FN,
       custom_config={names.IMAGE_SIZE_CONFIG_KEY: config.run_config.data.image_size},
-      splits_config=transform_pb2.SplitsConfig(analyze=["train"]),
+      splits_config=transform_pb2.SplitsConfig(analyze=[TRAIN_SPLIT]),
       materialize=False,
       disable_statistics=True)
   transform.add_upstream_node(anomalies_gate)
 
   vertex = config.vertex
 
-  def trainer(run_fn: str, **inputs) -> tfx.components.Trainer:
+  def trainer(run_fn: str, train_splits, **inputs) -> tfx.components.Trainer:
     """Both Trainers read the same examples through the same Transform graph;
     on Google Cloud they run as Vertex AI Training jobs."""
     custom_config = config.trainer_custom_config()
@@ -88,17 +113,19 @@ def create_pipeline(config: PipelineConfig,
       component = tfx.extensions.google_cloud_ai_platform.Trainer
     return component(
         run_fn=run_fn,
-        examples=example_gen.outputs["examples"],
+        examples=examples_gen.outputs["examples"],
         transform_graph=transform.outputs["transform_graph"],
         schema=schema_gen.outputs["schema"],
-        train_args=tfx.proto.TrainArgs(splits=["train"]),
-        eval_args=tfx.proto.EvalArgs(splits=["test"]),
+        train_args=tfx.proto.TrainArgs(splits=train_splits),
+        eval_args=tfx.proto.EvalArgs(splits=[TEST_SPLIT]),
         custom_config=custom_config,
         **inputs)
 
-  mae_trainer = trainer(MAE_RUN_FN).with_id("mae_pretrain")
-  probe_trainer = trainer(
-      PROBE_RUN_FN, base_model=mae_trainer.outputs["model"]).with_id("linear_probe")
+  # The MAE also learns from the unlabeled images; the probe only from labels.
+  mae_trainer = trainer(MAE_RUN_FN, [TRAIN_SPLIT] + [UNLABELED_SPLIT] * unlabeled
+                        ).with_id("mae_pretrain")
+  probe_trainer = trainer(PROBE_RUN_FN, [TRAIN_SPLIT],
+                          base_model=mae_trainer.outputs["model"]).with_id("linear_probe")
 
   model_resolver = tfx.dsl.Resolver(
       strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
@@ -109,10 +136,10 @@ def create_pipeline(config: PipelineConfig,
 
   gate = config.run_config.evaluation
   evaluator = tfx.components.Evaluator(
-      examples=example_gen.outputs["examples"],
+      examples=examples_gen.outputs["examples"],
       model=probe_trainer.outputs["model"],
       baseline_model=model_resolver.outputs["model"],
-      example_splits=["test"],
+      example_splits=[TEST_SPLIT],
       eval_config=eval_config(gate.min_accuracy, gate.max_accuracy_drop))
 
   if vertex:   # a Vertex AI endpoint, serving with a prebuilt TF container
@@ -128,7 +155,7 @@ def create_pipeline(config: PipelineConfig,
   return tfx.dsl.Pipeline(
       pipeline_name=config.pipeline_name,
       pipeline_root=config.pipeline_root,
-      components=[example_gen, statistics_gen, schema_gen, example_validator,
+      components=[examples_gen, statistics_gen, schema_gen, example_validator,
                   anomalies_gate, transform, mae_trainer, probe_trainer,
                   model_resolver, evaluator, pusher],
       enable_cache=config.enable_cache,

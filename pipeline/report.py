@@ -46,23 +46,37 @@ def format_report(metadata_path: str, pipeline_name: str = names.PIPELINE_NAME) 
   total = sum(r["seconds"] for r in rows)
   lines.append(f"{'total':36s} {'':10s} {total:8.1f}")
   by_node = {r["node"]: r for r in rows}
+  gen = next((r for n, r in by_node.items() if n.endswith("ExampleGen")), None)
+  if gen and gen["output_properties"].get("Examples"):
+    props = gen["output_properties"]["Examples"][0]
+    if props.get("bad_images"):
+      lines.append(f"Ingestion: {props['bad_images']} bad image file(s) skipped, listed in "
+                   + os.path.join(gen["outputs"]["Examples"][0], names.BAD_IMAGES_FILE))
   mae = by_node.get("mae_pretrain")
   if mae and mae["outputs"].get("ModelRun"):
     summary = _read_json(os.path.join(mae["outputs"]["ModelRun"][0], names.SUMMARY_FILE))
     if summary and summary["history"]:
       ips = [h["images_per_second"] for h in summary["history"]]
-      lines.append(f"MAE pretraining: {len(ips)} epochs run, final loss "
-                   f"{summary['history'][-1]['loss']:.4f}, "
+      lines.append(f"MAE pretraining: {len(ips)} epochs run on {summary.get('train_examples')} "
+                   f"images, final loss {summary['history'][-1]['loss']:.4f}, "
                    f"{sorted(ips)[len(ips) // 2]:.0f} img/s (median epoch)")
+  probe = by_node.get("linear_probe")
+  if probe and probe["outputs"].get("ModelRun"):
+    summary = _read_json(os.path.join(probe["outputs"]["ModelRun"][0], names.SUMMARY_FILE))
+    if summary and "knn_accuracy" in summary:
+      lines.append(f"Linear probe on {summary['train_examples']} train images, "
+                   f"{summary.get('classes', '?')} classes: test linear "
+                   f"{summary['eval_accuracy']:.4f}, {summary['knn_k']}-NN "
+                   f"{summary['knn_accuracy']:.4f}")
   evaluator = by_node.get("Evaluator")
   if evaluator and evaluator["outputs"].get("ModelEvaluation"):
     acc = tfma_accuracy(evaluator["outputs"]["ModelEvaluation"][0])
     if "overall" in acc:
       lines.append(f"Linear probe test accuracy (TFMA): {acc['overall']:.4f}")
-    per_label = {k: v for k, v in acc.items() if k != "overall"}
-    if per_label:
-      lines.append("  per label: " + ", ".join(
-          f"{k.split('=')[1]}: {v:.3f}" for k, v in sorted(per_label.items())))
+    per_class = {k.split("=", 1)[1]: v for k, v in acc.items() if k != "overall"}
+    if per_class:
+      lines.append("  per class: " + ", ".join(
+          f"{k}: {v:.3f}" for k, v in sorted(per_class.items())))
   if evaluator and evaluator["outputs"].get("ModelBlessing"):
     blessed = os.path.exists(os.path.join(evaluator["outputs"]["ModelBlessing"][0],
                                           "BLESSED"))

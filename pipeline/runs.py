@@ -1,5 +1,5 @@
 """Pipeline runs as MLMD recorded them: each execution's state, wall time and
-output artifacts, and the newest run's Examples and Transform graph.
+output artifacts, and the newest run's Examples, Transform graph and schema.
 
 Reads the SQLite MLMD database a local run writes (`names.metadata_path`)
 with ml_metadata alone, so the report, batch embedding, the benchmarks and
@@ -73,13 +73,32 @@ def last_run_nodes(metadata_path: str,
   return {r["node"]: r for r in last_run_executions(metadata_path, pipeline_name)}
 
 
+def _example_gen(rows: Dict[str, Dict]) -> Dict:
+  """The newest run's ExampleGen row (whichever source it ingested)."""
+  found = [r for node, r in rows.items() if node.endswith("ExampleGen")]
+  if not found:
+    raise KeyError("ExampleGen")
+  return found[0]
+
+
 def pipeline_inputs(metadata_path: str,
                     pipeline_name: str = names.PIPELINE_NAME) -> Tuple[str, str]:
   """(Examples uri, TransformGraph uri) of the newest run."""
   rows = last_run_nodes(metadata_path, pipeline_name)
   try:
-    return (rows["Cifar10ExampleGen"]["outputs"]["Examples"][0],
+    return (_example_gen(rows)["outputs"]["Examples"][0],
             rows["Transform"]["outputs"]["TransformGraph"][0])
   except KeyError as e:
     raise SystemExit(f"{metadata_path} has no completed ExampleGen/Transform run "
                      f"({e}); run `make pipeline` first") from e
+
+
+def schema_file(metadata_path: str, pipeline_name: str = names.PIPELINE_NAME) -> str:
+  """The schema file the newest run was held to (it names the classes)."""
+  rows = last_run_nodes(metadata_path, pipeline_name)
+  try:
+    uri = rows["ImportSchemaGen"]["outputs"]["Schema"][0]
+  except KeyError as e:
+    raise SystemExit(f"{metadata_path} has no completed schema in its newest run "
+                     f"({e}); run `make pipeline` first") from e
+  return os.path.join(uri, "schema.pbtxt")

@@ -8,7 +8,8 @@
 The same `create_pipeline` as the local runner, compiled by TFX's
 KubeflowV2DagRunner to a PipelineJob JSON whose every step runs this
 project's container image. Cloud variants, from `VertexConfig`: Trainers as
-Vertex AI Training jobs (worker pool with GPUs), Beam components on Dataflow,
+Vertex AI Training jobs (worker pool with GPUs), Beam components on Dataflow
+(ExampleGen reads the images in Dataflow's workers),
 the Pusher deploying to a Vertex AI endpoint. Every flag also has a
 MAE_TFX_<FLAG> environment variable. Values are fixed at compile time: no
 RuntimeParameters (see tensorflow/tfx issue 7733 for TFX 1.16).
@@ -22,10 +23,11 @@ import sys
 from typing import Dict, Optional
 
 from models import names
-from pipeline import configs
+from pipeline import configs, data_source
 from pipeline.pipeline import create_pipeline
 
 DEFAULT_SPEC = "mae-tfx-vertex.json"
+CONTAINER_PROJECT_DIR = "/mae-tfx"      # the Dockerfile's WORKDIR
 
 
 def vertex_config(args: argparse.Namespace) -> configs.VertexConfig:
@@ -41,12 +43,29 @@ def pipeline_config(args: argparse.Namespace) -> configs.PipelineConfig:
   if vertex.accelerator_count > 1:   # all GPUs of the worker: one replica each
     overrides.setdefault("runtime", {}).setdefault("strategy", "mirrored")
   bucket = vertex.bucket.rstrip("/")
+  source = configs.source_config(args, args.data_format)
+  if source.format != data_source.CIFAR10 and not (args.data and args.schema):
+    raise ValueError(f"--data-format {source.format} needs --data (its gs:// folder) and "
+                     "--schema (the dataset's reviewed schema: a local run writes one)")
   return configs.PipelineConfig(
       data_root=args.data or f"{bucket}/data/cifar-10-batches-py",
+      source=source, schema_path=container_path(args.schema or names.SCHEMA_PATH),
       output_dir=f"{bucket}/{names.PIPELINE_NAME}",
       profile=args.profile, overrides=overrides,
       enable_cache=not args.no_cache, vertex=vertex,
       beam_pipeline_args=vertex.beam_pipeline_args(f"{bucket}/tmp"))
+
+
+def container_path(path: str) -> str:
+  """Where the image (Dockerfile: WORKDIR /mae-tfx, schemas/ copied) holds a
+  file of this project; a gs:// path as it is."""
+  if "://" in path:
+    return path
+  relative = os.path.relpath(os.path.abspath(path), names.PROJECT_DIR)
+  if relative.startswith(".."):
+    raise ValueError(f"{path} is outside the project, so not in its image: put it "
+                     "under schemas/ (and rebuild the image) or on gs://")
+  return f"{CONTAINER_PROJECT_DIR}/{relative}"
 
 
 def compile_pipeline(config: configs.PipelineConfig, output_path: str) -> str:
@@ -115,7 +134,10 @@ def parse_args(argv):
   p.add_argument("--profile", default=os.environ.get(names.PROFILE_ENV, "full"))
   p.add_argument("--overrides", default="{}", help="JSON {section: {field: value}}")
   p.add_argument("--data", default=None,
-                 help="cifar-10-batches-py/ on GCS (default <bucket>/data/cifar-10-batches-py)")
+                 help="the data on GCS (default <bucket>/data/cifar-10-batches-py)")
+  p.add_argument("--data-format", default=data_source.CIFAR10, choices=data_source.FORMATS,
+                 help="what --data holds (a gs:// folder is not listed when compiling)")
+  configs.add_source_arguments(p)
   p.add_argument("--no-cache", action="store_true")
   for field in dataclasses.fields(configs.VertexConfig):
     flag = "--" + field.name.replace("_", "-")

@@ -25,32 +25,25 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from models import names
+from models import image_files, names
 from models.examples import read_examples
 from models.names import EMBED_EXAMPLES, SERVING_DEFAULT
 from serving.embeddings import EmbeddingsFile
 from serving.model_store import LoadedModel, load_version
-
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
-
 
 class BadImages(ValueError):
   pass
 
 
 def list_images(root: str) -> Tuple[List[str], List[str], List[str]]:
-  """(paths, ids, labels) of the images under `root`, sorted by id."""
+  """(paths, ids, labels) of the images under `root`, sorted by id; hidden
+  files and folders and files without an image extension are left out."""
   if not os.path.isdir(root):
     raise FileNotFoundError(f"{root} is not a directory")
-  found = []
-  for directory, _, files in os.walk(root):
-    for name in files:
-      if name.lower().endswith(IMAGE_EXTENSIONS):
-        found.append(os.path.relpath(os.path.join(directory, name), root))
+  found = image_files.list_images(root, recursive=True)     # '/'-separated ids
   if not found:
-    raise FileNotFoundError(f"no {'/'.join(IMAGE_EXTENSIONS)} files under {root}")
-  found.sort()
-  labels = [rel.split(os.sep)[0] if os.sep in rel else "" for rel in found]
+    raise FileNotFoundError(f"no {'/'.join(image_files.IMAGE_EXTENSIONS)} files under {root}")
+  labels = [rel.split("/")[0] if "/" in rel else "" for rel in found]
   return [os.path.join(root, rel) for rel in found], found, labels
 
 

@@ -29,6 +29,12 @@ def write_batch_file(path, images, labels, batch_label=b"test batch"):
                 f, protocol=2)
 
 
+def cifar10_class_names():
+  """The CIFAR-10 class names, id order, as the curated schema lists them."""
+  from models import schema
+  return schema.class_names(schema.read_schema(names.SCHEMA_PATH))
+
+
 def write_cifar_dir(root, train, test, batches=5):
   """Writes a cifar-10-batches-py/ folder; train/test are (images, labels)."""
   os.makedirs(root, exist_ok=True)
@@ -38,7 +44,7 @@ def write_cifar_dir(root, train, test, batches=5):
   write_batch_file(os.path.join(root, "test_batch"), *test, b"testing batch 1 of 1")
   with open(os.path.join(root, "batches.meta"), "wb") as f:
     pickle.dump({b"num_cases_per_batch": len(train[1]) // batches,
-                 b"label_names": [b"c%d" % i for i in range(10)],
+                 b"label_names": [n.encode() for n in cifar10_class_names()],
                  b"num_vis": 3072}, f, protocol=2)
   return root
 
@@ -84,6 +90,67 @@ def jpeg_bytes(image, size=None):
   return buf.getvalue()
 
 
+def save_image(image, path, size=None, mode=None):
+  """Writes a uint8 RGB image to `path` in the format its suffix names,
+  resized to `size` (w, h) and converted to `mode` (e.g. "L", "RGBA")."""
+  from PIL import Image
+  img = Image.fromarray(np.asarray(image, np.uint8))
+  if size:
+    img = img.resize(size)
+  if mode:
+    img = img.convert(mode)
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  img.save(path)
+  return path
+
+
+# Real CIFAR-10 images written as files: sizes, formats and channel counts
+# vary with the index, as in a folder of photos people collected.
+_VARIANTS = [("png", None, None), ("jpg", (48, 40), None), ("png", (64, 64), "L"),
+             ("png", (40, 56), "RGBA"), ("jpeg", (96, 72), None), ("bmp", None, None),
+             ("gif", (36, 36), None), ("JPG", None, "L")]
+
+
+def write_image_files(folder, images, prefix="img"):
+  """Writes the images into `folder` in the rotating _VARIANTS; returns the paths."""
+  paths = []
+  for i, image in enumerate(images):
+    ext, size, mode = _VARIANTS[i % len(_VARIANTS)]
+    paths.append(save_image(image, os.path.join(folder, f"{prefix}{i:04d}.{ext}"),
+                            size, mode))
+  return paths
+
+
+IMAGE_FOLDER_CLASSES = (0, 3, 8)      # airplane, cat, ship
+
+
+@pytest.fixture(scope="session")
+def image_folder(cifar10_sample, tmp_path_factory):
+  """<root>/<class>/<image> of real CIFAR-10 images of three classes (train and
+  test sample together, ~130 files) in several sizes and formats, grayscale and
+  RGBA among them, plus a corrupt JPEG, a .DS_Store and a README.txt; and an
+  unlabeled folder (nested) of images of the other classes."""
+  (train, train_labels), (test, test_labels) = cifar10_sample
+  images = np.concatenate([train, test])
+  labels = np.concatenate([train_labels, test_labels])
+  names_ = cifar10_class_names()
+  root = tmp_path_factory.mktemp("image_folder") / "photos"
+  for c in IMAGE_FOLDER_CLASSES:
+    write_image_files(str(root / names_[c]), images[labels == c])
+  with open(root / names_[3] / "broken.jpg", "wb") as f:   # a truncated JPEG
+    f.write(jpeg_bytes(images[0], size=(64, 64))[:300])
+  (root / names_[0] / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+  (root / "README.txt").write_text("photos sorted by class\n")
+  (root / names_[8] / "notes.txt").write_text("not an image\n")
+  unlabeled = tmp_path_factory.mktemp("unlabeled") / "more_photos"
+  others = images[~np.isin(labels, IMAGE_FOLDER_CLASSES)][:64]
+  write_image_files(str(unlabeled / "a"), others[:32], "u")
+  write_image_files(str(unlabeled / "b" / "deeper"), others[32:], "v")
+  (unlabeled / ".hidden").mkdir()
+  save_image(others[0], str(unlabeled / ".hidden" / "skip_me.png"))
+  return str(root), str(unlabeled)
+
+
 def raw_feature_spec():
   """The raw feature spec the curated schema gives (what Transform parses)."""
   from tensorflow_transform.tf_metadata import schema_utils
@@ -103,7 +170,9 @@ def analyze_and_write_transform(images, labels, out_dir):
   from models.preprocessing import preprocessing_fn
 
   metadata = dataset_metadata.DatasetMetadata.from_feature_spec(raw_feature_spec())
-  rows = [{"image": [png_bytes(img)], "label": [int(lab)]}
+  class_names = cifar10_class_names()
+  rows = [{"image": [png_bytes(img)], "label": [int(lab)],
+           "class_name": [class_names[int(lab)].encode()]}
           for img, lab in zip(images, labels)]
   with beam.Pipeline() as p, tft_beam.Context(temp_dir=os.path.join(out_dir, "tmp")):
     raw = p | beam.Create(rows)
@@ -143,20 +212,23 @@ def export_random_classifier(tf_transform_output, export_dir, feature_blocks=1, 
   from models.signatures import export_saved_model
   tf.keras.utils.set_random_seed(seed)
   cfg = config_lib.get_profile("smoke").model
+  class_names = cifar10_class_names()
   classifier = ProbeClassifier(MaskedAutoencoder(cfg).build_for().encoder,
-                               build_probe_head(cfg.embed_dim), feature_blocks)
+                               build_probe_head(cfg.embed_dim, len(class_names)),
+                               class_names, feature_blocks)
   export_saved_model(classifier, tf_transform_output, str(export_dir))
   return classifier
 
 
 def write_examples(path, images, labels):
-  """Writes GZIP TFRecords of {image: PNG, label} tf.Examples, as ExampleGen does."""
+  """Writes GZIP TFRecords of {image: PNG, label, class_name} tf.Examples, as
+  ExampleGen does."""
+  from models.examples import image_example
+  class_names = cifar10_class_names()
   with tf.io.TFRecordWriter(str(path), options="GZIP") as writer:
     for image, label in zip(images, labels):
-      writer.write(tf.train.Example(features=tf.train.Features(feature={
-          "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[png_bytes(image)])),
-          "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(label)])),
-      })).SerializeToString())
+      writer.write(image_example(png_bytes(image), int(label),
+                                 class_names[int(label)]).SerializeToString())
   return [str(path)]
 
 

@@ -14,7 +14,7 @@ from PIL import Image
 from components import cifar10_example_gen as eg
 from models import cifar10
 from pipeline import data_source
-from tests.conftest import write_batch_file, write_cifar_dir
+from tests.conftest import cifar10_class_names, write_batch_file, write_cifar_dir
 
 
 @pytest.fixture
@@ -52,11 +52,14 @@ def test_beam_transform_emits_lossless_png_examples(tiny_dir, cifar10_sample, tm
   expected = {train[i].tobytes(): int(train_labels[i]) for i in range(20)}
   for ex in train_examples:
     f = ex.features.feature
-    assert set(f) == {"image", "label"}
+    assert set(f) == {"image", "label", "class_name"}
     png = f["image"].bytes_list.value[0]
     assert png.startswith(b"\x89PNG")
     pixels = np.asarray(Image.open(io.BytesIO(png)))
-    assert expected[pixels.tobytes()] == f["label"].int64_list.value[0]
+    label = f["label"].int64_list.value[0]
+    assert expected[pixels.tobytes()] == label
+    # The name batches.meta gives the id, as the curated schema lists them.
+    assert f["class_name"].bytes_list.value[0].decode() == cifar10_class_names()[label]
 
 
 def test_truncated_batch_file_is_named(tmp_path, cifar10_sample):

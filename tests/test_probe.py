@@ -10,6 +10,7 @@ from models import data
 from models.engine_probe import KNN_K, extract_features, linear_probe
 from models.evaluation import evaluate_knn
 from models.mae import MaskedAutoencoder
+from tests.conftest import cifar10_class_names
 
 
 @pytest.fixture(scope="module")
@@ -35,10 +36,12 @@ def test_reported_accuracies_are_the_returned_classifiers(example_files, transfo
                                                           encoder, cifar10_sample, tmp_path):
   train_files, test_files = example_files
   cfg = config_lib.get_profile("smoke")
-  result = linear_probe(cfg, encoder, data.transformed_batches(train_files, transform_output),
+  result = linear_probe(cfg, encoder, cifar10_class_names(),
+                        data.transformed_batches(train_files, transform_output),
                         data.transformed_batches(test_files, transform_output), str(tmp_path))
   s = result.summary
-  assert (s["train_examples"], s["eval_examples"], s["knn_k"]) == (320, 100, KNN_K)
+  assert (s["train_examples"], s["eval_examples"], s["knn_k"], s["classes"]) == (
+      320, 100, KNN_K, 10)
   assert len(s["history"]) == cfg.probe.epochs
   _, (test_images, test_labels) = cifar10_sample
   images, _ = data.load_transformed(test_files, transform_output)
@@ -49,3 +52,13 @@ def test_reported_accuracies_are_the_returned_classifiers(example_files, transfo
   test_x, test_y = extract_features(result.classifier.embed,
                                     data.transformed_batches(test_files, transform_output))
   assert s["knn_accuracy"] == evaluate_knn(train_x, train_y, test_x, test_y, k=KNN_K)
+
+
+def test_labels_outside_the_classes_are_refused(example_files, transform_output, encoder,
+                                                tmp_path):
+  train_files, test_files = example_files
+  with pytest.raises(ValueError, match=r"train labels span \[0, 9\], outside the 3 "
+                                       r"classes \[0, 2\]"):
+    linear_probe(config_lib.get_profile("smoke"), encoder, ["a", "b", "c"],
+                 data.transformed_batches(train_files, transform_output),
+                 data.transformed_batches(test_files, transform_output), str(tmp_path))

@@ -178,3 +178,22 @@ def test_dockerfile_and_cloudbuild_install_this_project_with_the_pins():
   with open(os.path.join(names.PROJECT_DIR, "cloudbuild.yaml")) as f:
     cloudbuild = f.read()
   assert '["build", "-t", "${_IMAGE}", "."]' in cloudbuild and 'images: ["${_IMAGE}"]' in cloudbuild
+
+
+def test_an_image_folder_on_gcs_compiles(tmp_path):
+  """The folder is not listed when compiling (no credentials needed): its
+  format is given, its reviewed schema is the image's copy under schemas/."""
+  spec, _ = _compile(tmp_path, "--data", "gs://test-bucket/photos", "--data-format",
+                     "image_folder", "--schema", names.SCHEMA_PATH,
+                     "--unlabeled", "gs://test-bucket/unlabeled", "--skip-bad-images")
+  params = _parameters(spec, "ImageFolderExampleGen")
+  assert params["input_base"] == "gs://test-bucket/photos"
+  options = json.loads(params["custom_config"])["custom_config"]["value"]
+  assert options["unlabeled_base"] == "gs://test-bucket/unlabeled"
+  assert options["skip_bad_images"] is True
+  assert _parameters(spec, "ImportSchemaGen")["schema_file"] == "/mae-tfx/schemas/schema.pbtxt"
+  # The MAE pretrains on the unlabeled split too; the probe on train only.
+  assert "unlabeled" in json.dumps(_parameters(spec, "mae_pretrain")["train_args"])
+  assert "unlabeled" not in json.dumps(_parameters(spec, "linear_probe")["train_args"])
+  with pytest.raises(ValueError, match="needs --data .* and --schema"):
+    _compile(tmp_path, "--data-format", "image_folder")

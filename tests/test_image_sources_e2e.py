@@ -1,0 +1,204 @@
+"""Your own images through the real DAG (BeamDagRunner, SQLite MLMD, TFMA):
+a folder of real photos-like files of several sizes and formats with a
+corrupt one, an unlabeled folder, TFRecords, and the gate on bad layouts."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from models import image_files, names, schema
+from models.names import CLASSIFY_EXAMPLES, SERVING_DEFAULT
+from pipeline import local_runner, report, runs
+from tests.conftest import (IMAGE_FOLDER_CLASSES, cifar10_class_names, jpeg_bytes,
+                            png_bytes, save_image)
+
+
+def _run(*flags, output):
+  return local_runner.main(["--profile", "smoke", "--output-dir", str(output), *flags])
+
+
+def _rows(config):
+  return runs.last_run_nodes(config.metadata_path, config.pipeline_name)
+
+
+def _states(config):
+  return {n: r["state"] for n, r in _rows(config).items()}
+
+
+def _summary(config, node):
+  with open(os.path.join(_rows(config)[node]["outputs"]["ModelRun"][0],
+                         names.SUMMARY_FILE)) as f:
+    return json.load(f)
+
+
+def _pushed(config):
+  versions = names.pushed_versions(os.listdir(config.serving_model_dir))
+  return os.path.join(config.serving_model_dir, str(versions[-1]))
+
+
+def _example(image_bytes):
+  return tf.train.Example(features=tf.train.Features(feature={
+      "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[image_bytes]))
+  })).SerializeToString()
+
+
+@pytest.fixture(scope="module")
+def folder_run(image_folder, tmp_path_factory):
+  """The smoke DAG on the image folder with its unlabeled folder, skipping the
+  corrupt file, as a user runs it (`make pipeline DATA=... UNLABELED=...`)."""
+  root, unlabeled = image_folder
+  out = tmp_path_factory.mktemp("folder_run")
+  return _run("--data", root, "--unlabeled", unlabeled, "--skip-bad-images",
+              "--schema", str(out / "schema" / "schema.pbtxt"), output=out / "out")
+
+
+def test_image_folder_trains_blesses_and_pushes(folder_run, image_folder):
+  states = _states(folder_run)
+  assert "ImageFolderExampleGen" in states
+  assert all(s == "COMPLETE" for s in states.values()), states
+  root, _ = image_folder
+  layout = image_files.detect_layout(root)
+  # The schema was generated once, for review, from the folder's classes.
+  assert schema.class_names(schema.read_schema(folder_run.schema_path)) == layout.class_names
+  text = report.format_report(folder_run.metadata_path, folder_run.pipeline_name)
+  assert "Blessed: True" in text and "per class: airplane:" in text
+  assert "1 bad image file(s) skipped" in text
+
+
+def test_the_corrupt_file_is_skipped_counted_and_listed(folder_run):
+  gen = _rows(folder_run)["ImageFolderExampleGen"]
+  assert gen["output_properties"]["Examples"][0]["bad_images"] == 1
+  assert json.loads(gen["output_properties"]["Examples"][0]["class_names"]) == [
+      "airplane", "cat", "ship"]
+  with open(os.path.join(gen["outputs"]["Examples"][0], names.BAD_IMAGES_FILE)) as f:
+    lines = f.read().splitlines()
+  assert len(lines) == 1 and "/cat/broken.jpg: not a readable image" in lines[0]
+
+
+def test_unlabeled_images_reach_pretraining_only(folder_run, image_folder):
+  root, _ = image_folder
+  layout = image_files.detect_layout(root)
+  train = len(layout.files["train"]) - sum(
+      rel.endswith("broken.jpg") for rel, _ in layout.files["train"])
+  assert _summary(folder_run, "mae_pretrain")["train_examples"] == train + 64
+  probe = _summary(folder_run, "linear_probe")
+  assert probe["train_examples"] == train and probe["classes"] == 3
+  examples = _rows(folder_run)["ImageFolderExampleGen"]["outputs"]["Examples"][0]
+  assert set(os.listdir(examples)) == {names.BAD_IMAGES_FILE, "Split-test", "Split-train",
+                                       "Split-unlabeled"}
+
+
+def test_pushed_model_embeds_any_image_and_names_classes(folder_run, cifar10_sample):
+  path = _pushed(folder_run)
+  with open(os.path.join(path, "assets", names.CLASS_NAMES_FILE)) as f:
+    assert f.read().splitlines() == ["airplane", "cat", "ship"]
+  model = tf.saved_model.load(path)
+  (train, labels), _ = cifar10_sample
+  images = [train[labels == c][0] for c in IMAGE_FOLDER_CLASSES]
+  emb = model.signatures[SERVING_DEFAULT](image_bytes=tf.constant(
+      [png_bytes(images[0]), jpeg_bytes(images[1], size=(120, 90))]))["embedding"]
+  assert emb.shape == (2, folder_run.run_config.model.embed_dim)
+  out = model.signatures[CLASSIFY_EXAMPLES](
+      examples=tf.constant([_example(png_bytes(i)) for i in images]))
+  probs, classes = out["probabilities"].numpy(), out["class_name"].numpy()
+  assert probs.shape == (3, 3)
+  names_ = np.array(["airplane", "cat", "ship"])
+  assert [c.decode() for c in classes] == list(names_[probs.argmax(1)])
+
+
+def test_tfma_slices_by_class_name(folder_run):
+  rows = _rows(folder_run)
+  accuracy = report.tfma_accuracy(rows["Evaluator"]["outputs"]["ModelEvaluation"][0])
+  assert set(accuracy) == {"overall"} | {f"class_name={c}" for c in ("airplane", "cat", "ship")}
+
+
+def test_rerun_is_served_from_cache(folder_run):
+  local_runner.run(folder_run)
+  states = _states(folder_run)
+  assert states["ImageFolderExampleGen"] == "CACHED" and states["mae_pretrain"] == "CACHED"
+
+
+def test_a_bad_image_stops_the_run_naming_the_file(image_folder, tmp_path):
+  root, _ = image_folder
+  with pytest.raises(Exception, match=r"/cat/broken\.jpg: not a readable image"):
+    _run("--data", root, "--schema", str(tmp_path / "schema.pbtxt"), output=tmp_path / "out")
+  config_rows = runs.last_run_nodes(names.metadata_path(str(tmp_path / "out")))
+  assert config_rows["ImageFolderExampleGen"]["state"] == "FAILED"
+  assert "mae_pretrain" not in config_rows
+  assert not os.path.exists(names.serving_model_dir(str(tmp_path / "out")))
+
+
+def _write_records(path, items, image_key="img", label_key="y", gzip=False):
+  with tf.io.TFRecordWriter(str(path), options="GZIP" if gzip else None) as w:
+    for image, label in items:
+      feature = {label_key: tf.train.Feature(int64_list=tf.train.Int64List(value=[label]))}
+      if image is not None:
+        feature[image_key] = tf.train.Feature(bytes_list=tf.train.BytesList(value=[image]))
+      w.write(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
+
+
+def test_tfrecord_source_with_its_own_feature_names(tmp_path, cifar10_sample):
+  (train, train_labels), (test, test_labels) = cifar10_sample
+  root = tmp_path / "records"
+  (root / "train").mkdir(parents=True)
+  (root / "test").mkdir()
+  keep = np.isin(train_labels, (1, 9))
+  items = [(jpeg_bytes(i, size=(48, 48)), int(y == 9)) for i, y in
+           zip(train[keep], train_labels[keep])]
+  _write_records(root / "train" / "part-0.tfrecord.gz", items[:40], gzip=True)
+  _write_records(root / "train" / "part-1.tfrecord", items[40:])
+  keep = np.isin(test_labels, (1, 9))
+  _write_records(root / "test" / "part-0.tfrecord",
+                 [(png_bytes(i), int(y == 9)) for i, y in zip(test[keep], test_labels[keep])])
+  (root / "class_names.txt").write_text("automobile\ntruck\n")
+  config = _run("--data", str(root), "--image-feature", "img", "--label-feature", "y",
+                "--schema", str(tmp_path / "schema.pbtxt"), output=tmp_path / "out")
+  states = _states(config)
+  assert "TFRecordImageExampleGen" in states
+  assert all(s == "COMPLETE" for s in states.values()), states
+  assert _summary(config, "linear_probe")["train_examples"] == len(items)
+  model = tf.saved_model.load(_pushed(config))
+  out = model.signatures[CLASSIFY_EXAMPLES](examples=tf.constant([_example(png_bytes(test[0]))]))
+  assert out["class_name"].numpy()[0].decode() in ("automobile", "truck")
+
+
+def _assert_stopped_at_the_gate(config_dir):
+  rows = runs.last_run_nodes(names.metadata_path(str(config_dir)))
+  assert rows["AnomaliesGate"]["state"] == "FAILED"
+  assert "Transform" not in rows and "mae_pretrain" not in rows
+
+
+def test_gate_stops_a_test_class_absent_from_train(tmp_path, cifar10_sample):
+  (train, labels), _ = cifar10_sample
+  names_ = cifar10_class_names()
+  for split, classes in (("train", (0, 1)), ("test", (0, 1, 2))):
+    for c in classes:
+      for i, image in enumerate(train[labels == c][:12]):
+        save_image(image, str(tmp_path / "data" / split / names_[c] / f"{i}.png"))
+  with pytest.raises(Exception, match=r"split 'test', feature 'class_name': classes absent "
+                                      r"from split 'train': \['bird'\]"):
+    _run("--data", str(tmp_path / "data"), "--schema", str(tmp_path / "schema.pbtxt"),
+         output=tmp_path / "out")
+  _assert_stopped_at_the_gate(tmp_path / "out")
+
+
+def test_gate_stops_an_empty_split_and_a_missing_image_feature(tmp_path, cifar10_sample):
+  (train, labels), _ = cifar10_sample
+  root = tmp_path / "records"
+  (root / "train").mkdir(parents=True)
+  (root / "test").mkdir()
+  # The train records carry their image under another name than --image-feature;
+  # the test file holds no record.
+  _write_records(root / "train" / "a.tfrecord",
+                 [(png_bytes(i), int(y)) for i, y in zip(train[:40], labels[:40])],
+                 image_key="picture")
+  _write_records(root / "test" / "a.tfrecord", [])
+  with pytest.raises(Exception) as error:
+    _run("--data", str(root), "--image-feature", "img", "--label-feature", "y",
+         "--schema", str(tmp_path / "schema.pbtxt"), output=tmp_path / "out")
+  assert "split 'test' is empty: no examples" in str(error.value)
+  assert "split 'train', feature 'image': SCHEMA_MISSING_COLUMN" in str(error.value)
+  _assert_stopped_at_the_gate(tmp_path / "out")
