@@ -21,7 +21,7 @@ import tensorflow as tf
 from models import config as config_lib
 from models import training
 from models.evaluation import evaluate_knn
-from models.linear_probe import ProbeClassifier, build_probe_head
+from models.linear_probe import FEATURE_BN, ProbeClassifier, build_probe_head
 from models.mae import Encoder
 
 PROBE_STEPS_PER_EXECUTION = 32
@@ -54,6 +54,13 @@ def train_probe(cfg: config_lib.ProbeConfig, num_classes: int, train_features, t
                        f"outside the {num_classes} classes [0, {num_classes - 1}]")
   tf.keras.utils.set_random_seed(seed)
   head = build_probe_head(train_features.shape[1], num_classes)
+  # The BatchNorm's moving statistics (what inference uses) start at the
+  # features' exact mean and variance instead of 0 and 1: their moving
+  # average forgets its start only after a few hundred steps, and a small
+  # data set trains fewer, so with features far from zero mean the start
+  # would decide the predictions.
+  head.get_layer(FEATURE_BN).set_weights(
+      [train_features.mean(0), train_features.var(0)])
   steps_per_epoch = int(np.ceil(len(train_features) / cfg.batch_size))
   schedule = training.WarmupCosine(
       training.scaled_lr(cfg.base_lr, cfg.batch_size),

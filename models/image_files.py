@@ -104,6 +104,10 @@ def detect_layout(root: str, test_fraction: float = 0.2) -> FolderLayout:
   if not tf.io.gfile.isdir(root):
     raise ValueError(f"{root}: not a folder")
   top = _subfolders(root)
+  if len(set(SPLIT_FOLDERS) & set(top)) == 1:
+    raise ValueError(f"{root}: has {'train' if 'train' in top else 'test'}/ but no "
+                     f"{'test' if 'train' in top else 'train'}/: give both split folders, "
+                     "or class folders directly under the root to split by hash")
   if set(SPLIT_FOLDERS) <= set(top):
     per_split = {s: {c: list_images(join_path(root, s, c)) for c in _subfolders(join_path(root, s))}
                  for s in SPLIT_FOLDERS}

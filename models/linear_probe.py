@@ -13,11 +13,14 @@ import tensorflow as tf
 from models.mae import Encoder
 
 
+FEATURE_BN = "feature_bn"
+
+
 def build_probe_head(feature_dim: int, num_classes: int) -> tf.keras.Model:
   """[B, D] features -> [B, num_classes] logits."""
   features = tf.keras.Input([feature_dim], name="features")
   x = tf.keras.layers.BatchNormalization(center=False, scale=False,
-                                         epsilon=1e-6, name="feature_bn")(features)
+                                         epsilon=1e-6, name=FEATURE_BN)(features)
   logits = tf.keras.layers.Dense(
       num_classes, name="classifier",
       kernel_initializer=tf.keras.initializers.TruncatedNormal(stddev=0.01))(x)

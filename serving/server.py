@@ -155,18 +155,33 @@ async def predict(request: web.Request) -> web.Response:
                            headers={"X-Model-Version": str(model.version)})
 
 
+def _json_values(array) -> object:
+  """An output (or one instance's) as JSON values; strings (e.g.
+  classify_examples' class_name) as UTF-8 text, as TF Serving returns them."""
+  array = np.asarray(array)
+  values = array.tolist()
+  if array.dtype.kind not in ("S", "O"):
+    return values
+
+  def text(v):
+    if isinstance(v, list):
+      return [text(x) for x in v]
+    return v.decode("utf-8", "replace") if isinstance(v, bytes) else v
+  return text(values)
+
+
 def _format_outputs(outputs: Dict[str, np.ndarray], columnar: bool) -> Dict:
   """TF Serving's response: one output -> a list of values per instance;
   several -> a dict per instance (`outputs` instead for columnar requests)."""
   if columnar:
     if len(outputs) == 1:
-      return {"outputs": next(iter(outputs.values())).tolist()}
-    return {"outputs": {k: v.tolist() for k, v in outputs.items()}}
+      return {"outputs": _json_values(next(iter(outputs.values())))}
+    return {"outputs": {k: _json_values(v) for k, v in outputs.items()}}
   if len(outputs) == 1:
-    return {"predictions": next(iter(outputs.values())).tolist()}
+    return {"predictions": _json_values(next(iter(outputs.values())))}
   names = sorted(outputs)
   n = len(outputs[names[0]])
-  return {"predictions": [{k: outputs[k][i].tolist() for k in names} for i in range(n)]}
+  return {"predictions": [{k: _json_values(outputs[k][i]) for k in names} for i in range(n)]}
 
 
 async def neighbors(request: web.Request) -> web.Response:

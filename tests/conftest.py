@@ -125,7 +125,7 @@ IMAGE_FOLDER_CLASSES = (0, 3, 8)      # airplane, cat, ship
 
 
 @pytest.fixture(scope="session")
-def image_folder(cifar10_sample, tmp_path_factory):
+def photo_folder(cifar10_sample, tmp_path_factory):
   """<root>/<class>/<image> of real CIFAR-10 images of three classes (train and
   test sample together, ~130 files) in several sizes and formats, grayscale and
   RGBA among them, plus a corrupt JPEG, a .DS_Store and a README.txt; and an

@@ -28,8 +28,8 @@ def test_hash_split_is_stable_across_processes_and_near_its_fraction():
   assert [image_files.hash_split(p, 0.2) for p in paths[:100]] == here[:100]
 
 
-def test_class_folders_ignore_hidden_and_non_image_files(image_folder):
-  root, _ = image_folder
+def test_class_folders_ignore_hidden_and_non_image_files(photo_folder):
+  root, _ = photo_folder
   layout = image_files.detect_layout(root)
   names = cifar10_class_names()
   assert layout.kind == image_files.CLASS_FOLDERS
@@ -64,10 +64,13 @@ def test_a_folder_without_class_folders_is_refused(tmp_path, cifar10_sample):
   with pytest.raises(ValueError, match=r"no class folder holds images .* expected "
                                        r"<root>/<class>/<image>"):
     image_files.detect_layout(str(tmp_path))
+  save_image(images[0], str(tmp_path / "train" / "cat" / "a.png"))
+  with pytest.raises(ValueError, match=r"has train/ but no test/"):
+    image_files.detect_layout(str(tmp_path))
 
 
-def test_every_format_and_channel_count_decodes_to_rgb(image_folder):
-  root, unlabeled = image_folder
+def test_every_format_and_channel_count_decodes_to_rgb(photo_folder):
+  root, unlabeled = photo_folder
   layout = image_files.detect_layout(root)
   paths = [os.path.join(root, rel) for split in layout.files.values() for rel, _ in split
            if not rel.endswith("broken.jpg")]
@@ -86,8 +89,8 @@ def test_every_format_and_channel_count_decodes_to_rgb(image_folder):
     assert image_files.read_image(gray) == f.read()
 
 
-def test_unlabeled_images_are_found_at_any_depth_skipping_hidden_folders(image_folder):
-  _, unlabeled = image_folder
+def test_unlabeled_images_are_found_at_any_depth_skipping_hidden_folders(photo_folder):
+  _, unlabeled = photo_folder
   files = image_files.list_images(unlabeled, recursive=True)
   assert len(files) == 64
   assert any(f.startswith("b/deeper/") for f in files)
@@ -124,8 +127,8 @@ def test_folder_fingerprint_changes_with_any_file(tmp_path, cifar10_sample):
   assert image_files.folder_fingerprint(None) == image_files.folder_fingerprint("gs://b/x") == ""
 
 
-def test_data_formats_are_told_apart(tmp_path, image_folder, small_cifar_dir):
-  root, _ = image_folder
+def test_data_formats_are_told_apart(tmp_path, photo_folder, small_cifar_dir):
+  root, _ = photo_folder
   assert data_source.detect_format(small_cifar_dir) == data_source.CIFAR10
   assert data_source.detect_format(root) == data_source.IMAGE_FOLDER
   records = tmp_path / "records"
@@ -136,8 +139,8 @@ def test_data_formats_are_told_apart(tmp_path, image_folder, small_cifar_dir):
     data_source.detect_format(str(tmp_path / "nowhere"))
 
 
-def test_generated_schema_lists_the_classes_and_is_never_overwritten(tmp_path, image_folder):
-  root, _ = image_folder
+def test_generated_schema_lists_the_classes_and_is_never_overwritten(tmp_path, photo_folder):
+  root, _ = photo_folder
   path = str(tmp_path / "schemas" / "photos" / "schema.pbtxt")
   assert data_source.ensure_schema(root, data_source.IMAGE_FOLDER, path, 0.2)
   generated = schema.read_schema(path)

@@ -46,20 +46,20 @@ def _example(image_bytes):
 
 
 @pytest.fixture(scope="module")
-def folder_run(image_folder, tmp_path_factory):
+def folder_run(photo_folder, tmp_path_factory):
   """The smoke DAG on the image folder with its unlabeled folder, skipping the
   corrupt file, as a user runs it (`make pipeline DATA=... UNLABELED=...`)."""
-  root, unlabeled = image_folder
+  root, unlabeled = photo_folder
   out = tmp_path_factory.mktemp("folder_run")
   return _run("--data", root, "--unlabeled", unlabeled, "--skip-bad-images",
               "--schema", str(out / "schema" / "schema.pbtxt"), output=out / "out")
 
 
-def test_image_folder_trains_blesses_and_pushes(folder_run, image_folder):
+def test_image_folder_trains_blesses_and_pushes(folder_run, photo_folder):
   states = _states(folder_run)
   assert "ImageFolderExampleGen" in states
   assert all(s == "COMPLETE" for s in states.values()), states
-  root, _ = image_folder
+  root, _ = photo_folder
   layout = image_files.detect_layout(root)
   # The schema was generated once, for review, from the folder's classes.
   assert schema.class_names(schema.read_schema(folder_run.schema_path)) == layout.class_names
@@ -78,8 +78,8 @@ def test_the_corrupt_file_is_skipped_counted_and_listed(folder_run):
   assert len(lines) == 1 and "/cat/broken.jpg: not a readable image" in lines[0]
 
 
-def test_unlabeled_images_reach_pretraining_only(folder_run, image_folder):
-  root, _ = image_folder
+def test_unlabeled_images_reach_pretraining_only(folder_run, photo_folder):
+  root, _ = photo_folder
   layout = image_files.detect_layout(root)
   train = len(layout.files["train"]) - sum(
       rel.endswith("broken.jpg") for rel, _ in layout.files["train"])
@@ -121,8 +121,8 @@ def test_rerun_is_served_from_cache(folder_run):
   assert states["ImageFolderExampleGen"] == "CACHED" and states["mae_pretrain"] == "CACHED"
 
 
-def test_a_bad_image_stops_the_run_naming_the_file(image_folder, tmp_path):
-  root, _ = image_folder
+def test_a_bad_image_stops_the_run_naming_the_file(photo_folder, tmp_path):
+  root, _ = photo_folder
   with pytest.raises(Exception, match=r"/cat/broken\.jpg: not a readable image"):
     _run("--data", root, "--schema", str(tmp_path / "schema.pbtxt"), output=tmp_path / "out")
   config_rows = runs.last_run_nodes(names.metadata_path(str(tmp_path / "out")))

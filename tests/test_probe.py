@@ -1,13 +1,15 @@
 """The probe engine on real CIFAR-10 examples: it streams the Transform'ed
 examples, and what it reports is what the classifier it returns does."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from models import config as config_lib
 from models import data
-from models.engine_probe import KNN_K, extract_features, linear_probe
+from models.engine_probe import KNN_K, extract_features, linear_probe, train_probe
 from models.evaluation import evaluate_knn
 from models.mae import MaskedAutoencoder
 from tests.conftest import cifar10_class_names
@@ -62,3 +64,16 @@ def test_labels_outside_the_classes_are_refused(example_files, transform_output,
     linear_probe(config_lib.get_profile("smoke"), encoder, ["a", "b", "c"],
                  data.transformed_batches(train_files, transform_output),
                  data.transformed_batches(test_files, transform_output), str(tmp_path))
+
+
+def test_a_short_probe_predicts_at_inference_as_it_trained(tmp_path):
+  """Features far from zero mean and few steps: inference's BatchNorm
+  statistics must be the features', not what is left of their 0/1 start."""
+  rng = np.random.default_rng(0)
+  labels = np.repeat(np.arange(3), 40)
+  features = (np.eye(3)[labels] + 50.0 + 0.05 * rng.normal(size=(120, 3))).astype(np.float32)
+  cfg = dataclasses.replace(config_lib.get_profile("smoke").probe, epochs=3, batch_size=32)
+  head, history = train_probe(cfg, 3, features, labels, features, labels, str(tmp_path))
+  predicted = head(features, training=False).numpy().argmax(1)
+  assert history[-1]["val_accuracy"] == pytest.approx(float((predicted == labels).mean()))
+  assert (predicted == labels).mean() > 0.9

@@ -18,7 +18,8 @@ from serving import embed, search
 from serving.embeddings import EmbeddingsFile
 from serving.launch import ServerProcess
 from serving.model_store import versions_on_disk
-from tests.conftest import export_random_classifier, jpeg_bytes, png_bytes
+from tests.conftest import (cifar10_class_names, export_random_classifier, jpeg_bytes,
+                            png_bytes)
 
 NAME = "mae-tfx"
 
@@ -150,6 +151,25 @@ def test_predict_png_and_jpeg_equal_the_saved_model(server, model_base, cifar10_
       "inputs": {"image_bytes": [_b64(f) for f in files[:2]]}}).json()
   np.testing.assert_allclose(named["predictions"], expected[:2], atol=1e-5)
   np.testing.assert_allclose(columnar["outputs"], expected[:2], atol=1e-5)
+
+
+def test_classify_returns_probabilities_and_class_names(server, model_base, cifar10_sample):
+  _, (images, _) = cifar10_sample
+  examples = [tf.train.Example(features=tf.train.Features(feature={
+      "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[png_bytes(i)]))
+  })).SerializeToString() for i in images[:3]]
+  version = str(versions_on_disk(model_base)[-1])
+  expected = tf.saved_model.load(os.path.join(model_base, version)).signatures[
+      "classify_examples"](examples=tf.constant(examples))
+  response = requests.post(f"{server.url}/v1/models/{NAME}:predict", json={
+      "signature_name": "classify_examples",
+      "instances": [_b64(e) for e in examples]}).json()
+  predictions = response["predictions"]
+  assert [p["class_name"] for p in predictions] == [
+      c.decode() for c in expected["class_name"].numpy()]
+  assert set(p["class_name"] for p in predictions) <= set(cifar10_class_names())
+  np.testing.assert_allclose([p["probabilities"] for p in predictions],
+                             expected["probabilities"].numpy(), atol=1e-6)
 
 
 def _calls_and_instances(server):
