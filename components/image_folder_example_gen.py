@@ -6,9 +6,10 @@ file's path, `test_fraction` to test) or `<root>/train|test/<class>/<image>`
 (splits as given). An optional unlabeled folder (any depth) becomes a third
 split, `unlabeled`, of {image} examples that only MAE pretraining reads.
 
-The file listing happens when the executor starts; reading and checking the
-images happens in Beam workers (`beam.Create` of paths, reshuffled), so on
-Dataflow the work spreads over the workers. Each labeled image becomes
+The executor lists the folders to number the classes; a Beam worker lists
+them again to emit the files (so the job graph holds folder names, not a
+million paths), and the reading and checking of the images is reshuffled
+over the workers, on Dataflow too. Each labeled image becomes
 {image: bytes, label: class id, class_name}. A file with an image extension
 that does not decode stops the run with the file named, or, with
 `skip_bad_images`, is left out and listed in `bad_images.txt` beside the
@@ -82,11 +83,25 @@ def file_to_example(item: Item, skip_bad: bool) -> Iterator:
 Split = Tuple[beam.pvalue.PCollection, beam.pvalue.PCollection]   # (Examples, bad)
 
 
-def read_files(pipeline: beam.Pipeline, split: str, items: List[Item],
-               skip_bad: bool) -> Split:
-  """The Examples and the skipped files' reasons of one split's files."""
+def labeled_files(root: str, split: str, test_fraction: float) -> Iterator[Item]:
+  """The files of one split of a labeled folder (a Beam worker lists them)."""
+  layout = image_files.detect_layout(root, test_fraction)
+  for rel, label in layout.files[split]:
+    yield image_files.join_path(root, rel), label, layout.class_names[label]
+
+
+def unlabeled_files(root: str) -> Iterator[Item]:
+  for rel in image_files.list_images(root, recursive=True):
+    yield image_files.join_path(root, rel), None, None
+
+
+def read_files(pipeline: beam.Pipeline, split: str, root: str, list_files,
+               skip_bad: bool, *list_args) -> Split:
+  """The Examples and the skipped files' reasons of one split: `list_files(root,
+  *list_args)` yields its (path, label, class name) items in a worker."""
   results = (pipeline
-             | f"Files[{split}]" >> beam.Create(items)
+             | f"Root[{split}]" >> beam.Create([root])
+             | f"Files[{split}]" >> beam.FlatMap(list_files, *list_args)
              | f"Spread[{split}]" >> beam.Reshuffle()
              | f"Read[{split}]" >> beam.FlatMap(file_to_example, skip_bad)
              .with_outputs(BAD, main="examples"))
@@ -115,8 +130,7 @@ class ImageExamplesExecutor(base_example_gen_executor.BaseExampleGenExecutor):
     options = read_options(exec_properties)
     skip_bad = bool(options.get("skip_bad_images", False))
     unlabeled = options.get("unlabeled_base")
-    unlabeled_files = image_files.list_images(unlabeled, recursive=True) if unlabeled else []
-    if unlabeled and not unlabeled_files:
+    if unlabeled and not image_files.list_images(unlabeled, recursive=True):
       raise ValueError(f"{unlabeled}: the unlabeled folder holds no images "
                        f"({', '.join(image_files.IMAGE_EXTENSIONS)})")
     outputs = output_dict[standard_component_specs.EXAMPLES_KEY]
@@ -125,11 +139,9 @@ class ImageExamplesExecutor(base_example_gen_executor.BaseExampleGenExecutor):
     with self._make_beam_pipeline() as pipeline:
       class_names, splits = self.labeled_splits(
           pipeline, exec_properties[standard_component_specs.INPUT_BASE_KEY], options)
-      if unlabeled_files:
-        splits[UNLABELED_SPLIT] = read_files(
-            pipeline, UNLABELED_SPLIT,
-            [(image_files.join_path(unlabeled, rel), None, None) for rel in unlabeled_files],
-            skip_bad)
+      if unlabeled:
+        splits[UNLABELED_SPLIT] = read_files(pipeline, UNLABELED_SPLIT, unlabeled,
+                                             unlabeled_files, skip_bad)
       examples.split_names = artifact_utils.encode_split_names(list(splits))
       for split, (split_examples, _) in splits.items():
         _ = split_examples | f"WriteSplit[{split}]" >> write_split.WriteSplit(
@@ -155,13 +167,13 @@ class Executor(ImageExamplesExecutor):
   """Lists the class folders here; reads and checks the images in Beam."""
 
   def labeled_splits(self, pipeline, input_base, options):
-    layout = image_files.detect_layout(input_base, float(options.get("test_fraction", 0.2)))
+    test_fraction = float(options.get("test_fraction", 0.2))
+    layout = image_files.detect_layout(input_base, test_fraction)
     skip_bad = bool(options.get("skip_bad_images", False))
     return layout.class_names, {
-        split: read_files(pipeline, split,
-                          [(image_files.join_path(input_base, rel), label,
-                            layout.class_names[label]) for rel, label in files], skip_bad)
-        for split, files in layout.files.items()}
+        split: read_files(pipeline, split, input_base, labeled_files, skip_bad, split,
+                          test_fraction)
+        for split in layout.files}
 
 
 def ingestion_options(test_fraction: float, unlabeled_base: Optional[str],
