@@ -5,9 +5,10 @@ Standard library only, so that anything can import it without TensorFlow.
 """
 
 import os
+import re
 from typing import Iterable, List, Optional
 
-PIPELINE_NAME = "mae-tfx"
+PIPELINE_NAME = "mae-tfx"            # CIFAR-10's; other data sets: pipeline_name_for
 PROJECT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCHEMA_PATH = os.path.join(PROJECT_DIR, "schemas", "schema.pbtxt")
 
@@ -46,6 +47,16 @@ CIFAR10_ENV = "MAE_TFX_CIFAR10"      # a local CIFAR-10 copy (folder or archive)
 PROFILE_ENV = "MAE_TFX_PROFILE"
 # Where tests and benchmarks extract a CIFAR-10 archive (a run uses <output>/cache).
 DATA_CACHE_DIR = os.path.join(PROJECT_DIR, ".cache", "data")
+
+
+def pipeline_name_for(dataset: Optional[str] = None) -> str:
+  """The pipeline of a data set: `mae-tfx` for CIFAR-10, `mae-tfx-<name>` for
+  another (its folder's name), so that each has its own runs in MLMD, its
+  own latest blessed model to be judged against and its own served versions."""
+  if not dataset:
+    return PIPELINE_NAME
+  slug = re.sub(r"[^a-z0-9]+", "-", dataset.lower()).strip("-")
+  return f"{PIPELINE_NAME}-{slug}" if slug else PIPELINE_NAME
 
 
 def default_output_dir() -> str:

@@ -8,7 +8,10 @@
 <output>/cache), a folder of class folders of images, or a folder of TFRecord
 files: told apart by what is there (`pipeline.data_source`). For data other
 than CIFAR-10 the first run writes the dataset's schema for review
-(schemas/<folder>/schema.pbtxt, or --schema); later runs are held to it.
+(schemas/<folder>/schema.pbtxt, or --schema); later runs are held to it. Each
+data set is its own pipeline, `mae-tfx-<folder>` (CIFAR-10: `mae-tfx`), with
+its own runs, blessed models and served versions
+(<output>/serving_model/<pipeline>/).
 """
 
 import argparse
@@ -86,11 +89,14 @@ def main(argv=None) -> configs.PipelineConfig:
                           + image_files.folder_fingerprint(args.unlabeled))
   config = configs.PipelineConfig(
       data_root=data_root, source=source, schema_path=schema_path,
+      pipeline_name=names.pipeline_name_for(
+          None if data_format == data_source.CIFAR10 else os.path.basename(data_root)),
       output_dir=os.path.abspath(args.output_dir),
       profile=args.profile, overrides=overrides, enable_cache=not args.no_cache)
   print(f"mae-tfx: profile {config.profile}, data {data_root} ({data_format}"
         + (f", unlabeled {args.unlabeled}" if args.unlabeled else "")
-        + f"), schema {schema_path}, output {config.output_dir}", flush=True)
+        + f"), schema {schema_path}, pipeline {config.pipeline_name}, output "
+        f"{config.output_dir}", flush=True)
   run(config)
   print(report.format_report(config.metadata_path, config.pipeline_name), flush=True)
   return config

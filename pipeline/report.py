@@ -9,7 +9,7 @@ probe's TFMA accuracy and whether (and where) the model was pushed.
 import argparse
 import json
 import os
-from typing import Dict
+from typing import Dict, Optional
 
 from models import names
 from pipeline.runs import last_run_executions
@@ -38,9 +38,11 @@ def tfma_accuracy(evaluation_uri: str) -> Dict[str, float]:
   return accuracies
 
 
-def format_report(metadata_path: str, pipeline_name: str = names.PIPELINE_NAME) -> str:
+def format_report(metadata_path: str, pipeline_name: Optional[str] = None) -> str:
+  """The newest run of `pipeline_name` (None: of the pipeline that ran last)."""
   rows = last_run_executions(metadata_path, pipeline_name)
-  lines = ["", "=== mae-tfx run report ===", f"{'component':36s} {'state':10s} seconds"]
+  title = f"=== {pipeline_name} run report ===" if pipeline_name else "=== newest run report ==="
+  lines = ["", title, f"{'component':36s} {'state':10s} seconds"]
   for r in rows:
     lines.append(f"{r['node']:36s} {r['state']:10s} {r['seconds']:8.1f}")
   total = sum(r["seconds"] for r in rows)
@@ -96,7 +98,8 @@ def main(argv=None):
                  help=f"the run's output folder (default ${names.OUTPUT_ENV} or outputs/)")
   p.add_argument("--metadata", default=None,
                  help="its MLMD database (default <output-dir>/metadata.sqlite)")
-  p.add_argument("--pipeline-name", default=names.PIPELINE_NAME)
+  p.add_argument("--pipeline-name", default=None,
+                 help="mae-tfx (CIFAR-10) or mae-tfx-<data set> (default: the newest run's)")
   args = p.parse_args(argv)
   print(format_report(args.metadata or names.metadata_path(args.output_dir),
                       args.pipeline_name))

@@ -7,7 +7,7 @@ the notebooks share one reader without importing TFX.
 """
 
 import os
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
@@ -28,17 +28,18 @@ def open_store(metadata_path: str) -> metadata_store.MetadataStore:
 
 
 def last_run_executions(metadata_path: str,
-                        pipeline_name: str = names.PIPELINE_NAME) -> List[Dict]:
+                        pipeline_name: Optional[str] = None) -> List[Dict]:
   """[{node, state, seconds, outputs: {type: [uri]},
-  output_properties: {type: [{custom property: value}]}}] of the newest run."""
+  output_properties: {type: [{custom property: value}]}}] of the newest run
+  of `pipeline_name` (None: of whichever pipeline ran last, e.g. CIFAR-10's
+  `mae-tfx` or `mae-tfx-<data set>`)."""
   store = open_store(metadata_path)
-  pipelines = [c for c in store.get_contexts_by_type("pipeline")
-               if c.name == pipeline_name]
+  pipelines = {c.id for c in store.get_contexts_by_type("pipeline")
+               if pipeline_name is None or c.name == pipeline_name}
   if not pipelines:
     return []
   runs = [c for c in store.get_contexts_by_type("pipeline_run")
-          if any(p.id == pipelines[0].id
-                 for p in store.get_parent_contexts_by_context(c.id))]
+          if any(p.id in pipelines for p in store.get_parent_contexts_by_context(c.id))]
   if not runs:
     return []
   run = max(runs, key=lambda c: c.create_time_since_epoch)
@@ -68,7 +69,7 @@ def last_run_executions(metadata_path: str,
 
 
 def last_run_nodes(metadata_path: str,
-                   pipeline_name: str = names.PIPELINE_NAME) -> Dict[str, Dict]:
+                   pipeline_name: Optional[str] = None) -> Dict[str, Dict]:
   """`last_run_executions` keyed by node id (e.g. "mae_pretrain")."""
   return {r["node"]: r for r in last_run_executions(metadata_path, pipeline_name)}
 
@@ -82,7 +83,7 @@ def _example_gen(rows: Dict[str, Dict]) -> Dict:
 
 
 def pipeline_inputs(metadata_path: str,
-                    pipeline_name: str = names.PIPELINE_NAME) -> Tuple[str, str]:
+                    pipeline_name: Optional[str] = None) -> Tuple[str, str]:
   """(Examples uri, TransformGraph uri) of the newest run."""
   rows = last_run_nodes(metadata_path, pipeline_name)
   try:
@@ -93,7 +94,7 @@ def pipeline_inputs(metadata_path: str,
                      f"({e}); run `make pipeline` first") from e
 
 
-def schema_file(metadata_path: str, pipeline_name: str = names.PIPELINE_NAME) -> str:
+def schema_file(metadata_path: str, pipeline_name: Optional[str] = None) -> str:
   """The schema file the newest run was held to (it names the classes)."""
   rows = last_run_nodes(metadata_path, pipeline_name)
   try:

@@ -50,6 +50,9 @@ def pipeline_config(args: argparse.Namespace) -> configs.PipelineConfig:
   return configs.PipelineConfig(
       data_root=args.data or f"{bucket}/data/cifar-10-batches-py",
       source=source, schema_path=container_path(args.schema or names.SCHEMA_PATH),
+      pipeline_name=names.pipeline_name_for(
+          None if source.format == data_source.CIFAR10
+          else args.data.rstrip("/").rsplit("/", 1)[-1]),
       output_dir=f"{bucket}/{names.PIPELINE_NAME}",
       profile=args.profile, overrides=overrides,
       enable_cache=not args.no_cache, vertex=vertex,

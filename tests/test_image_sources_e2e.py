@@ -56,6 +56,9 @@ def folder_run(photo_folder, tmp_path_factory):
 
 
 def test_image_folder_trains_blesses_and_pushes(folder_run, photo_folder):
+  # Its own pipeline: its runs, blessed models and served versions apart from CIFAR-10's.
+  assert folder_run.pipeline_name == "mae-tfx-photos"
+  assert folder_run.serving_model_dir.endswith(os.path.join("serving_model", "mae-tfx-photos"))
   states = _states(folder_run)
   assert "ImageFolderExampleGen" in states
   assert all(s == "COMPLETE" for s in states.values()), states

@@ -186,6 +186,7 @@ def test_an_image_folder_on_gcs_compiles(tmp_path):
   spec, _ = _compile(tmp_path, "--data", "gs://test-bucket/photos", "--data-format",
                      "image_folder", "--schema", names.SCHEMA_PATH,
                      "--unlabeled", "gs://test-bucket/unlabeled", "--skip-bad-images")
+  assert spec["pipelineSpec"]["pipelineInfo"]["name"] == "mae-tfx-photos"
   params = _parameters(spec, "ImageFolderExampleGen")
   assert params["input_base"] == "gs://test-bucket/photos"
   options = json.loads(params["custom_config"])["custom_config"]["value"]
