@@ -12,7 +12,6 @@ from typing import Dict, List, Optional, Tuple
 from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
-from models import names
 
 _STATES = {v: k for k, v in metadata_store_pb2.Execution.State.items()}
 
