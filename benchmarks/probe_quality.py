@@ -76,7 +76,7 @@ def main(argv=None):
   print(json.dumps({"overrides": overrides, "profile": args.profile,
                     "precision": cfg.runtime.precision}))
   print(f"epochs {args.epochs}: LP top-1 {summary['eval_accuracy']:.4f}, "
-        f"kNN(k={summary['knn_k']}) top-1 {summary['knn_accuracy']:.4f}, "
+        + "".join(f"kNN(k={k}) top-1 {acc:.4f}, " for k, acc in summary["knn"].items())
         + (f"MAE {sum(ips) / len(ips):.0f} img/s, " if ips else "")
         + f"pretrain {t1 - t0:.0f} s, probe {t2 - t1:.0f} s, models in {work}")
 

@@ -1,6 +1,8 @@
 """Representation quality measures shared by the probe engine, the
 benchmarks and the notebooks."""
 
+from typing import Optional
+
 import numpy as np
 
 
@@ -10,13 +12,17 @@ def l2_normalise(x: np.ndarray) -> np.ndarray:
 
 def knn_predict(train_features: np.ndarray, train_labels: np.ndarray,
                 query_features: np.ndarray, k: int = 20,
-                temperature: float = 0.07, num_classes: int = 10,
+                temperature: float = 0.07, num_classes: Optional[int] = None,
                 chunk: int = 1024) -> np.ndarray:
   """Weighted k-NN on cosine similarity (as in InstDisc/DINO): each of the k
   nearest training embeddings votes for its label with exp(sim / T).
+  Labels are ids in [0, num_classes) (default: up to the largest train label).
 
   Returns the predicted labels [Q]; works in chunks so memory stays small.
   """
+  train_labels = np.asarray(train_labels)
+  if num_classes is None:
+    num_classes = int(train_labels.max()) + 1
   train = l2_normalise(train_features.astype(np.float32))
   query = l2_normalise(query_features.astype(np.float32))
   k = min(k, len(train))

@@ -66,10 +66,11 @@ def format_report(metadata_path: str, pipeline_name: Optional[str] = None) -> st
   if probe and probe["outputs"].get("ModelRun"):
     summary = _read_json(os.path.join(probe["outputs"]["ModelRun"][0], names.SUMMARY_FILE))
     if summary and "knn_accuracy" in summary:
+      knn = summary.get("knn") or {str(summary["knn_k"]): summary["knn_accuracy"]}
       lines.append(f"Linear probe on {summary['train_examples']} train images, "
                    f"{summary.get('classes', '?')} classes: test linear "
-                   f"{summary['eval_accuracy']:.4f}, {summary['knn_k']}-NN "
-                   f"{summary['knn_accuracy']:.4f}")
+                   f"{summary['eval_accuracy']:.4f}, "
+                   + ", ".join(f"{k}-NN {acc:.4f}" for k, acc in knn.items()))
   evaluator = by_node.get("Evaluator")
   if evaluator and evaluator["outputs"].get("ModelEvaluation"):
     acc = tfma_accuracy(evaluator["outputs"]["ModelEvaluation"][0])

@@ -25,3 +25,13 @@ def test_knn_separates_clusters_and_matches_brute_force():
     votes = np.bincount(train_y[top], weights=np.exp(row[top] / 0.07), minlength=10)
     expected.append(votes.argmax())
   np.testing.assert_array_equal(got, expected)
+
+
+def test_knn_takes_more_than_ten_classes():
+  rng = np.random.default_rng(1)
+  centres = rng.normal(size=(15, 8)) * 10
+  train_y = np.repeat(np.arange(15), 6)
+  train = centres[train_y] + rng.normal(size=(90, 8))
+  query_y = np.arange(15)
+  assert evaluate_knn(train, train_y, centres[query_y], query_y, k=5) == 1.0
+  assert evaluate_knn(train, train_y, centres[query_y], query_y, k=5, num_classes=20) == 1.0

@@ -9,7 +9,8 @@ import tensorflow as tf
 
 from models import config as config_lib
 from models import data
-from models.engine_probe import KNN_K, extract_features, linear_probe, train_probe
+from models.engine_probe import (KNN_K, KNN_KS, extract_features, linear_probe,
+                                 train_probe)
 from models.evaluation import evaluate_knn
 from models.mae import MaskedAutoencoder
 from tests.conftest import cifar10_class_names
@@ -54,6 +55,8 @@ def test_reported_accuracies_are_the_returned_classifiers(example_files, transfo
   test_x, test_y = extract_features(result.classifier.embed,
                                     data.transformed_batches(test_files, transform_output))
   assert s["knn_accuracy"] == evaluate_knn(train_x, train_y, test_x, test_y, k=KNN_K)
+  assert s["knn"] == {str(k): evaluate_knn(train_x, train_y, test_x, test_y, k=k)
+                      for k in KNN_KS}
 
 
 def test_labels_outside_the_classes_are_refused(example_files, transform_output, encoder,
@@ -77,3 +80,16 @@ def test_a_short_probe_predicts_at_inference_as_it_trained(tmp_path):
   predicted = head(features, training=False).numpy().argmax(1)
   assert history[-1]["val_accuracy"] == pytest.approx(float((predicted == labels).mean()))
   assert (predicted == labels).mean() > 0.9
+
+
+def test_more_classes_than_cifar10(example_files, transform_output, encoder, tmp_path):
+  """A data set of 12 classes (two without test images): the head, the k-NN
+  votes and the exported probabilities have 12 columns."""
+  train_files, test_files = example_files
+  result = linear_probe(config_lib.get_profile("smoke"), encoder,
+                        [f"class{i}" for i in range(12)],
+                        data.transformed_batches(train_files, transform_output),
+                        data.transformed_batches(test_files, transform_output), str(tmp_path))
+  assert result.summary["classes"] == 12
+  images, _ = data.load_transformed(test_files, transform_output, 4)
+  assert result.classifier.probabilities(tf.constant(images)).shape == (4, 12)
