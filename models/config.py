@@ -49,6 +49,11 @@ class ModelConfig:
   # embedding is then its output token instead of the mean over patches. Off:
   # it probed worse than the patch mean (benchmarks/RESULTS.md).
   cls_token: bool = False
+  # U-MAE (Zhang et al. 2022): + weight * the mean squared cosine similarity
+  # (/ tau) between the batch's pooled visible-token embeddings, against the
+  # collapse of MAE features into a few directions. 0: the pure MAE loss.
+  uniformity_weight: float = 0.0
+  uniformity_tau: float = 0.1
 
   @property
   def num_prefix_tokens(self) -> int:

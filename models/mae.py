@@ -291,6 +291,16 @@ def masked_patch_loss(imgs, pred, mask, patch_size: int,
   return tf.reduce_sum(per_patch * mask) / tf.reduce_sum(mask)
 
 
+def uniformity_loss(latent: tf.Tensor, tau: float, prefix_tokens: int = 0) -> tf.Tensor:
+  """U-MAE's regulariser: mean over the batch's pairs of (cos sim / tau)^2 of
+  the pooled visible tokens (the [CLS] token when there is one). [B, T, D] -> ()."""
+  latent = tf.cast(latent, tf.float32)
+  pooled = latent[:, 0] if prefix_tokens else tf.reduce_mean(latent, axis=1)   # [B, D]
+  z = tf.math.l2_normalize(pooled, axis=-1)
+  sim = tf.matmul(z, z, transpose_b=True) / tau                               # [B, B]
+  return tf.reduce_mean(tf.square(sim))
+
+
 # --------------------------------------------------------------------------
 # The model
 # --------------------------------------------------------------------------
@@ -314,6 +324,9 @@ class MaskedAutoencoder(tf.keras.Model):
     pred = self.decoder(latent, ids_restore)
     loss = masked_patch_loss(imgs, pred, mask, self.cfg.patch_size,
                              self.cfg.norm_pix_loss)
+    if self.cfg.uniformity_weight:
+      loss += self.cfg.uniformity_weight * uniformity_loss(
+          latent, self.cfg.uniformity_tau, self.cfg.num_prefix_tokens)
     return loss, pred, mask
 
   def embed(self, imgs) -> tf.Tensor:

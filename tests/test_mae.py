@@ -204,3 +204,21 @@ def test_encoder_can_average_the_last_blocks():
                              (outputs[-1] + outputs[-2]) / 2, atol=1e-5)
   with pytest.raises(ValueError, match=r"last_blocks must be in \[1, 2\], got 3"):
     enc(imgs, last_blocks=3)
+
+
+def test_uniformity_term_measures_collapse_and_adds_to_the_loss():
+  from models.mae import uniformity_loss
+  same = tf.ones([4, 5, 8])                              # every image one direction
+  spread = tf.reshape(tf.eye(8)[:4], [4, 1, 8]) * tf.ones([1, 5, 1])  # orthogonal
+  assert float(uniformity_loss(same, 0.1)) == pytest.approx(100.0)
+  assert float(uniformity_loss(spread, 0.1)) == pytest.approx(100.0 / 4)  # the diagonal only
+  imgs = tf.random.normal([4, 32, 32, 3])
+  noise = tf.random.uniform([4, 64])
+  tf.keras.utils.set_random_seed(0)
+  pure = MaskedAutoencoder(TINY).build_for()
+  tf.keras.utils.set_random_seed(0)
+  umae = MaskedAutoencoder(dataclasses.replace(TINY, uniformity_weight=0.01)).build_for()
+  umae.set_weights(pure.get_weights())
+  latent, _, _ = pure.encoder.forward_masked(imgs, TINY.mask_ratio, noise)
+  expected = float(pure(imgs, noise=noise)[0]) + 0.01 * float(uniformity_loss(latent, 0.1))
+  assert float(umae(imgs, noise=noise)[0]) == pytest.approx(expected, rel=1e-5)
