@@ -22,6 +22,7 @@ precision), and each result's share of that bound.
 
 import argparse
 import dataclasses
+import json
 import os
 import tempfile
 
@@ -61,6 +62,9 @@ def main(argv=None):
   p.add_argument("--xla-splits", default=None,
                  help="comma-separated runtime.xla_splits values, e.g. 1,2; "
                       "default: the profile's setting")
+  p.add_argument("--model-overrides", default="{}",
+                 help='JSON ModelConfig fields over the chosen model, e.g. '
+                      '\'{"uniformity_weight": 0.001}\'')
   p.add_argument("--roofline", action="store_true",
                  help="also print the matmul-FLOP bound on img/s for this CPU")
   args = p.parse_args(argv)
@@ -69,6 +73,7 @@ def main(argv=None):
   images = standardised_train_images(root, 50000)
   model = ({} if args.model == "profile"
            else dataclasses.asdict(config_lib.REFERENCE_MODEL))
+  model.update(json.loads(args.model_overrides))
   profile = config_lib.get_profile(args.profile, {"model": model})
   jits = ([profile.runtime.jit_compile] if args.jit is None else
           [_on_off(v) for v in args.jit.split(",")])
