@@ -3,7 +3,7 @@ pipeline's Examples; an ImportExampleGen whose executor also maps the
 features and checks the images.
 
 `input_base` holds TFRecord files (GZIP or not, by suffix; see
-`pipeline.data_source.TFRECORD_SUFFIXES`), either in `<root>/train/` and
+`models.examples.TFRECORD_SUFFIXES`), either in `<root>/train/` and
 `<root>/test/` (splits as given) or in `<root>/` (split into train/test by a
 hash of each record's image bytes, `test_fraction` to test). Each record's
 `image_feature` (encoded image bytes) and `label_feature` (int64 class id)
@@ -16,7 +16,6 @@ and listed with `skip_bad_images`); an unlabeled image folder may be added.
 """
 
 import hashlib
-import os
 from typing import Iterator, List, Optional, Tuple
 
 import apache_beam as beam
@@ -29,16 +28,8 @@ from tfx.proto import example_gen_pb2
 from components.image_folder_example_gen import (BAD, ImageExamplesExecutor,
                                                  ingestion_options, options_config)
 from models import image_files
-from models.examples import image_example
+from models.examples import TFRECORD_SUFFIXES, image_example, tfrecord_files
 from models.names import CLASS_NAMES_FILE, IMAGE_KEY, TEST_SPLIT, TRAIN_SPLIT
-
-TFRECORD_PATTERN = "*.tfrec*"
-
-
-def _files(folder: str) -> List[str]:
-  return sorted(f for f in tf.io.gfile.glob(image_files.join_path(folder, TFRECORD_PATTERN))
-                if not os.path.basename(f).startswith("."))
-
 
 def record_to_example(record: Tuple[str, bytes], image_feature: str, label_feature: str,
                       class_names: List[str], skip_bad: bool) -> Iterator:
@@ -87,7 +78,7 @@ class Executor(ImageExamplesExecutor):
 
     def read(split: str, files: List[str]):
       if not files:
-        raise FileNotFoundError(f"{input_base}: no TFRecord files ({TFRECORD_PATTERN}) "
+        raise FileNotFoundError(f"{input_base}: no TFRecord files ({', '.join(TFRECORD_SUFFIXES)}) "
                                 f"for the {split} split")
       results = (pipeline
                  | f"Files[{split}]" >> beam.Create(files)
@@ -96,10 +87,11 @@ class Executor(ImageExamplesExecutor):
                  .with_outputs(BAD, main="examples"))
       return results.examples, results[BAD]
 
-    given = {s: _files(image_files.join_path(input_base, s)) for s in (TRAIN_SPLIT, TEST_SPLIT)}
+    given = {s: tfrecord_files(image_files.join_path(input_base, s))
+             for s in (TRAIN_SPLIT, TEST_SPLIT)}
     if all(given.values()):
       return class_names, {s: read(s, files) for s, files in given.items()}
-    examples, bad = read("all", _files(input_base))
+    examples, bad = read("all", tfrecord_files(input_base))
     train, test = examples | "HashSplit" >> beam.Partition(
         lambda e, n: _split_of(e, float(options.get("test_fraction", 0.2))), 2)
     return class_names, {TRAIN_SPLIT: (train, bad),

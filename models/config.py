@@ -20,7 +20,6 @@ import dataclasses
 import json
 from typing import Any, Dict, Optional, Tuple
 
-NUM_CLASSES = 10
 IMAGE_SIZE = 32
 IMAGE_CHANNELS = 3
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")

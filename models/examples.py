@@ -14,6 +14,17 @@ import tensorflow as tf
 from models.names import CLASS_NAME_KEY, IMAGE_KEY, LABEL_KEY
 
 COMPRESSION = "GZIP"
+# What counts as a TFRecord file of a data source (GZIP when it ends in .gz).
+TFRECORD_SUFFIXES = (".tfrecord", ".tfrecords", ".tfrec", ".tfrecord.gz", ".tfrecords.gz",
+                     ".tfrec.gz")
+
+
+def tfrecord_files(folder: str) -> List[str]:
+  """The visible TFRecord files directly in `folder` (local or gs://), sorted."""
+  if not tf.io.gfile.isdir(folder):
+    return []
+  return sorted(f"{folder.rstrip('/')}/{name}" for name in tf.io.gfile.listdir(folder)
+                if not name.startswith(".") and name.lower().endswith(TFRECORD_SUFFIXES))
 
 
 def image_example(image: Optional[bytes], label: Optional[int] = None,

@@ -107,18 +107,6 @@ def download_official(cache_dir: str) -> str:
 
 CIFAR10, IMAGE_FOLDER, TFRECORD = "cifar10", "image_folder", "tfrecord"
 FORMATS = (CIFAR10, IMAGE_FOLDER, TFRECORD)
-TFRECORD_SUFFIXES = (".tfrecord", ".tfrecords", ".tfrec", ".tfrecord.gz", ".tfrecords.gz",
-                     ".tfrec.gz")
-
-
-def tfrecord_files(folder: str) -> List[str]:
-  """The TFRecord files directly in `folder` (visible, by suffix), sorted."""
-  if not os.path.isdir(folder):
-    return []
-  return sorted(f for f in os.listdir(folder)
-                if not f.startswith(".") and f.lower().endswith(TFRECORD_SUFFIXES))
-
-
 def _is_cifar10(source: str) -> bool:
   if os.path.isfile(source):
     return ".tar.gz" in os.path.basename(source)
@@ -135,6 +123,7 @@ def detect_format(source: str) -> str:
     raise DataSourceError(f"data source {source} does not exist")
   if _is_cifar10(source):
     return CIFAR10
+  from models.examples import tfrecord_files
   if os.path.isdir(source) and (tfrecord_files(source) or (
       tfrecord_files(os.path.join(source, "train")) and
       tfrecord_files(os.path.join(source, "test")))):
@@ -177,8 +166,8 @@ def _tfrecord_label_ids(root: str, label_feature: str) -> List[int]:
   """The distinct int64 class ids in the TFRecords under `root` (a pass that
   parses only the label)."""
   import tensorflow as tf
-  files = [os.path.join(d, f) for d in (root, os.path.join(root, "train"),
-                                        os.path.join(root, "test"))
+  from models.examples import tfrecord_files
+  files = [f for d in (root, os.path.join(root, "train"), os.path.join(root, "test"))
            for f in tfrecord_files(d)]
   ids = set()
   for path in files:

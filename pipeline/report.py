@@ -12,7 +12,7 @@ import os
 from typing import Dict, Optional
 
 from models import names
-from pipeline.runs import last_run_executions
+from pipeline.runs import example_gen_row, last_run_executions
 
 
 def _read_json(path: str):
@@ -48,7 +48,7 @@ def format_report(metadata_path: str, pipeline_name: Optional[str] = None) -> st
   total = sum(r["seconds"] for r in rows)
   lines.append(f"{'total':36s} {'':10s} {total:8.1f}")
   by_node = {r["node"]: r for r in rows}
-  gen = next((r for n, r in by_node.items() if n.endswith("ExampleGen")), None)
+  gen = example_gen_row(by_node)
   if gen and gen["output_properties"].get("Examples"):
     props = gen["output_properties"]["Examples"][0]
     if props.get("bad_images"):

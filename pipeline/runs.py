@@ -73,12 +73,9 @@ def last_run_nodes(metadata_path: str,
   return {r["node"]: r for r in last_run_executions(metadata_path, pipeline_name)}
 
 
-def _example_gen(rows: Dict[str, Dict]) -> Dict:
-  """The newest run's ExampleGen row (whichever source it ingested)."""
-  found = [r for node, r in rows.items() if node.endswith("ExampleGen")]
-  if not found:
-    raise KeyError("ExampleGen")
-  return found[0]
+def example_gen_row(rows: Dict[str, Dict]) -> Optional[Dict]:
+  """The ExampleGen row among `last_run_nodes` (whichever source it ingested)."""
+  return next((r for node, r in rows.items() if node.endswith("ExampleGen")), None)
 
 
 def pipeline_inputs(metadata_path: str,
@@ -86,7 +83,7 @@ def pipeline_inputs(metadata_path: str,
   """(Examples uri, TransformGraph uri) of the newest run."""
   rows = last_run_nodes(metadata_path, pipeline_name)
   try:
-    return (_example_gen(rows)["outputs"]["Examples"][0],
+    return ((example_gen_row(rows) or {})["outputs"]["Examples"][0],
             rows["Transform"]["outputs"]["TransformGraph"][0])
   except KeyError as e:
     raise SystemExit(f"{metadata_path} has no completed ExampleGen/Transform run "
