@@ -5,13 +5,15 @@
 
 The encoder is frozen, so one pretraining run serves every probe variant:
 features are extracted once per feature option (the encoder's embedding, i.e.
-its [CLS] token or the mean of the patch tokens, of the last block or of the
-average of the last k blocks) with `engine_probe.extract_features`, then each
-probe setting is trained with `engine_probe.train_probe` (BatchNorm without
-affine + Dense), the functions the probe Trainer runs. For calibration, each feature
-set is also scored by a multinomial logistic regression (L-BFGS) on
-standardised features and by k-NN (k=20, cosine). Data: the Examples and
-Transform graph of the newest `make pipeline` run (as probe_quality).
+its [CLS] token or the mean of the patch tokens, of the last k blocks side
+by side) with `engine_probe.extract_features`, then used raw and PCA-whitened
+(`evaluation.fit_whitening` at each --whitening shrinkage; "off": raw), and
+each probe setting is trained with `engine_probe.train_probe` (BatchNorm
+without affine + Dense), the functions the probe Trainer runs. Each feature
+set is also scored by k-NN (k=20 and 200, cosine) and, with --logreg, by a
+multinomial logistic regression (L-BFGS) on standardised features for
+calibration. Data: the Examples and Transform graph of the newest `make
+pipeline` run (as probe_quality).
 """
 
 import argparse
@@ -26,8 +28,8 @@ import tensorflow_transform as tft
 from models import config as config_lib
 from models import data, names, schema
 from models.engine_pretrain import load_mae
-from models.engine_probe import KNN_K, extract_features, train_probe
-from models.evaluation import evaluate_knn
+from models.engine_probe import KNN_KS, extract_features, train_probe
+from models.evaluation import evaluate_knn, fit_whitening
 from models.linear_probe import ProbeClassifier
 from models.mae import MaskedAutoencoder
 from pipeline.runs import pipeline_inputs, schema_file
@@ -51,7 +53,11 @@ def main(argv=None):
   p.add_argument("--profile", default="cpu", help="model shape for --random-init "
                  "and the baseline probe settings")
   p.add_argument("--feature-blocks", default="1,2,4",
-                 help="comma-separated k: average the last k blocks")
+                 help="comma-separated k: the last k blocks side by side")
+  p.add_argument("--whitening", default="off,1e-4",
+                 help="comma-separated: off (raw features) or a whitening shrinkage")
+  p.add_argument("--logreg", action="store_true",
+                 help="also the L-BFGS logistic regression (minutes per feature set)")
   p.add_argument("--probes", default='[{}]',
                  help="JSON list of ProbeConfig overrides, one probe each")
   p.add_argument("--metadata", default=names.metadata_path(),
@@ -73,31 +79,41 @@ def main(argv=None):
     classifier = ProbeClassifier(encoder, head=None, class_names=class_names,
                                  feature_blocks=k)
     t0 = time.time()
-    train_x, train_labels = extract_features(classifier.embed, data.transformed_batches(
+    raw_train, train_labels = extract_features(classifier.pooled_tokens, data.transformed_batches(
         names.split_files(examples, "train"), tft_output))
-    test_x, test_labels = extract_features(classifier.embed, data.transformed_batches(
+    raw_test, test_labels = extract_features(classifier.pooled_tokens, data.transformed_batches(
         names.split_files(examples, "test"), tft_output))
     print(f"features (last {k} block(s)): {time.time() - t0:.0f} s", flush=True)
-    knn = evaluate_knn(train_x, train_labels, test_x, test_labels, k=KNN_K)
-    t0 = time.time()
-    logreg = logistic_regression_accuracy(train_x, train_labels, test_x, test_labels)
-    rows.append((k, "logistic regression (L-BFGS, standardised)", logreg, knn,
-                 time.time() - t0))
-    print(rows[-1], flush=True)
-    for overrides in json.loads(args.probes):
-      probe_cfg = dataclasses.replace(cfg.probe, **overrides)
-      t0 = time.time()
-      with tempfile.TemporaryDirectory() as tmp:
-        _, history = train_probe(probe_cfg, len(class_names), train_x, train_labels, test_x,
-                                 test_labels, tmp, cfg.runtime.seed)
-      rows.append((k, f"BN + linear {json.dumps(overrides)}",
-                   history[-1]["val_accuracy"], knn, time.time() - t0))
-      print(rows[-1], flush=True)
+    for whitening in args.whitening.split(","):
+      if whitening == "off":
+        train_x, test_x = raw_train, raw_test
+      else:
+        mean, matrix = fit_whitening(raw_train, float(whitening))
+        train_x, test_x = (raw_train - mean) @ matrix, (raw_test - mean) @ matrix
+      features = f"{k} block(s), whitening {whitening}"
+      knn = {kk: evaluate_knn(train_x, train_labels, test_x, test_labels, k=kk) for kk in KNN_KS}
+      if args.logreg:
+        t0 = time.time()
+        logreg = logistic_regression_accuracy(train_x, train_labels, test_x, test_labels)
+        rows.append((features, "logistic regression (L-BFGS, standardised)", logreg, knn,
+                     time.time() - t0))
+        print(rows[-1], flush=True)
+      for overrides in json.loads(args.probes):
+        probe_cfg = dataclasses.replace(cfg.probe, **overrides)
+        t0 = time.time()
+        with tempfile.TemporaryDirectory() as tmp:
+          _, history = train_probe(probe_cfg, len(class_names), train_x, train_labels, test_x,
+                                   test_labels, tmp, cfg.runtime.seed)
+        rows.append((features, f"BN + linear {json.dumps(overrides)}",
+                     history[-1]["val_accuracy"], knn, time.time() - t0))
+        print(rows[-1], flush=True)
 
   print(f"\nsummary (test top-1 on {len(test_labels):,} images):")
-  print(f"{'blocks':>6}  {'probe':60s} {'LP':>7} {'kNN':>7} {'probe s':>8}")
-  for k, name, acc, knn, secs in rows:
-    print(f"{k:>6}  {name:60s} {acc:7.4f} {knn:7.4f} {secs:8.0f}")
+  print(f"{'features':28s}  {'probe':44s} {'LP':>7} "
+        + " ".join(f"{f'kNN k={kk}':>9}" for kk in KNN_KS) + f" {'probe s':>8}")
+  for features, name, acc, knn, secs in rows:
+    print(f"{features:28s}  {name:44s} {acc:7.4f} "
+          + " ".join(f"{knn[kk]:9.4f}" for kk in KNN_KS) + f" {secs:8.0f}")
 
 
 if __name__ == "__main__":

@@ -6,8 +6,9 @@ pretraining draws shuffled, augmented batches many times over
 (`TrainingImages`): from the split held in memory when it fits the memory
 budget (CIFAR-10 train is 586 MB as float32), otherwise streamed from the
 example files through a shuffle buffer, so memory does not grow with the
-data. Augmentation (random-resized-crop + flip) is vectorised over the batch
-with a different crop per image. Pretraining reads only the image, so it
+data. Augmentation (random-resized-crop + flip, optionally colour jitter and
+two views of each image) is vectorised over the batch with a different crop
+per image. Pretraining reads only the image, so it
 also takes the examples of an unlabeled split.
 """
 
@@ -111,7 +112,55 @@ def random_resized_crop(images: tf.Tensor, min_scale: float,
   return tf.where(flip, tf.reverse(crops, axis=[2]), crops)
 
 
-def pretrain_dataset(images: np.ndarray, batch_size: int, min_scale: float,
+def color_jitter(images: tf.Tensor, strength: float, apply_prob: float = 0.8,
+                 grayscale_prob: float = 0.2) -> tf.Tensor:
+  """Per-image colour distortion (SimCLR's, in the Transform'ed space):
+  with `apply_prob`, contrast and saturation scaled by 1 +- strength and
+  brightness shifted by +- strength (in units of the channels' std); then
+  grayscale with `grayscale_prob`. [B, S, S, 3] -> [B, S, S, 3].
+
+  The images are standardised per channel, and CIFAR-like data has about
+  equal channel stds, so an affine change per image is a brightness and
+  contrast change of the pixels, and the channel mean is their grey."""
+  b = tf.shape(images)[0]
+
+  def uniform(low, high):
+    return tf.random.uniform([b, 1, 1, 1], low, high)
+
+  gray = tf.reduce_mean(images, axis=-1, keepdims=True)            # [B, S, S, 1]
+  saturated = gray + uniform(1 - strength, 1 + strength) * (images - gray)
+  mean = tf.reduce_mean(saturated, axis=[1, 2, 3], keepdims=True)
+  jittered = (mean + uniform(1 - strength, 1 + strength) * (saturated - mean)
+              + uniform(-strength, strength))
+  out = tf.where(uniform(0, 1) < apply_prob, jittered, images)
+  out_gray = tf.tile(tf.reduce_mean(out, axis=-1, keepdims=True), [1, 1, 1, 3])
+  return tf.where(uniform(0, 1) < grayscale_prob, out_gray, out)
+
+
+@dataclasses.dataclass(frozen=True)
+class Augmentation:
+  """What a pretraining batch is made of: `views` augmented views of each
+  image (2 for a contrastive term: [B, 2, S, S, C]; else [B, S, S, C]), each
+  a random-resized crop + flip, then colour jitter when `color_jitter` > 0."""
+  crop_min_scale: float = 0.2
+  color_jitter: float = 0.0
+  views: int = 1
+
+  def __post_init__(self):
+    if self.views not in (1, 2):
+      raise ValueError(f"Augmentation.views must be 1 or 2, got {self.views}")
+
+  def view(self, images: tf.Tensor) -> tf.Tensor:
+    out = random_resized_crop(images, self.crop_min_scale)
+    return color_jitter(out, self.color_jitter) if self.color_jitter else out
+
+  def __call__(self, images: tf.Tensor) -> tf.Tensor:
+    if self.views == 1:
+      return self.view(images)
+    return tf.stack([self.view(images), self.view(images)], axis=1)
+
+
+def pretrain_dataset(images: np.ndarray, batch_size: int, augment: Augmentation,
                      seed: int = 0) -> tf.data.Dataset:
   """Endless shuffled, augmented batches of images (no labels)."""
   n = len(images)
@@ -123,24 +172,24 @@ def pretrain_dataset(images: np.ndarray, batch_size: int, min_scale: float,
           .shuffle(n, seed=seed, reshuffle_each_iteration=True)
           .repeat()
           .batch(batch_size, drop_remainder=True)
-          .map(lambda idx: random_resized_crop(tf.gather(pool, idx), min_scale),
+          .map(lambda idx: augment(tf.gather(pool, idx)),
                num_parallel_calls=tf.data.AUTOTUNE)
           .prefetch(tf.data.AUTOTUNE))
 
 
 def streamed_pretrain_dataset(file_patterns: Sequence[str],
                               tf_transform_output: tft.TFTransformOutput,
-                              batch_size: int, min_scale: float, shuffle_buffer: int,
-                              seed: int = 0, max_examples: Optional[int] = None,
-                              augment: bool = True) -> tf.data.Dataset:
+                              batch_size: int, augment: Optional[Augmentation],
+                              shuffle_buffer: int, seed: int = 0,
+                              max_examples: Optional[int] = None) -> tf.data.Dataset:
   """Endless shuffled, augmented batches streamed from the example files:
   files read in parallel, serialized examples shuffled through a buffer of
   `shuffle_buffer`, then decoded, Transform'ed and augmented in parallel.
   Memory is the buffer's, whatever the number of examples. Each epoch is a
-  permutation of the examples (`augment=False` shows them unaugmented)."""
+  permutation of the examples (`augment=None` shows them unaugmented)."""
   files = example_files(list(file_patterns))
   transform = _transform_fn(tf_transform_output, labeled=False)
-  prepare = ((lambda s: random_resized_crop(transform(s)[0], min_scale)) if augment
+  prepare = ((lambda s: augment(transform(s)[0])) if augment
              else (lambda s: transform(s)[0]))
   records = tf.data.Dataset.from_tensor_slices(files).interleave(
       lambda f: tf.data.TFRecordDataset(f, compression_type=COMPRESSION),
@@ -178,12 +227,13 @@ class TrainingImages:
   def streamed(self) -> bool:
     return self.images is None
 
-  def batches(self, batch_size: int, min_scale: float, seed: int = 0) -> tf.data.Dataset:
+  def batches(self, batch_size: int, augment: Augmentation, seed: int = 0
+              ) -> tf.data.Dataset:
     """Endless shuffled, augmented batches."""
     if not self.streamed:
-      return pretrain_dataset(self.images, batch_size, min_scale, seed)
+      return pretrain_dataset(self.images, batch_size, augment, seed)
     return streamed_pretrain_dataset(
-        self.file_patterns, self.tf_transform_output, batch_size, min_scale,
+        self.file_patterns, self.tf_transform_output, batch_size, augment,
         self.shuffle_buffer, seed, self.max_examples)
 
 

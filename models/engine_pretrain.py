@@ -87,7 +87,9 @@ class PretrainingModel(tf.keras.Model):
     weight gradients) on one thread, so one whole-batch program leaves cores
     idle; independent programs run side by side on TF's inter-op threads.
     Every image masks the same number of patches, so the mean of the
-    micro-batch losses is the batch loss."""
+    micro-batch losses is the batch loss of the pure MAE; a contrastive
+    term's negatives are the other images of the micro-batch (B / n - 1 of
+    them, not B - 1)."""
     n = self.xla_splits
     if self._split_gradients is None:
       self._split_gradients = tf.function(self._loss_and_gradients,
@@ -128,6 +130,13 @@ def compile_mae(cfg: config_lib.RunConfig, strategy: tf.distribute.Strategy,
   return model
 
 
+def augmentation(cfg: config_lib.RunConfig) -> data.Augmentation:
+  """The pretraining batches' augmentation; two views of each image when
+  the MAE has a contrastive term."""
+  return data.Augmentation(cfg.pretrain.crop_min_scale, cfg.pretrain.color_jitter,
+                           views=2 if cfg.model.contrastive_weight else 1)
+
+
 def checkpoint_dir(root: str, cfg: config_lib.RunConfig,
                    data_ids: Sequence[str]) -> str:
   """A directory under `root` keyed by the training config and the data
@@ -161,7 +170,7 @@ def pretrain(cfg: config_lib.RunConfig,
   if steps_per_epoch < 1:
     raise ValueError(f"{images.count} training images do not fill one "
                      f"batch of {global_batch}")
-  dataset = images.batches(global_batch, p.crop_min_scale, seed=rt.seed)
+  dataset = images.batches(global_batch, augmentation(cfg), seed=rt.seed)
   with training.precision_policy(rt.precision), strategy.scope():
     model = compile_mae(cfg, strategy, steps_per_epoch)
     # The MAE itself (not the wrapper) is checkpointed: the same layout as

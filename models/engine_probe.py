@@ -7,7 +7,7 @@ embedding is computed once, streaming the images (`extract_features`; the
 batches come from `data.transformed_batches`), and the head (BatchNorm
 without affine + Dense, `models.linear_probe`) trains on them for many epochs
 in seconds (`train_probe`). The same features give the k-NN accuracy
-(`models.evaluation.evaluate_knn`). No TFX types: the Trainer's run_fn
+(`models.evaluation.evaluate_knn`) and the exported classifier's k-NN bank. No TFX types: the Trainer's run_fn
 (`components/probe_trainer.py`), the benchmarks and the notebooks call these.
 """
 
@@ -20,7 +20,7 @@ import tensorflow as tf
 
 from models import config as config_lib
 from models import training
-from models.evaluation import evaluate_knn
+from models.evaluation import evaluate_knn, fit_whitening
 from models.linear_probe import FEATURE_BN, ProbeClassifier, build_probe_head
 from models.mae import Encoder
 
@@ -94,7 +94,9 @@ def linear_probe(cfg: config_lib.RunConfig, encoder: Encoder, class_names: List[
                  train_batches: tf.data.Dataset, eval_batches: tf.data.Dataset,
                  log_dir: str) -> ProbeResult:
   """Probes the frozen `encoder`: linear (BN + Dense) and k-NN accuracy on
-  the eval batches, both on the embedding the served model returns. Batches
+  the eval batches, both on the embedding the served model returns (the
+  pooled tokens, whitened by the train features' statistics when
+  `cfg.probe.whitening`). Batches
   are (images, labels), e.g. `data.transformed_batches`; label i is
   `class_names[i]`."""
   training.require_keras2()
@@ -102,21 +104,42 @@ def linear_probe(cfg: config_lib.RunConfig, encoder: Encoder, class_names: List[
   classifier = ProbeClassifier(encoder, head=None, class_names=class_names,
                                feature_blocks=cfg.probe.feature_blocks)
   start = time.perf_counter()
-  train_features, train_labels = extract_features(classifier.embed, train_batches)
-  eval_features, eval_labels = extract_features(classifier.embed, eval_batches)
+  train_features, train_labels = extract_features(classifier.pooled_tokens, train_batches)
+  eval_features, eval_labels = extract_features(classifier.pooled_tokens, eval_batches)
   print(f"[linear_probe] {train_features.shape[1]}-d features of {len(train_labels)} "
         f"train and {len(eval_labels)} eval images in "
         f"{time.perf_counter() - start:.0f} s", flush=True)
-  head, history = train_probe(cfg.probe, len(class_names), train_features, train_labels,
+  bank = slice(0, cfg.probe.knn_bank_examples)
+  num_classes = len(class_names)
+
+  def knn_accuracies(bank_features, evaluation):
+    return {k: evaluate_knn(bank_features, train_labels[bank], evaluation, eval_labels, k=k,
+                            num_classes=num_classes) for k in KNN_KS}
+
+  extra = {}
+  if cfg.probe.whitening:
+    # The pooled tokens' k-NN too: what whitening adds, measured on the same run.
+    extra["knn_unwhitened"] = {str(k): acc for k, acc in
+                               knn_accuracies(train_features[bank], eval_features).items()}
+    classifier.set_whitening(*fit_whitening(train_features, cfg.probe.whitening_shrinkage))
+    train_features = classifier.whiten(train_features).numpy()
+    eval_features = classifier.whiten(eval_features).numpy()
+  head, history = train_probe(cfg.probe, num_classes, train_features, train_labels,
                               eval_features, eval_labels, log_dir, cfg.runtime.seed)
   classifier.head = head
   linear = history[-1]["val_accuracy"]
-  knn = {k: evaluate_knn(train_features, train_labels, eval_features, eval_labels, k=k,
-                         num_classes=len(class_names)) for k in KNN_KS}
+  classifier.set_knn_bank(train_features[bank], train_labels[bank], KNN_K)
+  # Scored against the stored bank, so the exported model's k-NN agrees.
+  knn = knn_accuracies(classifier.knn_bank.numpy(), eval_features)
   print(f"[linear_probe] test top-1: linear {linear:.4f}, "
-        + ", ".join(f"{k}-NN (cosine) {acc:.4f}" for k, acc in knn.items()), flush=True)
+        + ", ".join(f"{k}-NN (cosine) {acc:.4f}" for k, acc in knn.items())
+        + (", unwhitened " + ", ".join(f"{k}-NN {acc:.4f}" for k, acc in
+                                      extra["knn_unwhitened"].items()) if extra else ""),
+        flush=True)
   return ProbeResult(classifier, dict(
       history=history, feature_dim=int(train_features.shape[1]), classes=len(class_names),
       train_examples=int(len(train_labels)), eval_examples=int(len(eval_labels)),
       eval_accuracy=linear, knn_k=KNN_K, knn_accuracy=knn[KNN_K],
-      knn={str(k): acc for k, acc in knn.items()}))
+      knn={str(k): acc for k, acc in knn.items()},
+      knn_bank_examples=int(min(len(train_labels), cfg.probe.knn_bank_examples)),
+      whitening=cfg.probe.whitening, **extra))

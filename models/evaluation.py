@@ -1,41 +1,76 @@
-"""Representation quality measures shared by the probe engine, the
-benchmarks and the notebooks."""
+"""Representation quality measures shared by the probe engine, the exported
+classifier (its k-NN output), the benchmarks and the notebooks."""
 
-from typing import Optional
+from typing import Optional, Tuple
 
 import numpy as np
+import tensorflow as tf
+
+KNN_TEMPERATURE = 0.07     # InstDisc's and DINO's
 
 
 def l2_normalise(x: np.ndarray) -> np.ndarray:
   return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
+def fit_whitening(features: np.ndarray, shrinkage: float = 1e-4
+                  ) -> Tuple[np.ndarray, np.ndarray]:
+  """PCA whitening fit on (unlabelled) training embeddings [N, D]: returns
+  (mean [D], matrix [D, D]) float32 such that (x - mean) @ matrix has about
+  identity covariance. Eigenvalues are shrunk by `shrinkage` x the largest
+  before the inverse square root, so near-empty directions are not blown
+  up into noise.
+
+  Why: MAE embeddings are anisotropic (a few directions carry most of the
+  variance), and cosine similarity on them mostly measures those
+  directions; whitened, every direction counts the same (PCA whitening of
+  retrieval descriptors, Jegou & Chum 2012)."""
+  x = features.astype(np.float64)
+  mean = x.mean(axis=0)
+  eigenvalues, eigenvectors = np.linalg.eigh(np.cov(x - mean, rowvar=False))
+  eigenvalues = np.maximum(eigenvalues, 0.0)
+  matrix = eigenvectors / np.sqrt(eigenvalues + shrinkage * eigenvalues.max() + 1e-12)
+  return mean.astype(np.float32), matrix.astype(np.float32)
+
+
+def knn_votes(queries: tf.Tensor, bank: tf.Tensor, bank_labels: tf.Tensor, k: int,
+              num_classes: int, temperature: float = KNN_TEMPERATURE) -> tf.Tensor:
+  """Weighted k-NN on cosine similarity (as in InstDisc/DINO): each of the k
+  nearest bank embeddings votes for its label with exp(sim / T).
+
+  queries [Q, D] and bank [N, D] (any scale and float dtype), bank_labels
+  [N] ids in [0, num_classes) -> the votes as class probabilities [Q, K]
+  float32. The exported classifier's k-NN output and `knn_predict` are this
+  function.
+  """
+  queries = tf.math.l2_normalize(tf.cast(queries, tf.float32), axis=-1)
+  bank = tf.math.l2_normalize(tf.cast(bank, tf.float32), axis=-1)
+  sims = tf.matmul(queries, bank, transpose_b=True)                  # [Q, N]
+  top_sims, top = tf.math.top_k(sims, k)                             # [Q, k]
+  # exp((s - 1) / T): the same ratios as exp(s / T), never overflows.
+  weights = tf.exp((top_sims - 1.0) / temperature)
+  votes = tf.reduce_sum(tf.one_hot(tf.gather(bank_labels, top), num_classes)
+                        * weights[..., None], axis=1)                # [Q, K]
+  return votes / tf.reduce_sum(votes, axis=-1, keepdims=True)
+
+
 def knn_predict(train_features: np.ndarray, train_labels: np.ndarray,
                 query_features: np.ndarray, k: int = 20,
-                temperature: float = 0.07, num_classes: Optional[int] = None,
+                temperature: float = KNN_TEMPERATURE, num_classes: Optional[int] = None,
                 chunk: int = 1024) -> np.ndarray:
-  """Weighted k-NN on cosine similarity (as in InstDisc/DINO): each of the k
-  nearest training embeddings votes for its label with exp(sim / T).
-  Labels are ids in [0, num_classes) (default: up to the largest train label).
-
-  Returns the predicted labels [Q]; works in chunks so memory stays small.
-  """
+  """`knn_votes`' predicted labels [Q] with the training embeddings as the
+  bank. Labels are ids in [0, num_classes) (default: up to the largest train
+  label). Works in chunks of queries so memory stays small."""
   train_labels = np.asarray(train_labels)
   if num_classes is None:
     num_classes = int(train_labels.max()) + 1
-  train = l2_normalise(train_features.astype(np.float32))
-  query = l2_normalise(query_features.astype(np.float32))
-  k = min(k, len(train))
-  predictions = []
-  for start in range(0, len(query), chunk):
-    sims = query[start:start + chunk] @ train.T                  # [c, N]
-    top = np.argpartition(-sims, k - 1, axis=1)[:, :k]           # [c, k]
-    top_sims = np.take_along_axis(sims, top, axis=1)
-    votes = np.zeros((len(top), num_classes))
-    np.add.at(votes, (np.arange(len(top))[:, None], train_labels[top]),
-              np.exp(top_sims / temperature))
-    predictions.append(votes.argmax(1))
-  return np.concatenate(predictions)
+  bank = tf.constant(train_features)
+  labels = tf.constant(train_labels)
+  k = min(k, len(train_features))
+  votes = tf.function(lambda q: knn_votes(q, bank, labels, k, num_classes, temperature))
+  return np.concatenate([
+      np.argmax(votes(tf.constant(query_features[start:start + chunk], tf.float32)), axis=1)
+      for start in range(0, len(query_features), chunk)])
 
 
 def evaluate_knn(train_features, train_labels, query_features, query_labels,

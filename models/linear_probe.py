@@ -3,13 +3,18 @@
 BatchNorm without affine parameters (it only standardises the features with
 batch statistics while training, moving statistics at inference) followed by
 one Dense layer. The encoder is frozen, so its features are computed once and
-the head trains on them; `ProbeClassifier` joins the two for serving/TFMA.
+the head trains on them; `ProbeClassifier` joins the two for serving/TFMA,
+with a k-NN classifier over a bank of training embeddings beside the head.
+The embedding it serves is the encoder's pooled tokens, PCA-whitened with
+statistics of the training images (`set_whitening`).
 """
 
 from typing import List, Optional
 
+import numpy as np
 import tensorflow as tf
 
+from models.evaluation import knn_votes, l2_normalise
 from models.mae import Encoder
 
 
@@ -29,20 +34,61 @@ def build_probe_head(feature_dim: int, num_classes: int) -> tf.keras.Model:
 
 class ProbeClassifier(tf.Module):
   """Frozen encoder + probe head: images -> embeddings / class probabilities;
-  `class_names` (id order) name the head's outputs."""
+  `class_names` (id order) name the head's outputs. After `set_knn_bank`,
+  also the k-NN classifier's class probabilities (`knn_probabilities`)."""
 
   def __init__(self, encoder: Encoder, head: Optional[tf.keras.Model],
-               class_names: List[str], feature_blocks: int = 1):
+               class_names: List[str], feature_blocks: Optional[int] = None):
     super().__init__(name="probe_classifier")
     self.encoder = encoder
     self.head = head
     self.class_names = list(class_names)
     self.feature_blocks = feature_blocks
+    self.knn_bank = self.knn_labels = None
+    self.knn_k = 0
+    self.whitening_mean = self.whitening_matrix = None
+
+  def set_whitening(self, mean: np.ndarray, matrix: np.ndarray) -> None:
+    """Makes the embedding (x - mean) @ matrix, x the encoder's pooled
+    tokens (`models.evaluation.fit_whitening`); saved with the model."""
+    self.whitening_mean = tf.Variable(mean.astype(np.float32), trainable=False,
+                                      name="whitening_mean")
+    self.whitening_matrix = tf.Variable(matrix.astype(np.float32), trainable=False,
+                                        name="whitening_matrix")
+
+  def whiten(self, features: tf.Tensor) -> tf.Tensor:
+    """[B, E] pooled tokens -> [B, E] the embedding (unchanged without whitening)."""
+    if self.whitening_mean is None:
+      return features
+    return tf.matmul(features - self.whitening_mean, self.whitening_matrix)
+
+  def set_knn_bank(self, features: np.ndarray, labels: np.ndarray, k: int) -> None:
+    """The k-NN classifier's bank: embeddings [N, E] and their labels [N],
+    saved with the model. Stored L2-normalised in float16 (half the size;
+    cosine similarities to ~1e-3); `knn_bank` is what the votes use."""
+    self.knn_bank = tf.Variable(l2_normalise(features.astype(np.float32)).astype(np.float16),
+                                trainable=False, name="knn_bank")
+    self.knn_labels = tf.Variable(np.asarray(labels, np.int64), trainable=False,
+                                  name="knn_labels")
+    self.knn_k = min(k, len(labels))
+
+  def knn_probabilities(self, images: tf.Tensor) -> tf.Tensor:
+    """[B, H, W, C] -> [B, K] the k nearest bank embeddings' weighted votes."""
+    if self.knn_bank is None:
+      raise ValueError("ProbeClassifier has no k-NN bank: call set_knn_bank first")
+    return knn_votes(self.embed(images), self.knn_bank, self.knn_labels,
+                     self.knn_k, len(self.class_names))
+
+  def pooled_tokens(self, images: tf.Tensor) -> tf.Tensor:
+    """[B, H, W, C] normalised images -> [B, k * D] float32: the pooled
+    tokens of the last k = `feature_blocks` blocks (None: all), side by side
+    (`Encoder.embed`)."""
+    return self.encoder.embed(images, last_blocks=self.feature_blocks)
 
   def embed(self, images: tf.Tensor) -> tf.Tensor:
-    """[B, H, W, C] normalised images -> [B, D] float32 embeddings of the last
-    `feature_blocks` blocks' (averaged) tokens (see `Encoder.embed`)."""
-    return self.encoder.embed(images, last_blocks=self.feature_blocks)
+    """[B, H, W, C] normalised images -> [B, k * D] float32 embeddings: the
+    pooled tokens, whitened when `set_whitening` was called."""
+    return self.whiten(self.pooled_tokens(images))
 
   def probabilities(self, images: tf.Tensor) -> tf.Tensor:
     logits = self.head(self.embed(images), training=False)

@@ -208,8 +208,9 @@ class Encoder(tf.keras.layers.Layer):
     return tf.concat([cls, x], axis=1)
 
   def _blocks(self, x, last_blocks: int = 1):
-    """Runs every block; returns the final-norm'ed tokens of the last block,
-    or their average over the last `last_blocks` blocks."""
+    """Runs every block; returns the final-norm'ed tokens of the last block
+    [B, T, D], or those of the last `last_blocks` blocks side by side
+    [B, T, last_blocks * D] (earliest first)."""
     if not 1 <= last_blocks <= len(self.blocks):
       raise ValueError(f"last_blocks must be in [1, {len(self.blocks)}], "
                        f"got {last_blocks}")
@@ -218,17 +219,18 @@ class Encoder(tf.keras.layers.Layer):
       x = blk(x)
       if i >= len(self.blocks) - last_blocks:
         outputs.append(self.norm(x))
-    return outputs[0] if last_blocks == 1 else tf.add_n(outputs) / last_blocks
+    return outputs[0] if last_blocks == 1 else tf.concat(outputs, axis=-1)
 
   def call(self, imgs, last_blocks: int = 1):
     """[B, H, W, C] -> [B, T, D] tokens of every patch (no masking);
-    last_blocks > 1 is a linear-probe feature option (see `_blocks`)."""
+    last_blocks > 1: [B, T, last_blocks * D], a probe feature option."""
     return self._blocks(self._prepend_cls(self._embed(imgs)), last_blocks)
 
-  def embed(self, imgs, last_blocks: int = 1) -> tf.Tensor:
-    """[B, H, W, C] -> [B, D] float32: the embedding the probe and serving use,
-    the [CLS] output or the mean over the patch tokens."""
-    tokens = tf.cast(self(imgs, last_blocks=last_blocks), tf.float32)
+  def embed(self, imgs, last_blocks: Optional[int] = 1) -> tf.Tensor:
+    """[B, H, W, C] -> [B, last_blocks * D] float32: the [CLS] output or the
+    mean over the patch tokens, of each of the last `last_blocks` blocks
+    (None: all), side by side. The probe and serving use it."""
+    tokens = tf.cast(self(imgs, last_blocks=last_blocks or len(self.blocks)), tf.float32)
     return tokens[:, 0] if self.cfg.cls_token else tf.reduce_mean(tokens, axis=1)
 
   def forward_masked(self, imgs, mask_ratio: float, noise=None):
@@ -294,11 +296,46 @@ def masked_patch_loss(imgs, pred, mask, patch_size: int,
 def uniformity_loss(latent: tf.Tensor, tau: float, prefix_tokens: int = 0) -> tf.Tensor:
   """U-MAE's regulariser: mean over the batch's pairs of (cos sim / tau)^2 of
   the pooled visible tokens (the [CLS] token when there is one). [B, T, D] -> ()."""
-  latent = tf.cast(latent, tf.float32)
-  pooled = latent[:, 0] if prefix_tokens else tf.reduce_mean(latent, axis=1)   # [B, D]
-  z = tf.math.l2_normalize(pooled, axis=-1)
+  z = tf.math.l2_normalize(pool_tokens(latent, prefix_tokens), axis=-1)     # [B, D]
   sim = tf.matmul(z, z, transpose_b=True) / tau                               # [B, B]
   return tf.reduce_mean(tf.square(sim))
+
+
+def pool_tokens(latent: tf.Tensor, prefix_tokens: int = 0) -> tf.Tensor:
+  """[B, T, D] -> [B, D] float32: the [CLS] token, else the tokens' mean."""
+  latent = tf.cast(latent, tf.float32)
+  return latent[:, 0] if prefix_tokens else tf.reduce_mean(latent, axis=1)
+
+
+def merge_views(x: tf.Tensor) -> tf.Tensor:
+  """[B, 2, ...] -> [2B, ...], view-major: image i's views at i and B + i."""
+  first, second = tf.unstack(x, axis=1)
+  return tf.concat([first, second], axis=0)
+
+
+def contrastive_loss(z: tf.Tensor, tau: float) -> tf.Tensor:
+  """InfoNCE (SimCLR's NT-Xent) over 2B projections, view-major: row i's
+  positive is row (i + B) mod 2B, the other 2B - 2 rows are its negatives.
+  [2B, P] -> () float32."""
+  z = tf.math.l2_normalize(tf.cast(z, tf.float32), axis=-1)
+  n = tf.shape(z)[0]
+  logits = tf.matmul(z, z, transpose_b=True) / tau                    # [2B, 2B]
+  logits -= 1e9 * tf.eye(n)                                           # not itself
+  positives = (tf.range(n) + n // 2) % n
+  return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
+      labels=positives, logits=logits))
+
+
+class Projector(tf.keras.layers.Layer):
+  """The contrastive term's MLP head on the pooled embedding (training only)."""
+
+  def __init__(self, hidden: int, dim: int, **kwargs):
+    super().__init__(**kwargs)
+    self.fc1 = tf.keras.layers.Dense(hidden, activation=tf.nn.gelu, name="fc1")
+    self.fc2 = tf.keras.layers.Dense(dim, name="fc2")
+
+  def call(self, x):                                  # [B, D] -> [B, P]
+    return self.fc2(self.fc1(x))
 
 
 # --------------------------------------------------------------------------
@@ -316,17 +353,30 @@ class MaskedAutoencoder(tf.keras.Model):
     self.cfg = cfg
     self.encoder = Encoder(cfg, name="encoder")
     self.decoder = Decoder(cfg, name="decoder")
+    self.projector = (Projector(cfg.projector_hidden, cfg.projector_dim, name="projector")
+                      if cfg.contrastive_weight else None)
 
   def call(self, imgs, training=False, noise=None):
-    """imgs [B, H, W, C], noise [B, L] or None -> (loss, pred [B, L, P], mask [B, L])."""
+    """imgs [B, H, W, C] (or two views of each image, [B, 2, H, W, C]),
+    noise [B, L] (or [B, 2, L]) or None -> (loss, pred [B', L, P],
+    mask [B', L]); B' = 2B for two views, which are reconstructed both, and
+    tied by the contrastive term when the config has one."""
+    views = imgs.shape.rank == 5
+    if views:
+      imgs = merge_views(imgs)                          # [2B, H, W, C]
+      noise = merge_views(noise) if noise is not None else None
     latent, mask, ids_restore = self.encoder.forward_masked(
         imgs, self.cfg.mask_ratio, noise)
     pred = self.decoder(latent, ids_restore)
     loss = masked_patch_loss(imgs, pred, mask, self.cfg.patch_size,
                              self.cfg.norm_pix_loss)
+    prefix = self.cfg.num_prefix_tokens
     if self.cfg.uniformity_weight:
       loss += self.cfg.uniformity_weight * uniformity_loss(
-          latent, self.cfg.uniformity_tau, self.cfg.num_prefix_tokens)
+          latent, self.cfg.uniformity_tau, prefix)
+    if views and self.projector is not None:
+      loss += self.cfg.contrastive_weight * contrastive_loss(
+          self.projector(pool_tokens(latent, prefix)), self.cfg.contrastive_tau)
     return loss, pred, mask
 
   def embed(self, imgs) -> tf.Tensor:
@@ -336,5 +386,6 @@ class MaskedAutoencoder(tf.keras.Model):
   def build_for(self, batch: int = 2):
     """Creates every variable by running a dummy batch."""
     c = self.cfg
-    self(tf.zeros([batch, c.image_size, c.image_size, 3]))
+    views = [2] if self.projector is not None else []
+    self(tf.zeros([batch, *views, c.image_size, c.image_size, 3]))
     return self

@@ -25,12 +25,13 @@ IMAGE_SIZE_CONFIG_KEY = "image_size"
 # ---- serving signatures of the pushed SavedModel ---------------------------
 SERVING_DEFAULT = "serving_default"       # image_bytes -> embedding
 EMBED_EXAMPLES = "embed_examples"         # examples -> embedding
-CLASSIFY_EXAMPLES = "classify_examples"   # examples -> probabilities
+CLASSIFY_EXAMPLES = "classify_examples"   # examples -> probabilities, knn_probabilities
 IMAGE_BYTES_INPUT = "image_bytes"         # "_bytes": TF Serving's REST API takes b64
 EXAMPLES_INPUT = "examples"
 EMBEDDING_KEY = "embedding"
 PROBABILITIES_KEY = "probabilities"
 CLASS_NAME_OUTPUT = "class_name"          # classify_examples: the most probable class
+KNN_PROBABILITIES_KEY = "knn_probabilities"  # classify_examples: the k-NN votes
 
 # ---- files the Trainers write ----------------------------------------------
 MAE_CONFIG_FILE = "config.json"               # the ModelConfig of a saved MAE

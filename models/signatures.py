@@ -5,7 +5,13 @@ Every signature prepares pixels with the Transform graph:
   serving_default    image_bytes: string [B] (PNG/JPEG/...) -> embedding [B, D]
   embed_examples     examples: serialized tf.Example [B]    -> embedding [B, D]
   classify_examples  examples: serialized tf.Example [B]    -> probabilities [B, K],
-                                                              class_name [B]
+                                                              class_name [B],
+                                                              knn_probabilities [B, K]
+
+`probabilities` and `class_name` are the linear probe's; `knn_probabilities`
+the weighted votes of the k nearest training embeddings (cosine; the bank is
+saved in the model; the probe Trainer always sets one), what the k-NN
+accuracy measures.
 
 The class names (id order) are an asset of the SavedModel,
 `assets/class_names.txt`, read by classify_examples's lookup table.
@@ -24,8 +30,8 @@ import tensorflow_transform as tft
 from models.linear_probe import ProbeClassifier
 from models.names import (CLASS_NAME_OUTPUT, CLASS_NAMES_FILE, CLASSIFY_EXAMPLES,
                           EMBED_EXAMPLES, EMBEDDING_KEY, EXAMPLES_INPUT,
-                          IMAGE_BYTES_INPUT, IMAGE_KEY, PROBABILITIES_KEY,
-                          SERVING_DEFAULT)
+                          IMAGE_BYTES_INPUT, IMAGE_KEY, KNN_PROBABILITIES_KEY,
+                          PROBABILITIES_KEY, SERVING_DEFAULT)
 
 
 def serving_feature_spec(tf_transform_output: tft.TFTransformOutput
@@ -73,10 +79,14 @@ def build_signatures(classifier: ProbeClassifier,
 
   @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=EXAMPLES_INPUT)])
   def classify_examples(examples):
-    probabilities = classifier.probabilities(images_from_examples(examples))
+    images = images_from_examples(examples)
+    probabilities = classifier.probabilities(images)
     best = tf.argmax(probabilities, axis=-1, output_type=tf.int64)
-    return {PROBABILITIES_KEY: probabilities,
-            CLASS_NAME_OUTPUT: classifier.class_names_table.lookup(best)}
+    outputs = {PROBABILITIES_KEY: probabilities,
+               CLASS_NAME_OUTPUT: classifier.class_names_table.lookup(best)}
+    if classifier.knn_bank is not None:
+      outputs[KNN_PROBABILITIES_KEY] = classifier.knn_probabilities(images)
+    return outputs
 
   return {
       SERVING_DEFAULT: serve_image_bytes.get_concrete_function(),

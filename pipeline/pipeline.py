@@ -20,8 +20,9 @@ from components.image_folder_example_gen import ImageFolderExampleGen
 from components.tfrecord_example_gen import TFRecordImageExampleGen
 from components.versioned_pusher import VersionedPusher
 from models import names
-from models.names import (CLASS_NAME_KEY, CLASSIFY_EXAMPLES, LABEL_KEY, PROBABILITIES_KEY,
-                          TEST_SPLIT, TRAIN_SPLIT, UNLABELED_SPLIT)
+from models.names import (CLASS_NAME_KEY, CLASSIFY_EXAMPLES, KNN_PROBABILITIES_KEY,
+                          LABEL_KEY, PROBABILITIES_KEY, TEST_SPLIT, TRAIN_SPLIT,
+                          UNLABELED_SPLIT)
 from pipeline import data_source
 from pipeline.configs import PipelineConfig
 
@@ -31,29 +32,35 @@ PROBE_RUN_FN = "components.probe_trainer.run_fn"
 
 
 def eval_config(min_accuracy: float, max_drop: float) -> tfma.EvalConfig:
-  """Accuracy overall and per class (sliced by the examples' class name);
-  bless above `min_accuracy` and within `max_drop` of the latest blessed
-  model (ignored when there is none)."""
+  """Accuracy of classify_examples' two classifiers, the linear probe and the
+  k-NN, overall and per class (sliced by the examples' class name); bless
+  when the linear probe is above `min_accuracy` and within `max_drop` of the
+  latest blessed model (ignored when there is none). The k-NN accuracy is
+  reported, not gated."""
+  # TFMA names each scored output by its key in the signature's outputs.
   return tfma.EvalConfig(
-      model_specs=[tfma.ModelSpec(signature_name=CLASSIFY_EXAMPLES,
-                                  label_key=LABEL_KEY,
-                                  prediction_key=PROBABILITIES_KEY)],
+      model_specs=[tfma.ModelSpec(signature_name=CLASSIFY_EXAMPLES, label_keys={
+          PROBABILITIES_KEY: LABEL_KEY, KNN_PROBABILITIES_KEY: LABEL_KEY})],
       slicing_specs=[tfma.SlicingSpec(), tfma.SlicingSpec(feature_keys=[CLASS_NAME_KEY])],
-      metrics_specs=[tfma.MetricsSpec(metrics=[
-          tfma.MetricConfig(class_name="ExampleCount"),
-          # The gate applies to the overall slice; per-class accuracies are
-          # reported, not gated (a class of 10 test images is too noisy).
-          tfma.MetricConfig(
-              class_name="SparseCategoricalAccuracy",
-              per_slice_thresholds=[tfma.PerSliceMetricThreshold(
-                  slicing_specs=[tfma.SlicingSpec()],
-                  threshold=tfma.MetricThreshold(
-                      value_threshold=tfma.GenericValueThreshold(
-                          lower_bound={"value": min_accuracy}),
-                      change_threshold=tfma.GenericChangeThreshold(
-                          direction=tfma.MetricDirection.HIGHER_IS_BETTER,
-                          absolute={"value": -max_drop})))]),
-      ])])
+      metrics_specs=[
+          tfma.MetricsSpec(output_names=[PROBABILITIES_KEY], metrics=[
+              tfma.MetricConfig(class_name="ExampleCount"),
+              # The gate applies to the overall slice; per-class accuracies
+              # are reported, not gated (a class of 10 test images is too noisy).
+              tfma.MetricConfig(
+                  class_name="SparseCategoricalAccuracy",
+                  per_slice_thresholds=[tfma.PerSliceMetricThreshold(
+                      slicing_specs=[tfma.SlicingSpec()],
+                      threshold=tfma.MetricThreshold(
+                          value_threshold=tfma.GenericValueThreshold(
+                              lower_bound={"value": min_accuracy}),
+                          change_threshold=tfma.GenericChangeThreshold(
+                              direction=tfma.MetricDirection.HIGHER_IS_BETTER,
+                              absolute={"value": -max_drop})))]),
+          ]),
+          tfma.MetricsSpec(output_names=[KNN_PROBABILITIES_KEY], metrics=[
+              tfma.MetricConfig(class_name="SparseCategoricalAccuracy")]),
+      ])
 
 
 def example_gen(config: PipelineConfig):

@@ -3,7 +3,8 @@
   python -m pipeline.report [--output-dir outputs]
 
 Prints each component's state and wall time, the MAE throughput, the linear
-probe's TFMA accuracy and whether (and where) the model was pushed.
+probe's and the k-NN's TFMA accuracy and whether (and where) the model was
+pushed.
 """
 
 import argparse
@@ -23,18 +24,20 @@ def _read_json(path: str):
     return None
 
 
-def tfma_accuracy(evaluation_uri: str) -> Dict[str, float]:
-  """{slice: accuracy} from an Evaluator output."""
+def tfma_accuracy(evaluation_uri: str) -> Dict[str, Dict[str, float]]:
+  """{classifier: {slice: accuracy}} from an Evaluator output; the
+  classifiers are classify_examples' outputs (names.PROBABILITIES_KEY, the
+  linear probe; names.KNN_PROBABILITIES_KEY, the k-NN)."""
   import tensorflow_model_analysis as tfma
   result = tfma.load_eval_result(evaluation_uri)
   accuracies = {}
   for slice_key, metrics in result.slicing_metrics:
     name = "overall" if not slice_key else ",".join(f"{k}={v}" for k, v in slice_key)
-    for metric_set in metrics.values():
+    for output, metric_set in metrics.items():
       for per_key in metric_set.values():
         value = per_key.get("sparse_categorical_accuracy")
         if value is not None:
-          accuracies[name] = value.get("doubleValue")
+          accuracies.setdefault(output, {})[name] = value.get("doubleValue")
   return accuracies
 
 
@@ -73,13 +76,16 @@ def format_report(metadata_path: str, pipeline_name: Optional[str] = None) -> st
                    + ", ".join(f"{k}-NN {acc:.4f}" for k, acc in knn.items()))
   evaluator = by_node.get("Evaluator")
   if evaluator and evaluator["outputs"].get("ModelEvaluation"):
-    acc = tfma_accuracy(evaluator["outputs"]["ModelEvaluation"][0])
-    if "overall" in acc:
-      lines.append(f"Linear probe test accuracy (TFMA): {acc['overall']:.4f}")
-    per_class = {k.split("=", 1)[1]: v for k, v in acc.items() if k != "overall"}
-    if per_class:
-      lines.append("  per class: " + ", ".join(
-          f"{k}: {v:.3f}" for k, v in sorted(per_class.items())))
+    accuracies = tfma_accuracy(evaluator["outputs"]["ModelEvaluation"][0])
+    for output, title in ((names.PROBABILITIES_KEY, "Linear probe"),
+                          (names.KNN_PROBABILITIES_KEY, "k-NN")):
+      acc = accuracies.get(output, {})
+      if "overall" in acc:
+        lines.append(f"{title} test accuracy (TFMA): {acc['overall']:.4f}")
+      per_class = {k.split("=", 1)[1]: v for k, v in acc.items() if k != "overall"}
+      if per_class:
+        lines.append("  per class: " + ", ".join(
+            f"{k}: {v:.3f}" for k, v in sorted(per_class.items())))
   if evaluator and evaluator["outputs"].get("ModelBlessing"):
     blessed = os.path.exists(os.path.join(evaluator["outputs"]["ModelBlessing"][0],
                                           "BLESSED"))

@@ -213,9 +213,12 @@ def export_random_classifier(tf_transform_output, export_dir, feature_blocks=1, 
   tf.keras.utils.set_random_seed(seed)
   cfg = config_lib.get_profile("smoke").model
   class_names = cifar10_class_names()
+  dim = cfg.embed_dim * feature_blocks
   classifier = ProbeClassifier(MaskedAutoencoder(cfg).build_for().encoder,
-                               build_probe_head(cfg.embed_dim, len(class_names)),
+                               build_probe_head(dim, len(class_names)),
                                class_names, feature_blocks)
+  rng = np.random.default_rng(seed)        # a k-NN bank of 40 random embeddings
+  classifier.set_knn_bank(rng.normal(size=(40, dim)), rng.integers(0, 10, 40), k=20)
   export_saved_model(classifier, tf_transform_output, str(export_dir))
   return classifier
 

@@ -2,6 +2,7 @@
 memory budget, streamed from the example files otherwise."""
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from models import config as config_lib
@@ -17,8 +18,7 @@ def _sorted_rows(images):
 def test_a_streamed_epoch_is_a_permutation_of_the_split(example_files, transform_output):
   train_files, _ = example_files
   stream = data.streamed_pretrain_dataset(train_files, transform_output, batch_size=32,
-                                          min_scale=0.2, shuffle_buffer=100, seed=1,
-                                          augment=False)
+                                          augment=None, shuffle_buffer=100, seed=1)
   epoch = np.concatenate([b.numpy() for b in stream.take(320 // 32)])
   in_memory, _ = data.load_transformed(train_files, transform_output)
   assert epoch.shape == in_memory.shape == (320, 32, 32, 3)
@@ -26,8 +26,14 @@ def test_a_streamed_epoch_is_a_permutation_of_the_split(example_files, transform
   np.testing.assert_allclose(_sorted_rows(epoch), _sorted_rows(in_memory),
                              rtol=1e-6, atol=1e-6)               # ... each image once
   augmented = next(iter(data.streamed_pretrain_dataset(
-      train_files, transform_output, batch_size=32, min_scale=0.2, shuffle_buffer=100)))
+      train_files, transform_output, batch_size=32, augment=data.Augmentation(),
+      shuffle_buffer=100)))
   assert augmented.shape == (32, 32, 32, 3) and np.isfinite(augmented.numpy()).all()
+  two_views = next(iter(data.streamed_pretrain_dataset(
+      train_files, transform_output, batch_size=32,
+      augment=data.Augmentation(color_jitter=0.4, views=2), shuffle_buffer=100)))
+  assert two_views.shape == (32, 2, 32, 32, 3)
+  assert not np.allclose(two_views[:, 0], two_views[:, 1])     # two different views
 
 
 def test_the_memory_budget_picks_the_path(example_files, transform_output, capsys):
@@ -57,3 +63,20 @@ def test_pretraining_streams_the_examples(example_files, transform_output, tmp_p
   losses = [h["loss"] for h in history]
   assert np.isfinite(losses).all() and losses[-1] < losses[0], losses
   assert tf.io.gfile.glob(str(tmp_path / "ckpt" / "ckpt-3*"))
+
+
+def test_color_jitter_changes_colour_not_layout():
+  tf.random.set_seed(0)
+  images = tf.random.normal([64, 8, 8, 3])
+  jittered = data.color_jitter(images, 0.4, apply_prob=1.0, grayscale_prob=0.0)
+  assert jittered.shape == images.shape and np.isfinite(jittered.numpy()).all()
+  assert not np.allclose(jittered, images)
+  # An affine change of each image's colours: the spatial pattern is kept.
+  a, b = images.numpy().reshape(64, -1), jittered.numpy().reshape(64, -1)
+  correlation = [np.corrcoef(x, y)[0, 1] for x, y in zip(a, b)]
+  assert min(correlation) > 0.5
+  gray = data.color_jitter(images, 0.4, apply_prob=0.0, grayscale_prob=1.0).numpy()
+  np.testing.assert_allclose(gray[..., 0], gray[..., 2])
+  np.testing.assert_allclose(gray[..., 0], images.numpy().mean(-1), rtol=1e-5, atol=1e-6)
+  with pytest.raises(ValueError, match="views must be 1 or 2, got 3"):
+    data.Augmentation(views=3)

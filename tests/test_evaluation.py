@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from models.evaluation import evaluate_knn, knn_predict
+from models.evaluation import evaluate_knn, fit_whitening, knn_predict
 
 
 def test_knn_separates_clusters_and_matches_brute_force():
@@ -35,3 +35,18 @@ def test_knn_takes_more_than_ten_classes():
   query_y = np.arange(15)
   assert evaluate_knn(train, train_y, centres[query_y], query_y, k=5) == 1.0
   assert evaluate_knn(train, train_y, centres[query_y], query_y, k=5, num_classes=20) == 1.0
+
+
+def test_whitening_decorrelates_the_train_features_and_shrinks_empty_directions():
+  rng = np.random.default_rng(2)
+  mixing = rng.normal(size=(6, 6)) * np.array([10.0, 5.0, 1.0, 0.5, 0.1, 0.01])
+  x = rng.normal(size=(5000, 6)) @ mixing.T + 3.0          # anisotropic, off-centre
+  mean, matrix = fit_whitening(x, shrinkage=0.0)
+  white = (x - mean) @ matrix
+  np.testing.assert_allclose(white.mean(0), 0.0, atol=1e-4)
+  np.testing.assert_allclose(np.cov(white, rowvar=False), np.eye(6), atol=1e-3)
+  # With shrinkage, a direction of (almost) no variance is not blown up.
+  degenerate = np.concatenate([x, np.zeros((5000, 1))], axis=1)
+  _, matrix = fit_whitening(degenerate, shrinkage=1e-4)
+  assert np.isfinite(matrix).all()
+  assert np.abs((degenerate - degenerate.mean(0)) @ matrix).max() < 1e3

@@ -103,7 +103,7 @@ def test_pushed_model_embeds_any_image_and_names_classes(folder_run, cifar10_sam
   images = [train[labels == c][0] for c in IMAGE_FOLDER_CLASSES]
   emb = model.signatures[SERVING_DEFAULT](image_bytes=tf.constant(
       [png_bytes(images[0]), jpeg_bytes(images[1], size=(120, 90))]))["embedding"]
-  assert emb.shape == (2, folder_run.run_config.model.embed_dim)
+  assert emb.shape == (2, folder_run.run_config.embedding_dim)
   out = model.signatures[CLASSIFY_EXAMPLES](
       examples=tf.constant([_example(png_bytes(i)) for i in images]))
   probs, classes = out["probabilities"].numpy(), out["class_name"].numpy()
@@ -114,8 +114,10 @@ def test_pushed_model_embeds_any_image_and_names_classes(folder_run, cifar10_sam
 
 def test_tfma_slices_by_class_name(folder_run):
   rows = _rows(folder_run)
-  accuracy = report.tfma_accuracy(rows["Evaluator"]["outputs"]["ModelEvaluation"][0])
-  assert set(accuracy) == {"overall"} | {f"class_name={c}" for c in ("airplane", "cat", "ship")}
+  accuracies = report.tfma_accuracy(rows["Evaluator"]["outputs"]["ModelEvaluation"][0])
+  for output in (names.PROBABILITIES_KEY, names.KNN_PROBABILITIES_KEY):
+    assert set(accuracies[output]) == ({"overall"}
+                                       | {f"class_name={c}" for c in ("airplane", "cat", "ship")})
 
 
 def test_rerun_is_served_from_cache(folder_run):

@@ -191,7 +191,7 @@ def test_xla_compiled_forward_matches_plain_graph():
   np.testing.assert_allclose(plain(imgs, noise), xla(imgs, noise), rtol=1e-4)
 
 
-def test_encoder_can_average_the_last_blocks():
+def test_encoder_can_give_the_last_blocks_side_by_side():
   model = MaskedAutoencoder(TINY).build_for()
   enc, imgs = model.encoder, tf.random.normal([2, 32, 32, 3])
   np.testing.assert_allclose(enc(imgs, last_blocks=1), enc(imgs), atol=1e-6)
@@ -201,7 +201,11 @@ def test_encoder_can_average_the_last_blocks():
     x = blk(x)
     outputs.append(enc.norm(x))
   np.testing.assert_allclose(enc(imgs, last_blocks=2),
-                             (outputs[-1] + outputs[-2]) / 2, atol=1e-5)
+                             tf.concat([outputs[-2], outputs[-1]], -1), atol=1e-5)
+  # The embedding: each block's patch mean, side by side; None is every block.
+  np.testing.assert_allclose(enc.embed(imgs, last_blocks=None),
+                             tf.concat([tf.reduce_mean(o, 1) for o in outputs], -1), atol=1e-5)
+  assert enc.embed(imgs, last_blocks=1).shape == (2, TINY.embed_dim)
   with pytest.raises(ValueError, match=r"last_blocks must be in \[1, 2\], got 3"):
     enc(imgs, last_blocks=3)
 
@@ -222,3 +226,45 @@ def test_uniformity_term_measures_collapse_and_adds_to_the_loss():
   latent, _, _ = pure.encoder.forward_masked(imgs, TINY.mask_ratio, noise)
   expected = float(pure(imgs, noise=noise)[0]) + 0.01 * float(uniformity_loss(latent, 0.1))
   assert float(umae(imgs, noise=noise)[0]) == pytest.approx(expected, rel=1e-5)
+
+
+def test_contrastive_loss_is_infonce_with_the_other_view_as_positive():
+  from models.mae import contrastive_loss
+  rng = np.random.RandomState(0)
+  z = rng.randn(6, 5).astype(np.float32)                 # 3 images x 2 views, view-major
+  zn = z / np.linalg.norm(z, axis=1, keepdims=True)
+  logits = zn @ zn.T / 0.2
+  np.fill_diagonal(logits, -np.inf)
+  positives = (np.arange(6) + 3) % 6
+  log_softmax = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+  expected = -log_softmax[np.arange(6), positives].mean()
+  assert float(contrastive_loss(tf.constant(z), 0.2)) == pytest.approx(expected, rel=1e-5)
+  # Two views that agree, far from the other images': near zero.
+  agreeing = np.concatenate([np.eye(5)[:3], np.eye(5)[:3]]).astype(np.float32)
+  assert float(contrastive_loss(tf.constant(agreeing), 0.05)) < 1e-6
+
+
+def test_two_views_are_masked_apart_reconstructed_both_and_tied_by_the_term():
+  from models.mae import contrastive_loss, merge_views, pool_tokens
+  cfg = dataclasses.replace(TINY, contrastive_weight=0.5)
+  tf.keras.utils.set_random_seed(0)
+  can = MaskedAutoencoder(cfg).build_for()
+  views = tf.random.normal([4, 2, 32, 32, 3])
+  noise = tf.random.uniform([4, 2, 64])
+  loss, pred, mask = can(views, noise=noise)
+  assert pred.shape == (8, 64, 48) and mask.shape == (8, 64)
+  flat_imgs, flat_noise = merge_views(views), merge_views(noise)
+  np.testing.assert_array_equal(flat_imgs[4].numpy(), views[0, 1].numpy())  # view-major
+  # Same weights without the term (views flattened): the loss differs by exactly it.
+  recon, _, _ = can(flat_imgs, noise=flat_noise)
+  latent, _, _ = can.encoder.forward_masked(flat_imgs, cfg.mask_ratio, flat_noise)
+  term = contrastive_loss(can.projector(pool_tokens(latent)), cfg.contrastive_tau)
+  assert float(loss) == pytest.approx(float(recon) + 0.5 * float(term), rel=1e-5)
+  # The term trains with the MAE (the projector gets gradients) under fit's step.
+  from models.engine_pretrain import PretrainingModel
+  trainer = PretrainingModel(can)
+  trainer.compile(optimizer=tf.keras.optimizers.AdamW(1e-3))
+  before = [v.numpy().copy() for v in can.projector.trainable_variables]
+  trainer.train_step(views)
+  assert all(not np.allclose(b, v.numpy())
+             for b, v in zip(before, can.projector.trainable_variables))

@@ -5,6 +5,7 @@ pipeline (cache), with a gate nobody passes, and on broken inputs.
 """
 
 import glob
+import json
 import os
 import shutil
 
@@ -53,7 +54,7 @@ def test_blessed_model_is_pushed_and_embeds_png(smoke_run, cifar10_sample):
   loaded = tf.saved_model.load(path)
   emb = loaded.signatures[SERVING_DEFAULT](
       image_bytes=tf.constant([png_bytes(i) for i in test_images[:5]]))["embedding"]
-  dim = smoke_run.run_config.model.embed_dim
+  dim = smoke_run.run_config.embedding_dim
   assert emb.shape == (5, dim) and np.isfinite(emb.numpy()).all()
   assert np.linalg.norm(emb.numpy()[0] - emb.numpy()[1]) > 0
 
@@ -61,18 +62,26 @@ def test_blessed_model_is_pushed_and_embeds_png(smoke_run, cifar10_sample):
 def test_tfma_accuracy_matches_the_pushed_model(smoke_run, cifar10_sample):
   rows = {r["node"]: r for r in runs.last_run_executions(
       smoke_run.metadata_path, smoke_run.pipeline_name)}
-  accuracy = report.tfma_accuracy(rows["Evaluator"]["outputs"]["ModelEvaluation"][0])
-  assert set(accuracy) == {"overall"} | {f"class_name={c}" for c in cifar10_class_names()}
-  # Recompute the accuracy with the pushed model on the same test split.
+  accuracies = report.tfma_accuracy(rows["Evaluator"]["outputs"]["ModelEvaluation"][0])
+  assert set(accuracies) == {names.PROBABILITIES_KEY, names.KNN_PROBABILITIES_KEY}
+  for accuracy in accuracies.values():
+    assert set(accuracy) == {"overall"} | {f"class_name={c}" for c in cifar10_class_names()}
+  # Recompute both accuracies with the pushed model on the same test split.
   _, (test_images, test_labels) = cifar10_sample
   path = os.path.join(smoke_run.serving_model_dir, _versions(smoke_run)[0])
   examples = [tf.train.Example(features=tf.train.Features(feature={
       "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[png_bytes(i)]))
   })).SerializeToString() for i in test_images]
-  probs = tf.saved_model.load(path).signatures[CLASSIFY_EXAMPLES](
-      examples=tf.constant(examples))["probabilities"].numpy()
-  ours = float((probs.argmax(1) == test_labels).mean())
-  assert abs(accuracy["overall"] - ours) < 1e-6
+  outputs = tf.saved_model.load(path).signatures[CLASSIFY_EXAMPLES](
+      examples=tf.constant(examples))
+  for output in (names.PROBABILITIES_KEY, names.KNN_PROBABILITIES_KEY):
+    ours = float((outputs[output].numpy().argmax(1) == test_labels).mean())
+    assert abs(accuracies[output]["overall"] - ours) < 1e-6, output
+  # The k-NN TFMA scores is the probe Trainer's k-NN (k = 20, the same bank).
+  with open(os.path.join(rows["linear_probe"]["outputs"]["ModelRun"][0],
+                         names.SUMMARY_FILE)) as f:
+    summary = json.load(f)
+  assert summary["knn_accuracy"] == pytest.approx(accuracies[names.KNN_PROBABILITIES_KEY]["overall"])
   assert os.path.exists(os.path.join(rows["Evaluator"]["outputs"]["ModelBlessing"][0],
                                      "BLESSED"))
 
@@ -197,6 +206,6 @@ def test_a_smaller_image_size_runs_end_to_end(tmp_path, small_cifar_dir, cifar10
   served = tf.saved_model.load(os.path.join(config.serving_model_dir, _versions(config)[-1]))
   emb = served.signatures[SERVING_DEFAULT](image_bytes=tf.constant(
       [png_bytes(test_images[0]), jpeg_bytes(test_images[1], size=(70, 50))]))["embedding"]
-  assert emb.shape == (2, config.run_config.model.embed_dim)
+  assert emb.shape == (2, config.run_config.embedding_dim)
   assert np.isfinite(emb.numpy()).all()
 

@@ -11,7 +11,7 @@ from models import config as config_lib
 from models import data
 from models.engine_probe import (KNN_K, KNN_KS, extract_features, linear_probe,
                                  train_probe)
-from models.evaluation import evaluate_knn
+from models.evaluation import evaluate_knn, fit_whitening
 from models.mae import MaskedAutoencoder
 from tests.conftest import cifar10_class_names
 
@@ -50,13 +50,32 @@ def test_reported_accuracies_are_the_returned_classifiers(example_files, transfo
   images, _ = data.load_transformed(test_files, transform_output)
   predicted = result.classifier.probabilities(tf.constant(images)).numpy().argmax(1)
   assert s["eval_accuracy"] == pytest.approx(float((predicted == test_labels).mean()), abs=1e-6)
-  train_x, train_y = extract_features(result.classifier.embed,
+  # The k-NN is the exported classifier's: its bank is the train images'
+  # served (whitened) embeddings, and its votes give the reported accuracy.
+  classifier = result.classifier
+  train_x, train_y = extract_features(classifier.embed,
                                       data.transformed_batches(train_files, transform_output))
-  test_x, test_y = extract_features(result.classifier.embed,
+  test_x, test_y = extract_features(classifier.embed,
                                     data.transformed_batches(test_files, transform_output))
-  assert s["knn_accuracy"] == evaluate_knn(train_x, train_y, test_x, test_y, k=KNN_K)
-  assert s["knn"] == {str(k): evaluate_knn(train_x, train_y, test_x, test_y, k=k)
+  assert s["whitening"] and train_x.shape[1] == cfg.embedding_dim
+  np.testing.assert_allclose(classifier.knn_bank.numpy(),
+                             train_x / np.linalg.norm(train_x, axis=1, keepdims=True),
+                             atol=2e-3)                     # float16
+  votes = classifier.knn_probabilities(tf.constant(images)).numpy()
+  assert s["knn_accuracy"] == pytest.approx(float((votes.argmax(1) == test_labels).mean()))
+  bank = classifier.knn_bank.numpy()
+  assert s["knn"] == {str(k): evaluate_knn(bank, train_y, test_x, test_y, k=k)
                       for k in KNN_KS}
+  # ... and the same k-NN on the pooled tokens before whitening.
+  pooled_train, _ = extract_features(classifier.pooled_tokens,
+                                     data.transformed_batches(train_files, transform_output))
+  pooled_test, _ = extract_features(classifier.pooled_tokens,
+                                    data.transformed_batches(test_files, transform_output))
+  # The served embedding: the pooled tokens whitened by the train split's statistics.
+  mean, matrix = fit_whitening(pooled_train, cfg.probe.whitening_shrinkage)
+  np.testing.assert_allclose(train_x, (pooled_train - mean) @ matrix, rtol=1e-3, atol=1e-3)
+  assert s["knn_unwhitened"] == pytest.approx(
+      {str(k): evaluate_knn(pooled_train, train_y, pooled_test, test_y, k=k) for k in KNN_KS})
 
 
 def test_labels_outside_the_classes_are_refused(example_files, transform_output, encoder,

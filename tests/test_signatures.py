@@ -18,28 +18,28 @@ def _example(image):
 @pytest.fixture(scope="module")
 def exported(transform_output, tmp_path_factory):
   path = str(tmp_path_factory.mktemp("export"))
-  # feature_blocks=2: the exported embedding averages the last two blocks.
+  # feature_blocks=2: the exported embedding is both blocks' pooled tokens.
   classifier = export_random_classifier(transform_output, path, feature_blocks=2)
-  return classifier, tf.saved_model.load(path), config_lib.get_profile("smoke").model
+  return classifier, tf.saved_model.load(path), 2 * config_lib.get_profile("smoke").model.embed_dim
 
 
 def test_signatures_and_their_tensors(exported):
-  _, loaded, cfg = exported
+  _, loaded, dim = exported
   sigs = loaded.signatures
   assert set(sigs) == {SERVING_DEFAULT, EMBED_EXAMPLES, CLASSIFY_EXAMPLES}
   assert list(sigs[SERVING_DEFAULT].structured_input_signature[1]) == ["image_bytes"]
   assert list(sigs[CLASSIFY_EXAMPLES].structured_input_signature[1]) == ["examples"]
   assert sigs[SERVING_DEFAULT].structured_outputs["embedding"].shape.as_list() == [
-      None, cfg.embed_dim]
+      None, dim]
 
 
 def test_png_and_jpeg_give_embeddings_of_the_same_shape(exported, cifar10_sample):
-  _, loaded, cfg = exported
+  _, loaded, dim = exported
   (images, _), _ = cifar10_sample
   serve = loaded.signatures[SERVING_DEFAULT]
   png = serve(image_bytes=tf.constant([png_bytes(i) for i in images[:4]]))["embedding"]
   jpg = serve(image_bytes=tf.constant([jpeg_bytes(i) for i in images[:4]]))["embedding"]
-  assert png.shape == jpg.shape == (4, cfg.embed_dim) and png.dtype == tf.float32
+  assert png.shape == jpg.shape == (4, dim) and png.dtype == tf.float32
   # JPEG artefacts move the embedding only a little compared with other images.
   same = np.linalg.norm(png - jpg, axis=1)
   other = np.linalg.norm(png - np.roll(png, 1, axis=0), axis=1)
@@ -69,6 +69,24 @@ def test_classify_examples_gives_probabilities(exported, cifar10_sample):
       examples=tf.constant([_example(i) for i in images[:5]]))["probabilities"].numpy()
   assert probs.shape == (5, 10)
   np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-5)
+
+
+def test_classify_examples_gives_the_knn_votes_of_the_saved_bank(exported, cifar10_sample,
+                                                                transform_output):
+  from models.evaluation import knn_predict
+  classifier, loaded, _ = exported
+  (images, _), _ = cifar10_sample
+  examples = tf.constant([_example(i) for i in images[:8]])
+  votes = loaded.signatures[CLASSIFY_EXAMPLES](examples=examples)["knn_probabilities"].numpy()
+  assert votes.shape == (8, 10)
+  np.testing.assert_allclose(votes.sum(1), 1.0, rtol=1e-5)
+  assert ((votes > 0).sum(1) <= 20).all()               # only k = 20 neighbours vote
+  spec = {"image": tf.io.FixedLenFeature([1], tf.string)}
+  embedded = classifier.embed(transform_output.transform_features_layer()(
+      tf.io.parse_example(examples, spec))["image"]).numpy()
+  expected = knn_predict(classifier.knn_bank.numpy(), classifier.knn_labels.numpy(),
+                         embedded, k=20, num_classes=10)
+  np.testing.assert_array_equal(votes.argmax(1), expected)
 
 
 def test_bytes_that_are_not_an_image_fail_loudly(exported):
