@@ -195,6 +195,11 @@ def pretrain(cfg: config_lib.RunConfig,
 # --------------------------------------------------------------------------
 # The saved MAE: `config.json` (its ModelConfig) + `weights/` (a checkpoint)
 # --------------------------------------------------------------------------
+# ModelConfig fields added after MAEs were saved, with the value an MAE saved
+# without them was trained with (the dataclass default may differ since).
+SAVED_BEFORE_FIELD = {"contrastive_weight": 0.0, "uniformity_weight": 0.0}
+
+
 def save_mae(mae: MaskedAutoencoder, directory: str) -> None:
   tf.io.gfile.makedirs(directory)
   with tf.io.gfile.GFile(os.path.join(directory, names.MAE_CONFIG_FILE), "w") as f:
@@ -209,7 +214,9 @@ def load_mae(directory: str) -> MaskedAutoencoder:
     raise FileNotFoundError(f"{path} not found: {directory} is not an MAE "
                             "saved by the mae_pretrain Trainer (save_mae)")
   with tf.io.gfile.GFile(path) as f:
-    cfg = config_lib.ModelConfig(**json.load(f))
+    saved = json.load(f)
+  # A field the saved config lacks predates it: the value that was then implied.
+  cfg = config_lib.ModelConfig(**{**SAVED_BEFORE_FIELD, **saved})
   model = MaskedAutoencoder(cfg).build_for()
   # The epoch checkpoints also hold the optimizer's slots, not needed here.
   tf.train.Checkpoint(model=model).read(

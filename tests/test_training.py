@@ -1,6 +1,7 @@
 """Schedule, weight decay and resumable pretraining."""
 
 import dataclasses
+import json
 import os
 
 import numpy as np
@@ -56,6 +57,23 @@ def test_save_and_load_mae_round_trip(tmp_path, cls_token):
   imgs = tf.random.normal([2, 32, 32, 3])
   np.testing.assert_allclose(loaded.embed(imgs).numpy(), model.embed(imgs).numpy(),
                              rtol=1e-6)
+
+
+def test_an_mae_saved_before_the_contrastive_term_loads_as_the_pure_mae(tmp_path):
+  """Its config.json has no contrastive_weight: it was trained without one
+  (and has no projector), whatever today's default."""
+  cfg = dataclasses.replace(config_lib.get_profile("smoke").model, contrastive_weight=0.0)
+  model = MaskedAutoencoder(cfg).build_for()
+  save_mae(model, str(tmp_path))
+  config_file = tmp_path / "config.json"
+  saved = json.loads(config_file.read_text())
+  del saved["contrastive_weight"], saved["uniformity_weight"]
+  config_file.write_text(json.dumps(saved))
+  assert config_lib.ModelConfig().contrastive_weight > 0       # today's default differs
+  loaded = load_mae(str(tmp_path))
+  assert loaded.cfg.contrastive_weight == 0.0 and loaded.projector is None
+  imgs = tf.random.normal([2, 32, 32, 3])
+  np.testing.assert_allclose(loaded.embed(imgs).numpy(), model.embed(imgs).numpy(), rtol=1e-6)
 
 
 def test_killed_pretraining_resumes_from_last_epoch(tmp_path):
