@@ -23,7 +23,7 @@ export TF_CPU_ALLOCATOR_USE_BFC := true
 export TF_CPP_MIN_LOG_LEVEL := 1
 export PYTHONWARNINGS := ignore::FutureWarning
 
-.PHONY: pipeline test test-all report serve image vertex-compile vertex-submit lock clean
+.PHONY: pipeline test test-all report notebooks serve image vertex-compile vertex-submit lock clean
 
 $(VENV)/.installed: setup.py pyproject.toml requirements.lock
 	@test -n "$(PYTHON310)" || { echo "Python 3.10 not found: install it (pyenv install 3.10.13) or set PYTHON310=/path/to/python3.10"; exit 1; }
@@ -42,8 +42,14 @@ test: $(VENV)/.installed
 test-all: $(VENV)/.installed
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# The newest run under $(MAE_TFX_OUTPUT) or outputs/: its summary, and
+# report.html beside it (every picture of notebooks/pipeline_walkthrough).
 report: $(VENV)/.installed
-	$(PY) -m pipeline.report
+	$(PY) -m pipeline.report --html
+
+# Re-runs notebooks/ on the newest run and saves them with their outputs.
+notebooks: $(VENV)/.installed
+	$(PY) -m pipeline.notebooks
 
 # The embedding server (TF Serving REST subset) on the pushed versions;
 # INDEX=file.npz (from `python -m serving.embed`) enables :neighbors.

@@ -21,6 +21,7 @@ setup(
         "aiohttp",         # the embedding server (serving/)
         "scikit-learn",    # exact cosine nearest neighbours (serving/embeddings.py)
         "tqdm",            # batch embedding progress bar
+        "matplotlib",      # the run's pictures (pipeline/figures.py: report, notebooks)
         "kfp-pipeline-spec",  # KubeflowV2DagRunner (Vertex AI Pipelines); the
                               # kfp SDK itself conflicts with TFX 1.16's pins
     ],

@@ -27,15 +27,20 @@ class DataAnomaliesError(RuntimeError):
   """The examples do not conform to the curated schema."""
 
 
+def split_anomalies(anomalies_uri: str, split: str) -> anomalies_pb2.Anomalies:
+  """What ExampleValidator found in one split of an ExampleAnomalies artifact."""
+  proto = anomalies_pb2.Anomalies()
+  with tf.io.gfile.GFile(os.path.join(anomalies_uri, f"Split-{split}", "SchemaDiff.pb"),
+                         "rb") as f:
+    proto.ParseFromString(f.read())
+  return proto
+
+
 def read_anomalies(anomalies_artifact) -> List[str]:
   """One human-readable line per anomaly, over all splits."""
   problems = []
   for split in artifact_utils.decode_split_names(anomalies_artifact.split_names):
-    path = os.path.join(
-        artifact_utils.get_split_uri([anomalies_artifact], split), "SchemaDiff.pb")
-    proto = anomalies_pb2.Anomalies()
-    with tf.io.gfile.GFile(path, "rb") as f:
-      proto.ParseFromString(f.read())
+    proto = split_anomalies(anomalies_artifact.uri, split)
     for feature, info in sorted(proto.anomaly_info.items()):
       kinds = ", ".join(anomalies_pb2.AnomalyInfo.Type.Name(r.type)
                         for r in info.reason) or "UNKNOWN"

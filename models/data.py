@@ -82,6 +82,20 @@ def load_transformed(file_patterns: List[str],
   return images, labels
 
 
+def channel_statistics(tf_transform_output: tft.TFTransformOutput
+                       ) -> Tuple[np.ndarray, np.ndarray]:
+  """(mean [3], std [3]) of the train pixels in [0, 1] that the Transform
+  graph standardises with: read back by transforming a black and a white
+  image (x -> (x - mean) / std maps 0 to -mean/std and 1 to (1 - mean)/std)."""
+  black, white = (tf.io.encode_png(tf.fill([1, 1, 3], tf.constant(v, tf.uint8)))
+                  for v in (0, 255))
+  images = tf_transform_output.transform_features_layer()(
+      {IMAGE_KEY: tf.stack([black, white])[:, None]})[IMAGE_KEY].numpy()
+  low, high = images[0, 0, 0].astype(np.float64), images[1, 0, 0].astype(np.float64)
+  std = 1.0 / (high - low)
+  return -low * std, std
+
+
 def load_raw_images(file_patterns: List[str], feature_spec, count: int,
                     size: int) -> np.ndarray:
   """The first `count` images decoded to [count, size, size, 3] float32 in

@@ -67,9 +67,10 @@ def knn_predict(train_features: np.ndarray, train_labels: np.ndarray,
   bank = tf.constant(train_features)
   labels = tf.constant(train_labels)
   k = min(k, len(train_features))
-  votes = tf.function(lambda q: knn_votes(q, bank, labels, k, num_classes, temperature))
+  # Eager: a few large ops a chunk, and no function traced anew on every call.
   return np.concatenate([
-      np.argmax(votes(tf.constant(query_features[start:start + chunk], tf.float32)), axis=1)
+      np.argmax(knn_votes(tf.constant(query_features[start:start + chunk], tf.float32),
+                          bank, labels, k, num_classes, temperature), axis=1)
       for start in range(0, len(query_features), chunk)])
 
 

@@ -46,6 +46,7 @@ BAD_IMAGES_FILE = "bad_images.txt"            # skipped files (--skip-bad-images
 OUTPUT_ENV = "MAE_TFX_OUTPUT"        # default output folder: <project>/outputs
 CIFAR10_ENV = "MAE_TFX_CIFAR10"      # a local CIFAR-10 copy (folder or archive)
 PROFILE_ENV = "MAE_TFX_PROFILE"
+RUN_ID_ENV = "MAE_TFX_RUN_ID"        # the run the notebooks show (default: the newest)
 # Where tests and benchmarks extract a CIFAR-10 archive (a run uses <output>/cache).
 DATA_CACHE_DIR = os.path.join(PROJECT_DIR, ".cache", "data")
 

@@ -26,6 +26,9 @@ from models.names import (CLASS_NAME_KEY, CLASSIFY_EXAMPLES, KNN_PROBABILITIES_K
 from pipeline import data_source
 from pipeline.configs import PipelineConfig
 
+# (upstream, downstream) node ids ordered without an artifact between them:
+# nothing is transformed or trained until the gate passed the data.
+CONTROL_DEPENDENCIES = (("AnomaliesGate", "Transform"),)
 PREPROCESSING_FN = "models.preprocessing.preprocessing_fn"
 MAE_RUN_FN = "components.mae_trainer.run_fn"
 PROBE_RUN_FN = "components.probe_trainer.run_fn"
@@ -106,7 +109,6 @@ def create_pipeline(config: PipelineConfig,
       splits_config=transform_pb2.SplitsConfig(analyze=[TRAIN_SPLIT]),
       materialize=False,
       disable_statistics=True)
-  transform.add_upstream_node(anomalies_gate)
 
   vertex = config.vertex
 
@@ -159,12 +161,16 @@ def create_pipeline(config: PipelineConfig,
                              model_blessing=evaluator.outputs["blessing"],
                              base_directory=config.serving_model_dir)
 
+  components = [examples_gen, statistics_gen, schema_gen, example_validator,
+                anomalies_gate, transform, mae_trainer, probe_trainer,
+                model_resolver, evaluator, pusher]
+  by_id = {c.id: c for c in components}
+  for upstream, downstream in CONTROL_DEPENDENCIES:
+    by_id[downstream].add_upstream_node(by_id[upstream])
   return tfx.dsl.Pipeline(
       pipeline_name=config.pipeline_name,
       pipeline_root=config.pipeline_root,
-      components=[examples_gen, statistics_gen, schema_gen, example_validator,
-                  anomalies_gate, transform, mae_trainer, probe_trainer,
-                  model_resolver, evaluator, pusher],
+      components=components,
       enable_cache=config.enable_cache,
       metadata_connection_config=metadata_connection_config,
       beam_pipeline_args=(config.beam_args if beam_pipeline_args is None

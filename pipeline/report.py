@@ -1,18 +1,26 @@
-"""What the last pipeline run did, read back from MLMD.
+"""What a pipeline run did, read back from MLMD: a text summary, and a
+static HTML page with its pictures (`make report`).
 
-  python -m pipeline.report [--output-dir outputs]
+  python -m pipeline.report [--output-dir outputs] [--run-id ID] [--html [PATH]]
 
 Prints each component's state and wall time, the MAE throughput, the linear
 probe's and the k-NN's TFMA accuracy and whether (and where) the model was
-pushed.
+pushed. With --html it also writes (default <output-dir>/report.html)
+`notebooks/pipeline_walkthrough.ipynb` run on that run, as one self-contained
+page without the code (images embedded): the DAG, the data statistics,
+schema and anomalies, Transform's normalisation, the training curves, the
+reconstructions, TFMA's accuracy per class, the confusion matrix, the probe
+beside a random-init encoder, the embedding map, nearest neighbours and the
+probe's most confident mistakes.
 """
 
 import argparse
 import json
 import os
-from typing import Dict, Optional
+from typing import Optional
 
 from models import names
+from pipeline.run_outputs import tfma_accuracy
 from pipeline.runs import example_gen_row, last_run_executions
 
 
@@ -24,27 +32,13 @@ def _read_json(path: str):
     return None
 
 
-def tfma_accuracy(evaluation_uri: str) -> Dict[str, Dict[str, float]]:
-  """{classifier: {slice: accuracy}} from an Evaluator output; the
-  classifiers are classify_examples' outputs (names.PROBABILITIES_KEY, the
-  linear probe; names.KNN_PROBABILITIES_KEY, the k-NN)."""
-  import tensorflow_model_analysis as tfma
-  result = tfma.load_eval_result(evaluation_uri)
-  accuracies = {}
-  for slice_key, metrics in result.slicing_metrics:
-    name = "overall" if not slice_key else ",".join(f"{k}={v}" for k, v in slice_key)
-    for output, metric_set in metrics.items():
-      for per_key in metric_set.values():
-        value = per_key.get("sparse_categorical_accuracy")
-        if value is not None:
-          accuracies.setdefault(output, {})[name] = value.get("doubleValue")
-  return accuracies
-
-
-def format_report(metadata_path: str, pipeline_name: Optional[str] = None) -> str:
-  """The newest run of `pipeline_name` (None: of the pipeline that ran last)."""
-  rows = last_run_executions(metadata_path, pipeline_name)
-  title = f"=== {pipeline_name} run report ===" if pipeline_name else "=== newest run report ==="
+def format_report(metadata_path: str, pipeline_name: Optional[str] = None,
+                  run_id: Optional[str] = None) -> str:
+  """Run `run_id` (None: the newest run of `pipeline_name`, or of the
+  pipeline that ran last)."""
+  rows = last_run_executions(metadata_path, pipeline_name, run_id)
+  title = (f"=== run {run_id} ===" if run_id else
+           f"=== {pipeline_name} run report ===" if pipeline_name else "=== newest run report ===")
   lines = ["", title, f"{'component':36s} {'state':10s} seconds"]
   for r in rows:
     lines.append(f"{r['node']:36s} {r['state']:10s} {r['seconds']:8.1f}")
@@ -98,6 +92,29 @@ def format_report(metadata_path: str, pipeline_name: Optional[str] = None) -> st
   return "\n".join(lines)
 
 
+# ---- the HTML report -----------------------------------------------------------
+WALKTHROUGH = "pipeline_walkthrough.ipynb"
+
+
+def write_html(output_dir: Optional[str] = None, path: Optional[str] = None,
+               run_id: Optional[str] = None) -> str:
+  """Runs notebooks/pipeline_walkthrough.ipynb on a run (default: the
+  newest under `output_dir`) and writes it as a static page without the code
+  to `path` (default <output_dir>/report.html), and each picture as a PNG
+  into <path without .html>_figures/; returns the path."""
+  from models.training import write_atomically
+  from pipeline import notebooks
+  output_dir = output_dir or names.default_output_dir()
+  path = path or os.path.join(output_dir, "report.html")
+  nb = notebooks.execute(WALKTHROUGH, output_dir, run_id)
+  figures_dir = os.path.splitext(path)[0] + "_figures"
+  os.makedirs(figures_dir, exist_ok=True)
+  for name, data in notebooks.pictures(nb).items():
+    write_atomically(os.path.join(figures_dir, f"{name}.png"), data)
+  write_atomically(path, notebooks.to_html(nb))
+  return path
+
+
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -107,9 +124,15 @@ def main(argv=None):
                  help="its MLMD database (default <output-dir>/metadata.sqlite)")
   p.add_argument("--pipeline-name", default=None,
                  help="mae-tfx (CIFAR-10) or mae-tfx-<data set> (default: the newest run's)")
+  p.add_argument("--run-id", default=None,
+                 help="which run (`pipeline.runs.list_runs`; default the newest)")
+  p.add_argument("--html", nargs="?", const="", default=None, metavar="PATH",
+                 help="also write the HTML report (default <output-dir>/report.html)")
   args = p.parse_args(argv)
   print(format_report(args.metadata or names.metadata_path(args.output_dir),
-                      args.pipeline_name))
+                      args.pipeline_name, args.run_id))
+  if args.html is not None:
+    print("HTML report:", write_html(args.output_dir, args.html or None, args.run_id))
 
 
 if __name__ == "__main__":

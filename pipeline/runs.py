@@ -26,51 +26,91 @@ def open_store(metadata_path: str) -> metadata_store.MetadataStore:
   return metadata_store.MetadataStore(config)
 
 
-def last_run_executions(metadata_path: str,
-                        pipeline_name: Optional[str] = None) -> List[Dict]:
-  """[{node, state, seconds, outputs: {type: [uri]},
-  output_properties: {type: [{custom property: value}]}}] of the newest run
-  of `pipeline_name` (None: of whichever pipeline ran last, e.g. CIFAR-10's
-  `mae-tfx` or `mae-tfx-<data set>`)."""
+def list_runs(metadata_path: str, pipeline_name: Optional[str] = None) -> List[Dict]:
+  """[{run_id, pipeline, created (ms since epoch)}] of the runs of
+  `pipeline_name` (None: of every pipeline), oldest first. A run id is the
+  time the run started, e.g. "20261130-110518.886888"."""
   store = open_store(metadata_path)
-  pipelines = {c.id for c in store.get_contexts_by_type("pipeline")
+  pipelines = {c.id: c.name for c in store.get_contexts_by_type("pipeline")
                if pipeline_name is None or c.name == pipeline_name}
-  if not pipelines:
+  found = []
+  for run in store.get_contexts_by_type("pipeline_run"):
+    parent = [pipelines[p.id] for p in store.get_parent_contexts_by_context(run.id)
+              if p.id in pipelines]
+    if parent:
+      found.append(dict(run_id=run.name, pipeline=parent[0],
+                        created=run.create_time_since_epoch))
+  return sorted(found, key=lambda r: r["created"])
+
+
+def find_run(metadata_path: str, pipeline_name: Optional[str] = None,
+             run_id: Optional[str] = None) -> Optional[Dict]:
+  """The `list_runs` entry of run `run_id` (None: the newest run of
+  `pipeline_name`, or of any pipeline); None when there is no run yet.
+  A `run_id` that is not there raises, naming the runs there are."""
+  found = [r for r in list_runs(metadata_path, pipeline_name)
+           if run_id is None or r["run_id"] == run_id]
+  if not found and run_id is not None:
+    raise LookupError(f"{metadata_path} has no run {run_id!r}; its runs: "
+                      f"{[r['run_id'] for r in list_runs(metadata_path)]}")
+  return found[-1] if found else None
+
+
+def last_run_executions(metadata_path: str, pipeline_name: Optional[str] = None,
+                        run_id: Optional[str] = None) -> List[Dict]:
+  """[{node, state, seconds, started, ended (ms since epoch),
+  inputs / outputs: {type: [uri]}, output_properties: {type: [{custom
+  property: value}]}}] of run `run_id` (`list_runs`; None: the newest run of
+  `pipeline_name`, or of whichever pipeline ran last, e.g. CIFAR-10's
+  `mae-tfx` or `mae-tfx-<data set>`), in the order the executions started."""
+  found = find_run(metadata_path, pipeline_name, run_id)
+  if found is None:
     return []
-  runs = [c for c in store.get_contexts_by_type("pipeline_run")
-          if any(p.id in pipelines for p in store.get_parent_contexts_by_context(c.id))]
-  if not runs:
-    return []
-  run = max(runs, key=lambda c: c.create_time_since_epoch)
+  store = open_store(metadata_path)
+  run = store.get_context_by_type_and_name("pipeline_run", found["run_id"])
   rows = []
   for execution in sorted(store.get_executions_by_context(run.id),
                           key=lambda e: e.create_time_since_epoch):
     nodes = [c.name for c in store.get_contexts_by_execution(execution.id)
              if store.get_context_types_by_id([c.type_id])[0].name == "node"]
     node = nodes[0].split(".", 1)[-1] if nodes else str(execution.type_id)
-    outputs: Dict[str, List[str]] = {}
-    output_properties: Dict[str, List[Dict]] = {}
     events = store.get_events_by_execution_ids([execution.id])
-    out_ids = [e.artifact_id for e in events
-               if e.type == metadata_store_pb2.Event.OUTPUT]
-    for artifact in store.get_artifacts_by_id(out_ids):
+    uris: Dict[int, Dict[str, List[str]]] = {metadata_store_pb2.Event.INPUT: {},
+                                             metadata_store_pb2.Event.OUTPUT: {}}
+    output_properties: Dict[str, List[Dict]] = {}
+    kinds = {e.artifact_id: e.type for e in events if e.type in uris}
+    for artifact in store.get_artifacts_by_id(list(kinds)):
       artifact_type = store.get_artifact_types_by_id([artifact.type_id])[0].name
-      outputs.setdefault(artifact_type, []).append(artifact.uri)
-      output_properties.setdefault(artifact_type, []).append(
-          {k: v.string_value or v.int_value
-           for k, v in artifact.custom_properties.items()})
+      uris[kinds[artifact.id]].setdefault(artifact_type, []).append(artifact.uri)
+      if kinds[artifact.id] == metadata_store_pb2.Event.OUTPUT:
+        output_properties.setdefault(artifact_type, []).append(
+            {k: v.string_value or v.int_value
+             for k, v in artifact.custom_properties.items()})
     rows.append(dict(
         node=node, state=_STATES.get(execution.last_known_state, "?"),
         seconds=(execution.last_update_time_since_epoch -
                  execution.create_time_since_epoch) / 1000.0,
-        outputs=outputs, output_properties=output_properties))
+        started=execution.create_time_since_epoch,
+        ended=execution.last_update_time_since_epoch,
+        inputs=uris[metadata_store_pb2.Event.INPUT],
+        outputs=uris[metadata_store_pb2.Event.OUTPUT], output_properties=output_properties))
   return rows
 
 
-def last_run_nodes(metadata_path: str,
-                   pipeline_name: Optional[str] = None) -> Dict[str, Dict]:
+def run_edges(rows: List[Dict]) -> List[Tuple[str, str]]:
+  """(producer node, consumer node) for every artifact one execution of the
+  run output and another took as input: the DAG's data flow (a node that
+  only orders others, like AnomaliesGate, shows no edge of its own)."""
+  produced = {uri: r["node"] for r in rows for uris in r["outputs"].values() for uri in uris}
+  return sorted({(produced[uri], r["node"]) for r in rows
+                 for uris in r["inputs"].values() for uri in uris
+                 if uri in produced and produced[uri] != r["node"]})
+
+
+def last_run_nodes(metadata_path: str, pipeline_name: Optional[str] = None,
+                   run_id: Optional[str] = None) -> Dict[str, Dict]:
   """`last_run_executions` keyed by node id (e.g. "mae_pretrain")."""
-  return {r["node"]: r for r in last_run_executions(metadata_path, pipeline_name)}
+  return {r["node"]: r for r in last_run_executions(metadata_path, pipeline_name, run_id)}
 
 
 def example_gen_row(rows: Dict[str, Dict]) -> Optional[Dict]:

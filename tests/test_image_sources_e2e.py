@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from models import image_files, names, schema
 from models.names import CLASSIFY_EXAMPLES, SERVING_DEFAULT
-from pipeline import local_runner, report, runs
+from pipeline import local_runner, report, run_outputs, runs
 from tests.conftest import (IMAGE_FOLDER_CLASSES, cifar10_class_names, jpeg_bytes,
                             png_bytes, save_image)
 
@@ -114,7 +114,7 @@ def test_pushed_model_embeds_any_image_and_names_classes(folder_run, cifar10_sam
 
 def test_tfma_slices_by_class_name(folder_run):
   rows = _rows(folder_run)
-  accuracies = report.tfma_accuracy(rows["Evaluator"]["outputs"]["ModelEvaluation"][0])
+  accuracies = run_outputs.tfma_accuracy(rows["Evaluator"]["outputs"]["ModelEvaluation"][0])
   for output in (names.PROBABILITIES_KEY, names.KNN_PROBABILITIES_KEY):
     assert set(accuracies[output]) == ({"overall"}
                                        | {f"class_name={c}" for c in ("airplane", "cat", "ship")})

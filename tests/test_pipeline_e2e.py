@@ -15,7 +15,7 @@ import tensorflow as tf
 
 from models import names
 from models.names import CLASSIFY_EXAMPLES, SERVING_DEFAULT
-from pipeline import configs, local_runner, report, runs
+from pipeline import configs, local_runner, report, run_outputs, runs
 from tests.conftest import cifar10_class_names, png_bytes, write_cifar_dir
 
 ALL_NODES = {"Cifar10ExampleGen", "StatisticsGen", "ImportSchemaGen",
@@ -62,7 +62,7 @@ def test_blessed_model_is_pushed_and_embeds_png(smoke_run, cifar10_sample):
 def test_tfma_accuracy_matches_the_pushed_model(smoke_run, cifar10_sample):
   rows = {r["node"]: r for r in runs.last_run_executions(
       smoke_run.metadata_path, smoke_run.pipeline_name)}
-  accuracies = report.tfma_accuracy(rows["Evaluator"]["outputs"]["ModelEvaluation"][0])
+  accuracies = run_outputs.tfma_accuracy(rows["Evaluator"]["outputs"]["ModelEvaluation"][0])
   assert set(accuracies) == {names.PROBABILITIES_KEY, names.KNN_PROBABILITIES_KEY}
   for accuracy in accuracies.values():
     assert set(accuracy) == {"overall"} | {f"class_name={c}" for c in cifar10_class_names()}
@@ -98,24 +98,64 @@ def test_trainers_log_progress_and_tensorboard(smoke_run):
   assert "img/s" in text and "Linear probe test accuracy (TFMA)" in text
 
 
-def test_notebook_runs_on_the_pipeline_outputs(smoke_run, monkeypatch):
-  import nbformat
-  from nbclient import NotebookClient
-  nb = nbformat.read(os.path.join(names.PROJECT_DIR, "notebooks",
-                                  "explore_embeddings.ipynb"), as_version=4)
-  monkeypatch.setenv(names.OUTPUT_ENV, smoke_run.output_dir)
-  # A push killed mid-copy leaves a staging folder; the notebook skips it.
+def _text_outputs(nb) -> str:
+  return "".join(o.get("text", "") + "".join(v for v in o.get("data", {}).values()
+                                              if isinstance(v, str))
+                 for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+
+
+def test_notebooks_run_on_the_pipeline_outputs(smoke_run):
+  from pipeline import notebooks
+  # A push killed mid-copy leaves a staging folder; the notebooks skip it.
   staging = os.path.join(smoke_run.serving_model_dir, ".staging-9999999999-1")
   os.makedirs(staging)
-  try:
-    NotebookClient(nb, timeout=600, kernel_name="python3",
-                   resources={"metadata": {"path": names.PROJECT_DIR}}).execute()
+  try:   # a failing cell raises CellExecutionError
+    executed = {name: notebooks.execute(name, smoke_run.output_dir)
+                for name in notebooks.NOTEBOOKS}
   finally:
     shutil.rmtree(staging)
-  text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code"
-                 for o in c.get("outputs", []))
-  assert "kNN (k=20, cosine) top-1 on 100 test images with 320 train images" in text
-  assert os.path.exists(os.path.join(smoke_run.output_dir, "nearest_neighbours.png"))
+  walkthrough = executed["pipeline_walkthrough.ipynb"]
+  pictures = [o for c in walkthrough.cells for o in c.get("outputs", [])
+              if "image/png" in o.get("data", {})]
+  assert len(pictures) == 12          # every figures.* call made its picture
+  text = _text_outputs(walkthrough)
+  assert "application/vnd.jupyter.widget-view+json" in str(walkthrough.cells)   # tfma.view
+  assert "facets-overview" in text
+  assert all(name in text for name in cifar10_class_names())     # the schema's domain
+  assert "split train: 0 anomalies" in text
+  assert "kNN (k=20, cosine) top-1 on 100 test images with 320 train images" in \
+      _text_outputs(executed["explore_embeddings.ipynb"])
+  for nb in executed.values():       # what a committed notebook may show
+    assert smoke_run.output_dir not in _text_outputs(nb)
+    assert names.PROJECT_DIR not in _text_outputs(nb)
+
+
+def test_report_writes_the_walkthrough_as_a_static_page(smoke_run, tmp_path):
+  path = report.write_html(smoke_run.output_dir, str(tmp_path / "report.html"))
+  with open(path) as f:
+    page = f.read()
+  for title in ("The DAG", "The data", "The schema and the anomaly gate", "Transform",
+                "Training", "Evaluation (TFMA)", "k-NN, and the random-init baseline",
+                "The embedding space", "Nearest neighbours", "most confident mistakes"):
+    assert f">{title}" in page or title in page
+  assert page.count('src="data:image/png;base64,') == 12
+  assert "from pipeline import" not in page            # the code is left out
+  assert "&lt;output&gt;/serving_model/" in page and smoke_run.output_dir not in page
+  assert sorted(os.listdir(tmp_path / "report_figures")) == sorted(
+      f"{name}.png" for name in ("dag", "timeline", "class_counts", "channel_statistics",
+                                 "training_curves", "reconstructions", "accuracy_by_class",
+                                 "confusion_matrix", "probe_accuracies", "embedding_map",
+                                 "nearest_neighbours", "confident_mistakes"))
+
+
+def test_transform_froze_the_train_pixels_mean_and_std(smoke_run, cifar10_sample):
+  from pipeline.run_outputs import RunOutputs
+  (train_images, _), _ = cifar10_sample
+  mean, std = RunOutputs.load(smoke_run.output_dir).channel_statistics()
+  pixels = train_images.reshape(-1, 3) / 255.0
+  # tf.Transform's analysers sum in float32: 1e-4 is 1/40 of a grey level.
+  np.testing.assert_allclose(mean, pixels.mean(0), atol=1e-4)
+  np.testing.assert_allclose(std, pixels.std(0), atol=1e-4)
 
 
 def test_second_run_is_served_from_cache(smoke_run):

@@ -7,6 +7,7 @@ Imports are checked in a fresh interpreter, where nothing else loaded them.
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -120,3 +121,30 @@ def test_the_model_follows_data_image_size_which_must_fit_the_patches():
     config_lib.get_profile("smoke", {"data": {"image_size": 30}})
   with pytest.raises(ValueError, match="model.image_size follows data.image_size"):
     config_lib.get_profile("smoke", {"model": {"image_size": 48}})
+
+
+@pytest.mark.parametrize("name", ["pipeline_walkthrough.ipynb", "explore_embeddings.ipynb"])
+def test_committed_notebooks_show_a_real_run_and_name_no_machine(name):
+  """`make notebooks` saved them with the outputs of a `cpu`-profile run of
+  all of CIFAR-10, so a reader sees everything without running anything."""
+  path = os.path.join(names.PROJECT_DIR, "notebooks", name)
+  assert os.path.getsize(path) < 3e6
+  with open(path) as f:
+    nb = json.load(f)
+  code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+  assert all(c["outputs"] for c in code), "a code cell without outputs"
+  outputs = [o for c in code for o in c["outputs"]]
+  assert not [o for o in outputs if o["output_type"] == "error"]
+  text = json.dumps(outputs)
+  for machine in ("/work/", "/tmp/", "/root/", "/home/", "/Users/"):
+    assert machine not in text
+  assert "50000 train images" in text or "(5000, 640)" in text   # a full cpu-profile run
+
+
+def test_the_readme_pictures_exist():
+  with open(os.path.join(names.PROJECT_DIR, "README.md")) as f:
+    readme = f.read()
+  pictures = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", readme)
+  assert len(pictures) >= 2
+  for picture in pictures:
+    assert os.path.isfile(os.path.join(names.PROJECT_DIR, picture)), picture

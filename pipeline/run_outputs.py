@@ -1,0 +1,213 @@
+"""What one pipeline run produced, found through MLMD and loaded for a person
+to look at: `make report` (`pipeline.report`) and the notebooks read runs
+through this, and draw them with `pipeline.figures`.
+
+  run = RunOutputs.load()                     # the newest run under outputs/
+  run = RunOutputs.load(output_dir, run_id="20261130-110518.886888")
+  run.statistics("train"), run.schema(), run.anomalies(), run.channel_statistics()
+  run.summary("mae_pretrain")["history"]      # loss, lr, img/s per epoch
+  test = run.predictions("test", limit=2000)  # images, labels, probabilities, embeddings
+
+Predictions come from the linear_probe Trainer's model, the one the
+Evaluator scored (the pushed model may be another run's).
+"""
+
+import dataclasses
+import json
+import os
+from typing import Dict, List, NamedTuple, Optional, Tuple
+
+import numpy as np
+
+from models import names
+from models.examples import read_examples
+from pipeline import runs
+
+MAE_NODE, PROBE_NODE = "mae_pretrain", "linear_probe"
+_PREDICT_BATCH = 500
+
+
+class Predictions(NamedTuple):
+  images: List[bytes]               # [N] encoded images
+  labels: np.ndarray                # [N] class ids
+  probabilities: Optional[np.ndarray]      # [N, classes] the linear probe's
+  knn_probabilities: Optional[np.ndarray]  # [N, classes] the k-NN's votes
+  embeddings: np.ndarray            # [N, E] the served embedding
+
+
+def tfma_accuracy(evaluation_uri: str) -> Dict[str, Dict[str, float]]:
+  """{classifier: {slice: accuracy}} from an Evaluator output; the
+  classifiers are classify_examples' outputs (names.PROBABILITIES_KEY, the
+  linear probe; names.KNN_PROBABILITIES_KEY, the k-NN)."""
+  import tensorflow_model_analysis as tfma
+  result = tfma.load_eval_result(evaluation_uri)
+  accuracies = {}
+  for slice_key, metrics in result.slicing_metrics:
+    name = "overall" if not slice_key else ",".join(f"{k}={v}" for k, v in slice_key)
+    for output, metric_set in metrics.items():
+      for per_key in metric_set.values():
+        value = per_key.get("sparse_categorical_accuracy")
+        if value is not None:
+          accuracies.setdefault(output, {})[name] = value.get("doubleValue")
+  return accuracies
+
+
+
+@dataclasses.dataclass
+class RunOutputs:
+  output_dir: str
+  metadata_path: str
+  run_id: str
+  pipeline: str
+  executions: List[Dict]            # `runs.last_run_executions` rows, in start order
+
+  @classmethod
+  def load(cls, output_dir: Optional[str] = None, run_id: Optional[str] = None,
+           pipeline_name: Optional[str] = None) -> "RunOutputs":
+    """Run `run_id` (None: the newest) of the runs written to `output_dir`
+    (None: $MAE_TFX_OUTPUT or outputs/)."""
+    output_dir = os.path.abspath(output_dir or names.default_output_dir())
+    metadata_path = names.metadata_path(output_dir)
+    run = runs.find_run(metadata_path, pipeline_name, run_id)
+    if run is None:
+      raise LookupError(f"{metadata_path} has no run yet: run `make pipeline` first")
+    return cls(output_dir, metadata_path, run["run_id"], run["pipeline"],
+               runs.last_run_executions(metadata_path, run["pipeline"], run["run_id"]))
+
+  # ---- where things are ---------------------------------------------------
+  def node(self, name: str) -> Dict:
+    for row in self.executions:
+      if row["node"] == name or (name == "ExampleGen" and row["node"].endswith(name)):
+        return row
+    raise LookupError(f"run {self.run_id} of {self.pipeline} has no {name} execution "
+                      f"(it has {[r['node'] for r in self.executions]})")
+
+  def uri(self, node: str, artifact_type: str) -> str:
+    row = self.node(node)
+    if not row["outputs"].get(artifact_type):
+      raise LookupError(f"{node} of run {self.run_id} has no {artifact_type} output "
+                        f"(state {row['state']}): did it finish?")
+    return row["outputs"][artifact_type][0]
+
+  def edges(self) -> List[Tuple[str, str]]:
+    """The run's DAG: data flow from MLMD plus the pipeline's ordering-only
+    dependencies."""
+    from pipeline.pipeline import CONTROL_DEPENDENCIES
+    present = {r["node"] for r in self.executions}
+    return runs.run_edges(self.executions) + [
+        edge for edge in CONTROL_DEPENDENCIES if set(edge) <= present]
+
+  # ---- the data -------------------------------------------------------------
+  def splits(self) -> List[str]:
+    uri = self.uri("ExampleGen", "Examples")
+    return sorted(d[len("Split-"):] for d in os.listdir(uri) if d.startswith("Split-"))
+
+  def statistics(self, split: str):
+    """StatisticsGen's DatasetFeatureStatisticsList of one split."""
+    import tensorflow_data_validation as tfdv
+    return tfdv.load_stats_binary(os.path.join(
+        self.uri("StatisticsGen", "ExampleStatistics"), f"Split-{split}", "FeatureStats.pb"))
+
+  def schema(self):
+    from models import schema
+    return schema.read_schema(os.path.join(self.uri("ImportSchemaGen", "Schema"),
+                                           "schema.pbtxt"))
+
+  def class_names(self) -> List[str]:
+    from models import schema
+    return schema.class_names(self.schema())
+
+  def anomalies(self) -> Dict[str, object]:
+    """{split: ExampleValidator's Anomalies proto}."""
+    from components.anomalies_gate import split_anomalies
+    uri = self.uri("ExampleValidator", "ExampleAnomalies")
+    return {d[len("Split-"):]: split_anomalies(uri, d[len("Split-"):])
+            for d in sorted(os.listdir(uri)) if d.startswith("Split-")}
+
+  def examples(self, split: str, limit: Optional[int] = None):
+    """`models.examples.ExampleRecords` of the run's split."""
+    return read_examples(names.split_files(self.uri("ExampleGen", "Examples"), split), limit)
+
+  def transform_output(self):
+    import tensorflow_transform as tft
+    return tft.TFTransformOutput(self.uri("Transform", "TransformGraph"))
+
+  def channel_statistics(self) -> Tuple[np.ndarray, np.ndarray]:
+    """(mean [3], std [3]) of the train pixels in [0, 1], as Transform froze them."""
+    from models.data import channel_statistics
+    return channel_statistics(self.transform_output())
+
+  # ---- training and evaluation ---------------------------------------------
+  def summary(self, trainer: str) -> Dict:
+    """A Trainer's train_summary.json (history per epoch, accuracies)."""
+    path = os.path.join(self.uri(trainer, "ModelRun"), names.SUMMARY_FILE)
+    with open(path) as f:
+      return json.load(f)
+
+  def reconstructions_png(self) -> bytes:
+    with open(os.path.join(self.uri(MAE_NODE, "ModelRun"), names.RECONSTRUCTIONS_FILE),
+              "rb") as f:
+      return f.read()
+
+  def eval_result(self):
+    import tensorflow_model_analysis as tfma
+    return tfma.load_eval_result(self.uri("Evaluator", "ModelEvaluation"))
+
+  def tfma_accuracy(self) -> Dict[str, Dict[str, float]]:
+    """{classifier output: {slice: accuracy}} the Evaluator computed."""
+    return tfma_accuracy(self.uri("Evaluator", "ModelEvaluation"))
+
+  def blessed(self) -> bool:
+    return os.path.exists(os.path.join(self.uri("Evaluator", "ModelBlessing"), "BLESSED"))
+
+  def probe_model(self):
+    """The linear_probe Trainer's exported model (`serving.model_store.LoadedModel`)."""
+    from tfx.utils import path_utils
+    from serving.model_store import LoadedModel
+    return LoadedModel(0, path_utils.serving_model_path(self.uri(PROBE_NODE, "Model")))
+
+  def predictions(self, split: str, limit: Optional[int] = None, model=None,
+                  classify: bool = True) -> Predictions:
+    """The probe model's (or `model`'s) outputs on (the first `limit`)
+    examples of `split`: embeddings, and with `classify` both classifiers'
+    probabilities (else None)."""
+    model = model or self.probe_model()
+    records = self.examples(split, limit)
+    signatures = ((names.CLASSIFY_EXAMPLES,) if classify else ()) + (names.EMBED_EXAMPLES,)
+    out: Dict[str, List[np.ndarray]] = {}
+    for i in range(0, len(records.serialized), _PREDICT_BATCH):
+      batch = records.serialized[i:i + _PREDICT_BATCH]
+      for signature in signatures:
+        for key, value in model.run(signature, batch).items():
+          out.setdefault(key, []).append(value)
+    joined = {k: np.concatenate(v) for k, v in out.items()}
+    return Predictions(records.images, records.labels, joined.get(names.PROBABILITIES_KEY),
+                       joined.get(names.KNN_PROBABILITIES_KEY), joined[names.EMBEDDING_KEY])
+
+  def probe_against_random_init(self, train_limit: int, test_limit: int, log_dir: str
+                                ) -> Dict[str, Dict]:
+    """{"pretrained" | "random init": linear_probe summary}: the run's probe
+    (same config: whitening, k-NN bank, epochs) on the first `train_limit`
+    train and `test_limit` test images, once on the pretrained encoder and
+    once on a randomly initialised one, so each accuracy stands beside the
+    figure the same probe gets without pretraining."""
+    import tensorflow as tf
+    from tfx.utils import path_utils
+    from models import config as config_lib
+    from models import data, engine_pretrain, engine_probe
+    from models.mae import MaskedAutoencoder
+    cfg = config_lib.RunConfig.from_dict(self.summary(MAE_NODE)["run_config"])
+    pretrained = engine_pretrain.load_mae(path_utils.serving_model_path(
+        self.uri(MAE_NODE, "Model")))
+    tf.keras.utils.set_random_seed(cfg.runtime.seed)
+    encoders = {"pretrained": pretrained.encoder,
+                "random init": MaskedAutoencoder(pretrained.cfg).build_for().encoder}
+    files = {s: names.split_files(self.uri("ExampleGen", "Examples"), s)
+             for s in (names.TRAIN_SPLIT, names.TEST_SPLIT)}
+    tft_output, class_names = self.transform_output(), self.class_names()
+    return {name: engine_probe.linear_probe(
+        cfg, encoder, class_names,
+        data.transformed_batches(files[names.TRAIN_SPLIT], tft_output, train_limit),
+        data.transformed_batches(files[names.TEST_SPLIT], tft_output, test_limit),
+        os.path.join(log_dir, name.replace(" ", "_"))).summary
+        for name, encoder in encoders.items()}
