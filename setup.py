@@ -25,5 +25,5 @@ setup(
         "kfp-pipeline-spec",  # KubeflowV2DagRunner (Vertex AI Pipelines); the
                               # kfp SDK itself conflicts with TFX 1.16's pins
     ],
-    extras_require={"test": ["pytest", "requests"]},
+    extras_require={"test": ["pytest", "requests", "hypothesis"]},
 )

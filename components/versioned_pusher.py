@@ -7,7 +7,8 @@ version number instead (`max(now, newest + 1)`), copies into a hidden
 staging directory and renames it into place, so a model server polling
 `<base>/<version>/` (TF Serving layout) never sees a half-copied model.
 A model identical to the newest version (same SavedModel fingerprint) is
-not pushed again.
+not pushed again. A staging directory a killed push left behind is removed
+by the next push.
 """
 
 import os
@@ -48,6 +49,35 @@ def next_version(base_directory: str, now: int) -> int:
   return max(now, int(newest) + 1) if newest else now
 
 
+STAGING_PREFIX = ".staging-"     # .staging-<version>-<pid>
+
+
+def _process_alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:     # someone else's process
+    return True
+  return True
+
+
+def remove_stale_staging(base_directory: str) -> List[str]:
+  """Removes the staging directories of pushes whose process is gone (a
+  push killed mid-copy); returns their names. On a local filesystem only:
+  a process id means nothing across the machines sharing a bucket."""
+  if "://" in base_directory or not os.path.isdir(base_directory):
+    return []
+  removed = []
+  for name in sorted(os.listdir(base_directory)):
+    pid = name.rsplit("-", 1)[-1]
+    if name.startswith(STAGING_PREFIX) and pid.isdigit() and not _process_alive(int(pid)):
+      io_utils.delete_dir(os.path.join(base_directory, name))
+      logging.warning("Removed %s, left by a push that did not finish", name)
+      removed.append(name)
+  return removed
+
+
 def push_to_filesystem(model_path: str, base_directory: str) -> str:
   """Copies `model_path` to `<base>/<new version>` atomically; returns it.
 
@@ -56,6 +86,7 @@ def push_to_filesystem(model_path: str, base_directory: str) -> str:
   against itself), nothing is copied and that version is returned.
   """
   fileio.makedirs(base_directory)
+  remove_stale_staging(base_directory)
   newest = newest_version(base_directory)
   fingerprint = _fingerprint(model_path)
   if (newest and fingerprint is not None and
@@ -63,7 +94,7 @@ def push_to_filesystem(model_path: str, base_directory: str) -> str:
     logging.info("Model %s is already served as version %s", model_path, newest)
     return newest
   version = str(next_version(base_directory, int(time.time())))
-  staging = os.path.join(base_directory, f".staging-{version}-{os.getpid()}")
+  staging = os.path.join(base_directory, f"{STAGING_PREFIX}{version}-{os.getpid()}")
   io_utils.copy_dir(model_path, staging)
   fileio.rename(staging, os.path.join(base_directory, version), overwrite=False)
   return version

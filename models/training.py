@@ -212,14 +212,33 @@ class EpochCheckpoint(tf.keras.callbacks.Callback):
                                               max_to_keep=max_to_keep)
 
   def restore(self) -> int:
-    """Restores the latest checkpoint, if any; returns the epochs done."""
-    if self.manager.latest_checkpoint:
-      self.checkpoint.restore(self.manager.latest_checkpoint).assert_consumed()
-      logging.info("Resumed from %s at epoch %d", self.manager.latest_checkpoint,
-                   int(self.epoch.numpy()))
-      print(f"Resuming from {self.manager.latest_checkpoint} "
-            f"(epoch {int(self.epoch.numpy())})", flush=True)
-    return int(self.epoch.numpy())
+    """Restores the newest readable checkpoint, if any; returns the epochs
+    done. A checkpoint that cannot be read (e.g. a truncated file) is
+    skipped with a warning for the one before it; when none can be read,
+    raises rather than train on partly restored weights."""
+    unreadable = []
+    paths = list(self.manager.checkpoints)
+    latest = self.manager.latest_checkpoint     # listed alone by older index files
+    if latest and latest not in paths:
+      paths.append(latest)
+    for path in reversed(paths):
+      try:
+        self.checkpoint.restore(path).assert_consumed()
+      except (tf.errors.OpError, ValueError, AssertionError, IndexError) as e:
+        reason = str(e).strip().splitlines()[0][:200]
+        unreadable.append(f"{path}: {reason}")
+        logging.warning("Checkpoint %s is unreadable (%s); trying the one before", path,
+                        reason)
+        print(f"WARNING: checkpoint {path} is unreadable ({reason}); trying the one "
+              "before", flush=True)
+        continue
+      logging.info("Resumed from %s at epoch %d", path, int(self.epoch.numpy()))
+      print(f"Resuming from {path} (epoch {int(self.epoch.numpy())})", flush=True)
+      return int(self.epoch.numpy())
+    if unreadable:
+      raise RuntimeError(f"No checkpoint in {self.manager.directory} can be read; remove "
+                         "the folder to start afresh:\n  " + "\n  ".join(unreadable))
+    return 0
 
   def on_epoch_end(self, epoch, logs=None):
     self.epoch.assign(epoch + 1)

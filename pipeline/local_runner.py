@@ -15,10 +15,15 @@ its own runs, blessed models and served versions
 """
 
 import argparse
+import contextlib
+import fcntl
 import json
 import logging
 import os
+import socket
 import sys
+import time
+from typing import Dict, Iterator, TextIO
 
 from tfx import v1 as tfx
 from tfx.orchestration.beam.beam_dag_runner import BeamDagRunner
@@ -29,11 +34,57 @@ from pipeline import configs, data_source, report
 from pipeline.pipeline import create_pipeline
 
 
+LOCK_FILE = ".pipeline.lock"     # in the output folder: who is running there
+_held_locks: Dict[str, TextIO] = {}
+
+
+class RunInProgress(RuntimeError):
+  """Another pipeline run is writing to the same output folder."""
+
+
+@contextlib.contextmanager
+def output_lock(output_dir: str) -> Iterator[None]:
+  """Holds the output folder for one run at a time: a second run on it is
+  refused at once, naming the first. An flock, so a run that is killed
+  (even with -9) leaves nothing stuck: the kernel releases it with the
+  process. Re-entrant within a process (`main` holds it around `run`)."""
+  path = os.path.join(os.path.abspath(output_dir), LOCK_FILE)
+  if path in _held_locks:
+    yield
+    return
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  f = open(path, "a+")  # pylint: disable=consider-using-with
+  try:
+    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except BlockingIOError:
+    f.seek(0)
+    holder = f.read().strip() or "a process that has not said who it is yet"
+    f.close()
+    raise RunInProgress(
+        f"{os.path.dirname(path)} is in use by another pipeline run ({holder}); wait "
+        f"for it to finish, or give this run another --output-dir "
+        f"(${names.OUTPUT_ENV})") from None
+  f.seek(0)
+  f.truncate()
+  f.write(f"pid {os.getpid()} on {socket.gethostname()}, started "
+          f"{time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(sys.argv)}\n")
+  f.flush()
+  _held_locks[path] = f
+  try:
+    yield
+  finally:
+    del _held_locks[path]
+    f.truncate(0)
+    f.close()          # releases the lock
+
+
 def run(config: configs.PipelineConfig) -> None:
-  """Runs the DAG in this process; raises if any component fails."""
+  """Runs the DAG in this process, holding its output folder; raises if any
+  component fails, or `RunInProgress` if another run holds the folder."""
   metadata = tfx.orchestration.metadata.sqlite_metadata_connection_config(
       config.metadata_path)
-  BeamDagRunner().run(create_pipeline(config, metadata))
+  with output_lock(config.output_dir):
+    BeamDagRunner().run(create_pipeline(config, metadata))
 
 
 def parse_args(argv):
@@ -69,6 +120,14 @@ def main(argv=None) -> configs.PipelineConfig:
   if gate:
     overrides.setdefault("evaluation", {}).update(gate)
   model_config.get_profile(args.profile, overrides)   # refuse a bad one at once
+  try:
+    with output_lock(args.output_dir):    # before anything is written there
+      return _run_from_args(args, overrides)
+  except RunInProgress as e:
+    raise SystemExit(f"mae-tfx: {e}") from None
+
+
+def _run_from_args(args, overrides) -> configs.PipelineConfig:
   data_format = data_source.detect_format(args.data) if args.data else data_source.CIFAR10
   if args.unlabeled:
     args.unlabeled = os.path.abspath(os.path.expanduser(args.unlabeled))

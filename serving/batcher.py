@@ -8,11 +8,17 @@ batching pays: one [B] call costs far less than B calls of one image.
 A batch that fails on bad input (an instance that is not an image) is re-run
 request by request, so only the request with the bad instance fails, with
 the instance named; the others get their results.
+
+Queued work is bounded (`max_queued` instances waiting for the model): past
+it a request is refused at once with `Overloaded`, which says when to retry,
+instead of every request waiting longer (load shedding).
 """
 
 import asyncio
 import collections
 import concurrent.futures
+import math
+import time
 from typing import Dict, List, Tuple
 
 import numpy as np
@@ -25,11 +31,22 @@ class BadInstance(ValueError):
   """An instance the model cannot take (a 400 for the client)."""
 
 
+class Overloaded(RuntimeError):
+  """More work is queued than the bound (a 503 for the client, who should
+  retry after `retry_after` seconds)."""
+
+  def __init__(self, message: str, retry_after: int):
+    super().__init__(message)
+    self.retry_after = retry_after
+
+
 class Batcher:
   """`await batcher.run(model, signature, values)` -> {output: [len(values), ...]}."""
 
-  def __init__(self, max_batch: int = 256, threads: int = 1):
-    self.max_batch = max_batch
+  def __init__(self, max_batch: int = 256, threads: int = 1, max_queued: int = 512):
+    if max_queued < max_batch:
+      raise ValueError(f"max_queued ({max_queued}) must be at least max_batch ({max_batch})")
+    self.max_batch, self.max_queued = max_batch, max_queued
     # One model call at a time by default: TensorFlow already spreads a call
     # over the intra-op threads, and two calls would compete for the cores.
     self._executor = concurrent.futures.ThreadPoolExecutor(threads, "model")
@@ -37,12 +54,25 @@ class Batcher:
     self._active = set()
     self.calls = 0          # model calls made (for tests and the benchmark)
     self.instances = 0
+    self.queued = 0         # instances waiting for a model call
+    self.shed = 0           # requests refused with Overloaded
+    self._seconds_per_instance = 0.0   # running mean of recent model calls
 
   async def run(self, model: LoadedModel, signature: str,
                 values: List[bytes]) -> Dict[str, np.ndarray]:
+    if len(values) > self.max_queued:
+      raise BadInstance(f"{len(values)} instances in one request; this server takes at "
+                        f"most {self.max_queued}: send them in several requests")
+    if self.queued + len(values) > self.max_queued:
+      self.shed += 1
+      wait = self.queued * self._seconds_per_instance
+      raise Overloaded(f"server overloaded: {self.queued} instances already queued "
+                       f"(bound {self.max_queued}); retry later",
+                       retry_after=max(1, math.ceil(wait)))
     loop = asyncio.get_running_loop()
     future = loop.create_future()
     key = (model.version, signature)
+    self.queued += len(values)
     self._pending.setdefault(key, collections.deque()).append((model, values, future))
     if key not in self._active:
       self._active.add(key)
@@ -61,6 +91,7 @@ class Batcher:
           item = queue.popleft()
           batch.append(item)
           size += len(item[1])
+        self.queued -= size
         await self._run_batch(batch, signature=key[1])
     finally:
       self._active.discard(key)
@@ -108,5 +139,10 @@ class Batcher:
   async def _call(self, model: LoadedModel, signature: str, values: List[bytes]):
     self.calls += 1
     self.instances += len(values)
-    return await asyncio.get_running_loop().run_in_executor(
+    start = time.perf_counter()
+    outputs = await asyncio.get_running_loop().run_in_executor(
         self._executor, model.run, signature, values)
+    per_instance = (time.perf_counter() - start) / len(values)
+    self._seconds_per_instance = (0.8 * self._seconds_per_instance + 0.2 * per_instance
+                                  if self._seconds_per_instance else per_instance)
+    return outputs

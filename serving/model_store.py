@@ -148,6 +148,11 @@ class ModelStore:
   def latest_version(self) -> Optional[int]:
     return self._latest
 
+  @property
+  def failed(self) -> Dict[int, str]:
+    """{version: why it failed to load}."""
+    return dict(self._failed)
+
   def refresh(self) -> Optional[int]:
     """Loads the newest version on disk when it is newer than the one served;
     returns the version now served. A version that fails to load is logged,

@@ -36,9 +36,10 @@ from typing import Dict, List, Optional
 
 import numpy as np
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from models.names import SERVING_DEFAULT
-from serving.batcher import BadInstance, Batcher
+from serving.batcher import BadInstance, Batcher, Overloaded
 from serving.embeddings import EmbeddingsFile, NeighbourIndex
 from serving.model_store import ModelStore, NotFound
 
@@ -211,7 +212,8 @@ async def neighbors(request: web.Request) -> web.Response:
 async def metrics(request: web.Request) -> web.Response:
   """Counters in the Prometheus text format (TF Serving serves its own at
   this path): responses by status, model calls and instances, so batching
-  is visible (instances per call > 1 under concurrent load)."""
+  is visible (instances per call > 1 under concurrent load), the instances
+  queued and the requests shed with a 503."""
   batcher = request.app[BATCHER]
   lines = ["# TYPE mae_tfx_responses_total counter"]
   lines += [f'mae_tfx_responses_total{{status="{status}"}} {count}'
@@ -219,7 +221,11 @@ async def metrics(request: web.Request) -> web.Response:
   lines += ["# TYPE mae_tfx_model_calls_total counter",
             f"mae_tfx_model_calls_total {batcher.calls}",
             "# TYPE mae_tfx_model_instances_total counter",
-            f"mae_tfx_model_instances_total {batcher.instances}"]
+            f"mae_tfx_model_instances_total {batcher.instances}",
+            "# TYPE mae_tfx_queued_instances gauge",
+            f"mae_tfx_queued_instances {batcher.queued}",
+            "# TYPE mae_tfx_shed_requests_total counter",
+            f"mae_tfx_shed_requests_total {batcher.shed}"]
   return web.Response(text="\n".join(lines) + "\n")
 
 
@@ -238,6 +244,10 @@ async def _json_errors(request: web.Request, handler):
     status, message = 400, str(e)
   except NotFound as e:
     status, message = 404, e.args[0]
+  except Overloaded as e:
+    log.warning("503 %s %s: %s", request.method, request.path, e)
+    return web.json_response({"error": str(e)}, status=503,
+                             headers={"Retry-After": str(e.retry_after)})
   except web.HTTPException as e:
     if e.status < 400:
       raise
@@ -288,8 +298,13 @@ def parse_args(argv):
   p.add_argument("--max-body-mb", type=float, default=8.0)
   p.add_argument("--max-batch", type=int, default=256,
                  help="most instances merged into one model call")
+  p.add_argument("--max-queued", type=int, default=512,
+                 help="most instances waiting for the model (about 1 s of work on 2 "
+                      "cores); past it requests get 503 + Retry-After (load shedding)")
   p.add_argument("--index", default=None,
                  help="embeddings file for POST :neighbors (python -m serving.embed)")
+  p.add_argument("--drain-seconds", type=float, default=20.0,
+                 help="on SIGTERM/SIGINT, how long requests in flight may take to finish")
   p.add_argument("--access-log", action="store_true")
   return p.parse_args(argv)
 
@@ -297,14 +312,21 @@ def parse_args(argv):
 async def serve(args) -> None:
   base = os.path.abspath(args.model_dir)
   store = ModelStore(base, args.model_name or os.path.basename(base.rstrip("/")))
-  # Load before listening, as TF Serving does: no request meets an empty server.
+  # Load before listening, as TF Serving does: no request meets an empty
+  # server, and a folder with nothing to serve is an error to fix now.
   if store.refresh() is None:
-    log.warning("No version under %s yet; waiting for one to be pushed", base)
+    failed = store.failed
+    raise SystemExit(
+        f"serving.server: no loadable version under {base}: " + (
+            "; ".join(f"version {v} failed to load: {why}" for v, why in sorted(failed.items()))
+            if failed else "no numeric version folder with a saved_model.pb (push a model "
+            "first: `make pipeline`)"))
   store.start_polling(args.poll_seconds)
   index = NeighbourIndex(EmbeddingsFile.load(args.index)) if args.index else None
-  batcher = Batcher(max_batch=args.max_batch)
+  batcher = Batcher(max_batch=args.max_batch, max_queued=args.max_queued)
   app = create_app(store, batcher, index, int(args.max_body_mb * (1 << 20)))
-  runner = web.AppRunner(app, access_log=log if args.access_log else None)
+  runner = web.AppRunner(app, access_log=log if args.access_log else None,
+                         shutdown_timeout=args.drain_seconds)
   await runner.setup()
   site = web.TCPSite(runner, args.host, args.port)
   await site.start()
@@ -315,13 +337,34 @@ async def serve(args) -> None:
   for sig in (signal.SIGINT, signal.SIGTERM):
     asyncio.get_running_loop().add_signal_handler(sig, stop.set)
   await stop.wait()
+  # Graceful stop: the listening socket closes first (new connections are
+  # refused), requests in flight finish within --drain-seconds, then exit 0.
+  print(f"serving.server: stopping; finishing requests in flight (at most "
+        f"{args.drain_seconds:g} s)", flush=True)
   await runner.cleanup()
   store.stop()
   batcher.close()
+  print("serving.server: stopped", flush=True)
+
+
+class MalformedRequestsAsClientErrors(logging.Filter):
+  """aiohttp answers a request it cannot parse (a bad header, a broken
+  request line) with a 400 but logs it at ERROR with a traceback: make that
+  one INFO line, like every other client error."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    error = record.exc_info[1] if record.exc_info else None
+    if isinstance(error, HttpProcessingError) and 400 <= (error.code or 500) < 500:
+      record.levelno, record.levelname = logging.INFO, "INFO"
+      message = " ".join(str(error.message).split())
+      record.msg, record.args = f"{error.code} malformed request: %s", (message,)
+      record.exc_info = record.exc_text = None
+    return True
 
 
 def main(argv=None) -> None:
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+  logging.getLogger("aiohttp.server").addFilter(MalformedRequestsAsClientErrors())
   asyncio.run(serve(parse_args(sys.argv[1:] if argv is None else argv)))
 
 

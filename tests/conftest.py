@@ -202,6 +202,16 @@ def smoke_run(small_cifar_dir, tmp_path_factory):
                             "--output-dir", str(tmp_path_factory.mktemp("smoke_run"))])
 
 
+@pytest.fixture(scope="module")
+def model_base(smoke_run, tmp_path_factory):
+  """A copy of the smoke run's pushed versions, one per test module (the
+  serving tests push more into it)."""
+  import shutil
+  base = tmp_path_factory.mktemp("models") / "mae-tfx"
+  shutil.copytree(smoke_run.serving_model_dir, base)
+  return str(base)
+
+
 def export_random_classifier(tf_transform_output, export_dir, feature_blocks=1, seed=0):
   """A randomly initialised smoke-size encoder + probe head exported with the
   real serving signatures; returns the ProbeClassifier."""

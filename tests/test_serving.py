@@ -34,14 +34,6 @@ def _saved_model_embeddings(version_dir, images):
 
 
 @pytest.fixture(scope="module")
-def model_base(smoke_run, tmp_path_factory):
-  """A copy of the pushed versions (the test pushes more into it)."""
-  base = tmp_path_factory.mktemp("models") / NAME
-  shutil.copytree(smoke_run.serving_model_dir, base)
-  return str(base)
-
-
-@pytest.fixture(scope="module")
 def image_folder(cifar10_sample, tmp_path_factory):
   """40 real test images as PNG files in <label>/ sub-folders."""
   _, (images, labels) = cifar10_sample

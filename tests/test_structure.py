@@ -148,3 +148,30 @@ def test_the_readme_pictures_exist():
   assert len(pictures) >= 2
   for picture in pictures:
     assert os.path.isfile(os.path.join(names.PROJECT_DIR, picture)), picture
+
+
+def test_a_second_run_on_the_same_outputs_is_refused_naming_the_first(tmp_path):
+  """One run per output folder: the second is refused at once, naming the
+  first; a run killed with -9 leaves no stale lock."""
+  import signal
+  import subprocess
+  import time
+  from pipeline import local_runner
+  holder = subprocess.Popen(
+      [sys.executable, "-c", "import sys, time\nfrom pipeline import local_runner\n"
+       "with local_runner.output_lock(sys.argv[1]):\n  print('held', flush=True)\n"
+       "  time.sleep(600)", str(tmp_path)],
+      cwd=names.PROJECT_DIR, stdout=subprocess.PIPE, text=True)
+  try:
+    assert holder.stdout.readline().strip() == "held"
+    start = time.monotonic()
+    with pytest.raises(SystemExit, match=rf"in use by another pipeline run \(pid {holder.pid} "
+                                         rf"on .*: -c {re.escape(str(tmp_path))}\)"):
+      local_runner.main(["--profile", "smoke", "--data", str(tmp_path / "absent"),
+                         "--output-dir", str(tmp_path)])
+    assert time.monotonic() - start < 5
+  finally:
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+  with local_runner.output_lock(str(tmp_path)):
+    pass

@@ -99,6 +99,23 @@ def test_killed_pretraining_resumes_from_last_epoch(tmp_path):
   assert int(model.optimizer.iterations.numpy()) == 3 * 4
 
 
+def test_a_truncated_checkpoint_is_skipped_for_the_one_before(tmp_path, capsys):
+  images = np.random.RandomState(0).randn(64, 32, 32, 3).astype(np.float32)
+  ckpt = str(tmp_path / "ckpt")
+  cfg = config_lib.get_profile("smoke", {"pretrain": {"epochs": 2, "batch_size": 16}})
+  pretrain(cfg, images, str(tmp_path / "logs"), ckpt)
+  newest = tf.train.latest_checkpoint(ckpt)
+  data = newest + ".data-00000-of-00001"
+  with open(data, "r+b") as f:          # a write cut short by a crash or a full disk
+    f.truncate(os.path.getsize(data) // 2)
+  cfg = dataclasses.replace(cfg, pretrain=dataclasses.replace(cfg.pretrain, epochs=3))
+  model, resumed = pretrain(cfg, images, str(tmp_path / "logs"), ckpt)
+  out = capsys.readouterr().out
+  assert f"checkpoint {newest} is unreadable" in out and "Resuming from" in out
+  assert [h["epoch"] for h in resumed] == [2, 3]   # from epoch 1's checkpoint
+  assert int(model.optimizer.iterations.numpy()) == 3 * 4
+
+
 def test_keras3_is_refused_with_a_clear_error():
   import subprocess
   import sys

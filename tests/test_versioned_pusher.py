@@ -42,3 +42,15 @@ def test_the_model_already_served_newest_is_not_pushed_again(tmp_path):
   other = _model(str(tmp_path / "b"), "model b", fingerprint="fp-b")
   assert push_to_filesystem(other, base) != first
   assert len(os.listdir(base)) == 2
+
+
+def test_the_next_push_removes_staging_left_by_a_killed_push(tmp_path):
+  import subprocess
+  import sys
+  base = tmp_path / "serving"
+  dead = subprocess.Popen([sys.executable, "-c", "pass"])
+  dead.wait()                                    # a pid that no longer runs
+  (base / f".staging-1700000000-{dead.pid}" / "variables").mkdir(parents=True)
+  (base / f".staging-1700000001-{os.getpid()}").mkdir()   # a push still running
+  version = push_to_filesystem(_model(str(tmp_path / "a"), "model a"), str(base))
+  assert sorted(os.listdir(base)) == sorted([version, f".staging-1700000001-{os.getpid()}"])
