@@ -8,6 +8,7 @@ the tests.
 """
 
 import io
+import os
 import pickle
 from typing import List, Tuple
 
@@ -92,3 +93,31 @@ def encode_png(image: np.ndarray) -> bytes:
   buf = io.BytesIO()
   Image.fromarray(image, mode="RGB").save(buf, format="PNG")
   return buf.getvalue()
+
+
+def write_batch_file(path: str, images: np.ndarray, labels, batch_label: bytes = b"test batch"
+                     ) -> None:
+  """Writes [N, 32, 32, 3] uint8 images in the official pickle format."""
+  data = np.ascontiguousarray(
+      np.asarray(images, np.uint8).transpose(0, 3, 1, 2)).reshape(len(images), -1)
+  with open(path, "wb") as f:
+    pickle.dump({b"batch_label": batch_label, b"labels": [int(x) for x in labels],
+                 b"data": data,
+                 b"filenames": [b"img_%d.png" % i for i in range(len(images))]},
+                f, protocol=2)
+
+
+def write_cifar_dir(root: str, train, test, class_names: List[str], batches: int = 5) -> str:
+  """Writes a cifar-10-batches-py/ folder (`batches` train files, a test
+  file, batches.meta) of (images, labels) pairs: a subset of CIFAR-10 the
+  pipeline reads like the real one (tests, benchmarks). Returns `root`."""
+  os.makedirs(root, exist_ok=True)
+  for i, idx in enumerate(np.array_split(np.arange(len(train[1])), batches)):
+    write_batch_file(os.path.join(root, f"data_batch_{i + 1}"), train[0][idx],
+                     train[1][idx], b"training batch %d of %d" % (i + 1, batches))
+  write_batch_file(os.path.join(root, "test_batch"), *test, b"testing batch 1 of 1")
+  with open(os.path.join(root, "batches.meta"), "wb") as f:
+    pickle.dump({b"num_cases_per_batch": len(train[1]) // batches,
+                 b"label_names": [n.encode() for n in class_names],
+                 b"num_vis": 3072}, f, protocol=2)
+  return root

@@ -30,7 +30,7 @@ from tfx.orchestration.beam.beam_dag_runner import BeamDagRunner
 
 from models import config as model_config
 from models import image_files, names
-from pipeline import configs, data_source, report
+from pipeline import configs, data_source, report, runs
 from pipeline.pipeline import create_pipeline
 
 
@@ -84,6 +84,11 @@ def run(config: configs.PipelineConfig) -> None:
   metadata = tfx.orchestration.metadata.sqlite_metadata_connection_config(
       config.metadata_path)
   with output_lock(config.output_dir):
+    abandoned = runs.mark_abandoned_executions(config.metadata_path)
+    if abandoned:
+      print(f"mae-tfx: a killed run left {', '.join(abandoned)} unfinished: marked FAILED "
+            "in MLMD; this run redoes them (the MAE from its last epoch checkpoint)",
+            flush=True)
     BeamDagRunner().run(create_pipeline(config, metadata))
 
 

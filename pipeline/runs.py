@@ -16,13 +16,15 @@ from ml_metadata.proto import metadata_store_pb2
 _STATES = {v: k for k, v in metadata_store_pb2.Execution.State.items()}
 
 
-def open_store(metadata_path: str) -> metadata_store.MetadataStore:
+def open_store(metadata_path: str, writable: bool = False) -> metadata_store.MetadataStore:
   if not os.path.exists(metadata_path):
     raise FileNotFoundError(f"No MLMD database at {metadata_path}: run `make pipeline` "
                             "first, or name the run's output folder")
   config = metadata_store_pb2.ConnectionConfig()
   config.sqlite.filename_uri = metadata_path
-  config.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
+  config.sqlite.connection_mode = (
+      metadata_store_pb2.SqliteMetadataSourceConfig.READWRITE if writable
+      else metadata_store_pb2.SqliteMetadataSourceConfig.READONLY)
   return metadata_store.MetadataStore(config)
 
 
@@ -95,6 +97,34 @@ def last_run_executions(metadata_path: str, pipeline_name: Optional[str] = None,
         inputs=uris[metadata_store_pb2.Event.INPUT],
         outputs=uris[metadata_store_pb2.Event.OUTPUT], output_properties=output_properties))
   return rows
+
+
+ABANDONED_PROPERTY = "abandoned"
+
+
+def mark_abandoned_executions(metadata_path: str) -> List[str]:
+  """Marks FAILED every execution still RUNNING (or NEW) in the store: the
+  caller holds the output folder (`local_runner.output_lock`), so no run is
+  alive and these are what a killed run left. Returns their nodes; each gets
+  a custom property saying so. MLMD then shows the killed run's failed
+  executions beside the next run's completed ones."""
+  if not os.path.exists(metadata_path):
+    return []
+  store = open_store(metadata_path, writable=True)
+  stale = [e for e in store.get_executions()
+           if e.last_known_state in (metadata_store_pb2.Execution.RUNNING,
+                                     metadata_store_pb2.Execution.NEW)]
+  nodes = []
+  for execution in stale:
+    execution.last_known_state = metadata_store_pb2.Execution.FAILED
+    execution.custom_properties[ABANDONED_PROPERTY].string_value = (
+        "the run was killed while this ran; marked by the next run on this output folder")
+    node = [c.name for c in store.get_contexts_by_execution(execution.id)
+            if store.get_context_types_by_id([c.type_id])[0].name == "node"]
+    nodes.append(node[0].split(".", 1)[-1] if node else str(execution.id))
+  if stale:
+    store.put_executions(stale)
+  return nodes
 
 
 def run_edges(rows: List[Dict]) -> List[Tuple[str, str]]:

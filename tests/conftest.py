@@ -1,7 +1,6 @@
 """Shared fixtures: real CIFAR-10 from the local copy, small official-format subsets."""
 
 import os
-import pickle
 
 import models  # noqa: F401  TensorFlow's environment, before TensorFlow loads
 import numpy as np
@@ -9,24 +8,14 @@ import pytest
 import tensorflow as tf
 
 from models import names
-from models.cifar10 import read_batch_file
+from models import cifar10
+from models.cifar10 import read_batch_file, write_batch_file  # noqa: F401  (tests use it)
 from pipeline import data_source
 
 LOCAL_COPY = os.environ.get(
     names.CIFAR10_ENV,
     os.path.join(os.path.dirname(names.PROJECT_DIR), "shared", "data", "cifar10"))
 CACHE_DIR = names.DATA_CACHE_DIR
-
-
-def write_batch_file(path, images, labels, batch_label=b"test batch"):
-  """Writes [N, 32, 32, 3] uint8 images in the official CIFAR-10 pickle format."""
-  data = np.ascontiguousarray(
-      np.asarray(images, np.uint8).transpose(0, 3, 1, 2)).reshape(len(images), -1)
-  with open(path, "wb") as f:
-    pickle.dump({b"batch_label": batch_label, b"labels": [int(x) for x in labels],
-                 b"data": data,
-                 b"filenames": [b"img_%d.png" % i for i in range(len(images))]},
-                f, protocol=2)
 
 
 def cifar10_class_names():
@@ -36,17 +25,9 @@ def cifar10_class_names():
 
 
 def write_cifar_dir(root, train, test, batches=5):
-  """Writes a cifar-10-batches-py/ folder; train/test are (images, labels)."""
-  os.makedirs(root, exist_ok=True)
-  for i, idx in enumerate(np.array_split(np.arange(len(train[1])), batches)):
-    write_batch_file(os.path.join(root, f"data_batch_{i + 1}"), train[0][idx],
-                     train[1][idx], b"training batch %d of %d" % (i + 1, batches))
-  write_batch_file(os.path.join(root, "test_batch"), *test, b"testing batch 1 of 1")
-  with open(os.path.join(root, "batches.meta"), "wb") as f:
-    pickle.dump({b"num_cases_per_batch": len(train[1]) // batches,
-                 b"label_names": [n.encode() for n in cifar10_class_names()],
-                 b"num_vis": 3072}, f, protocol=2)
-  return root
+  """A cifar-10-batches-py/ folder (`models.cifar10.write_cifar_dir`) with
+  the curated class names."""
+  return cifar10.write_cifar_dir(root, train, test, cifar10_class_names(), batches)
 
 
 @pytest.fixture(scope="session")
