@@ -41,6 +41,8 @@ def run_fn(fn_args: FnArgs) -> None:
           checkpoint_root, cfg, [fn_args.transform_output, *sorted(fn_args.train_files)]),
       [visualize.ReconstructionLogger(shown, shown_raw, fn_args.model_run_dir)])
 
+  if not training.is_chief(model.distribute_strategy):
+    return          # a multi-worker run's other workers: the chief writes the outputs
   engine_pretrain.save_mae(model.mae, fn_args.serving_model_dir)
   grid = visualize.reconstruction_grid(model.mae, shown, shown_raw)
   for directory in (fn_args.serving_model_dir, fn_args.model_run_dir):

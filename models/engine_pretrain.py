@@ -16,6 +16,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import tempfile
 from typing import Iterable, List, Sequence, Tuple, Union
 
 import numpy as np
@@ -173,9 +174,15 @@ def pretrain(cfg: config_lib.RunConfig,
   dataset = images.batches(global_batch, augmentation(cfg), seed=rt.seed)
   with training.precision_policy(rt.precision), strategy.scope():
     model = compile_mae(cfg, strategy, steps_per_epoch)
+    chief = training.is_chief(strategy)
+    if not chief:     # a worker's own scratch space: only the chief writes the run's
+      scratch = tempfile.mkdtemp(prefix="mae-worker-")
+      log_dir = os.path.join(scratch, "logs")
     # The MAE itself (not the wrapper) is checkpointed: the same layout as
     # `save_mae`'s weights plus the optimizer.
-    checkpoint = training.EpochCheckpoint(checkpoint_dir, model.mae, model.optimizer)
+    checkpoint = training.EpochCheckpoint(
+        checkpoint_dir, model.mae, model.optimizer,
+        write_directory=None if chief else os.path.join(scratch, "checkpoints"))
     initial_epoch = checkpoint.restore()
     progress = training.ProgressLogger("mae_pretrain", p.epochs,
                                        steps_per_epoch * global_batch, log_dir)

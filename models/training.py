@@ -99,6 +99,13 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
                    "default, mirrored, multi_worker, tpu")
 
 
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+  """Whether this process writes the run's outputs: always, except on the
+  non-chief workers of a multi-worker run (which train in step with the
+  chief, and whose copies of the outputs would collide with its)."""
+  return bool(strategy.extended.should_checkpoint)
+
+
 def use_xla(strategy: tf.distribute.Strategy, jit_compile: bool) -> bool:
   """XLA for the train step, unless replicas are CPU devices: XLA:CPU cannot
   reach a variable mirrored on another logical CPU device (XLA known issue
@@ -184,8 +191,8 @@ class ProgressLogger(tf.keras.callbacks.Callback):
     seconds = time.perf_counter() - self._start
     ips = self.images_per_epoch / seconds
     opt = self.model.optimizer
-    lr = float(opt.learning_rate(opt.iterations)
-               if callable(opt.learning_rate) else opt.learning_rate)
+    lr = opt.learning_rate         # a schedule; a (mirrored) variable under multi-worker
+    lr = float(tf.convert_to_tensor(lr(opt.iterations) if callable(lr) else lr))
     metrics = " ".join(f"{k} {v:.4f}" for k, v in sorted((logs or {}).items()))
     logging.info("[%s] epoch %d/%d %s lr %.2e %.0f img/s %.1f s", self.name,
                  epoch + 1, self.epochs, metrics, lr, ips, seconds)
@@ -200,16 +207,24 @@ class ProgressLogger(tf.keras.callbacks.Callback):
 
 
 class EpochCheckpoint(tf.keras.callbacks.Callback):
-  """Saves model + optimizer after every epoch so a killed run resumes."""
+  """Saves model + optimizer after every epoch so a killed run resumes.
+
+  Every worker of a multi-worker run restores from `directory` and saves
+  every epoch (saving may take part in collectives), but only the chief
+  saves there: the others save into `write_directory`, their own."""
 
   def __init__(self, directory: str, model: tf.keras.Model,
-               optimizer: tf.keras.optimizers.Optimizer, max_to_keep: int = 2):
+               optimizer: tf.keras.optimizers.Optimizer, max_to_keep: int = 2,
+               write_directory: Optional[str] = None):
     super().__init__()
     self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
     self.checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer,
                                           epoch=self.epoch)
     self.manager = tf.train.CheckpointManager(self.checkpoint, directory,
                                               max_to_keep=max_to_keep)
+    self.writer = (tf.train.CheckpointManager(self.checkpoint, write_directory,
+                                              max_to_keep=1)
+                   if write_directory else self.manager)
 
   def restore(self) -> int:
     """Restores the newest readable checkpoint, if any; returns the epochs
@@ -242,7 +257,7 @@ class EpochCheckpoint(tf.keras.callbacks.Callback):
 
   def on_epoch_end(self, epoch, logs=None):
     self.epoch.assign(epoch + 1)
-    self.manager.save(checkpoint_number=epoch + 1)
+    self.writer.save(checkpoint_number=epoch + 1)
 
 
 def write_atomically(path: str, contents) -> None:

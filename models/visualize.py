@@ -8,7 +8,8 @@ import tensorflow as tf
 from PIL import Image
 
 from models.mae import MaskedAutoencoder, patchify, unpatchify
-from models.training import write_atomically
+from models import training
+
 
 _GAP = 2
 
@@ -69,7 +70,7 @@ def reconstruction_grid(model: MaskedAutoencoder, images: np.ndarray,
 def write_png(grid: np.ndarray, path: str) -> None:
   buf = io.BytesIO()
   Image.fromarray(grid).save(buf, format="PNG")
-  write_atomically(path, buf.getvalue())
+  training.write_atomically(path, buf.getvalue())
 
 
 class ReconstructionLogger(tf.keras.callbacks.Callback):
@@ -82,6 +83,8 @@ class ReconstructionLogger(tf.keras.callbacks.Callback):
     self.writer = tf.summary.create_file_writer(log_dir + "/reconstructions")
 
   def on_epoch_end(self, epoch, logs=None):
+    if not training.is_chief(self.model.distribute_strategy):
+      return
     grid = reconstruction_grid(self.model.mae, self.images, self.raw_images)
     with self.writer.as_default():
       tf.summary.image("original_masked_reconstruction", grid[None], step=epoch + 1)

@@ -40,6 +40,9 @@ class VertexConfig:
   trainer_machine_type: str = _env("TRAINER_MACHINE_TYPE", "n1-standard-8")
   accelerator_type: str = _env("ACCELERATOR_TYPE", "NVIDIA_TESLA_T4")  # "" for none
   accelerator_count: int = _env("ACCELERATOR_COUNT", "1", int)
+  # Machines training in step (MultiWorkerMirroredStrategy): a chief pool of
+  # one and a worker pool of the rest, each replica running the same run_fn.
+  trainer_replicas: int = _env("TRAINER_REPLICAS", "1", int)
   # Beam components (StatisticsGen, Transform, Evaluator...) on Dataflow.
   dataflow: bool = _env("DATAFLOW", "1", bool)
   dataflow_machine_type: str = _env("DATAFLOW_MACHINE_TYPE", "n1-standard-4")
@@ -57,6 +60,8 @@ class VertexConfig:
                        f"MAE_TFX_{missing[0].upper()} ...)")
     if not self.bucket.startswith("gs://"):
       raise ValueError(f"bucket must be a gs:// URI, got {self.bucket!r}")
+    if self.trainer_replicas < 1:
+      raise ValueError(f"trainer_replicas must be at least 1, got {self.trainer_replicas}")
     if self.accelerator_count < 0 or (self.accelerator_type and self.accelerator_count < 1):
       raise ValueError(f"accelerator_count {self.accelerator_count} does not fit "
                        f"accelerator_type {self.accelerator_type!r}")
@@ -75,13 +80,19 @@ class VertexConfig:
             "--experiments=use_runner_v2"]
 
   def worker_pool_specs(self) -> List[Dict[str, Any]]:
-    """One Vertex Training worker pool running this project's image."""
+    """Vertex Training worker pools running this project's image: the chief,
+    and with trainer_replicas > 1 a pool of the other workers (Vertex sets
+    TF_CONFIG on each; runtime.strategy is then multi_worker)."""
     machine: Dict[str, Any] = {"machine_type": self.trainer_machine_type}
     if self.accelerator_type:
       machine.update(accelerator_type=self.accelerator_type,
                      accelerator_count=self.accelerator_count)
-    return [{"machine_spec": machine, "replica_count": 1,
-             "container_spec": {"image_uri": self.image}}]
+    pools = [{"machine_spec": machine, "replica_count": 1,
+              "container_spec": {"image_uri": self.image}}]
+    if self.trainer_replicas > 1:
+      pools.append({"machine_spec": dict(machine), "replica_count": self.trainer_replicas - 1,
+                    "container_spec": {"image_uri": self.image}})
+    return pools
 
   def trainer_custom_config(self) -> Dict[str, Any]:
     """custom_config entries of the Vertex AI Training Trainer."""

@@ -40,7 +40,9 @@ def vertex_config(args: argparse.Namespace) -> configs.VertexConfig:
 def pipeline_config(args: argparse.Namespace) -> configs.PipelineConfig:
   vertex = vertex_config(args)
   overrides = json.loads(args.overrides)
-  if vertex.accelerator_count > 1:   # all GPUs of the worker: one replica each
+  if vertex.trainer_replicas > 1:    # machines in step, each with all its GPUs
+    overrides.setdefault("runtime", {}).setdefault("strategy", "multi_worker")
+  elif vertex.accelerator_count > 1:   # all GPUs of the worker: one replica each
     overrides.setdefault("runtime", {}).setdefault("strategy", "mirrored")
   bucket = vertex.bucket.rstrip("/")
   source = configs.source_config(args, args.data_format)

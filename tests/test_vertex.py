@@ -112,6 +112,15 @@ def test_more_gpus_select_mirrored_and_local_variants_compile(tmp_path):
   assert "--runner=DataflowRunner" not in _executor_args(spec, "Transform")
 
 
+def test_trainer_replicas_make_a_multi_worker_job(tmp_path):
+  spec, _ = _compile(tmp_path, "--trainer-replicas", "3")
+  custom = json.loads(_parameters(spec, "mae_pretrain")["custom_config"])
+  chief, workers = custom["ai_platform_training_args"]["job_spec"]["worker_pool_specs"]
+  assert (chief["replica_count"], workers["replica_count"]) == (1, 2)
+  assert chief["container_spec"] == workers["container_spec"] == {"image_uri": IMAGE}
+  assert config_lib.from_custom_config(custom).runtime.strategy == "multi_worker"
+
+
 def test_missing_settings_are_named(tmp_path, monkeypatch):
   for name in ("PROJECT", "BUCKET", "IMAGE"):
     monkeypatch.delenv(f"MAE_TFX_{name}", raising=False)
