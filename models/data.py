@@ -105,57 +105,61 @@ def load_raw_images(file_patterns: List[str], feature_spec, count: int,
                        size).numpy()
 
 
-def random_resized_crop(images: tf.Tensor, min_scale: float,
+def _uniforms(seed: tf.Tensor, count: int, shape, low=0.0, high=1.0):
+  """`count` independent stateless uniform tensors of `shape` from one seed [2]."""
+  return [tf.random.stateless_uniform(shape, s, low, high)
+          for s in tf.unstack(tf.random.experimental.stateless_split(seed, count))]
+
+
+def random_resized_crop(images: tf.Tensor, min_scale: float, seed: tf.Tensor,
                         ratio=(3 / 4, 4 / 3)) -> tf.Tensor:
-  """Per-image RandomResizedCrop (area in [min_scale, 1]) + horizontal flip.
+  """Per-image RandomResizedCrop (area in [min_scale, 1]) + horizontal flip,
+  a function of `seed` ([2] int; stateless, so a batch can be made again).
 
   [B, S, S, C] -> [B, S, S, C]; boxes are sampled in normalised coordinates.
   """
   b = tf.shape(images)[0]
-  area = tf.random.uniform([b], min_scale, 1.0)
-  log_ratio = tf.random.uniform([b], math.log(ratio[0]), math.log(ratio[1]))
-  aspect = tf.exp(log_ratio)
+  area, log_ratio, y, x, flip = _uniforms(seed, 5, [b])
+  area = min_scale + (1.0 - min_scale) * area
+  aspect = tf.exp(math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * log_ratio)
   w = tf.minimum(tf.sqrt(area * aspect), 1.0)
   h = tf.minimum(tf.sqrt(area / aspect), 1.0)
-  y0 = tf.random.uniform([b]) * (1.0 - h)
-  x0 = tf.random.uniform([b]) * (1.0 - w)
+  y0, x0 = y * (1.0 - h), x * (1.0 - w)
   boxes = tf.stack([y0, x0, y0 + h, x0 + w], axis=1)   # [B, 4]
   crops = tf.image.crop_and_resize(images, boxes, tf.range(b),
                                    images.shape[1:3].as_list())
-  flip = tf.random.uniform([b, 1, 1, 1]) < 0.5
-  return tf.where(flip, tf.reverse(crops, axis=[2]), crops)
+  return tf.where(flip[:, None, None, None] < 0.5, tf.reverse(crops, axis=[2]), crops)
 
 
-def color_jitter(images: tf.Tensor, strength: float, apply_prob: float = 0.8,
-                 grayscale_prob: float = 0.2) -> tf.Tensor:
+def color_jitter(images: tf.Tensor, strength: float, seed: tf.Tensor,
+                 apply_prob: float = 0.8, grayscale_prob: float = 0.2) -> tf.Tensor:
   """Per-image colour distortion (SimCLR's, in the Transform'ed space):
   with `apply_prob`, contrast and saturation scaled by 1 +- strength and
   brightness shifted by +- strength (in units of the channels' std); then
-  grayscale with `grayscale_prob`. [B, S, S, 3] -> [B, S, S, 3].
+  grayscale with `grayscale_prob`. [B, S, S, 3] -> [B, S, S, 3], a function
+  of `seed` ([2] int).
 
   The images are standardised per channel, and CIFAR-like data has about
   equal channel stds, so an affine change per image is a brightness and
   contrast change of the pixels, and the channel mean is their grey."""
   b = tf.shape(images)[0]
-
-  def uniform(low, high):
-    return tf.random.uniform([b, 1, 1, 1], low, high)
-
+  saturation, contrast, brightness, apply, grayscale = _uniforms(seed, 5, [b, 1, 1, 1])
   gray = tf.reduce_mean(images, axis=-1, keepdims=True)            # [B, S, S, 1]
-  saturated = gray + uniform(1 - strength, 1 + strength) * (images - gray)
+  saturated = gray + (1 + strength * (2 * saturation - 1)) * (images - gray)
   mean = tf.reduce_mean(saturated, axis=[1, 2, 3], keepdims=True)
-  jittered = (mean + uniform(1 - strength, 1 + strength) * (saturated - mean)
-              + uniform(-strength, strength))
-  out = tf.where(uniform(0, 1) < apply_prob, jittered, images)
+  jittered = (mean + (1 + strength * (2 * contrast - 1)) * (saturated - mean)
+              + strength * (2 * brightness - 1))
+  out = tf.where(apply < apply_prob, jittered, images)
   out_gray = tf.tile(tf.reduce_mean(out, axis=-1, keepdims=True), [1, 1, 1, 3])
-  return tf.where(uniform(0, 1) < grayscale_prob, out_gray, out)
+  return tf.where(grayscale < grayscale_prob, out_gray, out)
 
 
 @dataclasses.dataclass(frozen=True)
 class Augmentation:
   """What a pretraining batch is made of: `views` augmented views of each
   image (2 for a contrastive term: [B, 2, S, S, C]; else [B, S, S, C]), each
-  a random-resized crop + flip, then colour jitter when `color_jitter` > 0."""
+  a random-resized crop + flip, then colour jitter when `color_jitter` > 0.
+  Stateless: the same images and `seed` give the same batch."""
   crop_min_scale: float = 0.2
   color_jitter: float = 0.0
   views: int = 1
@@ -164,30 +168,39 @@ class Augmentation:
     if self.views not in (1, 2):
       raise ValueError(f"Augmentation.views must be 1 or 2, got {self.views}")
 
-  def view(self, images: tf.Tensor) -> tf.Tensor:
-    out = random_resized_crop(images, self.crop_min_scale)
-    return color_jitter(out, self.color_jitter) if self.color_jitter else out
+  def view(self, images: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+    crop_seed, jitter_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    out = random_resized_crop(images, self.crop_min_scale, crop_seed)
+    return color_jitter(out, self.color_jitter, jitter_seed) if self.color_jitter else out
 
-  def __call__(self, images: tf.Tensor) -> tf.Tensor:
+  def __call__(self, images: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
     if self.views == 1:
-      return self.view(images)
-    return tf.stack([self.view(images), self.view(images)], axis=1)
+      return self.view(images, seed)
+    first, second = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    return tf.stack([self.view(images, first), self.view(images, second)], axis=1)
 
 
 def pretrain_dataset(images: np.ndarray, batch_size: int, augment: Augmentation,
-                     seed: int = 0) -> tf.data.Dataset:
-  """Endless shuffled, augmented batches of images (no labels)."""
+                     seed: int = 0, first_step: int = 0) -> tf.data.Dataset:
+  """Endless shuffled, augmented batches of images (no labels). Batch t is
+  a function of (`seed`, t): epoch e is a permutation seeded by (seed, e),
+  the augmentation is seeded by (seed, t), so a run resumed at `first_step`
+  sees exactly the batches an uninterrupted run saw from there."""
   n = len(images)
   if n < batch_size:
     raise ValueError(f"Batch size {batch_size} is larger than the "
                      f"{n} training examples")
+  steps_per_epoch = n // batch_size
   pool = tf.constant(images)
-  return (tf.data.Dataset.range(n)
-          .shuffle(n, seed=seed, reshuffle_each_iteration=True)
-          .repeat()
-          .batch(batch_size, drop_remainder=True)
-          .map(lambda idx: augment(tf.gather(pool, idx)),
-               num_parallel_calls=tf.data.AUTOTUNE)
+
+  def batch(step):
+    epoch, position = step // steps_per_epoch, step % steps_per_epoch
+    order = tf.random.experimental.stateless_shuffle(tf.range(n), seed=[seed, epoch])
+    idx = order[position * batch_size:(position + 1) * batch_size]
+    return augment(tf.gather(pool, idx), seed=tf.stack([tf.cast(seed, tf.int64), step]))
+
+  return (tf.data.Dataset.range(first_step, 2**62)
+          .map(batch, num_parallel_calls=tf.data.AUTOTUNE)
           .prefetch(tf.data.AUTOTUNE))
 
 
@@ -200,11 +213,16 @@ def streamed_pretrain_dataset(file_patterns: Sequence[str],
   files read in parallel, serialized examples shuffled through a buffer of
   `shuffle_buffer`, then decoded, Transform'ed and augmented in parallel.
   Memory is the buffer's, whatever the number of examples. Each epoch is a
-  permutation of the examples (`augment=None` shows them unaugmented)."""
+  permutation of the examples (`augment=None` shows them unaugmented). The
+  order is seeded but a resumed run starts it afresh: unlike the in-memory
+  batches, not the uninterrupted run's batches."""
   files = example_files(list(file_patterns))
   transform = _transform_fn(tf_transform_output, labeled=False)
-  prepare = ((lambda s: augment(transform(s)[0])) if augment
-             else (lambda s: transform(s)[0]))
+
+  def prepare(step, serialized):
+    images = transform(serialized)[0]
+    return augment(images, seed=tf.stack([tf.cast(seed, tf.int64), step])) if augment \
+        else images
   records = tf.data.Dataset.from_tensor_slices(files).interleave(
       lambda f: tf.data.TFRecordDataset(f, compression_type=COMPRESSION),
       cycle_length=min(len(files), 4), num_parallel_calls=tf.data.AUTOTUNE)
@@ -212,6 +230,7 @@ def streamed_pretrain_dataset(file_patterns: Sequence[str],
           .shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
           .repeat()
           .batch(batch_size, drop_remainder=True)
+          .enumerate()
           .map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
           .prefetch(tf.data.AUTOTUNE))
 
@@ -241,11 +260,12 @@ class TrainingImages:
   def streamed(self) -> bool:
     return self.images is None
 
-  def batches(self, batch_size: int, augment: Augmentation, seed: int = 0
-              ) -> tf.data.Dataset:
-    """Endless shuffled, augmented batches."""
+  def batches(self, batch_size: int, augment: Augmentation, seed: int = 0,
+              first_step: int = 0) -> tf.data.Dataset:
+    """Endless shuffled, augmented batches (in memory: from batch
+    `first_step` of the seeded sequence)."""
     if not self.streamed:
-      return pretrain_dataset(self.images, batch_size, augment, seed)
+      return pretrain_dataset(self.images, batch_size, augment, seed, first_step)
     return streamed_pretrain_dataset(
         self.file_patterns, self.tf_transform_output, batch_size, augment,
         self.shuffle_buffer, seed, self.max_examples)

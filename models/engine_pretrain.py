@@ -31,12 +31,15 @@ class PretrainingModel(tf.keras.Model):
   """`fit` on batches of images (or (images, noise [B, L]) to fix the masks)
   trains `self.mae` on its masked-patch loss."""
 
-  def __init__(self, mae: MaskedAutoencoder, xla_splits: int = 1, **kwargs):
+  def __init__(self, mae: MaskedAutoencoder, xla_splits: int = 1, seed: int = 0, **kwargs):
     """`xla_splits` > 1: each step computes gradients as that many
-    jit-compiled micro-batch programs (see `_split_loss_and_gradients`)."""
+    jit-compiled micro-batch programs (see `_split_loss_and_gradients`).
+    Masks not given with the batch are drawn from (`seed`, step, replica):
+    a resumed run masks as the uninterrupted one did."""
     super().__init__(**kwargs)
     self.mae = mae
     self.xla_splits = xla_splits
+    self.seed = seed
     self._split_gradients = self._xla_apply_gradients = None
     self.loss_tracker = tf.keras.metrics.Mean(name="loss")
 
@@ -49,6 +52,8 @@ class PretrainingModel(tf.keras.Model):
 
   def train_step(self, data):
     imgs, noise = data if isinstance(data, tuple) else (data, None)
+    if noise is None:
+      noise = self.mask_noise(imgs)
     if self.xla_splits == 1:
       loss, grads = self._loss_and_gradients(imgs, noise)
       self._apply_gradients(grads)
@@ -57,6 +62,15 @@ class PretrainingModel(tf.keras.Model):
       self._xla_apply_gradients(grads)
     self.loss_tracker.update_state(loss)
     return {"loss": self.loss_tracker.result()}
+
+  def mask_noise(self, imgs: tf.Tensor) -> tf.Tensor:
+    """Stateless masking noise [B, L] (or [B, 2, L] for two views) for this
+    step and replica (`random_masking` keeps the patches of smallest noise)."""
+    replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+    step = tf.cast(self.optimizer.iterations, tf.int32)
+    seed = tf.stack([tf.constant(self.seed, tf.int32), step * 1024 + replica])
+    shape = tf.concat([tf.shape(imgs)[:-3], [self.mae.cfg.num_patches]], axis=0)
+    return tf.random.stateless_uniform(shape, seed)
 
   def test_step(self, imgs):
     loss, _, _ = self.mae(imgs, training=False)
@@ -118,7 +132,7 @@ def compile_mae(cfg: config_lib.RunConfig, strategy: tf.distribute.Strategy,
     raise ValueError(f"runtime.xla_splits must divide pretrain.batch_size "
                      f"{p.batch_size}; got {cfg.runtime.xla_splits}")
   model = PretrainingModel(MaskedAutoencoder(cfg.model).build_for(),
-                           xla_splits=splits)
+                           xla_splits=splits, seed=cfg.runtime.seed)
   schedule = training.WarmupCosine(
       training.scaled_lr(p.base_lr, global_batch),
       total_steps=steps_per_epoch * p.epochs,
@@ -171,7 +185,6 @@ def pretrain(cfg: config_lib.RunConfig,
   if steps_per_epoch < 1:
     raise ValueError(f"{images.count} training images do not fill one "
                      f"batch of {global_batch}")
-  dataset = images.batches(global_batch, augmentation(cfg), seed=rt.seed)
   with training.precision_policy(rt.precision), strategy.scope():
     model = compile_mae(cfg, strategy, steps_per_epoch)
     chief = training.is_chief(strategy)
@@ -184,6 +197,10 @@ def pretrain(cfg: config_lib.RunConfig,
         checkpoint_dir, model.mae, model.optimizer,
         write_directory=None if chief else os.path.join(scratch, "checkpoints"))
     initial_epoch = checkpoint.restore()
+    # In memory, batch t is a function of (seed, t): resumed, the run goes on
+    # with the batches it would have seen.
+    dataset = images.batches(global_batch, augmentation(cfg), seed=rt.seed,
+                             first_step=initial_epoch * steps_per_epoch)
     progress = training.ProgressLogger("mae_pretrain", p.epochs,
                                        steps_per_epoch * global_batch, log_dir)
     n_params = sum(int(tf.size(v)) for v in model.trainable_variables)

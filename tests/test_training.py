@@ -78,25 +78,29 @@ def test_an_mae_saved_before_the_contrastive_term_loads_as_the_pure_mae(tmp_path
 
 def test_killed_pretraining_resumes_from_last_epoch(tmp_path):
   images = np.random.RandomState(0).randn(64, 32, 32, 3).astype(np.float32)
-  ckpt = str(tmp_path / "ckpt")
 
-  def run(epochs):
+  def run(epochs, ckpt):
     cfg = config_lib.get_profile("smoke", {"pretrain": {"epochs": epochs,
                                                         "batch_size": 16}})
-    return pretrain(cfg, images, str(tmp_path / "logs"), ckpt)
+    return pretrain(cfg, images, str(tmp_path / "logs"), str(tmp_path / ckpt))
 
-  _, first = run(epochs=3)              # a run that stopped after epoch 2 of 3 ...
+  _, first = run(3, "ckpt")             # a run that stopped after epoch 2 of 3 ...
   assert [h["epoch"] for h in first] == [1, 2, 3]
   # ... is emulated by dropping the newest checkpoint.
+  ckpt = str(tmp_path / "ckpt")
   manager = tf.train.CheckpointManager(tf.train.Checkpoint(), ckpt, max_to_keep=None)
   newest = manager.latest_checkpoint
   for suffix in (".index", ".data-00000-of-00001"):
     os.remove(newest + suffix)
   with open(os.path.join(ckpt, "checkpoint"), "w") as f:
     f.write('model_checkpoint_path: "ckpt-2"\n')
-  model, resumed = run(epochs=3)
+  model, resumed = run(3, "ckpt")
   assert [h["epoch"] for h in resumed] == [3]    # only the missing epoch ran
   assert int(model.optimizer.iterations.numpy()) == 3 * 4
+  # The same batches and masks as an uninterrupted run: the same weights.
+  uninterrupted, _ = run(3, "other")
+  for a, b in zip(model.trainable_variables, uninterrupted.trainable_variables):
+    np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=0, atol=1e-6)
 
 
 def test_a_truncated_checkpoint_is_skipped_for_the_one_before(tmp_path, capsys):
