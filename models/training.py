@@ -78,6 +78,9 @@ def precision_policy(name: str):
     tf.keras.mixed_precision.set_global_policy(previous)
 
 
+_multi_worker_strategy: Optional[tf.distribute.Strategy] = None
+
+
 def make_strategy(name: str) -> tf.distribute.Strategy:
   """`default` (one device), `mirrored` (all local GPUs/CPUs),
   `multi_worker` (TF_CONFIG cluster) or `tpu`."""
@@ -89,7 +92,11 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
                or tf.config.list_logical_devices("CPU"))
     return tf.distribute.MirroredStrategy([d.name for d in devices])
   if name == "multi_worker":
-    return tf.distribute.MultiWorkerMirroredStrategy()
+    # One per process: it joins the cluster (TF_CONFIG) once, at creation.
+    global _multi_worker_strategy  # pylint: disable=global-statement
+    if _multi_worker_strategy is None:
+      _multi_worker_strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    return _multi_worker_strategy
   if name == "tpu":
     resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
     tf.config.experimental_connect_to_cluster(resolver)

@@ -249,3 +249,59 @@ def test_a_smaller_image_size_runs_end_to_end(tmp_path, small_cifar_dir, cifar10
   assert emb.shape == (2, config.run_config.embedding_dim)
   assert np.isfinite(emb.numpy()).all()
 
+
+
+@pytest.mark.slow
+def test_beam_stages_in_two_worker_processes_equal_the_in_process_run(smoke_run, tmp_path):
+  """The DirectRunner in multi-process mode (2 workers), as a bigger machine
+  or Dataflow would spread the data stages: ExampleGen's examples (their
+  pixels and labels; the PNG bytes may differ, as the worker processes can
+  load another zlib), StatisticsGen's counts and Transform's statistics
+  equal the in-process run's."""
+  import io
+  from PIL import Image
+  from pipeline.run_outputs import RunOutputs
+
+  def content(records):
+    return sorted((int(label), np.asarray(Image.open(io.BytesIO(image))).tobytes())
+                  for image, label in zip(records.images, records.labels))
+
+  config = _config(smoke_run.data_root, tmp_path / "multi", overrides={"beam": {
+      "pipeline_args": ["--direct_running_mode=multi_processing", "--direct_num_workers=2"]}})
+  local_runner.run(config)
+  assert set(_states(config).values()) == {"COMPLETE"}
+  one, two = RunOutputs.load(smoke_run.output_dir), RunOutputs.load(config.output_dir)
+  for split in (names.TRAIN_SPLIT, names.TEST_SPLIT):
+    assert content(one.examples(split)) == content(two.examples(split))
+    counts = [{f.path.step[0]: [(b.label, b.sample_count) for b in
+                                f.string_stats.rank_histogram.buckets]
+               for f in run.statistics(split).datasets[0].features
+               if f.path.step[0] != names.IMAGE_KEY}
+              for run in (one, two)]
+    assert counts[0] == counts[1]
+    assert (one.statistics(split).datasets[0].num_examples
+            == two.statistics(split).datasets[0].num_examples)
+  # Two workers' float32 partial sums combine in another order: 1/40 of a grey level.
+  for a, b in zip(one.channel_statistics(), two.channel_statistics()):
+    np.testing.assert_allclose(a, b, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_a_run_killed_at_each_step_completes_when_run_again(cifar10_dir, tmp_path):
+  """The kill matrix (benchmarks/kill_matrix.py): SIGKILL at each step, the
+  same command again."""
+  from benchmarks import kill_matrix
+  rows = {r["point"]: r for r in kill_matrix.run_matrix(cifar10_dir, list(kill_matrix.POINTS),
+                                                        str(tmp_path))}
+  assert set(rows) == set(kill_matrix.POINTS)
+  for point, row in rows.items():
+    killed, rerun = list(row["states"].values())[0], list(row["states"].values())[-1]
+    assert row["rerun_status"] == 0, (point, row.get("error"))
+    assert len(row["versions"]) == 1 and not row["staging"], point
+    assert "FAILED" in killed.values(), (point, killed)
+    assert set(rerun.values()) <= {"COMPLETE", "CACHED"}, (point, rerun)
+    # Two uninterrupted runs differ by about 1e-5 (multi-threaded float sums).
+    assert row["max_weight_difference"] < 1e-4, point
+  assert rows["mae_epoch"]["resumed_from_epoch"] == 2
+  assert rows["mae_checkpoint_write"]["resumed_from_epoch"] == 1
+  assert rows["mae_checkpoint_write"]["unreadable"]
