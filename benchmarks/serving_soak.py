@@ -11,8 +11,8 @@ non-image), while the server's RSS is sampled; with `--push`, that SavedModel
 is pushed as a new version half-way (the Pusher's own `push_to_filesystem`).
 Prints requests by status, dropped connections, p50/p99 of good requests,
 the versions that answered, and RSS over time. Flood (`--flood`): clients
-send 32-image requests as fast as they can; prints how many were shed (503)
-and the p99 of those served. `tests/test_serving_robustness.py` runs the
+send 32-image requests back to back (waiting `Retry-After` after a 503);
+prints how many were shed and the p99 of those served. `tests/test_serving_robustness.py` runs the
 same `soak` for a few seconds.
 """
 
@@ -69,6 +69,8 @@ def soak(url: str, pngs: List[bytes], seconds: float, clients: int,
         results.append((r.status_code, r.headers.get("X-Model-Version"),
                         time.monotonic() - start, is_good))
       n += 1
+      if r.status_code == 503:       # a well-behaved client waits as told
+        time.sleep(float(r.headers.get("Retry-After", 1)))
 
   threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
   for t in threads:

@@ -58,17 +58,26 @@ class Batcher:
     self.shed = 0           # requests refused with Overloaded
     self._seconds_per_instance = 0.0   # running mean of recent model calls
 
+  def check_capacity(self) -> None:
+    """Raises Overloaded when the queue is full, before a request's body is
+    even read: shedding must cost less than serving."""
+    if self.queued >= self.max_queued:
+      self._shed()
+
+  def _shed(self):
+    self.shed += 1
+    wait = self.queued * self._seconds_per_instance
+    raise Overloaded(f"server overloaded: {self.queued} instances already queued "
+                     f"(bound {self.max_queued}); retry later",
+                     retry_after=max(1, math.ceil(wait)))
+
   async def run(self, model: LoadedModel, signature: str,
                 values: List[bytes]) -> Dict[str, np.ndarray]:
     if len(values) > self.max_queued:
       raise BadInstance(f"{len(values)} instances in one request; this server takes at "
                         f"most {self.max_queued}: send them in several requests")
     if self.queued + len(values) > self.max_queued:
-      self.shed += 1
-      wait = self.queued * self._seconds_per_instance
-      raise Overloaded(f"server overloaded: {self.queued} instances already queued "
-                       f"(bound {self.max_queued}); retry later",
-                       retry_after=max(1, math.ceil(wait)))
+      self._shed()
     loop = asyncio.get_running_loop()
     future = loop.create_future()
     key = (model.version, signature)

@@ -141,6 +141,7 @@ async def model_metadata(request: web.Request) -> web.Response:
 
 async def predict(request: web.Request) -> web.Response:
   store = _check_name(request)
+  request.app[BATCHER].check_capacity()
   body = await read_json_object(request)
   signature_name = body.get("signature_name", SERVING_DEFAULT)
   if not isinstance(signature_name, str):

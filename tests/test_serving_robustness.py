@@ -7,6 +7,8 @@ longer."""
 import base64
 import concurrent.futures
 import json
+import os
+import shutil
 import signal
 import threading
 import time
@@ -137,6 +139,32 @@ def test_soak_with_a_push_in_the_middle(model_base, test_images, smoke_run, tmp_
     rss = rss_mb(server.process.pid)
     soak(server.url, pngs, seconds=6, clients=6)
     assert rss_mb(server.process.pid) < rss + 100
+
+
+def test_a_pushed_version_that_fails_to_load_leaves_the_last_good_one_serving(model_base,
+                                                                           test_images):
+  with ServerProcess(["--model-dir", model_base, "--poll-seconds", "0.3"]) as server:
+    good = versions_on_disk(model_base)[-1]
+    broken = os.path.join(model_base, str(good + 1000))
+    os.makedirs(broken)
+    try:
+      with open(os.path.join(broken, "saved_model.pb"), "wb") as f:
+        f.write(b"a copy cut short")
+      deadline = time.monotonic() + 30
+      while True:
+        status = requests.get(f"{server.url}/v1/models/{NAME}", timeout=10).json()
+        newest = status["model_version_status"][0]
+        if newest["version"] == str(good + 1000) and newest["state"] == "END":
+          break
+        assert time.monotonic() < deadline, status
+        time.sleep(0.2)
+      assert newest["status"]["error_message"]          # why it failed, for the operator
+      r = requests.post(f"{server.url}/v1/models/{NAME}:predict",
+                        json={"instances": _instances(test_images[:2])}, timeout=60)
+      assert r.status_code == 200 and r.headers["X-Model-Version"] == str(good)
+    finally:
+      shutil.rmtree(broken)
+  assert "Traceback" not in server.stderr
 
 
 @settings(max_examples=150, deadline=None,
