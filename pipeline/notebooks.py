@@ -23,7 +23,8 @@ from typing import Dict, Iterator, Optional
 from models import names
 
 NOTEBOOK_DIR = os.path.join(names.PROJECT_DIR, "notebooks")
-NOTEBOOKS = ("pipeline_walkthrough.ipynb", "explore_embeddings.ipynb")
+WALKTHROUGH = "pipeline_walkthrough.ipynb"     # `make report` exports it as HTML
+NOTEBOOKS = (WALKTHROUGH, "explore_embeddings.ipynb")
 CELL_TIMEOUT_S = 1800
 FIGURE_TAG = "figure-"              # a cell tag naming its picture (`pictures`)
 # The walkthrough's pictures the README shows, saved beside the notebooks.

@@ -93,9 +93,6 @@ def format_report(metadata_path: str, pipeline_name: Optional[str] = None,
 
 
 # ---- the HTML report -----------------------------------------------------------
-WALKTHROUGH = "pipeline_walkthrough.ipynb"
-
-
 def write_html(output_dir: Optional[str] = None, path: Optional[str] = None,
                run_id: Optional[str] = None) -> str:
   """Runs notebooks/pipeline_walkthrough.ipynb on a run (default: the
@@ -106,7 +103,7 @@ def write_html(output_dir: Optional[str] = None, path: Optional[str] = None,
   from pipeline import notebooks
   output_dir = output_dir or names.default_output_dir()
   path = path or os.path.join(output_dir, "report.html")
-  nb = notebooks.execute(WALKTHROUGH, output_dir, run_id)
+  nb = notebooks.execute(notebooks.WALKTHROUGH, output_dir, run_id)
   figures_dir = os.path.splitext(path)[0] + "_figures"
   os.makedirs(figures_dir, exist_ok=True)
   for name, data in notebooks.pictures(nb).items():

@@ -27,6 +27,11 @@ MAE_NODE, PROBE_NODE = "mae_pretrain", "linear_probe"
 _PREDICT_BATCH = 500
 
 
+def _split_names(artifact_uri: str) -> List[str]:
+  """The splits of an artifact written as Split-<name>/ folders."""
+  return sorted(d[len("Split-"):] for d in os.listdir(artifact_uri) if d.startswith("Split-"))
+
+
 class Predictions(NamedTuple):
   images: List[bytes]               # [N] encoded images
   labels: np.ndarray                # [N] class ids
@@ -76,11 +81,13 @@ class RunOutputs:
 
   # ---- where things are ---------------------------------------------------
   def node(self, name: str) -> Dict:
-    for row in self.executions:
-      if row["node"] == name or (name == "ExampleGen" and row["node"].endswith(name)):
-        return row
-    raise LookupError(f"run {self.run_id} of {self.pipeline} has no {name} execution "
-                      f"(it has {[r['node'] for r in self.executions]})")
+    """The run's execution of node `name` ("ExampleGen": whichever source's)."""
+    by_node = {r["node"]: r for r in self.executions}
+    row = runs.example_gen_row(by_node) if name == "ExampleGen" else by_node.get(name)
+    if row is None:
+      raise LookupError(f"run {self.run_id} of {self.pipeline} has no {name} execution "
+                        f"(it has {list(by_node)})")
+    return row
 
   def uri(self, node: str, artifact_type: str) -> str:
     row = self.node(node)
@@ -99,8 +106,7 @@ class RunOutputs:
 
   # ---- the data -------------------------------------------------------------
   def splits(self) -> List[str]:
-    uri = self.uri("ExampleGen", "Examples")
-    return sorted(d[len("Split-"):] for d in os.listdir(uri) if d.startswith("Split-"))
+    return _split_names(self.uri("ExampleGen", "Examples"))
 
   def statistics(self, split: str):
     """StatisticsGen's DatasetFeatureStatisticsList of one split."""
@@ -121,8 +127,7 @@ class RunOutputs:
     """{split: ExampleValidator's Anomalies proto}."""
     from components.anomalies_gate import split_anomalies
     uri = self.uri("ExampleValidator", "ExampleAnomalies")
-    return {d[len("Split-"):]: split_anomalies(uri, d[len("Split-"):])
-            for d in sorted(os.listdir(uri)) if d.startswith("Split-")}
+    return {split: split_anomalies(uri, split) for split in _split_names(uri)}
 
   def examples(self, split: str, limit: Optional[int] = None):
     """`models.examples.ExampleRecords` of the run's split."""
