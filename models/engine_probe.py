@@ -112,9 +112,10 @@ def linear_probe(cfg: config_lib.RunConfig, encoder: Encoder, class_names: List[
   bank = slice(0, cfg.probe.knn_bank_examples)
   num_classes = len(class_names)
 
-  def knn_accuracies(bank_features, evaluation):
+  def knn_accuracies(bank_features, evaluation, bank_normalised=False):
     return {k: evaluate_knn(bank_features, train_labels[bank], evaluation, eval_labels, k=k,
-                            num_classes=num_classes) for k in KNN_KS}
+                            num_classes=num_classes, bank_normalised=bank_normalised)
+            for k in KNN_KS}
 
   extra = {}
   if cfg.probe.whitening:
@@ -130,7 +131,7 @@ def linear_probe(cfg: config_lib.RunConfig, encoder: Encoder, class_names: List[
   linear = history[-1]["val_accuracy"]
   classifier.set_knn_bank(train_features[bank], train_labels[bank], KNN_K)
   # Scored against the stored bank, so the exported model's k-NN agrees.
-  knn = knn_accuracies(classifier.knn_bank.numpy(), eval_features)
+  knn = knn_accuracies(classifier.knn_bank.numpy(), eval_features, bank_normalised=True)
   print(f"[linear_probe] test top-1: linear {linear:.4f}, "
         + ", ".join(f"{k}-NN (cosine) {acc:.4f}" for k, acc in knn.items())
         + (", unwhitened " + ", ".join(f"{k}-NN {acc:.4f}" for k, acc in

@@ -34,17 +34,21 @@ def fit_whitening(features: np.ndarray, shrinkage: float = 1e-4
 
 
 def knn_votes(queries: tf.Tensor, bank: tf.Tensor, bank_labels: tf.Tensor, k: int,
-              num_classes: int, temperature: float = KNN_TEMPERATURE) -> tf.Tensor:
+              num_classes: int, temperature: float = KNN_TEMPERATURE,
+              bank_normalised: bool = False) -> tf.Tensor:
   """Weighted k-NN on cosine similarity (as in InstDisc/DINO): each of the k
   nearest bank embeddings votes for its label with exp(sim / T).
 
   queries [Q, D] and bank [N, D] (any scale and float dtype), bank_labels
   [N] ids in [0, num_classes) -> the votes as class probabilities [Q, K]
   float32. The exported classifier's k-NN output and `knn_predict` are this
-  function.
+  function. `bank_normalised`: the bank's rows are already unit length (the
+  exported classifier's stored bank), so they are used as they are.
   """
   queries = tf.math.l2_normalize(tf.cast(queries, tf.float32), axis=-1)
-  bank = tf.math.l2_normalize(tf.cast(bank, tf.float32), axis=-1)
+  bank = tf.cast(bank, tf.float32)
+  if not bank_normalised:   # a stored bank is normalised once, not on every call
+    bank = tf.math.l2_normalize(bank, axis=-1)
   sims = tf.matmul(queries, bank, transpose_b=True)                  # [Q, N]
   top_sims, top = tf.math.top_k(sims, k)                             # [Q, k]
   # exp((s - 1) / T): the same ratios as exp(s / T), never overflows.
@@ -57,20 +61,23 @@ def knn_votes(queries: tf.Tensor, bank: tf.Tensor, bank_labels: tf.Tensor, k: in
 def knn_predict(train_features: np.ndarray, train_labels: np.ndarray,
                 query_features: np.ndarray, k: int = 20,
                 temperature: float = KNN_TEMPERATURE, num_classes: Optional[int] = None,
-                chunk: int = 1024) -> np.ndarray:
+                chunk: int = 1024, bank_normalised: bool = False) -> np.ndarray:
   """`knn_votes`' predicted labels [Q] with the training embeddings as the
   bank. Labels are ids in [0, num_classes) (default: up to the largest train
   label). Works in chunks of queries so memory stays small."""
   train_labels = np.asarray(train_labels)
   if num_classes is None:
     num_classes = int(train_labels.max()) + 1
-  bank = tf.constant(train_features)
+  bank = tf.cast(tf.constant(train_features), tf.float32)
+  if not bank_normalised:   # once, not per chunk of queries
+    bank = tf.math.l2_normalize(bank, axis=-1)
   labels = tf.constant(train_labels)
   k = min(k, len(train_features))
   # Eager: a few large ops a chunk, and no function traced anew on every call.
   return np.concatenate([
       np.argmax(knn_votes(tf.constant(query_features[start:start + chunk], tf.float32),
-                          bank, labels, k, num_classes, temperature), axis=1)
+                          bank, labels, k, num_classes, temperature, bank_normalised=True),
+                axis=1)
       for start in range(0, len(query_features), chunk)])
 
 

@@ -77,7 +77,7 @@ class ProbeClassifier(tf.Module):
     if self.knn_bank is None:
       raise ValueError("ProbeClassifier has no k-NN bank: call set_knn_bank first")
     return knn_votes(self.embed(images), self.knn_bank, self.knn_labels,
-                     self.knn_k, len(self.class_names))
+                     self.knn_k, len(self.class_names), bank_normalised=True)
 
   def pooled_tokens(self, images: tf.Tensor) -> tf.Tensor:
     """[B, H, W, C] normalised images -> [B, k * D] float32: the pooled
