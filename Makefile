@@ -9,7 +9,7 @@ PY        := $(VENV)/bin/python
 PROFILE   ?= cpu
 # The local CIFAR-10 copy when there is one; otherwise the runner downloads
 # the official archive once into outputs/cache. Or your own images: a folder
-# of class folders, or of TFRecord files (README "Your own images").
+# of class folders, or of TFRecord files (docs/your_own_images.md).
 DATA      ?= $(firstword $(MAE_TFX_CIFAR10) $(wildcard ../shared/data/cifar10))
 UNLABELED ?=
 ARGS      ?=
@@ -17,23 +17,24 @@ PYTEST_ARGS ?=
 
 # TensorFlow's environment is set by models/__init__.py, which every entry
 # point imports first; exported here too for tools run outside the packages
-# (tensorboard, a bare python).
+# (tensorboard, a bare python). What the log leaves out, and why:
+# models/run_log.py; MAE_TFX_VERBOSE=1 (or ARGS=-v) shows everything.
 export TF_USE_LEGACY_KERAS := 1
 export TF_CPU_ALLOCATOR_USE_BFC := true
-export TF_CPP_MIN_LOG_LEVEL := 1
-export PYTHONWARNINGS := ignore::FutureWarning
 
 .PHONY: pipeline test test-all report notebooks serve image vertex-compile vertex-submit lock clean
 
 $(VENV)/.installed: setup.py pyproject.toml requirements.lock
 	@test -n "$(PYTHON310)" || { echo "Python 3.10 not found: install it (pyenv install 3.10.13) or set PYTHON310=/path/to/python3.10"; exit 1; }
-	test -x $(PY) || $(PYTHON310) -m venv $(VENV)
-	$(PY) -m pip install -q "pip==24.3.1" "wheel==0.48.0" "setuptools==84.2.1"
-	$(PY) -m pip install -q -c requirements.lock -e ".[test]"
-	touch $@
+	@echo "Installing the pinned packages (requirements.lock) into $(VENV): once, a few minutes"
+	@test -x $(PY) || $(PYTHON310) -m venv $(VENV)
+	@$(PY) -m pip install -qq "pip==24.3.1" "wheel==0.48.0" "setuptools==84.2.1"
+	@$(PY) -m pip install -qq -c requirements.lock -e ".[test]"
+	@touch $@
 
+# The run log (stderr) starts by naming what it runs.
 pipeline: $(VENV)/.installed
-	$(PY) -m pipeline.local_runner --profile $(PROFILE) $(if $(DATA),--data $(DATA)) \
+	@$(PY) -m pipeline.local_runner --profile $(PROFILE) $(if $(DATA),--data $(DATA)) \
 	    $(if $(UNLABELED),--unlabeled $(UNLABELED)) $(ARGS)
 
 test: $(VENV)/.installed
@@ -58,7 +59,7 @@ PORT      ?= 8501
 serve: $(VENV)/.installed
 	$(PY) -m serving.server --model-dir $(MODEL_DIR) --port $(PORT) $(if $(INDEX),--index $(INDEX))
 
-# Google Cloud (README "Run on Vertex AI"): MAE_TFX_PROJECT, MAE_TFX_BUCKET and
+# Google Cloud (docs/vertex_ai.md): MAE_TFX_PROJECT, MAE_TFX_BUCKET and
 # MAE_TFX_IMAGE (or the runner's flags) say where.
 SPEC ?= mae-tfx-vertex.json
 image:

@@ -4,12 +4,13 @@ command, and tabulate what the re-run did.
   python -m benchmarks.kill_matrix --data ../shared/data/cifar10 [--points mae_epoch,pusher_copy]
 
 Each kill point starts `pipeline.local_runner` (profile `smoke` with 4 MAE
-epochs, on the first 2,560 train and 500 test images of CIFAR-10) in a fresh
-output folder, kills its process group with SIGKILL at that point, runs the
-same command again to the end, and reports: the re-run's exit status and
-time, where the MAE resumed from, the pushed versions and staging folders
-left, and MLMD's states of both runs. One uninterrupted run is the
-reference for the MAE's final weights.
+epochs, on the first 2,560 train and 500 test images of CIFAR-10; --mae-epochs,
+--train, --test change these) in a fresh output folder, kills its process
+group with SIGKILL at that point, runs the same command again to the end, and
+reports: the re-run's exit status and time, where the MAE resumed from, the
+pushed versions and staging folders left, and MLMD's states of both runs. One
+uninterrupted run is the reference for the MAE's final weights
+(--reference-dir: the output folder of one already run).
 
 Points found by watching MLMD (a node's execution RUNNING) or the log are
 killed from outside; two need the kill at an exact instant, so the child
@@ -37,34 +38,39 @@ POINTS = ("example_gen", "transform", "mae_epoch", "mae_checkpoint_write", "line
           "evaluator", "pusher_copy")
 # point -> (node whose RUNNING execution triggers the kill, seconds to wait then)
 WATCHED = {"example_gen": ("Cifar10ExampleGen", 0.5), "transform": ("Transform", 3.0),
-           "linear_probe": ("linear_probe", 2.0), "evaluator": ("Evaluator", 2.0)}
+           "linear_probe": (names.PROBE_TRAINER, 2.0), "evaluator": ("Evaluator", 2.0)}
 MAE_EPOCHS = 4
 TRAIN, TEST = 2560, 500
+# The MAE epochs a point needs: mae_epoch kills during the third epoch,
+# mae_checkpoint_write tears the second epoch's checkpoint.
+MIN_MAE_EPOCHS = {"mae_epoch": 3, "mae_checkpoint_write": 2}
 
 
-def small_cifar(data: str, root: str) -> str:
-  """The first TRAIN / TEST images of CIFAR-10, in its own format."""
+def small_cifar(data: str, root: str, train_count: int = TRAIN,
+                test_count: int = TEST) -> str:
+  """The first `train_count` / `test_count` images of CIFAR-10, in its own format."""
   from models import cifar10
   from pipeline import data_source
   source = data_source.resolve_cifar10(data, names.DATA_CACHE_DIR)
   train = cifar10.read_batch_file(os.path.join(source, "data_batch_1"))
   test = cifar10.read_batch_file(os.path.join(source, "test_batch"))
   return cifar10.write_cifar_dir(
-      os.path.join(root, "cifar-10-batches-py"), (train[0][:TRAIN], train[1][:TRAIN]),
-      (test[0][:TEST], test[1][:TEST]),
+      os.path.join(root, "cifar-10-batches-py"),
+      (train[0][:train_count], train[1][:train_count]),
+      (test[0][:test_count], test[1][:test_count]),
       cifar10.read_class_names(os.path.join(source, "batches.meta")))
 
 
-def runner_args(data_root: str, output_dir: str) -> List[str]:
+def runner_args(data_root: str, output_dir: str, mae_epochs: int = MAE_EPOCHS) -> List[str]:
   return ["--profile", "smoke", "--data", data_root, "--output-dir", output_dir,
-          "--overrides", f'{{"pretrain": {{"epochs": {MAE_EPOCHS}}}}}']
+          "--overrides", f'{{"pretrain": {{"epochs": {mae_epochs}}}}}']
 
 
 # ---- the child: the runner, with a fault injected at an exact instant -------------
 def child(fault: Optional[str], args: List[str]) -> None:
   if fault == "mae_checkpoint_write":
-    from models import training
-    save = training.EpochCheckpoint.on_epoch_end
+    from models import checkpoints
+    save = checkpoints.EpochCheckpoint.on_epoch_end
 
     def torn_save(self, epoch, logs=None):
       save(self, epoch, logs)
@@ -73,7 +79,7 @@ def child(fault: Optional[str], args: List[str]) -> None:
         with open(data, "r+b") as f:
           f.truncate(os.path.getsize(data) // 2)
         os.kill(os.getpid(), signal.SIGKILL)
-    training.EpochCheckpoint.on_epoch_end = torn_save
+    checkpoints.EpochCheckpoint.on_epoch_end = torn_save
   elif fault == "pusher_copy":
     from components import versioned_pusher
     copy = versioned_pusher.io_utils.copy_dir
@@ -123,7 +129,7 @@ def kill_at(point: str, args: List[str], metadata_path: str, log_path: str,
       if _node_running(metadata_path, node):
         time.sleep(delay)
         break
-    elif point == "mae_epoch" and re.search(r"\[mae_pretrain\] epoch 2/", _log(log_path)):
+    elif point == "mae_epoch" and re.search(rf"\[{names.MAE_TRAINER}\] epoch 2/", _log(log_path)):
       time.sleep(1.0)                # into epoch 3
       break
     time.sleep(0.1)
@@ -157,28 +163,35 @@ def mae_weights(output_dir: str) -> Dict[str, np.ndarray]:
   from pipeline.run_outputs import RunOutputs
   from tfx.utils import path_utils
   run = RunOutputs.load(output_dir)
-  prefix = os.path.join(path_utils.serving_model_path(run.uri("mae_pretrain", "Model")),
+  prefix = os.path.join(path_utils.serving_model_path(run.uri(names.MAE_TRAINER, "Model")),
                         names.MAE_WEIGHTS_PREFIX)
   reader = tf.train.load_checkpoint(prefix)
   return {k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map()
           if k.startswith("model/") and "OPTIMIZER" not in k}
 
 
-def run_matrix(data: str, points: List[str], work: str) -> List[Dict]:
-  data_root = small_cifar(data, work)
-  reference_dir = os.path.join(work, "reference")
-  start = time.monotonic()
-  ref = subprocess.run([sys.executable, "-m", "pipeline.local_runner",
-                        *runner_args(data_root, reference_dir)], cwd=names.PROJECT_DIR,
-                       capture_output=True, text=True)
-  if ref.returncode:
-    raise RuntimeError("the uninterrupted run failed:\n" + ref.stdout[-3000:] + ref.stderr[-3000:])
-  print(f"uninterrupted run: {time.monotonic() - start:.0f} s", flush=True)
+def run_matrix(data: str, points: List[str], work: str, train_count: int = TRAIN,
+               test_count: int = TEST, mae_epochs: int = MAE_EPOCHS,
+               reference_dir: Optional[str] = None) -> List[Dict]:
+  """One row per kill point (`format_row`). `reference_dir`: the output folder
+  of an uninterrupted run of the same command (same images and epochs) whose
+  MAE the re-runs' are compared with; None: runs one in `work` first."""
+  data_root = small_cifar(data, work, train_count, test_count)
+  if reference_dir is None:
+    reference_dir = os.path.join(work, "reference")
+    start = time.monotonic()
+    ref = subprocess.run([sys.executable, "-m", "pipeline.local_runner",
+                          *runner_args(data_root, reference_dir, mae_epochs)],
+                         cwd=names.PROJECT_DIR, capture_output=True, text=True)
+    if ref.returncode:
+      raise RuntimeError("the uninterrupted run failed:\n" + ref.stdout[-3000:]
+                         + ref.stderr[-3000:])
+    print(f"uninterrupted run: {time.monotonic() - start:.0f} s", flush=True)
   reference = mae_weights(reference_dir)
   rows = []
   for point in points:
     output_dir = os.path.join(work, point)
-    args = runner_args(data_root, output_dir)
+    args = runner_args(data_root, output_dir, mae_epochs)
     how = kill_at(point, args, names.metadata_path(output_dir), os.path.join(work, f"{point}.log"))
     start = time.monotonic()
     rerun = subprocess.run([sys.executable, "-m", "pipeline.local_runner", *args],
@@ -228,16 +241,32 @@ def main(argv=None):
   p.add_argument("--data", required=True, help="CIFAR-10 (the first images are used)")
   p.add_argument("--points", default=",".join(POINTS), help=f"some of {','.join(POINTS)}")
   p.add_argument("--work-dir", default=None, help="default: a temporary folder")
+  p.add_argument("--train", type=int, default=TRAIN,
+                 help="the first N CIFAR-10 train images are the data")
+  p.add_argument("--test", type=int, default=TEST,
+                 help="the first N CIFAR-10 test images are the test split")
+  p.add_argument("--mae-epochs", type=int, default=MAE_EPOCHS,
+                 help="MAE pretraining epochs (mae_epoch needs 3, "
+                      "mae_checkpoint_write 2)")
+  p.add_argument("--reference-dir", default=None,
+                 help="output folder of an uninterrupted run of the same command "
+                      "(same --data, --train, --test and --mae-epochs): its MAE is "
+                      "the reference instead of a run made first")
   args = p.parse_args(argv)
   points = [x for x in args.points.split(",") if x]
   unknown = sorted(set(points) - set(POINTS))
   if unknown:
     raise SystemExit(f"unknown kill points {unknown}; known: {', '.join(POINTS)}")
+  short = [x for x in points if args.mae_epochs < MIN_MAE_EPOCHS.get(x, 1)]
+  if short:
+    raise SystemExit(f"--mae-epochs {args.mae_epochs} is too few for " + ", ".join(
+        f"{x} (at least {MIN_MAE_EPOCHS[x]})" for x in short))
   with tempfile.TemporaryDirectory() as tmp:
     work = args.work_dir or tmp
     os.makedirs(work, exist_ok=True)
     print(HEADER, flush=True)
-    rows = run_matrix(args.data, points, work)
+    rows = run_matrix(args.data, points, work, args.train, args.test, args.mae_epochs,
+                      args.reference_dir)
   print("\n" + HEADER + "\n" + "\n".join(format_row(r) for r in rows))
   return rows
 

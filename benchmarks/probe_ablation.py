@@ -28,7 +28,8 @@ import tensorflow_transform as tft
 from models import config as config_lib
 from models import data, names, schema
 from models.engine_pretrain import load_mae
-from models.engine_probe import KNN_KS, extract_features, train_probe
+from models.engine_probe import extract_features, train_probe
+from models.names import KNN_KS
 from models.evaluation import evaluate_knn, fit_whitening
 from models.linear_probe import ProbeClassifier
 from models.mae import MaskedAutoencoder

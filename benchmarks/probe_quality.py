@@ -25,7 +25,7 @@ import tensorflow as tf
 import tensorflow_transform as tft
 
 from models import config as config_lib
-from models import data, engine_pretrain, engine_probe, names, schema, training
+from models import data, engine_pretrain, engine_probe, names, precision, schema
 from models.mae import MaskedAutoencoder
 from pipeline.runs import pipeline_inputs, schema_file
 
@@ -48,7 +48,7 @@ def main(argv=None):
   overrides = json.loads(args.overrides)
   if args.epochs is not None:
     overrides.setdefault("pretrain", {})["epochs"] = args.epochs
-  cfg = training.with_resolved_precision(config_lib.get_profile(args.profile, overrides))
+  cfg = precision.with_resolved_precision(config_lib.get_profile(args.profile, overrides))
   examples, transform = pipeline_inputs(args.metadata)
   tft_output = tft.TFTransformOutput(transform)
   work = args.work_dir or tempfile.mkdtemp(prefix="probe_quality-")

@@ -1,11 +1,18 @@
 """The bound the CPU puts on img/s: matmul FLOPs per image (counted from the
 model config) against this machine's measured matmul speed.
 
+  python -m benchmarks.roofline [--profile cpu] [--model reference] \
+      [--precision float32,mixed_bfloat16]
+
 Element-wise work (GELU, LayerNorm, softmax, AdamW) is not counted, so real
 throughput stays below the bound; how far below says how much is left to win
-by anything but a cheaper model or a faster CPU.
+by anything but a cheaper model or a faster CPU. On its own it prints, per
+precision, the bound on MAE training steps and on embedding images (the
+serving signatures' encoder); benchmarks/train_throughput.py and
+benchmarks/serving.py (--roofline) print each result's share of it.
 """
 
+import argparse
 import time
 from typing import Tuple
 
@@ -59,10 +66,47 @@ def matmul_flops_per_second(policy: str = "float32", size: int = 2048,
   return 2 * size ** 3 * repeats / (time.perf_counter() - start)
 
 
-def img_per_second_bound(policy: str, flops_per_image: float) -> Tuple[float, str]:
+def img_per_second_bound(policy: str, flops_per_image: float, size: int = 2048,
+                         repeats: int = 20) -> Tuple[float, str]:
   """(bound in img/s, a line saying how it was found) for this machine."""
-  peak = matmul_flops_per_second(policy)
+  peak = matmul_flops_per_second(policy, size, repeats)
   bound = peak / flops_per_image
-  return bound, (f"{policy}: 2048x2048 matmul at {peak / 1e9:.0f} GFLOP/s, "
+  return bound, (f"{policy}: {size}x{size} matmul at {peak / 1e9:.0f} GFLOP/s, "
                  f"{flops_per_image / 1e6:.0f} MFLOP per image in matmuls: "
                  f"at most {bound:.0f} img/s")
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--profile", default="cpu")
+  p.add_argument("--model", choices=["reference", "profile"], default="profile",
+                 help="reference: config.REFERENCE_MODEL (6x128 encoder, "
+                      "train_throughput's default); profile: the profile's model")
+  p.add_argument("--precision", default="float32",
+                 help="comma-separated Keras policies whose matmul speed to measure")
+  p.add_argument("--matmul-size", type=int, default=2048,
+                 help="side of the square matmul timed (smaller: quicker, but "
+                      "further from the peak)")
+  p.add_argument("--repeats", type=int, default=20, help="matmuls timed per precision")
+  args = p.parse_args(argv)
+  model = {} if args.model == "profile" else dict(config_lib.REFERENCE_MODEL)
+  m = config_lib.get_profile(args.profile, {"model": model}).model
+  flops = {"MAE training step": mae_train_flops(m), "embedding": embedding_flops(m)}
+  print(f"model: encoder {m.depth}x{m.embed_dim}, decoder {m.decoder_depth}x"
+        f"{m.decoder_embed_dim}, patch {m.patch_size}, image {m.image_size}, mask "
+        f"{m.mask_ratio}: " + ", ".join(f"{what} {f / 1e6:.1f} MFLOP per image"
+                                        for what, f in flops.items()))
+  bounds = {}
+  for policy in args.precision.split(","):
+    peak = matmul_flops_per_second(policy, args.matmul_size, args.repeats)
+    bounds[policy] = {what: peak / f for what, f in flops.items()}
+    print(f"{policy}: {args.matmul_size}x{args.matmul_size} matmul at "
+          f"{peak / 1e9:.0f} GFLOP/s: at most "
+          + ", ".join(f"{b:.0f} img/s ({what})" for what, b in bounds[policy].items()),
+          flush=True)
+  return bounds
+
+
+if __name__ == "__main__":
+  main()

@@ -6,7 +6,8 @@
 
 The model is the reference size of the throughput targets
 (`config.REFERENCE_MODEL`: encoder 6x128) unless --model profile, which takes
-the profile's own (4x160 for `cpu`); everything else is the profile's.
+the profile's own (4x160 for `cpu`); everything else is the profile's, the
+image size (data.image_size, which every model follows) included.
 
 Uses the pipeline's own model, optimizer and input pipeline
 (`models.engine_pretrain.pretrain`) on real CIFAR-10 train images; the first
@@ -21,7 +22,6 @@ precision), and each result's share of that bound.
 """
 
 import argparse
-import dataclasses
 import json
 import os
 import tempfile
@@ -33,7 +33,7 @@ from models import config as config_lib
 from models import names
 from models.cifar10 import read_batch_file
 from models.engine_pretrain import pretrain
-from models.training import resolve_precision
+from models.precision import resolve_precision
 from pipeline import data_source
 
 
@@ -71,8 +71,7 @@ def main(argv=None):
 
   root = data_source.resolve_cifar10(args.data, names.DATA_CACHE_DIR)
   images = standardised_train_images(root, 50000)
-  model = ({} if args.model == "profile"
-           else dataclasses.asdict(config_lib.REFERENCE_MODEL))
+  model = {} if args.model == "profile" else dict(config_lib.REFERENCE_MODEL)
   model.update(json.loads(args.model_overrides))
   profile = config_lib.get_profile(args.profile, {"model": model})
   jits = ([profile.runtime.jit_compile] if args.jit is None else

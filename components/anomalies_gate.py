@@ -20,6 +20,7 @@ from tensorflow_metadata.proto.v0 import anomalies_pb2
 from tfx import v1 as tfx
 from tfx.types import artifact_utils
 
+from models import names
 from models.names import CLASS_NAME_KEY, TEST_SPLIT, TRAIN_SPLIT
 
 
@@ -30,7 +31,7 @@ class DataAnomaliesError(RuntimeError):
 def split_anomalies(anomalies_uri: str, split: str) -> anomalies_pb2.Anomalies:
   """What ExampleValidator found in one split of an ExampleAnomalies artifact."""
   proto = anomalies_pb2.Anomalies()
-  with tf.io.gfile.GFile(os.path.join(anomalies_uri, f"Split-{split}", "SchemaDiff.pb"),
+  with tf.io.gfile.GFile(os.path.join(names.split_dir(anomalies_uri, split), "SchemaDiff.pb"),
                          "rb") as f:
     proto.ParseFromString(f.read())
   return proto
@@ -59,11 +60,11 @@ def _split_classes(statistics_artifact) -> Dict[str, Tuple[Set[str], int]]:
   classes = {}
   for split in artifact_utils.decode_split_names(statistics_artifact.split_names):
     dataset = stats_artifact_utils.load_statistics(statistics_artifact, split).proto().datasets[0]
-    names = set()
+    held = set()
     for feature in dataset.features:
       if feature.path.step == [CLASS_NAME_KEY]:
-        names = {b.label for b in feature.string_stats.rank_histogram.buckets}
-    classes[split] = (names, dataset.num_examples)
+        held = {b.label for b in feature.string_stats.rank_histogram.buckets}
+    classes[split] = (held, dataset.num_examples)
   return classes
 
 

@@ -16,71 +16,23 @@ that does not decode stops the run with the file named, or, with
 splits (its count is the artifact's `bad_images` property). The class names
 (id order) are the artifact's `class_names` property in MLMD.
 
-`ImageExamplesExecutor` is the part shared with `TFRecordImageExampleGen`.
+What it shares with `TFRecordImageExampleGen` is in `components.image_examples_executor`.
 """
 
-import json
-import os
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Iterator, Optional
 
-import apache_beam as beam
-import tensorflow as tf
-from google.protobuf import json_format, struct_pb2
-from tfx.components.example_gen import base_example_gen_executor, write_split
 from tfx.components.example_gen.component import FileBasedExampleGen
-from tfx.components.util import examples_utils
 from tfx.dsl.components.base import executor_spec
 from tfx.proto import example_gen_pb2
-from tfx.types import artifact_utils, standard_component_specs
-from tfx.utils import proto_utils
 
+from components.image_examples_executor import (ImageExamplesExecutor, Item,
+                                                ingestion_options, options_config,
+                                                read_files)
 from models import image_files
-from models.examples import image_example
-from models.names import BAD_IMAGES_FILE, UNLABELED_SPLIT
 
 # For the driver's input fingerprint (what makes a cached run re-run): the
 # files of the class-folder layout, the class folders of the split layout.
 _INPUT_PATTERN = "*/*"
-CLASS_NAMES_PROPERTY = "class_names"
-BAD_IMAGES_PROPERTY = "bad_images"
-BAD = "bad"                       # the tag of a skipped file's output
-Item = Tuple[str, Optional[int], Optional[str]]   # (path, label, class name)
-
-
-def options_config(options: Dict[str, Any]) -> example_gen_pb2.CustomConfig:
-  """ExampleGen's CustomConfig carrying `options` (a JSON-able dict)."""
-  struct = struct_pb2.Struct()
-  struct.update(options)
-  config = example_gen_pb2.CustomConfig()
-  config.custom_config.Pack(struct)
-  return config
-
-
-def read_options(exec_properties: Dict[str, Any]) -> Dict[str, Any]:
-  config = example_gen_pb2.CustomConfig()
-  proto_utils.json_to_proto(
-      exec_properties.get(standard_component_specs.CUSTOM_CONFIG_KEY) or "{}", config)
-  struct = struct_pb2.Struct()
-  if config.HasField("custom_config"):
-    config.custom_config.Unpack(struct)
-  return json_format.MessageToDict(struct)
-
-
-def file_to_example(item: Item, skip_bad: bool) -> Iterator:
-  """(path, label, class name) -> its Example; a bad file raises, or, when
-  skipping, comes out tagged BAD with the reason."""
-  path, label, class_name = item
-  try:
-    image = image_files.read_image(path)
-  except image_files.BadImageError as e:
-    if not skip_bad:
-      raise
-    yield beam.pvalue.TaggedOutput(BAD, str(e))
-    return
-  yield image_example(image, label, class_name)
-
-
-Split = Tuple[beam.pvalue.PCollection, beam.pvalue.PCollection]   # (Examples, bad)
 
 
 def labeled_files(root: str, split: str, test_fraction: float) -> Iterator[Item]:
@@ -88,79 +40,6 @@ def labeled_files(root: str, split: str, test_fraction: float) -> Iterator[Item]
   layout = image_files.detect_layout(root, test_fraction)
   for rel, label in layout.files[split]:
     yield image_files.join_path(root, rel), label, layout.class_names[label]
-
-
-def unlabeled_files(root: str) -> Iterator[Item]:
-  for rel in image_files.list_images(root, recursive=True):
-    yield image_files.join_path(root, rel), None, None
-
-
-def read_files(pipeline: beam.Pipeline, split: str, root: str, list_files,
-               skip_bad: bool, *list_args) -> Split:
-  """The Examples and the skipped files' reasons of one split: `list_files(root,
-  *list_args)` yields its (path, label, class name) items in a worker."""
-  results = (pipeline
-             | f"Root[{split}]" >> beam.Create([root])
-             | f"Files[{split}]" >> beam.FlatMap(list_files, *list_args)
-             | f"Spread[{split}]" >> beam.Reshuffle()
-             | f"Read[{split}]" >> beam.FlatMap(file_to_example, skip_bad)
-             .with_outputs(BAD, main="examples"))
-  return results.examples, results[BAD]
-
-
-def _write_lines(lines: List[str], path: str) -> None:
-  with tf.io.gfile.GFile(path, "w") as f:
-    f.write("".join(f"{line}\n" for line in sorted(lines)))
-
-
-class ImageExamplesExecutor(base_example_gen_executor.BaseExampleGenExecutor):
-  """Writes the labeled splits a subclass reads (`labeled_splits`), the
-  unlabeled folder's split, the list of skipped files and the class names."""
-
-  def GetInputSourceToExamplePTransform(self) -> beam.PTransform:
-    raise NotImplementedError(f"{type(self).__name__} builds its splits in Do")
-
-  def labeled_splits(self, pipeline: beam.Pipeline, input_base: str,
-                     options: Dict[str, Any]) -> Tuple[List[str], Dict[str, Split]]:
-    """(class names, {split: (Examples, skipped files' reasons)})."""
-    raise NotImplementedError
-
-  def Do(self, input_dict, output_dict, exec_properties) -> None:
-    self._log_startup(input_dict, output_dict, exec_properties)
-    options = read_options(exec_properties)
-    skip_bad = bool(options.get("skip_bad_images", False))
-    unlabeled = options.get("unlabeled_base")
-    if unlabeled and not image_files.list_images(unlabeled, recursive=True):
-      raise ValueError(f"{unlabeled}: the unlabeled folder holds no images "
-                       f"({', '.join(image_files.IMAGE_EXTENSIONS)})")
-    outputs = output_dict[standard_component_specs.EXAMPLES_KEY]
-    examples = artifact_utils.get_single_instance(outputs)
-    bad_list = os.path.join(examples.uri, BAD_IMAGES_FILE)
-    with self._make_beam_pipeline() as pipeline:
-      class_names, splits = self.labeled_splits(
-          pipeline, exec_properties[standard_component_specs.INPUT_BASE_KEY], options)
-      if unlabeled:
-        splits[UNLABELED_SPLIT] = read_files(pipeline, UNLABELED_SPLIT, unlabeled,
-                                             unlabeled_files, skip_bad)
-      examples.split_names = artifact_utils.encode_split_names(list(splits))
-      for split, (split_examples, _) in splits.items():
-        _ = split_examples | f"WriteSplit[{split}]" >> write_split.WriteSplit(
-            artifact_utils.get_split_uri(outputs, split),
-            example_gen_pb2.FORMAT_TFRECORDS_GZIP, exec_properties)
-      _ = ([bad for _, bad in splits.values()]
-           | "BadFiles" >> beam.Flatten()
-           | "ListBad" >> beam.combiners.ToList()
-           | "WriteBad" >> beam.Map(_write_lines, bad_list))
-    with tf.io.gfile.GFile(bad_list) as f:
-      skipped = [line for line in f.read().splitlines() if line]
-    if skipped:
-      print(f"[{type(self).__module__}] skipped {len(skipped)} bad image(s), listed "
-            f"in {bad_list}:\n  " + "\n  ".join(skipped[:20]), flush=True)
-    examples.set_string_custom_property(CLASS_NAMES_PROPERTY, json.dumps(class_names))
-    examples.set_int_custom_property(BAD_IMAGES_PROPERTY, len(skipped))
-    examples_utils.set_payload_format(examples, example_gen_pb2.FORMAT_TF_EXAMPLE)
-    examples_utils.set_file_format(
-        examples, write_split.to_file_format_str(example_gen_pb2.FORMAT_TFRECORDS_GZIP))
 
 
 class Executor(ImageExamplesExecutor):
@@ -174,16 +53,6 @@ class Executor(ImageExamplesExecutor):
         split: read_files(pipeline, split, input_base, labeled_files, skip_bad, split,
                           test_fraction)
         for split in layout.files}
-
-
-def ingestion_options(test_fraction: float, unlabeled_base: Optional[str],
-                      skip_bad_images: bool, fingerprint: str, **more) -> Dict[str, Any]:
-  """The options both image ExampleGens take. `fingerprint`: a digest of the
-  local files (`image_files.folder_fingerprint`), so that a cached run
-  re-runs when any image changes; the driver's own covers what its input
-  pattern matches, the top of `input_base`."""
-  return dict(test_fraction=test_fraction, unlabeled_base=unlabeled_base or "",
-              skip_bad_images=skip_bad_images, fingerprint=fingerprint, **more)
 
 
 class ImageFolderExampleGen(FileBasedExampleGen):

@@ -17,12 +17,12 @@ import tensorflow_transform as tft
 from tfx.components.trainer.fn_args_utils import FnArgs
 
 from models import config as config_lib
-from models import data, engine_pretrain, names, training, visualize
+from models import data, engine_pretrain, files, names, precision, runtime, visualize
 
 
 def run_fn(fn_args: FnArgs) -> None:
   """TFX Trainer entry point."""
-  cfg = training.with_resolved_precision(
+  cfg = precision.with_resolved_precision(
       config_lib.from_custom_config(fn_args.custom_config))
   tft_output = tft.TFTransformOutput(fn_args.transform_output)
   train_images = data.training_images(
@@ -41,13 +41,13 @@ def run_fn(fn_args: FnArgs) -> None:
           checkpoint_root, cfg, [fn_args.transform_output, *sorted(fn_args.train_files)]),
       [visualize.ReconstructionLogger(shown, shown_raw, fn_args.model_run_dir)])
 
-  if not training.is_chief(model.distribute_strategy):
+  if not runtime.is_chief(model.distribute_strategy):
     return          # a multi-worker run's other workers: the chief writes the outputs
   engine_pretrain.save_mae(model.mae, fn_args.serving_model_dir)
   grid = visualize.reconstruction_grid(model.mae, shown, shown_raw)
   for directory in (fn_args.serving_model_dir, fn_args.model_run_dir):
     visualize.write_png(grid, os.path.join(directory, names.RECONSTRUCTIONS_FILE))
-  training.write_json(dict(run_config=cfg.trainer_config(), history=history,
+  files.write_json(dict(run_config=cfg.trainer_config(), history=history,
                            train_examples=train_images.count,
                            streamed=train_images.streamed),
                       os.path.join(fn_args.model_run_dir, names.SUMMARY_FILE))

@@ -14,7 +14,7 @@ import tensorflow_transform as tft
 from tfx.components.trainer.fn_args_utils import FnArgs
 
 from models import config as config_lib
-from models import data, engine_pretrain, engine_probe, names, schema, signatures, training
+from models import data, engine_pretrain, engine_probe, files, names, schema, signatures
 
 
 def run_fn(fn_args: FnArgs) -> None:
@@ -30,5 +30,5 @@ def run_fn(fn_args: FnArgs) -> None:
       data.transformed_batches(fn_args.eval_files, tft_output), fn_args.model_run_dir)
 
   signatures.export_saved_model(result.classifier, tft_output, fn_args.serving_model_dir)
-  training.write_json(result.summary,
+  files.write_json(result.summary,
                       os.path.join(fn_args.model_run_dir, names.SUMMARY_FILE))

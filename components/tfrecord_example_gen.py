@@ -25,8 +25,8 @@ from tfx.components.example_gen.import_example_gen.component import ImportExampl
 from tfx.dsl.components.base import executor_spec
 from tfx.proto import example_gen_pb2
 
-from components.image_folder_example_gen import (BAD, ImageExamplesExecutor,
-                                                 ingestion_options, options_config)
+from components.image_examples_executor import (BAD, ImageExamplesExecutor,
+                                                ingestion_options, options_config)
 from models import image_files
 from models.examples import TFRECORD_SUFFIXES, image_example, tfrecord_files
 from models.names import CLASS_NAMES_FILE, IMAGE_KEY, TEST_SPLIT, TRAIN_SPLIT

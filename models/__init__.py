@@ -6,3 +6,6 @@ _os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 # A caching CPU allocator: the default one maps and unmaps each XLA
 # program's temp buffer (~240 MB) on every call (1.4x img/s, RESULTS.md).
 _os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
+# TensorFlow's C++ INFO lines (oneDNN, CPU features, XLA) are not the run's
+# news; `-v` / MAE_TFX_VERBOSE=1 turns them on (models/run_log.py).
+_os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")

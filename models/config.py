@@ -18,6 +18,7 @@ it, and a change of gate or Beam arguments does not invalidate their cache.
 
 import dataclasses
 import json
+import types
 from typing import Any, Dict, Optional, Tuple
 
 IMAGE_SIZE = 32
@@ -76,8 +77,14 @@ class ModelConfig:
 
 # The size the throughput targets are stated for (encoder 6 x 128, 4 heads;
 # decoder 2 x 64; patch 4; mask 0.75; the pure MAE loss, one view per image):
-# benchmarks/train_throughput.py's default.
-REFERENCE_MODEL = ModelConfig(embed_dim=128, depth=6, contrastive_weight=0.0)
+# benchmarks/train_throughput.py's default. A profile's "model" overrides
+# (`get_profile(name, {"model": dict(REFERENCE_MODEL)})`), read-only: every
+# ModelConfig field but image_size, which follows data.image_size as for
+# every model.
+REFERENCE_MODEL = types.MappingProxyType({
+    field: value for field, value in dataclasses.asdict(
+        ModelConfig(embed_dim=128, depth=6, contrastive_weight=0.0)).items()
+    if field != "image_size"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,7 +149,7 @@ class ProbeConfig:
 @dataclasses.dataclass(frozen=True)
 class RuntimeConfig:
   """How to run, not what to learn."""
-  # "auto" picks per machine (training.resolve_precision): mixed_bfloat16 on
+  # "auto" picks per machine (precision.resolve_precision): mixed_bfloat16 on
   # TPU and on CPUs with native bf16, mixed_float16 on GPU, else float32.
   precision: str = "float32"
   strategy: str = "default"         # default | mirrored | multi_worker | tpu
@@ -274,7 +281,7 @@ PROFILES: Dict[str, RunConfig] = {
         probe=ProbeConfig(epochs=60),
         # 2 XLA programs per step keep both cores busy. bf16 only where the
         # CPU has it natively: a CPU that emulates it gains nothing
-        # (training.resolve_precision).
+        # (precision.resolve_precision).
         runtime=RuntimeConfig(precision="auto", jit_compile=True,
                               xla_splits=2),
         evaluation=EvaluationConfig(min_accuracy=0.45, max_accuracy_drop=0.01),

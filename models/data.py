@@ -22,6 +22,7 @@ import tensorflow as tf
 import tensorflow_transform as tft
 
 from models.examples import COMPRESSION, example_files, serialized_examples
+from models import names, run_log
 from models.names import IMAGE_KEY, LABEL_KEY
 from models.preprocessing import decode_images
 
@@ -295,6 +296,5 @@ def training_images(file_patterns: List[str], tf_transform_output: tft.TFTransfo
            f"through a shuffle buffer of {shuffle_buffer}")
   message = (f"{count} training images ({megabytes:.0f} MB as float32, memory budget "
              f"{memory_budget_mb} MB): {how}")
-  logging.info(message)
-  print(f"[mae_pretrain] {message}", flush=True)
+  run_log.log.info("[%s] %s", names.MAE_TRAINER, message)
   return source

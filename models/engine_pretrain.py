@@ -7,7 +7,8 @@
 scaled for replicas and mixed precision, optionally as several XLA programs
 on micro-batches (`runtime.xla_splits`). `pretrain` adds the optimizer
 (AdamW, warmup + cosine), precision policy, distribution strategy, per-epoch
-progress, TensorBoard and resumable epoch checkpoints (`models.training`).
+progress, TensorBoard and resumable epoch checkpoints (`models.optimization`,
+`models.precision`, `models.runtime`, `models.progress`, `models.checkpoints`).
 No TFX types: the Trainer's run_fn (`components/mae_trainer.py`), the
 benchmarks and the notebooks call these functions directly.
 """
@@ -23,7 +24,8 @@ import numpy as np
 import tensorflow as tf
 
 from models import config as config_lib
-from models import data, names, training
+from models import (checkpoints, data, names, optimization, precision, progress, run_log,
+                    runtime)
 from models.mae import MaskedAutoencoder
 
 
@@ -126,18 +128,18 @@ def compile_mae(cfg: config_lib.RunConfig, strategy: tf.distribute.Strategy,
   `strategy.scope()` and the precision policy."""
   p = cfg.pretrain
   global_batch = p.batch_size * strategy.num_replicas_in_sync
-  jit = training.use_xla(strategy, cfg.runtime.jit_compile)
+  jit = runtime.use_xla(strategy, cfg.runtime.jit_compile)
   splits = cfg.runtime.xla_splits if jit else 1
   if splits < 1 or p.batch_size % splits:
     raise ValueError(f"runtime.xla_splits must divide pretrain.batch_size "
                      f"{p.batch_size}; got {cfg.runtime.xla_splits}")
   model = PretrainingModel(MaskedAutoencoder(cfg.model).build_for(),
                            xla_splits=splits, seed=cfg.runtime.seed)
-  schedule = training.WarmupCosine(
-      training.scaled_lr(p.base_lr, global_batch),
+  schedule = optimization.WarmupCosine(
+      optimization.scaled_lr(p.base_lr, global_batch),
       total_steps=steps_per_epoch * p.epochs,
       warmup_steps=round(p.warmup_epochs * steps_per_epoch), min_lr=p.min_lr)
-  optimizer = training.adamw(schedule, p.weight_decay, p.beta_1, p.beta_2,
+  optimizer = optimization.adamw(schedule, p.weight_decay, p.beta_1, p.beta_2,
                              model.trainable_variables)
   optimizer.build(model.trainable_variables)
   # With splits, the micro-batch programs are the XLA parts of the step.
@@ -173,27 +175,27 @@ def pretrain(cfg: config_lib.RunConfig,
   Resumes from the newest checkpoint in `checkpoint_dir`; returns the trained
   `PretrainingModel` (`.mae` is the MAE) and one history row per epoch run
   (loss, lr, images/second)."""
-  training.require_keras2()
+  runtime.require_keras2()
   if isinstance(images, np.ndarray):
     images = data.TrainingImages.in_memory(images)
-  cfg = training.with_resolved_precision(cfg)
+  cfg = precision.with_resolved_precision(cfg)
   p, rt = cfg.pretrain, cfg.runtime
   tf.keras.utils.set_random_seed(rt.seed)
-  strategy = training.make_strategy(rt.strategy)
+  strategy = runtime.make_strategy(rt.strategy)
   global_batch = p.batch_size * strategy.num_replicas_in_sync
   steps_per_epoch = p.steps_per_epoch or images.count // global_batch
   if steps_per_epoch < 1:
     raise ValueError(f"{images.count} training images do not fill one "
                      f"batch of {global_batch}")
-  with training.precision_policy(rt.precision), strategy.scope():
+  with precision.precision_policy(rt.precision), strategy.scope():
     model = compile_mae(cfg, strategy, steps_per_epoch)
-    chief = training.is_chief(strategy)
+    chief = runtime.is_chief(strategy)
     if not chief:     # a worker's own scratch space: only the chief writes the run's
       scratch = tempfile.mkdtemp(prefix="mae-worker-")
       log_dir = os.path.join(scratch, "logs")
     # The MAE itself (not the wrapper) is checkpointed: the same layout as
     # `save_mae`'s weights plus the optimizer.
-    checkpoint = training.EpochCheckpoint(
+    checkpoint = checkpoints.EpochCheckpoint(
         checkpoint_dir, model.mae, model.optimizer,
         write_directory=None if chief else os.path.join(scratch, "checkpoints"))
     initial_epoch = checkpoint.restore()
@@ -201,19 +203,19 @@ def pretrain(cfg: config_lib.RunConfig,
     # with the batches it would have seen.
     dataset = images.batches(global_batch, augmentation(cfg), seed=rt.seed,
                              first_step=initial_epoch * steps_per_epoch)
-    progress = training.ProgressLogger("mae_pretrain", p.epochs,
-                                       steps_per_epoch * global_batch, log_dir)
+    logger = progress.ProgressLogger(names.MAE_TRAINER, p.epochs,
+                                     steps_per_epoch * global_batch, log_dir, min_interval=0)
     n_params = sum(int(tf.size(v)) for v in model.trainable_variables)
-    print(f"[mae_pretrain] {n_params / 1e6:.2f}M parameters, "
-          f"{images.count} images, {steps_per_epoch} steps/epoch of "
-          f"{global_batch}, {p.epochs} epochs, {rt.precision}, "
-          f"{strategy.num_replicas_in_sync} replica(s)", flush=True)
+    run_log.log.info("[%s] %.2fM parameters, %d images, %d steps/epoch of %d, %d epochs, "
+                     "%s, %d replica(s)", names.MAE_TRAINER, n_params / 1e6, images.count,
+                     steps_per_epoch, global_batch, p.epochs, rt.precision,
+                     strategy.num_replicas_in_sync)
     model.fit(dataset, epochs=p.epochs, steps_per_epoch=steps_per_epoch,
               initial_epoch=initial_epoch, verbose=0,
-              callbacks=[progress, checkpoint,
+              callbacks=[logger, checkpoint,
                          tf.keras.callbacks.TensorBoard(log_dir, update_freq="epoch"),
                          *callbacks])
-  return model, progress.history
+  return model, logger.history
 
 
 # --------------------------------------------------------------------------

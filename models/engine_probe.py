@@ -19,14 +19,13 @@ import numpy as np
 import tensorflow as tf
 
 from models import config as config_lib
-from models import training
+from models import names, optimization, progress, run_log, runtime
+from models.names import KNN_K, KNN_KS
 from models.evaluation import evaluate_knn, fit_whitening
 from models.linear_probe import FEATURE_BN, ProbeClassifier, build_probe_head
 from models.mae import Encoder
 
 PROBE_STEPS_PER_EXECUTION = 32
-KNN_K = 20                 # the headline k-NN; also reported at every k of KNN_KS
-KNN_KS = (20, 200)         # as in InstDisc and lightly's benchmarks
 
 
 def extract_features(embed: Callable[[tf.Tensor], tf.Tensor],
@@ -63,25 +62,25 @@ def train_probe(cfg: config_lib.ProbeConfig, num_classes: int, train_features, t
   head.get_layer(FEATURE_BN).set_weights(
       [train_features.mean(0), train_features.var(0)])
   steps_per_epoch = int(np.ceil(len(train_features) / cfg.batch_size))
-  schedule = training.WarmupCosine(
-      training.scaled_lr(cfg.base_lr, cfg.batch_size),
+  schedule = optimization.WarmupCosine(
+      optimization.scaled_lr(cfg.base_lr, cfg.batch_size),
       total_steps=steps_per_epoch * cfg.epochs,
       warmup_steps=round(cfg.warmup_epochs * steps_per_epoch))
   head.compile(
-      optimizer=training.adamw(schedule, cfg.weight_decay, 0.9, 0.999,
-                               head.trainable_variables),
+      optimizer=optimization.adamw(schedule, cfg.weight_decay, 0.9, 0.999,
+                                   head.trainable_variables),
       loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
       metrics=[tf.keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
       # The head is tiny: run many steps per call so Python does not dominate.
       steps_per_execution=PROBE_STEPS_PER_EXECUTION)
-  progress = training.ProgressLogger("linear_probe", cfg.epochs,
-                                     len(train_features), log_dir)
+  logger = progress.ProgressLogger(names.PROBE_TRAINER, cfg.epochs,
+                                  len(train_features), log_dir)
   head.fit(train_features, train_labels, batch_size=cfg.batch_size,
            epochs=cfg.epochs, shuffle=True, verbose=0,
            validation_data=(eval_features, eval_labels),
-           callbacks=[progress,
+           callbacks=[logger,
                       tf.keras.callbacks.TensorBoard(log_dir, update_freq="epoch")])
-  return head, progress.history
+  return head, logger.history
 
 
 @dataclasses.dataclass
@@ -99,16 +98,16 @@ def linear_probe(cfg: config_lib.RunConfig, encoder: Encoder, class_names: List[
   `cfg.probe.whitening`). Batches
   are (images, labels), e.g. `data.transformed_batches`; label i is
   `class_names[i]`."""
-  training.require_keras2()
+  runtime.require_keras2()
   encoder.trainable = False
   classifier = ProbeClassifier(encoder, head=None, class_names=class_names,
                                feature_blocks=cfg.probe.feature_blocks)
   start = time.perf_counter()
   train_features, train_labels = extract_features(classifier.pooled_tokens, train_batches)
   eval_features, eval_labels = extract_features(classifier.pooled_tokens, eval_batches)
-  print(f"[linear_probe] {train_features.shape[1]}-d features of {len(train_labels)} "
-        f"train and {len(eval_labels)} eval images in "
-        f"{time.perf_counter() - start:.0f} s", flush=True)
+  run_log.log.info("[%s] %d-d features of %d train and %d eval images in %s",
+                   names.PROBE_TRAINER, train_features.shape[1], len(train_labels),
+                   len(eval_labels), run_log.duration(time.perf_counter() - start))
   bank = slice(0, cfg.probe.knn_bank_examples)
   num_classes = len(class_names)
 
@@ -132,11 +131,11 @@ def linear_probe(cfg: config_lib.RunConfig, encoder: Encoder, class_names: List[
   classifier.set_knn_bank(train_features[bank], train_labels[bank], KNN_K)
   # Scored against the stored bank, so the exported model's k-NN agrees.
   knn = knn_accuracies(classifier.knn_bank.numpy(), eval_features, bank_normalised=True)
-  print(f"[linear_probe] test top-1: linear {linear:.4f}, "
-        + ", ".join(f"{k}-NN (cosine) {acc:.4f}" for k, acc in knn.items())
-        + (", unwhitened " + ", ".join(f"{k}-NN {acc:.4f}" for k, acc in
-                                      extra["knn_unwhitened"].items()) if extra else ""),
-        flush=True)
+  run_log.log.info(
+      "[%s] test top-1: linear %.4f, %s%s", names.PROBE_TRAINER, linear,
+      ", ".join(f"{k}-NN (cosine) {acc:.4f}" for k, acc in knn.items()),
+      (", unwhitened " + ", ".join(f"{k}-NN {acc:.4f}" for k, acc in
+                                   extra["knn_unwhitened"].items())) if extra else "")
   return ProbeResult(classifier, dict(
       history=history, feature_dim=int(train_features.shape[1]), classes=len(class_names),
       train_examples=int(len(train_labels)), eval_examples=int(len(eval_labels)),

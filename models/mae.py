@@ -174,6 +174,12 @@ class Block(tf.keras.layers.Layer):
 # --------------------------------------------------------------------------
 # Encoder and decoder
 # --------------------------------------------------------------------------
+def pool_tokens(latent: tf.Tensor, prefix_tokens: int = 0) -> tf.Tensor:
+  """[B, T, D] -> [B, D] float32: the [CLS] token, else the tokens' mean."""
+  latent = tf.cast(latent, tf.float32)
+  return latent[:, 0] if prefix_tokens else tf.reduce_mean(latent, axis=1)
+
+
 class Encoder(tf.keras.layers.Layer):
   """ViT encoder. `call` embeds all patches; `forward_masked` only visible ones.
 
@@ -230,8 +236,8 @@ class Encoder(tf.keras.layers.Layer):
     """[B, H, W, C] -> [B, last_blocks * D] float32: the [CLS] output or the
     mean over the patch tokens, of each of the last `last_blocks` blocks
     (None: all), side by side. The probe and serving use it."""
-    tokens = tf.cast(self(imgs, last_blocks=last_blocks or len(self.blocks)), tf.float32)
-    return tokens[:, 0] if self.cfg.cls_token else tf.reduce_mean(tokens, axis=1)
+    tokens = self(imgs, last_blocks=last_blocks or len(self.blocks))
+    return pool_tokens(tokens, self.cfg.num_prefix_tokens)
 
   def forward_masked(self, imgs, mask_ratio: float, noise=None):
     """-> latent [B, T_keep, D], mask [B, L], ids_restore [B, L]."""
@@ -299,12 +305,6 @@ def uniformity_loss(latent: tf.Tensor, tau: float, prefix_tokens: int = 0) -> tf
   z = tf.math.l2_normalize(pool_tokens(latent, prefix_tokens), axis=-1)     # [B, D]
   sim = tf.matmul(z, z, transpose_b=True) / tau                               # [B, B]
   return tf.reduce_mean(tf.square(sim))
-
-
-def pool_tokens(latent: tf.Tensor, prefix_tokens: int = 0) -> tf.Tensor:
-  """[B, T, D] -> [B, D] float32: the [CLS] token, else the tokens' mean."""
-  latent = tf.cast(latent, tf.float32)
-  return latent[:, 0] if prefix_tokens else tf.reduce_mean(latent, axis=1)
 
 
 def merge_views(x: tf.Tensor) -> tf.Tensor:

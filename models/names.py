@@ -22,6 +22,15 @@ TRAIN_SPLIT, TEST_SPLIT, UNLABELED_SPLIT = "train", "test", "unlabeled"
 # Transform's custom_config key: the size preprocessing_fn resizes images to.
 IMAGE_SIZE_CONFIG_KEY = "image_size"
 
+# ---- the DAG's two Trainers (node ids in MLMD, log prefixes) ---------------
+MAE_TRAINER = "mae_pretrain"        # pretrains the MAE
+PROBE_TRAINER = "linear_probe"      # the linear probe (and k-NN) on its frozen encoder
+# The headline k-NN classifier (the served k-NN votes, the gate's second
+# accuracy), also reported at every k of KNN_KS (as in InstDisc and lightly's
+# benchmarks).
+KNN_K = 20
+KNN_KS = (20, 200)
+
 # ---- serving signatures of the pushed SavedModel ---------------------------
 SERVING_DEFAULT = "serving_default"       # image_bytes -> embedding
 EMBED_EXAMPLES = "embed_examples"         # examples -> embedding
@@ -32,6 +41,8 @@ EMBEDDING_KEY = "embedding"
 PROBABILITIES_KEY = "probabilities"
 CLASS_NAME_OUTPUT = "class_name"          # classify_examples: the most probable class
 KNN_PROBABILITIES_KEY = "knn_probabilities"  # classify_examples: the k-NN votes
+# The two classifiers as the log, the report and the figures name them.
+CLASSIFIER_TITLES = {PROBABILITIES_KEY: "linear probe", KNN_PROBABILITIES_KEY: f"{KNN_K}-NN"}
 
 # ---- files the Trainers write ----------------------------------------------
 MAE_CONFIG_FILE = "config.json"               # the ModelConfig of a saved MAE
@@ -39,8 +50,11 @@ MAE_WEIGHTS_PREFIX = os.path.join("weights", "mae")
 SUMMARY_FILE = "train_summary.json"           # each Trainer's, in its ModelRun dir
 RECONSTRUCTIONS_FILE = "reconstructions.png"
 CLASS_NAMES_FILE = "class_names.txt"          # one name a line, line i = id i (an asset)
-# ---- files ExampleGen writes beside the splits of an Examples artifact ------
+# ---- an Examples artifact: its split folders, files and MLMD properties -----
+SPLIT_PREFIX = "Split-"                       # <artifact>/Split-<name>/ (TFX's layout)
 BAD_IMAGES_FILE = "bad_images.txt"            # skipped files (--skip-bad-images)
+BAD_IMAGES_PROPERTY = "bad_images"            # how many were skipped
+CLASS_NAMES_PROPERTY = "class_names"          # JSON list, id order
 
 # ---- where a local run reads and writes -------------------------------------
 OUTPUT_ENV = "MAE_TFX_OUTPUT"        # default output folder: <project>/outputs
@@ -76,9 +90,20 @@ def serving_model_dir(output_dir: Optional[str] = None,
   return os.path.join(output_dir or default_output_dir(), "serving_model", pipeline_name)
 
 
+def split_dir(artifact_uri: str, split: str) -> str:
+  """The folder of one split of an artifact (Examples, statistics, anomalies)."""
+  return os.path.join(artifact_uri, f"{SPLIT_PREFIX}{split}")
+
+
+def split_names(entries: Iterable[str]) -> List[str]:
+  """The splits among an artifact folder's entries (its Split-<name> folders)."""
+  return sorted(e.rstrip("/")[len(SPLIT_PREFIX):] for e in entries
+                if e.startswith(SPLIT_PREFIX))
+
+
 def split_files(examples_uri: str, split: str) -> List[str]:
   """File patterns of one split of an Examples artifact (GZIP TFRecords)."""
-  return [os.path.join(examples_uri, f"Split-{split}", "*")]
+  return [os.path.join(split_dir(examples_uri, split), "*")]
 
 
 def pushed_versions(entries: Iterable[str]) -> List[int]:

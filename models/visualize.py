@@ -8,7 +8,7 @@ import tensorflow as tf
 from PIL import Image
 
 from models.mae import MaskedAutoencoder, patchify, unpatchify
-from models import training
+from models import files, runtime
 
 
 _GAP = 2
@@ -70,7 +70,7 @@ def reconstruction_grid(model: MaskedAutoencoder, images: np.ndarray,
 def write_png(grid: np.ndarray, path: str) -> None:
   buf = io.BytesIO()
   Image.fromarray(grid).save(buf, format="PNG")
-  training.write_atomically(path, buf.getvalue())
+  files.write_atomically(path, buf.getvalue())
 
 
 class ReconstructionLogger(tf.keras.callbacks.Callback):
@@ -83,7 +83,7 @@ class ReconstructionLogger(tf.keras.callbacks.Callback):
     self.writer = tf.summary.create_file_writer(log_dir + "/reconstructions")
 
   def on_epoch_end(self, epoch, logs=None):
-    if not training.is_chief(self.model.distribute_strategy):
+    if not runtime.is_chief(self.model.distribute_strategy):
       return
     grid = reconstruction_grid(self.model.mae, self.images, self.raw_images)
     with self.writer.as_default():

@@ -173,7 +173,7 @@ class PipelineConfig:
   profile: str = dataclasses.field(
       default_factory=lambda: os.environ.get(names.PROFILE_ENV, "cpu"))
   pipeline_name: str = names.PIPELINE_NAME
-  schema_path: str = names.SCHEMA_PATH   # CIFAR-10's; other data: their own (README)
+  schema_path: str = names.SCHEMA_PATH   # CIFAR-10's; another data set's its own
   enable_cache: bool = True
   # {section: {field: value}} over the profile, e.g. {"evaluation":
   # {"min_accuracy": 0.5}} or {"pretrain": {"epochs": 20}}.

@@ -13,11 +13,11 @@ import numpy as np
 from matplotlib.figure import Figure
 from PIL import Image
 
+from models import names
+
 STATE_COLOURS = {"COMPLETE": "#8fd19e", "CACHED": "#9ecae1", "FAILED": "#f28e8e",
                  "RUNNING": "#fdd49e", "CANCELED": "#d9d9d9"}
 _CLASS_COLOURS = "tab10"
-# classify_examples' outputs (names.PROBABILITIES_KEY, names.KNN_PROBABILITIES_KEY).
-CLASSIFIER_NAMES = {"probabilities": "linear probe", "knn_probabilities": "20-NN"}
 
 
 def png(fig: Figure, dpi: int = 100) -> bytes:
@@ -250,7 +250,7 @@ def accuracy_by_class(accuracy: Dict[str, Dict[str, float]], class_names: List[s
   width = 0.8 / max(len(outputs), 1)
   for i, output in enumerate(outputs):
     values = [accuracy[output].get(f"{feature}={c}", np.nan) for c in class_names]
-    name = CLASSIFIER_NAMES.get(output, output)
+    name = names.CLASSIFIER_TITLES.get(output, output)
     bars = ax.bar(np.arange(len(class_names)) + i * width, values, width,
                   label=f"{name}: overall {accuracy[output].get('overall', np.nan):.3f}")
     ax.axhline(accuracy[output].get("overall", np.nan), color=bars[0].get_facecolor(),

@@ -12,25 +12,35 @@ than CIFAR-10 the first run writes the dataset's schema for review
 data set is its own pipeline, `mae-tfx-<folder>` (CIFAR-10: `mae-tfx`), with
 its own runs, blessed models and served versions
 (<output>/serving_model/<pipeline>/).
+
+The run log (stderr) says what runs, its progress and outcome; the report
+(stdout) what the run did. `-v` / MAE_TFX_VERBOSE=1 shows every log line.
 """
 
 import argparse
 import contextlib
 import fcntl
 import json
-import logging
 import os
 import socket
 import sys
 import time
 from typing import Dict, Iterator, TextIO
 
+from models import run_log
+
+if __name__ == "__main__":
+  # Before TensorFlow is imported: its start-up lines go through the filter too.
+  run_log.install()
+
+# pylint: disable=wrong-import-position
 from tfx import v1 as tfx
-from tfx.orchestration.beam.beam_dag_runner import BeamDagRunner
 
 from models import config as model_config
 from models import image_files, names
+from models.run_log import log
 from pipeline import configs, data_source, report, runs
+from pipeline.beam_runner import LoggedBeamDagRunner
 from pipeline.pipeline import create_pipeline
 
 
@@ -86,10 +96,12 @@ def run(config: configs.PipelineConfig) -> None:
   with output_lock(config.output_dir):
     abandoned = runs.mark_abandoned_executions(config.metadata_path)
     if abandoned:
-      print(f"mae-tfx: a killed run left {', '.join(abandoned)} unfinished: marked FAILED "
-            "in MLMD; this run redoes them (the MAE from its last epoch checkpoint)",
-            flush=True)
-    BeamDagRunner().run(create_pipeline(config, metadata))
+      log.info("A killed run left %s unfinished: marked FAILED in MLMD; this run redoes "
+               "them (the MAE from its last epoch checkpoint)", ", ".join(abandoned))
+    start = time.monotonic()
+    LoggedBeamDagRunner().run(create_pipeline(config, metadata))
+    log.info("Pipeline %s finished in %s", config.pipeline_name,
+             run_log.duration(time.monotonic() - start))
 
 
 def parse_args(argv):
@@ -112,12 +124,14 @@ def parse_args(argv):
                  help="largest allowed drop against the latest blessed model "
                       "(default: the profile's evaluation.max_accuracy_drop)")
   p.add_argument("--no-cache", action="store_true")
+  p.add_argument("-v", "--verbose", action="store_true",
+                 help="show every log line, third-party notices and INFO logs included "
+                      "(also MAE_TFX_VERBOSE=1)")
   return p.parse_args(argv)
 
 
-def main(argv=None) -> configs.PipelineConfig:
-  logging.basicConfig(level=logging.INFO)
-  args = parse_args(sys.argv[1:] if argv is None else argv)
+def overrides_from_args(args) -> dict:
+  """--overrides with the gate flags folded in; a bad profile is refused."""
   overrides = json.loads(args.overrides)
   gate = {k: v for k, v in (("min_accuracy", args.min_accuracy),
                             ("max_accuracy_drop", args.max_accuracy_drop))
@@ -125,14 +139,30 @@ def main(argv=None) -> configs.PipelineConfig:
   if gate:
     overrides.setdefault("evaluation", {}).update(gate)
   model_config.get_profile(args.profile, overrides)   # refuse a bad one at once
+  return overrides
+
+
+def main(argv=None) -> configs.PipelineConfig:
+  args = parse_args(sys.argv[1:] if argv is None else argv)
+  overrides = overrides_from_args(args)
   try:
     with output_lock(args.output_dir):    # before anything is written there
-      return _run_from_args(args, overrides)
+      config = pipeline_config(args, overrides)
+      log.info("Pipeline %s: profile %s, data %s (%s%s), schema %s, output %s",
+               config.pipeline_name, config.profile, config.data_root,
+               config.source.format, f", unlabeled {args.unlabeled}" if args.unlabeled
+               else "", config.schema_path, config.output_dir)
+      run(config)
   except RunInProgress as e:
     raise SystemExit(f"mae-tfx: {e}") from None
+  print(report.format_report(config.metadata_path, config.pipeline_name), flush=True)
+  return config
 
 
-def _run_from_args(args, overrides) -> configs.PipelineConfig:
+def pipeline_config(args, overrides) -> configs.PipelineConfig:
+  """The run the arguments describe: the data found (CIFAR-10 extracted if
+  need be), its schema (written for review on a new data set) and its
+  pipeline."""
   data_format = data_source.detect_format(args.data) if args.data else data_source.CIFAR10
   if args.unlabeled:
     args.unlabeled = os.path.abspath(os.path.expanduser(args.unlabeled))
@@ -147,23 +177,16 @@ def _run_from_args(args, overrides) -> configs.PipelineConfig:
     schema_path = os.path.abspath(args.schema or data_source.dataset_schema_path(data_root))
     if data_source.ensure_schema(data_root, data_format, schema_path, args.test_fraction,
                                  args.label_feature):
-      print(f"mae-tfx: wrote the schema of {data_root} to {schema_path}: review it and "
-            "check it in; runs of this dataset are held to it", flush=True)
+      log.info("Wrote the schema of %s to %s: review it and check it in; runs of this "
+               "dataset are held to it", data_root, schema_path)
     source.fingerprint = (image_files.folder_fingerprint(data_root)
                           + image_files.folder_fingerprint(args.unlabeled))
-  config = configs.PipelineConfig(
+  return configs.PipelineConfig(
       data_root=data_root, source=source, schema_path=schema_path,
       pipeline_name=names.pipeline_name_for(
           None if data_format == data_source.CIFAR10 else os.path.basename(data_root)),
       output_dir=os.path.abspath(args.output_dir),
       profile=args.profile, overrides=overrides, enable_cache=not args.no_cache)
-  print(f"mae-tfx: profile {config.profile}, data {data_root} ({data_format}"
-        + (f", unlabeled {args.unlabeled}" if args.unlabeled else "")
-        + f"), schema {schema_path}, pipeline {config.pipeline_name}, output "
-        f"{config.output_dir}", flush=True)
-  run(config)
-  print(report.format_report(config.metadata_path, config.pipeline_name), flush=True)
-  return config
 
 
 if __name__ == "__main__":

@@ -132,9 +132,9 @@ def create_pipeline(config: PipelineConfig,
 
   # The MAE also learns from the unlabeled images; the probe only from labels.
   mae_trainer = trainer(MAE_RUN_FN, [TRAIN_SPLIT] + [UNLABELED_SPLIT] * unlabeled
-                        ).with_id("mae_pretrain")
+                        ).with_id(names.MAE_TRAINER)
   probe_trainer = trainer(PROBE_RUN_FN, [TRAIN_SPLIT],
-                          base_model=mae_trainer.outputs["model"]).with_id("linear_probe")
+                          base_model=mae_trainer.outputs["model"]).with_id(names.PROBE_TRAINER)
 
   model_resolver = tfx.dsl.Resolver(
       strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,

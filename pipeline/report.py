@@ -17,10 +17,10 @@ probe's most confident mistakes.
 import argparse
 import json
 import os
-from typing import Optional
+from typing import Dict, Optional
 
 from models import names
-from pipeline.run_outputs import tfma_accuracy
+from pipeline.run_outputs import gate_failures, tfma_accuracy
 from pipeline.runs import example_gen_row, last_run_executions
 
 
@@ -48,10 +48,10 @@ def format_report(metadata_path: str, pipeline_name: Optional[str] = None,
   gen = example_gen_row(by_node)
   if gen and gen["output_properties"].get("Examples"):
     props = gen["output_properties"]["Examples"][0]
-    if props.get("bad_images"):
-      lines.append(f"Ingestion: {props['bad_images']} bad image file(s) skipped, listed in "
+    if props.get(names.BAD_IMAGES_PROPERTY):
+      lines.append(f"Ingestion: {props[names.BAD_IMAGES_PROPERTY]} bad image file(s) skipped, listed in "
                    + os.path.join(gen["outputs"]["Examples"][0], names.BAD_IMAGES_FILE))
-  mae = by_node.get("mae_pretrain")
+  mae = by_node.get(names.MAE_TRAINER)
   if mae and mae["outputs"].get("ModelRun"):
     summary = _read_json(os.path.join(mae["outputs"]["ModelRun"][0], names.SUMMARY_FILE))
     if summary and summary["history"]:
@@ -59,7 +59,7 @@ def format_report(metadata_path: str, pipeline_name: Optional[str] = None,
       lines.append(f"MAE pretraining: {len(ips)} epochs run on {summary.get('train_examples')} "
                    f"images, final loss {summary['history'][-1]['loss']:.4f}, "
                    f"{sorted(ips)[len(ips) // 2]:.0f} img/s (median epoch)")
-  probe = by_node.get("linear_probe")
+  probe = by_node.get(names.PROBE_TRAINER)
   if probe and probe["outputs"].get("ModelRun"):
     summary = _read_json(os.path.join(probe["outputs"]["ModelRun"][0], names.SUMMARY_FILE))
     if summary and "knn_accuracy" in summary:
@@ -80,16 +80,40 @@ def format_report(metadata_path: str, pipeline_name: Optional[str] = None,
       if per_class:
         lines.append("  per class: " + ", ".join(
             f"{k}: {v:.3f}" for k, v in sorted(per_class.items())))
-  if evaluator and evaluator["outputs"].get("ModelBlessing"):
-    blessed = os.path.exists(os.path.join(evaluator["outputs"]["ModelBlessing"][0],
-                                          "BLESSED"))
-    lines.append(f"Blessed: {blessed}")
-  pusher = by_node.get("Pusher")
-  if pusher and pusher["output_properties"].get("PushedModel"):
-    pushed = pusher["output_properties"]["PushedModel"][0]
-    lines.append(f"Pushed: {pushed.get('pushed_destination')}" if pushed.get("pushed")
-                 else "Pushed: no (model not blessed)")
+  verdict = gate_verdict(evaluator) if evaluator else None
+  if verdict:
+    lines.append(f"Gate: {verdict}")
+  outcome = push_outcome(by_node.get("Pusher")) if by_node.get("Pusher") else None
+  if outcome:
+    lines.append(f"Pusher: {outcome}")
   return "\n".join(lines)
+
+
+def gate_verdict(evaluator: Dict) -> Optional[str]:
+  """The Evaluator's decision (a `runs.last_run_executions` row): blessed or
+  not, with the test accuracies, and every threshold that failed."""
+  outputs = evaluator["outputs"]
+  if not outputs.get("ModelBlessing") or not outputs.get("ModelEvaluation"):
+    return None
+  evaluation = outputs["ModelEvaluation"][0]
+  accuracies = tfma_accuracy(evaluation)
+  linear_first = sorted(accuracies, key=lambda output: output != names.PROBABILITIES_KEY)
+  measured = ", ".join(f"{names.CLASSIFIER_TITLES.get(output, output)} "
+                       f"{accuracies[output]['overall']:.4f}"
+                       for output in linear_first if "overall" in accuracies[output])
+  if os.path.exists(os.path.join(outputs["ModelBlessing"][0], "BLESSED")):
+    return f"blessed (test accuracy: {measured})"
+  return f"NOT blessed: {'; '.join(gate_failures(evaluation))} (test accuracy: {measured})"
+
+
+def push_outcome(pusher: Dict) -> Optional[str]:
+  """What the Pusher did (a `runs.last_run_executions` row)."""
+  pushed = (pusher["output_properties"].get("PushedModel") or [None])[0]
+  if pushed is None:
+    return None
+  if pushed.get("pushed"):
+    return f"pushed version {pushed.get('pushed_version')} to {pushed.get('pushed_destination')}"
+  return "nothing pushed (the model was not blessed); the served versions are unchanged"
 
 
 # ---- the HTML report -----------------------------------------------------------
@@ -99,7 +123,7 @@ def write_html(output_dir: Optional[str] = None, path: Optional[str] = None,
   newest under `output_dir`) and writes it as a static page without the code
   to `path` (default <output_dir>/report.html), and each picture as a PNG
   into <path without .html>_figures/; returns the path."""
-  from models.training import write_atomically
+  from models.files import write_atomically
   from pipeline import notebooks
   output_dir = output_dir or names.default_output_dir()
   path = path or os.path.join(output_dir, "report.html")

@@ -23,13 +23,12 @@ from models import names
 from models.examples import read_examples
 from pipeline import runs
 
-MAE_NODE, PROBE_NODE = "mae_pretrain", "linear_probe"
 _PREDICT_BATCH = 500
 
 
 def _split_names(artifact_uri: str) -> List[str]:
   """The splits of an artifact written as Split-<name>/ folders."""
-  return sorted(d[len("Split-"):] for d in os.listdir(artifact_uri) if d.startswith("Split-"))
+  return names.split_names(os.listdir(artifact_uri))
 
 
 class Predictions(NamedTuple):
@@ -56,6 +55,28 @@ def tfma_accuracy(evaluation_uri: str) -> Dict[str, Dict[str, float]]:
           accuracies.setdefault(output, {})[name] = value.get("doubleValue")
   return accuracies
 
+
+def gate_failures(evaluation_uri: str) -> List[str]:
+  """Why the Evaluator did not bless the model: for each threshold that
+  failed, the classifier, the value and the threshold ([] when blessed)."""
+  import tensorflow_model_analysis as tfma
+  result = tfma.load_validation_result(evaluation_uri)
+  lines = []
+  for per_slice in result.metric_validations_per_slice:
+    for failure in per_slice.failures:
+      key, threshold = failure.metric_key, failure.metric_threshold
+      value = failure.metric_value.double_value.value
+      if threshold.HasField("value_threshold"):
+        bound = f"below the floor {threshold.value_threshold.lower_bound.value:g}"
+      elif threshold.HasField("change_threshold"):
+        bound = (f"more than {-threshold.change_threshold.absolute.value:g} below the "
+                 "latest blessed model")
+      else:
+        bound = failure.message
+      lines.append(f"{key.output_name or 'model'} {key.name} {value:.4f} is {bound}")
+  if not lines and not result.validation_ok:
+    lines.append(result.missing_thresholds and "metrics without thresholds" or "no result")
+  return lines
 
 
 @dataclasses.dataclass
@@ -112,7 +133,7 @@ class RunOutputs:
     """StatisticsGen's DatasetFeatureStatisticsList of one split."""
     import tensorflow_data_validation as tfdv
     return tfdv.load_stats_binary(os.path.join(
-        self.uri("StatisticsGen", "ExampleStatistics"), f"Split-{split}", "FeatureStats.pb"))
+        names.split_dir(self.uri("StatisticsGen", "ExampleStatistics"), split), "FeatureStats.pb"))
 
   def schema(self):
     from models import schema
@@ -150,7 +171,7 @@ class RunOutputs:
       return json.load(f)
 
   def reconstructions_png(self) -> bytes:
-    with open(os.path.join(self.uri(MAE_NODE, "ModelRun"), names.RECONSTRUCTIONS_FILE),
+    with open(os.path.join(self.uri(names.MAE_TRAINER, "ModelRun"), names.RECONSTRUCTIONS_FILE),
               "rb") as f:
       return f.read()
 
@@ -169,7 +190,7 @@ class RunOutputs:
     """The linear_probe Trainer's exported model (`serving.model_store.LoadedModel`)."""
     from tfx.utils import path_utils
     from serving.model_store import LoadedModel
-    return LoadedModel(0, path_utils.serving_model_path(self.uri(PROBE_NODE, "Model")))
+    return LoadedModel(0, path_utils.serving_model_path(self.uri(names.PROBE_TRAINER, "Model")))
 
   def predictions(self, split: str, limit: Optional[int] = None, model=None,
                   classify: bool = True) -> Predictions:
@@ -201,9 +222,9 @@ class RunOutputs:
     from models import config as config_lib
     from models import data, engine_pretrain, engine_probe
     from models.mae import MaskedAutoencoder
-    cfg = config_lib.RunConfig.from_dict(self.summary(MAE_NODE)["run_config"])
+    cfg = config_lib.RunConfig.from_dict(self.summary(names.MAE_TRAINER)["run_config"])
     pretrained = engine_pretrain.load_mae(path_utils.serving_model_path(
-        self.uri(MAE_NODE, "Model")))
+        self.uri(names.MAE_TRAINER, "Model")))
     tf.keras.utils.set_random_seed(cfg.runtime.seed)
     encoders = {"pretrained": pretrained.encoder,
                 "random init": MaskedAutoencoder(pretrained.cfg).build_for().encoder}

@@ -2,15 +2,18 @@
 output artifacts, and the newest run's Examples, Transform graph and schema.
 
 Reads the SQLite MLMD database a local run writes (`names.metadata_path`)
-with ml_metadata alone, so the report, batch embedding, the benchmarks and
-the notebooks share one reader without importing TFX.
+with ml_metadata alone, so the report, the benchmarks and the notebooks
+share one reader without importing TFX.
 """
 
+import argparse
 import os
 from typing import Dict, List, Optional, Tuple
 
 from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
+
+from models import names
 
 
 _STATES = {v: k for k, v in metadata_store_pb2.Execution.State.items()}
@@ -169,3 +172,26 @@ def schema_file(metadata_path: str, pipeline_name: Optional[str] = None) -> str:
     raise SystemExit(f"{metadata_path} has no completed schema in its newest run "
                      f"({e}); run `make pipeline` first") from e
   return os.path.join(uri, "schema.pbtxt")
+
+
+def main(argv=None) -> None:
+  """Lists the runs of an output folder, or prints one path of the newest run
+  for scripts (e.g. `serving.embed --examples "$(python -m pipeline.runs --examples)"`)."""
+  p = argparse.ArgumentParser(description=main.__doc__)
+  p.add_argument("--output-dir", default=names.default_output_dir(),
+                 help=f"the runs' output folder (default ${names.OUTPUT_ENV} or outputs/)")
+  p.add_argument("--pipeline-name", default=None,
+                 help="mae-tfx (CIFAR-10) or mae-tfx-<data set> (default: whichever ran last)")
+  p.add_argument("--examples", action="store_true",
+                 help="print the newest run's Examples folder (its Split-<name>/ hold the data)")
+  args = p.parse_args(argv)
+  metadata_path = names.metadata_path(args.output_dir)
+  if args.examples:
+    print(pipeline_inputs(metadata_path, args.pipeline_name)[0])
+    return
+  for run in list_runs(metadata_path, args.pipeline_name):
+    print(f"{run['run_id']}  {run['pipeline']}")
+
+
+if __name__ == "__main__":
+  main()

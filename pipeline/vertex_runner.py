@@ -10,8 +10,10 @@ KubeflowV2DagRunner to a PipelineJob JSON whose every step runs this
 project's container image. Cloud variants, from `VertexConfig`: Trainers as
 Vertex AI Training jobs (worker pool with GPUs), Beam components on Dataflow
 (ExampleGen reads the images in Dataflow's workers),
-the Pusher deploying to a Vertex AI endpoint. Every flag also has a
-MAE_TFX_<FLAG> environment variable. Values are fixed at compile time: no
+the Pusher deploying to a Vertex AI endpoint. Each Google Cloud setting
+(`VertexConfig`: project, region, bucket, image, machines, endpoint, ...) and
+the profile also have a MAE_TFX_<NAME> environment variable; the data flags
+do not. Values are fixed at compile time: no
 RuntimeParameters (see tensorflow/tfx issue 7733 for TFX 1.16).
 """
 

@@ -4,7 +4,8 @@ to an embeddings file (`serving.embeddings`).
   python -m serving.embed --model-dir outputs/serving_model/mae-tfx \
       --images photos/ --out photos.npz
   python -m serving.embed --model-dir outputs/serving_model/mae-tfx \
-      --split test --out cifar10_test.npz      # newest `make pipeline` run's Examples
+      --examples "$(python -m pipeline.runs --examples)" --split test \
+      --out cifar10_test.npz                   # a split of the newest run's Examples
 
 Images (PNG/JPEG/BMP/GIF, any size) go through the model's `serving_default`
 signature, examples through `embed_examples`: the same preparation as every
@@ -91,10 +92,11 @@ def main(argv=None) -> EmbeddingsFile:
                  help="a pushed version, or the base directory (newest version)")
   source = p.add_mutually_exclusive_group(required=True)
   source.add_argument("--images", help="folder of images (sub-folders = labels)")
-  source.add_argument("--split", help="a split (train/test) of the newest pipeline run")
-  p.add_argument("--metadata", default=names.metadata_path(),
-                 help=f"MLMD database of the pipeline run (with --split; default "
-                      f"${names.OUTPUT_ENV} or outputs/, then metadata.sqlite)")
+  source.add_argument("--examples",
+                      help="an Examples artifact folder (`python -m pipeline.runs "
+                           "--examples` prints the newest run's)")
+  p.add_argument("--split", default=names.TEST_SPLIT,
+                 help="with --examples: which split (default %(default)s)")
   p.add_argument("--out", required=True, help="embeddings file to write (.npz)")
   p.add_argument("--batch-size", type=int, default=256)
   p.add_argument("--skip-bad", action="store_true")
@@ -107,13 +109,15 @@ def main(argv=None) -> EmbeddingsFile:
     signature, source = SERVING_DEFAULT, os.path.abspath(args.images)
     batches = image_batches(paths, args.batch_size)
   else:
-    from pipeline.runs import pipeline_inputs   # the run's records: MLMD
-    examples, _ = pipeline_inputs(args.metadata)
+    examples = args.examples
+    if not tf.io.gfile.isdir(names.split_dir(examples, args.split)):
+      raise SystemExit(f"--examples {examples}: no split {args.split!r}; its splits: "
+                       f"{names.split_names(tf.io.gfile.listdir(examples)) if tf.io.gfile.isdir(examples) else 'none (not a folder)'}")
     found = read_examples(names.split_files(examples, args.split))
     records = found.serialized
     labels = [str(x) if x >= 0 else "" for x in found.labels]
     ids = [f"{args.split}/{i}" for i in range(len(records))]
-    signature, source = EMBED_EXAMPLES, os.path.join(examples, f"Split-{args.split}")
+    signature, source = EMBED_EXAMPLES, names.split_dir(examples, args.split)
     batches = (records[i:i + args.batch_size]
                for i in range(0, len(records), args.batch_size))
 

@@ -8,17 +8,19 @@ a query must be embedded by the same model as the file, so the search CLI and
 the server's `:neighbors` endpoint use the version recorded here.
 
 Search is exact cosine k-NN with scikit-learn's `NearestNeighbors` (brute
-force, BLAS matrix products): see README "Similarity search" for why.
+force, BLAS matrix products): see docs/serving.md "Similarity search" for why.
 """
 
 import dataclasses
+import io
 import json
 import os
-import tempfile
 from typing import Dict, List
 
 import numpy as np
 from sklearn.neighbors import NearestNeighbors
+
+from models.files import write_atomically
 
 
 @dataclasses.dataclass
@@ -39,19 +41,13 @@ class EmbeddingsFile:
     return int(self.meta["model_version"])
 
   def save(self, path: str) -> None:
-    """Writes `path` atomically (a temporary file renamed into place)."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".embeddings-", suffix=".npz")
-    try:
-      with os.fdopen(fd, "wb") as f:
-        np.savez(f, embeddings=self.embeddings.astype(np.float32),
-                 ids=self.ids.astype(str), labels=self.labels.astype(str),
-                 meta=np.array(json.dumps(self.meta, sort_keys=True)))
-      os.replace(tmp, path)
-    except BaseException:
-      os.unlink(tmp)
-      raise
+    """Writes `path` atomically (`models.files.write_atomically`)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    buf = io.BytesIO()
+    np.savez(buf, embeddings=self.embeddings.astype(np.float32),
+             ids=self.ids.astype(str), labels=self.labels.astype(str),
+             meta=np.array(json.dumps(self.meta, sort_keys=True)))
+    write_atomically(path, buf.getvalue())
 
   @classmethod
   def load(cls, path: str) -> "EmbeddingsFile":

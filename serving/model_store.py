@@ -21,6 +21,8 @@ import tensorflow as tf
 
 from models.names import SERVING_DEFAULT, pushed_versions
 
+log = logging.getLogger("serving.model_store")
+
 
 def error_summary(error: tf.errors.OpError) -> str:
   """The op's own message ("Unknown image file format...") out of a graph
@@ -164,14 +166,14 @@ class ModelStore:
         model = self._load(version)
       except Exception as e:  # pylint: disable=broad-except
         self._failed[version] = f"{type(e).__name__}: {e}"
-        logging.error("Version %d of %s failed to load, still serving %s: %s",
+        log.error("Version %d of %s failed to load, still serving %s: %s",
                       version, self.name, self._latest, self._failed[version])
         continue
       model.warm_up()
       with self._lock:
         self._remember(model)
         self._latest = version
-      logging.info("Serving %s version %d from %s", self.name, version, model.path)
+      log.info("Serving %s version %d from %s", self.name, version, model.path)
       break
     return self._latest
 
@@ -226,7 +228,7 @@ class ModelStore:
         try:
           self.refresh()
         except Exception:  # pylint: disable=broad-except
-          logging.exception("Polling %s failed; will retry", self.base_dir)
+          log.exception("Polling %s failed; will retry", self.base_dir)
     self._poller = threading.Thread(target=poll, name="model-poller", daemon=True)
     self._poller.start()
 
@@ -239,7 +241,7 @@ class ModelStore:
   def _load(self, version: int) -> LoadedModel:
     start = time.perf_counter()
     model = LoadedModel(version, os.path.join(self.base_dir, str(version)))
-    logging.info("Loaded %s version %d in %.1f s", self.name, version,
+    log.info("Loaded %s version %d in %.1f s", self.name, version,
                  time.perf_counter() - start)
     return model
 

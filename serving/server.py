@@ -17,12 +17,6 @@ request gets a 4xx with {"error": "<what is wrong>"} and is logged as one
 line; the server keeps serving.
 """
 
-import os
-
-# A request with a bad image is a client error answered with a 400; keep
-# TensorFlow's C++ runtime from also logging each one as a warning.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
 import argparse
 import asyncio
 import base64
@@ -30,9 +24,22 @@ import binascii
 import collections
 import json
 import logging
+import os
 import signal
 import sys
 from typing import Dict, List, Optional
+
+from models import run_log
+
+LOG_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
+if __name__ == "__main__":
+  # Before TensorFlow is imported: its start-up lines go through the filter too.
+  if not run_log.install(level=logging.INFO, fmt=LOG_FORMAT):
+    # A request with a bad image is a client error answered with a 400 and
+    # logged as one line; keep TensorFlow's C++ runtime from also logging it.
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+
+# pylint: disable=wrong-import-position
 
 import numpy as np
 from aiohttp import web
@@ -307,6 +314,9 @@ def parse_args(argv):
   p.add_argument("--drain-seconds", type=float, default=20.0,
                  help="on SIGTERM/SIGINT, how long requests in flight may take to finish")
   p.add_argument("--access-log", action="store_true")
+  p.add_argument("-v", "--verbose", action="store_true",
+                 help="show every log line, third-party notices included (also "
+                      "MAE_TFX_VERBOSE=1)")
   return p.parse_args(argv)
 
 
@@ -364,7 +374,7 @@ class MalformedRequestsAsClientErrors(logging.Filter):
 
 
 def main(argv=None) -> None:
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+  logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
   logging.getLogger("aiohttp.server").addFilter(MalformedRequestsAsClientErrors())
   asyncio.run(serve(parse_args(sys.argv[1:] if argv is None else argv)))
 

@@ -1,13 +1,15 @@
 """Shared fixtures: real CIFAR-10 from the local copy, small official-format subsets."""
 
 import os
+import subprocess
+import sys
 
 import models  # noqa: F401  TensorFlow's environment, before TensorFlow loads
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from models import names
+from models import names, run_log
 from models import cifar10
 from models.cifar10 import read_batch_file, write_batch_file  # noqa: F401  (tests use it)
 from pipeline import data_source
@@ -174,13 +176,47 @@ def transform_output(cifar10_sample, tmp_path_factory):
   return analyze_and_write_transform(images[:64], labels[:64], out)
 
 
+SMOKE_LOG = "smoke_run.log"     # beside the smoke run's output folder: its stderr
+
+
 @pytest.fixture(scope="session")
 def smoke_run(small_cifar_dir, tmp_path_factory):
-  """The real pipeline on the small sample, run by the runner's command line
-  as `make pipeline PROFILE=smoke` calls it; returns its PipelineConfig."""
+  """The real pipeline on the small sample, run as `make pipeline
+  PROFILE=smoke` runs it (`python -m pipeline.local_runner`, its own
+  process); returns its PipelineConfig. Its stderr, the run log, is kept in
+  SMOKE_LOG beside the output folder (`smoke_run_log`)."""
   from pipeline import local_runner
-  return local_runner.main(["--profile", "smoke", "--data", small_cifar_dir,
-                            "--output-dir", str(tmp_path_factory.mktemp("smoke_run"))])
+  folder = tmp_path_factory.mktemp("smoke_run")
+  argv = ["--profile", "smoke", "--data", small_cifar_dir,
+          "--output-dir", str(folder / "outputs")]
+  env = {k: v for k, v in os.environ.items() if k != run_log.VERBOSE_ENV}
+  run = subprocess.run([sys.executable, "-m", "pipeline.local_runner", *argv],
+                       cwd=names.PROJECT_DIR, env=env, capture_output=True, text=True,
+                       timeout=1800)
+  (folder / SMOKE_LOG).write_text(run.stderr)
+  (folder / "report.txt").write_text(run.stdout)
+  if run.returncode:
+    pytest.fail(f"the smoke pipeline run failed ({run.returncode}):\n{run.stderr[-5000:]}")
+  args = local_runner.parse_args(argv)
+  return local_runner.pipeline_config(args, local_runner.overrides_from_args(args))
+
+
+@pytest.fixture(scope="session")
+def smoke_run_log(smoke_run):
+  """(stderr, stdout) of the smoke run: its run log and its report."""
+  folder = os.path.dirname(smoke_run.output_dir)
+  with open(os.path.join(folder, SMOKE_LOG)) as log, \
+      open(os.path.join(folder, "report.txt")) as report:
+    return log.read(), report.read()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):  # pylint: disable=unused-argument
+  """A failed test's captured output without the known-harmless lines
+  (`models.run_log.HARMLESS`), as on the command line."""
+  outcome = yield
+  report = outcome.get_result()
+  report.sections = run_log.filter_report_sections(report.sections)
 
 
 @pytest.fixture(scope="module")

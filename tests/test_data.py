@@ -42,12 +42,12 @@ def test_the_memory_budget_picks_the_path(example_files, transform_output, capsy
                                   shuffle_buffer=100)
   assert streamed.streamed and streamed.count == 320 and streamed.images is None
   assert "320 training images (4 MB as float32, memory budget 1 MB): streamed" \
-      in capsys.readouterr().out
+      in capsys.readouterr().err
   held = data.training_images(train_files, transform_output, memory_budget_mb=64,
                               shuffle_buffer=100, max_examples=200)
   assert not held.streamed and held.count == 200
   assert "200 training images (2 MB as float32, memory budget 64 MB): held in memory" \
-      in capsys.readouterr().out
+      in capsys.readouterr().err
   np.testing.assert_array_equal(
       held.images, data.load_transformed(train_files, transform_output, 200)[0])
 

@@ -19,7 +19,7 @@ import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 
-from models import config as config_lib, training
+from models import config as config_lib, precision, runtime
 from models.engine_pretrain import compile_mae
 
 GLOBAL_BATCH = 8
@@ -27,7 +27,7 @@ rng = np.random.default_rng(0)
 images = rng.normal(size=(GLOBAL_BATCH, 32, 32, 3)).astype(np.float32)
 results = {}
 for name in ("default", "mirrored"):
-  strategy = training.make_strategy(name)
+  strategy = runtime.make_strategy(name)
   replicas = strategy.num_replicas_in_sync
   # batch_size is per replica: the same global batch, hence the same lr.
   cfg = config_lib.get_profile("smoke", {
@@ -35,7 +35,7 @@ for name in ("default", "mirrored"):
       "runtime": {"strategy": name, "jit_compile": True}})
   noise = rng.uniform(size=(GLOBAL_BATCH, cfg.model.num_patches)).astype(np.float32) \
       if name == "default" else results["default"]["noise"]
-  with training.precision_policy(cfg.runtime.precision), strategy.scope():
+  with precision.precision_policy(cfg.runtime.precision), strategy.scope():
     tf.keras.utils.set_random_seed(0)           # same initial weights
     model = compile_mae(cfg, strategy, steps_per_epoch=1)
   data = tf.data.Dataset.from_tensor_slices((images, noise)).batch(GLOBAL_BATCH)
@@ -74,12 +74,12 @@ import sys
 import models  # TensorFlow's environment, before TensorFlow loads
 import numpy as np
 import tensorflow as tf
-from models import config as config_lib, training
+from models import config as config_lib, precision, runtime
 from models.engine_pretrain import compile_mae, pretrain
 
 strategy_name, out, checkpoints = sys.argv[1], sys.argv[2], sys.argv[3]
 GLOBAL_BATCH, STEPS = 8, 3
-strategy = training.make_strategy(strategy_name)
+strategy = runtime.make_strategy(strategy_name)
 replicas = strategy.num_replicas_in_sync
 overrides = {"model": {"contrastive_weight": 0.0},    # its negatives are per replica
              "pretrain": {"batch_size": GLOBAL_BATCH // replicas, "warmup_epochs": 0.0,
@@ -90,7 +90,7 @@ rng = np.random.default_rng(0)
 images = rng.normal(size=(GLOBAL_BATCH * STEPS, 32, 32, 3)).astype(np.float32)
 noise = rng.uniform(size=(GLOBAL_BATCH * STEPS, cfg.model.num_patches)).astype(np.float32)
 # 1. Three steps on fixed batches and masks: comparable with one process.
-with training.precision_policy(cfg.runtime.precision), strategy.scope():
+with precision.precision_policy(cfg.runtime.precision), strategy.scope():
   tf.keras.utils.set_random_seed(0)
   model = compile_mae(cfg, strategy, steps_per_epoch=STEPS)
 data = tf.data.Dataset.from_tensor_slices((images, noise)).batch(GLOBAL_BATCH)
@@ -100,7 +100,7 @@ fixed = {f"fixed{i}": v.numpy() for i, v in enumerate(model.trainable_variables)
 if strategy_name == "multi_worker":
   trained, _ = pretrain(cfg, images, checkpoints + "/logs", checkpoints + "/ckpt")
   fixed.update({f"pretrain{i}": v.numpy() for i, v in enumerate(trained.trainable_variables)})
-  fixed["chief"] = training.is_chief(trained.distribute_strategy)
+  fixed["chief"] = runtime.is_chief(trained.distribute_strategy)
 np.savez(out, loss=loss, replicas=replicas, **fixed)
 """
 

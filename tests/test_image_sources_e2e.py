@@ -67,7 +67,7 @@ def test_image_folder_trains_blesses_and_pushes(folder_run, photo_folder):
   # The schema was generated once, for review, from the folder's classes.
   assert schema.class_names(schema.read_schema(folder_run.schema_path)) == layout.class_names
   text = report.format_report(folder_run.metadata_path, folder_run.pipeline_name)
-  assert "Blessed: True" in text and "per class: airplane:" in text
+  assert "Gate: blessed (test accuracy: linear probe" in text and "per class: airplane:" in text
   assert "1 bad image file(s) skipped" in text
 
 

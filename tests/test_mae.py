@@ -108,7 +108,7 @@ def test_embedding_is_the_patch_mean_or_the_cls_token():
   assert tokens.shape == (2, 65, TINY.embed_dim)
   np.testing.assert_allclose(cls.embed(imgs), tokens[:, 0], atol=1e-6)
   # The [CLS] token is learned, and not weight-decayed (like the official MAE).
-  from models.training import no_decay
+  from models.optimization import no_decay
   (token,) = [v for v in cls.trainable_variables if "cls_token" in v.name]
   assert token.shape == (1, 1, TINY.embed_dim) and no_decay(token)
   with tf.GradientTape() as tape:
@@ -143,7 +143,7 @@ def test_train_step_reduces_loss_on_a_fixed_batch(cfg):
 
 
 def test_mixed_bfloat16_forward_returns_float32_loss():
-  from models.training import precision_policy
+  from models.precision import precision_policy
   with precision_policy("mixed_bfloat16"):
     model = MaskedAutoencoder(TINY).build_for()
     loss, pred, _ = model(tf.random.normal([2, 32, 32, 3]))
@@ -152,7 +152,7 @@ def test_mixed_bfloat16_forward_returns_float32_loss():
 
 
 def test_layer_norm_matches_keras_and_keeps_float32_parameters():
-  from models.training import precision_policy
+  from models.precision import precision_policy
   x = tf.random.normal([6, 32]) * 3.0 + 1.0
   ours, keras_ln = LayerNorm(), tf.keras.layers.LayerNormalization(epsilon=1e-6)
   ours.build(x.shape), keras_ln.build(x.shape)

@@ -9,10 +9,10 @@ import tensorflow as tf
 
 from models import config as config_lib
 from models import data
-from models.engine_probe import (KNN_K, KNN_KS, extract_features, linear_probe,
-                                 train_probe)
+from models.engine_probe import extract_features, linear_probe, train_probe
 from models.evaluation import evaluate_knn, fit_whitening
 from models.mae import MaskedAutoencoder
+from models.names import KNN_K, KNN_KS
 from tests.conftest import cifar10_class_names
 
 

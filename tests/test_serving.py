@@ -5,6 +5,8 @@ import base64
 import concurrent.futures
 import os
 import shutil
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -13,6 +15,7 @@ import requests
 import tensorflow as tf
 
 from components.versioned_pusher import push_to_filesystem
+from models import names
 from pipeline.runs import pipeline_inputs
 from serving import embed, search
 from serving.embeddings import EmbeddingsFile
@@ -75,14 +78,22 @@ def test_embed_folder_keeps_ids_labels_and_equals_the_saved_model(model_base, im
 def test_embed_split_of_the_pipeline_examples(smoke_run, model_base, cifar10_sample,
                                               tmp_path):
   out = str(tmp_path / "test.npz")
-  table = embed.main(["--model-dir", model_base, "--split", "test", "--metadata",
-                      smoke_run.metadata_path, "--out", out, "--no-progress"])
+  printed = subprocess.run(
+      [sys.executable, "-m", "pipeline.runs", "--examples", "--output-dir",
+       smoke_run.output_dir], cwd=names.PROJECT_DIR, capture_output=True, text=True,
+      check=True).stdout.strip()
+  examples, _ = pipeline_inputs(smoke_run.metadata_path)
+  assert printed == examples
+  table = embed.main(["--model-dir", model_base, "--examples", printed, "--split", "test",
+                      "--out", out, "--no-progress"])
   _, (images, labels) = cifar10_sample
   assert list(table.ids[:2]) == ["test/0", "test/1"] and len(table.ids) == 100
   assert sorted(table.labels.astype(int)) == sorted(labels)
   assert os.path.isfile(out) and table.meta["signature"] == "embed_examples"
-  examples, _ = pipeline_inputs(smoke_run.metadata_path)
-  assert table.meta["source"] == os.path.join(examples, "Split-test")
+  assert table.meta["source"] == names.split_dir(examples, "test")
+  with pytest.raises(SystemExit, match=r"no split 'validation'; its splits: \['test', 'train'\]"):
+    embed.main(["--model-dir", model_base, "--examples", printed, "--split", "validation",
+                "--out", out, "--no-progress"])
 
 
 def test_embed_names_a_bad_image_and_writes_nothing(model_base, image_folder, tmp_path):

@@ -5,6 +5,7 @@ library rather than the Trainer adapters, and shared names have one home.
 Imports are checked in a fresh interpreter, where nothing else loaded them.
 """
 
+import ast
 import json
 import os
 import re
@@ -57,6 +58,49 @@ def test_the_library_imports_no_tfx(imports):
 
 def test_the_server_loads_no_transform_model_or_pipeline(imports):
   assert imports["serving"] == []
+
+
+def imported_modules(package: str):
+  """{module a file of `package` imports, anywhere in it (inside functions
+  too): [file:line, ...]}."""
+  found = {}
+  folder = os.path.join(names.PROJECT_DIR, package)
+  for name in sorted(os.listdir(folder)):
+    if not name.endswith(".py"):
+      continue
+    with open(os.path.join(folder, name)) as f:
+      tree = ast.parse(f.read(), name)
+    for node in ast.walk(tree):
+      if isinstance(node, ast.Import):
+        modules = [alias.name for alias in node.names]
+      elif isinstance(node, ast.ImportFrom) and node.level == 0:
+        modules = [node.module]
+      else:
+        continue
+      for module in modules:
+        found.setdefault(module, []).append(f"{package}/{name}:{node.lineno}")
+  return found
+
+
+@pytest.mark.parametrize("package, forbidden", [
+    ("serving", ("pipeline", "components", "tfx", "tensorflow_transform")),
+    ("models", ("pipeline", "components", "tfx", "serving")),
+])
+def test_no_import_anywhere_in_a_package_reaches_the_layers_above_it(package, forbidden):
+  """Checked in the source, so an import inside a function that no test
+  happens to call counts as much as one at the top."""
+  found = imported_modules(package)
+  assert "os" in found                     # the scan sees imports at all
+  offending = {m: where for m, where in found.items()
+               if m.split(".")[0] in forbidden}
+  assert offending == {}
+
+
+def test_the_scan_counts_an_import_inside_a_function(tmp_path, monkeypatch):
+  (tmp_path / "pkg").mkdir()
+  (tmp_path / "pkg" / "a.py").write_text("import os\ndef f():\n  from pipeline import runs\n")
+  monkeypatch.setattr(names, "PROJECT_DIR", str(tmp_path))
+  assert imported_modules("pkg") == {"os": ["pkg/a.py:1"], "pipeline": ["pkg/a.py:3"]}
 
 
 def test_benchmarks_call_the_library_not_the_trainer_adapters(imports):

@@ -11,8 +11,8 @@ import tensorflow as tf
 from models import config as config_lib
 from models.mae import MaskedAutoencoder
 from models.engine_pretrain import compile_mae, load_mae, pretrain, save_mae
-from models.training import (WarmupCosine, adamw, no_decay, precision_policy,
-                             resolve_precision, scaled_lr, with_resolved_precision)
+from models.optimization import WarmupCosine, adamw, no_decay, scaled_lr
+from models.precision import precision_policy, resolve_precision, with_resolved_precision
 
 
 def test_warmup_then_cosine():
@@ -114,7 +114,7 @@ def test_a_truncated_checkpoint_is_skipped_for_the_one_before(tmp_path, capsys):
     f.truncate(os.path.getsize(data) // 2)
   cfg = dataclasses.replace(cfg, pretrain=dataclasses.replace(cfg.pretrain, epochs=3))
   model, resumed = pretrain(cfg, images, str(tmp_path / "logs"), ckpt)
-  out = capsys.readouterr().out
+  out = capsys.readouterr().err
   assert f"checkpoint {newest} is unreadable" in out and "Resuming from" in out
   assert [h["epoch"] for h in resumed] == [2, 3]   # from epoch 1's checkpoint
   assert int(model.optimizer.iterations.numpy()) == 3 * 4
@@ -125,7 +125,7 @@ def test_keras3_is_refused_with_a_clear_error():
   import sys
   env = dict(os.environ, TF_USE_LEGACY_KERAS="0", TF_CPP_MIN_LOG_LEVEL="3")
   out = subprocess.run(
-      [sys.executable, "-c", "from models import training; training.require_keras2()"],
+      [sys.executable, "-c", "from models import runtime; runtime.require_keras2()"],
       env=env, capture_output=True, text=True, timeout=120)
   assert out.returncode != 0
   assert "set TF_USE_LEGACY_KERAS=1 before TensorFlow is first imported" in out.stderr

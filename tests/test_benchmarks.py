@@ -1,0 +1,214 @@
+"""Every benchmark in benchmarks/ runs: its real command line (`main(argv)`;
+the ones that need processes of their own start them as they always do) on
+real CIFAR-10 at tiny sizes, and the figures it prints are there and are
+finite numbers. At these sizes the figures say nothing about the model or
+the machine: what is tested is that the benchmarks keep working as the code
+they measure changes (issue 24)."""
+
+import json
+import math
+import os
+import re
+
+from benchmarks import kill_matrix, pretrain_memory, probe_ablation, probe_quality
+from benchmarks import roofline, serving_soak, train_throughput
+from benchmarks import serving as serving_benchmark
+from models import config as config_lib
+from models import names
+
+# A printed figure: a decimal number, or what a broken one prints as.
+NUM = r"([-+]?(?:\d+(?:\.\d*)?(?:[eE][-+]?\d+)?|nan|inf))"
+
+
+def figures(pattern: str, text: str):
+  """The numbers NUM captured by `pattern` in its first match in `text`, as
+  floats; fails, showing `text`, when there is no match or one is not finite."""
+  match = re.search(pattern, text, re.MULTILINE)
+  assert match, f"no line matching {pattern!r} in:\n{text}"
+  values = [float(v) for v in match.groups()]
+  assert all(math.isfinite(v) for v in values), f"{match.group(0)!r} is not finite"
+  return values
+
+
+def all_figures(pattern: str, text: str):
+  """`figures` of every match of `pattern` in `text` (at least one)."""
+  found = [m.group(0) for m in re.finditer(pattern, text, re.MULTILINE)]
+  assert found, f"no line matching {pattern!r} in:\n{text}"
+  return [figures(pattern, line) for line in found]
+
+
+def test_reference_model_follows_data_image_size():
+  # The throughput reference is a model shape like any profile's: the image
+  # size is data.image_size's.
+  assert "image_size" not in config_lib.REFERENCE_MODEL
+  cfg = config_lib.get_profile("cpu", {"model": dict(config_lib.REFERENCE_MODEL),
+                                       "data": {"image_size": 48}})
+  assert (cfg.model.depth, cfg.model.embed_dim, cfg.model.image_size) == (6, 128, 48)
+  assert cfg.model.contrastive_weight == 0.0
+
+
+def test_roofline(capsys):
+  bounds = roofline.main(["--model", "reference", "--precision", "float32",
+                          "--matmul-size", "256", "--repeats", "3"])
+  out = capsys.readouterr().out
+  train, embed = figures(rf"^model: encoder 6x128, .* image 32, .*: MAE training step {NUM} "
+                         rf"MFLOP per image, embedding {NUM} MFLOP per image$", out)
+  assert train > 0 and embed > 0
+  peak, train_bound, embed_bound = figures(
+      rf"^float32: 256x256 matmul at {NUM} GFLOP/s: at most {NUM} img/s \(MAE training "
+      rf"step\), {NUM} img/s \(embedding\)$", out)
+  assert peak > 0 and train_bound > 0 and embed_bound > 0
+  assert set(bounds) == {"float32"} and all(
+      math.isfinite(b) and b > 0 for b in bounds["float32"].values())
+
+
+def test_train_throughput_reference_model(small_cifar_dir, capsys):
+  # The default --model reference (config.REFERENCE_MODEL), 2 steps of 16
+  # images after a warm-up epoch, with the matmul bound.
+  train_throughput.main(["--data", small_cifar_dir, "--batch-size", "16", "--steps", "2",
+                         "--epochs", "2", "--precision", "float32", "--jit", "off",
+                         "--roofline"])
+  out = capsys.readouterr().out
+  assert re.search(r"^model: encoder 6x128 \(4 heads\), decoder 2x64, patch 4, .* batch 16",
+                   out, re.MULTILINE), out
+  figures(rf"^float32: 2048x2048 matmul at {NUM} GFLOP/s, {NUM} MFLOP per image in "
+          rf"matmuls: at most {NUM} img/s$", out)
+  result = (rf"^float32\s+XLA off\s+{NUM} img/s  \({NUM} s per 50,000-image epoch\), "
+            rf"{NUM}% of the matmul bound$")
+  ips, epoch_seconds, share = figures(result, out)
+  assert ips > 0 and epoch_seconds > 0 and share > 0
+  assert len(all_figures(result, out.split("summary:")[1])) == 1
+
+
+def test_pretrain_memory(smoke_run, capsys):
+  # One N, streamed (budget 0), in its own process as every N is.
+  pretrain_memory.main(["--examples", "64", "--epochs", "1", "--profile", "smoke",
+                        "--memory-budget-mb", "0", "--metadata", smoke_run.metadata_path])
+  out = capsys.readouterr().out
+  n, rss, ips = figures(rf"^N=\s*{NUM}  streamed\s+peak RSS\s+{NUM} MB\s+{NUM} img/s$", out)
+  assert n == 64 and rss > 0 and ips > 0
+  figures(rf"^  \s*64 images, streamed \(budget 0 MB\): peak RSS {NUM} MB, {NUM} img/s "
+          r"\(last epoch\)$", out.split("summary:")[1])
+
+
+def test_probe_quality(smoke_run, tmp_path, capsys):
+  probe_quality.main(["--epochs", "1", "--profile", "smoke",
+                      "--overrides", '{"probe": {"epochs": 1}}',
+                      "--metadata", smoke_run.metadata_path, "--work-dir", str(tmp_path)])
+  lines = capsys.readouterr().out.strip().splitlines()
+  settings = json.loads(lines[-2])
+  assert settings["profile"] == "smoke" and settings["overrides"]["pretrain"]["epochs"] == 1
+  result = lines[-1]
+  accuracies = figures(r"^epochs 1: LP top-1 " + NUM + ", "
+                       + "".join(rf"kNN\(k={k}\) top-1 {NUM}, " for k in names.KNN_KS), result)
+  assert all(0 <= a <= 1 for a in accuracies)
+  ips, pretrain_s, probe_s = figures(rf"MAE {NUM} img/s, pretrain {NUM} s, probe {NUM} s, "
+                                     "models in ", result)
+  assert ips > 0 and pretrain_s >= 0 and probe_s >= 0
+  # The pretrained MAE is kept for --mae.
+  assert os.path.exists(os.path.join(tmp_path, "mae", "model", names.MAE_CONFIG_FILE))
+
+
+def test_probe_ablation(smoke_run, capsys):
+  from tfx.utils import path_utils
+  from pipeline.run_outputs import RunOutputs
+  mae = path_utils.serving_model_path(
+      RunOutputs.load(smoke_run.output_dir).uri(names.MAE_TRAINER, "Model"))
+  depth = smoke_run.run_config.model.depth
+  blocks = sorted({1, depth})
+  probe_ablation.main(["--mae", mae, "--profile", "smoke",
+                       "--feature-blocks", ",".join(map(str, blocks)),
+                       "--whitening", "off,1e-4", "--logreg",
+                       "--probes", '[{"epochs": 1}]', "--metadata", smoke_run.metadata_path])
+  out = capsys.readouterr().out
+  summary = out.split("\nsummary (test top-1 on ")[1].splitlines()
+  assert re.match(r"[\d,]+ images\):$", summary[0]), summary[0]
+  assert re.search(r" LP +" + " +".join(f"kNN k={k}" for k in names.KNN_KS) + " +probe s$",
+                   summary[1]), summary[1]
+  rows = summary[2:]
+  # feature blocks x whitening x (logistic regression, the one probe)
+  assert len(rows) == len(blocks) * 2 * 2, out
+  for row in rows:
+    *accuracies, seconds = [float(v) for v in row.split()[-len(names.KNN_KS) - 2:]]
+    assert all(0 <= a <= 1 for a in accuracies), row
+    assert math.isfinite(seconds) and seconds >= 0, row
+  assert sum("logistic regression" in r for r in rows) == len(blocks) * 2
+
+
+def test_serving(model_base, small_cifar_dir, capsys):
+  requests_per_level, clients = 8, (1, 4)
+  serving_benchmark.main(["--model-dir", model_base, "--data", small_cifar_dir,
+                          "--images", "16", "--batch-sizes", "8",
+                          "--requests", str(requests_per_level),
+                          "--clients", ",".join(map(str, clients))])
+  out = capsys.readouterr().out
+  assert re.search(r"^model .* \(version \d+\); 16 CIFAR-10 test PNGs$", out, re.MULTILINE)
+  summary = out.split("summary:")[1]
+  (ips,), = all_figures(rf"^batch embedding, batch\s+8:\s+{NUM} img/s$", summary)
+  assert ips > 0
+  for c in clients:
+    p50, p99, rps = figures(rf"^server, \s*{c} client\(s\), {requests_per_level} one-image "
+                            rf"requests: p50\s+{NUM} ms  p99\s+{NUM} ms\s+{NUM} req/s$", summary)
+    assert 0 < p50 <= p99 and rps > 0
+  instances, calls = figures(rf"^server batching: {NUM} instances in {NUM} model calls$",
+                             summary)
+  # Each level: its warm-up requests, then the timed ones.
+  assert instances == 2 * requests_per_level * len(clients) and 0 < calls <= instances
+
+
+def test_serving_soak(model_base, smoke_run, small_cifar_dir, tmp_path, capsys):
+  import tensorflow_transform as tft
+  from pipeline.runs import pipeline_inputs
+  from tests.conftest import export_random_classifier
+  # Another model to push half-way (the served one again would be no new version).
+  export = tmp_path / "export"
+  export_random_classifier(tft.TFTransformOutput(pipeline_inputs(smoke_run.metadata_path)[1]),
+                           export, seed=11)
+  serving_soak.main(["--model-dir", model_base, "--data", small_cifar_dir,
+                     "--seconds", "2", "--clients", "2", "--push", str(export)])
+  out = capsys.readouterr().out
+  pushed = re.search(r"^pushed version (\d+)$", out, re.MULTILINE)
+  assert pushed, out
+  assert int(pushed.group(1)) not in names.pushed_versions(os.listdir(model_base))
+  for soak in (r"soak, 2 clients, 2 s", r"second soak \(1 s\)"):
+    line = re.search(rf"^{soak}: (\d+) responses (\{{.*?\}}), dropped connections \d+, "
+                     rf"served p50 {NUM} ms p99 {NUM} ms, versions \['\d+'.*\]$",
+                     out, re.MULTILINE)
+    assert line, out
+    by_status = {int(k): int(v) for k, v in re.findall(r"(\d+): (\d+)", line.group(2))}
+    assert sum(by_status.values()) == int(line.group(1)) > 0
+    # Good requests served, the bad ones (every third) refused.
+    assert by_status.get(200) and any(400 <= s < 500 for s in by_status), line.group(0)
+    p50, p99 = figures(rf"served p50 {NUM} ms p99 {NUM} ms", line.group(0))
+    assert 0 < p50 <= p99
+  rss = dict(re.findall(rf"(start|before push|end|after a second soak) {NUM}",
+                        re.search(r"^RSS MB: .*$", out, re.MULTILINE).group(0)))
+  assert set(rss) == {"start", "before push", "end", "after a second soak"}
+  assert all(math.isfinite(float(v)) and float(v) > 0 for v in rss.values())
+
+
+def test_kill_matrix(cifar10_dir, cifar10_sample, smoke_run, tmp_path, capsys):
+  # One cheap point: the child kills itself after copying the model into the
+  # Pusher's staging folder, and the re-run only has the Pusher left. The
+  # smoke run is the uninterrupted reference: the same images (the first of
+  # CIFAR-10's train and test batches) and epochs.
+  (train, _), (test, _) = cifar10_sample
+  epochs = config_lib.get_profile("smoke").pretrain.epochs
+  rows = kill_matrix.main(["--data", cifar10_dir, "--points", "pusher_copy",
+                           "--train", str(len(train)), "--test", str(len(test)),
+                           "--mae-epochs", str(epochs), "--reference-dir", smoke_run.output_dir,
+                           "--work-dir", str(tmp_path)])
+  out = capsys.readouterr().out
+  assert len(rows) == 1, out
+  row = rows[0]
+  assert row["point"] == "pusher_copy"
+  assert row["kill"] == "killed itself (fault injected)", (row, out)
+  assert row["rerun_status"] == 0, row.get("error")
+  assert math.isfinite(row["rerun_seconds"]) and math.isfinite(row["max_weight_difference"])
+  assert len(row["states"]) == 2         # the killed run and its re-run, in MLMD
+  table = out.split(kill_matrix.HEADER)[-1]
+  line = re.search(r"^\| pusher_copy \| killed itself \(fault injected\) \| exit 0 in "
+                   rf"{NUM} s \| .* \| {NUM} \| {NUM} \| .* \| 2 runs, last all complete: "
+                   rf"True \| {NUM} \|$", table, re.MULTILINE)
+  assert line, out
+  assert all(math.isfinite(float(v)) for v in line.groups())
