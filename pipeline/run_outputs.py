@@ -66,16 +66,19 @@ def gate_failures(evaluation_uri: str) -> List[str]:
     for failure in per_slice.failures:
       key, threshold = failure.metric_key, failure.metric_threshold
       value = failure.metric_value.double_value.value
-      if threshold.HasField("value_threshold"):
-        bound = f"below the floor {threshold.value_threshold.lower_bound.value:g}"
-      elif threshold.HasField("change_threshold"):
-        bound = (f"more than {-threshold.change_threshold.absolute.value:g} below the "
-                 "latest blessed model")
+      classifier = names.CLASSIFIER_TITLES.get(key.output_name, key.output_name or "model")
+      metric = "accuracy" if key.name == "sparse_categorical_accuracy" else key.name
+      if key.is_diff:        # the change against the latest blessed model
+        allowed = abs(threshold.change_threshold.absolute.value)
+        lines.append(f"{classifier} {metric} {value:+.4f} against the latest blessed "
+                     f"model, where at most {allowed:g} lower is allowed")
+      elif threshold.HasField("value_threshold"):
+        lines.append(f"{classifier} {metric} {value:.4f} is below the floor "
+                     f"{threshold.value_threshold.lower_bound.value:g}")
       else:
-        bound = failure.message
-      lines.append(f"{key.output_name or 'model'} {key.name} {value:.4f} is {bound}")
+        lines.append(f"{classifier} {metric} {value:.4f}: {failure.message}")
   if not lines and not result.validation_ok:
-    lines.append(result.missing_thresholds and "metrics without thresholds" or "no result")
+    lines.append("no validation result for the gated metrics")
   return lines
 
 

@@ -183,3 +183,29 @@ def test_verbose_is_asked_for_by_flag_or_environment(argv, monkeypatch):
   assert run_log.verbose_requested([])
   monkeypatch.setenv(run_log.VERBOSE_ENV, "0")
   assert not run_log.verbose_requested([])
+
+
+def test_the_gate_verdict_names_each_failed_threshold(tmp_path):
+  """A floor missed and a drop against the latest blessed model, as TFMA
+  records them (the drop as a diff key), read back as the log says them."""
+  import tensorflow as tf
+  from tensorflow_model_analysis.proto import config_pb2, validation_result_pb2
+  from pipeline.run_outputs import gate_failures
+  threshold = config_pb2.MetricThreshold()
+  threshold.value_threshold.lower_bound.value = 0.45
+  threshold.change_threshold.absolute.value = -0.01
+  result = validation_result_pb2.ValidationResult(validation_ok=False)
+  per_slice = result.metric_validations_per_slice.add()
+  for is_diff, value in ((False, 0.4123), (True, -0.0321)):
+    failure = per_slice.failures.add()
+    failure.metric_key.name = "sparse_categorical_accuracy"
+    failure.metric_key.output_name = names.PROBABILITIES_KEY
+    failure.metric_key.is_diff = is_diff
+    failure.metric_threshold.CopyFrom(threshold)
+    failure.metric_value.double_value.value = value
+  with tf.io.TFRecordWriter(str(tmp_path / "validations.tfrecord")) as writer:
+    writer.write(result.SerializeToString())
+  assert gate_failures(str(tmp_path)) == [
+      "linear probe accuracy 0.4123 is below the floor 0.45",
+      "linear probe accuracy -0.0321 against the latest blessed model, where at most 0.01 "
+      "lower is allowed"]
