@@ -20,6 +20,8 @@ setup(
         "pillow",
         "aiohttp",         # the embedding server (serving/)
         "scikit-learn",    # exact cosine nearest neighbours (serving/embeddings.py)
+        "scann==1.3.2",    # the search index (models/search_index.py): the build for TF 2.16
+        "faiss-cpu",       # the alternative index kind, measured beside ScaNN
         "tqdm",            # batch embedding progress bar
         "matplotlib",      # the run's pictures (pipeline/figures.py: report, notebooks)
         "kfp-pipeline-spec",  # KubeflowV2DagRunner (Vertex AI Pipelines); the

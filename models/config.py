@@ -174,6 +174,30 @@ class EvaluationConfig:
   max_accuracy_drop: float = 0.01
 
 
+SEARCH_KINDS = ("auto", "exact", "scann", "faiss_hnsw")
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchConfig:
+  """The nearest-neighbour index over the corpus (models/search_index.py)
+  and its gate: recall@k against exact cosine search on held-out queries."""
+  kind: str = "auto"          # auto: exact below `exact_below` vectors, else scann
+  exact_below: int = 20_000   # brute force is under ~2 ms a query there on 2 cores
+  k: int = 10
+  min_recall: float = 0.95    # blessed at recall@k >= this
+  eval_queries: int = 1_000   # held-out queries (the test split) scored
+  # ScaNN: partitions (0: about sqrt(N)), and the candidates re-scored
+  # exactly; how many partitions a query searches is tuned at build time, the
+  # fewest that reach min_recall on the held-out queries.
+  num_leaves: int = 0
+  reorder: int = 100
+
+  def __post_init__(self):
+    if self.kind not in SEARCH_KINDS:
+      raise ValueError(f"Unknown search.kind {self.kind!r}; expected one of "
+                       f"{list(SEARCH_KINDS)}")
+
+
 # The DirectRunner in one process: on 2 cores the multi-process mode costs
 # more in pickling than it gains, and in-process runs show errors with their
 # traceback. Vertex AI replaces these with Dataflow's (pipeline/configs.py).
@@ -199,6 +223,7 @@ class RunConfig:
   runtime: RuntimeConfig = RuntimeConfig()
   data: DataConfig = DataConfig()
   evaluation: EvaluationConfig = EvaluationConfig()
+  search: SearchConfig = SearchConfig()
   beam: BeamConfig = BeamConfig()
 
   def __post_init__(self):
@@ -243,7 +268,7 @@ class RunConfig:
 
 SECTIONS = {"model": ModelConfig, "pretrain": PretrainConfig, "probe": ProbeConfig,
             "runtime": RuntimeConfig, "data": DataConfig,
-            "evaluation": EvaluationConfig, "beam": BeamConfig}
+            "evaluation": EvaluationConfig, "search": SearchConfig, "beam": BeamConfig}
 TRAINER_SECTIONS = ("profile", "model", "pretrain", "probe", "runtime", "data")
 
 

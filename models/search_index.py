@@ -1,0 +1,365 @@
+"""Nearest-neighbour search over embeddings by cosine similarity: exact, ScaNN
+(the library behind Vertex AI Vector Search) or faiss HNSW, behind one
+interface: build, save, load, search, and evaluation against exact search.
+
+A library without TFX types: the pipeline's index component, the server and
+benchmarks/search.py use it alike. Vectors are L2-normalised on the way in,
+so a score is the cosine similarity of query and neighbour (1: same direction).
+
+An index is a folder, relocatable (the Pusher copies it into a model version):
+
+  index.json      kind, dim, count, parameters, why this kind, its evaluation
+  records.npz     ids [N] and class names [N] ("" where unknown), row order
+  vectors.npy     exact: the unit vectors, float32 [N, D]
+  scann/          scann: ScaNN's serialized searcher (asset paths relative)
+  faiss.index     faiss_hnsw: faiss's HNSW graph with its vectors
+"""
+
+import dataclasses
+import json
+import math
+import os
+import re
+import shutil
+import tempfile
+import time
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+
+from models.config import SearchConfig
+
+EXACT, SCANN, FAISS_HNSW = "exact", "scann", "faiss_hnsw"
+MANIFEST, RECORDS = "index.json", "records.npz"
+_EXACT_CHUNK = 256                 # queries per matrix product in exact search
+
+
+class BadIndex(ValueError):
+  """An index folder that cannot be loaded: missing, partial or corrupt."""
+
+
+def unit(vectors: np.ndarray) -> np.ndarray:
+  """[N, D] -> [N, D] float32 rows of length 1 (zero rows stay zero)."""
+  vectors = np.asarray(vectors, np.float32)
+  if vectors.ndim != 2:
+    raise ValueError(f"expected a [N, D] array of vectors, got shape {vectors.shape}")
+  norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+  return vectors / np.maximum(norms, 1e-12)
+
+
+@dataclasses.dataclass
+class Records:
+  """What each indexed vector stands for, in row order."""
+  ids: np.ndarray                   # [N] str: a path under the data root, or split/index
+  class_names: np.ndarray           # [N] str, "" where unknown
+
+  def __post_init__(self):
+    self.ids = np.asarray(self.ids).astype(str)
+    self.class_names = np.asarray(self.class_names).astype(str)
+    if len(self.ids) != len(self.class_names):
+      raise ValueError(f"{len(self.ids)} ids but {len(self.class_names)} class names")
+
+
+# ---- the kinds ------------------------------------------------------------------
+class _Searcher:
+  """[Q, D] unit queries -> (scores [Q, k] cosine, rows [Q, k]), best first."""
+  kind = ""
+
+  def search(self, queries: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
+    raise NotImplementedError
+
+  def save(self, folder: str) -> None:
+    raise NotImplementedError
+
+
+class _Exact(_Searcher):
+  kind = EXACT
+
+  def __init__(self, vectors: np.ndarray):
+    self.vectors = vectors
+
+  def search(self, queries, k):
+    k = min(k, len(self.vectors))
+    scores, rows = [], []
+    for start in range(0, len(queries), _EXACT_CHUNK):
+      sims = queries[start:start + _EXACT_CHUNK] @ self.vectors.T        # [q, N]
+      top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+      top_sims = np.take_along_axis(sims, top, axis=1)
+      order = np.argsort(-top_sims, axis=1, kind="stable")
+      rows.append(np.take_along_axis(top, order, axis=1))
+      scores.append(np.take_along_axis(top_sims, order, axis=1))
+    return np.concatenate(scores), np.concatenate(rows)
+
+  def save(self, folder):
+    np.save(os.path.join(folder, "vectors.npy"), self.vectors)
+
+  @classmethod
+  def load(cls, folder):
+    return cls(np.load(os.path.join(folder, "vectors.npy")))
+
+
+class _Scann(_Searcher):
+  """A partition tree with anisotropic quantization, top candidates
+  re-scored exactly: the scores returned are exact cosines."""
+  kind = SCANN
+  FOLDER = "scann"
+
+  def __init__(self, searcher, leaves_to_search: int):
+    self.searcher = searcher
+    self.leaves_to_search = leaves_to_search
+
+  @classmethod
+  def build(cls, vectors: np.ndarray, num_leaves: int, reorder: int, k: int):
+    from scann.scann_ops.py import scann_ops_pybind
+    leaves = max(2, min(num_leaves, len(vectors) // 10))
+    searcher = (scann_ops_pybind.builder(vectors, k, "dot_product")
+                .tree(num_leaves=leaves, num_leaves_to_search=max(1, leaves // 10),
+                      training_sample_size=min(len(vectors), 250_000))
+                .score_ah(2, anisotropic_quantization_threshold=0.2)
+                .reorder(reorder).build())
+    return cls(searcher, max(1, leaves // 10)), leaves
+
+  def search(self, queries, k):
+    rows, scores = self.searcher.search_batched(
+        queries, final_num_neighbors=k, leaves_to_search=self.leaves_to_search)
+    return np.asarray(scores, np.float32), np.asarray(rows, np.int64)
+
+  def save(self, folder):
+    target = os.path.join(folder, self.FOLDER)
+    os.makedirs(target)
+    self.searcher.serialize(target)
+    # ScaNN writes absolute asset paths; keep only the names, so the folder
+    # can move (the Pusher copies it into the model's version folder).
+    path = os.path.join(target, "scann_assets.pbtxt")
+    with open(path) as f:
+      text = f.read()
+    with open(path, "w") as f:
+      f.write(re.sub(r'asset_path: "([^"]*)"',
+                     lambda m: f'asset_path: "{os.path.basename(m.group(1))}"', text))
+
+  @classmethod
+  def load(cls, folder, leaves_to_search: int):
+    from scann.scann_ops.py import scann_ops_pybind
+    source = os.path.abspath(os.path.join(folder, cls.FOLDER))
+    with open(os.path.join(source, "scann_assets.pbtxt")) as f:
+      assets = re.sub(r'asset_path: "([^"]*)"',
+                      lambda m: f'asset_path: "{os.path.join(source, m.group(1))}"', f.read())
+    searcher = scann_ops_pybind.ScannSearcher(
+        scann_ops_pybind.scann_pybind.ScannNumpy(source, assets))
+    return cls(searcher, leaves_to_search)
+
+
+class _FaissHnsw(_Searcher):
+  """faiss's HNSW graph on inner product (= cosine on unit vectors)."""
+  kind = FAISS_HNSW
+  FILE = "faiss.index"
+
+  def __init__(self, index, ef_search: int):
+    self.index = index
+    self.ef_search = ef_search
+
+  @classmethod
+  def build(cls, vectors: np.ndarray, links: int = 32, ef_construction: int = 80):
+    import faiss
+    index = faiss.IndexHNSWFlat(vectors.shape[1], links, faiss.METRIC_INNER_PRODUCT)
+    index.hnsw.efConstruction = ef_construction
+    index.add(vectors)
+    return cls(index, 64)
+
+  def search(self, queries, k):
+    self.index.hnsw.efSearch = max(self.ef_search, k)
+    scores, rows = self.index.search(queries, k)
+    return scores.astype(np.float32), rows.astype(np.int64)
+
+  def save(self, folder):
+    import faiss
+    faiss.write_index(self.index, os.path.join(folder, self.FILE))
+
+  @classmethod
+  def load(cls, folder, ef_search: int):
+    import faiss
+    return cls(faiss.read_index(os.path.join(folder, cls.FILE)), ef_search)
+
+
+# ---- the index ------------------------------------------------------------------
+@dataclasses.dataclass
+class SearchIndex:
+  """Records, the searcher over their vectors, and what was built and why."""
+  searcher: _Searcher
+  records: Records
+  info: Dict                        # index.json: kind, dim, count, params, reason, evaluation
+
+  @property
+  def kind(self) -> str:
+    return self.searcher.kind
+
+  def __len__(self) -> int:
+    return len(self.records.ids)
+
+  def search(self, queries: np.ndarray, k: int,
+             threshold: Optional[float] = None) -> List[List[Dict]]:
+    """For each query: its k nearest records, best first, as {id,
+    class_name, score}; with `threshold`, only those scoring at least it."""
+    if k < 1:
+      raise ValueError(f"k must be at least 1, got {k}")
+    queries = unit(queries)
+    if queries.shape[1] != self.info["dim"]:
+      raise ValueError(f"queries have {queries.shape[1]} dimensions, the index "
+                       f"{self.info['dim']}")
+    scores, rows = self.searcher.search(queries, min(k, len(self)))
+    found = []
+    for query_scores, query_rows in zip(scores, rows):
+      hits = []
+      for score, row in zip(query_scores, query_rows):
+        score = float(min(score, 1.0))           # float rounding may pass 1
+        if row < 0 or (threshold is not None and score < threshold):
+          continue
+        hits.append({"id": str(self.records.ids[row]),
+                     "class_name": str(self.records.class_names[row]), "score": score})
+      found.append(hits)
+    return found
+
+  def save(self, folder: str) -> None:
+    """Writes the index to `folder` (which must not exist) through a
+    temporary folder beside it, renamed into place when complete."""
+    if os.path.exists(folder):
+      raise FileExistsError(f"{folder} exists; an index is written once")
+    parent = os.path.dirname(os.path.abspath(folder))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=parent, prefix=".index-")
+    try:
+      self.searcher.save(tmp)
+      np.savez(os.path.join(tmp, RECORDS), ids=self.records.ids,
+               class_names=self.records.class_names)
+      with open(os.path.join(tmp, MANIFEST), "w") as f:
+        json.dump(self.info, f, indent=2, sort_keys=True, default=float)
+      os.rename(tmp, folder)
+    except BaseException:
+      shutil.rmtree(tmp, ignore_errors=True)
+      raise
+
+
+def load(folder: str) -> SearchIndex:
+  """The index saved in `folder`; a missing, partial or corrupt one raises
+  `BadIndex` naming the folder and what is wrong."""
+  try:
+    with open(os.path.join(folder, MANIFEST)) as f:
+      info = json.load(f)
+    with np.load(os.path.join(folder, RECORDS), allow_pickle=False) as f:
+      records = Records(f["ids"], f["class_names"])
+    kind = info["kind"]
+    if kind == EXACT:
+      searcher = _Exact.load(folder)
+    elif kind == SCANN:
+      searcher = _Scann.load(folder, int(info["params"]["leaves_to_search"]))
+    elif kind == FAISS_HNSW:
+      searcher = _FaissHnsw.load(folder, int(info["params"]["ef_search"]))
+    else:
+      raise ValueError(f"unknown kind {kind!r}")
+  except Exception as e:  # pylint: disable=broad-except
+    raise BadIndex(f"{folder}: not a readable search index ({type(e).__name__}: "
+                      f"{str(e).strip()[:300]})") from e
+  if len(records.ids) != info.get("count"):
+    raise BadIndex(f"{folder}: {len(records.ids)} records but index.json says "
+                      f"{info.get('count')}")
+  return SearchIndex(searcher, records, info)
+
+
+def exact_neighbours(vectors: np.ndarray, queries: np.ndarray,
+                     k: int) -> Tuple[np.ndarray, np.ndarray]:
+  """(scores, rows) of exact cosine search: the reference recall is against."""
+  return _Exact(unit(vectors)).search(unit(queries), k)
+
+
+def recall_at_k(found_rows: np.ndarray, true_rows: np.ndarray) -> float:
+  """The share of the true k nearest that the search returned, averaged."""
+  k = true_rows.shape[1]
+  return float(np.mean([len(set(f[:k]) & set(t)) / k
+                        for f, t in zip(found_rows, true_rows)]))
+
+
+def measure(searcher: _Searcher, queries: np.ndarray, true_rows: np.ndarray,
+            k: int, single_queries: int = 200) -> Dict[str, float]:
+  """recall@k against `true_rows`, p50/p99 single-query latency (ms) and
+  batch queries per second, of unit `queries`."""
+  start = time.perf_counter()
+  _, rows = searcher.search(queries, k)
+  batch_seconds = time.perf_counter() - start
+  latencies = []
+  for query in queries[:single_queries]:
+    start = time.perf_counter()
+    searcher.search(query[None], k)
+    latencies.append((time.perf_counter() - start) * 1e3)
+  return dict(recall_at_k=recall_at_k(rows, true_rows), k=k, queries=len(queries),
+              p50_ms=float(np.percentile(latencies, 50)),
+              p99_ms=float(np.percentile(latencies, 99)),
+              batch_qps=len(queries) / batch_seconds)
+
+
+def choose_kind(count: int, cfg: SearchConfig) -> Tuple[str, str]:
+  """(kind, why) for a corpus of `count` vectors."""
+  if cfg.kind != "auto":
+    return cfg.kind, f"search.kind is {cfg.kind}"
+  if count < cfg.exact_below:
+    return EXACT, (f"{count} vectors < search.exact_below {cfg.exact_below}: exact "
+                   "search is fast enough and has recall 1")
+  return SCANN, (f"{count} vectors >= search.exact_below {cfg.exact_below}: ScaNN, "
+                 "the fewest partitions searched that reach search.min_recall")
+
+
+def build(vectors: np.ndarray, records: Records, cfg: SearchConfig,
+          queries: np.ndarray, **info) -> SearchIndex:
+  """The index `cfg` asks for over `vectors` (rows of `records`), tuned and
+  scored on held-out `queries` against exact search: its info holds the
+  kind, why, the parameters and the evaluation (recall@k, latency, QPS)."""
+  vectors, queries = unit(vectors), unit(queries)[:cfg.eval_queries]
+  if len(vectors) != len(records.ids):
+    raise ValueError(f"{len(vectors)} vectors but {len(records.ids)} records")
+  if not len(vectors):
+    raise ValueError("no vectors to index")
+  kind, reason = choose_kind(len(vectors), cfg)
+  k = min(cfg.k, len(vectors))
+  _, true_rows = _Exact(vectors).search(queries, k)
+  start = time.perf_counter()
+  params: Dict = {}
+  if kind == EXACT:
+    searcher: _Searcher = _Exact(vectors)
+  elif kind == SCANN:
+    target = cfg.num_leaves or int(round(math.sqrt(len(vectors))))
+    searcher, leaves = _Scann.build(vectors, target, cfg.reorder, k)
+    params = dict(num_leaves=leaves, reorder=cfg.reorder)
+    # The fewest partitions per query that reach the recall asked for.
+    for share in (0.02, 0.05, 0.1, 0.2, 0.4, 1.0):
+      searcher.leaves_to_search = max(1, int(round(leaves * share)))
+      _, rows = searcher.search(queries, k)
+      if recall_at_k(rows, true_rows) >= cfg.min_recall:
+        break
+    params["leaves_to_search"] = searcher.leaves_to_search
+  elif kind == FAISS_HNSW:
+    searcher = _FaissHnsw.build(vectors)
+    for ef in (32, 64, 128, 256, 512):
+      searcher.ef_search = ef
+      _, rows = searcher.search(queries, k)
+      if recall_at_k(rows, true_rows) >= cfg.min_recall:
+        break
+    params = dict(links=32, ef_construction=80, ef_search=searcher.ef_search)
+  else:
+    raise ValueError(f"Unknown index kind {kind!r}")
+  build_seconds = time.perf_counter() - start
+  evaluation = measure(searcher, queries, true_rows, k)
+  evaluation["build_seconds"] = build_seconds
+  evaluation["blessed"] = evaluation["recall_at_k"] >= cfg.min_recall
+  evaluation["min_recall"] = cfg.min_recall
+  return SearchIndex(searcher, records, dict(
+      kind=kind, reason=reason, dim=int(vectors.shape[1]), count=len(vectors),
+      params=params, evaluation=evaluation, **info))
+
+
+def describe(index: SearchIndex) -> str:
+  """One line: what was built, why, and how it scored."""
+  e = index.info["evaluation"]
+  return (f"{index.kind} index of {index.info['count']} x {index.info['dim']} "
+          f"({index.info['reason']}): recall@{e['k']} {e['recall_at_k']:.4f} on "
+          f"{e['queries']} held-out queries (min {e['min_recall']}), p50 "
+          f"{e['p50_ms']:.2f} ms, p99 {e['p99_ms']:.2f} ms, {e['batch_qps']:.0f} queries/s "
+          f"in a batch, built in {e['build_seconds']:.1f} s")

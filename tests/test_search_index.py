@@ -1,0 +1,108 @@
+"""The search index library: exact, ScaNN and faiss HNSW behind one
+interface, on real CIFAR-10 pixels (10,000 test images, 8x8x3 = 192-d)."""
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from models import search_index
+from models.cifar10 import read_batch_file
+from models.config import SearchConfig
+
+
+@pytest.fixture(scope="module")
+def pixels(cifar10_dir):
+  """([10,000, 192] vectors, [10,000] class names) of the real test images."""
+  from tests.conftest import cifar10_class_names
+  images, labels = read_batch_file(os.path.join(cifar10_dir, "test_batch"))
+  small = tf.image.resize(images.astype(np.float32) / 255.0, (8, 8), antialias=True)
+  vectors = small.numpy().reshape(len(images), -1)
+  vectors -= vectors.mean(0)
+  names = np.array(cifar10_class_names())[labels]
+  return vectors, names
+
+
+def _records(names):
+  return search_index.Records([f"test/{i}" for i in range(len(names))], names)
+
+
+@pytest.mark.parametrize("kind", ["exact", "scann", "faiss_hnsw"])
+def test_each_kind_reaches_the_recall_asked_for_and_survives_a_move(kind, pixels, tmp_path):
+  vectors, names = pixels
+  corpus, queries = vectors[:9000], vectors[9000:]
+  cfg = SearchConfig(kind=kind, min_recall=0.95, eval_queries=500)
+  index = search_index.build(corpus, _records(names[:9000]), cfg, queries, model_version=7)
+  e = index.info["evaluation"]
+  assert index.kind == kind and index.info["count"] == 9000 and index.info["dim"] == 192
+  assert e["recall_at_k"] >= 0.95 and e["blessed"] and e["k"] == 10
+  assert e["queries"] == 500 and 0 < e["p50_ms"] <= e["p99_ms"] and e["batch_qps"] > 0
+  assert index.info["model_version"] == 7 and kind in index.info["reason"]
+  # A corpus image queried finds itself first, at cosine 1.
+  hits = index.search(corpus[[5, 77]], k=3)
+  assert [h[0]["id"] for h in hits] == ["test/5", "test/77"]
+  assert all(h[0]["score"] >= 0.999 and h[0]["class_name"] == names[i]
+             for h, i in zip(hits, (5, 77)))
+  assert all(a["score"] >= b["score"] for h in hits for a, b in zip(h, h[1:]))
+  # Saved, moved (the Pusher copies it into a version folder) and loaded:
+  # the same answers.
+  index.save(str(tmp_path / "a"))
+  shutil.move(str(tmp_path / "a"), str(tmp_path / "b"))
+  loaded = search_index.load(str(tmp_path / "b"))
+  assert loaded.info == json.loads(json.dumps(index.info, default=float))
+  assert loaded.search(queries[:20], k=10) == index.search(queries[:20], k=10)
+
+
+def test_scores_are_exact_cosines_and_threshold_keeps_those_at_or_above(pixels):
+  vectors, names = pixels
+  index = search_index.build(vectors[:2000], _records(names[:2000]),
+                             SearchConfig(kind="scann", eval_queries=200), vectors[2000:2200])
+  query = vectors[2500]
+  hits = index.search(query[None], k=10)[0]
+  unit = search_index.unit(vectors[:2000])
+  expected = unit @ search_index.unit(query[None])[0]
+  for hit in hits:
+    np.testing.assert_allclose(hit["score"], expected[int(hit["id"].split("/")[1])],
+                               atol=1e-5)
+  cut = hits[4]["score"]
+  kept = index.search(query[None], k=10, threshold=cut)[0]
+  assert kept == [h for h in hits if h["score"] >= cut] and len(kept) >= 5
+  with pytest.raises(ValueError, match="k must be at least 1, got 0"):
+    index.search(query[None], k=0)
+  with pytest.raises(ValueError, match="queries have 3 dimensions, the index 192"):
+    index.search(np.ones((1, 3)), k=1)
+
+
+def test_auto_stays_exact_for_a_small_corpus_and_says_why(pixels):
+  vectors, names = pixels
+  cfg = SearchConfig(exact_below=5000, eval_queries=100)
+  small = search_index.build(vectors[:4000], _records(names[:4000]), cfg, vectors[9000:])
+  assert small.kind == "exact" and small.info["evaluation"]["recall_at_k"] == 1.0
+  assert "4000 vectors < search.exact_below 5000" in small.info["reason"]
+  large = search_index.build(vectors[:6000], _records(names[:6000]), cfg, vectors[9000:])
+  assert large.kind == "scann" and "6000 vectors >= search.exact_below 5000" in \
+      large.info["reason"]
+  assert "recall@10" in search_index.describe(large)
+
+
+def test_a_missing_partial_or_corrupt_index_is_named(pixels, tmp_path):
+  vectors, names = pixels
+  index = search_index.build(vectors[:3000], _records(names[:3000]),
+                             SearchConfig(kind="scann", eval_queries=50), vectors[9000:])
+  folder = str(tmp_path / "index")
+  index.save(folder)
+  with pytest.raises(FileExistsError, match="an index is written once"):
+    index.save(folder)
+  assert sorted(os.listdir(tmp_path)) == ["index"]          # no temporary folder left
+  with pytest.raises(search_index.BadIndex, match=r"absent: not a readable search index"):
+    search_index.load(str(tmp_path / "absent"))
+  with open(os.path.join(folder, "scann", "serialized_partitioner.pb"), "wb") as f:
+    f.write(b"not a partitioner")
+  with pytest.raises(search_index.BadIndex, match=r"index: not a readable search index"):
+    search_index.load(folder)
+  os.remove(os.path.join(folder, "records.npz"))
+  with pytest.raises(search_index.BadIndex, match=r"records\.npz"):
+    search_index.load(folder)
