@@ -19,7 +19,7 @@ setup(
         "dill",            # tfx-bsl 1.16 imports it; apache-beam 2.74 no longer brings it
         "pillow",
         "aiohttp",         # the embedding server (serving/)
-        "scikit-learn",    # exact cosine nearest neighbours (serving/embeddings.py)
+        "scikit-learn",    # t-SNE (pipeline/figures.py), logistic regression (benchmarks)
         "scann==1.3.2",    # the search index (models/search_index.py): the build for TF 2.16
         "faiss-cpu",       # the alternative index kind, measured beside ScaNN
         "tqdm",            # batch embedding progress bar

@@ -50,6 +50,9 @@ MAE_WEIGHTS_PREFIX = os.path.join("weights", "mae")
 SUMMARY_FILE = "train_summary.json"           # each Trainer's, in its ModelRun dir
 RECONSTRUCTIONS_FILE = "reconstructions.png"
 CLASS_NAMES_FILE = "class_names.txt"          # one name a line, line i = id i (an asset)
+# A pushed version's nearest-neighbour index over its corpus
+# (models/search_index.py): beside the SavedModel, where TF Serving ignores it.
+SEARCH_INDEX_DIR = os.path.join("assets.extra", "search_index")
 # ---- an Examples artifact: its split folders, files and MLMD properties -----
 SPLIT_PREFIX = "Split-"                       # <artifact>/Split-<name>/ (TFX's layout)
 BAD_IMAGES_FILE = "bad_images.txt"            # skipped files (--skip-bad-images)

@@ -265,6 +265,17 @@ def load(folder: str) -> SearchIndex:
   return SearchIndex(searcher, records, info)
 
 
+def exact_index(vectors: np.ndarray, records: Records, **info) -> SearchIndex:
+  """Exact search over `vectors`, unevaluated (recall 1 by construction):
+  for an ad-hoc corpus."""
+  vectors = unit(vectors)
+  if len(vectors) != len(records.ids):
+    raise ValueError(f"{len(vectors)} vectors but {len(records.ids)} records")
+  return SearchIndex(_Exact(vectors), records, dict(
+      kind=EXACT, reason="an ad-hoc corpus: exact search", dim=int(vectors.shape[1]),
+      count=len(vectors), params={}, **info))
+
+
 def exact_neighbours(vectors: np.ndarray, queries: np.ndarray,
                      k: int) -> Tuple[np.ndarray, np.ndarray]:
   """(scores, rows) of exact cosine search: the reference recall is against."""
@@ -294,6 +305,17 @@ def measure(searcher: _Searcher, queries: np.ndarray, true_rows: np.ndarray,
               p50_ms=float(np.percentile(latencies, 50)),
               p99_ms=float(np.percentile(latencies, 99)),
               batch_qps=len(queries) / batch_seconds)
+
+
+def _tune(searcher: _Searcher, knob: str, values: List[int], queries: np.ndarray,
+          true_rows: np.ndarray, k: int, min_recall: float) -> None:
+  """Sets the searcher's `knob` to the first of `values` (cheapest first)
+  whose recall@k on `queries` reaches `min_recall`, else to the last."""
+  for value in values:
+    setattr(searcher, knob, value)
+    _, rows = searcher.search(queries, k)
+    if recall_at_k(rows, true_rows) >= min_recall:
+      return
 
 
 def choose_kind(count: int, cfg: SearchConfig) -> Tuple[str, str]:
@@ -327,21 +349,16 @@ def build(vectors: np.ndarray, records: Records, cfg: SearchConfig,
   elif kind == SCANN:
     target = cfg.num_leaves or int(round(math.sqrt(len(vectors))))
     searcher, leaves = _Scann.build(vectors, target, cfg.reorder, k)
-    params = dict(num_leaves=leaves, reorder=cfg.reorder)
     # The fewest partitions per query that reach the recall asked for.
-    for share in (0.02, 0.05, 0.1, 0.2, 0.4, 1.0):
-      searcher.leaves_to_search = max(1, int(round(leaves * share)))
-      _, rows = searcher.search(queries, k)
-      if recall_at_k(rows, true_rows) >= cfg.min_recall:
-        break
-    params["leaves_to_search"] = searcher.leaves_to_search
+    _tune(searcher, "leaves_to_search",
+          [max(1, int(round(leaves * share))) for share in (0.02, 0.05, 0.1, 0.2, 0.4, 1.0)],
+          queries, true_rows, k, cfg.min_recall)
+    params = dict(num_leaves=leaves, reorder=cfg.reorder,
+                  leaves_to_search=searcher.leaves_to_search)
   elif kind == FAISS_HNSW:
     searcher = _FaissHnsw.build(vectors)
-    for ef in (32, 64, 128, 256, 512):
-      searcher.ef_search = ef
-      _, rows = searcher.search(queries, k)
-      if recall_at_k(rows, true_rows) >= cfg.min_recall:
-        break
+    _tune(searcher, "ef_search", [32, 64, 128, 256, 512], queries, true_rows, k,
+          cfg.min_recall)
     params = dict(links=32, ef_construction=80, ef_search=searcher.ef_search)
   else:
     raise ValueError(f"Unknown index kind {kind!r}")

@@ -7,19 +7,20 @@ pipeline examples), `labels` [N] (class names; "" when unknown) and `meta`
 a query must be embedded by the same model as the file, so the search CLI and
 the server's `:neighbors` endpoint use the version recorded here.
 
-Search is exact cosine k-NN with scikit-learn's `NearestNeighbors` (brute
-force, BLAS matrix products): see docs/serving.md "Similarity search" for why.
+`EmbeddingsFile.index` searches it exactly (`models.search_index`), as an
+ad-hoc corpus; a pushed version may carry its own index instead
+(`names.SEARCH_INDEX_DIR`, served by `:neighbors` without `--index`).
 """
 
 import dataclasses
 import io
 import json
 import os
-from typing import Dict, List
+from typing import Dict
 
 import numpy as np
-from sklearn.neighbors import NearestNeighbors
 
+from models import search_index
 from models.files import write_atomically
 
 
@@ -49,6 +50,12 @@ class EmbeddingsFile:
              meta=np.array(json.dumps(self.meta, sort_keys=True)))
     write_atomically(path, buf.getvalue())
 
+  def index(self) -> search_index.SearchIndex:
+    """Exact cosine search over the file's embeddings."""
+    return search_index.exact_index(
+        self.embeddings, search_index.Records(self.ids, self.labels),
+        model_version=self.model_version)
+
   @classmethod
   def load(cls, path: str) -> "EmbeddingsFile":
     try:
@@ -57,22 +64,3 @@ class EmbeddingsFile:
     except (KeyError, ValueError, OSError) as e:
       raise ValueError(f"{path} is not an embeddings file written by "
                        f"`python -m serving.embed`: {e}") from e
-
-
-class NeighbourIndex:
-  """Exact cosine nearest neighbours of query embeddings in a file."""
-
-  def __init__(self, table: EmbeddingsFile):
-    self.table = table
-    self._nn = NearestNeighbors(metric="cosine", algorithm="brute").fit(table.embeddings)
-
-  def query(self, queries: np.ndarray, k: int) -> List[List[Dict]]:
-    """For each query [Q, D]: its k nearest entries, nearest first, as
-    {id, label, distance} (cosine distance = 1 - cosine similarity)."""
-    if k < 1:
-      raise ValueError(f"k must be at least 1, got {k}")
-    k = min(k, len(self.table.ids))
-    distances, indices = self._nn.kneighbors(np.asarray(queries, np.float32), k)
-    return [[{"id": str(self.table.ids[i]), "label": str(self.table.labels[i]),
-              "distance": float(d)} for d, i in zip(row_d, row_i)]
-            for row_d, row_i in zip(distances, indices)]

@@ -19,7 +19,8 @@ from typing import Callable, Dict, List, Optional, Tuple
 import numpy as np
 import tensorflow as tf
 
-from models.names import SERVING_DEFAULT, pushed_versions
+from models import search_index
+from models.names import SEARCH_INDEX_DIR, SERVING_DEFAULT, pushed_versions
 
 log = logging.getLogger("serving.model_store")
 
@@ -54,10 +55,16 @@ class Signature:
 
 
 class LoadedModel:
-  """One SavedModel version and its string-input signatures."""
+  """One SavedModel version, its string-input signatures, and the search
+  index pushed with it (None when it has none). A version whose index is
+  there but cannot be loaded fails to load as a whole: model and index are
+  served together or not at all."""
 
   def __init__(self, version: int, path: str):
     self.version, self.path = version, path
+    index_dir = os.path.join(path, SEARCH_INDEX_DIR)
+    self.index: Optional[search_index.SearchIndex] = (
+        search_index.load(index_dir) if tf.io.gfile.exists(index_dir) else None)
     self._saved_model = tf.saved_model.load(path)
     self.signatures: Dict[str, Signature] = {}
     for name, function in self._saved_model.signatures.items():

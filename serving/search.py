@@ -5,6 +5,7 @@
 
 Queries are embedded by the model version that wrote the file (recorded in
 it), under --model-dir; a query that is not an image is named in the error.
+Each hit: rank, score (cosine similarity), class name, id.
 """
 
 import argparse
@@ -16,7 +17,7 @@ from typing import Dict, List
 import tensorflow as tf
 
 from models.names import SERVING_DEFAULT, serving_model_dir
-from serving.embeddings import EmbeddingsFile, NeighbourIndex
+from serving.embeddings import EmbeddingsFile
 from serving.model_store import LoadedModel
 
 
@@ -45,7 +46,7 @@ def search(table: EmbeddingsFile, model: LoadedModel, images: Dict[str, bytes],
   if errors:
     raise ValueError("; ".join(f"{query_names[i]}: not a decodable image ({message})"
                                for i, message in sorted(errors.items())))
-  return dict(zip(query_names, NeighbourIndex(table).query(outputs[output], k)))
+  return dict(zip(query_names, table.index().search(outputs[output], k)))
 
 
 def main(argv=None) -> Dict[str, List[Dict]]:
@@ -70,7 +71,7 @@ def main(argv=None) -> Dict[str, List[Dict]]:
     for name, hits in results.items():
       print(name)
       for rank, hit in enumerate(hits, 1):
-        print(f"  {rank:3d}. {hit['distance']:.4f}  {hit['label']:12s} {hit['id']}")
+        print(f"  {rank:3d}. {hit['score']:.4f}  {hit['class_name']:12s} {hit['id']}")
   return results
 
 

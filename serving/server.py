@@ -7,7 +7,8 @@
   GET  /v1/models/<name>[/versions/<v>]/metadata   signatures, inputs, outputs
   POST /v1/models/<name>[/versions/<v>]:predict    {"instances": [{"b64": ...}],
                                                     "signature_name": optional}
-  POST /v1/models/<name>:neighbors                 {"instances": [{"b64": ...}], "k": 10}
+  POST /v1/models/<name>[/versions/<v>]:neighbors  {"instances": [{"b64": ...}], "k": 10,
+                                                    "threshold": optional cosine}
   GET  /monitoring/prometheus/metrics              request and batching counters
 
 Serves the newest version under --model-dir and loads a newly pushed one
@@ -45,9 +46,10 @@ import numpy as np
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from models.names import SERVING_DEFAULT
+from models import search_index
+from models.names import SEARCH_INDEX_DIR, SERVING_DEFAULT
 from serving.batcher import BadInstance, Batcher, Overloaded
-from serving.embeddings import EmbeddingsFile, NeighbourIndex
+from serving.embeddings import EmbeddingsFile
 from serving.model_store import ModelStore, NotFound
 
 log = logging.getLogger("serving")
@@ -194,27 +196,47 @@ def _format_outputs(outputs: Dict[str, np.ndarray], columnar: bool) -> Dict:
 
 
 async def neighbors(request: web.Request) -> web.Response:
+  """The k nearest corpus images of each query image (at or above an
+  optional cosine `threshold`): from the served version's own search index,
+  or from the --index file, with queries embedded by the model version that
+  made the corpus. Model and index of a version are loaded together, so a
+  hot reload never pairs one version's queries with another's corpus."""
   store = _check_name(request)
-  index: Optional[NeighbourIndex] = request.app[INDEX]
-  if index is None:
-    raise NotFound("no embeddings file is loaded: start the server with "
-                   "--index FILE (written by `python -m serving.embed`)")
   body = await read_json_object(request)
   k = body.get("k", 10)
   if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= MAX_NEIGHBOURS:
     raise BadRequest(f"'k' must be an integer in [1, {MAX_NEIGHBOURS}], got {_short(k)}")
-  # Queries are embedded by the model version that embedded the file.
-  try:
-    model = store.get(index.table.model_version)
-  except NotFound as e:
-    raise NotFound(f"the embeddings file was made by version "
-                   f"{index.table.model_version}, which cannot be served: {e}") from None
+  threshold = body.get("threshold")
+  if threshold is not None and (isinstance(threshold, bool) or
+                                not isinstance(threshold, (int, float)) or
+                                not -1.0 <= threshold <= 1.0):
+    raise BadRequest("'threshold' must be a number in [-1, 1] (a cosine similarity), "
+                     f"got {_short(threshold)}")
+  index: Optional[search_index.SearchIndex] = request.app[INDEX]
+  if index is not None:
+    made_by = index.info["model_version"]
+    if _version(request) not in (None, made_by):
+      raise NotFound(f"the --index file was made by version {made_by}, not "
+                     f"{_version(request)}")
+    try:
+      model = store.get(made_by)
+    except NotFound as e:
+      raise NotFound(f"the --index file was made by version {made_by}, which cannot be "
+                     f"served: {e}") from None
+  else:
+    model = store.get(_version(request))
+    index = model.index
+    if index is None:
+      raise NotFound(f"version {model.version} of model {store.name!r} has no search "
+                     f"index ({SEARCH_INDEX_DIR} in its folder); start the server with "
+                     "--index FILE to search an embeddings file instead")
   signature = model.signature(SERVING_DEFAULT)
   values = decode_instances(body, signature.input_name)
   outputs = await request.app[BATCHER].run(model, SERVING_DEFAULT, values)
-  return web.json_response({
-      "model_version": str(model.version),
-      "neighbors": index.query(outputs[signature.output_names[0]], k)})
+  hits = await asyncio.get_running_loop().run_in_executor(
+      None, index.search, outputs[signature.output_names[0]], k, threshold)
+  return web.json_response({"model_version": str(model.version), "neighbors": hits},
+                           headers={"X-Model-Version": str(model.version)})
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -274,7 +296,7 @@ def _http_error_message(request: web.Request, e: web.HTTPException) -> str:
 
 
 def create_app(store: ModelStore, batcher: Batcher,
-               index: Optional[NeighbourIndex] = None,
+               index: Optional[search_index.SearchIndex] = None,
                max_body_bytes: int = 8 << 20) -> web.Application:
   app = web.Application(middlewares=[json_errors], client_max_size=max_body_bytes)
   app[STORE], app[BATCHER], app[INDEX] = store, batcher, index
@@ -286,7 +308,7 @@ def create_app(store: ModelStore, batcher: Batcher,
     app.router.add_get(prefix, model_status)
     app.router.add_get(prefix + "/metadata", model_metadata)
     app.router.add_post(prefix + ":predict", predict)
-  app.router.add_post(model + ":neighbors", neighbors)
+    app.router.add_post(prefix + ":neighbors", neighbors)
   return app
 
 
@@ -310,7 +332,8 @@ def parse_args(argv):
                  help="most instances waiting for the model (about 1 s of work on 2 "
                       "cores); past it requests get 503 + Retry-After (load shedding)")
   p.add_argument("--index", default=None,
-                 help="embeddings file for POST :neighbors (python -m serving.embed)")
+                 help="an embeddings file (python -m serving.embed) for POST :neighbors, "
+                      "instead of each version's own search index")
   p.add_argument("--drain-seconds", type=float, default=20.0,
                  help="on SIGTERM/SIGINT, how long requests in flight may take to finish")
   p.add_argument("--access-log", action="store_true")
@@ -333,7 +356,7 @@ async def serve(args) -> None:
             if failed else "no numeric version folder with a saved_model.pb (push a model "
             "first: `make pipeline`)"))
   store.start_polling(args.poll_seconds)
-  index = NeighbourIndex(EmbeddingsFile.load(args.index)) if args.index else None
+  index = EmbeddingsFile.load(args.index).index() if args.index else None
   batcher = Batcher(max_batch=args.max_batch, max_queued=args.max_queued)
   app = create_app(store, batcher, index, int(args.max_body_mb * (1 << 20)))
   runner = web.AppRunner(app, access_log=log if args.access_log else None,

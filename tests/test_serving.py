@@ -117,7 +117,7 @@ def test_search_cli_finds_the_query_itself_first(model_base, image_folder, index
                          "-k", "3", query])
   hits = results[query]
   assert len(hits) == 3 and hits[0]["id"] == table.ids[5]
-  assert hits[0]["distance"] < 1e-5 and hits[0]["distance"] <= hits[1]["distance"]
+  assert hits[0]["score"] >= 0.999 and hits[0]["score"] >= hits[1]["score"]
 
 
 # ---- the server ------------------------------------------------------------
@@ -259,8 +259,9 @@ def test_neighbors_endpoint_matches_the_search_cli(server, model_base, image_fol
                      *queries])
   for query, hits in zip(queries, body["neighbors"]):
     assert [h["id"] for h in hits] == [h["id"] for h in cli[query]]
-    np.testing.assert_allclose([h["distance"] for h in hits],
-                               [h["distance"] for h in cli[query]], atol=1e-5)
+    np.testing.assert_allclose([h["score"] for h in hits],
+                               [h["score"] for h in cli[query]], atol=1e-5)
+    assert all(h["class_name"] == h["id"].split("/")[0] for h in hits)
 
 
 def test_a_newly_pushed_version_is_served_without_restart(server, model_base, smoke_run,

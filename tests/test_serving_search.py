@@ -1,0 +1,157 @@
+"""`:neighbors` from a pushed version's own search index (no --index): the
+queries are embedded by that version and searched in its index; a hot
+reload swaps model and index together; a version without an index, or with
+a corrupt one, is answered or skipped with a clear error."""
+
+import base64
+import os
+import shutil
+import time
+
+import pytest
+import requests
+
+from models import search_index
+from models.config import SearchConfig
+from models.names import SEARCH_INDEX_DIR, SERVING_DEFAULT
+from pipeline.runs import pipeline_inputs
+from serving.launch import ServerProcess
+from serving.model_store import LoadedModel, versions_on_disk
+from tests.conftest import cifar10_class_names, export_random_classifier, png_bytes
+
+NAME = "mae-tfx"
+
+
+def _b64(data: bytes):
+  return {"b64": base64.b64encode(data).decode()}
+
+
+@pytest.fixture(scope="module")
+def corpus(cifar10_sample):
+  """60 real train images: (PNG bytes, ids, class names)."""
+  (images, labels), _ = cifar10_sample
+  names = cifar10_class_names()
+  return ([png_bytes(i) for i in images[:60]], [f"train/{i}" for i in range(60)],
+          [names[int(label)] for label in labels[:60]])
+
+
+def add_index(version_dir: str, corpus, id_prefix: str = "") -> None:
+  """Embeds the corpus with the version's own model and saves its index
+  into the version folder, as the pipeline pushes it."""
+  files, ids, class_names = corpus
+  model = LoadedModel(0, version_dir)
+  vectors = model.run(SERVING_DEFAULT, files)["embedding"]
+  index = search_index.build(
+      vectors, search_index.Records([id_prefix + i for i in ids], class_names),
+      SearchConfig(kind="exact", eval_queries=10), vectors[:10])
+  index.save(os.path.join(version_dir, SEARCH_INDEX_DIR))
+
+
+def wait_for(server, version: int, state: str):
+  deadline = time.monotonic() + 60
+  while time.monotonic() < deadline:
+    status = requests.get(f"{server.url}/v1/models/{NAME}", timeout=10).json()
+    rows = {r["version"]: r for r in status["model_version_status"]}
+    if rows.get(str(version), {}).get("state") == state:
+      return rows[str(version)]
+    time.sleep(0.2)
+  pytest.fail(f"version {version} not {state} after 60 s: {status}")
+
+
+@pytest.fixture(scope="module")
+def indexed(model_base, corpus, tmp_path_factory):
+  """A copy of the pushed versions whose newest carries its index, a copy
+  of it one version older without one, and a server on them (no --index)."""
+  base = str(tmp_path_factory.mktemp("indexed") / NAME)
+  shutil.copytree(model_base, base)
+  newest = versions_on_disk(base)[-1]
+  shutil.copytree(os.path.join(base, str(newest)), os.path.join(base, str(newest - 1)))
+  add_index(os.path.join(base, str(newest)), corpus)
+  with ServerProcess(["--model-dir", base, "--poll-seconds", "0.3"]) as server:
+    yield base, newest, server
+  assert "Traceback" not in server.stderr, server.stderr
+
+
+def neighbors(server, files, path=f"/v1/models/{NAME}", **body):
+  return requests.post(f"{server.url}{path}:neighbors",
+                       json={"instances": [_b64(f) for f in files], **body}, timeout=60)
+
+
+def test_a_corpus_image_finds_itself_first_in_the_versions_own_index(indexed, corpus):
+  _, newest, server = indexed
+  files, ids, class_names = corpus
+  r = neighbors(server, [files[3], files[41]], k=5)
+  assert r.status_code == 200, r.text
+  body = r.json()
+  assert body["model_version"] == str(newest) == r.headers["X-Model-Version"]
+  for hits, i in zip(body["neighbors"], (3, 41)):
+    assert len(hits) == 5 and set(hits[0]) == {"id", "class_name", "score"}
+    assert hits[0]["id"] == ids[i] and hits[0]["class_name"] == class_names[i]
+    assert hits[0]["score"] >= 0.999
+    assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
+  # A threshold keeps only the neighbours at or above it (the same query
+  # alone both times: a batch of one embeds it to the same last bit).
+  alone = neighbors(server, [files[3]], k=5).json()["neighbors"][0]
+  cut = alone[2]["score"]
+  kept = neighbors(server, [files[3]], k=5, threshold=cut).json()["neighbors"][0]
+  assert kept == [h for h in alone if h["score"] >= cut] and len(kept) >= 3
+  # The version named in the URL answers from its own index.
+  r = neighbors(server, [files[3]], path=f"/v1/models/{NAME}/versions/{newest}", k=1)
+  assert r.json()["neighbors"][0][0]["id"] == ids[3]
+
+
+@pytest.mark.parametrize("body, message", [
+    ({"k": 0}, "'k' must be an integer in [1, 1000], got 0"),
+    ({"k": "3"}, "'k' must be an integer in [1, 1000], got \"3\""),
+    ({"threshold": 1.5}, "'threshold' must be a number in [-1, 1] (a cosine similarity), "
+                         "got 1.5"),
+    ({"threshold": "high"}, "'threshold' must be a number in [-1, 1]"),
+    ({"threshold": True}, "'threshold' must be a number in [-1, 1]"),
+])
+def test_bad_k_or_threshold_is_a_400_naming_it(indexed, corpus, body, message):
+  _, _, server = indexed
+  r = neighbors(server, corpus[0][:1], **body)
+  assert r.status_code == 400 and message in r.json()["error"], r.text
+
+
+def test_a_version_without_an_index_says_so(indexed, corpus):
+  _, newest, server = indexed
+  r = neighbors(server, corpus[0][:1], path=f"/v1/models/{NAME}/versions/{newest - 1}")
+  assert r.status_code == 404
+  assert r.json()["error"] == (
+      f"version {newest - 1} of model '{NAME}' has no search index ({SEARCH_INDEX_DIR} in "
+      "its folder); start the server with --index FILE to search an embeddings file "
+      "instead")
+
+
+def test_a_hot_reload_swaps_model_and_index_together_and_a_corrupt_index_is_skipped(
+    indexed, corpus, smoke_run, tmp_path):
+  import tensorflow_transform as tft
+  base, newest, server = indexed
+  files, ids, _ = corpus
+  # A new model, its index built by it, pushed through a staging folder.
+  staging = tmp_path / "staging"
+  _, transform_graph = pipeline_inputs(smoke_run.metadata_path)
+  export_random_classifier(tft.TFTransformOutput(transform_graph), staging, seed=11)
+  add_index(str(staging), corpus, id_prefix="new/")
+  os.rename(staging, os.path.join(base, str(newest + 1)))
+  wait_for(server, newest + 1, "AVAILABLE")
+  r = neighbors(server, [files[7]], k=3)
+  body = r.json()
+  assert body["model_version"] == str(newest + 1)
+  assert body["neighbors"][0][0]["id"] == "new/" + ids[7]
+  assert body["neighbors"][0][0]["score"] >= 0.999         # same model on both sides
+  r = neighbors(server, [files[7]], path=f"/v1/models/{NAME}/versions/{newest}", k=1)
+  assert r.json()["neighbors"][0][0]["id"] == ids[7]      # the old pair, still together
+  # A version whose index is cut short is skipped, naming why; the last good
+  # version keeps answering.
+  broken = os.path.join(base, str(newest + 2))
+  shutil.copytree(os.path.join(base, str(newest + 1)), tmp_path / "broken")
+  vectors = tmp_path / "broken" / SEARCH_INDEX_DIR / "vectors.npy"
+  vectors.write_bytes(vectors.read_bytes()[:100])
+  os.rename(tmp_path / "broken", broken)
+  row = wait_for(server, newest + 2, "END")
+  assert "not a readable search index" in row["status"]["error_message"]
+  assert SEARCH_INDEX_DIR in row["status"]["error_message"]
+  r = neighbors(server, [files[7]], k=1)
+  assert r.status_code == 200 and r.json()["model_version"] == str(newest + 1)
