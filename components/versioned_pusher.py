@@ -6,9 +6,11 @@ done, pointing at someone else's model. This executor takes the next free
 version number instead (`max(now, newest + 1)`), copies into a hidden
 staging directory and renames it into place, so a model server polling
 `<base>/<version>/` (TF Serving layout) never sees a half-copied model.
-A model identical to the newest version (same SavedModel fingerprint) is
-not pushed again. A staging directory a killed push left behind is removed
-by the next push.
+The search index (SearchIndexer's) goes into the same staging folder, at
+names.SEARCH_INDEX_DIR, so model and index land together; an index that was
+not blessed stops the push. A model identical to the newest version (same
+SavedModel fingerprint and index records) is not pushed again. A staging
+directory a killed push left behind is removed by the next push.
 """
 
 import os
@@ -18,14 +20,17 @@ from typing import Any, Dict, List, Optional
 from absl import logging
 from tfx import types
 from tfx.components.pusher import executor as pusher_executor
-from tfx.dsl.components.base import executor_spec
+from tfx.dsl.components.base import base_component, executor_spec
 from tfx.dsl.io import fileio
 from tfx.proto import pusher_pb2
-from tfx.types import artifact_utils, standard_component_specs
+from tfx.types import artifact_utils, standard_artifacts, standard_component_specs
+from tfx.types import channel as tfx_channel
+from tfx.types.component_spec import ChannelParameter
 from tfx.utils import io_utils, proto_utils
-from tfx.v1.components import Pusher
 
-from models.names import pushed_versions
+from components import search_index_gen
+from models import search_index
+from models.names import SEARCH_INDEX_DIR, pushed_versions
 
 
 def _fingerprint(saved_model_dir: str) -> Optional[bytes]:
@@ -78,30 +83,50 @@ def remove_stale_staging(base_directory: str) -> List[str]:
   return removed
 
 
-def push_to_filesystem(model_path: str, base_directory: str) -> str:
-  """Copies `model_path` to `<base>/<new version>` atomically; returns it.
+def _index_records(version_dir: str) -> Optional[bytes]:
+  """The records of the search index in a model folder, if it has one."""
+  path = os.path.join(version_dir, SEARCH_INDEX_DIR, search_index.RECORDS)
+  if not fileio.exists(path):
+    return None
+  with fileio.open(path, "rb") as f:
+    return f.read()
 
-  When the newest version already is this very model (same SavedModel
-  fingerprint, e.g. a re-run whose Evaluator re-blessed the same model
-  against itself), nothing is copied and that version is returned.
+
+def push_to_filesystem(model_path: str, base_directory: str,
+                       index_path: Optional[str] = None) -> str:
+  """Copies `model_path`, with the search index at `index_path` inside it
+  (names.SEARCH_INDEX_DIR), to `<base>/<new version>` atomically: model and
+  index appear together or not at all. Returns the version.
+
+  When the newest version already is this very model with the same corpus
+  (same SavedModel fingerprint and index records, e.g. a re-run whose
+  Evaluator re-blessed the same model against itself), nothing is copied
+  and that version is returned.
   """
   fileio.makedirs(base_directory)
   remove_stale_staging(base_directory)
   newest = newest_version(base_directory)
   fingerprint = _fingerprint(model_path)
+  records = None
+  if index_path:
+    with fileio.open(os.path.join(index_path, search_index.RECORDS), "rb") as f:
+      records = f.read()
   if (newest and fingerprint is not None and
-      _fingerprint(os.path.join(base_directory, newest)) == fingerprint):
+      _fingerprint(os.path.join(base_directory, newest)) == fingerprint and
+      _index_records(os.path.join(base_directory, newest)) == records):
     logging.info("Model %s is already served as version %s", model_path, newest)
     return newest
   version = str(next_version(base_directory, int(time.time())))
   staging = os.path.join(base_directory, f"{STAGING_PREFIX}{version}-{os.getpid()}")
   io_utils.copy_dir(model_path, staging)
+  if index_path:
+    io_utils.copy_dir(index_path, os.path.join(staging, SEARCH_INDEX_DIR))
   fileio.rename(staging, os.path.join(base_directory, version), overwrite=False)
   return version
 
 
 class Executor(pusher_executor.Executor):
-  """Filesystem push with fresh, atomic versions."""
+  """Filesystem push with fresh, atomic versions, the search index inside."""
 
   def Do(self, input_dict: Dict[str, List[types.Artifact]],
          output_dict: Dict[str, List[types.Artifact]],
@@ -112,6 +137,18 @@ class Executor(pusher_executor.Executor):
     if not self.CheckBlessing(input_dict):
       self._MarkNotPushed(model_push)
       return
+    index_path = None
+    if input_dict.get(SEARCH_INDEX_KEY):
+      index = artifact_utils.get_single_instance(input_dict[SEARCH_INDEX_KEY])
+      if not search_index_gen.is_blessed(index):
+        logging.warning("The search index was not blessed (%s): nothing pushed",
+                        index.get_string_custom_property("reason"))
+        model_push.set_string_custom_property(
+            NOT_PUSHED_REASON, "the search index was not blessed: "
+            + index.get_string_custom_property("summary"))
+        self._MarkNotPushed(model_push)
+        return
+      index_path = os.path.join(index.uri, search_index_gen.INDEX_FOLDER)
     destination = pusher_pb2.PushDestination()
     proto_utils.json_to_proto(
         exec_properties[standard_component_specs.PUSH_DESTINATION_KEY],
@@ -121,18 +158,36 @@ class Executor(pusher_executor.Executor):
                        f"only, got {destination.WhichOneof('destination')}")
     model_path = self.GetModelPath(input_dict)
     base = destination.filesystem.base_directory
-    version = push_to_filesystem(model_path, base)
+    version = push_to_filesystem(model_path, base, index_path)
     io_utils.copy_dir(model_path, model_push.uri)
     self._MarkPushed(model_push, pushed_destination=os.path.join(base, version),
                      pushed_version=version)
     logging.info("Model pushed to %s", os.path.join(base, version))
 
 
-def VersionedPusher(model, model_blessing, base_directory: str) -> Pusher:  # pylint: disable=invalid-name
-  """A Pusher component using `Executor`."""
-  return Pusher(
-      model=model, model_blessing=model_blessing,
+SEARCH_INDEX_KEY = "search_index"
+NOT_PUSHED_REASON = "not_pushed_reason"
+
+
+class VersionedPusherSpec(standard_component_specs.PusherSpec):
+  INPUTS = {**standard_component_specs.PusherSpec.INPUTS,
+            SEARCH_INDEX_KEY: ChannelParameter(type=search_index_gen.SearchIndex,
+                                               optional=True)}
+
+
+class VersionedPusherComponent(base_component.BaseComponent):
+  SPEC_CLASS = VersionedPusherSpec
+  EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(Executor)
+
+
+def VersionedPusher(model, model_blessing, base_directory: str,  # pylint: disable=invalid-name
+                    search_index=None) -> VersionedPusherComponent:
+  """The pipeline's Pusher (node id "Pusher"): the model, and its search
+  index when given, to a new version under `base_directory`."""
+  return VersionedPusherComponent(spec=VersionedPusherSpec(
+      model=model, model_blessing=model_blessing, search_index=search_index,
       push_destination=pusher_pb2.PushDestination(
           filesystem=pusher_pb2.PushDestination.Filesystem(
               base_directory=base_directory)),
-      custom_executor_spec=executor_spec.ExecutorClassSpec(Executor))
+      pushed_model=tfx_channel.Channel(type=standard_artifacts.PushedModel))
+  ).with_id("Pusher")

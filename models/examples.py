@@ -11,7 +11,7 @@ from typing import List, NamedTuple, Optional
 import numpy as np
 import tensorflow as tf
 
-from models.names import CLASS_NAME_KEY, IMAGE_KEY, LABEL_KEY
+from models.names import CLASS_NAME_KEY, EMBEDDING_KEY, ID_KEY, IMAGE_KEY, LABEL_KEY
 
 COMPRESSION = "GZIP"
 # What counts as a TFRecord file of a data source (GZIP when it ends in .gz).
@@ -55,6 +55,34 @@ def serialized_examples(file_patterns: List[str],
   """The serialized tf.Examples of the files, in file order."""
   ds = tf.data.TFRecordDataset(example_files(file_patterns), compression_type=COMPRESSION)
   return ds.take(limit) if limit else ds
+
+
+def embedding_example(image_id: str, class_name: str, vector: np.ndarray) -> tf.train.Example:
+  """One record of a corpus's embeddings: {id, class_name ("" unknown), embedding}."""
+  return tf.train.Example(features=tf.train.Features(feature={
+      ID_KEY: tf.train.Feature(bytes_list=tf.train.BytesList(value=[image_id.encode()])),
+      CLASS_NAME_KEY: tf.train.Feature(
+          bytes_list=tf.train.BytesList(value=[class_name.encode("utf-8")])),
+      EMBEDDING_KEY: tf.train.Feature(
+          float_list=tf.train.FloatList(value=np.asarray(vector, np.float32).ravel()))}))
+
+
+class EmbeddingRecords(NamedTuple):
+  ids: List[str]
+  class_names: List[str]
+  vectors: np.ndarray            # [N, D] float32
+
+
+def read_embeddings(file_patterns: List[str]) -> EmbeddingRecords:
+  """The `embedding_example` records of the files, in file order."""
+  ids, class_names, vectors = [], [], []
+  for record in serialized_examples(file_patterns):
+    feature = tf.train.Example.FromString(record.numpy()).features.feature
+    ids.append(feature[ID_KEY].bytes_list.value[0].decode())
+    class_names.append(feature[CLASS_NAME_KEY].bytes_list.value[0].decode("utf-8"))
+    vectors.append(np.asarray(feature[EMBEDDING_KEY].float_list.value, np.float32))
+  return EmbeddingRecords(ids, class_names,
+                          np.stack(vectors) if vectors else np.zeros([0, 0], np.float32))
 
 
 class ExampleRecords(NamedTuple):

@@ -19,6 +19,7 @@ CLASS_NAME_KEY = "class_name"   # domain in the schema (the name <-> id mapping)
 # Splits of the Examples: the probe and the Evaluator use train and test; the
 # MAE also pretrains on the unlabeled split when there is one.
 TRAIN_SPLIT, TEST_SPLIT, UNLABELED_SPLIT = "train", "test", "unlabeled"
+ID_KEY = "id"                   # an embedding record's image: split/index in file order
 # Transform's custom_config key: the size preprocessing_fn resizes images to.
 IMAGE_SIZE_CONFIG_KEY = "image_size"
 

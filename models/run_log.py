@@ -125,6 +125,15 @@ HARMLESS: Sequence[Harmless] = (
              r"deprecated and will be removed",
              "TFMA's own use of a deprecated TensorFlow reader for its results",
              follow=3),
+    Harmless(r"Resource module is not available for current platform, memory usage cannot "
+             r"be fetched",
+             "Beam 2.74's RunInference imports its optional model manager beside the "
+             "`resource` module and blames `resource` when the manager is missing; only "
+             "its memory metric is skipped"),
+    Harmless(r"load \(from tensorflow\.python\.saved_model\.loader_impl\) is deprecated "
+             r"and will be removed",
+             "tfx-bsl's RunInference loads the SavedModel through TensorFlow 1's loader",
+             follow=2),
     Harmless(r"FutureWarning: You are using a non-supported Python version \(3\.10\.",
              "google-api-core's notice about Python 3.10, which TFX 1.16 (the newest "
              "TFX that installs here) requires",

@@ -15,7 +15,8 @@ from models import run_log
 from pipeline import report, runs
 
 # What a node's end line adds: its decision, from its MLMD execution row.
-OUTCOMES = {"Evaluator": report.gate_verdict, "Pusher": report.push_outcome}
+OUTCOMES = {"Evaluator": report.gate_verdict, "SearchIndexer": report.index_outcome,
+            "Pusher": report.push_outcome}
 
 
 class LoggedNode(beam_dag_runner.PipelineNodeAsDoFn):

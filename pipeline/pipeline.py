@@ -4,9 +4,12 @@ ExampleGen (CIFAR-10, image folder or TFRecord) -> StatisticsGen
   -> ImportSchemaGen -> ExampleValidator -> AnomaliesGate
   -> Transform -> Trainer(mae_pretrain)
   -> Trainer(linear_probe, base_model=MAE) -> Evaluator (vs latest blessed)
-  -> Pusher (versioned filesystem push of the blessed encoder)
+  -> CorpusEmbedder (the blessed model embeds the corpus) -> SearchIndexer
+  -> Pusher (versioned filesystem push of the blessed encoder with its index)
 """
 
+import dataclasses
+import json
 from typing import List, Optional
 
 import tensorflow_model_analysis as tfma
@@ -17,6 +20,7 @@ from tfx.proto import transform_pb2
 from components.anomalies_gate import AnomaliesGate
 from components.cifar10_example_gen import Cifar10ExampleGen
 from components.image_folder_example_gen import ImageFolderExampleGen
+from components.search_index_gen import CorpusEmbedder, SearchIndexer
 from components.tfrecord_example_gen import TFRecordImageExampleGen
 from components.versioned_pusher import VersionedPusher
 from models import names
@@ -151,19 +155,32 @@ def create_pipeline(config: PipelineConfig,
       example_splits=[TEST_SPLIT],
       eval_config=eval_config(gate.min_accuracy, gate.max_accuracy_drop))
 
+  search = []
   if vertex:   # a Vertex AI endpoint, serving with a prebuilt TF container
     pusher = tfx.extensions.google_cloud_ai_platform.Pusher(
         model=probe_trainer.outputs["model"],
         model_blessing=evaluator.outputs["blessing"],
         custom_config=vertex.pusher_custom_config())
   else:
+    # The blessed model embeds the corpus; the index over it is scored on
+    # held-out queries and pushed inside the model's version.
+    corpus_embedder = CorpusEmbedder(
+        examples=examples_gen.outputs["examples"], model=probe_trainer.outputs["model"],
+        model_blessing=evaluator.outputs["blessing"],
+        corpus_splits=",".join([TRAIN_SPLIT] + [UNLABELED_SPLIT] * unlabeled),
+        query_split=TEST_SPLIT, query_limit=config.run_config.search.eval_queries)
+    search_indexer = SearchIndexer(
+        embeddings=corpus_embedder.outputs["embeddings"],
+        search_config=json.dumps(dataclasses.asdict(config.run_config.search)))
+    search = [corpus_embedder, search_indexer]
     pusher = VersionedPusher(model=probe_trainer.outputs["model"],
                              model_blessing=evaluator.outputs["blessing"],
-                             base_directory=config.serving_model_dir)
+                             base_directory=config.serving_model_dir,
+                             search_index=search_indexer.outputs["search_index_artifact"])
 
   components = [examples_gen, statistics_gen, schema_gen, example_validator,
                 anomalies_gate, transform, mae_trainer, probe_trainer,
-                model_resolver, evaluator, pusher]
+                model_resolver, evaluator, *search, pusher]
   by_id = {c.id: c for c in components}
   for upstream, downstream in CONTROL_DEPENDENCIES:
     by_id[downstream].add_upstream_node(by_id[upstream])

@@ -83,6 +83,9 @@ def format_report(metadata_path: str, pipeline_name: Optional[str] = None,
   verdict = gate_verdict(evaluator) if evaluator else None
   if verdict:
     lines.append(f"Gate: {verdict}")
+  indexed = index_outcome(by_node["SearchIndexer"]) if by_node.get("SearchIndexer") else None
+  if indexed:
+    lines.append(f"Search index: {indexed}")
   outcome = push_outcome(by_node.get("Pusher")) if by_node.get("Pusher") else None
   if outcome:
     lines.append(f"Pusher: {outcome}")
@@ -106,6 +109,15 @@ def gate_verdict(evaluator: Dict) -> Optional[str]:
   return f"NOT blessed: {'; '.join(gate_failures(evaluation))} (test accuracy: {measured})"
 
 
+def index_outcome(indexer: Dict) -> Optional[str]:
+  """What the SearchIndexer built, why, how it scored, and its verdict."""
+  index = (indexer["output_properties"].get("SearchIndex") or [None])[0]
+  if index is None:
+    return None
+  verdict = "blessed" if index.get("blessed") else "NOT blessed"
+  return f"{verdict}: {index.get('summary') or index.get('reason')}"
+
+
 def push_outcome(pusher: Dict) -> Optional[str]:
   """What the Pusher did (a `runs.last_run_executions` row)."""
   pushed = (pusher["output_properties"].get("PushedModel") or [None])[0]
@@ -113,7 +125,8 @@ def push_outcome(pusher: Dict) -> Optional[str]:
     return None
   if pushed.get("pushed"):
     return f"pushed version {pushed.get('pushed_version')} to {pushed.get('pushed_destination')}"
-  return "nothing pushed (the model was not blessed); the served versions are unchanged"
+  why = pushed.get("not_pushed_reason") or "the model was not blessed"
+  return f"nothing pushed ({why}); the served versions are unchanged"
 
 
 # ---- the HTML report -----------------------------------------------------------

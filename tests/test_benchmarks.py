@@ -12,6 +12,8 @@ import re
 
 from benchmarks import kill_matrix, pretrain_memory, probe_ablation, probe_quality
 from benchmarks import roofline, serving_soak, train_throughput
+from benchmarks import near_duplicates
+from benchmarks import search as search_benchmark
 from benchmarks import serving as serving_benchmark
 from models import config as config_lib
 from models import names
@@ -212,3 +214,82 @@ def test_kill_matrix(cifar10_dir, cifar10_sample, smoke_run, tmp_path, capsys):
                    rf"True \| {NUM} \|$", table, re.MULTILINE)
   assert line, out
   assert all(math.isfinite(float(v)) for v in line.groups())
+
+
+def test_search(smoke_run, cifar10_dir, tmp_path, capsys):
+  # 300 train images x 10 augmentations embedded through the smoke model's
+  # serving_default, 100 test images to tune and score, 100 more to check;
+  # then again from the cache.
+  cache = str(tmp_path / "corpus.npz")
+  argv = ["--model-dir", smoke_run.serving_model_dir, "--data", cifar10_dir, "--sizes", "3000",
+          "--images", "300", "--queries", "100", "--check-queries", "100",
+          "--single-queries", "50", "--cache", cache]
+  rows = search_benchmark.main(argv)
+  out = capsys.readouterr().out
+  assert re.search(r"^augmentation round 10/10: 300 images in ", out, re.MULTILINE), out
+  assert re.search(r"^host: .*\(family .*\), \d+ CPUs, .*avx512_bf16 (yes|no)", out, re.MULTILINE)
+  summary = out.split("summary:")[1]
+  assert search_benchmark.TABLE_HEADER.format(k=10) in summary
+  for kind in search_benchmark.KINDS:
+    (build, wall, peak, disk, per_vector, loaded, recall, fresh, p50, p99, qps), = all_figures(
+        rf"^\| 3000 \| {kind} \| [^|]+ \|" + r" {} \|".format(NUM) * 11 + "$", summary)
+    assert 0 <= build <= wall and disk > 0 and per_vector > 0, kind
+    assert 0 <= recall <= 1 and 0 <= fresh <= 1 and 0 < p50 <= p99 and qps > 0, kind
+  assert [(r["n"], r["kind"]) for r in rows] == [(3000, k) for k in search_benchmark.KINDS]
+  assert next(r for r in rows if r["kind"] == "exact")["recall"] >= 0.99
+  for kind in ("scann", "faiss_hnsw"):
+    figures(rf"^N=3000: {kind} p50 {NUM} ms vs exact {NUM} ms: {NUM}x faster", summary)
+    assert re.search(rf"^targets at N=3000, {kind}: p50 ", summary, re.MULTILINE), summary
+  # The cache is reused: nothing is embedded again.
+  search_benchmark.main(argv + ["--kinds", "exact"])
+  out = capsys.readouterr().out
+  assert re.search(r"^cache .*: 3000 corpus and 200 query embeddings of model version \d+ "
+                   r"\(made .*\), reused$", out, re.MULTILINE), out
+  assert "augmentation round" not in out and "embedding through" not in out
+
+
+def test_near_duplicates(smoke_run, cifar10_dir, tmp_path, capsys):
+  # 30 test images x 6 alterations through the smoke model's serving_default.
+  # --max-fp 1 lets any threshold qualify (a smoke model's figures mean
+  # nothing), so one is picked and the test-vs-train listing runs, on 30
+  # test and 60 train images; then all again from the caches.
+  cache, folder = str(tmp_path / "calibration.npz"), str(tmp_path / "cifar10")
+  argv = ["--model-dir", smoke_run.serving_model_dir, "--data", cifar10_dir, "--images", "30",
+          "--thresholds", "0.5:0.95:0.05", "--max-fp", "1", "--cache", cache,
+          "--test-vs-train", folder, "--test-limit", "30", "--train-limit", "60"]
+  result = near_duplicates.main(argv)
+  out = capsys.readouterr().out
+  assert re.search(r"^embedded 210 images \(30 originals, 6 copies each\) in ", out,
+                   re.MULTILINE), out
+  assert re.search(r"^host: .*\(family .*\), \d+ CPUs, .*avx512_bf16 (yes|no)", out, re.MULTILINE)
+  summary = out.split("summary:")[1]
+  assert near_duplicates.TABLE_HEADER in summary
+  kinds = list(near_duplicates.ALTERATIONS)
+  rows = all_figures(r"^\| \**" + NUM + r"\** \|" + r" {} \|".format(NUM) * (3 + len(kinds) + 1)
+                     + "$", summary)
+  assert all(0 <= v <= 1 for row in rows for v in row), rows
+  assert len(result["rows"]) == 10 and result["chosen"]["threshold"] == 0.5
+  for name in kinds:
+    recall, = figures(rf"^target at 0\.500, {name}: recall {NUM} \(>= 0\.95: (?:met|NOT met)\)$",
+                      summary)
+    assert 0 <= recall <= 1
+  fps = all_figures(rf"^target at 0\.500: different images flagged, .*: {NUM} \(<= 0\.01: "
+                    r"(?:met|NOT met)\)$", summary)
+  assert len(fps) == 3 and all(0 <= v <= 1 for v, in fps)
+  pairs, a, b = figures(rf"^serving\.duplicates: {NUM} near-duplicate pairs between 30 and 60 "
+                        rf"items \(threshold 0\.5, up to 10 neighbours per item\); items with a "
+                        rf"duplicate: {NUM} of 30 .* in the first, {NUM} of 60 in the second",
+                        summary)
+  assert pairs == len(result["test_vs_train"].pairs) and 0 <= a <= 30 and 0 <= b <= 60
+  with open(os.path.join(folder, "test_vs_train.tsv")) as f:
+    lines = f.read().splitlines()
+  assert lines[0].split("\t") == ["id_a", "class_a", "id_b", "class_b", "score"]
+  assert len(lines) == pairs + 1
+  # The caches are reused: nothing is embedded again.
+  near_duplicates.main(argv)
+  out = capsys.readouterr().out
+  assert re.search(r"^cache .*: 30 originals x 6 alterations of model version \d+ \(made .*\), "
+                   r"reused$", out, re.MULTILINE), out
+  assert len(re.findall(r"^.*cifar10_(test|train)\.npz: \d+ embeddings of model version \d+, "
+                        r"reused$", out, re.MULTILINE)) == 2, out
+  assert "embedded" not in out

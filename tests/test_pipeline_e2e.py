@@ -21,7 +21,8 @@ from tests.conftest import cifar10_class_names, png_bytes, write_cifar_dir
 
 ALL_NODES = {"Cifar10ExampleGen", "StatisticsGen", "ImportSchemaGen",
              "ExampleValidator", "AnomaliesGate", "Transform", "mae_pretrain",
-             "linear_probe", "latest_blessed_model_resolver", "Evaluator", "Pusher"}
+             "linear_probe", "latest_blessed_model_resolver", "Evaluator", "CorpusEmbedder",
+             "SearchIndexer", "Pusher"}
 TRAINING_NODES = {"Transform", "mae_pretrain", "linear_probe", "Evaluator", "Pusher"}
 
 
@@ -44,6 +45,41 @@ def test_every_component_executes(smoke_run):
   states = _states(smoke_run)
   assert set(states) == ALL_NODES
   assert all(s == "COMPLETE" for s in states.values()), states
+
+
+def test_the_pushed_version_answers_neighbors_from_its_own_index(smoke_run, cifar10_sample):
+  """`make pipeline` then `make serve`: :neighbors needs no other command; a
+  train image finds itself first. The index covers the train split, ids
+  numbered as `serving.embed --examples` numbers them, and says what it is."""
+  import base64
+  import requests
+  from models import search_index
+  from serving.launch import ServerProcess
+  version = _versions(smoke_run)[-1]
+  index = search_index.load(os.path.join(smoke_run.serving_model_dir, version,
+                                         names.SEARCH_INDEX_DIR))
+  (train, train_labels), _ = cifar10_sample
+  assert len(index) == len(train) and index.kind == "exact"
+  assert index.info["evaluation"]["recall_at_k"] == 1.0 and index.info["corpus_splits"] == [
+      "train"]
+  examples, _ = runs.pipeline_inputs(smoke_run.metadata_path)
+  from models.examples import read_examples
+  found = read_examples(names.split_files(examples, "train"))
+  position = {image: i for i, image in enumerate(found.images)}
+  with ServerProcess(["--model-dir", smoke_run.serving_model_dir]) as server:
+    queries = [png_bytes(train[i]) for i in (4, 200)]
+    r = requests.post(f"{server.url}/v1/models/{names.PIPELINE_NAME}:neighbors", json={
+        "instances": [{"b64": base64.b64encode(q).decode()} for q in queries], "k": 3},
+        timeout=60)
+  assert r.status_code == 200, r.text
+  body = r.json()
+  assert body["model_version"] == version
+  names_ = cifar10_class_names()
+  for hits, i, query in zip(body["neighbors"], (4, 200), queries):
+    assert hits[0]["score"] >= 0.999 and hits[0]["class_name"] == names_[train_labels[i]]
+    assert hits[0]["id"] == f"train/{position[query]}"
+  text = report.format_report(smoke_run.metadata_path, smoke_run.pipeline_name)
+  assert "Search index: blessed: exact index of 320 x" in text
 
 
 def test_blessed_model_is_pushed_and_embeds_png(smoke_run, cifar10_sample):
@@ -165,11 +201,13 @@ def test_second_run_is_served_from_cache(smoke_run, capsys):
   log = capsys.readouterr().err
   assert re.search(r"^\d\d:\d\d:\d\d Transform: done, from the cache \(", log, re.M), log
   states = _states(smoke_run)
-  upstream = ALL_NODES - {"latest_blessed_model_resolver", "Evaluator", "Pusher"}
+  upstream = ALL_NODES - {"latest_blessed_model_resolver", "Evaluator", "CorpusEmbedder",
+                          "SearchIndexer", "Pusher"}
   assert all(states[n] == "CACHED" for n in upstream), states
   # The resolver now finds the first run's blessed model, so the Evaluator's
-  # inputs differ and it re-runs (against the same model); the Pusher sees the
-  # model is already the newest served version and adds none.
+  # inputs differ and it re-runs (against the same model), and with its new
+  # blessing the corpus is embedded again; the Pusher sees the same model
+  # with the same corpus is already the newest served version and adds none.
   assert _versions(smoke_run) == before
 
 

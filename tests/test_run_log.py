@@ -52,7 +52,12 @@ EXAMPLES = {
         "tensorflow.python.lib.io.tf_record) is deprecated and will be removed in a "
         "future version.\nInstructions for updating:\nUse eager execution and: \n"
         "`tf.data.TFRecordDataset(path)`",
-    14: "/x/google/api_core/_python_version_support.py:246: FutureWarning: You are using "
+    14: "WARNING:root:Resource module is not available for current platform, memory usage "
+        "cannot be fetched.",
+    15: "WARNING:tensorflow:From /x/tfx_bsl/beam/run_inference.py:626: load (from "
+        "tensorflow.python.saved_model.loader_impl) is deprecated and will be removed in a "
+        "future version.\nInstructions for updating:\nUse `tf.saved_model.load` instead.",
+    16: "/x/google/api_core/_python_version_support.py:246: FutureWarning: You are using "
         "a non-supported Python version (3.10.13). Google will not post any further "
         "updates\n  warnings.warn(message, FutureWarning)",
 }
@@ -159,7 +164,7 @@ def test_the_smoke_run_log_shows_progress_and_no_harmless_line(smoke_run_log):
   for rule in run_log.HARMLESS:
     assert not [line for line in lines if re.search(rule.pattern, line)], rule.pattern
   for node in ("Cifar10ExampleGen", "StatisticsGen", "Transform", names.MAE_TRAINER,
-               names.PROBE_TRAINER, "Evaluator", "Pusher"):
+               names.PROBE_TRAINER, "Evaluator", "CorpusEmbedder", "SearchIndexer", "Pusher"):
     assert f"{node}: started" in stderr
     assert re.search(rf"^\d\d:\d\d:\d\d {node}: done in \d+\.\d s$", stderr, re.M), node
   assert re.search(r"\[mae_pretrain\] epoch 1/2 loss \d\.\d{4} lr \S+ \d+ img/s \d+\.\d s, "
@@ -168,6 +173,9 @@ def test_the_smoke_run_log_shows_progress_and_no_harmless_line(smoke_run_log):
   assert re.search(r"\[linear_probe\] epoch 5/5 accuracy \S+ loss \S+ val_accuracy", stderr)
   assert re.search(r"Evaluator: (blessed|NOT blessed: .+) \(test accuracy: linear probe "
                    r"0\.\d{4}, 20-NN 0\.\d{4}\)", stderr)
+  assert re.search(r"SearchIndexer: blessed: exact index of 320 x 64 \(320 vectors < "
+                   r"search.exact_below 20000: .*\): recall@10 1\.0000 on 100 held-out queries",
+                   stderr)
   assert re.search(r"Pusher: pushed version \d+ to \S+serving_model/mae-tfx/\d+", stderr)
   assert re.search(r"\(\d+ known-harmless third-party log lines hidden", stderr)
   # Cached and failed runs say so in the same place; the report is on stdout.

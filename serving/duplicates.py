@@ -1,0 +1,240 @@
+"""Near-duplicates: pairs of images whose embeddings are almost the same,
+inside one corpus or between two (issue 25).
+
+  python -m serving.duplicates --embeddings photos.npz --out pairs.tsv
+  python -m serving.duplicates --embeddings cifar10_test.npz \
+      --against cifar10_train.npz --out test_in_train.tsv [--threshold 0.85] [-k 10]
+
+The files are embeddings files written by `python -m serving.embed`; two
+files must come from the same model version (the embeddings of different
+models are not comparable). A pair is two items whose cosine similarity is
+at or above `--threshold` (default `DUPLICATE_THRESHOLD`, calibrated on
+altered copies of real CIFAR-10 images against pairs of different images).
+Each item's `--max-per-item` nearest neighbours are searched
+(`models.search_index`, exact); a pair is listed when either item has the
+other among its neighbours. Inside one corpus an item is never paired with
+itself and each unordered pair is listed once (id_a is the earlier row);
+between two corpora id_a is from `--embeddings`, id_b from `--against`.
+
+`--out` gets every pair, best first, with the columns id_a, class_a, id_b,
+class_b, score: tab-separated, or comma-separated when the name ends in
+.csv; it is written only when complete. The summary (pairs, items with a
+duplicate) and the best `--show` pairs are printed.
+"""
+
+import argparse
+import csv
+import dataclasses
+import io
+import os
+import sys
+from typing import Dict, List, Optional, Tuple
+
+from models.files import write_atomically
+from serving.embeddings import EmbeddingsFile
+
+# The cosine similarity at or above which two images are called
+# near-duplicates: the lowest threshold at which at most 1 % of 2,000 real
+# CIFAR-10 test images have a different image among them at or above it,
+# calibrated on the `cpu` model by benchmarks/near_duplicates.py. The sweep,
+# what the value finds (JPEG re-compressed and 2x copies, not 0.5x ones) and
+# how it behaves on larger corpora: benchmarks/RESULTS.md, "Near-duplicates:
+# the default threshold (issue 25)". Re-calibrate for another model.
+DUPLICATE_THRESHOLD = 0.65
+DEFAULT_MAX_PER_ITEM = 10
+COLUMNS = ("id_a", "class_a", "id_b", "class_b", "score")
+
+
+class BadInput(ValueError):
+  """Files that cannot be compared: missing, unreadable, from different
+  model versions or of different dimensions."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Pair:
+  id_a: str
+  class_a: str
+  id_b: str
+  class_b: str
+  score: float                      # cosine similarity
+
+
+@dataclasses.dataclass
+class Duplicates:
+  """The pairs found, best first, and what was searched."""
+  pairs: List[Pair]
+  threshold: float
+  max_per_item: int
+  count_a: int                      # items in the corpus (or the first corpus)
+  count_b: Optional[int]            # items in the second corpus; None inside one
+
+  def items_with_a_duplicate(self) -> Tuple[int, Optional[int]]:
+    """(items of the first corpus in some pair, items of the second corpus
+    in some pair: None inside one corpus, where both sides count)."""
+    if self.count_b is None:
+      return len({p.id_a for p in self.pairs} | {p.id_b for p in self.pairs}), None
+    return len({p.id_a for p in self.pairs}), len({p.id_b for p in self.pairs})
+
+  def summary(self) -> str:
+    a, b = self.items_with_a_duplicate()
+    searched = (f"threshold {self.threshold:g}, up to {self.max_per_item} neighbours "
+                "per item")
+    if b is None:
+      return (f"{len(self.pairs)} near-duplicate pairs inside {self.count_a} items "
+              f"({searched}); items with a duplicate: {a} of {self.count_a} "
+              f"({a / max(self.count_a, 1):.2%})")
+    return (f"{len(self.pairs)} near-duplicate pairs between {self.count_a} and "
+            f"{self.count_b} items ({searched}); items with a duplicate: {a} of "
+            f"{self.count_a} ({a / max(self.count_a, 1):.2%}) in the first, {b} of "
+            f"{self.count_b} in the second")
+
+
+def load(path: str, flag: str) -> EmbeddingsFile:
+  """The embeddings file at `path`; `BadInput` naming `flag` and the file
+  when it is missing or not one."""
+  if not os.path.isfile(path):
+    raise BadInput(f"{flag} {path}: no such file")
+  try:
+    return EmbeddingsFile.load(path)
+  except ValueError as e:
+    raise BadInput(f"{flag} {e}") from e
+
+
+def check_comparable(a: EmbeddingsFile, b: EmbeddingsFile,
+                     names: Tuple[str, str] = ("--embeddings", "--against")) -> None:
+  """Raises `BadInput` unless `a` and `b` come from one model version and
+  have vectors of one dimension."""
+  if a.model_version != b.model_version:
+    raise BadInput(f"{names[0]} was embedded by model version {a.model_version} and "
+                   f"{names[1]} by model version {b.model_version}: embeddings of "
+                   "different models are not comparable; embed both with one version")
+  if a.embeddings.shape[1] != b.embeddings.shape[1]:
+    raise BadInput(f"{names[0]} has {a.embeddings.shape[1]}-dimensional embeddings and "
+                   f"{names[1]} {b.embeddings.shape[1]}-dimensional ones (both say model "
+                   f"version {a.model_version}): they cannot be compared")
+
+
+def _rows_by_id(table: EmbeddingsFile, name: str) -> Dict[str, int]:
+  rows = {str(i): row for row, i in enumerate(table.ids)}
+  if len(rows) != len(table.ids):
+    seen, repeated = set(), []
+    for i in map(str, table.ids):
+      if i in seen:
+        repeated.append(i)
+      seen.add(i)
+    raise BadInput(f"{name}: ids must be unique to name a pair; repeated: {repeated[:5]}")
+  return rows
+
+
+def find_pairs(a: EmbeddingsFile, b: Optional[EmbeddingsFile] = None,
+               threshold: float = DUPLICATE_THRESHOLD,
+               max_per_item: int = DEFAULT_MAX_PER_ITEM) -> Duplicates:
+  """Near-duplicate pairs inside `a` (b None) or between `a` and `b`: two
+  items with cosine similarity >= `threshold` where one is among the other's
+  `max_per_item` nearest neighbours; best first. Inside one corpus no item
+  is paired with itself and each unordered pair comes once (id_a the
+  earlier row); between two, id_a is from `a` and id_b from `b`."""
+  if not -1.0 <= threshold <= 1.0:
+    raise BadInput(f"threshold {threshold} is not a cosine similarity (-1 to 1)")
+  if max_per_item < 1:
+    raise BadInput(f"max_per_item must be at least 1, got {max_per_item}")
+  rows_a = _rows_by_id(a, "--embeddings")
+  best: Dict[Tuple[int, int], Pair] = {}
+
+  def keep(key: Tuple[int, int], pair: Pair) -> None:
+    # Searched from both sides, a pair keeps its best score (exact search
+    # gives the same one both ways, up to float rounding).
+    if key not in best or pair.score > best[key].score:
+      best[key] = pair
+
+  if b is None:
+    # One more neighbour than asked: the item itself is (almost always) one.
+    found = a.index().search(a.embeddings, max_per_item + 1, threshold)
+    for row, hits in enumerate(found):
+      others = [h for h in hits if rows_a[h["id"]] != row][:max_per_item]
+      for hit in others:
+        other = rows_a[hit["id"]]
+        first, second = min(row, other), max(row, other)
+        keep((first, second), Pair(str(a.ids[first]), str(a.labels[first]),
+                                   str(a.ids[second]), str(a.labels[second]), hit["score"]))
+  else:
+    check_comparable(a, b)
+    rows_b = _rows_by_id(b, "--against")
+    for row, hits in enumerate(b.index().search(a.embeddings, max_per_item, threshold)):
+      for hit in hits:
+        keep((row, rows_b[hit["id"]]), Pair(str(a.ids[row]), str(a.labels[row]), hit["id"],
+                                            hit["class_name"], hit["score"]))
+    # And the other way: an item of b whose neighbours in a include one
+    # that does not have it among its own.
+    for row, hits in enumerate(a.index().search(b.embeddings, max_per_item, threshold)):
+      for hit in hits:
+        other = rows_a[hit["id"]]
+        keep((other, row), Pair(hit["id"], hit["class_name"], str(b.ids[row]),
+                                str(b.labels[row]), hit["score"]))
+  pairs = sorted(best.values(), key=lambda p: (-p.score, p.id_a, p.id_b))
+  return Duplicates(pairs, threshold, max_per_item, len(a.ids),
+                    None if b is None else len(b.ids))
+
+
+def pairs_text(pairs: List[Pair], delimiter: str = "\t") -> str:
+  """The pairs as a table with a header row (COLUMNS), scores to 6 places."""
+  buf = io.StringIO()
+  writer = csv.writer(buf, delimiter=delimiter, lineterminator="\n")
+  writer.writerow(COLUMNS)
+  for p in pairs:
+    writer.writerow([p.id_a, p.class_a, p.id_b, p.class_b, f"{p.score:.6f}"])
+  return buf.getvalue()
+
+
+def write_pairs(path: str, pairs: List[Pair]) -> None:
+  """Writes the pairs to `path` atomically: comma-separated for .csv, else
+  tab-separated."""
+  folder = os.path.dirname(os.path.abspath(path))
+  os.makedirs(folder, exist_ok=True)
+  write_atomically(path, pairs_text(pairs, "," if path.lower().endswith(".csv") else "\t"))
+
+
+def main(argv=None) -> Duplicates:
+  p = argparse.ArgumentParser(description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--embeddings", required=True,
+                 help="embeddings file (`python -m serving.embed`): the corpus searched")
+  p.add_argument("--against", default=None,
+                 help="a second embeddings file of the same model version: pairs between "
+                      "the two instead of inside --embeddings")
+  p.add_argument("--threshold", type=float, default=DUPLICATE_THRESHOLD,
+                 help="cosine similarity at or above which two items are a pair "
+                      "(default %(default)s, calibrated: benchmarks/RESULTS.md)")
+  p.add_argument("-k", "--max-per-item", type=int, default=DEFAULT_MAX_PER_ITEM,
+                 help="nearest neighbours searched per item (default %(default)s)")
+  p.add_argument("--out", default=None,
+                 help="file for every pair (.tsv, or .csv for commas)")
+  p.add_argument("--show", type=int, default=10, help="best pairs printed (default %(default)s)")
+  args = p.parse_args(sys.argv[1:] if argv is None else argv)
+
+  try:
+    a = load(args.embeddings, "--embeddings")
+    b = None
+    if args.against is not None:
+      if os.path.realpath(args.against) == os.path.realpath(args.embeddings):
+        raise BadInput("--against is the same file as --embeddings: leave --against out "
+                       "to find the pairs inside one corpus")
+      b = load(args.against, "--against")
+    found = find_pairs(a, b, args.threshold, args.max_per_item)
+  except BadInput as e:
+    raise SystemExit(f"serving.duplicates: {e}") from e
+  if args.out:
+    write_pairs(args.out, found.pairs)
+  print(f"serving.duplicates: {found.summary()}"
+        + (f" -> {args.out}" if args.out else ""), flush=True)
+  for pair in found.pairs[:args.show]:
+    print(f"  {pair.score:.4f}  {pair.id_a} ({pair.class_a or '?'})  "
+          f"{pair.id_b} ({pair.class_b or '?'})")
+  if len(found.pairs) > args.show > 0:
+    print(f"  ... {len(found.pairs) - args.show} more"
+          + (f" in {args.out}" if args.out else " (--out writes them all)"))
+  return found
+
+
+if __name__ == "__main__":
+  main()
