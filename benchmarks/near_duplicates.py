@@ -59,16 +59,16 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from benchmarks.host import host_line
 from models import names
 from models import search_index
-from models.cifar10 import encode_png, read_batch_file, read_class_names
+from models.cifar10 import encode_png, read_class_names, read_split
 from models.files import write_atomically
 from models.names import SERVING_DEFAULT
 from pipeline import data_source
 from serving import duplicates
 from serving.embeddings import EmbeddingsFile
 
-TRAIN_BATCHES = [f"data_batch_{i}" for i in range(1, 6)]
 # The alterations, in table order: name -> (kind, setting).
 ALTERATIONS = {
     "jpeg q50": ("jpeg", 50), "jpeg q70": ("jpeg", 70), "jpeg q90": ("jpeg", 90),
@@ -78,27 +78,6 @@ ALTERATIONS = {
 TARGET_RECALL, TARGET_FP = 0.95, 0.01
 
 
-# ---- the host ------------------------------------------------------------------------
-def host_line() -> str:
-  """The CPU (lscpu's model name, family and model), its count, the vector
-  flags, the RAM and the load when the run starts: the figures are this
-  host's."""
-  info: Dict[str, str] = {}
-  with open("/proc/cpuinfo") as f:
-    for line in f:
-      key, _, value = line.partition(":")
-      info.setdefault(key.strip(), value.strip())
-  flags = set(info.get("flags", "").split())
-  with open("/proc/meminfo") as f:
-    mem_kb = next(int(line.split()[1]) for line in f if line.startswith("MemTotal"))
-  shown = ", ".join(f"{flag} {'yes' if flag in flags else 'no'}"
-                    for flag in ("avx2", "avx512f", "avx512_bf16", "amx_bf16"))
-  return (f"host: {info.get('model name', '?')} (family {info.get('cpu family', '?')}, "
-          f"model {info.get('model', '?')}), {os.cpu_count()} CPUs, {shown}, "
-          f"{mem_kb / 2**20:.1f} GiB RAM, load average {os.getloadavg()[0]:.2f}")
-
-
-# ---- the images ----------------------------------------------------------------------
 def _encode(image: np.ndarray, fmt: str = "PNG", **options) -> bytes:
   from PIL import Image
   buf = io.BytesIO()
@@ -356,10 +335,8 @@ def test_vs_train(args, data_root: str, class_names: List[str], model_dir: str,
   near-duplicate pairs with the CLI."""
   folder = args.test_vs_train
   os.makedirs(folder, exist_ok=True)
-  test_images, test_labels = read_batch_file(os.path.join(data_root, "test_batch"))
-  train = [read_batch_file(os.path.join(data_root, name)) for name in TRAIN_BATCHES]
-  train_images = np.concatenate([t[0] for t in train])
-  train_labels = np.concatenate([t[1] for t in train])
+  test_images, test_labels = read_split(data_root, "test")
+  train_images, train_labels = read_split(data_root, "train")
   test_count = args.test_limit or len(test_images)
   train_count = args.train_limit or len(train_images)
   test_path = os.path.join(folder, "cifar10_test.npz")
@@ -411,10 +388,10 @@ def main(argv=None) -> Dict:
   low, high, step = (float(v) for v in args.thresholds.split(":"))
   thresholds = np.arange(low, high + step / 2, step)
 
-  print(host_line(), flush=True)
+  print(host_line(load=True), flush=True)
   data_root = data_source.resolve_cifar10(args.data, names.DATA_CACHE_DIR)
   class_names = read_class_names(os.path.join(data_root, "batches.meta"))
-  test_images, test_labels = read_batch_file(os.path.join(data_root, "test_batch"))
+  test_images, test_labels = read_split(data_root, "test")
   if not 2 <= args.images <= len(test_images):
     raise SystemExit(f"--images {args.images}: between 2 and {len(test_images)}")
   images, labels = test_images[:args.images], test_labels[:args.images]
@@ -442,7 +419,7 @@ def main(argv=None) -> Dict:
            or abs(r["threshold"] / args.print_step - round(r["threshold"] / args.print_step))
            < 1e-6]
   print("\nsummary:")
-  print(host_line())
+  print(host_line(load=True))
   print(f"model {model_dir} (version {version}); {len(images)} CIFAR-10 test images x "
         f"{len(ALTERATIONS)} alterations; negatives per original: its most similar other "
         f"original, its most similar other same-class original, {args.random_pairs} random "

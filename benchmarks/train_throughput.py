@@ -31,15 +31,14 @@ import numpy as np
 from benchmarks import roofline
 from models import config as config_lib
 from models import names
-from models.cifar10 import read_batch_file
+from models.cifar10 import read_split
 from models.engine_pretrain import pretrain
 from models.precision import resolve_precision
 from pipeline import data_source
 
 
 def standardised_train_images(data_root: str, limit: int) -> np.ndarray:
-  images = np.concatenate([read_batch_file(os.path.join(data_root, f"data_batch_{i}"))[0]
-                           for i in range(1, 6)])[:limit].astype(np.float32) / 255.0
+  images = read_split(data_root, "train")[0][:limit].astype(np.float32) / 255.0
   return (images - images.mean((0, 1, 2))) / images.std((0, 1, 2))
 
 

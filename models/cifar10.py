@@ -38,6 +38,18 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
     raise pickle.UnpicklingError(f"forbidden global {module}.{name}")
 
 
+TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
+TEST_BATCH = "test_batch"
+
+
+def read_split(root: str, split: str) -> Tuple[np.ndarray, np.ndarray]:
+  """(images, labels) of the train split (the five batches in order) or
+  the test split of a cifar-10-batches-py folder."""
+  batches = TRAIN_BATCHES if split == "train" else (TEST_BATCH,)
+  read = [read_batch_file(os.path.join(root, name)) for name in batches]
+  return np.concatenate([r[0] for r in read]), np.concatenate([r[1] for r in read])
+
+
 def read_batch_file(path: str) -> Tuple[np.ndarray, np.ndarray]:
   """Reads one batch file -> (images [N, 32, 32, 3] uint8, labels [N] int64)."""
   with tf.io.gfile.GFile(path, "rb") as f:

@@ -28,13 +28,12 @@ import tempfile
 import urllib.request
 from typing import List, Optional
 
-from models import names
+from models import cifar10, names
 
 OFFICIAL_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 OFFICIAL_MD5 = "c58f30108f718f92721af3b95e74349a"
 BATCHES_DIR = "cifar-10-batches-py"
-REQUIRED_FILES = ["batches.meta", "test_batch"] + [
-    f"data_batch_{i}" for i in range(1, 6)]
+REQUIRED_FILES = ["batches.meta", cifar10.TEST_BATCH, *cifar10.TRAIN_BATCHES]
 
 
 class DataSourceError(RuntimeError):
