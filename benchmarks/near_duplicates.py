@@ -49,7 +49,6 @@ which.
 """
 
 import argparse
-import hashlib
 import io
 import json
 import os
@@ -68,6 +67,7 @@ from models.names import SERVING_DEFAULT
 from pipeline import data_source
 from serving import duplicates
 from serving.embeddings import EmbeddingsFile
+from serving.model_store import version_identity
 
 # The alterations, in table order: name -> (kind, setting).
 ALTERATIONS = {
@@ -112,24 +112,6 @@ def altered_files(images: np.ndarray, name: str, seed: int) -> List[bytes]:
 
 
 # ---- embedding -----------------------------------------------------------------------
-def model_identity(model_dir: str) -> Tuple[str, int, str]:
-  """(version folder, version, fingerprint) of a pushed model without
-  loading it: the SHA-256 of its fingerprint.pb, else of its saved_model.pb."""
-  from serving.model_store import versions_on_disk
-  model_dir = os.path.abspath(model_dir.rstrip("/"))
-  if not os.path.exists(os.path.join(model_dir, "saved_model.pb")):
-    versions = versions_on_disk(model_dir)
-    if not versions:
-      raise SystemExit(f"--model-dir {model_dir}: neither a SavedModel nor a folder of "
-                       "numeric versions holding one")
-    model_dir = os.path.join(model_dir, str(versions[-1]))
-  version = names.pushed_versions([os.path.basename(model_dir)])
-  source = next(p for p in (os.path.join(model_dir, "fingerprint.pb"),
-                            os.path.join(model_dir, "saved_model.pb")) if os.path.exists(p))
-  with open(source, "rb") as f:
-    return model_dir, (version[0] if version else 0), hashlib.sha256(f.read()).hexdigest()
-
-
 def embed_files(model, files: Callable[[int, int], List[bytes]], count: int,
                 batch_size: int) -> np.ndarray:
   """[count, D] embeddings through serving_default of the files
@@ -395,7 +377,7 @@ def main(argv=None) -> Dict:
   if not 2 <= args.images <= len(test_images):
     raise SystemExit(f"--images {args.images}: between 2 and {len(test_images)}")
   images, labels = test_images[:args.images], test_labels[:args.images]
-  model_dir, version, fingerprint = model_identity(args.model_dir)
+  model_dir, version, fingerprint = version_identity(args.model_dir)
   originals, copies = calibration_embeddings(args, images, model_dir, version, fingerprint)
   per_image = np.array(class_names)[labels]
 

@@ -10,6 +10,7 @@ request and kept in a small LRU.
 
 import collections
 import dataclasses
+import hashlib
 import logging
 import os
 import threading
@@ -123,6 +124,26 @@ def versions_on_disk(base_dir: str) -> List[int]:
     return []
   return [v for v in pushed_versions(tf.io.gfile.listdir(base_dir))
           if tf.io.gfile.exists(os.path.join(base_dir, str(v), "saved_model.pb"))]
+
+
+def version_identity(model_dir: str) -> Tuple[str, int, str]:
+  """(version folder, version, fingerprint) of a pushed version, or of the
+  newest under a base directory, without loading it: the fingerprint is the
+  SHA-256 of its fingerprint.pb (TF's hashes of graph and checkpoint), else
+  of its saved_model.pb. For caches of what a version computed."""
+  model_dir = os.path.abspath(model_dir.rstrip("/"))
+  if not tf.io.gfile.exists(os.path.join(model_dir, "saved_model.pb")):
+    versions = versions_on_disk(model_dir)
+    if not versions:
+      raise FileNotFoundError(f"{model_dir}: neither a SavedModel nor a folder of numeric "
+                              "versions holding one")
+    model_dir = os.path.join(model_dir, str(versions[-1]))
+  version = pushed_versions([os.path.basename(model_dir)])
+  source = next(p for p in (os.path.join(model_dir, "fingerprint.pb"),
+                            os.path.join(model_dir, "saved_model.pb"))
+                if tf.io.gfile.exists(p))
+  with tf.io.gfile.GFile(source, "rb") as f:
+    return model_dir, (version[0] if version else 0), hashlib.sha256(f.read()).hexdigest()
 
 
 def load_version(model_dir: str) -> LoadedModel:
