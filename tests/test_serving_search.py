@@ -60,11 +60,13 @@ def wait_for(server, version: int, state: str):
 
 @pytest.fixture(scope="module")
 def indexed(model_base, corpus, tmp_path_factory):
-  """A copy of the pushed versions whose newest carries its index, a copy
-  of it one version older without one, and a server on them (no --index)."""
+  """A copy of the pushed versions whose newest carries an index of
+  `corpus` (in place of the pipeline's), a copy of it one version older
+  without one, and a server on them (no --index)."""
   base = str(tmp_path_factory.mktemp("indexed") / NAME)
   shutil.copytree(model_base, base)
   newest = versions_on_disk(base)[-1]
+  shutil.rmtree(os.path.join(base, str(newest), SEARCH_INDEX_DIR), ignore_errors=True)
   shutil.copytree(os.path.join(base, str(newest)), os.path.join(base, str(newest - 1)))
   add_index(os.path.join(base, str(newest)), corpus)
   with ServerProcess(["--model-dir", base, "--poll-seconds", "0.3"]) as server:
