@@ -32,9 +32,10 @@ reference and its own evaluation), the peak growth of this process's RSS
 during `build()` (it includes the library's float32 copies and its exact
 reference search, not only the index), the index folder's size on disk after
 `save` and per vector (records.npz, the ids and class names, left out), the
-RSS the index takes when `load`ed (what a server pays), then, on the loaded
-index (`search_index.measure`): recall@k against exact cosine search,
-single-query p50/p99 latency and batch queries per second. Then each
+RSS a fresh process grows by when it `load`s the index, records included
+(what a server pays), then, on the loaded index (`search_index.measure`):
+recall@k against exact cosine search, single-query p50/p99 latency and batch
+queries per second. Then each
 approximate kind's speed-up over exact at single-query p50, and issue 25's
 targets at the largest size. Figures of a shared machine move with the
 neighbours' load: compare rows of one run.
@@ -42,11 +43,11 @@ neighbours' load: compare rows of one run.
 
 import argparse
 import gc
-import hashlib
 import json
 import math
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -54,15 +55,15 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
+from benchmarks.host import host_line
 from models import names
 from models import search_index
-from models.cifar10 import encode_png, read_batch_file, read_class_names
+from models.cifar10 import encode_png, read_class_names, read_split
 from models.config import SearchConfig
 from models.names import SERVING_DEFAULT
 from pipeline import data_source
 
 KINDS = (search_index.EXACT, search_index.SCANN, search_index.FAISS_HNSW)
-TRAIN_BATCHES = [f"data_batch_{i}" for i in range(1, 6)]
 # The augmentation (its settings are part of the cache's key).
 AUGMENTATION = {"crop_area": [0.5, 1.0], "aspect": [3 / 4, 4 / 3], "flip": 0.5, "jitter": 0.1}
 # Issue 25's targets at a million vectors on 2 cores.
@@ -72,25 +73,7 @@ TABLE_HEADER = ("| N | kind | tuned | build+tune s | build() s | peak RSS +MB | 
                 "| p99 ms | batch QPS |")
 
 
-# ---- the host and the process -----------------------------------------------------
-def host_line() -> str:
-  """The CPU (lscpu's model name, family and model), its count, the vector
-  flags that matter here, and the RAM: every figure is this host's."""
-  info: Dict[str, str] = {}
-  with open("/proc/cpuinfo") as f:
-    for line in f:
-      key, _, value = line.partition(":")
-      info.setdefault(key.strip(), value.strip())
-  flags = set(info.get("flags", "").split())
-  with open("/proc/meminfo") as f:
-    mem_kb = next(int(line.split()[1]) for line in f if line.startswith("MemTotal"))
-  shown = ", ".join(f"{flag} {'yes' if flag in flags else 'no'}"
-                    for flag in ("avx2", "avx512f", "avx512_bf16", "amx_bf16"))
-  return (f"host: {info.get('model name', '?')} (family {info.get('cpu family', '?')}, "
-          f"model {info.get('model', '?')}), {os.cpu_count()} CPUs, {shown}, "
-          f"{mem_kb / 2**20:.1f} GiB RAM")
-
-
+# ---- the process ---------------------------------------------------------------------
 def _status_mb(field: str) -> float:
   with open("/proc/self/status") as f:
     return next(int(line.split()[1]) for line in f if line.startswith(field)) / 1024
@@ -108,6 +91,36 @@ def reset_peak_rss() -> bool:
     return True
   except OSError:
     return False
+
+
+# Run in a fresh process: the RSS a loaded index takes, with nothing freed
+# before it for the allocator to hand back (in this process, the index just
+# built and deleted leaves such memory, and ScaNN's load reuses it).
+_LOAD_PROBE = """
+import sys
+from models import search_index
+kind, folder = sys.argv[1:]
+if kind == search_index.SCANN:
+  from scann.scann_ops.py import scann_ops_pybind  # noqa: F401  TensorFlow and ScaNN
+elif kind == search_index.FAISS_HNSW:
+  import faiss  # noqa: F401
+def rss_mb():
+  with open("/proc/self/status") as f:
+    return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
+before = rss_mb()
+index = search_index.load(folder)
+print(rss_mb() - before)
+"""
+
+
+def loaded_rss_mb(kind: str, folder: str) -> float:
+  """The RSS growth of a fresh process loading the index in `folder`
+  (`search_index.load`, its libraries imported before): what a server pays."""
+  run = subprocess.run([sys.executable, "-c", _LOAD_PROBE, kind, folder],
+                       cwd=names.PROJECT_DIR, capture_output=True, text=True, check=False)
+  if run.returncode:
+    raise RuntimeError(f"loading {folder} in a fresh process failed:\n{run.stderr[-3000:]}")
+  return float(run.stdout.split()[-1])
 
 
 def folder_mb(folder: str, leave_out: Tuple[str, ...] = ()) -> float:
@@ -149,25 +162,6 @@ def augment(images: np.ndarray, draws: Dict[str, np.ndarray]) -> np.ndarray:
   grey = crops @ np.array([[0.299], [0.587], [0.114]], np.float32)        # [n, H, W, 1]
   crops = grey + (crops - grey) * draws["saturation"].reshape(shape)
   return np.clip(np.rint(crops), 0, 255).astype(np.uint8)
-
-
-def model_identity(model_dir: str) -> Tuple[str, int, str]:
-  """(version folder, version, fingerprint) of a pushed model, without
-  loading it: the fingerprint is the SHA-256 of its fingerprint.pb (TF's
-  hashes of graph and checkpoint), else of its saved_model.pb."""
-  from serving.model_store import versions_on_disk
-  model_dir = os.path.abspath(model_dir.rstrip("/"))
-  if not os.path.exists(os.path.join(model_dir, "saved_model.pb")):
-    versions = versions_on_disk(model_dir)
-    if not versions:
-      raise SystemExit(f"--model-dir {model_dir}: neither a SavedModel nor a folder of "
-                       "numeric versions holding one")
-    model_dir = os.path.join(model_dir, str(versions[-1]))
-  version = names.pushed_versions([os.path.basename(model_dir)])
-  source = next(p for p in (os.path.join(model_dir, "fingerprint.pb"),
-                            os.path.join(model_dir, "saved_model.pb")) if os.path.exists(p))
-  with open(source, "rb") as f:
-    return model_dir, (version[0] if version else 0), hashlib.sha256(f.read()).hexdigest()
 
 
 def _embed(model, images: np.ndarray, batch_size: int,
@@ -221,20 +215,20 @@ def _load_cache(path: str, key: Dict) -> Tuple[Optional[np.ndarray], Optional[np
 
 
 def embeddings(args, data_root: str) -> Tuple[np.ndarray, np.ndarray, np.ndarray, List[str]]:
-  """(corpus [rows, D] float16, queries [Q, D] float16, the corpus rows'
-  train-image indices' labels [images], class names): from the cache when
-  it has them, else embedded (and cached)."""
-  train = [read_batch_file(os.path.join(data_root, name)) for name in TRAIN_BATCHES]
-  images = np.concatenate([t[0] for t in train])[:args.images]
-  labels = np.concatenate([t[1] for t in train])[:args.images]
-  test_images, _ = read_batch_file(os.path.join(data_root, "test_batch"))
+  """(corpus [rows, D] float16, queries [Q, D] float16, the train images'
+  labels [images], the class names): the embeddings from the cache when it
+  has them, else embedded (and cached)."""
+  images, labels = read_split(data_root, "train")
+  images, labels = images[:args.images], labels[:args.images]
+  test_images, _ = read_split(data_root, "test")
   class_names = read_class_names(os.path.join(data_root, "batches.meta"))
   query_count = args.queries + args.check_queries
   if query_count > len(test_images):
     raise SystemExit(f"--queries + --check-queries = {query_count}: the test split has "
                      f"{len(test_images)} images")
   rounds = math.ceil(max(args.sizes) / len(images))
-  model_dir, version, fingerprint = model_identity(args.model_dir)
+  from serving.model_store import version_identity
+  model_dir, version, fingerprint = version_identity(args.model_dir)
   key = {"model_version": version, "model_fingerprint": fingerprint, "images": len(images),
          "seed": args.seed, "augmentation": AUGMENTATION, "signature": SERVING_DEFAULT}
   corpus, queries, why = _load_cache(args.cache, key)
@@ -315,9 +309,8 @@ def bench_one(kind: str, corpus: np.ndarray, records: search_index.Records,
   info = index.info
   del index
   gc.collect()
-  before_load = rss_mb()
+  loaded_mb = loaded_rss_mb(kind, folder)
   loaded = search_index.load(folder)
-  loaded_mb = rss_mb() - before_load
   figures = search_index.measure(loaded.searcher, search_index.unit(queries), truth, args.k,
                                  single_queries=args.single_queries)
   _, rows = loaded.searcher.search(search_index.unit(check), args.k)
@@ -401,10 +394,11 @@ def main(argv=None) -> List[Dict]:
   if unknown:
     raise SystemExit(f"--kinds: unknown {unknown}; expected some of {list(KINDS)}")
 
-  print(host_line(), flush=True)
+  print(host_line(load=True), flush=True)
   data_root = data_source.resolve_cifar10(args.data, names.DATA_CACHE_DIR)
   corpus, queries, labels, class_names = embeddings(args, data_root)
   images = len(labels)
+  queries = queries[:args.queries + args.check_queries]        # the cache may hold more
   query_set, check_set = queries[:args.queries], queries[args.queries:]
   print(f"corpus: {len(corpus)} x {corpus.shape[1]} ({images} train images x "
         f"{len(corpus) // images} augmentations); queries: test images 0-{args.queries - 1} "
@@ -416,11 +410,11 @@ def main(argv=None) -> List[Dict]:
   rows: List[Dict] = []
   try:
     for n in args.sizes:
-      row_ids = np.arange(n)
+      # Built from Python strings, so the fixed-width array is as wide as
+      # the longest id (numpy's int-to-str gives 21 characters each).
       records = search_index.Records(
-          np.char.add(np.char.add("train/", (row_ids % images).astype(str)),
-                      np.char.add("/aug", (row_ids // images).astype(str))),
-          np.array(class_names)[labels[row_ids % images]])
+          [f"train/{i % images}/aug{i // images}" for i in range(n)],
+          np.array(class_names)[labels[np.arange(n) % images]])
       start = time.perf_counter()
       _, truth = search_index.exact_neighbours(corpus[:n], queries, args.k)
       print(f"N={n}: exact reference for {len(queries)} queries in "
@@ -436,7 +430,7 @@ def main(argv=None) -> List[Dict]:
       shutil.rmtree(work_dir, ignore_errors=True)
 
   print("\nsummary:")
-  print(host_line())
+  print(host_line(load=True))
   print(TABLE_HEADER.format(k=args.k))
   print("|" + " --- |" * TABLE_HEADER.count(" | ") + " --- |")
   for row in rows:
