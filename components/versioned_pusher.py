@@ -83,10 +83,11 @@ def remove_stale_staging(base_directory: str) -> List[str]:
   return removed
 
 
-def _index_records(version_dir: str) -> Optional[bytes]:
-  """The records of the search index in a model folder, if it has one."""
-  path = os.path.join(version_dir, SEARCH_INDEX_DIR, search_index.RECORDS)
-  if not fileio.exists(path):
+def _index_records(index_dir: Optional[str]) -> Optional[bytes]:
+  """The records file of the search index in `index_dir`, if there is one:
+  which images the index holds, to tell a new corpus from the same one."""
+  path = index_dir and os.path.join(index_dir, search_index.RECORDS)
+  if not path or not fileio.exists(path):
     return None
   with fileio.open(path, "rb") as f:
     return f.read()
@@ -107,13 +108,10 @@ def push_to_filesystem(model_path: str, base_directory: str,
   remove_stale_staging(base_directory)
   newest = newest_version(base_directory)
   fingerprint = _fingerprint(model_path)
-  records = None
-  if index_path:
-    with fileio.open(os.path.join(index_path, search_index.RECORDS), "rb") as f:
-      records = f.read()
   if (newest and fingerprint is not None and
       _fingerprint(os.path.join(base_directory, newest)) == fingerprint and
-      _index_records(os.path.join(base_directory, newest)) == records):
+      _index_records(os.path.join(base_directory, newest, SEARCH_INDEX_DIR))
+      == _index_records(index_path)):
     logging.info("Model %s is already served as version %s", model_path, newest)
     return newest
   version = str(next_version(base_directory, int(time.time())))

@@ -83,7 +83,7 @@ class _Exact(_Searcher):
     scores, rows = [], []
     for start in range(0, len(queries), _EXACT_CHUNK):
       sims = queries[start:start + _EXACT_CHUNK] @ self.vectors.T        # [q, N]
-      top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+      top = np.argpartition(sims, len(self.vectors) - k, axis=1)[:, -k:]
       top_sims = np.take_along_axis(sims, top, axis=1)
       order = np.argsort(-top_sims, axis=1, kind="stable")
       rows.append(np.take_along_axis(top, order, axis=1))
@@ -196,10 +196,10 @@ class SearchIndex:
   def __len__(self) -> int:
     return len(self.records.ids)
 
-  def search(self, queries: np.ndarray, k: int,
-             threshold: Optional[float] = None) -> List[List[Dict]]:
-    """For each query: its k nearest records, best first, as {id,
-    class_name, score}; with `threshold`, only those scoring at least it."""
+  def neighbours(self, queries: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
+    """(scores [Q, k'] cosine, rows [Q, k'] of `records`), best first,
+    k' = min(k, len(self)); a row of -1 is no neighbour (a graph search
+    may find fewer than k)."""
     if k < 1:
       raise ValueError(f"k must be at least 1, got {k}")
     queries = unit(queries)
@@ -207,17 +207,18 @@ class SearchIndex:
       raise ValueError(f"queries have {queries.shape[1]} dimensions, the index "
                        f"{self.info['dim']}")
     scores, rows = self.searcher.search(queries, min(k, len(self)))
-    found = []
-    for query_scores, query_rows in zip(scores, rows):
-      hits = []
-      for score, row in zip(query_scores, query_rows):
-        score = float(min(score, 1.0))           # float rounding may pass 1
-        if row < 0 or (threshold is not None and score < threshold):
-          continue
-        hits.append({"id": str(self.records.ids[row]),
-                     "class_name": str(self.records.class_names[row]), "score": score})
-      found.append(hits)
-    return found
+    return np.minimum(scores, 1.0), rows           # float rounding may pass 1
+
+  def search(self, queries: np.ndarray, k: int,
+             threshold: Optional[float] = None) -> List[List[Dict]]:
+    """For each query: its k nearest records, best first, as {id,
+    class_name, score}; with `threshold`, only those scoring at least it."""
+    scores, rows = self.neighbours(queries, k)
+    return [[{"id": str(self.records.ids[row]),
+              "class_name": str(self.records.class_names[row]), "score": float(score)}
+             for score, row in zip(query_scores, query_rows)
+             if row >= 0 and (threshold is None or score >= threshold)]
+            for query_scores, query_rows in zip(scores, rows)]
 
   def save(self, folder: str) -> None:
     """Writes the index to `folder` (which must not exist) through a
@@ -258,10 +259,10 @@ def load(folder: str) -> SearchIndex:
       raise ValueError(f"unknown kind {kind!r}")
   except Exception as e:  # pylint: disable=broad-except
     raise BadIndex(f"{folder}: not a readable search index ({type(e).__name__}: "
-                      f"{str(e).strip()[:300]})") from e
+                   f"{str(e).strip()[:300]})") from e
   if len(records.ids) != info.get("count"):
     raise BadIndex(f"{folder}: {len(records.ids)} records but index.json says "
-                      f"{info.get('count')}")
+                   f"{info.get('count')}")
   return SearchIndex(searcher, records, info)
 
 

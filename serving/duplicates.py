@@ -114,18 +114,6 @@ def check_comparable(a: EmbeddingsFile, b: EmbeddingsFile,
                    f"version {a.model_version}): they cannot be compared")
 
 
-def _rows_by_id(table: EmbeddingsFile, name: str) -> Dict[str, int]:
-  rows = {str(i): row for row, i in enumerate(table.ids)}
-  if len(rows) != len(table.ids):
-    seen, repeated = set(), []
-    for i in map(str, table.ids):
-      if i in seen:
-        repeated.append(i)
-      seen.add(i)
-    raise BadInput(f"{name}: ids must be unique to name a pair; repeated: {repeated[:5]}")
-  return rows
-
-
 def find_pairs(a: EmbeddingsFile, b: Optional[EmbeddingsFile] = None,
                threshold: float = DUPLICATE_THRESHOLD,
                max_per_item: int = DEFAULT_MAX_PER_ITEM) -> Duplicates:
@@ -138,40 +126,41 @@ def find_pairs(a: EmbeddingsFile, b: Optional[EmbeddingsFile] = None,
     raise BadInput(f"threshold {threshold} is not a cosine similarity (-1 to 1)")
   if max_per_item < 1:
     raise BadInput(f"max_per_item must be at least 1, got {max_per_item}")
-  rows_a = _rows_by_id(a, "--embeddings")
-  best: Dict[Tuple[int, int], Pair] = {}
+  best: Dict[Tuple[int, int], float] = {}
 
-  def keep(key: Tuple[int, int], pair: Pair) -> None:
+  def keep(key: Tuple[int, int], score: float) -> None:
     # Searched from both sides, a pair keeps its best score (exact search
     # gives the same one both ways, up to float rounding).
-    if key not in best or pair.score > best[key].score:
-      best[key] = pair
+    best[key] = max(score, best.get(key, -1.0))
+
+  def close(index, queries, k):
+    """(query row, neighbour row, score) at or above the threshold."""
+    scores, rows = index.neighbours(queries, k)
+    for query, (query_scores, query_rows) in enumerate(zip(scores, rows)):
+      for score, row in zip(query_scores, query_rows):
+        if row >= 0 and score >= threshold:
+          yield query, int(row), float(score)
 
   if b is None:
     # One more neighbour than asked: the item itself is (almost always) one.
-    found = a.index().search(a.embeddings, max_per_item + 1, threshold)
-    for row, hits in enumerate(found):
-      others = [h for h in hits if rows_a[h["id"]] != row][:max_per_item]
-      for hit in others:
-        other = rows_a[hit["id"]]
-        first, second = min(row, other), max(row, other)
-        keep((first, second), Pair(str(a.ids[first]), str(a.labels[first]),
-                                   str(a.ids[second]), str(a.labels[second]), hit["score"]))
+    taken: Dict[int, int] = {}
+    for row, other, score in close(a.index(), a.embeddings, max_per_item + 1):
+      if other != row and taken.get(row, 0) < max_per_item:
+        taken[row] = taken.get(row, 0) + 1
+        keep((min(row, other), max(row, other)), score)
+    second = a
   else:
     check_comparable(a, b)
-    rows_b = _rows_by_id(b, "--against")
-    for row, hits in enumerate(b.index().search(a.embeddings, max_per_item, threshold)):
-      for hit in hits:
-        keep((row, rows_b[hit["id"]]), Pair(str(a.ids[row]), str(a.labels[row]), hit["id"],
-                                            hit["class_name"], hit["score"]))
+    for row, other, score in close(b.index(), a.embeddings, max_per_item):
+      keep((row, other), score)
     # And the other way: an item of b whose neighbours in a include one
     # that does not have it among its own.
-    for row, hits in enumerate(a.index().search(b.embeddings, max_per_item, threshold)):
-      for hit in hits:
-        other = rows_a[hit["id"]]
-        keep((other, row), Pair(hit["id"], hit["class_name"], str(b.ids[row]),
-                                str(b.labels[row]), hit["score"]))
-  pairs = sorted(best.values(), key=lambda p: (-p.score, p.id_a, p.id_b))
+    for row, other, score in close(a.index(), b.embeddings, max_per_item):
+      keep((other, row), score)
+    second = b
+  pairs = [Pair(str(a.ids[i]), str(a.labels[i]), str(second.ids[j]), str(second.labels[j]),
+                score) for (i, j), score in best.items()]
+  pairs.sort(key=lambda p: (-p.score, p.id_a, p.id_b))
   return Duplicates(pairs, threshold, max_per_item, len(a.ids),
                     None if b is None else len(b.ids))
 
