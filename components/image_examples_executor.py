@@ -24,7 +24,8 @@ from models.names import (BAD_IMAGES_FILE, BAD_IMAGES_PROPERTY, CLASS_NAMES_PROP
                           UNLABELED_SPLIT)
 
 BAD = "bad"                       # the tag of a skipped file's output
-Item = Tuple[str, Optional[int], Optional[str]]   # (path, label, class name)
+# (path, label, class name, image_path: the example's IMAGE_PATH_KEY)
+Item = Tuple[str, Optional[int], Optional[str], str]
 
 
 def options_config(options: Dict[str, Any]) -> example_gen_pb2.CustomConfig:
@@ -57,9 +58,9 @@ def ingestion_options(test_fraction: float, unlabeled_base: Optional[str],
 
 
 def file_to_example(item: Item, skip_bad: bool) -> Iterator:
-  """(path, label, class name) -> its Example; a bad file raises, or, when
-  skipping, comes out tagged BAD with the reason."""
-  path, label, class_name = item
+  """(path, label, class name, image path) -> its Example; a bad file
+  raises, or, when skipping, comes out tagged BAD with the reason."""
+  path, label, class_name, image_path = item
   try:
     image = image_files.read_image(path)
   except image_files.BadImageError as e:
@@ -67,7 +68,7 @@ def file_to_example(item: Item, skip_bad: bool) -> Iterator:
       raise
     yield beam.pvalue.TaggedOutput(BAD, str(e))
     return
-  yield image_example(image, label, class_name)
+  yield image_example(image, label, class_name, image_path)
 
 
 Split = Tuple[beam.pvalue.PCollection, beam.pvalue.PCollection]   # (Examples, bad)
@@ -75,13 +76,13 @@ Split = Tuple[beam.pvalue.PCollection, beam.pvalue.PCollection]   # (Examples, b
 
 def unlabeled_files(root: str) -> Iterator[Item]:
   for rel in image_files.list_images(root, recursive=True):
-    yield image_files.join_path(root, rel), None, None
+    yield image_files.join_path(root, rel), None, None, f"{UNLABELED_SPLIT}/{rel}"
 
 
 def read_files(pipeline: beam.Pipeline, split: str, root: str, list_files,
                skip_bad: bool, *list_args) -> Split:
   """The Examples and the skipped files' reasons of one split: `list_files(root,
-  *list_args)` yields its (path, label, class name) items in a worker."""
+  *list_args)` yields its `Item`s in a worker."""
   results = (pipeline
              | f"Root[{split}]" >> beam.Create([root])
              | f"Files[{split}]" >> beam.FlatMap(list_files, *list_args)

@@ -39,7 +39,7 @@ def labeled_files(root: str, split: str, test_fraction: float) -> Iterator[Item]
   """The files of one split of a labeled folder (a Beam worker lists them)."""
   layout = image_files.detect_layout(root, test_fraction)
   for rel, label in layout.files[split]:
-    yield image_files.join_path(root, rel), label, layout.class_names[label]
+    yield image_files.join_path(root, rel), label, layout.class_names[label], rel
 
 
 class Executor(ImageExamplesExecutor):

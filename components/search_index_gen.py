@@ -7,8 +7,11 @@ CorpusEmbedder writes, per split, GZIP TFRecords of {id, class_name,
 embedding} (`models.examples.embedding_example`): the corpus splits (train,
 and unlabeled when there is one) and the first `query_limit` examples of the
 held-out query split (test), on which SearchIndexer measures recall against
-exact search. An id is `<split>/<index>`, the example's position in the
-split's files in sorted order, as `serving.embed --examples` numbers them.
+exact search. An id is `models.examples.search_id`: the image's file under
+its data root when the examples carry it (image folders), otherwise
+`<split>/<index>`, as `serving.embed --examples` numbers them. With `vector_search_json` the corpus is also
+written in Vertex AI Vector Search's input format (`models.vector_search`),
+in `<uri>/vector_search/`: the folder an index is created from.
 When the Evaluator did not bless the model, nothing is embedded and the
 index is marked not blessed: the Pusher pushes neither.
 """
@@ -27,8 +30,9 @@ from tfx_bsl.public.beam import RunInference
 from tfx_bsl.public.proto import model_spec_pb2
 
 from models import config as config_lib
-from models import names, search_index
-from models.examples import COMPRESSION, embedding_example, example_files, read_embeddings
+from models import names, search_index, vector_search
+from models.examples import (COMPRESSION, embedding_example, example_files, read_embeddings,
+                             search_id)
 
 EMBEDDED_PROPERTY = "embedded"        # 1: the corpus was embedded (the model is blessed)
 BLESSED_PROPERTY = "blessed"          # 1: the index reached search.min_recall
@@ -36,14 +40,14 @@ INDEX_FOLDER = "index"                # the SearchIndex artifact's `models.searc
 
 
 class Embeddings(artifact.Artifact):  # pylint: disable=abstract-method
-  """Per split (Split-<name>/), TFRecords of {id, class_name, embedding}."""
-  TYPE_NAME = "Embeddings"
-  PROPERTIES = {"split_names": artifact.Property(type=artifact.PropertyType.STRING)}
+  """Per split (Split-<name>/), TFRecords of {id, class_name, embedding}.
+  Custom properties only: Vertex AI Pipelines takes no declared ones."""
+  TYPE_NAME = names.EMBEDDINGS_TYPE
 
 
 class SearchIndex(artifact.Artifact):  # pylint: disable=abstract-method
   """A `models.search_index` folder (<uri>/index) and its verdict."""
-  TYPE_NAME = "SearchIndex"
+  TYPE_NAME = names.SEARCH_INDEX_TYPE
 
 
 def is_blessed(marked: artifact.Artifact, key: str = BLESSED_PROPERTY) -> bool:
@@ -57,8 +61,8 @@ def _count(path: str) -> int:
 
 def _keyed_examples(file: Tuple[int, str], split: str, counts: List[int], limit: int
                     ) -> Iterator[Tuple[Tuple[str, str], tf.train.Example]]:
-  """((id, class name), example) of one file; an id is the example's index
-  in the split."""
+  """((id, class name), example) of one file: the id is the example's file
+  or its index in the split."""
   number, path = file
   index = sum(counts[:number])
   for record in tf.data.TFRecordDataset(path, compression_type=COMPRESSION):
@@ -66,19 +70,23 @@ def _keyed_examples(file: Tuple[int, str], split: str, counts: List[int], limit:
       return
     example = tf.train.Example.FromString(record.numpy())
     class_name = example.features.feature[names.CLASS_NAME_KEY].bytes_list.value
-    yield (f"{split}/{index}", class_name[0].decode("utf-8") if class_name else ""), example
+    yield ((search_id(example, split, index), class_name[0].decode("utf-8") if class_name
+            else ""), example)
     index += 1
 
 
-def _to_record(keyed_log) -> tf.train.Example:
+Embedded = Tuple[str, str, np.ndarray]      # (id, class name, embedding)
+
+
+def _embedded(keyed_log) -> Embedded:
   (image_id, class_name), log = keyed_log
-  vector = tf.make_ndarray(log.predict_log.response.outputs[names.EMBEDDING_KEY])[0]
-  return embedding_example(image_id, class_name, vector)
+  return image_id, class_name, tf.make_ndarray(
+      log.predict_log.response.outputs[names.EMBEDDING_KEY])[0]
 
 
 class EmbedSplit(beam.PTransform):
   """The first `limit` (0: all) examples of one split, embedded by the
-  SavedModel's `embed_examples` signature, as `embedding_example`s."""
+  SavedModel's `embed_examples` signature: `Embedded` tuples."""
 
   def __init__(self, examples_uri: str, split: str, model_path: str, limit: int = 0):
     super().__init__()
@@ -97,7 +105,7 @@ class EmbedSplit(beam.PTransform):
                                      beam.pvalue.AsSingleton(counts), self.limit)
             | "Spread" >> beam.Reshuffle()
             | "Embed" >> RunInference(spec)
-            | "ToRecords" >> beam.Map(_to_record))
+            | "Unpack" >> beam.Map(_embedded))
 
 
 @tfx.dsl.components.component(use_beam=True)
@@ -110,10 +118,12 @@ def CorpusEmbedder(  # pylint: disable=invalid-name
     corpus_splits: tfx.dsl.components.Parameter[str],
     query_split: tfx.dsl.components.Parameter[str],
     query_limit: tfx.dsl.components.Parameter[int],
+    vector_search_json: tfx.dsl.components.Parameter[int] = 0,
     beam_pipeline: tfx.dsl.components.BeamComponentParameter[beam.Pipeline] = None,
 ) -> None:
   """Embeds the corpus splits (comma-separated; those the examples have)
-  and the first `query_limit` of the query split, with the blessed model."""
+  and the first `query_limit` of the query split, with the blessed model;
+  `vector_search_json` 1: the corpus also as Vector Search's input."""
   if not is_blessed(model_blessing):
     embeddings.set_int_custom_property(EMBEDDED_PROPERTY, 0)
     return
@@ -123,16 +133,26 @@ def CorpusEmbedder(  # pylint: disable=invalid-name
   with beam_pipeline as pipeline:
     for split in splits + [query_split]:
       limit = query_limit if split == query_split else 0
-      _ = (pipeline
-           | f"Embed[{split}]" >> EmbedSplit(examples.uri, split, model_path, limit)
-           | f"Serialize[{split}]" >> beam.Map(lambda e: e.SerializeToString())
+      embedded = pipeline | f"Embed[{split}]" >> EmbedSplit(
+          examples.uri, split, model_path, limit)
+      _ = (embedded
+           | f"Serialize[{split}]" >> beam.Map(
+               lambda e: embedding_example(*e).SerializeToString())
            | f"Write[{split}]" >> beam.io.WriteToTFRecord(
                os.path.join(names.split_dir(embeddings.uri, split), "embeddings"),
                file_name_suffix=".gz", compression_type=beam.io.filesystem.CompressionTypes.GZIP))
-  embeddings.split_names = artifact_utils.encode_split_names(splits + [query_split])
+      if vector_search_json and split != query_split:
+        _ = (embedded
+             | f"VectorSearchLines[{split}]" >> beam.MapTuple(vector_search.json_line)
+             | f"WriteVectorSearch[{split}]" >> beam.io.WriteToText(
+                 os.path.join(embeddings.uri, vector_search.FOLDER, split),
+                 file_name_suffix=vector_search.FILE_SUFFIX))
   embeddings.set_string_custom_property("corpus_splits", ",".join(splits))
   embeddings.set_string_custom_property("query_split", query_split)
   embeddings.set_int_custom_property(EMBEDDED_PROPERTY, 1)
+  if vector_search_json:
+    embeddings.set_string_custom_property(
+        "vector_search", os.path.join(embeddings.uri, vector_search.FOLDER))
 
 
 # ---- the index -------------------------------------------------------------------

@@ -191,6 +191,9 @@ class SearchConfig:
   # fewest that reach min_recall on the held-out queries.
   num_leaves: int = 0
   reorder: int = 100
+  # The corpus also in Vertex AI Vector Search's input format (JSON lines;
+  # models/vector_search.py): on by default on Vertex AI.
+  vector_search_json: bool = False
 
   def __post_init__(self):
     if self.kind not in SEARCH_KINDS:
@@ -294,6 +297,8 @@ PROFILES: Dict[str, RunConfig] = {
         # A few hundred images for seconds: the gate only rules out a
         # broken model.
         evaluation=EvaluationConfig(min_accuracy=0.05, max_accuracy_drop=0.5),
+        # Every output of the search steps, the cloud's included.
+        search=SearchConfig(vector_search_json=True),
     ),
     "cpu": RunConfig(
         profile="cpu",

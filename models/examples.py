@@ -11,7 +11,8 @@ from typing import List, NamedTuple, Optional
 import numpy as np
 import tensorflow as tf
 
-from models.names import CLASS_NAME_KEY, EMBEDDING_KEY, ID_KEY, IMAGE_KEY, LABEL_KEY
+from models.names import (CLASS_NAME_KEY, EMBEDDING_KEY, ID_KEY, IMAGE_KEY, IMAGE_PATH_KEY,
+                          LABEL_KEY)
 
 COMPRESSION = "GZIP"
 # What counts as a TFRecord file of a data source (GZIP when it ends in .gz).
@@ -28,10 +29,14 @@ def tfrecord_files(folder: str) -> List[str]:
 
 
 def image_example(image: Optional[bytes], label: Optional[int] = None,
-                  class_name: Optional[str] = None) -> tf.train.Example:
-  """The tf.Example of one encoded image, with its class when labeled (a
-  feature that is None is left out)."""
+                  class_name: Optional[str] = None,
+                  image_path: Optional[str] = None) -> tf.train.Example:
+  """The tf.Example of one encoded image, with its class when labeled and
+  its file when it came from one (a feature that is None is left out)."""
   feature = {}
+  if image_path is not None:
+    feature[IMAGE_PATH_KEY] = tf.train.Feature(
+        bytes_list=tf.train.BytesList(value=[image_path.encode("utf-8")]))
   if image is not None:
     feature[IMAGE_KEY] = tf.train.Feature(bytes_list=tf.train.BytesList(value=[image]))
   if label is not None:
@@ -40,6 +45,14 @@ def image_example(image: Optional[bytes], label: Optional[int] = None,
     feature[CLASS_NAME_KEY] = tf.train.Feature(
         bytes_list=tf.train.BytesList(value=[class_name.encode("utf-8")]))
   return tf.train.Example(features=tf.train.Features(feature=feature))
+
+
+def search_id(example: tf.train.Example, split: str, index: int) -> str:
+  """The id search gives an example: its file when it came from one (image
+  folders), else `<split>/<index>`, its position in the split's files in
+  sorted order."""
+  path = example.features.feature[IMAGE_PATH_KEY].bytes_list.value
+  return path[0].decode("utf-8") if path else f"{split}/{index}"
 
 
 def example_files(file_patterns: List[str]) -> List[str]:

@@ -19,7 +19,10 @@ CLASS_NAME_KEY = "class_name"   # domain in the schema (the name <-> id mapping)
 # Splits of the Examples: the probe and the Evaluator use train and test; the
 # MAE also pretrains on the unlabeled split when there is one.
 TRAIN_SPLIT, TEST_SPLIT, UNLABELED_SPLIT = "train", "test", "unlabeled"
-ID_KEY = "id"                   # an embedding record's image: split/index in file order
+ID_KEY = "id"                   # an embedding record's image (components/search_index_gen.py)
+# An image-folder example's file, relative to its root ("cat/x.png"; the
+# unlabeled folder's as "unlabeled/<relative path>"): its search id.
+IMAGE_PATH_KEY = "image_path"
 # Transform's custom_config key: the size preprocessing_fn resizes images to.
 IMAGE_SIZE_CONFIG_KEY = "image_size"
 
@@ -54,6 +57,11 @@ CLASS_NAMES_FILE = "class_names.txt"          # one name a line, line i = id i (
 # A pushed version's nearest-neighbour index over its corpus
 # (models/search_index.py): beside the SavedModel, where TF Serving ignores it.
 SEARCH_INDEX_DIR = os.path.join("assets.extra", "search_index")
+# The search artifacts' MLMD types; "<namespace>.<Name>", as Vertex AI
+# Pipelines requires of a custom type.
+EMBEDDINGS_TYPE = "mae_tfx.Embeddings"
+SEARCH_INDEX_TYPE = "mae_tfx.SearchIndex"
+
 # ---- an Examples artifact: its split folders, files and MLMD properties -----
 SPLIT_PREFIX = "Split-"                       # <artifact>/Split-<name>/ (TFX's layout)
 BAD_IMAGES_FILE = "bad_images.txt"            # skipped files (--skip-bad-images)

@@ -14,7 +14,7 @@ from typing import List
 
 from tensorflow_metadata.proto.v0 import schema_pb2
 
-from models.names import CLASS_NAME_KEY, IMAGE_KEY, LABEL_KEY
+from models.names import CLASS_NAME_KEY, IMAGE_KEY, IMAGE_PATH_KEY, LABEL_KEY
 
 TRAINING, SERVING = "TRAINING", "SERVING"
 
@@ -29,7 +29,9 @@ def _required(feature: schema_pb2.Feature) -> schema_pb2.Feature:
 def dataset_schema(class_names: List[str]) -> schema_pb2.Schema:
   """The schema of labeled image examples of these classes (id order):
   one encoded image each, a label in [0, K-1] and its class name, both
-  absent at serving."""
+  absent at serving, and the image's file where it came from one (an image
+  folder's; TFRecords have none). The file is read by search only, never
+  parsed for training: it has no shape."""
   if not class_names:
     raise ValueError("a dataset schema needs at least one class")
   if len(set(class_names)) != len(class_names):
@@ -46,6 +48,9 @@ def dataset_schema(class_names: List[str]) -> schema_pb2.Schema:
   name.string_domain.name = CLASS_NAME_KEY
   name.string_domain.value.extend(class_names)
   name.not_in_environment.append(SERVING)
+  path = schema.feature.add(name=IMAGE_PATH_KEY, type=schema_pb2.BYTES)
+  path.value_count.min = path.value_count.max = 1
+  path.not_in_environment.append(SERVING)
   return schema
 
 

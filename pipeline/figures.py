@@ -409,6 +409,36 @@ def nearest_neighbours(queries, bank, class_names: List[str],
                     "train images (cosine similarity of the served embedding)")
 
 
+def search_results(query_images: List[bytes], query_classes: List[str],
+                   hits: List[List[Dict]], images: Dict[str, bytes], title: str) -> Figure:
+  """Each query image (a row) and its hits (`SearchIndex.search` results:
+  id, class_name, score), drawn from `images` by id; a green frame: the
+  hit's class is the query's."""
+  rows, titles, ok = [], [], []
+  for image, query_class, found in zip(query_images, query_classes, hits):
+    rows.append([image] + [images[hit["id"]] for hit in found])
+    titles.append([f"query: {query_class}"] + [
+        f"{hit['class_name']} {hit['score']:.2f}" for hit in found])
+    ok.append([None] + [hit["class_name"] == query_class for hit in found])
+  return image_grid(rows, titles, ok, title=title)
+
+
+def image_pairs(pairs: List[Tuple[bytes, bytes, str]], title: str, per_row: int = 4
+                ) -> Figure:
+  """(image a, image b, caption) pairs side by side, `per_row` pairs a row;
+  the caption goes under the first of the pair."""
+  if not pairs:
+    fig = Figure(figsize=(6, 0.8))
+    fig.text(0.5, 0.5, f"{title}: none", ha="center", va="center")
+    return fig
+  rows, titles = [], []
+  for start in range(0, len(pairs), per_row):
+    chunk = pairs[start:start + per_row]
+    rows.append([image for a, b, _ in chunk for image in (a, b)])
+    titles.append([text for _, _, caption in chunk for text in (caption, "")])
+  return image_grid(rows, titles, title=title)
+
+
 def confident_mistakes(predictions, class_names: List[str], n: int = 16,
                        per_row: int = 8) -> Figure:
   """The `n` test images the linear probe got wrong with the highest

@@ -5,7 +5,9 @@ ExampleGen (CIFAR-10, image folder or TFRecord) -> StatisticsGen
   -> Transform -> Trainer(mae_pretrain)
   -> Trainer(linear_probe, base_model=MAE) -> Evaluator (vs latest blessed)
   -> CorpusEmbedder (the blessed model embeds the corpus) -> SearchIndexer
-  -> Pusher (versioned filesystem push of the blessed encoder with its index)
+  -> Pusher: locally a versioned push of the blessed encoder with its index;
+     on Vertex AI a deployment to an endpoint, the corpus written for
+     Vector Search beside it (`python -m pipeline.vertex_runner index`)
 """
 
 import dataclasses
@@ -155,24 +157,24 @@ def create_pipeline(config: PipelineConfig,
       example_splits=[TEST_SPLIT],
       eval_config=eval_config(gate.min_accuracy, gate.max_accuracy_drop))
 
-  search = []
+  # The blessed model embeds the corpus (Beam: on Dataflow in the cloud); the
+  # index over it is scored on held-out queries.
+  search_config = config.run_config.search
+  corpus_embedder = CorpusEmbedder(
+      examples=examples_gen.outputs["examples"], model=probe_trainer.outputs["model"],
+      model_blessing=evaluator.outputs["blessing"],
+      corpus_splits=",".join([TRAIN_SPLIT] + [UNLABELED_SPLIT] * unlabeled),
+      query_split=TEST_SPLIT, query_limit=search_config.eval_queries,
+      vector_search_json=int(search_config.vector_search_json))
+  search_indexer = SearchIndexer(
+      embeddings=corpus_embedder.outputs["embeddings"],
+      search_config=json.dumps(dataclasses.asdict(search_config)))
   if vertex:   # a Vertex AI endpoint, serving with a prebuilt TF container
     pusher = tfx.extensions.google_cloud_ai_platform.Pusher(
         model=probe_trainer.outputs["model"],
         model_blessing=evaluator.outputs["blessing"],
         custom_config=vertex.pusher_custom_config())
-  else:
-    # The blessed model embeds the corpus; the index over it is scored on
-    # held-out queries and pushed inside the model's version.
-    corpus_embedder = CorpusEmbedder(
-        examples=examples_gen.outputs["examples"], model=probe_trainer.outputs["model"],
-        model_blessing=evaluator.outputs["blessing"],
-        corpus_splits=",".join([TRAIN_SPLIT] + [UNLABELED_SPLIT] * unlabeled),
-        query_split=TEST_SPLIT, query_limit=config.run_config.search.eval_queries)
-    search_indexer = SearchIndexer(
-        embeddings=corpus_embedder.outputs["embeddings"],
-        search_config=json.dumps(dataclasses.asdict(config.run_config.search)))
-    search = [corpus_embedder, search_indexer]
+  else:   # the index inside the model's version
     pusher = VersionedPusher(model=probe_trainer.outputs["model"],
                              model_blessing=evaluator.outputs["blessing"],
                              base_directory=config.serving_model_dir,
@@ -180,7 +182,7 @@ def create_pipeline(config: PipelineConfig,
 
   components = [examples_gen, statistics_gen, schema_gen, example_validator,
                 anomalies_gate, transform, mae_trainer, probe_trainer,
-                model_resolver, evaluator, *search, pusher]
+                model_resolver, evaluator, corpus_embedder, search_indexer, pusher]
   by_id = {c.id: c for c in components}
   for upstream, downstream in CONTROL_DEPENDENCIES:
     by_id[downstream].add_upstream_node(by_id[upstream])

@@ -111,7 +111,7 @@ def gate_verdict(evaluator: Dict) -> Optional[str]:
 
 def index_outcome(indexer: Dict) -> Optional[str]:
   """What the SearchIndexer built, why, how it scored, and its verdict."""
-  index = (indexer["output_properties"].get("SearchIndex") or [None])[0]
+  index = (indexer["output_properties"].get(names.SEARCH_INDEX_TYPE) or [None])[0]
   if index is None:
     return None
   verdict = "blessed" if index.get("blessed") else "NOT blessed"

@@ -7,6 +7,7 @@ through this, and draw them with `pipeline.figures`.
   run.statistics("train"), run.schema(), run.anomalies(), run.channel_statistics()
   run.summary("mae_pretrain")["history"]      # loss, lr, img/s per epoch
   test = run.predictions("test", limit=2000)  # images, labels, probabilities, embeddings
+  run.search_index().search(test.embeddings, k=10)   # the index pushed with the model
 
 Predictions come from the linear_probe Trainer's model, the one the
 Evaluator scored (the pushed model may be another run's).
@@ -20,7 +21,7 @@ from typing import Dict, List, NamedTuple, Optional, Tuple
 import numpy as np
 
 from models import names
-from models.examples import read_examples
+from models.examples import read_examples, search_id
 from pipeline import runs
 
 _PREDICT_BATCH = 500
@@ -157,6 +158,14 @@ class RunOutputs:
     """`models.examples.ExampleRecords` of the run's split."""
     return read_examples(names.split_files(self.uri("ExampleGen", "Examples"), split), limit)
 
+  def images_by_search_id(self, split: str) -> Dict[str, bytes]:
+    """{search id: encoded image} of a split's examples: what a search
+    index's ids name (`models.examples.search_id`)."""
+    import tensorflow as tf
+    records = self.examples(split)
+    return {search_id(tf.train.Example.FromString(serialized), split, i): image
+            for i, (serialized, image) in enumerate(zip(records.serialized, records.images))}
+
   def transform_output(self):
     import tensorflow_transform as tft
     return tft.TFTransformOutput(self.uri("Transform", "TransformGraph"))
@@ -188,6 +197,14 @@ class RunOutputs:
 
   def blessed(self) -> bool:
     return os.path.exists(os.path.join(self.uri("Evaluator", "ModelBlessing"), "BLESSED"))
+
+  def search_index(self):
+    """The SearchIndexer's index (`models.search_index.SearchIndex`): the
+    one the Pusher ships inside the model's version when it is blessed."""
+    from components.search_index_gen import INDEX_FOLDER
+    from models import search_index
+    return search_index.load(os.path.join(
+        self.uri("SearchIndexer", names.SEARCH_INDEX_TYPE), INDEX_FOLDER))
 
   def probe_model(self):
     """The linear_probe Trainer's exported model (`serving.model_store.LoadedModel`)."""

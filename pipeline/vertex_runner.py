@@ -4,13 +4,17 @@
       --image REGION-docker.pkg.dev/P/mae-tfx/mae-tfx:TAG [--output mae-tfx-vertex.json]
   python -m pipeline.vertex_runner submit --project P --bucket gs://B \
       --image ... --spec mae-tfx-vertex.json [--dry-run]
+  python -m pipeline.vertex_runner index --project P --bucket gs://B \
+      --image ... --embeddings gs://B/.../CorpusEmbedder_.../embeddings [--dry-run]
 
 The same `create_pipeline` as the local runner, compiled by TFX's
 KubeflowV2DagRunner to a PipelineJob JSON whose every step runs this
 project's container image. Cloud variants, from `VertexConfig`: Trainers as
 Vertex AI Training jobs (worker pool with GPUs), Beam components on Dataflow
 (ExampleGen reads the images in Dataflow's workers),
-the Pusher deploying to a Vertex AI endpoint. Each Google Cloud setting
+the Pusher deploying to a Vertex AI endpoint, and the CorpusEmbedder writing
+the corpus in Vertex AI Vector Search's input format, which `index` creates
+a Vector Search index from once the run is done. Each Google Cloud setting
 (`VertexConfig`: project, region, bucket, image, machines, endpoint, ...) and
 the profile also have a MAE_TFX_<NAME> environment variable; the data flags
 do not. Values are fixed at compile time: no
@@ -22,9 +26,11 @@ import dataclasses
 import json
 import os
 import sys
-from typing import Dict, Optional
+from typing import Any, Dict, Optional
 
-from models import names
+import tensorflow as tf
+
+from models import names, vector_search
 from pipeline import configs, data_source
 from pipeline.pipeline import create_pipeline
 
@@ -46,6 +52,7 @@ def pipeline_config(args: argparse.Namespace) -> configs.PipelineConfig:
     overrides.setdefault("runtime", {}).setdefault("strategy", "multi_worker")
   elif vertex.accelerator_count > 1:   # all GPUs of the worker: one replica each
     overrides.setdefault("runtime", {}).setdefault("strategy", "mirrored")
+  overrides.setdefault("search", {}).setdefault("vector_search_json", True)
   bucket = vertex.bucket.rstrip("/")
   source = configs.source_config(args, args.data_format)
   if source.format != data_source.CIFAR10 and not (args.data and args.schema):
@@ -97,8 +104,58 @@ def pipeline_job(spec_path: str, config: configs.PipelineConfig,
       project=vertex.project, location=vertex.region, credentials=credentials)
 
 
+# Where a run's CorpusEmbedder writes the corpus for Vector Search, known
+# once the run has made it (Vertex AI names artifact folders by job and task).
+CONTENTS_AFTER_THE_RUN = ("{pipeline_root}/<project number>/<pipeline job>/"
+                          "CorpusEmbedder_<task>/embeddings/" + vector_search.FOLDER)
+
+
+def vector_search_index(config: configs.PipelineConfig, embeddings: str) -> Dict[str, Any]:
+  """create_tree_ah_index's arguments for the corpus a CorpusEmbedder wrote
+  (`embeddings`: its artifact folder, or the vector_search folder in it).
+  A folder that can be read is checked against the configured embedding."""
+  contents = embeddings.rstrip("/")
+  if os.path.basename(contents) != vector_search.FOLDER:
+    contents = f"{contents}/{vector_search.FOLDER}"
+  dimensions = config.run_config.embedding_dim
+  if "<" not in contents:
+    check_vector_search_folder(contents, dimensions)
+  return vector_search.index_arguments(
+      f"{config.pipeline_name}-embeddings", contents, dimensions,
+      config.run_config.search.k)
+
+
+def check_vector_search_folder(contents: str, dimensions: int) -> None:
+  try:
+    files = sorted(tf.io.gfile.glob(f"{contents}/*{vector_search.FILE_SUFFIX}"))
+  except tf.errors.OpError as e:   # e.g. gs:// without credentials (a dry run)
+    print(f"vertex_runner: {contents} not checked ({type(e).__name__})", file=sys.stderr)
+    return
+  if not files:
+    raise FileNotFoundError(
+        f"{contents}: no *{vector_search.FILE_SUFFIX} files. Give the CorpusEmbedder's "
+        "embeddings artifact of a run with search.vector_search_json (the Vertex default)")
+  with tf.io.gfile.GFile(files[0]) as f:
+    first = json.loads(f.readline())
+  if len(first["embedding"]) != dimensions:
+    raise ValueError(f"{files[0]}: embeddings of {len(first['embedding'])} values, the "
+                     f"configured model gives {dimensions}: same --profile/--overrides "
+                     "as the run, please")
+
+
+def create_index(config: configs.PipelineConfig, embeddings: str, dry_run: bool) -> Dict:
+  """Creates the Vector Search index, or (dry run) returns its request."""
+  vertex = config.vertex
+  arguments = vector_search_index(config, embeddings)
+  if dry_run:
+    return vector_search.create_index_request(vertex.project, vertex.region, arguments)
+  index = vector_search.create_index(vertex.project, vertex.region, arguments)
+  return {"index": index.resource_name}
+
+
 def submit(spec_path: str, config: configs.PipelineConfig, dry_run: bool) -> Dict:
-  """Submits the job, or (dry run) validates it and returns what it would send."""
+  """Submits the job, or (dry run) validates it and returns what it would
+  send, and the Vector Search index request that follows the run."""
   if not os.path.isfile(spec_path):
     raise FileNotFoundError(f"{spec_path} not found: run `compile` first")
   with open(spec_path) as f:
@@ -108,9 +165,11 @@ def submit(spec_path: str, config: configs.PipelineConfig, dry_run: bool) -> Dic
     from google.auth.credentials import AnonymousCredentials
     job = pipeline_job(spec_path, config, credentials=AnonymousCredentials())
     request = job.to_dict()      # the PipelineJob resource `submit` would create
+    after = CONTENTS_AFTER_THE_RUN.format(pipeline_root=config.pipeline_root)
     return {"parent": f"projects/{config.vertex.project}/locations/{config.vertex.region}",
             "service_account": config.vertex.service_account or None,
-            "pipeline_job": request}
+            "pipeline_job": request,
+            "then_vector_search_index": create_index(config, after, dry_run=True)}
   job = pipeline_job(spec_path, config)
   job.submit(service_account=config.vertex.service_account or None)
   return {"pipeline_job": job.resource_name}
@@ -133,11 +192,13 @@ def validate_spec(spec: Dict, image: Optional[str] = None) -> None:
 def parse_args(argv):
   p = argparse.ArgumentParser(description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("command", choices=["compile", "submit"])
+  p.add_argument("command", choices=["compile", "submit", "index"])
   p.add_argument("--spec", default=DEFAULT_SPEC, help="compiled PipelineJob JSON")
   p.add_argument("--output", default=None, help="compile: where to write (default --spec)")
   p.add_argument("--dry-run", action="store_true",
-                 help="submit: validate and print the request, no network")
+                 help="submit, index: validate and print the request, no network")
+  p.add_argument("--embeddings", default=None,
+                 help="index: a run's CorpusEmbedder embeddings artifact (gs://...)")
   p.add_argument("--profile", default=os.environ.get(names.PROFILE_ENV, "full"))
   p.add_argument("--overrides", default="{}", help="JSON {section: {field: value}}")
   p.add_argument("--data", default=None,
@@ -167,7 +228,12 @@ def main(argv=None) -> Dict:
     print(f"vertex_runner: compiled {config.pipeline_name} (profile {config.profile}, "
           f"image {config.vertex.image}) to {path}", flush=True)
     return {"spec": path}
-  result = submit(args.spec, config, args.dry_run)
+  if args.command == "index":
+    if not args.embeddings:
+      raise SystemExit("index needs --embeddings: the CorpusEmbedder's embeddings artifact")
+    result = create_index(config, args.embeddings, args.dry_run)
+  else:
+    result = submit(args.spec, config, args.dry_run)
   if args.dry_run:
     print("vertex_runner: dry run, nothing submitted. Request:")
   print(json.dumps(result, indent=2, sort_keys=True), flush=True)

@@ -94,6 +94,21 @@ def test_unlabeled_images_reach_pretraining_only(folder_run, photo_folder):
                                        "Split-unlabeled"}
 
 
+def test_the_pushed_index_names_each_image_by_its_file(folder_run, photo_folder):
+  """Search ids of an image folder are the files, relative to their root:
+  the train split's (the bad file skipped) and the unlabeled folder's."""
+  from models import search_index
+  root, unlabeled = photo_folder
+  layout = image_files.detect_layout(root)
+  index = search_index.load(os.path.join(_pushed(folder_run), names.SEARCH_INDEX_DIR))
+  records = dict(zip(index.records.ids, index.records.class_names))
+  train = {rel: layout.class_names[label] for rel, label in layout.files["train"]
+           if not rel.endswith("broken.jpg")}
+  expected = dict(train, **{f"unlabeled/{rel}": "" for rel in
+                            image_files.list_images(unlabeled, recursive=True)})
+  assert records == expected
+
+
 def test_pushed_model_embeds_any_image_and_names_classes(folder_run, cifar10_sample):
   path = _pushed(folder_run)
   with open(os.path.join(path, "assets", names.CLASS_NAMES_FILE)) as f:

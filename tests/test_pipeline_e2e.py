@@ -154,12 +154,14 @@ def test_notebooks_run_on_the_pipeline_outputs(smoke_run):
   walkthrough = executed["pipeline_walkthrough.ipynb"]
   pictures = [o for c in walkthrough.cells for o in c.get("outputs", [])
               if "image/png" in o.get("data", {})]
-  assert len(pictures) == 12          # every figures.* call made its picture
+  assert len(pictures) == 13          # every figures.* call made its picture
   text = _text_outputs(walkthrough)
   assert "application/vnd.jupyter.widget-view+json" in str(walkthrough.cells)   # tfma.view
   assert "facets-overview" in text
   assert all(name in text for name in cifar10_class_names())     # the schema's domain
   assert "split train: 0 anomalies" in text
+  assert re.search(r"exact index of 320 x \d+ .*recall@10 1\.0000", text), text
+  assert re.search(r"\d+ of 100 test images have a train image at cosine similarity >= 0\.65", text)
   assert "kNN (k=20, cosine) top-1 on 100 test images with 320 train images" in \
       _text_outputs(executed["explore_embeddings.ipynb"])
   for nb in executed.values():       # what a committed notebook may show
@@ -173,16 +175,17 @@ def test_report_writes_the_walkthrough_as_a_static_page(smoke_run, tmp_path):
     page = f.read()
   for title in ("The DAG", "The data", "The schema and the anomaly gate", "Transform",
                 "Training", "Evaluation (TFMA)", "k-NN, and the random-init baseline",
-                "The embedding space", "Nearest neighbours", "most confident mistakes"):
+                "The embedding space", "Search: the index pushed with the model",
+                "Near-duplicates: CIFAR-10 test images in train", "most confident mistakes"):
     assert f">{title}" in page or title in page
-  assert page.count('src="data:image/png;base64,') == 12
+  assert page.count('src="data:image/png;base64,') == 13
   assert "from pipeline import" not in page            # the code is left out
   assert "&lt;output&gt;/serving_model/" in page and smoke_run.output_dir not in page
   assert sorted(os.listdir(tmp_path / "report_figures")) == sorted(
       f"{name}.png" for name in ("dag", "timeline", "class_counts", "channel_statistics",
                                  "training_curves", "reconstructions", "accuracy_by_class",
                                  "confusion_matrix", "probe_accuracies", "embedding_map",
-                                 "nearest_neighbours", "confident_mistakes"))
+                                 "search_results", "near_duplicates", "confident_mistakes"))
 
 
 def test_transform_froze_the_train_pixels_mean_and_std(smoke_run, cifar10_sample):

@@ -1,18 +1,20 @@
 """Vertex AI: the compiled PipelineSpec mirrors the local DAG; cloud variants;
 a dry-run submission that makes no network call."""
 
+import glob
 import json
 import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
 
 from models import config as config_lib
 from models import names
-from pipeline import configs, vertex_runner
+from pipeline import configs, runs, vertex_runner
 from pipeline.pipeline import MAE_RUN_FN, PREPROCESSING_FN, PROBE_RUN_FN, create_pipeline
 
 IMAGE = "us-central1-docker.pkg.dev/test-project/mae-tfx/mae-tfx:test"
@@ -51,11 +53,10 @@ def test_spec_parses_and_has_the_local_dag(default_spec, tmp_path):
   assert parsed.pipeline_info.name == names.PIPELINE_NAME
   local = create_pipeline(configs.PipelineConfig(data_root=str(tmp_path),
                                                  output_dir=str(tmp_path)))
-  # The search steps run locally only so far: the Vertex Pusher deploys the
-  # model to an endpoint, without an index.
-  local_only = {"CorpusEmbedder", "SearchIndexer"}
-  local_deps = {c.id: {u.id for u in c.upstream_nodes} - local_only
-                for c in local.components if c.id not in local_only}
+  # The same DAG, search steps included; only the local Pusher takes the
+  # index (the Vertex one deploys the model to an endpoint).
+  local_deps = {c.id: {u.id for u in c.upstream_nodes} for c in local.components}
+  local_deps["Pusher"].remove("SearchIndexer")
   # The compiler splits the latest-blessed-model resolver into two resolver steps.
   tasks = parsed.root.dag.tasks
   compiled = {name.split("-")[0]: set() for name in tasks}
@@ -99,10 +100,15 @@ def test_cloud_variants_vertex_training_endpoint_pusher_and_dataflow(default_spe
   assert pusher["ai_platform_vertex_container_image_uri"].startswith(
       "us-docker.pkg.dev/vertex-ai/prediction/tf2-cpu")
   assert "google_cloud_ai_platform.pusher.executor" in " ".join(_executor_args(spec, "Pusher"))
-  for task in ("StatisticsGen", "Transform", "Evaluator"):
+  for task in ("StatisticsGen", "Transform", "Evaluator", "CorpusEmbedder"):
     args = _executor_args(spec, task)
     assert "--runner=DataflowRunner" in args and "--temp_location=gs://test-bucket/tmp" in args
     assert "--autoscaling_algorithm=THROUGHPUT_BASED" in args
+  # The corpus is embedded on Dataflow and written for Vector Search too.
+  embedder = _parameters(spec, "CorpusEmbedder")
+  assert (int(embedder["vector_search_json"]), embedder["corpus_splits"]) == (1, "train")
+  search = json.loads(_parameters(spec, "SearchIndexer")["search_config"])
+  assert search["vector_search_json"] is True and search["min_recall"] == 0.95
 
 
 def test_more_gpus_select_mirrored_and_local_variants_compile(tmp_path):
@@ -162,7 +168,16 @@ def test_dry_run_submission_prints_the_job_without_network(default_spec, tmp_pat
   assert request["parent"] == "projects/test-project/locations/europe-west4"
   job = request["pipeline_job"]
   assert job["runtimeConfig"]["gcsOutputDirectory"] == "gs://test-bucket/mae-tfx/pipeline_root"
-  assert set(job["pipelineSpec"]["root"]["dag"]["tasks"]) >= {"mae_pretrain", "Pusher"}
+  assert set(job["pipelineSpec"]["root"]["dag"]["tasks"]) >= {"mae_pretrain", "Pusher",
+                                                             "CorpusEmbedder"}
+  # Then the Vector Search index over the corpus the run will write.
+  index = request["then_vector_search_index"]
+  assert index["url"] == ("https://europe-west4-aiplatform.googleapis.com/v1/projects/"
+                          "test-project/locations/europe-west4/indexes")
+  config = index["body"]["metadata"]["config"]
+  assert config["dimensions"] == config_lib.get_profile("full").embedding_dim
+  assert index["body"]["metadata"]["contentsDeltaUri"].startswith(
+      "gs://test-bucket/mae-tfx/pipeline_root/")
   # The sitecustomize really blocks: a real submission attempt fails on it.
   probe = subprocess.run([sys.executable, "-c", "import socket; socket.create_connection(('example.com', 443))"],
                          env=env, capture_output=True, text=True)
@@ -211,3 +226,39 @@ def test_an_image_folder_on_gcs_compiles(tmp_path):
   assert "unlabeled" not in json.dumps(_parameters(spec, "linear_probe")["train_args"])
   with pytest.raises(ValueError, match="needs --data .* and --schema"):
     _compile(tmp_path, "--data-format", "image_folder")
+
+
+def test_index_request_from_a_runs_vector_search_corpus(smoke_run, tmp_path):
+  """The smoke run writes its corpus for Vector Search (as every Vertex run
+  does): the same records as the local index's, one JSON line each, the class
+  as a restricts entry; `index --dry-run` makes the creation request of it."""
+  from models.examples import read_embeddings
+  from models.vector_search import CLASS_NAMESPACE, FOLDER
+  rows = {r["node"]: r for r in runs.last_run_executions(
+      smoke_run.metadata_path, smoke_run.pipeline_name)}
+  embeddings = rows["CorpusEmbedder"]["outputs"][names.EMBEDDINGS_TYPE][0]
+  lines = []
+  for path in sorted(glob.glob(os.path.join(embeddings, FOLDER, "*.json"))):
+    with open(path) as f:
+      lines += [json.loads(line) for line in f]
+  corpus = read_embeddings(names.split_files(embeddings, "train"))
+  by_id = {line["id"]: line for line in lines}
+  assert len(lines) == len(by_id) == len(corpus.ids) > 0
+  for image_id, class_name, vector in zip(corpus.ids, corpus.class_names, corpus.vectors):
+    line = by_id[image_id]
+    assert line["restricts"] == [{"namespace": CLASS_NAMESPACE, "allow": [class_name]}]
+    np.testing.assert_allclose(line["embedding"], vector, rtol=1e-6)
+
+  request = vertex_runner.main(["index", "--dry-run", "--embeddings", embeddings,
+                                "--profile", "smoke", *CLOUD])
+  metadata = request["body"]["metadata"]
+  assert metadata["contentsDeltaUri"] == os.path.join(embeddings, FOLDER)
+  assert metadata["config"]["dimensions"] == smoke_run.run_config.embedding_dim
+  assert metadata["config"]["distanceMeasureType"] == "DOT_PRODUCT_DISTANCE"
+  assert metadata["config"]["featureNormType"] == "UNIT_L2_NORM"
+  assert request["body"]["indexUpdateMethod"] == "BATCH_UPDATE"
+  # Another profile's embedding size, or a folder without the corpus: named.
+  with pytest.raises(ValueError, match=r"embeddings of \d+ values, the configured model gives"):
+    vertex_runner.main(["index", "--dry-run", "--embeddings", embeddings, *CLOUD])
+  with pytest.raises(FileNotFoundError, match="no \\*.json files"):
+    vertex_runner.main(["index", "--dry-run", "--embeddings", str(tmp_path), *CLOUD])
