@@ -234,9 +234,13 @@ def test_index_request_from_a_runs_vector_search_corpus(smoke_run, tmp_path):
   as a restricts entry; `index --dry-run` makes the creation request of it."""
   from models.examples import read_embeddings
   from models.vector_search import CLASS_NAMESPACE, FOLDER
+  # The first run's (later ones may be cached, or not blessed by design).
+  first = runs.list_runs(smoke_run.metadata_path, smoke_run.pipeline_name)[0]["run_id"]
   rows = {r["node"]: r for r in runs.last_run_executions(
-      smoke_run.metadata_path, smoke_run.pipeline_name)}
+      smoke_run.metadata_path, smoke_run.pipeline_name, first)}
   embeddings = rows["CorpusEmbedder"]["outputs"][names.EMBEDDINGS_TYPE][0]
+  assert rows["CorpusEmbedder"]["output_properties"][names.EMBEDDINGS_TYPE][0][
+      "vector_search"] == os.path.join(embeddings, FOLDER)
   lines = []
   for path in sorted(glob.glob(os.path.join(embeddings, FOLDER, "*.json"))):
     with open(path) as f:
