@@ -12,6 +12,8 @@ PROFILE   ?= cpu
 # of class folders, or of TFRecord files (docs/your_own_images.md).
 DATA      ?= $(firstword $(MAE_TFX_CIFAR10) $(wildcard ../shared/data/cifar10))
 UNLABELED ?=
+# Images the search index covers instead of the train split (a folder, or TFRecords).
+SEARCH_CORPUS ?=
 ARGS      ?=
 PYTEST_ARGS ?=
 
@@ -35,7 +37,7 @@ $(VENV)/.installed: setup.py pyproject.toml requirements.lock
 # The run log (stderr) starts by naming what it runs.
 pipeline: $(VENV)/.installed
 	@$(PY) -m pipeline.local_runner --profile $(PROFILE) $(if $(DATA),--data $(DATA)) \
-	    $(if $(UNLABELED),--unlabeled $(UNLABELED)) $(ARGS)
+	    $(if $(UNLABELED),--unlabeled $(UNLABELED)) $(if $(SEARCH_CORPUS),--search-corpus $(SEARCH_CORPUS)) $(ARGS)
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)

@@ -5,7 +5,8 @@ the Pusher ships the index inside the model's version folder.
 
 CorpusEmbedder writes, per split, GZIP TFRecords of {id, class_name,
 embedding} (`models.examples.embedding_example`): the corpus splits (train,
-and unlabeled when there is one) and the first `query_limit` examples of the
+and unlabeled when there is one; or, when given, the `corpus` split of a
+SearchCorpusGen's examples) and the first `query_limit` examples of the
 held-out query split (test), on which SearchIndexer measures recall against
 exact search. An id is `models.examples.search_id`: the image's file under
 its data root when the examples carry it (image folders), otherwise
@@ -119,22 +120,27 @@ def CorpusEmbedder(  # pylint: disable=invalid-name
     query_split: tfx.dsl.components.Parameter[str],
     query_limit: tfx.dsl.components.Parameter[int],
     vector_search_json: tfx.dsl.components.Parameter[int] = 0,
+    corpus_examples: tfx.dsl.components.InputArtifact[
+        tfx.types.standard_artifacts.Examples] = None,
     beam_pipeline: tfx.dsl.components.BeamComponentParameter[beam.Pipeline] = None,
 ) -> None:
-  """Embeds the corpus splits (comma-separated; those the examples have)
-  and the first `query_limit` of the query split, with the blessed model;
+  """Embeds the corpus splits of `examples` (comma-separated; those it has),
+  or the `corpus` split of `corpus_examples` when given, and the first
+  `query_limit` of the query split, with the blessed model;
   `vector_search_json` 1: the corpus also as Vector Search's input."""
   if not is_blessed(model_blessing):
     embeddings.set_int_custom_property(EMBEDDED_PROPERTY, 0)
     return
-  available = artifact_utils.decode_split_names(examples.split_names)
-  splits = [s for s in corpus_splits.split(",") if s in available]
+  corpus = corpus_examples or examples
+  available = artifact_utils.decode_split_names(corpus.split_names)
+  wanted = [names.CORPUS_SPLIT] if corpus_examples else corpus_splits.split(",")
+  splits = [s for s in wanted if s in available]
   model_path = path_utils.serving_model_path(model.uri)
   with beam_pipeline as pipeline:
     for split in splits + [query_split]:
-      limit = query_limit if split == query_split else 0
+      limit, source = (query_limit, examples) if split == query_split else (0, corpus)
       embedded = pipeline | f"Embed[{split}]" >> EmbedSplit(
-          examples.uri, split, model_path, limit)
+          source.uri, split, model_path, limit)
       _ = (embedded
            | f"Serialize[{split}]" >> beam.Map(
                lambda e: embedding_example(*e).SerializeToString())
@@ -148,6 +154,7 @@ def CorpusEmbedder(  # pylint: disable=invalid-name
                  os.path.join(embeddings.uri, vector_search.FOLDER, split),
                  file_name_suffix=vector_search.FILE_SUFFIX))
   embeddings.set_string_custom_property("corpus_splits", ",".join(splits))
+  embeddings.set_string_custom_property("corpus_examples", corpus.uri)
   embeddings.set_string_custom_property("query_split", query_split)
   embeddings.set_int_custom_property(EMBEDDED_PROPERTY, 1)
   if vector_search_json:

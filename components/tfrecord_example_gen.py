@@ -16,7 +16,7 @@ and listed with `skip_bad_images`); an unlabeled image folder may be added.
 """
 
 import hashlib
-from typing import Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import apache_beam as beam
 import tensorflow as tf
@@ -25,7 +25,7 @@ from tfx.components.example_gen.import_example_gen.component import ImportExampl
 from tfx.dsl.components.base import executor_spec
 from tfx.proto import example_gen_pb2
 
-from components.image_examples_executor import (BAD, ImageExamplesExecutor,
+from components.image_examples_executor import (BAD, ImageExamplesExecutor, Split,
                                                 ingestion_options, options_config)
 from models import image_files
 from models.examples import TFRECORD_SUFFIXES, image_example, tfrecord_files
@@ -67,25 +67,33 @@ def _split_of(example: tf.train.Example, test_fraction: float) -> int:
   return int(image_files.hash_split(key, test_fraction) == TEST_SPLIT)
 
 
+def read_records(pipeline: beam.Pipeline, split: str, input_base: str, files: List[str],
+                 options: Dict[str, Any]) -> Split:
+  """The pipeline's Examples (and the skipped records' reasons) of the
+  TFRecord `files` of one split, their features mapped as `options` say."""
+  if not files:
+    raise FileNotFoundError(f"{input_base}: no TFRecord files ({', '.join(TFRECORD_SUFFIXES)}) "
+                            f"for the {split} split")
+  results = (pipeline
+             | f"Files[{split}]" >> beam.Create(files)
+             | f"Records[{split}]" >> beam.io.ReadAllFromTFRecord(with_filename=True)
+             | f"Convert[{split}]" >> beam.FlatMap(
+                 record_to_example, options.get("image_feature", "image"),
+                 options.get("label_feature", "label"),
+                 image_files.read_class_names_file(input_base),
+                 bool(options.get("skip_bad_images", False)))
+             .with_outputs(BAD, main="examples"))
+  return results.examples, results[BAD]
+
+
 class Executor(ImageExamplesExecutor):
   """Reads the TFRecord files in Beam (ReadAllFromTFRecord), maps and checks."""
 
   def labeled_splits(self, pipeline, input_base, options):
-    skip_bad = bool(options.get("skip_bad_images", False))
     class_names = image_files.read_class_names_file(input_base)
-    convert = (record_to_example, options.get("image_feature", "image"),
-               options.get("label_feature", "label"), class_names, skip_bad)
 
     def read(split: str, files: List[str]):
-      if not files:
-        raise FileNotFoundError(f"{input_base}: no TFRecord files ({', '.join(TFRECORD_SUFFIXES)}) "
-                                f"for the {split} split")
-      results = (pipeline
-                 | f"Files[{split}]" >> beam.Create(files)
-                 | f"Records[{split}]" >> beam.io.ReadAllFromTFRecord(with_filename=True)
-                 | f"Convert[{split}]" >> beam.FlatMap(*convert)
-                 .with_outputs(BAD, main="examples"))
-      return results.examples, results[BAD]
+      return read_records(pipeline, split, input_base, files, options)
 
     given = {s: tfrecord_files(image_files.join_path(input_base, s))
              for s in (TRAIN_SPLIT, TEST_SPLIT)}

@@ -169,6 +169,12 @@ def image_bytes(data: bytes, name: str) -> bytes:
     raise BadImageError(f"{name}: not a readable image ({type(e).__name__}: {e})") from e
 
 
+def folder_label(rel: str) -> str:
+  """The label of an image at `rel` ('/'-separated) under a folder laid out
+  as `<root>/<label>/.../<image>`: its first folder; "" at the root."""
+  return rel.split("/")[0] if "/" in rel else ""
+
+
 def read_class_names_file(root: str) -> List[str]:
   """The lines of `<root>/class_names.txt` (line i names class i), or [] when
   there is none (a TFRecord dataset's optional names)."""

@@ -19,6 +19,7 @@ CLASS_NAME_KEY = "class_name"   # domain in the schema (the name <-> id mapping)
 # Splits of the Examples: the probe and the Evaluator use train and test; the
 # MAE also pretrains on the unlabeled split when there is one.
 TRAIN_SPLIT, TEST_SPLIT, UNLABELED_SPLIT = "train", "test", "unlabeled"
+CORPUS_SPLIT = "corpus"         # SearchCorpusGen's one split: images searched, not trained on
 ID_KEY = "id"                   # an embedding record's image (components/search_index_gen.py)
 # An image-folder example's file, relative to its root ("cat/x.png"; the
 # unlabeled folder's as "unlabeled/<relative path>"): its search id.

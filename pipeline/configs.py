@@ -127,6 +127,11 @@ class SourceConfig:
   label_feature: str = "label"           # image bytes and the int64 class id
   # A digest of the local input files: a changed file re-runs ExampleGen.
   fingerprint: str = ""
+  # Images (a folder, any depth, or TFRecord files) the search index covers
+  # instead of the train split, the model not trained on them
+  # (components/search_corpus_gen.py), and the digest of its local files.
+  search_corpus: Optional[str] = None
+  search_corpus_fingerprint: str = ""
 
   def __post_init__(self):
     if self.format not in data_source.FORMATS:
@@ -151,6 +156,9 @@ def add_source_arguments(parser) -> None:
                       help="TFRecord: the feature holding the encoded image")
   parser.add_argument("--label-feature", default="label",
                       help="TFRecord: the feature holding the int64 class id")
+  parser.add_argument("--search-corpus", default=None,
+                      help="images the search index covers instead of the train split: a "
+                           "folder of images (any depth) or of TFRecord files")
   parser.add_argument("--schema", default=None,
                       help="the dataset's schema (default: CIFAR-10's curated one, else "
                            "schemas/<data folder>/schema.pbtxt)")
@@ -159,6 +167,7 @@ def add_source_arguments(parser) -> None:
 def source_config(args, data_format: str, fingerprint: str = "") -> SourceConfig:
   """SourceConfig from the flags of `add_source_arguments`."""
   return SourceConfig(format=data_format, unlabeled_root=args.unlabeled,
+                      search_corpus=args.search_corpus,
                       test_fraction=args.test_fraction,
                       skip_bad_images=args.skip_bad_images,
                       image_feature=args.image_feature, label_feature=args.label_feature,

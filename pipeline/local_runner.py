@@ -1,7 +1,8 @@
 """Runs the pipeline locally with BeamDagRunner and SQLite MLMD.
 
   python -m pipeline.local_runner --profile cpu --data ../shared/data/cifar10
-  python -m pipeline.local_runner --data ~/photos [--unlabeled ~/more_photos]
+  python -m pipeline.local_runner --data ~/photos [--unlabeled ~/more_photos] \
+      [--search-corpus ~/catalogue]
 
 `--data` is CIFAR-10 (a local copy of the archive or its folder; without
 --data, or $MAE_TFX_CIFAR10, the official archive is downloaded once into
@@ -11,7 +12,8 @@ than CIFAR-10 the first run writes the dataset's schema for review
 (schemas/<folder>/schema.pbtxt, or --schema); later runs are held to it. Each
 data set is its own pipeline, `mae-tfx-<folder>` (CIFAR-10: `mae-tfx`), with
 its own runs, blessed models and served versions
-(<output>/serving_model/<pipeline>/).
+(<output>/serving_model/<pipeline>/). The search index pushed with the model
+covers the train split (and --unlabeled), or the images of --search-corpus.
 
 The run log (stderr) says what runs, its progress and outcome; the report
 (stdout) what the run did. `-v` / MAE_TFX_VERBOSE=1 shows every log line.
@@ -36,6 +38,7 @@ if __name__ == "__main__":
 # pylint: disable=wrong-import-position
 from tfx import v1 as tfx
 
+from components import search_corpus_gen
 from models import config as model_config
 from models import image_files, names
 from models.run_log import log
@@ -150,8 +153,10 @@ def main(argv=None) -> configs.PipelineConfig:
       config = pipeline_config(args, overrides)
       log.info("Pipeline %s: profile %s, data %s (%s%s), schema %s, output %s",
                config.pipeline_name, config.profile, config.data_root,
-               config.source.format, f", unlabeled {args.unlabeled}" if args.unlabeled
-               else "", config.schema_path, config.output_dir)
+               config.source.format, "".join(
+                   f", {name} {folder}" for name, folder in (
+                       ("unlabeled", args.unlabeled), ("search corpus", args.search_corpus))
+                   if folder), config.schema_path, config.output_dir)
       run(config)
   except RunInProgress as e:
     raise SystemExit(f"mae-tfx: {e}") from None
@@ -164,11 +169,20 @@ def pipeline_config(args, overrides) -> configs.PipelineConfig:
   need be), its schema (written for review on a new data set) and its
   pipeline."""
   data_format = data_source.detect_format(args.data) if args.data else data_source.CIFAR10
-  if args.unlabeled:
-    args.unlabeled = os.path.abspath(os.path.expanduser(args.unlabeled))
-    if not os.path.isdir(args.unlabeled):
-      raise SystemExit(f"--unlabeled {args.unlabeled}: not a folder")
+  for flag in ("unlabeled", "search_corpus"):
+    folder = getattr(args, flag)
+    if folder:
+      folder = os.path.abspath(os.path.expanduser(folder))
+      if not os.path.isdir(folder):
+        raise SystemExit(f"--{flag.replace('_', '-')} {folder}: not a folder")
+      setattr(args, flag, folder)
   source = configs.source_config(args, data_format)    # refuses a bad combination
+  if args.search_corpus:
+    try:
+      search_corpus_gen.check_corpus(args.search_corpus)
+    except ValueError as e:
+      raise SystemExit(f"--search-corpus {e}") from None
+    source.search_corpus_fingerprint = image_files.folder_fingerprint(args.search_corpus)
   if data_format == data_source.CIFAR10:
     data_root = data_source.resolve_cifar10(args.data, os.path.join(args.output_dir, "cache"))
     schema_path = args.schema or names.SCHEMA_PATH

@@ -22,6 +22,7 @@ from tfx.proto import transform_pb2
 from components.anomalies_gate import AnomaliesGate
 from components.cifar10_example_gen import Cifar10ExampleGen
 from components.image_folder_example_gen import ImageFolderExampleGen
+from components.search_corpus_gen import SearchCorpusGen
 from components.search_index_gen import CorpusEmbedder, SearchIndexer
 from components.tfrecord_example_gen import TFRecordImageExampleGen
 from components.versioned_pusher import VersionedPusher
@@ -38,6 +39,7 @@ CONTROL_DEPENDENCIES = (("AnomaliesGate", "Transform"),)
 PREPROCESSING_FN = "models.preprocessing.preprocessing_fn"
 MAE_RUN_FN = "components.mae_trainer.run_fn"
 PROBE_RUN_FN = "components.probe_trainer.run_fn"
+SEARCH_CORPUS_GEN = "SearchCorpusGen"
 
 
 def eval_config(min_accuracy: float, max_drop: float) -> tfma.EvalConfig:
@@ -157,15 +159,24 @@ def create_pipeline(config: PipelineConfig,
       example_splits=[TEST_SPLIT],
       eval_config=eval_config(gate.min_accuracy, gate.max_accuracy_drop))
 
-  # The blessed model embeds the corpus (Beam: on Dataflow in the cloud); the
-  # index over it is scored on held-out queries.
+  # The blessed model embeds the corpus (Beam: on Dataflow in the cloud): the
+  # train split, or the images of --search-corpus; the index over it is
+  # scored on held-out queries.
+  search_corpus = []
+  if config.source.search_corpus:
+    search_corpus = [SearchCorpusGen(
+        input_base=config.source.search_corpus, image_feature=config.source.image_feature,
+        label_feature=config.source.label_feature,
+        skip_bad_images=config.source.skip_bad_images,
+        fingerprint=config.source.search_corpus_fingerprint).with_id(SEARCH_CORPUS_GEN)]
   search_config = config.run_config.search
   corpus_embedder = CorpusEmbedder(
       examples=examples_gen.outputs["examples"], model=probe_trainer.outputs["model"],
       model_blessing=evaluator.outputs["blessing"],
       corpus_splits=",".join([TRAIN_SPLIT] + [UNLABELED_SPLIT] * unlabeled),
       query_split=TEST_SPLIT, query_limit=search_config.eval_queries,
-      vector_search_json=int(search_config.vector_search_json))
+      vector_search_json=int(search_config.vector_search_json),
+      corpus_examples=search_corpus[0].outputs["examples"] if search_corpus else None)
   search_indexer = SearchIndexer(
       embeddings=corpus_embedder.outputs["embeddings"],
       search_config=json.dumps(dataclasses.asdict(search_config)))
@@ -180,7 +191,7 @@ def create_pipeline(config: PipelineConfig,
                              base_directory=config.serving_model_dir,
                              search_index=search_indexer.outputs["search_index_artifact"])
 
-  components = [examples_gen, statistics_gen, schema_gen, example_validator,
+  components = [examples_gen, *search_corpus, statistics_gen, schema_gen, example_validator,
                 anomalies_gate, transform, mae_trainer, probe_trainer,
                 model_resolver, evaluator, corpus_embedder, search_indexer, pusher]
   by_id = {c.id: c for c in components}

@@ -8,6 +8,7 @@ through this, and draw them with `pipeline.figures`.
   run.summary("mae_pretrain")["history"]      # loss, lr, img/s per epoch
   test = run.predictions("test", limit=2000)  # images, labels, probabilities, embeddings
   run.search_index().search(test.embeddings, k=10)   # the index pushed with the model
+  run.search_corpus_images()["train/12"]              # the image an id names
 
 Predictions come from the linear_probe Trainer's model, the one the
 Evaluator scored (the pushed model may be another run's).
@@ -158,13 +159,20 @@ class RunOutputs:
     """`models.examples.ExampleRecords` of the run's split."""
     return read_examples(names.split_files(self.uri("ExampleGen", "Examples"), split), limit)
 
-  def images_by_search_id(self, split: str) -> Dict[str, bytes]:
-    """{search id: encoded image} of a split's examples: what a search
-    index's ids name (`models.examples.search_id`)."""
+  def search_corpus_images(self) -> Dict[str, bytes]:
+    """{search id: encoded image} of the images the run's search index
+    covers (the CorpusEmbedder's corpus: the train split, with `unlabeled`,
+    or a --search-corpus), by the ids the index gives
+    (`models.examples.search_id`)."""
     import tensorflow as tf
-    records = self.examples(split)
-    return {search_id(tf.train.Example.FromString(serialized), split, i): image
-            for i, (serialized, image) in enumerate(zip(records.serialized, records.images))}
+    corpus = self.node("CorpusEmbedder")["output_properties"][names.EMBEDDINGS_TYPE][0]
+    images = {}
+    for split in corpus["corpus_splits"].split(","):
+      records = read_examples(names.split_files(corpus["corpus_examples"], split))
+      images.update({search_id(tf.train.Example.FromString(serialized), split, i): image
+                     for i, (serialized, image) in enumerate(
+                         zip(records.serialized, records.images))})
+    return images
 
   def transform_output(self):
     import tensorflow_transform as tft

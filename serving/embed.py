@@ -44,7 +44,7 @@ def list_images(root: str) -> Tuple[List[str], List[str], List[str]]:
   found = image_files.list_images(root, recursive=True)     # '/'-separated ids
   if not found:
     raise FileNotFoundError(f"no {'/'.join(image_files.IMAGE_EXTENSIONS)} files under {root}")
-  labels = [rel.split("/")[0] if "/" in rel else "" for rel in found]
+  labels = [image_files.folder_label(rel) for rel in found]
   return [os.path.join(root, rel) for rel in found], found, labels
 
 

@@ -13,7 +13,7 @@ from models import image_files, names, schema
 from models.names import CLASSIFY_EXAMPLES, SERVING_DEFAULT
 from pipeline import local_runner, report, run_outputs, runs
 from tests.conftest import (IMAGE_FOLDER_CLASSES, cifar10_class_names, jpeg_bytes,
-                            png_bytes, save_image)
+                            png_bytes, save_image, write_image_files)
 
 
 def _run(*flags, output):
@@ -222,3 +222,49 @@ def test_gate_stops_an_empty_split_and_a_missing_image_feature(tmp_path, cifar10
   assert "split 'test' is empty: no examples" in str(error.value)
   assert "split 'train', feature 'image': SCHEMA_MISSING_COLUMN" in str(error.value)
   _assert_stopped_at_the_gate(tmp_path / "out")
+
+
+def test_a_search_corpus_is_indexed_instead_of_the_train_split(small_cifar_dir, cifar10_sample,
+                                                               tmp_path):
+  """`--search-corpus`: the CIFAR-10 smoke DAG indexes a folder of images
+  it never trained on (nested folders, one image at its root, a bad file
+  stopping nothing with --skip-bad-images): the pushed index holds exactly
+  its images, ids their paths and classes their first folders, and the
+  server finds one of them first."""
+  import base64
+  import requests
+  from models import search_index
+  from serving.launch import ServerProcess
+  (train, _), _ = cifar10_sample
+  corpus = tmp_path / "catalogue"
+  write_image_files(str(corpus / "shoes"), train[:5], "s")
+  write_image_files(str(corpus / "bags" / "2026"), train[5:9], "b")
+  save_image(train[9], str(corpus / "loose.png"))
+  (corpus / "shoes" / "broken.jpg").write_bytes(jpeg_bytes(train[0])[:200])
+  config = _run("--data", small_cifar_dir, "--search-corpus", str(corpus), "--skip-bad-images",
+                output=tmp_path / "out")
+  assert "SearchCorpusGen" in _states(config)
+  assert all(s == "COMPLETE" for s in _states(config).values()), _states(config)
+  index = search_index.load(os.path.join(_pushed(config), names.SEARCH_INDEX_DIR))
+  expected = {rel: image_files.folder_label(rel)
+              for rel in image_files.list_images(str(corpus), recursive=True)
+              if not rel.endswith("broken.jpg")}
+  assert dict(zip(index.records.ids, index.records.class_names)) == expected
+  assert len(expected) == 10 and expected["loose.png"] == "" and \
+      expected["bags/2026/b0001.jpg"] == "bags"
+  with open(os.path.join(corpus, "bags", "2026", "b0001.jpg"), "rb") as f:
+    query = base64.b64encode(f.read()).decode()
+  with ServerProcess(["--model-dir", config.serving_model_dir]) as server:
+    r = requests.post(f"{server.url}/v1/models/{names.PIPELINE_NAME}:neighbors",
+                      json={"instances": [{"b64": query}], "k": 2}, timeout=60)
+  assert r.status_code == 200, r.text
+  best = r.json()["neighbors"][0][0]
+  assert best["id"] == "bags/2026/b0001.jpg" and best["score"] >= 0.999
+
+
+def test_an_empty_search_corpus_is_named(small_cifar_dir, tmp_path):
+  (tmp_path / "empty" / "sub").mkdir(parents=True)
+  (tmp_path / "empty" / "notes.txt").write_text("no images here\n")
+  with pytest.raises(SystemExit, match="--search-corpus .*empty: the search corpus holds no images"):
+    _run("--data", small_cifar_dir, "--search-corpus", str(tmp_path / "empty"),
+         output=tmp_path / "out")
