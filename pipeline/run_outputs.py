@@ -167,8 +167,10 @@ class RunOutputs:
     import tensorflow as tf
     corpus = self.node("CorpusEmbedder")["output_properties"][names.EMBEDDINGS_TYPE][0]
     images = {}
+    # Runs before --search-corpus existed embedded their ExampleGen's examples.
+    examples = corpus.get("corpus_examples") or self.uri("ExampleGen", "Examples")
     for split in corpus["corpus_splits"].split(","):
-      records = read_examples(names.split_files(corpus["corpus_examples"], split))
+      records = read_examples(names.split_files(examples, split))
       images.update({search_id(tf.train.Example.FromString(serialized), split, i): image
                      for i, (serialized, image) in enumerate(
                          zip(records.serialized, records.images))})
