@@ -65,6 +65,16 @@ class ModelConfig:
   contrastive_tau: float = 0.2
   projector_hidden: int = 512
   projector_dim: int = 128
+  # A momentum teacher for the contrastive term (MoCo v3; iBOT is MIM +
+  # self-distillation): the keys come from an exponential moving average of
+  # the encoder and projector, fed the other view with `teacher_mask_ratio`
+  # of its patches masked (0: the whole view), and each student projection
+  # goes through a predictor MLP first. The teacher is never trained by
+  # gradient: after each step teacher = m * teacher + (1 - m) * student, m
+  # rising from `teacher_momentum` to 1 on a cosine over training. 0: off,
+  # InfoNCE between the two student views.
+  teacher_momentum: float = 0.0
+  teacher_mask_ratio: float = 0.0
 
   @property
   def num_prefix_tokens(self) -> int:

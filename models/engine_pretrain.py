@@ -26,22 +26,25 @@ import tensorflow as tf
 from models import config as config_lib
 from models import (checkpoints, data, names, optimization, precision, progress, run_log,
                     runtime)
-from models.mae import MaskedAutoencoder
+from models.mae import MaskedAutoencoder, teacher_momentum
 
 
 class PretrainingModel(tf.keras.Model):
   """`fit` on batches of images (or (images, noise [B, L]) to fix the masks)
   trains `self.mae` on its masked-patch loss."""
 
-  def __init__(self, mae: MaskedAutoencoder, xla_splits: int = 1, seed: int = 0, **kwargs):
+  def __init__(self, mae: MaskedAutoencoder, xla_splits: int = 1, seed: int = 0,
+               total_steps: int = 1, **kwargs):
     """`xla_splits` > 1: each step computes gradients as that many
     jit-compiled micro-batch programs (see `_split_loss_and_gradients`).
     Masks not given with the batch are drawn from (`seed`, step, replica):
-    a resumed run masks as the uninterrupted one did."""
+    a resumed run masks as the uninterrupted one did. `total_steps`: where
+    a momentum teacher's momentum reaches 1."""
     super().__init__(**kwargs)
     self.mae = mae
     self.xla_splits = xla_splits
     self.seed = seed
+    self.total_steps = total_steps
     self._split_gradients = self._xla_apply_gradients = None
     self.loss_tracker = tf.keras.metrics.Mean(name="loss")
 
@@ -97,6 +100,10 @@ class PretrainingModel(tf.keras.Model):
     # The optimizer is built before training, so this creates no variables;
     # a LossScaleOptimizer skips the step on non-finite gradients here.
     self.optimizer.apply_gradients(zip(grads, self.trainable_variables))
+    if self.mae.teacher is not None:   # the teacher follows the updated student
+      self.mae.update_teacher(teacher_momentum(
+          self.mae.cfg.teacher_momentum,
+          tf.cast(self.optimizer.iterations, tf.float32) / self.total_steps))
 
   def _split_loss_and_gradients(self, imgs, noise):
     """The same as `_loss_and_gradients` on B / n equal micro-batches, each
@@ -134,7 +141,8 @@ def compile_mae(cfg: config_lib.RunConfig, strategy: tf.distribute.Strategy,
     raise ValueError(f"runtime.xla_splits must divide pretrain.batch_size "
                      f"{p.batch_size}; got {cfg.runtime.xla_splits}")
   model = PretrainingModel(MaskedAutoencoder(cfg.model).build_for(),
-                           xla_splits=splits, seed=cfg.runtime.seed)
+                           xla_splits=splits, seed=cfg.runtime.seed,
+                           total_steps=steps_per_epoch * p.epochs)
   schedule = optimization.WarmupCosine(
       optimization.scaled_lr(p.base_lr, global_batch),
       total_steps=steps_per_epoch * p.epochs,
@@ -223,7 +231,8 @@ def pretrain(cfg: config_lib.RunConfig,
 # --------------------------------------------------------------------------
 # ModelConfig fields added after MAEs were saved, with the value an MAE saved
 # without them was trained with (the dataclass default may differ since).
-SAVED_BEFORE_FIELD = {"contrastive_weight": 0.0, "uniformity_weight": 0.0}
+SAVED_BEFORE_FIELD = {"contrastive_weight": 0.0, "uniformity_weight": 0.0,
+                      "teacher_momentum": 0.0}
 
 
 def save_mae(mae: MaskedAutoencoder, directory: str) -> None:

@@ -326,8 +326,34 @@ def contrastive_loss(z: tf.Tensor, tau: float) -> tf.Tensor:
       labels=positives, logits=logits))
 
 
+def momentum_contrastive_loss(q: tf.Tensor, k: tf.Tensor, tau: float) -> tf.Tensor:
+  """MoCo v3's InfoNCE of 2B student predictions against 2B teacher keys,
+  view-major: query i's positive is the key of the other view of its image,
+  the other images' keys of that view are its negatives. The keys carry no
+  gradient. [2B, P], [2B, P] -> () float32."""
+  q = tf.math.l2_normalize(tf.cast(q, tf.float32), axis=-1)
+  k = tf.math.l2_normalize(tf.cast(tf.stop_gradient(k), tf.float32), axis=-1)
+  q1, q2 = tf.split(q, 2)
+  k1, k2 = tf.split(k, 2)
+  labels = tf.range(tf.shape(q1)[0])
+
+  def ce(queries, keys):
+    logits = tf.matmul(queries, keys, transpose_b=True) / tau        # [B, B]
+    return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
+        labels=labels, logits=logits))
+  return (ce(q1, k2) + ce(q2, k1)) / 2
+
+
+def teacher_momentum(base: float, progress: tf.Tensor) -> tf.Tensor:
+  """The EMA momentum at `progress` (0 to 1) of training: `base` rising to 1
+  on a half cosine (BYOL, DINO)."""
+  progress = tf.clip_by_value(tf.cast(progress, tf.float32), 0.0, 1.0)
+  return 1.0 - (1.0 - base) * (tf.cos(np.pi * progress) + 1.0) / 2.0
+
+
 class Projector(tf.keras.layers.Layer):
-  """The contrastive term's MLP head on the pooled embedding (training only)."""
+  """The contrastive term's MLP head on the pooled embedding (training only);
+  also the momentum teacher's predictor."""
 
   def __init__(self, hidden: int, dim: int, **kwargs):
     super().__init__(**kwargs)
@@ -355,6 +381,14 @@ class MaskedAutoencoder(tf.keras.Model):
     self.decoder = Decoder(cfg, name="decoder")
     self.projector = (Projector(cfg.projector_hidden, cfg.projector_dim, name="projector")
                       if cfg.contrastive_weight else None)
+    # The momentum teacher: copies of the encoder and projector that only
+    # `update_teacher` changes, and the student's predictor.
+    self.teacher = self.teacher_projector = self.predictor = None
+    if cfg.contrastive_weight and cfg.teacher_momentum:
+      self.teacher = Encoder(cfg, name="teacher_encoder", trainable=False)
+      self.teacher_projector = Projector(cfg.projector_hidden, cfg.projector_dim,
+                                         name="teacher_projector", trainable=False)
+      self.predictor = Projector(cfg.projector_hidden, cfg.projector_dim, name="predictor")
 
   def call(self, imgs, training=False, noise=None):
     """imgs [B, H, W, C] (or two views of each image, [B, 2, H, W, C]),
@@ -375,9 +409,36 @@ class MaskedAutoencoder(tf.keras.Model):
       loss += self.cfg.uniformity_weight * uniformity_loss(
           latent, self.cfg.uniformity_tau, prefix)
     if views and self.projector is not None:
-      loss += self.cfg.contrastive_weight * contrastive_loss(
-          self.projector(pool_tokens(latent, prefix)), self.cfg.contrastive_tau)
+      z = self.projector(pool_tokens(latent, prefix))                 # [2B, P]
+      if self.teacher is None:
+        loss += self.cfg.contrastive_weight * contrastive_loss(z, self.cfg.contrastive_tau)
+      else:
+        loss += self.cfg.contrastive_weight * momentum_contrastive_loss(
+            self.predictor(z), self.teacher_keys(imgs, noise), self.cfg.contrastive_tau)
     return loss, pred, mask
+
+  def teacher_keys(self, imgs, noise=None) -> tf.Tensor:
+    """The teacher's projections of the views [2B, H, W, C] -> [2B, P],
+    without gradient. A masked teacher keeps the patches the student
+    dropped first (the reversed noise)."""
+    ratio = self.cfg.teacher_mask_ratio
+    if ratio:
+      latent, _, _ = self.teacher.forward_masked(
+          imgs, ratio, None if noise is None else 1.0 - noise)
+    else:
+      latent = self.teacher(imgs)
+    keys = self.teacher_projector(pool_tokens(latent, self.cfg.num_prefix_tokens))
+    return tf.stop_gradient(keys)
+
+  def teacher_pairs(self):
+    """(teacher variable, student variable) pairs, in the same order."""
+    return list(zip(self.teacher.weights + self.teacher_projector.weights,
+                    self.encoder.weights + self.projector.weights))
+
+  def update_teacher(self, momentum) -> None:
+    """teacher = momentum * teacher + (1 - momentum) * student."""
+    for teacher, student in self.teacher_pairs():
+      teacher.assign(momentum * teacher + (1.0 - momentum) * tf.cast(student, teacher.dtype))
 
   def embed(self, imgs) -> tf.Tensor:
     """[B, H, W, C] -> [B, D] float32 (see `Encoder.embed`)."""
@@ -388,4 +449,6 @@ class MaskedAutoencoder(tf.keras.Model):
     c = self.cfg
     views = [2] if self.projector is not None else []
     self(tf.zeros([batch, *views, c.image_size, c.image_size, 3]))
+    if self.teacher is not None:
+      self.update_teacher(0.0)                          # the teacher starts as the student
     return self

@@ -268,3 +268,67 @@ def test_two_views_are_masked_apart_reconstructed_both_and_tied_by_the_term():
   trainer.train_step(views)
   assert all(not np.allclose(b, v.numpy())
              for b, v in zip(before, can.projector.trainable_variables))
+
+
+def test_momentum_contrastive_loss_is_moco_v3_infonce_against_the_other_views_keys():
+  from models.mae import momentum_contrastive_loss
+  rng = np.random.RandomState(1)
+  q, k = rng.randn(6, 5).astype(np.float32), rng.randn(6, 5).astype(np.float32)
+  qn = q / np.linalg.norm(q, axis=1, keepdims=True)
+  kn = k / np.linalg.norm(k, axis=1, keepdims=True)
+
+  def ce(queries, keys):
+    logits = queries @ keys.T / 0.2
+    log_softmax = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+    return -np.diag(log_softmax).mean()
+  expected = (ce(qn[:3], kn[3:]) + ce(qn[3:], kn[:3])) / 2
+  assert float(momentum_contrastive_loss(tf.constant(q), tf.constant(k), 0.2)) == \
+      pytest.approx(expected, rel=1e-5)
+  # The keys carry no gradient; the queries do.
+  qv, kv = tf.Variable(q), tf.Variable(k)
+  with tf.GradientTape() as tape:
+    loss = momentum_contrastive_loss(qv, kv, 0.2)
+  grad_q, grad_k = tape.gradient(loss, [qv, kv])
+  assert grad_k is None and float(tf.reduce_max(tf.abs(grad_q))) > 0
+
+
+def test_teacher_momentum_rises_from_its_base_to_one_on_a_cosine():
+  from models.mae import teacher_momentum
+  values = [float(teacher_momentum(0.99, p)) for p in (0.0, 0.5, 1.0, 2.0)]
+  assert values == pytest.approx([0.99, 0.995, 1.0, 1.0])
+
+
+@pytest.mark.parametrize("teacher_mask_ratio", [0.0, 0.5])
+def test_the_momentum_teacher_follows_the_student_by_ema_never_by_gradient(teacher_mask_ratio):
+  """The teacher starts as a copy of the encoder and projector, has no
+  trainable variable, and after a step equals m * itself + (1 - m) * the
+  updated student; its keys have the projection's shape; the loss falls on
+  a fixed tiny batch."""
+  from models.engine_pretrain import PretrainingModel
+  from models.mae import teacher_momentum
+  cfg = dataclasses.replace(TINY, contrastive_weight=0.5, teacher_momentum=0.9,
+                            teacher_mask_ratio=teacher_mask_ratio)
+  tf.keras.utils.set_random_seed(0)
+  mae = MaskedAutoencoder(cfg).build_for()
+  pairs = mae.teacher_pairs()
+  assert len(pairs) == len(mae.encoder.weights) + len(mae.projector.weights)
+  assert all(np.array_equal(t.numpy(), s.numpy()) for t, s in pairs)
+  trainable = {id(v) for v in mae.trainable_variables}
+  assert not any(id(t) in trainable for t, _ in pairs)
+  assert {id(v) for v in mae.predictor.trainable_variables} <= trainable
+  views = tf.random.normal([8, 2, 32, 32, 3])
+  keys = mae.teacher_keys(tf.reshape(tf.transpose(views, [1, 0, 2, 3, 4]), [16, 32, 32, 3]))
+  assert keys.shape == (16, cfg.projector_dim)
+
+  trainer = PretrainingModel(mae, total_steps=40)
+  trainer.compile(optimizer=tf.keras.optimizers.AdamW(1e-3))
+  losses = []
+  for step in range(6):
+    teacher_before = [t.numpy().copy() for t, _ in pairs]
+    losses.append(float(trainer.train_step(views)["loss"]))
+    m = float(teacher_momentum(0.9, (step + 1) / 40))
+    for (t, s), before in zip(pairs, teacher_before):
+      np.testing.assert_allclose(t.numpy(), m * before + (1 - m) * s.numpy(),
+                                 rtol=1e-5, atol=1e-6)
+  assert losses[-1] < losses[0]
+  assert not all(np.array_equal(t.numpy(), s.numpy()) for t, s in pairs)

@@ -213,3 +213,18 @@ def test_unknown_precision_is_refused():
   with pytest.raises(ValueError, match="Unknown runtime.precision 'bf16'; expected one of "
                                        r"\['auto', 'float32', 'mixed_bfloat16', 'mixed_float16'\]"):
     config_lib.get_profile("cpu", {"runtime": {"precision": "bf16"}})
+
+
+def test_an_mae_with_a_momentum_teacher_saves_and_loads(tmp_path):
+  """The teacher is saved with the model (a resumed run needs it) and
+  loads back; the embedding is the student's."""
+  cfg = dataclasses.replace(config_lib.get_profile("smoke").model, teacher_momentum=0.99)
+  model = MaskedAutoencoder(cfg).build_for()
+  for teacher, _ in model.teacher_pairs():     # not the student's copy: a real round trip
+    teacher.assign(teacher + 0.25)
+  save_mae(model, str(tmp_path))
+  loaded = load_mae(str(tmp_path))
+  for (t, _), (u, _) in zip(model.teacher_pairs(), loaded.teacher_pairs()):
+    np.testing.assert_array_equal(t.numpy(), u.numpy())
+  imgs = tf.random.normal([2, 32, 32, 3])
+  np.testing.assert_allclose(loaded.embed(imgs).numpy(), model.embed(imgs).numpy(), rtol=1e-6)
