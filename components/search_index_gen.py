@@ -10,9 +10,10 @@ SearchCorpusGen's examples) and the first `query_limit` examples of the
 held-out query split (test), on which SearchIndexer measures recall against
 exact search. An id is `models.examples.search_id`: the image's file under
 its data root when the examples carry it (image folders), otherwise
-`<split>/<index>`, as `serving.embed --examples` numbers them. With `vector_search_json` the corpus is also
-written in Vertex AI Vector Search's input format (`models.vector_search`),
-in `<uri>/vector_search/`: the folder an index is created from.
+`<split>/<index>`, as `serving.embed --examples` numbers them. With
+`vector_search_json` the corpus is also written in Vertex AI Vector
+Search's input format (`models.vector_search`), in `<uri>/vector_search/`:
+the folder an index is created from.
 When the Evaluator did not bless the model, nothing is embedded and the
 index is marked not blessed: the Pusher pushes neither.
 """

@@ -265,6 +265,7 @@ def test_a_search_corpus_is_indexed_instead_of_the_train_split(small_cifar_dir, 
 def test_an_empty_search_corpus_is_named(small_cifar_dir, tmp_path):
   (tmp_path / "empty" / "sub").mkdir(parents=True)
   (tmp_path / "empty" / "notes.txt").write_text("no images here\n")
-  with pytest.raises(SystemExit, match="--search-corpus .*empty: the search corpus holds no images"):
+  with pytest.raises(SystemExit,
+                     match="--search-corpus .*empty: the search corpus holds no images"):
     _run("--data", small_cifar_dir, "--search-corpus", str(tmp_path / "empty"),
          output=tmp_path / "out")
