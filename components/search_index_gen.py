@@ -71,9 +71,11 @@ def _keyed_examples(file: Tuple[int, str], split: str, counts: List[int], limit:
     if limit and index >= limit:
       return
     example = tf.train.Example.FromString(record.numpy())
-    class_name = example.features.feature[names.CLASS_NAME_KEY].bytes_list.value
-    yield ((search_id(example, split, index), class_name[0].decode("utf-8") if class_name
-            else ""), example)
+    feature = example.features.feature
+    path, class_name = (feature[key].bytes_list.value
+                        for key in (names.IMAGE_PATH_KEY, names.CLASS_NAME_KEY))
+    yield ((search_id(path[0].decode("utf-8") if path else "", split, index),
+            class_name[0].decode("utf-8") if class_name else ""), example)
     index += 1
 
 

@@ -47,12 +47,11 @@ def image_example(image: Optional[bytes], label: Optional[int] = None,
   return tf.train.Example(features=tf.train.Features(feature=feature))
 
 
-def search_id(example: tf.train.Example, split: str, index: int) -> str:
-  """The id search gives an example: its file when it came from one (image
-  folders), else `<split>/<index>`, its position in the split's files in
-  sorted order."""
-  path = example.features.feature[IMAGE_PATH_KEY].bytes_list.value
-  return path[0].decode("utf-8") if path else f"{split}/{index}"
+def search_id(image_path: str, split: str, index: int) -> str:
+  """The id search gives an example: its file (`IMAGE_PATH_KEY`, "" when it
+  has none) when it came from one (image folders), else `<split>/<index>`,
+  its position in the split's files in sorted order."""
+  return image_path or f"{split}/{index}"
 
 
 def example_files(file_patterns: List[str]) -> List[str]:
@@ -102,15 +101,24 @@ class ExampleRecords(NamedTuple):
   serialized: List[bytes]        # [N] serialized tf.Example
   images: List[bytes]            # [N] encoded images (PNG, JPEG, ...)
   labels: np.ndarray             # [N] int64; -1 where an example has no label
+  image_paths: List[str]         # [N] the image's file; "" where it has none
+
+  def search_ids(self, split: str) -> List[str]:
+    """The ids search gives these examples of `split` (`search_id`): they
+    must be the split's from its first example on."""
+    return [search_id(path, split, i) for i, path in enumerate(self.image_paths)]
 
 
 def read_examples(file_patterns: List[str], limit: Optional[int] = None) -> ExampleRecords:
-  """Reads (up to `limit`) examples into memory, with their images and labels."""
+  """Reads (up to `limit`) examples into memory, with their images, labels
+  and files."""
   serialized = [r.numpy() for r in serialized_examples(file_patterns, limit)]
   if not serialized:
-    return ExampleRecords([], [], np.zeros([0], np.int64))
+    return ExampleRecords([], [], np.zeros([0], np.int64), [])
   spec = {IMAGE_KEY: tf.io.FixedLenFeature([], tf.string),
-          LABEL_KEY: tf.io.FixedLenFeature([], tf.int64, default_value=-1)}
+          LABEL_KEY: tf.io.FixedLenFeature([], tf.int64, default_value=-1),
+          IMAGE_PATH_KEY: tf.io.FixedLenFeature([], tf.string, default_value="")}
   parsed = tf.io.parse_example(tf.constant(serialized), spec)
   return ExampleRecords(serialized, list(parsed[IMAGE_KEY].numpy()),
-                        parsed[LABEL_KEY].numpy())
+                        parsed[LABEL_KEY].numpy(),
+                        [p.decode("utf-8") for p in parsed[IMAGE_PATH_KEY].numpy()])

@@ -22,7 +22,7 @@ from typing import Dict, List, NamedTuple, Optional, Tuple
 import numpy as np
 
 from models import names
-from models.examples import read_examples, search_id
+from models.examples import read_examples
 from pipeline import runs
 
 _PREDICT_BATCH = 500
@@ -164,16 +164,13 @@ class RunOutputs:
     covers (the CorpusEmbedder's corpus: the train split, with `unlabeled`,
     or a --search-corpus), by the ids the index gives
     (`models.examples.search_id`)."""
-    import tensorflow as tf
     corpus = self.node("CorpusEmbedder")["output_properties"][names.EMBEDDINGS_TYPE][0]
     images = {}
     # Runs before --search-corpus existed embedded their ExampleGen's examples.
     examples = corpus.get("corpus_examples") or self.uri("ExampleGen", "Examples")
     for split in corpus["corpus_splits"].split(","):
       records = read_examples(names.split_files(examples, split))
-      images.update({search_id(tf.train.Example.FromString(serialized), split, i): image
-                     for i, (serialized, image) in enumerate(
-                         zip(records.serialized, records.images))})
+      images.update(zip(records.search_ids(split), records.images))
     return images
 
   def transform_output(self):

@@ -110,15 +110,17 @@ CONTENTS_AFTER_THE_RUN = ("{pipeline_root}/<project number>/<pipeline job>/"
                           "CorpusEmbedder_<task>/embeddings/" + vector_search.FOLDER)
 
 
-def vector_search_index(config: configs.PipelineConfig, embeddings: str) -> Dict[str, Any]:
+def vector_search_index(config: configs.PipelineConfig, embeddings: str,
+                        check: bool = True) -> Dict[str, Any]:
   """create_tree_ah_index's arguments for the corpus a CorpusEmbedder wrote
   (`embeddings`: its artifact folder, or the vector_search folder in it).
-  A folder that can be read is checked against the configured embedding."""
+  With `check`, a folder that can be read is checked against the configured
+  embedding (not one a run has yet to write)."""
   contents = embeddings.rstrip("/")
   if os.path.basename(contents) != vector_search.FOLDER:
     contents = f"{contents}/{vector_search.FOLDER}"
   dimensions = config.run_config.embedding_dim
-  if "<" not in contents:
+  if check:
     check_vector_search_folder(contents, dimensions)
   return vector_search.index_arguments(
       f"{config.pipeline_name}-embeddings", contents, dimensions,
@@ -143,10 +145,11 @@ def check_vector_search_folder(contents: str, dimensions: int) -> None:
                      "as the run, please")
 
 
-def create_index(config: configs.PipelineConfig, embeddings: str, dry_run: bool) -> Dict:
+def create_index(config: configs.PipelineConfig, embeddings: str, dry_run: bool,
+                 check: bool = True) -> Dict:
   """Creates the Vector Search index, or (dry run) returns its request."""
   vertex = config.vertex
-  arguments = vector_search_index(config, embeddings)
+  arguments = vector_search_index(config, embeddings, check)
   if dry_run:
     return vector_search.create_index_request(vertex.project, vertex.region, arguments)
   index = vector_search.create_index(vertex.project, vertex.region, arguments)
@@ -169,7 +172,8 @@ def submit(spec_path: str, config: configs.PipelineConfig, dry_run: bool) -> Dic
     return {"parent": f"projects/{config.vertex.project}/locations/{config.vertex.region}",
             "service_account": config.vertex.service_account or None,
             "pipeline_job": request,
-            "then_vector_search_index": create_index(config, after, dry_run=True)}
+            "then_vector_search_index": create_index(config, after, dry_run=True,
+                                                     check=False)}
   job = pipeline_job(spec_path, config)
   job.submit(service_account=config.vertex.service_account or None)
   return {"pipeline_job": job.resource_name}

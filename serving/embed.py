@@ -10,7 +10,8 @@ to an embeddings file (`serving.embeddings`).
 Images (PNG/JPEG/BMP/GIF, any size) go through the model's `serving_default`
 signature, examples through `embed_examples`: the same preparation as every
 other caller. In a folder laid out as `<root>/<label>/<image>`, labels are the
-sub-folder names; ids are paths relative to `<root>`. An image that cannot be
+sub-folder names; ids are paths relative to `<root>`. Examples' ids are the
+ones the pushed index gives them (`models.examples.search_id`). An image that cannot be
 decoded stops the run with its path named (`--skip-bad` skips and lists
 them instead); the output file is written only when complete.
 """
@@ -116,7 +117,7 @@ def main(argv=None) -> EmbeddingsFile:
     found = read_examples(names.split_files(examples, args.split))
     records = found.serialized
     labels = [str(x) if x >= 0 else "" for x in found.labels]
-    ids = [f"{args.split}/{i}" for i in range(len(records))]
+    ids = found.search_ids(args.split)
     signature, source = EMBED_EXAMPLES, names.split_dir(examples, args.split)
     batches = (records[i:i + args.batch_size]
                for i in range(0, len(records), args.batch_size))

@@ -1,8 +1,8 @@
 """Embeddings files and nearest-neighbour search over them.
 
 An embeddings file is one `.npz`: `embeddings` float32 [N, D], `ids` [N]
-(file paths relative to the embedded folder, or `<split>/<index>` for
-pipeline examples), `labels` [N] (class names; "" when unknown) and `meta`
+(file paths relative to the embedded folder, or for pipeline examples the
+ids the pushed index gives, `models.examples.search_id`), `labels` [N] (class names; "" when unknown) and `meta`
 (JSON: model path and version, signature, when). The model version matters:
 a query must be embedded by the same model as the file, so the search CLI and
 the server's `:neighbors` endpoint use the version recorded here.

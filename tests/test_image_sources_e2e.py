@@ -94,9 +94,10 @@ def test_unlabeled_images_reach_pretraining_only(folder_run, photo_folder):
                                        "Split-unlabeled"}
 
 
-def test_the_pushed_index_names_each_image_by_its_file(folder_run, photo_folder):
+def test_the_pushed_index_names_each_image_by_its_file(folder_run, photo_folder, tmp_path):
   """Search ids of an image folder are the files, relative to their root:
-  the train split's (the bad file skipped) and the unlabeled folder's."""
+  the train split's (the bad file skipped) and the unlabeled folder's; and
+  `serving.embed --examples` names the split's examples the same way."""
   from models import search_index
   root, unlabeled = photo_folder
   layout = image_files.detect_layout(root)
@@ -107,6 +108,12 @@ def test_the_pushed_index_names_each_image_by_its_file(folder_run, photo_folder)
   expected = dict(train, **{f"unlabeled/{rel}": "" for rel in
                             image_files.list_images(unlabeled, recursive=True)})
   assert records == expected
+  from serving import embed
+  examples = _rows(folder_run)["ImageFolderExampleGen"]["outputs"]["Examples"][0]
+  embedded = embed.main(["--model-dir", _pushed(folder_run), "--examples", examples,
+                         "--split", "train", "--out", str(tmp_path / "train.npz"),
+                         "--no-progress"])
+  assert sorted(embedded.ids) == sorted(train)
 
 
 def test_pushed_model_embeds_any_image_and_names_classes(folder_run, cifar10_sample):
