@@ -63,6 +63,10 @@ class ModelConfig:
   # beat the pure MAE on LP and k-NN (benchmarks/RESULTS.md, issue 16).
   contrastive_weight: float = 0.03
   contrastive_tau: float = 0.2
+  # The projector's input: the pooled visible tokens of the last k encoder
+  # blocks side by side (k * embed_dim; the served embedding is every
+  # block's), so the term shapes what search uses, not only the last block.
+  contrastive_blocks: int = 1
   projector_hidden: int = 512
   projector_dim: int = 128
   # A momentum teacher for the contrastive term (MoCo v3; iBOT is MIM +
@@ -125,6 +129,7 @@ class PretrainConfig:
   beta_2: float = 0.95
   crop_min_scale: float = 0.2      # RandomResizedCrop scale range (min, 1.0)
   color_jitter: float = 0.4        # strength of data.color_jitter; 0: none
+  hue_jitter: float = 0.0          # data.color_jitter's hue rotation, turns (SimCLR: 0.1)
   steps_per_epoch: Optional[int] = None  # None: one pass over the train split
   max_train_examples: Optional[int] = None
   reconstruction_images: int = 8
@@ -244,6 +249,12 @@ class RunConfig:
     if blocks is not None and not 1 <= blocks <= self.model.depth:
       raise ValueError(f"probe.feature_blocks must be in [1, model.depth "
                        f"{self.model.depth}] or null (every block); got {blocks}")
+    if not 1 <= self.model.contrastive_blocks <= self.model.depth:
+      raise ValueError(f"model.contrastive_blocks must be in [1, model.depth "
+                       f"{self.model.depth}]; got {self.model.contrastive_blocks}")
+    if not 0.0 <= self.pretrain.hue_jitter <= 0.5:
+      raise ValueError(f"pretrain.hue_jitter is a fraction of a turn in [0, 0.5]; "
+                       f"got {self.pretrain.hue_jitter}")
     size, patch = self.data.image_size, self.model.patch_size
     if size < patch or size % patch:
       raise ValueError(f"data.image_size {size} must be a positive multiple of "

@@ -132,21 +132,37 @@ def random_resized_crop(images: tf.Tensor, min_scale: float, seed: tf.Tensor,
   return tf.where(flip[:, None, None, None] < 0.5, tf.reverse(crops, axis=[2]), crops)
 
 
+def hue_rotation(turns: tf.Tensor) -> tf.Tensor:
+  """[B] fractions of a turn -> [B, 3, 3]: rotations of RGB about the grey
+  axis (1, 1, 1), which turn the hue and keep grey and brightness."""
+  angle = 2.0 * math.pi * tf.reshape(turns, [-1, 1, 1])
+  k = np.full([3, 1], 1 / math.sqrt(3), np.float32)
+  cross = np.array([[0, -1, 1], [1, 0, -1], [-1, 1, 0]], np.float32) / math.sqrt(3)
+  return (tf.cos(angle) * np.eye(3, dtype=np.float32) + tf.sin(angle) * cross
+          + (1 - tf.cos(angle)) * (k @ k.T))                       # Rodrigues
+
+
 def color_jitter(images: tf.Tensor, strength: float, seed: tf.Tensor,
-                 apply_prob: float = 0.8, grayscale_prob: float = 0.2) -> tf.Tensor:
+                 apply_prob: float = 0.8, grayscale_prob: float = 0.2,
+                 hue: float = 0.0) -> tf.Tensor:
   """Per-image colour distortion (SimCLR's, in the Transform'ed space):
-  with `apply_prob`, contrast and saturation scaled by 1 +- strength and
-  brightness shifted by +- strength (in units of the channels' std); then
-  grayscale with `grayscale_prob`. [B, S, S, 3] -> [B, S, S, 3], a function
-  of `seed` ([2] int).
+  with `apply_prob`, contrast and saturation scaled by 1 +- strength,
+  brightness shifted by +- strength (in units of the channels' std) and the
+  hue turned by +- `hue` of a turn; then grayscale with `grayscale_prob`.
+  [B, S, S, 3] -> [B, S, S, 3], a function of `seed` ([2] int).
 
   The images are standardised per channel, and CIFAR-like data has about
   equal channel stds, so an affine change per image is a brightness and
-  contrast change of the pixels, and the channel mean is their grey."""
+  contrast change of the pixels, the channel mean is their grey, and a
+  rotation about the grey axis is a change of hue."""
   b = tf.shape(images)[0]
-  saturation, contrast, brightness, apply, grayscale = _uniforms(seed, 5, [b, 1, 1, 1])
-  gray = tf.reduce_mean(images, axis=-1, keepdims=True)            # [B, S, S, 1]
-  saturated = gray + (1 + strength * (2 * saturation - 1)) * (images - gray)
+  saturation, contrast, brightness, apply, grayscale, turn = _uniforms(seed, 6, [b, 1, 1, 1])
+  if hue:
+    images_hued = tf.einsum("bhwc,bdc->bhwd", images, hue_rotation(hue * (2 * turn - 1)))
+  else:
+    images_hued = images
+  gray = tf.reduce_mean(images_hued, axis=-1, keepdims=True)       # [B, S, S, 1]
+  saturated = gray + (1 + strength * (2 * saturation - 1)) * (images_hued - gray)
   mean = tf.reduce_mean(saturated, axis=[1, 2, 3], keepdims=True)
   jittered = (mean + (1 + strength * (2 * contrast - 1)) * (saturated - mean)
               + strength * (2 * brightness - 1))
@@ -164,6 +180,7 @@ class Augmentation:
   crop_min_scale: float = 0.2
   color_jitter: float = 0.0
   views: int = 1
+  hue_jitter: float = 0.0
 
   def __post_init__(self):
     if self.views not in (1, 2):
@@ -172,7 +189,9 @@ class Augmentation:
   def view(self, images: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
     crop_seed, jitter_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
     out = random_resized_crop(images, self.crop_min_scale, crop_seed)
-    return color_jitter(out, self.color_jitter, jitter_seed) if self.color_jitter else out
+    if not self.color_jitter:
+      return out
+    return color_jitter(out, self.color_jitter, jitter_seed, hue=self.hue_jitter)
 
   def __call__(self, images: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
     if self.views == 1:

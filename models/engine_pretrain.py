@@ -159,7 +159,8 @@ def augmentation(cfg: config_lib.RunConfig) -> data.Augmentation:
   """The pretraining batches' augmentation; two views of each image when
   the MAE has a contrastive term."""
   return data.Augmentation(cfg.pretrain.crop_min_scale, cfg.pretrain.color_jitter,
-                           views=2 if cfg.model.contrastive_weight else 1)
+                           views=2 if cfg.model.contrastive_weight else 1,
+                           hue_jitter=cfg.pretrain.hue_jitter)
 
 
 def checkpoint_dir(root: str, cfg: config_lib.RunConfig,

@@ -239,10 +239,11 @@ class Encoder(tf.keras.layers.Layer):
     tokens = self(imgs, last_blocks=last_blocks or len(self.blocks))
     return pool_tokens(tokens, self.cfg.num_prefix_tokens)
 
-  def forward_masked(self, imgs, mask_ratio: float, noise=None):
-    """-> latent [B, T_keep, D], mask [B, L], ids_restore [B, L]."""
+  def forward_masked(self, imgs, mask_ratio: float, noise=None, last_blocks: int = 1):
+    """-> latent [B, T_keep, D] (last_blocks > 1: [B, T_keep, last_blocks * D],
+    earliest first), mask [B, L], ids_restore [B, L]."""
     x, mask, ids_restore = random_masking(self._embed(imgs), mask_ratio, noise)
-    return self._blocks(self._prepend_cls(x)), mask, ids_restore
+    return self._blocks(self._prepend_cls(x), last_blocks), mask, ids_restore
 
 
 class Decoder(tf.keras.layers.Layer):
@@ -399,8 +400,11 @@ class MaskedAutoencoder(tf.keras.Model):
     if views:
       imgs = merge_views(imgs)                          # [2B, H, W, C]
       noise = merge_views(noise) if noise is not None else None
-    latent, mask, ids_restore = self.encoder.forward_masked(
-        imgs, self.cfg.mask_ratio, noise)
+    contrast = views and self.projector is not None
+    blocks = self.cfg.contrastive_blocks if contrast else 1
+    latent_blocks, mask, ids_restore = self.encoder.forward_masked(
+        imgs, self.cfg.mask_ratio, noise, blocks)       # [B', T_keep, blocks * D]
+    latent = latent_blocks[..., -self.cfg.embed_dim:]   # the last block's tokens
     pred = self.decoder(latent, ids_restore)
     loss = masked_patch_loss(imgs, pred, mask, self.cfg.patch_size,
                              self.cfg.norm_pix_loss)
@@ -408,8 +412,8 @@ class MaskedAutoencoder(tf.keras.Model):
     if self.cfg.uniformity_weight:
       loss += self.cfg.uniformity_weight * uniformity_loss(
           latent, self.cfg.uniformity_tau, prefix)
-    if views and self.projector is not None:
-      z = self.projector(pool_tokens(latent, prefix))                 # [2B, P]
+    if contrast:
+      z = self.projector(pool_tokens(latent_blocks, prefix))          # [2B, P]
       if self.teacher is None:
         loss += self.cfg.contrastive_weight * contrastive_loss(z, self.cfg.contrastive_tau)
       else:
@@ -421,12 +425,12 @@ class MaskedAutoencoder(tf.keras.Model):
     """The teacher's projections of the views [2B, H, W, C] -> [2B, P],
     without gradient. A masked teacher keeps the patches the student
     dropped first (the reversed noise)."""
-    ratio = self.cfg.teacher_mask_ratio
+    ratio, blocks = self.cfg.teacher_mask_ratio, self.cfg.contrastive_blocks
     if ratio:
       latent, _, _ = self.teacher.forward_masked(
-          imgs, ratio, None if noise is None else 1.0 - noise)
+          imgs, ratio, None if noise is None else 1.0 - noise, blocks)
     else:
-      latent = self.teacher(imgs)
+      latent = self.teacher(imgs, last_blocks=blocks)
     keys = self.teacher_projector(pool_tokens(latent, self.cfg.num_prefix_tokens))
     return tf.stop_gradient(keys)
 

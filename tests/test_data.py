@@ -96,3 +96,22 @@ def test_color_jitter_changes_colour_not_layout():
   np.testing.assert_allclose(gray[..., 0], images.numpy().mean(-1), rtol=1e-5, atol=1e-6)
   with pytest.raises(ValueError, match="views must be 1 or 2, got 3"):
     data.Augmentation(views=3)
+
+
+def test_hue_jitter_turns_colours_about_grey_and_keeps_grey_and_brightness():
+  rotation = data.hue_rotation(tf.constant([0.0, 1 / 3, 0.1])).numpy()
+  np.testing.assert_allclose(rotation[0], np.eye(3), atol=1e-6)
+  np.testing.assert_allclose(rotation[1] @ [1.0, 0.0, 0.0], [0.0, 1.0, 0.0], atol=1e-6)  # red -> green
+  for r in rotation:                               # a rotation that keeps grey
+    np.testing.assert_allclose(r @ r.T, np.eye(3), atol=1e-6)
+    np.testing.assert_allclose(r @ np.ones(3), np.ones(3), atol=1e-6)
+  tf.random.set_seed(0)
+  images = tf.random.normal([64, 8, 8, 3])
+  seed = tf.constant([0, 1])
+  plain = data.color_jitter(images, 0.4, seed, apply_prob=1.0, grayscale_prob=0.0)
+  hued = data.color_jitter(images, 0.4, seed, apply_prob=1.0, grayscale_prob=0.0, hue=0.1)
+  assert not np.allclose(plain, hued)
+  # Only the colours turn: each pixel's grey level is the same with and without.
+  np.testing.assert_allclose(plain.numpy().mean(-1), hued.numpy().mean(-1), atol=1e-5)
+  augment = data.Augmentation(color_jitter=0.4, views=2, hue_jitter=0.1)
+  assert augment(images, seed).shape == (64, 2, 8, 8, 3)

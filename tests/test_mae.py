@@ -270,6 +270,31 @@ def test_two_views_are_masked_apart_reconstructed_both_and_tied_by_the_term():
              for b, v in zip(before, can.projector.trainable_variables))
 
 
+def test_contrastive_term_can_project_the_last_blocks_side_by_side():
+  """contrastive_blocks = k: the projector sees the k blocks' pooled tokens
+  (k * D), the decoder still the last block's, and the early blocks get the
+  term's gradient through their own pooled tokens."""
+  from models.mae import contrastive_loss, merge_views, pool_tokens
+  cfg = dataclasses.replace(TINY, contrastive_weight=0.5, contrastive_blocks=2)
+  tf.keras.utils.set_random_seed(0)
+  can = MaskedAutoencoder(cfg).build_for()
+  assert can.projector.fc1.kernel.shape == (2 * cfg.embed_dim, cfg.projector_hidden)
+  views = tf.random.normal([4, 2, 32, 32, 3])
+  noise = tf.random.uniform([4, 2, 64])
+  loss, pred, _ = can(views, noise=noise)
+  flat_imgs, flat_noise = merge_views(views), merge_views(noise)
+  recon, recon_pred, _ = can(flat_imgs, noise=flat_noise)
+  np.testing.assert_allclose(pred.numpy(), recon_pred.numpy(), rtol=1e-5, atol=1e-6)
+  both, _, _ = can.encoder.forward_masked(flat_imgs, cfg.mask_ratio, flat_noise, 2)
+  last, _, _ = can.encoder.forward_masked(flat_imgs, cfg.mask_ratio, flat_noise)
+  assert both.shape == (8, 16, 2 * cfg.embed_dim)
+  np.testing.assert_allclose(both[..., cfg.embed_dim:].numpy(), last.numpy(), rtol=1e-6)
+  term = contrastive_loss(can.projector(pool_tokens(both)), cfg.contrastive_tau)
+  assert float(loss) == pytest.approx(float(recon) + 0.5 * float(term), rel=1e-5)
+  with pytest.raises(ValueError, match="contrastive_blocks must be in"):
+    get_profile("smoke", {"model": {"contrastive_blocks": 3}})
+
+
 def test_momentum_contrastive_loss_is_moco_v3_infonce_against_the_other_views_keys():
   from models.mae import momentum_contrastive_loss
   rng = np.random.RandomState(1)
