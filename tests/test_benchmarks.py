@@ -11,7 +11,7 @@ import os
 import re
 
 from benchmarks import kill_matrix, pretrain_memory, probe_ablation, probe_quality
-from benchmarks import roofline, serving_soak, train_throughput
+from benchmarks import roofline, serving_soak, step_profile, train_throughput
 from benchmarks import near_duplicates
 from benchmarks import search as search_benchmark
 from benchmarks import serving as serving_benchmark
@@ -80,6 +80,23 @@ def test_train_throughput_reference_model(small_cifar_dir, capsys):
   ips, epoch_seconds, share = figures(result, out)
   assert ips > 0 and epoch_seconds > 0 and share > 0
   assert len(all_figures(result, out.split("summary:")[1])) == 1
+
+
+def test_step_profile(small_cifar_dir, capsys):
+  # The cpu profile's XLA step (2 splits) on the reference model, 2 traced
+  # steps of 16 images after 2 untraced ones.
+  step_profile.main(["--data", small_cifar_dir, "--batch-size", "16", "--warmup", "2",
+                     "--steps", "2", "--precision", "float32"])
+  out = capsys.readouterr().out
+  ms, ips, share, peak, busy = figures(
+      rf"^float32: {NUM} ms per step, {NUM} img/s, {NUM}% of the matmul bound \({NUM} "
+      rf"GFLOP/s on a 2048x2048 matmul\); {NUM} of \d+ cores busy$", out)
+  assert ms > 0 and ips > 0 and share > 0 and peak > 0 and busy > 0
+  kinds = {line[2] for line in re.findall(rf"^ +{NUM} ms +(\d+)%  (.+)$", out, re.MULTILINE)}
+  assert step_profile.MATMUL in kinds and step_profile.ELEMENTWISE in kinds, out
+  per_core, of_peak = figures(rf"^  the matmuls alone: {NUM} GFLOP/s per core busy in them, "
+                              rf"{NUM}% of the 2048x2048 matmul's per core$", out)
+  assert per_core > 0 and of_peak > 0
 
 
 def test_pretrain_memory(smoke_run, capsys):

@@ -124,7 +124,7 @@ def test_default_paths_follow_the_output_env(monkeypatch, tmp_path):
 
 def test_unknown_profile_is_refused_naming_the_known_ones():
   with pytest.raises(ValueError, match=r"Unknown profile 'gpu'; known profiles: "
-                                       r"\['cpu', 'full', 'smoke'\]"):
+                                       r"\['cpu', 'cpu-long', 'full', 'smoke'\]"):
     config_lib.get_profile("gpu")
   from pipeline import configs
   with pytest.raises(ValueError, match="Unknown profile 'gpu'"):
