@@ -64,6 +64,9 @@ def main(argv=None):
   p.add_argument("--model-overrides", default="{}",
                  help='JSON ModelConfig fields over the chosen model, e.g. '
                       '\'{"uniformity_weight": 0.001}\'')
+  p.add_argument("--pretrain-overrides", default="{}",
+                 help='JSON PretrainConfig fields, e.g. \'{"hue_jitter": 0.1}\' (the '
+                      'augmentation runs in the measured input pipeline)')
   p.add_argument("--roofline", action="store_true",
                  help="also print the matmul-FLOP bound on img/s for this CPU")
   args = p.parse_args(argv)
@@ -94,8 +97,8 @@ def main(argv=None):
     for jit, n in [(j, n) for j in jits for n in (splits if j else [1])]:
       cfg = config_lib.get_profile(args.profile, {
           "model": model,
-          "pretrain": {"epochs": args.epochs, "steps_per_epoch": args.steps,
-                       "batch_size": args.batch_size},
+          "pretrain": {**json.loads(args.pretrain_overrides), "epochs": args.epochs,
+                       "steps_per_epoch": args.steps, "batch_size": args.batch_size},
           "runtime": {"precision": precision, "jit_compile": jit, "xla_splits": n}})
       with tempfile.TemporaryDirectory() as tmp:
         _, history = pretrain(cfg, images, tmp, os.path.join(tmp, "ckpt"))

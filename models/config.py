@@ -63,7 +63,9 @@ class ModelConfig:
   # (twice the compute per epoch). 0: the pure MAE loss. At equal time it
   # beat the pure MAE on LP and k-NN (benchmarks/RESULTS.md, issue 16).
   contrastive_weight: float = 0.03
-  contrastive_tau: float = 0.2
+  # 0.05, not SimCLR's 0.2 to 0.5: sharper at equal time, on k-NN most
+  # (benchmarks/RESULTS.md, issue 26).
+  contrastive_tau: float = 0.05
   # The projector's input: the pooled visible tokens of the last k encoder
   # blocks side by side (k * embed_dim; the served embedding is every
   # block's), so the term shapes what search uses, not only the last block.
@@ -130,7 +132,7 @@ class PretrainConfig:
   beta_2: float = 0.95
   crop_min_scale: float = 0.2      # RandomResizedCrop scale range (min, 1.0)
   color_jitter: float = 0.4        # strength of data.color_jitter; 0: none
-  hue_jitter: float = 0.0          # data.color_jitter's hue rotation, turns (SimCLR: 0.1)
+  hue_jitter: float = 0.1          # data.color_jitter's hue rotation, turns (SimCLR's)
   steps_per_epoch: Optional[int] = None  # None: one pass over the train split
   max_train_examples: Optional[int] = None
   reconstruction_images: int = 8

@@ -233,7 +233,7 @@ def pretrain(cfg: config_lib.RunConfig,
 # ModelConfig fields added after MAEs were saved, with the value an MAE saved
 # without them was trained with (the dataclass default may differ since).
 SAVED_BEFORE_FIELD = {"contrastive_weight": 0.0, "uniformity_weight": 0.0,
-                      "teacher_momentum": 0.0}
+                      "teacher_momentum": 0.0, "contrastive_blocks": 1}
 
 
 def save_mae(mae: MaskedAutoencoder, directory: str) -> None:

@@ -69,6 +69,7 @@ def test_train_throughput_reference_model(small_cifar_dir, capsys):
   # images after a warm-up epoch, with the matmul bound.
   train_throughput.main(["--data", small_cifar_dir, "--batch-size", "16", "--steps", "2",
                          "--epochs", "2", "--precision", "float32", "--jit", "off",
+                         "--pretrain-overrides", "{\"hue_jitter\": 0.1}",
                          "--roofline"])
   out = capsys.readouterr().out
   assert re.search(r"^model: encoder 6x128 \(4 heads\), decoder 2x64, patch 4, .* batch 16",

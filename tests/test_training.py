@@ -76,6 +76,25 @@ def test_an_mae_saved_before_the_contrastive_term_loads_as_the_pure_mae(tmp_path
   np.testing.assert_allclose(loaded.embed(imgs).numpy(), model.embed(imgs).numpy(), rtol=1e-6)
 
 
+def test_an_mae_saved_before_contrastive_blocks_loads_with_its_one_block_projector(tmp_path):
+  """A config.json from before `contrastive_blocks` (and the teacher): its
+  projector read the last block's tokens, whatever today's default."""
+  cfg = dataclasses.replace(config_lib.get_profile("smoke").model, contrastive_weight=0.03,
+                            contrastive_blocks=1)
+  model = MaskedAutoencoder(cfg).build_for()
+  save_mae(model, str(tmp_path))
+  config_file = tmp_path / "config.json"
+  saved = json.loads(config_file.read_text())
+  for field in ("contrastive_blocks", "teacher_momentum", "teacher_mask_ratio"):
+    del saved[field]
+  config_file.write_text(json.dumps(saved))
+  loaded = load_mae(str(tmp_path))
+  assert loaded.cfg.contrastive_blocks == 1 and loaded.teacher is None
+  assert loaded.projector.fc1.kernel.shape[0] == cfg.embed_dim
+  imgs = tf.random.normal([2, 32, 32, 3])
+  np.testing.assert_allclose(loaded.embed(imgs).numpy(), model.embed(imgs).numpy(), rtol=1e-6)
+
+
 def test_killed_pretraining_resumes_from_last_epoch(tmp_path):
   images = np.random.RandomState(0).randn(64, 32, 32, 3).astype(np.float32)
 
