@@ -39,7 +39,9 @@ def embedding_flops(m: config_lib.ModelConfig) -> float:
 
 def mae_train_flops(m: config_lib.ModelConfig) -> float:
   """FLOPs of one image's MAE training step: the forward pass (encoder on the
-  visible patches, decoder on all) and a backward pass of twice its matmuls."""
+  visible patches, decoder on all) and a backward pass of twice its matmuls,
+  for each of the image's views (two with a contrastive term; its projector
+  and a momentum teacher are not counted)."""
   n = m.num_patches
   visible = int(n * (1 - m.mask_ratio))
   prefix = m.num_prefix_tokens                                  # [CLS], if any
@@ -48,7 +50,8 @@ def mae_train_flops(m: config_lib.ModelConfig) -> float:
           + (prefix + visible) * m.embed_dim * m.decoder_embed_dim  # decoder embedding
           + _blocks(m, m.decoder_depth, m.decoder_embed_dim, prefix + n)
           + n * m.decoder_embed_dim * _patch_dim(m))           # per-token pixel head
-  return 3 * 2.0 * macs
+  views = 2 if m.contrastive_weight else 1
+  return 3 * 2.0 * macs * views
 
 
 def matmul_flops_per_second(policy: str = "float32", size: int = 2048,

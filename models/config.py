@@ -9,7 +9,7 @@ configurations; `get_profile(name, overrides)` returns one with
 
   smoke     tiny model, a few steps: for the tests.
   cpu       default of `make pipeline`: sized for a 2-core CPU machine.
-  cpu-long  the `cpu` recipe for about 30 minutes of a 2-core machine.
+  cpu-long  the `cpu` recipe with 3.3x the epochs (issue 26's ~30-minute run).
   full      the official-style schedule (200 epochs) for a GPU/TPU or Vertex AI.
 
 The pipeline passes the Trainers their sections (`trainer_config`) through
@@ -343,8 +343,8 @@ PROFILES: Dict[str, RunConfig] = {
         search=SearchConfig(vector_search_json=True),
     ),
     "cpu": _CPU,
-    # The same recipe, ~3.3x the epochs: about 30 minutes of `make pipeline`
-    # on 2 cores (benchmarks/RESULTS.md, issue 26).
+    # The same recipe, 3.3x the epochs: a `make pipeline` of about 30
+    # minutes on the faster 2-core hosts (benchmarks/RESULTS.md, issue 26).
     "cpu-long": dataclasses.replace(
         _CPU, profile="cpu-long",
         pretrain=dataclasses.replace(_CPU.pretrain, epochs=20, warmup_epochs=2.0)),

@@ -49,6 +49,14 @@ def test_reference_model_follows_data_image_size():
   assert cfg.model.contrastive_weight == 0.0
 
 
+def test_a_contrastive_step_counts_the_matmuls_of_both_views():
+  import dataclasses
+  two_views = config_lib.get_profile("cpu").model
+  one_view = dataclasses.replace(two_views, contrastive_weight=0.0)
+  assert two_views.contrastive_weight > 0
+  assert roofline.mae_train_flops(two_views) == 2 * roofline.mae_train_flops(one_view)
+
+
 def test_roofline(capsys):
   bounds = roofline.main(["--model", "reference", "--precision", "float32",
                           "--matmul-size", "256", "--repeats", "3"])
