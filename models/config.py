@@ -63,8 +63,8 @@ class ModelConfig:
   # (twice the compute per epoch). 0: the pure MAE loss. At equal time it
   # beat the pure MAE on LP and k-NN (benchmarks/RESULTS.md, issue 16).
   contrastive_weight: float = 0.03
-  # 0.05, not SimCLR's 0.2 to 0.5: sharper at equal time, on k-NN most
-  # (benchmarks/RESULTS.md, issue 26).
+  # 0.05, sharper than SimCLR's 0.1 to 0.5: it beat 0.1 and 0.2 at equal
+  # time, on k-NN most (benchmarks/RESULTS.md, issue 26).
   contrastive_tau: float = 0.05
   # The projector's input: the pooled visible tokens of the last k encoder
   # blocks side by side (k * embed_dim; the served embedding is every
