@@ -13,8 +13,9 @@ benchmarks/serving.py (--roofline) print each result's share of it.
 """
 
 import argparse
+import json
 import time
-from typing import Tuple
+from typing import Any, Dict, Tuple
 
 from models import config as config_lib
 
@@ -79,13 +80,28 @@ def img_per_second_bound(policy: str, flops_per_image: float, size: int = 2048,
                  f"at most {bound:.0f} img/s")
 
 
+def add_model_arguments(parser: argparse.ArgumentParser, default: str) -> None:
+  """The benchmarks' choice of MAE: --profile, --model and --model-overrides."""
+  parser.add_argument("--profile", default="cpu")
+  parser.add_argument("--model", choices=["reference", "profile"], default=default,
+                      help="reference: config.REFERENCE_MODEL (6x128 encoder, the "
+                           "throughput targets' size); profile: the profile's model")
+  parser.add_argument("--model-overrides", default="{}",
+                      help='JSON ModelConfig fields over the chosen model, e.g. '
+                           '\'{"uniformity_weight": 0.001}\'')
+
+
+def model_overrides(args: argparse.Namespace) -> Dict[str, Any]:
+  """The "model" section of the profile overrides `add_model_arguments` chose."""
+  model = {} if args.model == "profile" else dict(config_lib.REFERENCE_MODEL)
+  model.update(json.loads(args.model_overrides))
+  return model
+
+
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--profile", default="cpu")
-  p.add_argument("--model", choices=["reference", "profile"], default="profile",
-                 help="reference: config.REFERENCE_MODEL (6x128 encoder, "
-                      "train_throughput's default); profile: the profile's model")
+  add_model_arguments(p, default="profile")
   p.add_argument("--precision", default="float32",
                  help="comma-separated Keras policies whose matmul speed to measure")
   p.add_argument("--matmul-size", type=int, default=2048,
@@ -93,8 +109,7 @@ def main(argv=None):
                       "further from the peak)")
   p.add_argument("--repeats", type=int, default=20, help="matmuls timed per precision")
   args = p.parse_args(argv)
-  model = {} if args.model == "profile" else dict(config_lib.REFERENCE_MODEL)
-  m = config_lib.get_profile(args.profile, {"model": model}).model
+  m = config_lib.get_profile(args.profile, {"model": model_overrides(args)}).model
   flops = {"MAE training step": mae_train_flops(m), "embedding": embedding_flops(m)}
   print(f"model: encoder {m.depth}x{m.embed_dim}, decoder {m.decoder_depth}x"
         f"{m.decoder_embed_dim}, patch {m.patch_size}, image {m.image_size}, mask "

@@ -30,7 +30,6 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
 import argparse  # noqa: E402
 import collections  # noqa: E402
 import glob  # noqa: E402
-import json  # noqa: E402
 import re  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -120,10 +119,7 @@ def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--data", default=os.environ.get(names.CIFAR10_ENV))
-  p.add_argument("--profile", default="cpu")
-  p.add_argument("--model", choices=["reference", "profile"], default="reference",
-                 help="reference: the 6x128 encoder of the throughput targets")
-  p.add_argument("--model-overrides", default="{}")
+  roofline.add_model_arguments(p, default="reference")
   p.add_argument("--precision", default="float32,mixed_bfloat16")
   p.add_argument("--batch-size", type=int, default=256)
   p.add_argument("--warmup", type=int, default=15, help="untraced steps first")
@@ -133,8 +129,7 @@ def main(argv=None):
 
   root = data_source.resolve_cifar10(args.data, names.DATA_CACHE_DIR)
   images = standardised_train_images(root, args.batch_size * (args.warmup + args.steps))
-  model = {} if args.model == "profile" else dict(config_lib.REFERENCE_MODEL)
-  model.update(json.loads(args.model_overrides))
+  model = roofline.model_overrides(args)
   m = config_lib.get_profile(args.profile, {"model": model}).model
   flops = roofline.mae_train_flops(m) * args.batch_size
   print(f"model: encoder {m.depth}x{m.embed_dim}, decoder {m.decoder_depth}x"

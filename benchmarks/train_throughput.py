@@ -45,10 +45,7 @@ def standardised_train_images(data_root: str, limit: int) -> np.ndarray:
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__)
   p.add_argument("--data", default=os.environ.get(names.CIFAR10_ENV))
-  p.add_argument("--profile", default="cpu")
-  p.add_argument("--model", choices=["reference", "profile"], default="reference",
-                 help="reference: config.REFERENCE_MODEL (6x128 encoder); "
-                      "profile: the profile's model")
+  roofline.add_model_arguments(p, default="reference")
   p.add_argument("--precision", default="float32,mixed_bfloat16",
                  help="comma-separated Keras policies, or auto (what the "
                       "cpu profile picks on this machine)")
@@ -61,9 +58,6 @@ def main(argv=None):
   p.add_argument("--xla-splits", default=None,
                  help="comma-separated runtime.xla_splits values, e.g. 1,2; "
                       "default: the profile's setting")
-  p.add_argument("--model-overrides", default="{}",
-                 help='JSON ModelConfig fields over the chosen model, e.g. '
-                      '\'{"uniformity_weight": 0.001}\'')
   p.add_argument("--pretrain-overrides", default="{}",
                  help='JSON PretrainConfig fields, e.g. \'{"hue_jitter": 0.1}\' (the '
                       'augmentation runs in the measured input pipeline)')
@@ -73,8 +67,7 @@ def main(argv=None):
 
   root = data_source.resolve_cifar10(args.data, names.DATA_CACHE_DIR)
   images = standardised_train_images(root, 50000)
-  model = {} if args.model == "profile" else dict(config_lib.REFERENCE_MODEL)
-  model.update(json.loads(args.model_overrides))
+  model = roofline.model_overrides(args)
   profile = config_lib.get_profile(args.profile, {"model": model})
   jits = ([profile.runtime.jit_compile] if args.jit is None else
           [_on_off(v) for v in args.jit.split(",")])
