@@ -10,18 +10,34 @@ From the statistics it adds what a schema cannot say: a split without
 examples, and classes the test split has that train does not (a probe can
 not learn them; with class folders split by hash, a class of few images can
 end up there).
+
+Between spans (`compare_spans`): the train split's statistics against
+those of the data the latest blessed model was trained on (usually the
+previous span; one the gate stopped never is), by the schema's drift
+comparators (TFDV: L-infinity of the class shares, Jensen-Shannon of the
+image statistics' histograms), and a class that data had and this span
+lacks. Drift stops the run, or
+with `on_drift="warn"` is logged and the run goes on; either way the log
+says what was compared with what.
 """
 
+import dataclasses
 import os
-from typing import Dict, List, Set, Tuple
+from typing import Dict, List, Optional, Set, Tuple
 
 import tensorflow as tf
 from tensorflow_metadata.proto.v0 import anomalies_pb2
 from tfx import v1 as tfx
 from tfx.types import artifact_utils
 
-from models import names
+from models import names, run_log
+from models import schema as schema_lib
+from components.model_resolvers import artifact_span
+from models.config import DRIFT_ACTIONS
 from models.names import CLASS_NAME_KEY, TEST_SPLIT, TRAIN_SPLIT
+
+_DRIFT_TYPES = (anomalies_pb2.AnomalyInfo.COMPARATOR_L_INFTY_HIGH,
+                anomalies_pb2.AnomalyInfo.COMPARATOR_JENSEN_SHANNON_DIVERGENCE_HIGH)
 
 
 class DataAnomaliesError(RuntimeError):
@@ -54,18 +70,75 @@ def read_anomalies(anomalies_artifact) -> List[str]:
   return problems
 
 
+def _split_statistics(statistics_artifact, split: str):
+  """The DatasetFeatureStatisticsList of one split."""
+  from tfx.components.statistics_gen import stats_artifact_utils
+  return stats_artifact_utils.load_statistics(statistics_artifact, split).proto()
+
+
+def _classes(dataset) -> Set[str]:
+  """The class names a split's DatasetFeatureStatistics counts."""
+  for feature in dataset.features:
+    if feature.path.step == [CLASS_NAME_KEY]:
+      return {b.label for b in feature.string_stats.rank_histogram.buckets}
+  return set()
+
+
 def _split_classes(statistics_artifact) -> Dict[str, Tuple[Set[str], int]]:
   """{split: (class names it holds, number of examples)}."""
-  from tfx.components.statistics_gen import stats_artifact_utils
   classes = {}
   for split in artifact_utils.decode_split_names(statistics_artifact.split_names):
-    dataset = stats_artifact_utils.load_statistics(statistics_artifact, split).proto().datasets[0]
-    held = set()
-    for feature in dataset.features:
-      if feature.path.step == [CLASS_NAME_KEY]:
-        held = {b.label for b in feature.string_stats.rank_histogram.buckets}
-    classes[split] = (held, dataset.num_examples)
+    dataset = _split_statistics(statistics_artifact, split).datasets[0]
+    classes[split] = (_classes(dataset), dataset.num_examples)
   return classes
+
+
+@dataclasses.dataclass
+class SpanComparison:
+  """The train split of one span against the served model's data."""
+  span: int
+  previous_span: Optional[int]      # None: not known
+  compared: List[str]          # one line per comparator: value vs threshold
+  problems: List[str]          # drift above a threshold, classes gone
+
+
+def compare_spans(statistics, previous_statistics, schema, span: int,
+                  previous_span: Optional[int]) -> Optional[SpanComparison]:
+  """`statistics`' train split against `previous_statistics`' (artifacts)
+  by `compare_statistics`; None when there is nothing to compare (no
+  blessed model yet, or the same statistics)."""
+  if previous_statistics is None or previous_statistics.uri == statistics.uri:
+    return None
+  return compare_statistics(_split_statistics(statistics, TRAIN_SPLIT),
+                            _split_statistics(previous_statistics, TRAIN_SPLIT), schema,
+                            span, previous_span)
+
+
+def compare_statistics(current, previous, schema, span: int,
+                       previous_span: Optional[int]) -> SpanComparison:
+  """Two DatasetFeatureStatisticsLists compared by the schema's drift
+  comparators (TFDV), and the classes `current` lost; `previous_span`
+  None: its span is not known (the latest statistics, on Vertex AI)."""
+  import tensorflow_data_validation as tfdv
+  reference = "the latest statistics" if previous_span is None else f"span {previous_span}"
+  what = f"span {span} vs {reference}"
+  result = tfdv.validate_statistics(current, schema, previous_statistics=previous)
+  compared = []
+  for info in result.drift_skew_info:
+    feature = ".".join(info.path.step)
+    for m in info.drift_measurements:
+      kind = {m.L_INFTY: "L-infinity", m.JENSEN_SHANNON_DIVERGENCE: "Jensen-Shannon"}.get(
+          m.type, str(m.type))
+      compared.append(f"{feature}: {kind} {m.value:.4f} (threshold {m.threshold:g})")
+  problems = [f"{what}, feature '{feature}': "
+              f"{info.description or info.short_description}"
+              for feature, info in sorted(result.anomaly_info.items())
+              if any(r.type in _DRIFT_TYPES for r in info.reason)]
+  gone = _classes(previous.datasets[0]) - _classes(current.datasets[0])
+  if gone:
+    problems.append(f"{what}, feature '{CLASS_NAME_KEY}': classes in {reference} "
+                    f"missing from span {span}: {sorted(gone)}")
+  return SpanComparison(span, previous_span, compared, problems)
 
 
 def read_split_problems(statistics_artifact) -> List[str]:
@@ -88,10 +161,37 @@ def AnomaliesGate(  # pylint: disable=invalid-name
     anomalies: tfx.dsl.components.InputArtifact[
         tfx.types.standard_artifacts.ExampleAnomalies],
     statistics: tfx.dsl.components.InputArtifact[
-        tfx.types.standard_artifacts.ExampleStatistics]) -> None:
-  """Raises DataAnomaliesError naming every anomaly; passes otherwise."""
+        tfx.types.standard_artifacts.ExampleStatistics],
+    schema: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.Schema],
+    examples: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.Examples],
+    previous_statistics: tfx.dsl.components.InputArtifact[
+        tfx.types.standard_artifacts.ExampleStatistics] = None,
+    previous_examples: tfx.dsl.components.InputArtifact[
+        tfx.types.standard_artifacts.Examples] = None,
+    on_drift: tfx.dsl.components.Parameter[str] = "stop") -> None:
+  """Raises DataAnomaliesError naming every anomaly, and drift from
+  `previous_statistics` (the blessed model's data) unless `on_drift` is
+  "warn"; passes otherwise."""
+  if on_drift not in DRIFT_ACTIONS:
+    raise ValueError(f"on_drift must be one of {DRIFT_ACTIONS}, got {on_drift!r}")
   problems = read_split_problems(statistics) + read_anomalies(anomalies)
+  from tfx.utils import io_utils
+  comparison = compare_spans(
+      statistics, previous_statistics,
+      schema_lib.read_schema(io_utils.get_only_uri_in_dir(schema.uri)), artifact_span(examples),
+      artifact_span(previous_examples) if previous_examples is not None else None)
+  if comparison is not None:
+    reference = ("the latest statistics'" if comparison.previous_span is None
+                 else f"span {comparison.previous_span}'s")
+    run_log.log.info("[AnomaliesGate] span %d's train split vs %s (the served model's data):"
+                     "\n  %s", comparison.span, reference,
+                     "\n  ".join(comparison.compared or ["no drift comparator in the schema"]))
+    if comparison.problems and on_drift == "warn":
+      run_log.log.warning("[AnomaliesGate] drift (on_drift=warn, the run goes on):\n  %s",
+                          "\n  ".join(comparison.problems))
+    elif comparison.problems:
+      problems += comparison.problems
   if problems:
     raise DataAnomaliesError(
-        "ExampleValidator found anomalies against the schema; stopping before "
-        "Transform and training:\n  " + "\n  ".join(problems))
+        "The data failed validation (the schema, and drift from the served model's data); "
+        "stopping before Transform and training:\n  " + "\n  ".join(problems))

@@ -27,7 +27,7 @@ from tfx.proto import example_gen_pb2
 from tfx.types import standard_component_specs
 
 from models.cifar10 import encode_png, read_batch_file, read_class_names
-from models.examples import image_example
+from models.examples import ImageStatistics, image_example
 
 TRAIN_PATTERN = "data_batch_*"
 TEST_PATTERN = "test_batch"
@@ -40,7 +40,8 @@ def batch_file_to_examples(path: str, class_names: List[str]) -> Iterator[tf.tra
     label = int(label)
     # An id without a name keeps it as its name: the schema flags both.
     name = class_names[label] if 0 <= label < len(class_names) else str(label)
-    yield image_example(encode_png(image), label, name)
+    yield image_example(encode_png(image), label, name,
+                        statistics=ImageStatistics.of_array(image))
 
 
 @beam.ptransform_fn

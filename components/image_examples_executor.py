@@ -7,21 +7,23 @@ names (id order) and how many bad images were skipped."""
 
 import json
 import os
+import posixpath
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import apache_beam as beam
 import tensorflow as tf
 from google.protobuf import json_format, struct_pb2
 from tfx.components.example_gen import base_example_gen_executor, write_split
+from tfx.components.example_gen import utils as example_gen_utils
 from tfx.components.util import examples_utils
-from tfx.proto import example_gen_pb2
+from tfx.proto import example_gen_pb2, range_config_pb2
 from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import proto_utils
 
 from models import image_files, run_log
 from models.examples import image_example
 from models.names import (BAD_IMAGES_FILE, BAD_IMAGES_PROPERTY, CLASS_NAMES_PROPERTY,
-                          UNLABELED_SPLIT)
+                          SPAN_FOLDER_PATTERN, UNLABELED_SPLIT)
 
 BAD = "bad"                       # the tag of a skipped file's output
 # (path, label, class name, image_path: the example's IMAGE_PATH_KEY)
@@ -48,13 +50,43 @@ def read_options(exec_properties: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def ingestion_options(test_fraction: float, unlabeled_base: Optional[str],
-                      skip_bad_images: bool, fingerprint: str, **more) -> Dict[str, Any]:
+                      skip_bad_images: bool, fingerprint: str, spans: bool,
+                      **more) -> Dict[str, Any]:
   """The options both image ExampleGens take. `fingerprint`: a digest of the
   local files (`image_files.folder_fingerprint`), so that a cached run
   re-runs when any image changes; the driver's own covers what its input
-  pattern matches, the top of `input_base`."""
+  pattern matches, the top of `input_base`. `spans`: `input_base` holds
+  span-<N>/ folders, of which the driver picked one."""
   return dict(test_fraction=test_fraction, unlabeled_base=unlabeled_base or "",
-              skip_bad_images=skip_bad_images, fingerprint=fingerprint, **more)
+              skip_bad_images=skip_bad_images, fingerprint=fingerprint, spans=spans, **more)
+
+
+def input_config(pattern: str, spans: bool, name: str) -> example_gen_pb2.Input:
+  """ExampleGen's one input split matching `pattern` (under span-{SPAN}/
+  when the source is laid out in spans): what the driver fingerprints, and
+  where it finds the spans."""
+  if spans:
+    pattern = f"{SPAN_FOLDER_PATTERN}/{pattern}"
+  return example_gen_pb2.Input(splits=[example_gen_pb2.Input.Split(name=name, pattern=pattern)])
+
+
+def range_config(span: Optional[int]) -> Optional[range_config_pb2.RangeConfig]:
+  """The driver's span: `span` when given, else (None) the newest."""
+  if span is None:
+    return None
+  return range_config_pb2.RangeConfig(static_range=range_config_pb2.StaticRange(
+      start_span_number=span, end_span_number=span))
+
+
+def labeled_root(input_base: str, exec_properties: Dict[str, Any],
+                 options: Dict[str, Any]) -> Tuple[str, str]:
+  """(the folder this run ingests, the prefix of its images' paths): the
+  span's folder the driver resolved, or `input_base` itself."""
+  if not options.get("spans"):
+    return input_base, ""
+  span = int(exec_properties[example_gen_utils.SPAN_PROPERTY_NAME])
+  root = image_files.span_root(input_base, span)
+  return root, f"{posixpath.basename(root)}/"
 
 
 def file_to_example(item: Item, skip_bad: bool) -> Iterator:
@@ -68,7 +100,7 @@ def file_to_example(item: Item, skip_bad: bool) -> Iterator:
       raise
     yield beam.pvalue.TaggedOutput(BAD, str(e))
     return
-  yield image_example(image, label, class_name, image_path)
+  yield image_example(image.data, label, class_name, image_path, image.statistics)
 
 
 Split = Tuple[beam.pvalue.PCollection, beam.pvalue.PCollection]   # (Examples, bad)
@@ -104,9 +136,11 @@ class ImageExamplesExecutor(base_example_gen_executor.BaseExampleGenExecutor):
   def GetInputSourceToExamplePTransform(self) -> beam.PTransform:
     raise NotImplementedError(f"{type(self).__name__} builds its splits in Do")
 
-  def labeled_splits(self, pipeline: beam.Pipeline, input_base: str,
+  def labeled_splits(self, pipeline: beam.Pipeline, root: str, path_prefix: str,
                      options: Dict[str, Any]) -> Tuple[List[str], Dict[str, Split]]:
-    """(class names, {split: (Examples, skipped files' reasons)})."""
+    """(class names, {split: (Examples, skipped files' reasons)}) of the
+    labeled data in `root` (the source, or its span's folder); an image
+    file's example names it as `path_prefix` + its path in `root`."""
     raise NotImplementedError
 
   def Do(self, input_dict, output_dict, exec_properties) -> None:
@@ -121,8 +155,9 @@ class ImageExamplesExecutor(base_example_gen_executor.BaseExampleGenExecutor):
     examples = artifact_utils.get_single_instance(outputs)
     bad_list = os.path.join(examples.uri, BAD_IMAGES_FILE)
     with self._make_beam_pipeline() as pipeline:
-      class_names, splits = self.labeled_splits(
-          pipeline, exec_properties[standard_component_specs.INPUT_BASE_KEY], options)
+      root, path_prefix = labeled_root(
+          exec_properties[standard_component_specs.INPUT_BASE_KEY], exec_properties, options)
+      class_names, splits = self.labeled_splits(pipeline, root, path_prefix, options)
       if unlabeled:
         splits[UNLABELED_SPLIT] = read_files(pipeline, UNLABELED_SPLIT, unlabeled,
                                              unlabeled_files, skip_bad)

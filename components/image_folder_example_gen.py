@@ -3,7 +3,9 @@
 The Beam/TFX adapter over `models.image_files`. `input_base` is a labeled
 folder, `<root>/<class>/<image>` (split into train/test by a hash of each
 file's path, `test_fraction` to test) or `<root>/train|test/<class>/<image>`
-(splits as given). An optional unlabeled folder (any depth) becomes a third
+(splits as given), or span-<N>/ folders of either (`spans`: the newest
+span, or `span`; TFX's {SPAN} convention, the span on the artifact). An
+optional unlabeled folder (any depth) becomes a third
 split, `unlabeled`, of {image} examples that only MAE pretraining reads.
 
 The executor lists the folders to number the classes; a Beam worker lists
@@ -23,11 +25,10 @@ from typing import Iterator, Optional
 
 from tfx.components.example_gen.component import FileBasedExampleGen
 from tfx.dsl.components.base import executor_spec
-from tfx.proto import example_gen_pb2
 
 from components.image_examples_executor import (ImageExamplesExecutor, Item,
-                                                ingestion_options, options_config,
-                                                read_files)
+                                                ingestion_options, input_config,
+                                                options_config, range_config, read_files)
 from models import image_files
 
 # For the driver's input fingerprint (what makes a cached run re-run): the
@@ -35,23 +36,25 @@ from models import image_files
 _INPUT_PATTERN = "*/*"
 
 
-def labeled_files(root: str, split: str, test_fraction: float) -> Iterator[Item]:
+def labeled_files(root: str, split: str, test_fraction: float,
+                  path_prefix: str) -> Iterator[Item]:
   """The files of one split of a labeled folder (a Beam worker lists them)."""
   layout = image_files.detect_layout(root, test_fraction)
   for rel, label in layout.files[split]:
-    yield image_files.join_path(root, rel), label, layout.class_names[label], rel
+    yield (image_files.join_path(root, rel), label, layout.class_names[label],
+           path_prefix + rel)
 
 
 class Executor(ImageExamplesExecutor):
   """Lists the class folders here; reads and checks the images in Beam."""
 
-  def labeled_splits(self, pipeline, input_base, options):
+  def labeled_splits(self, pipeline, root, path_prefix, options):
     test_fraction = float(options.get("test_fraction", 0.2))
-    layout = image_files.detect_layout(input_base, test_fraction)
+    layout = image_files.detect_layout(root, test_fraction)
     skip_bad = bool(options.get("skip_bad_images", False))
     return layout.class_names, {
-        split: read_files(pipeline, split, input_base, labeled_files, skip_bad, split,
-                          test_fraction)
+        split: read_files(pipeline, split, root, labeled_files, skip_bad, split,
+                          test_fraction, path_prefix)
         for split in layout.files}
 
 
@@ -60,11 +63,11 @@ class ImageFolderExampleGen(FileBasedExampleGen):
 
   def __init__(self, input_base: str, test_fraction: float = 0.2,
                unlabeled_base: Optional[str] = None, skip_bad_images: bool = False,
-               fingerprint: str = ""):
+               fingerprint: str = "", spans: bool = False, span: Optional[int] = None):
     super().__init__(
         input_base=input_base,
-        input_config=example_gen_pb2.Input(splits=[
-            example_gen_pb2.Input.Split(name="images", pattern=_INPUT_PATTERN)]),
+        input_config=input_config(_INPUT_PATTERN, spans, "images"),
+        range_config=range_config(span),
         custom_config=options_config(ingestion_options(
-            test_fraction, unlabeled_base, skip_bad_images, fingerprint)),
+            test_fraction, unlabeled_base, skip_bad_images, fingerprint, spans)),
         custom_executor_spec=executor_spec.BeamExecutorSpec(Executor))

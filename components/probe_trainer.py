@@ -3,7 +3,9 @@
 `base_model` is the MAE the mae_pretrain Trainer saved. Its frozen encoder
 and the trained probe head are exported as one float32 SavedModel with the
 serving signatures of `models.signatures` (what the Evaluator scores and the
-Pusher pushes); the ModelRun dir gets TensorBoard logs and
+Pusher pushes), and the MAE itself is copied beside it
+(`names.carried_mae_dir`: what a later span warm-starts from once this
+model is blessed); the ModelRun dir gets TensorBoard logs and
 `train_summary.json` (linear and k-NN test accuracy). The classes (number
 and names, id order) come from the schema's `class_name` domain.
 """
@@ -30,5 +32,6 @@ def run_fn(fn_args: FnArgs) -> None:
       data.transformed_batches(fn_args.eval_files, tft_output), fn_args.model_run_dir)
 
   signatures.export_saved_model(result.classifier, tft_output, fn_args.serving_model_dir)
+  files.copy_tree(fn_args.base_model, names.carried_mae_dir(fn_args.serving_model_dir))
   files.write_json(result.summary,
                       os.path.join(fn_args.model_run_dir, names.SUMMARY_FILE))

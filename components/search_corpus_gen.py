@@ -47,11 +47,12 @@ def check_corpus(root: str) -> bool:
 class Executor(ImageExamplesExecutor):
   """TFRecord files when the folder has them, else its images."""
 
-  def labeled_splits(self, pipeline, input_base, options):
-    if check_corpus(input_base):
-      return [], {CORPUS_SPLIT: read_records(pipeline, CORPUS_SPLIT, input_base,
-                                             tfrecord_files(input_base), options)}
-    return [], {CORPUS_SPLIT: read_files(pipeline, CORPUS_SPLIT, input_base, corpus_files,
+  def labeled_splits(self, pipeline, root, path_prefix, options):
+    del path_prefix          # the corpus is not laid out in spans
+    if check_corpus(root):
+      return [], {CORPUS_SPLIT: read_records(pipeline, CORPUS_SPLIT, root,
+                                             tfrecord_files(root), options)}
+    return [], {CORPUS_SPLIT: read_files(pipeline, CORPUS_SPLIT, root, corpus_files,
                                          bool(options.get("skip_bad_images", False)))}
 
 
@@ -66,6 +67,6 @@ class SearchCorpusGen(FileBasedExampleGen):
         input_config=example_gen_pb2.Input(splits=[
             example_gen_pb2.Input.Split(name=CORPUS_SPLIT, pattern="*")]),
         custom_config=options_config(ingestion_options(
-            0.0, None, skip_bad_images, fingerprint, image_feature=image_feature,
+            0.0, None, skip_bad_images, fingerprint, spans=False, image_feature=image_feature,
             label_feature=label_feature)),
         custom_executor_spec=executor_spec.BeamExecutorSpec(Executor))

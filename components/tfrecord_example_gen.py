@@ -5,7 +5,9 @@ features and checks the images.
 `input_base` holds TFRecord files (GZIP or not, by suffix; see
 `models.examples.TFRECORD_SUFFIXES`), either in `<root>/train/` and
 `<root>/test/` (splits as given) or in `<root>/` (split into train/test by a
-hash of each record's image bytes, `test_fraction` to test). Each record's
+hash of each record's image bytes, `test_fraction` to test), or in
+span-<N>/ folders laid out either way (`spans`: the newest span, or `span`).
+Each record's
 `image_feature` (encoded image bytes) and `label_feature` (int64 class id)
 become the pipeline's `image` and `label`; the class names, id order, are
 the lines of an optional `<root>/class_names.txt` (otherwise the ids
@@ -23,10 +25,10 @@ import tensorflow as tf
 from tfx.components.example_gen import component
 from tfx.components.example_gen.import_example_gen.component import ImportExampleGen
 from tfx.dsl.components.base import executor_spec
-from tfx.proto import example_gen_pb2
 
 from components.image_examples_executor import (BAD, ImageExamplesExecutor, Split,
-                                                ingestion_options, options_config)
+                                                ingestion_options, input_config,
+                                                options_config, range_config)
 from models import image_files
 from models.examples import TFRECORD_SUFFIXES, image_example, tfrecord_files
 from models.names import CLASS_NAMES_FILE, IMAGE_KEY, TEST_SPLIT, TRAIN_SPLIT
@@ -40,7 +42,7 @@ def record_to_example(record: Tuple[str, bytes], image_feature: str, label_featu
   image = label = name = None
   if image_feature in features and features[image_feature].bytes_list.value:
     try:
-      image = image_files.image_bytes(
+      image = image_files.check_image(
           features[image_feature].bytes_list.value[0],
           f"{path}: a record's '{image_feature}'")
     except image_files.BadImageError as e:
@@ -56,7 +58,8 @@ def record_to_example(record: Tuple[str, bytes], image_feature: str, label_featu
       label = int(features[label_feature].int64_list.value[0])
       name = class_names[label] if 0 <= label < len(class_names) else str(label)
   # A missing image or label is left out, for the schema gate to name.
-  yield image_example(image, label, name)
+  yield image_example(image and image.data, label, name,
+                      statistics=image and image.statistics)
 
 
 def _split_of(example: tf.train.Example, test_fraction: float) -> int:
@@ -89,17 +92,18 @@ def read_records(pipeline: beam.Pipeline, split: str, input_base: str, files: Li
 class Executor(ImageExamplesExecutor):
   """Reads the TFRecord files in Beam (ReadAllFromTFRecord), maps and checks."""
 
-  def labeled_splits(self, pipeline, input_base, options):
-    class_names = image_files.read_class_names_file(input_base)
+  def labeled_splits(self, pipeline, root, path_prefix, options):
+    del path_prefix          # records have no file of their own
+    class_names = image_files.read_class_names_file(root)
 
     def read(split: str, files: List[str]):
-      return read_records(pipeline, split, input_base, files, options)
+      return read_records(pipeline, split, root, files, options)
 
-    given = {s: tfrecord_files(image_files.join_path(input_base, s))
+    given = {s: tfrecord_files(image_files.join_path(root, s))
              for s in (TRAIN_SPLIT, TEST_SPLIT)}
     if all(given.values()):
       return class_names, {s: read(s, files) for s, files in given.items()}
-    examples, bad = read("all", tfrecord_files(input_base))
+    examples, bad = read("all", tfrecord_files(root))
     train, test = examples | "HashSplit" >> beam.Partition(
         lambda e, n: _split_of(e, float(options.get("test_fraction", 0.2))), 2)
     return class_names, {TRAIN_SPLIT: (train, bad),
@@ -114,12 +118,12 @@ class TFRecordImageExampleGen(ImportExampleGen):
   def __init__(self, input_base: str, image_feature: str = "image",
                label_feature: str = "label", test_fraction: float = 0.2,
                unlabeled_base: Optional[str] = None, skip_bad_images: bool = False,
-               fingerprint: str = ""):
+               fingerprint: str = "", spans: bool = False, span: Optional[int] = None):
     # ImportExampleGen's own __init__ takes no custom_config: set up its base.
     component.FileBasedExampleGen.__init__(  # pylint: disable=non-parent-init-called
         self, input_base=input_base,
-        input_config=example_gen_pb2.Input(splits=[
-            example_gen_pb2.Input.Split(name="records", pattern="*")]),
+        input_config=input_config("*", spans, "records"),
+        range_config=range_config(span),
         custom_config=options_config(ingestion_options(
-            test_fraction, unlabeled_base, skip_bad_images, fingerprint,
+            test_fraction, unlabeled_base, skip_bad_images, fingerprint, spans,
             image_feature=image_feature, label_feature=label_feature)))

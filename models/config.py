@@ -2,8 +2,8 @@
 
 A `RunConfig` is a complete run: the MAE's shape, the pretraining schedule,
 the linear probe, how to run (precision, strategy, XLA), how the Trainers
-read their data, the Evaluator's gate and the Beam arguments of the data
-components. `PROFILES` names complete
+read their data, what drift between spans does, the Evaluator's gate and
+the Beam arguments of the data components. `PROFILES` names complete
 configurations; `get_profile(name, overrides)` returns one with
 {section: {field: value}} overrides applied, and refuses unknown names.
 
@@ -87,9 +87,29 @@ class ModelConfig:
   def num_prefix_tokens(self) -> int:
     return int(self.cls_token)
 
+  def architecture(self) -> Dict[str, Any]:
+    """What shapes the weights: two configs with equal architectures load
+    each other's weights (a warm start). The loss's settings are not part
+    of it; the projector and the teacher are, by whether they exist."""
+    arch = {k: v for k, v in dataclasses.asdict(self).items() if k not in LOSS_ONLY_FIELDS}
+    arch.update(contrastive_weight=self.contrastive_weight > 0,
+                teacher_momentum=self.teacher_momentum > 0)
+    return arch
+
   @property
   def num_patches(self) -> int:
     return (self.image_size // self.patch_size) ** 2
+
+
+# ModelConfig fields that change the loss, not the weights.
+LOSS_ONLY_FIELDS = ("mask_ratio", "norm_pix_loss", "uniformity_weight", "uniformity_tau",
+                    "contrastive_tau", "teacher_mask_ratio")
+
+
+def architecture_differences(saved: ModelConfig, current: ModelConfig) -> Dict[str, Tuple]:
+  """{field: (saved, current)} where the two architectures differ."""
+  a, b = saved.architecture(), current.architecture()
+  return {k: (a[k], b[k]) for k in a if a[k] != b[k]}
 
 
 # The size the throughput targets are stated for (encoder 6 x 128, 4 heads;
@@ -119,6 +139,9 @@ class DataConfig:
   shuffle_buffer: int = 10_000       # examples, when streaming
 
 
+WARM_START_MODES = ("auto", "never")
+
+
 @dataclasses.dataclass(frozen=True)
 class PretrainConfig:
   """MAE pretraining schedule (official recipe: AdamW, warmup + cosine)."""
@@ -136,6 +159,27 @@ class PretrainConfig:
   steps_per_epoch: Optional[int] = None  # None: one pass over the train split
   max_train_examples: Optional[int] = None
   reconstruction_images: int = 8
+  # A run on a new span starts from the MAE of the latest blessed model
+  # trained on an earlier span, for `warm_start_epochs` instead of `epochs`
+  # ("auto"; the model's architecture must equal this one's, else it trains
+  # from scratch and says why), or always from scratch ("never").
+  warm_start: str = "auto"
+  warm_start_epochs: int = 3
+  # Data laid out in spans: how many of the newest spans the MAE reads, this
+  # run's and the earlier ones the gate passed (0: all). 1: a warm start
+  # learns what is new, at the cost of one span.
+  span_window: int = 1
+
+  def __post_init__(self):
+    if self.warm_start not in WARM_START_MODES:
+      raise ValueError(f"pretrain.warm_start must be one of {list(WARM_START_MODES)}, "
+                       f"got {self.warm_start!r}")
+    if self.warm_start_epochs < 1:
+      raise ValueError(f"pretrain.warm_start_epochs must be at least 1, "
+                       f"got {self.warm_start_epochs}")
+    if self.span_window < 0:
+      raise ValueError(f"pretrain.span_window must be 0 (every span) or more, "
+                       f"got {self.span_window}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,6 +206,14 @@ class ProbeConfig:
   # exported model so TFMA scores its predictions): 50,000 x 640 float16 is
   # 64 MB; a larger train split is measured against its first N.
   knn_bank_examples: int = 50_000
+  # Data laid out in spans: how many of the newest spans the probe (and its
+  # k-NN bank) learns from, as pretrain.span_window (0: all).
+  span_window: int = 0
+
+  def __post_init__(self):
+    if self.span_window < 0:
+      raise ValueError(f"probe.span_window must be 0 (every span) or more, "
+                       f"got {self.span_window}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -190,6 +242,22 @@ class EvaluationConfig:
   min_accuracy: float = 0.45
   # Largest allowed drop against the latest blessed model (none: no check).
   max_accuracy_drop: float = 0.01
+
+
+DRIFT_ACTIONS = ("stop", "warn")
+
+
+@dataclasses.dataclass(frozen=True)
+class ValidationConfig:
+  """What the AnomaliesGate does when a span drifted from the previous one
+  past the schema's drift comparators: stop the run (as for any anomaly),
+  or warn and go on. Schema anomalies always stop it."""
+  on_drift: str = "stop"
+
+  def __post_init__(self):
+    if self.on_drift not in DRIFT_ACTIONS:
+      raise ValueError(f"validation.on_drift must be one of {list(DRIFT_ACTIONS)}, "
+                       f"got {self.on_drift!r}")
 
 
 SEARCH_KINDS = ("auto", "exact", "scann", "faiss_hnsw")
@@ -243,6 +311,7 @@ class RunConfig:
   probe: ProbeConfig = ProbeConfig()
   runtime: RuntimeConfig = RuntimeConfig()
   data: DataConfig = DataConfig()
+  validation: ValidationConfig = ValidationConfig()
   evaluation: EvaluationConfig = EvaluationConfig()
   search: SearchConfig = SearchConfig()
   beam: BeamConfig = BeamConfig()
@@ -294,7 +363,7 @@ class RunConfig:
 
 
 SECTIONS = {"model": ModelConfig, "pretrain": PretrainConfig, "probe": ProbeConfig,
-            "runtime": RuntimeConfig, "data": DataConfig,
+            "runtime": RuntimeConfig, "data": DataConfig, "validation": ValidationConfig,
             "evaluation": EvaluationConfig, "search": SearchConfig, "beam": BeamConfig}
 TRAINER_SECTIONS = ("profile", "model", "pretrain", "probe", "runtime", "data")
 
@@ -314,8 +383,9 @@ _CPU = RunConfig(
     # batch 256: it beat 6e-4 on CIFAR-10 (benchmarks/RESULTS.md). 6
     # epochs of two views: the pipeline's wall time of 14 pure-MAE epochs,
     # the new k-NN work included.
+    # A new span's warm start: a third of the epochs (benchmarks/continuous.py).
     pretrain=PretrainConfig(epochs=6, batch_size=256, base_lr=2.4e-3,
-                            warmup_epochs=1.0),
+                            warmup_epochs=1.0, warm_start_epochs=2),
     probe=ProbeConfig(epochs=60),
     # 2 XLA programs per step keep both cores busy. bf16 only where the
     # CPU has it natively: a CPU that emulates it gains nothing
@@ -333,7 +403,7 @@ PROFILES: Dict[str, RunConfig] = {
                           decoder_embed_dim=32, decoder_depth=1,
                           decoder_num_heads=2),
         pretrain=PretrainConfig(epochs=2, batch_size=32, base_lr=1e-3,
-                                warmup_epochs=0.5),
+                                warmup_epochs=0.5, warm_start_epochs=1),
         probe=ProbeConfig(epochs=5, batch_size=32, warmup_epochs=0.0),
         runtime=RuntimeConfig(precision="float32"),
         # A few hundred images for seconds: the gate only rules out a
@@ -347,11 +417,12 @@ PROFILES: Dict[str, RunConfig] = {
     # minutes on the faster 2-core hosts (benchmarks/RESULTS.md, issue 26).
     "cpu-long": dataclasses.replace(
         _CPU, profile="cpu-long",
-        pretrain=dataclasses.replace(_CPU.pretrain, epochs=20, warmup_epochs=2.0)),
+        pretrain=dataclasses.replace(_CPU.pretrain, epochs=20, warmup_epochs=2.0,
+                                     warm_start_epochs=6)),
     "full": RunConfig(
         profile="full",
         pretrain=PretrainConfig(epochs=200, batch_size=256, base_lr=1.5e-4 * 4,
-                                warmup_epochs=10.0),
+                                warmup_epochs=10.0, warm_start_epochs=60),
         probe=ProbeConfig(epochs=90),
         runtime=RuntimeConfig(precision="auto"),
         evaluation=EvaluationConfig(min_accuracy=0.60, max_accuracy_drop=0.005),

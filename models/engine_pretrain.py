@@ -18,13 +18,13 @@ import hashlib
 import json
 import os
 import tempfile
-from typing import Iterable, List, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import tensorflow as tf
 
 from models import config as config_lib
-from models import (checkpoints, data, names, optimization, precision, progress, run_log,
+from models import (checkpoints, data, files, names, optimization, precision, progress, run_log,
                     runtime)
 from models.mae import MaskedAutoencoder, teacher_momentum
 
@@ -177,13 +177,14 @@ def checkpoint_dir(root: str, cfg: config_lib.RunConfig,
 
 def pretrain(cfg: config_lib.RunConfig,
              images: Union[np.ndarray, data.TrainingImages], log_dir: str,
-             checkpoint_dir: str, callbacks: Iterable[tf.keras.callbacks.Callback] = ()
-             ) -> Tuple[PretrainingModel, List[dict]]:
+             checkpoint_dir: str, callbacks: Iterable[tf.keras.callbacks.Callback] = (),
+             initial_mae: Optional[str] = None) -> Tuple[PretrainingModel, List[dict]]:
   """Pretrains an MAE on Transform-normalised images: an array [N, S, S, 3],
   or `data.TrainingImages` (in memory or streamed, `data.training_images`).
-  Resumes from the newest checkpoint in `checkpoint_dir`; returns the trained
-  `PretrainingModel` (`.mae` is the MAE) and one history row per epoch run
-  (loss, lr, images/second)."""
+  Resumes from the newest checkpoint in `checkpoint_dir`, else starts from
+  the weights of `initial_mae` (a `save_mae` directory: a warm start) when
+  given; returns the trained `PretrainingModel` (`.mae` is the MAE) and one
+  history row per epoch run (loss, lr, images/second)."""
   runtime.require_keras2()
   if isinstance(images, np.ndarray):
     images = data.TrainingImages.in_memory(images)
@@ -208,6 +209,8 @@ def pretrain(cfg: config_lib.RunConfig,
         checkpoint_dir, model.mae, model.optimizer,
         write_directory=None if chief else os.path.join(scratch, "checkpoints"))
     initial_epoch = checkpoint.restore()
+    if initial_mae and initial_epoch == 0:
+      _read_weights(model.mae, initial_mae)
     # In memory, batch t is a function of (seed, t): resumed, the run goes on
     # with the batches it would have seen.
     dataset = images.batches(global_batch, augmentation(cfg), seed=rt.seed,
@@ -236,15 +239,20 @@ SAVED_BEFORE_FIELD = {"contrastive_weight": 0.0, "uniformity_weight": 0.0,
                       "teacher_momentum": 0.0, "contrastive_blocks": 1}
 
 
-def save_mae(mae: MaskedAutoencoder, directory: str) -> None:
+def save_mae(mae: MaskedAutoencoder, directory: str,
+             training: Optional[Dict[str, Any]] = None) -> None:
+  """Writes the MAE's config and weights to `directory`, and `training`
+  (what it was trained on: `warm_start_source` reads it) when given."""
   tf.io.gfile.makedirs(directory)
   with tf.io.gfile.GFile(os.path.join(directory, names.MAE_CONFIG_FILE), "w") as f:
     json.dump(dataclasses.asdict(mae.cfg), f, indent=2, sort_keys=True)
   tf.train.Checkpoint(model=mae).write(os.path.join(directory, names.MAE_WEIGHTS_PREFIX))
+  if training is not None:
+    files.write_json(training, os.path.join(directory, names.MAE_TRAINING_FILE))
 
 
-def load_mae(directory: str) -> MaskedAutoencoder:
-  """Rebuilds the MAE saved by `save_mae` (in the current precision policy)."""
+def read_mae_config(directory: str) -> config_lib.ModelConfig:
+  """The ModelConfig of the MAE `save_mae` wrote to `directory`."""
   path = os.path.join(directory, names.MAE_CONFIG_FILE)
   if not tf.io.gfile.exists(path):
     raise FileNotFoundError(f"{path} not found: {directory} is not an MAE "
@@ -252,11 +260,46 @@ def load_mae(directory: str) -> MaskedAutoencoder:
   with tf.io.gfile.GFile(path) as f:
     saved = json.load(f)
   # A field the saved config lacks predates it: the value that was then implied.
-  cfg = config_lib.ModelConfig(**{**SAVED_BEFORE_FIELD, **saved})
-  model = MaskedAutoencoder(cfg).build_for()
+  return config_lib.ModelConfig(**{**SAVED_BEFORE_FIELD, **saved})
+
+
+def _read_weights(model: MaskedAutoencoder, directory: str) -> None:
   # The epoch checkpoints also hold the optimizer's slots, not needed here.
   tf.train.Checkpoint(model=model).read(
       os.path.join(directory, names.MAE_WEIGHTS_PREFIX)
   ).assert_existing_objects_matched().expect_partial()
+
+
+def load_mae(directory: str) -> MaskedAutoencoder:
+  """Rebuilds the MAE saved by `save_mae` (in the current precision policy)."""
+  model = MaskedAutoencoder(read_mae_config(directory)).build_for()
+  _read_weights(model, directory)
   return model
+
+
+def warm_start_source(cfg: config_lib.RunConfig, blessed_model: Optional[str],
+                      data_digest: str) -> Tuple[Optional[str], str]:
+  """(the saved MAE a run starts from, or None for from scratch; why).
+  `blessed_model`: the serving dir of the blessed linear probe model the
+  pipeline resolved (None: none), which carries its MAE
+  (`names.carried_mae_dir`); `data_digest`: this run's examples
+  (`examples.files_digest`). The MAE must have this config's architecture
+  and have been trained on other examples."""
+  if cfg.pretrain.warm_start == "never":
+    return None, "pretrain.warm_start is never"
+  if not blessed_model:
+    return None, "no blessed model trained on an earlier span"
+  mae_dir = names.carried_mae_dir(blessed_model)
+  if not tf.io.gfile.exists(os.path.join(mae_dir, names.MAE_CONFIG_FILE)):
+    return None, f"the blessed model {blessed_model} carries no MAE ({mae_dir})"
+  differences = config_lib.architecture_differences(read_mae_config(mae_dir), cfg.model)
+  if differences:
+    return None, (f"the blessed model's MAE ({mae_dir}) has another architecture: " +
+                  ", ".join(f"model.{k} {a} (now {b})" for k, (a, b) in differences.items()))
+  training_file = os.path.join(mae_dir, names.MAE_TRAINING_FILE)
+  if tf.io.gfile.exists(training_file):
+    with tf.io.gfile.GFile(training_file) as f:
+      if json.load(f).get("data_digest") == data_digest:
+        return None, f"the blessed model's MAE ({mae_dir}) was trained on these same examples"
+  return mae_dir, f"the MAE of the latest blessed model, {mae_dir}"
 

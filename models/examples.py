@@ -1,17 +1,21 @@
 """The pipeline's Examples on disk: GZIP TFRecord files of serialized
-tf.Example {image: encoded bytes, label: int64, class_name: bytes} (labeled
-splits) or {image} (an unlabeled split): ExampleGen's output format.
+tf.Example {image: encoded bytes, label: int64, class_name: bytes, and the
+image's statistics (`ImageStatistics`)} (labeled splits) or {image and its
+statistics} (an unlabeled split): ExampleGen's output format.
 
 One reader for the Trainers' input pipelines, batch embedding and the
 notebooks. TensorFlow only (no tf.Transform), so the serving side can use it.
 """
 
-from typing import List, NamedTuple, Optional
+import hashlib
+import os
+from typing import List, NamedTuple, Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
 
-from models.names import (CLASS_NAME_KEY, EMBEDDING_KEY, ID_KEY, IMAGE_KEY, IMAGE_PATH_KEY,
+from models.names import (CHANNEL_MEAN_KEYS, CLASS_NAME_KEY, EMBEDDING_KEY, ID_KEY,
+                          IMAGE_HEIGHT_KEY, IMAGE_KEY, IMAGE_PATH_KEY, IMAGE_WIDTH_KEY,
                           LABEL_KEY)
 
 COMPRESSION = "GZIP"
@@ -28,12 +32,32 @@ def tfrecord_files(folder: str) -> List[str]:
                 if not name.startswith(".") and name.lower().endswith(TFRECORD_SUFFIXES))
 
 
+class ImageStatistics(NamedTuple):
+  """What StatisticsGen sees of an image's pixels (`IMAGE_STATISTICS_KEYS`)."""
+  height: int
+  width: int
+  channel_means: Tuple[float, float, float]    # R, G, B in [0, 255]
+
+  @classmethod
+  def of_array(cls, image: np.ndarray) -> "ImageStatistics":
+    """Of a decoded RGB image, uint8 [H, W, 3]."""
+    means = image.reshape(-1, image.shape[-1]).mean(axis=0)
+    return cls(int(image.shape[0]), int(image.shape[1]), tuple(float(m) for m in means[:3]))
+
+
 def image_example(image: Optional[bytes], label: Optional[int] = None,
-                  class_name: Optional[str] = None,
-                  image_path: Optional[str] = None) -> tf.train.Example:
-  """The tf.Example of one encoded image, with its class when labeled and
-  its file when it came from one (a feature that is None is left out)."""
+                  class_name: Optional[str] = None, image_path: Optional[str] = None,
+                  statistics: Optional[ImageStatistics] = None) -> tf.train.Example:
+  """The tf.Example of one encoded image, with its class when labeled, its
+  file when it came from one and its statistics when it was decoded (a
+  feature that is None is left out)."""
   feature = {}
+  if statistics is not None:
+    for key, value in ((IMAGE_HEIGHT_KEY, statistics.height),
+                       (IMAGE_WIDTH_KEY, statistics.width)):
+      feature[key] = tf.train.Feature(int64_list=tf.train.Int64List(value=[value]))
+    for key, value in zip(CHANNEL_MEAN_KEYS, statistics.channel_means):
+      feature[key] = tf.train.Feature(float_list=tf.train.FloatList(value=[value]))
   if image_path is not None:
     feature[IMAGE_PATH_KEY] = tf.train.Feature(
         bytes_list=tf.train.BytesList(value=[image_path.encode("utf-8")]))
@@ -60,6 +84,18 @@ def example_files(file_patterns: List[str]) -> List[str]:
   if not files:
     raise FileNotFoundError(f"No example files match {file_patterns}")
   return files
+
+
+def files_digest(file_patterns: List[str]) -> str:
+  """A digest of the contents of the files matching `file_patterns`: the
+  same examples written by another run of ExampleGen give the same one."""
+  h = hashlib.sha256()
+  for path in example_files(file_patterns):
+    h.update(os.path.basename(path).encode() + b"\0")
+    with tf.io.gfile.GFile(path, "rb") as f:
+      for chunk in iter(lambda: f.read(1 << 20), b""):
+        h.update(chunk)
+  return h.hexdigest()[:16]
 
 
 def serialized_examples(file_patterns: List[str],

@@ -1,4 +1,5 @@
-"""Writing files so that a reader never sees half of one (local or GCS)."""
+"""Writing files so that a reader never sees half of one, and copying a
+folder (local or GCS)."""
 
 import json
 import os
@@ -23,3 +24,12 @@ def write_atomically(path: str, contents) -> None:
 
 def write_json(obj, path: str) -> None:
   write_atomically(path, json.dumps(obj, indent=2, default=float))
+
+
+def copy_tree(source: str, destination: str) -> None:
+  """Copies the files under `source` to `destination` (local or GCS)."""
+  for folder, _, names in tf.io.gfile.walk(source):
+    target = os.path.join(destination, os.path.relpath(folder, source))
+    tf.io.gfile.makedirs(target)
+    for name in names:
+      tf.io.gfile.copy(os.path.join(folder, name), os.path.join(target, name), overwrite=True)

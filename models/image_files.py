@@ -12,6 +12,9 @@ Class ids are the positions of the class names (folder names) in sorted
 order, taken from the train split's folders; a class found only in the test
 split gets an id past them, so the schema's label domain flags it.
 
+A source laid out in spans (`span_folders`) holds one such layout (or
+TFRecord files) per span: <root>/span-<N>/..., TFX's {SPAN} convention.
+
 An unlabeled folder is any tree of images (`list_images(root, recursive=True)`).
 Hidden files and folders and files without an image extension
 (`.DS_Store`, `README.txt`) are not images and are ignored. A file with an
@@ -24,11 +27,13 @@ import hashlib
 import io
 import os
 import posixpath
-from typing import Dict, List, Optional, Tuple
+import re
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import tensorflow as tf
 
-from models.names import CLASS_NAMES_FILE
+from models.examples import ImageStatistics
+from models.names import CLASS_NAMES_FILE, SPAN_FOLDER_PREFIX
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 SPLIT_FOLDERS = ("train", "test")
@@ -136,20 +141,25 @@ def detect_layout(root: str, test_fraction: float = 0.2) -> FolderLayout:
   return FolderLayout(root, kind, class_names, files)
 
 
-def read_image(path: str) -> bytes:
-  """The bytes to store for the image file at `path` (`image_bytes`); raises
-  BadImageError naming the file when it is empty, truncated or not an image."""
+def read_image(path: str) -> "CheckedImage":
+  """The image file at `path`, checked (`check_image`); raises BadImageError
+  naming the file when it is empty, truncated or not an image."""
   with tf.io.gfile.GFile(path, "rb") as f:
-    return image_bytes(f.read(), path)
+    return check_image(f.read(), path)
 
 
-def image_bytes(data: bytes, name: str) -> bytes:
+class CheckedImage(NamedTuple):
+  data: bytes                     # what to store: bytes TensorFlow decodes
+  statistics: ImageStatistics     # its size and channel means
+
+
+def check_image(data: bytes, name: str) -> CheckedImage:
   """`data` itself when it is a PNG or JPEG TensorFlow decodes as it is,
   otherwise (BMP, GIF's first frame, CMYK JPEG, ...) the image converted to
-  RGB(A) and re-encoded as lossless PNG. Raises BadImageError with `name`
-  (the file, or the record) when the bytes are empty, truncated or not an
-  image."""
-  from PIL import Image, UnidentifiedImageError
+  RGB(A) and re-encoded as lossless PNG; with the decoded image's
+  statistics. Raises BadImageError with `name` (the file, or the record)
+  when the bytes are empty, truncated or not an image."""
+  from PIL import Image, ImageStat, UnidentifiedImageError
   if not data:
     raise BadImageError(f"{name}: empty file")
   try:
@@ -157,12 +167,14 @@ def image_bytes(data: bytes, name: str) -> bytes:
       img.load()      # decodes every byte: truncation is found here
       if img.width < 1 or img.height < 1:
         raise BadImageError(f"{name}: image of size {img.size}")
-      if img.mode in _NATIVE.get(img.format, ()) and getattr(img, "n_frames", 1) == 1:
-        return data
       rgb = img.convert("RGBA" if "A" in img.getbands() else "RGB")
+      statistics = ImageStatistics(img.height, img.width,
+                                   tuple(ImageStat.Stat(rgb).mean[:3]))
+      if img.mode in _NATIVE.get(img.format, ()) and getattr(img, "n_frames", 1) == 1:
+        return CheckedImage(data, statistics)
       out = io.BytesIO()
       rgb.save(out, format="PNG")
-      return out.getvalue()
+      return CheckedImage(out.getvalue(), statistics)
   except BadImageError:
     raise
   except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
@@ -198,3 +210,32 @@ def folder_fingerprint(root: Optional[str]) -> str:
       rel = os.path.relpath(os.path.join(folder, name), root)
       h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
   return h.hexdigest()[:16]
+
+
+_SPAN_FOLDER = re.compile(re.escape(SPAN_FOLDER_PREFIX) + r"(\d+)")
+
+
+def span_folders(root: str) -> Dict[int, str]:
+  """{span number: folder name} of the `span-<N>` folders directly in `root`
+  (local or gs://); empty when the source is not laid out in spans."""
+  if not tf.io.gfile.isdir(root):
+    return {}
+  spans: Dict[int, str] = {}
+  for name in _subfolders(root):
+    match = _SPAN_FOLDER.fullmatch(name)
+    if match:
+      span = int(match.group(1))
+      if span in spans:
+        raise ValueError(f"{root}: span {span} is in two folders, {spans[span]} and {name}")
+      spans[span] = name
+  return spans
+
+
+def span_root(root: str, span: int) -> str:
+  """The folder of one span of a span layout; raises naming the spans there
+  when it has no such span."""
+  spans = span_folders(root)
+  if span not in spans:
+    raise ValueError(f"{root}: no span {span} (spans there: {sorted(spans) or 'none'}; "
+                     f"a span is a folder {SPAN_FOLDER_PREFIX}<N>)")
+  return join_path(root, spans[span])

@@ -24,6 +24,13 @@ ID_KEY = "id"                   # an embedding record's image (components/search
 # An image-folder example's file, relative to its root ("cat/x.png"; the
 # unlabeled folder's as "unlabeled/<relative path>"): its search id.
 IMAGE_PATH_KEY = "image_path"
+# Per-image figures ExampleGen adds to every example, for StatisticsGen's
+# histograms and the drift comparators between spans (schemas/): the decoded
+# size and the mean of each RGB channel (0-255). Not parsed for training or
+# serving.
+IMAGE_HEIGHT_KEY, IMAGE_WIDTH_KEY = "image_height", "image_width"
+CHANNEL_MEAN_KEYS = ("mean_red", "mean_green", "mean_blue")
+IMAGE_STATISTICS_KEYS = (IMAGE_HEIGHT_KEY, IMAGE_WIDTH_KEY, *CHANNEL_MEAN_KEYS)
 # Transform's custom_config key: the size preprocessing_fn resizes images to.
 IMAGE_SIZE_CONFIG_KEY = "image_size"
 
@@ -52,6 +59,7 @@ CLASSIFIER_TITLES = {PROBABILITIES_KEY: "linear probe", KNN_PROBABILITIES_KEY: f
 # ---- files the Trainers write ----------------------------------------------
 MAE_CONFIG_FILE = "config.json"               # the ModelConfig of a saved MAE
 MAE_WEIGHTS_PREFIX = os.path.join("weights", "mae")
+MAE_TRAINING_FILE = "training.json"           # a saved MAE's data digest and warm start
 SUMMARY_FILE = "train_summary.json"           # each Trainer's, in its ModelRun dir
 RECONSTRUCTIONS_FILE = "reconstructions.png"
 CLASS_NAMES_FILE = "class_names.txt"          # one name a line, line i = id i (an asset)
@@ -68,6 +76,11 @@ SPLIT_PREFIX = "Split-"                       # <artifact>/Split-<name>/ (TFX's 
 BAD_IMAGES_FILE = "bad_images.txt"            # skipped files (--skip-bad-images)
 BAD_IMAGES_PROPERTY = "bad_images"            # how many were skipped
 CLASS_NAMES_PROPERTY = "class_names"          # JSON list, id order
+SPAN_PROPERTY = "span"                        # TFX's: the span ExampleGen ingested
+# A data source laid out in spans (TFX's {SPAN} convention): <root>/span-<N>/
+# holds what arrives at once, in any layout a source without spans has.
+SPAN_FOLDER_PREFIX = "span-"
+SPAN_FOLDER_PATTERN = SPAN_FOLDER_PREFIX + "{SPAN}"   # ExampleGen's input pattern
 
 # ---- where a local run reads and writes -------------------------------------
 OUTPUT_ENV = "MAE_TFX_OUTPUT"        # default output folder: <project>/outputs
@@ -101,6 +114,13 @@ def serving_model_dir(output_dir: Optional[str] = None,
                       pipeline_name: str = PIPELINE_NAME) -> str:
   """The Pusher's base directory: one numeric sub-directory per pushed version."""
   return os.path.join(output_dir or default_output_dir(), "serving_model", pipeline_name)
+
+
+def carried_mae_dir(serving_model_dir: str) -> str:
+  """Where the linear probe's Model artifact carries the MAE its encoder came
+  from (beside its Format-Serving dir, so the Pusher does not push it): what
+  a warm start on a later span starts from."""
+  return os.path.join(os.path.dirname(serving_model_dir.rstrip("/")), "mae")
 
 
 def split_dir(artifact_uri: str, split: str) -> str:

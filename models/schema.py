@@ -14,9 +14,17 @@ from typing import List
 
 from tensorflow_metadata.proto.v0 import schema_pb2
 
-from models.names import CLASS_NAME_KEY, IMAGE_KEY, IMAGE_PATH_KEY, LABEL_KEY
+from models.names import (CHANNEL_MEAN_KEYS, CLASS_NAME_KEY, IMAGE_HEIGHT_KEY, IMAGE_KEY,
+                          IMAGE_PATH_KEY, IMAGE_WIDTH_KEY, LABEL_KEY)
 
 TRAINING, SERVING = "TRAINING", "SERVING"
+# Drift between a span and the one before it (ExampleValidator's comparators,
+# applied by the AnomaliesGate): the largest change of a class's share of the
+# train split, and the Jensen-Shannon divergence of the histograms of the
+# images' size and channel means. Calibrated on CIFAR-10 split into spans
+# (benchmarks/RESULTS.md, "Spans"): equal random spans stay far below.
+CLASS_DRIFT_LINF = 0.1
+IMAGE_STATISTICS_DRIFT_JS = 0.05
 
 
 def _required(feature: schema_pb2.Feature) -> schema_pb2.Feature:
@@ -29,9 +37,10 @@ def _required(feature: schema_pb2.Feature) -> schema_pb2.Feature:
 def dataset_schema(class_names: List[str]) -> schema_pb2.Schema:
   """The schema of labeled image examples of these classes (id order):
   one encoded image each, a label in [0, K-1] and its class name, both
-  absent at serving, and the image's file where it came from one (an image
-  folder's; TFRecords have none). The file is read by search only, never
-  parsed for training: it has no shape."""
+  absent at serving, the image's file where it came from one (an image
+  folder's; TFRecords have none) and its statistics. The file is read by
+  search only, never parsed for training: it has no shape. The class
+  shares and the image statistics are compared with the previous span's."""
   if not class_names:
     raise ValueError("a dataset schema needs at least one class")
   if len(set(class_names)) != len(class_names):
@@ -48,9 +57,24 @@ def dataset_schema(class_names: List[str]) -> schema_pb2.Schema:
   name.string_domain.name = CLASS_NAME_KEY
   name.string_domain.value.extend(class_names)
   name.not_in_environment.append(SERVING)
+  name.drift_comparator.infinity_norm.threshold = CLASS_DRIFT_LINF
   path = schema.feature.add(name=IMAGE_PATH_KEY, type=schema_pb2.BYTES)
   path.value_count.min = path.value_count.max = 1
   path.not_in_environment.append(SERVING)
+  add_image_statistics(schema)
+  return schema
+
+
+def add_image_statistics(schema: schema_pb2.Schema) -> schema_pb2.Schema:
+  """The features ExampleGen adds of each image's pixels (`ImageStatistics`),
+  one value each, absent at serving, compared with the previous span's by
+  Jensen-Shannon divergence; never parsed for training (no shape)."""
+  for key, kind in ((IMAGE_HEIGHT_KEY, schema_pb2.INT), (IMAGE_WIDTH_KEY, schema_pb2.INT),
+                    *((k, schema_pb2.FLOAT) for k in CHANNEL_MEAN_KEYS)):
+    feature = schema.feature.add(name=key, type=kind)
+    feature.value_count.min = feature.value_count.max = 1
+    feature.not_in_environment.append(SERVING)
+    feature.drift_comparator.jensen_shannon_divergence.threshold = IMAGE_STATISTICS_DRIFT_JS
   return schema
 
 

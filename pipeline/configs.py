@@ -132,10 +132,19 @@ class SourceConfig:
   # (components/search_corpus_gen.py), and the digest of its local files.
   search_corpus: Optional[str] = None
   search_corpus_fingerprint: str = ""
+  # The data is laid out in span-<N>/ folders: a run ingests the newest span,
+  # or `span` (ExampleGen's driver resolves it; TFX's {SPAN} convention).
+  spans: bool = False
+  span: Optional[int] = None
 
   def __post_init__(self):
     if self.format not in data_source.FORMATS:
       raise ValueError(f"data format {self.format!r} is not one of {data_source.FORMATS}")
+    if self.span is not None and not self.spans:
+      raise ValueError(f"span {self.span} given for data not laid out in spans")
+    if self.spans and self.format == data_source.CIFAR10:
+      raise ValueError("the CIFAR-10 archive is one span: spans take an image-folder "
+                       "or TFRecord source")
     if self.unlabeled_root and self.format == data_source.CIFAR10:
       raise ValueError("--unlabeled takes an image-folder or TFRecord source, not the "
                        "CIFAR-10 archive (write CIFAR-10 out as class folders to add one)")
@@ -159,19 +168,22 @@ def add_source_arguments(parser) -> None:
   parser.add_argument("--search-corpus", default=None,
                       help="images the search index covers instead of the train split: a "
                            "folder of images (any depth) or of TFRecord files")
+  parser.add_argument("--span", type=int, default=None,
+                      help="data laid out in span-<N>/ folders: ingest span N (default: "
+                           "the newest)")
   parser.add_argument("--schema", default=None,
                       help="the dataset's schema (default: CIFAR-10's curated one, else "
                            "schemas/<data folder>/schema.pbtxt)")
 
 
-def source_config(args, data_format: str, fingerprint: str = "") -> SourceConfig:
+def source_config(args, data_format: str, spans: bool = False) -> SourceConfig:
   """SourceConfig from the flags of `add_source_arguments`."""
   return SourceConfig(format=data_format, unlabeled_root=args.unlabeled,
                       search_corpus=args.search_corpus,
                       test_fraction=args.test_fraction,
                       skip_bad_images=args.skip_bad_images,
                       image_feature=args.image_feature, label_feature=args.label_feature,
-                      fingerprint=fingerprint)
+                      spans=spans, span=args.span)
 
 
 @dataclasses.dataclass

@@ -4,7 +4,8 @@
   cifar10        the CIFAR-10 python layout, its .tar.gz or the .part-* pieces;
   tfrecord       TFRecord files of tf.Example (*.tfrecord*, *.tfrec*), in
                  <root>/ or in <root>/train/ + <root>/test/;
-  image_folder   class folders of images (models/image_files.py).
+  image_folder   class folders of images (models/image_files.py);
+and either of the last two laid out in spans, <root>/span-<N>/ (`span_of`).
 
 `resolve_cifar10(source, cache_dir)` returns a `cifar-10-batches-py/` folder
 for Cifar10ExampleGen's `input_base`. `source` may be:
@@ -120,6 +121,14 @@ def detect_format(source: str) -> str:
   source = os.path.abspath(os.path.expanduser(source))
   if not os.path.exists(source):
     raise DataSourceError(f"data source {source} does not exist")
+  from models import image_files
+  spans = image_files.span_folders(source)
+  if spans:        # the newest span says what the source holds
+    newest = image_files.span_root(source, max(spans))
+    data_format = detect_format(newest)
+    if data_format == CIFAR10:
+      raise DataSourceError(f"{newest}: CIFAR-10 is one span; give its folder itself")
+    return data_format
   if _is_cifar10(source):
     return CIFAR10
   from models.examples import tfrecord_files
@@ -132,6 +141,22 @@ def detect_format(source: str) -> str:
   raise DataSourceError(
       f"{source}: not a data source: expected the CIFAR-10 archive or folder, a "
       "folder of TFRecord files, or a folder of class folders of images")
+
+
+def span_of(source: str, span: Optional[int]) -> Optional[int]:
+  """The span a run of `source` ingests: `span` when given, else the
+  newest; None when the source is not laid out in span-<N>/ folders (a
+  given `span` is then an error, as is one the source does not have)."""
+  from models import image_files
+  spans = image_files.span_folders(source)
+  if not spans:
+    if span is not None:
+      raise DataSourceError(f"--span {span}: {source} is not laid out in spans "
+                            f"({names.SPAN_FOLDER_PREFIX}<N>/ folders)")
+    return None
+  chosen = max(spans) if span is None else span
+  image_files.span_root(source, chosen)          # raises naming the spans there
+  return chosen
 
 
 def resolve_cifar10(source: Optional[str], cache_dir: str) -> str:

@@ -7,7 +7,9 @@
 `--data` is CIFAR-10 (a local copy of the archive or its folder; without
 --data, or $MAE_TFX_CIFAR10, the official archive is downloaded once into
 <output>/cache), a folder of class folders of images, or a folder of TFRecord
-files: told apart by what is there (`pipeline.data_source`). For data other
+files: told apart by what is there (`pipeline.data_source`), or either laid
+out in span-<N>/ folders, of which a run ingests the newest (or --span N).
+For data other
 than CIFAR-10 the first run writes the dataset's schema for review
 (schemas/<folder>/schema.pbtxt, or --schema); later runs are held to it. Each
 data set is its own pipeline, `mae-tfx-<folder>` (CIFAR-10: `mae-tfx`), with
@@ -105,6 +107,12 @@ def run(config: configs.PipelineConfig) -> None:
     LoggedBeamDagRunner().run(create_pipeline(config, metadata))
     log.info("Pipeline %s finished in %s", config.pipeline_name,
              run_log.duration(time.monotonic() - start))
+    states = {n: r["state"] for n, r in
+              runs.last_run_nodes(config.metadata_path, config.pipeline_name).items()}
+    if all(states.get(n) == "CACHED" for n in (names.MAE_TRAINER, names.PROBE_TRAINER,
+                                               "Evaluator", "Pusher")):
+      log.info("Nothing new: the data and settings of an earlier run, whose outputs came "
+               "from the cache; nothing was trained, embedded or pushed")
 
 
 def parse_args(argv):
@@ -151,9 +159,10 @@ def main(argv=None) -> configs.PipelineConfig:
   try:
     with output_lock(args.output_dir):    # before anything is written there
       config = pipeline_config(args, overrides)
-      log.info("Pipeline %s: profile %s, data %s (%s%s), schema %s, output %s",
+      log.info("Pipeline %s: profile %s, data %s (%s%s%s), schema %s, output %s",
                config.pipeline_name, config.profile, config.data_root,
-               config.source.format, "".join(
+               config.source.format,
+               "" if config.source.span is None else f", span {config.source.span}", "".join(
                    f", {name} {folder}" for name, folder in (
                        ("unlabeled", args.unlabeled), ("search corpus", args.search_corpus))
                    if folder), config.schema_path, config.output_dir)
@@ -176,7 +185,10 @@ def pipeline_config(args, overrides) -> configs.PipelineConfig:
       if not os.path.isdir(folder):
         raise SystemExit(f"--{flag.replace('_', '-')} {folder}: not a folder")
       setattr(args, flag, folder)
-  source = configs.source_config(args, data_format)    # refuses a bad combination
+  span = data_source.span_of(args.data, args.span) if args.data else None
+  if args.span is not None and not args.data:
+    raise SystemExit(f"--span {args.span}: the CIFAR-10 archive is one span")
+  source = configs.source_config(args, data_format, spans=span is not None)  # refuses a bad one
   if args.search_corpus:
     try:
       search_corpus_gen.check_corpus(args.search_corpus)
@@ -188,12 +200,15 @@ def pipeline_config(args, overrides) -> configs.PipelineConfig:
     schema_path = args.schema or names.SCHEMA_PATH
   else:
     data_root = os.path.abspath(os.path.expanduser(args.data))
+    # What this run ingests: the source, or the span's folder.
+    ingested = data_root if span is None else image_files.span_root(data_root, span)
     schema_path = os.path.abspath(args.schema or data_source.dataset_schema_path(data_root))
-    if data_source.ensure_schema(data_root, data_format, schema_path, args.test_fraction,
+    if data_source.ensure_schema(ingested, data_format, schema_path, args.test_fraction,
                                  args.label_feature):
       log.info("Wrote the schema of %s to %s: review it and check it in; runs of this "
-               "dataset are held to it", data_root, schema_path)
-    source.fingerprint = (image_files.folder_fingerprint(data_root)
+               "dataset are held to it", ingested, schema_path)
+    source.span = span
+    source.fingerprint = (image_files.folder_fingerprint(ingested)
                           + image_files.folder_fingerprint(args.unlabeled))
   return configs.PipelineConfig(
       data_root=data_root, source=source, schema_path=schema_path,

@@ -1,8 +1,10 @@
 """create_pipeline: the mae-tfx DAG, the same for every orchestrator.
 
-ExampleGen (CIFAR-10, image folder or TFRecord) -> StatisticsGen
-  -> ImportSchemaGen -> ExampleValidator -> AnomaliesGate
-  -> Transform -> Trainer(mae_pretrain)
+ExampleGen (CIFAR-10, image folder or TFRecord; a span of them) -> StatisticsGen
+  -> ImportSchemaGen -> ExampleValidator -> AnomaliesGate (+ drift from the
+     data of the latest blessed model)
+  -> Transform -> Trainer(mae_pretrain; a new span warm-starts from the
+     MAE of the latest blessed model of an earlier span)
   -> Trainer(linear_probe, base_model=MAE) -> Evaluator (vs latest blessed)
   -> CorpusEmbedder (the blessed model embeds the corpus) -> SearchIndexer
   -> Pusher: locally a versioned push of the blessed encoder with its index;
@@ -25,6 +27,9 @@ from components.image_folder_example_gen import ImageFolderExampleGen
 from components.search_corpus_gen import SearchCorpusGen
 from components.search_index_gen import CorpusEmbedder, SearchIndexer
 from components.tfrecord_example_gen import TFRecordImageExampleGen
+from components.model_resolvers import (BlessedModelStatisticsStrategy,
+                                        LatestBlessedBeforeStrategy,
+                                        LatestBlessedEarlierSpanStrategy, LatestSpansStrategy)
 from components.versioned_pusher import VersionedPusher
 from models import names
 from models.names import (CLASS_NAME_KEY, CLASSIFY_EXAMPLES, KNN_PROBABILITIES_KEY,
@@ -40,6 +45,9 @@ PREPROCESSING_FN = "models.preprocessing.preprocessing_fn"
 MAE_RUN_FN = "components.mae_trainer.run_fn"
 PROBE_RUN_FN = "components.probe_trainer.run_fn"
 SEARCH_CORPUS_GEN = "SearchCorpusGen"
+PREVIOUS_STATISTICS_RESOLVER = "previous_statistics_resolver"
+WARM_START_RESOLVER = "warm_start_model_resolver"
+BASELINE_RESOLVER = "latest_blessed_model_resolver"
 
 
 def eval_config(min_accuracy: float, max_drop: float) -> tfma.EvalConfig:
@@ -81,7 +89,8 @@ def example_gen(config: PipelineConfig):
     return Cifar10ExampleGen(input_base=config.data_root)
   common = dict(input_base=config.data_root, test_fraction=source.test_fraction,
                 unlabeled_base=source.unlabeled_root,
-                skip_bad_images=source.skip_bad_images, fingerprint=source.fingerprint)
+                skip_bad_images=source.skip_bad_images, fingerprint=source.fingerprint,
+                spans=source.spans, span=source.span)
   if source.format == data_source.IMAGE_FOLDER:
     return ImageFolderExampleGen(**common)
   return TFRecordImageExampleGen(image_feature=source.image_feature,
@@ -94,6 +103,7 @@ def create_pipeline(config: PipelineConfig,
                     beam_pipeline_args: Optional[List[str]] = None
                     ) -> tfx.dsl.Pipeline:
   examples_gen = example_gen(config)
+  vertex = config.vertex
   unlabeled = bool(config.source.unlabeled_root)
   statistics_gen = tfx.components.StatisticsGen(
       examples=examples_gen.outputs["examples"])
@@ -104,8 +114,29 @@ def create_pipeline(config: PipelineConfig,
       statistics=statistics_gen.outputs["statistics"],
       schema=schema_gen.outputs["schema"],
       exclude_splits=[UNLABELED_SPLIT] if unlabeled else [])
-  anomalies_gate = AnomaliesGate(anomalies=example_validator.outputs["anomalies"],
-                                 statistics=statistics_gen.outputs["statistics"])
+  # What a new span is compared with: the statistics of the data the latest
+  # blessed model was trained on (components/model_resolvers.py; on Vertex
+  # AI the latest statistics, resolved before this run's exist).
+  if vertex:
+    previous_statistics = tfx.dsl.Resolver(
+        strategy_class=tfx.dsl.experimental.LatestArtifactStrategy,
+        statistics=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ExampleStatistics))
+  else:
+    previous_statistics = tfx.dsl.Resolver(
+        strategy_class=BlessedModelStatisticsStrategy,
+        statistics=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ExampleStatistics),
+        examples=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Examples),
+        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
+        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing))
+  previous_statistics = previous_statistics.with_id(PREVIOUS_STATISTICS_RESOLVER)
+  statistics_gen.add_upstream_node(previous_statistics)
+  anomalies_gate = AnomaliesGate(
+      anomalies=example_validator.outputs["anomalies"],
+      statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"],
+      examples=examples_gen.outputs["examples"],
+      previous_statistics=previous_statistics.outputs["statistics"],
+      previous_examples=None if vertex else previous_statistics.outputs["examples"],
+      on_drift=config.run_config.validation.on_drift)
 
   # Analyse on train only; the Trainers apply the graph themselves, so the
   # 3,072-float images are not materialised.
@@ -118,10 +149,22 @@ def create_pipeline(config: PipelineConfig,
       materialize=False,
       disable_statistics=True)
 
-  vertex = config.vertex
+  # What each Trainer reads: this run's span, or (data in spans, locally)
+  # the newest `span_window` spans the gate passed; Vertex AI compiles only
+  # TFX's own resolvers, so there both read this run's span.
+  windows = []
 
-  def trainer(run_fn: str, train_splits, **inputs) -> tfx.components.Trainer:
-    """Both Trainers read the same examples through the same Transform graph;
+  def span_window(node_id: str, num_spans: int):
+    if not config.source.spans or vertex or num_spans == 1:
+      return examples_gen.outputs["examples"]
+    windows.append(tfx.dsl.Resolver(
+        strategy_class=LatestSpansStrategy, config={"num_spans": num_spans},
+        examples=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Examples),
+        current=examples_gen.outputs["examples"]).with_id(node_id))
+    return windows[-1].outputs["examples"]
+
+  def trainer(run_fn: str, examples, train_splits, **inputs) -> tfx.components.Trainer:
+    """Both Trainers read their examples through the same Transform graph;
     on Google Cloud they run as Vertex AI Training jobs."""
     custom_config = config.trainer_custom_config()
     component = tfx.components.Trainer
@@ -130,7 +173,7 @@ def create_pipeline(config: PipelineConfig,
       component = tfx.extensions.google_cloud_ai_platform.Trainer
     return component(
         run_fn=run_fn,
-        examples=examples_gen.outputs["examples"],
+        examples=examples,
         transform_graph=transform.outputs["transform_graph"],
         schema=schema_gen.outputs["schema"],
         train_args=tfx.proto.TrainArgs(splits=train_splits),
@@ -138,24 +181,41 @@ def create_pipeline(config: PipelineConfig,
         custom_config=custom_config,
         **inputs)
 
-  # The MAE also learns from the unlabeled images; the probe only from labels.
-  mae_trainer = trainer(MAE_RUN_FN, [TRAIN_SPLIT] + [UNLABELED_SPLIT] * unlabeled
-                        ).with_id(names.MAE_TRAINER)
-  probe_trainer = trainer(PROBE_RUN_FN, [TRAIN_SPLIT],
-                          base_model=mae_trainer.outputs["model"]).with_id(names.PROBE_TRAINER)
+  # What a run builds on: the MAE of a blessed model of an earlier span (a
+  # new span's warm start; it carries its MAE), and the model blessed before
+  # the candidate (the Evaluator's baseline); resolved so that a re-run gets
+  # what the first run got (components/model_resolvers.py). Vertex AI
+  # compiles only TFX's own resolvers: there both are the latest blessed model.
+  def blessed_model_resolver(node_id: str, strategy, **current) -> tfx.dsl.Resolver:
+    if vertex:
+      strategy, current = tfx.dsl.experimental.LatestBlessedModelStrategy, {}
+    return tfx.dsl.Resolver(
+        strategy_class=strategy,
+        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
+        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
+        **current).with_id(node_id)
 
-  model_resolver = tfx.dsl.Resolver(
-      strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
-      model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
-      model_blessing=tfx.dsl.Channel(
-          type=tfx.types.standard_artifacts.ModelBlessing)
-  ).with_id("latest_blessed_model_resolver")
+  warm_start_resolver = blessed_model_resolver(
+      WARM_START_RESOLVER, LatestBlessedEarlierSpanStrategy,
+      examples=examples_gen.outputs["examples"])
+
+  # The MAE also learns from the unlabeled images; the probe only from labels.
+  run_config = config.run_config
+  mae_trainer = trainer(
+      MAE_RUN_FN, span_window("mae_spans_resolver", run_config.pretrain.span_window),
+      [TRAIN_SPLIT] + [UNLABELED_SPLIT] * unlabeled,
+      base_model=warm_start_resolver.outputs["model"]).with_id(names.MAE_TRAINER)
+  probe_trainer = trainer(
+      PROBE_RUN_FN, span_window("probe_spans_resolver", run_config.probe.span_window), [TRAIN_SPLIT],
+      base_model=mae_trainer.outputs["model"]).with_id(names.PROBE_TRAINER)
+  baseline_resolver = blessed_model_resolver(
+      BASELINE_RESOLVER, LatestBlessedBeforeStrategy, candidate=probe_trainer.outputs["model"])
 
   gate = config.run_config.evaluation
   evaluator = tfx.components.Evaluator(
       examples=examples_gen.outputs["examples"],
       model=probe_trainer.outputs["model"],
-      baseline_model=model_resolver.outputs["model"],
+      baseline_model=baseline_resolver.outputs["model"],
       example_splits=[TEST_SPLIT],
       eval_config=eval_config(gate.min_accuracy, gate.max_accuracy_drop))
 
@@ -191,9 +251,9 @@ def create_pipeline(config: PipelineConfig,
                              base_directory=config.serving_model_dir,
                              search_index=search_indexer.outputs["search_index_artifact"])
 
-  components = [examples_gen, *search_corpus, statistics_gen, schema_gen, example_validator,
-                anomalies_gate, transform, mae_trainer, probe_trainer,
-                model_resolver, evaluator, corpus_embedder, search_indexer, pusher]
+  components = [examples_gen, *search_corpus, previous_statistics, statistics_gen, schema_gen,
+                example_validator, anomalies_gate, transform, warm_start_resolver, *windows,
+                mae_trainer, probe_trainer, baseline_resolver, evaluator, corpus_embedder, search_indexer, pusher]
   by_id = {c.id: c for c in components}
   for upstream, downstream in CONTROL_DEPENDENCIES:
     by_id[downstream].add_upstream_node(by_id[upstream])

@@ -48,6 +48,8 @@ def format_report(metadata_path: str, pipeline_name: Optional[str] = None,
   gen = example_gen_row(by_node)
   if gen and gen["output_properties"].get("Examples"):
     props = gen["output_properties"]["Examples"][0]
+    if props.get(names.SPAN_PROPERTY):      # 0: a source without spans
+      lines.append(f"Ingestion: span {props[names.SPAN_PROPERTY]}")
     if props.get(names.BAD_IMAGES_PROPERTY):
       lines.append(f"Ingestion: {props[names.BAD_IMAGES_PROPERTY]} bad image file(s) skipped, listed in "
                    + os.path.join(gen["outputs"]["Examples"][0], names.BAD_IMAGES_FILE))
@@ -59,6 +61,10 @@ def format_report(metadata_path: str, pipeline_name: Optional[str] = None,
       lines.append(f"MAE pretraining: {len(ips)} epochs run on {summary.get('train_examples')} "
                    f"images, final loss {summary['history'][-1]['loss']:.4f}, "
                    f"{sorted(ips)[len(ips) // 2]:.0f} img/s (median epoch)")
+    warm = (summary or {}).get("warm_start")
+    if warm:
+      lines.append(f"  warm start from {warm['source']}" if warm["source"]
+                   else f"  from scratch: {warm['reason']}")
   probe = by_node.get(names.PROBE_TRAINER)
   if probe and probe["outputs"].get("ModelRun"):
     summary = _read_json(os.path.join(probe["outputs"]["ModelRun"][0], names.SUMMARY_FILE))
@@ -70,16 +76,26 @@ def format_report(metadata_path: str, pipeline_name: Optional[str] = None,
                    + ", ".join(f"{k}-NN {acc:.4f}" for k, acc in knn.items()))
   evaluator = by_node.get("Evaluator")
   if evaluator and evaluator["outputs"].get("ModelEvaluation"):
-    accuracies = tfma_accuracy(evaluator["outputs"]["ModelEvaluation"][0])
+    evaluation = evaluator["outputs"]["ModelEvaluation"][0]
+    accuracies = tfma_accuracy(evaluation)
+    # The model blessed before, scored on the same test examples.
+    baseline = tfma_accuracy(evaluation, baseline=True)
+    if baseline:
+      lines.append("Against the model blessed before it, on the same test examples "
+                   "(its accuracy in brackets):")
     for output, title in ((names.PROBABILITIES_KEY, "Linear probe"),
                           (names.KNN_PROBABILITIES_KEY, "k-NN")):
-      acc = accuracies.get(output, {})
+      acc, base = accuracies.get(output, {}), baseline.get(output, {})
+
+      def versus(key: str, digits: int) -> str:
+        return f" ({base[key]:.{digits}f})" if key in base else ""
+
       if "overall" in acc:
-        lines.append(f"{title} test accuracy (TFMA): {acc['overall']:.4f}")
-      per_class = {k.split("=", 1)[1]: v for k, v in acc.items() if k != "overall"}
+        lines.append(f"{title} test accuracy (TFMA): {acc['overall']:.4f}{versus('overall', 4)}")
+      per_class = {k: v for k, v in acc.items() if k != "overall"}
       if per_class:
         lines.append("  per class: " + ", ".join(
-            f"{k}: {v:.3f}" for k, v in sorted(per_class.items())))
+            f"{k.split('=', 1)[1]}: {v:.3f}{versus(k, 3)}" for k, v in sorted(per_class.items())))
   verdict = gate_verdict(evaluator) if evaluator else None
   if verdict:
     lines.append(f"Gate: {verdict}")

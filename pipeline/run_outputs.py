@@ -41,12 +41,22 @@ class Predictions(NamedTuple):
   embeddings: np.ndarray            # [N, E] the served embedding
 
 
-def tfma_accuracy(evaluation_uri: str) -> Dict[str, Dict[str, float]]:
-  """{classifier: {slice: accuracy}} from an Evaluator output; the
-  classifiers are classify_examples' outputs (names.PROBABILITIES_KEY, the
-  linear probe; names.KNN_PROBABILITIES_KEY, the k-NN)."""
+def tfma_accuracy(evaluation_uri: str, baseline: bool = False) -> Dict[str, Dict[str, float]]:
+  """{classifier: {slice: accuracy}} from an Evaluator output, of the model
+  it judged, or (`baseline`) of the model it was compared with, on the same
+  examples ({} when there was none); the classifiers are
+  classify_examples' outputs (names.PROBABILITIES_KEY, the linear probe;
+  names.KNN_PROBABILITIES_KEY, the k-NN)."""
   import tensorflow_model_analysis as tfma
-  result = tfma.load_eval_result(evaluation_uri)
+  model_name = None
+  if baseline:
+    from tensorflow_model_analysis.writers import eval_config_writer
+    eval_config = eval_config_writer.load_eval_run(evaluation_uri)[0]
+    names_ = [spec.name for spec in eval_config.model_specs if spec.is_baseline]
+    if not names_:
+      return {}
+    model_name = names_[0]
+  result = tfma.load_eval_result(evaluation_uri, model_name=model_name)
   accuracies = {}
   for slice_key, metrics in result.slicing_metrics:
     name = "overall" if not slice_key else ",".join(f"{k}={v}" for k, v in slice_key)

@@ -4,6 +4,8 @@
       --image REGION-docker.pkg.dev/P/mae-tfx/mae-tfx:TAG [--output mae-tfx-vertex.json]
   python -m pipeline.vertex_runner submit --project P --bucket gs://B \
       --image ... --spec mae-tfx-vertex.json [--dry-run]
+  python -m pipeline.vertex_runner schedule --project P --bucket gs://B \
+      --image ... --spec mae-tfx-vertex.json --cron "0 6 * * *" [--dry-run]
   python -m pipeline.vertex_runner index --project P --bucket gs://B \
       --image ... --embeddings gs://B/.../CorpusEmbedder_.../embeddings [--dry-run]
 
@@ -54,7 +56,7 @@ def pipeline_config(args: argparse.Namespace) -> configs.PipelineConfig:
     overrides.setdefault("runtime", {}).setdefault("strategy", "mirrored")
   overrides.setdefault("search", {}).setdefault("vector_search_json", True)
   bucket = vertex.bucket.rstrip("/")
-  source = configs.source_config(args, args.data_format)
+  source = configs.source_config(args, args.data_format, spans=args.spans)
   if source.format != data_source.CIFAR10 and not (args.data and args.schema):
     raise ValueError(f"--data-format {source.format} needs --data (its gs:// folder) and "
                      "--schema (the dataset's reviewed schema: a local run writes one)")
@@ -179,6 +181,28 @@ def submit(spec_path: str, config: configs.PipelineConfig, dry_run: bool) -> Dic
   return {"pipeline_job": job.resource_name}
 
 
+def schedule(spec_path: str, config: configs.PipelineConfig, cron: str,
+             dry_run: bool) -> Dict:
+  """Schedules the compiled job on Vertex AI (a PipelineJob schedule, one
+  run at a time), or (dry run) validates it and returns the request."""
+  if not os.path.isfile(spec_path):
+    raise FileNotFoundError(f"{spec_path} not found: run `compile` first")
+  with open(spec_path) as f:
+    validate_spec(json.load(f), config.vertex.image)
+  display_name = f"{config.pipeline_name}-schedule"
+  if dry_run:
+    from google.auth.credentials import AnonymousCredentials
+    job = pipeline_job(spec_path, config, credentials=AnonymousCredentials())
+    parent = f"projects/{config.vertex.project}/locations/{config.vertex.region}"
+    return {"parent": parent, "schedule": {
+        "display_name": display_name, "cron": cron, "max_concurrent_run_count": 1,
+        "create_pipeline_job_request": {"parent": parent, "pipeline_job": job.to_dict()}}}
+  created = pipeline_job(spec_path, config).create_schedule(
+      cron=cron, display_name=display_name, max_concurrent_run_count=1,
+      service_account=config.vertex.service_account or None)
+  return {"schedule": created.resource_name}
+
+
 def validate_spec(spec: Dict, image: Optional[str] = None) -> None:
   """Parses the compiled JSON as a kfp PipelineSpec; checks it runs `image`."""
   from google.protobuf import json_format
@@ -196,11 +220,14 @@ def validate_spec(spec: Dict, image: Optional[str] = None) -> None:
 def parse_args(argv):
   p = argparse.ArgumentParser(description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("command", choices=["compile", "submit", "index"])
+  p.add_argument("command", choices=["compile", "submit", "schedule", "index"])
   p.add_argument("--spec", default=DEFAULT_SPEC, help="compiled PipelineJob JSON")
   p.add_argument("--output", default=None, help="compile: where to write (default --spec)")
   p.add_argument("--dry-run", action="store_true",
                  help="submit, index: validate and print the request, no network")
+  p.add_argument("--cron", default=None,
+                 help='schedule: when to run, a cron line in UTC, e.g. "0 6 * * *"; '
+                      "each run ingests the newest span of --data (--spans)")
   p.add_argument("--embeddings", default=None,
                  help="index: a run's CorpusEmbedder embeddings artifact (gs://...)")
   p.add_argument("--profile", default=os.environ.get(names.PROFILE_ENV, "full"))
@@ -209,6 +236,9 @@ def parse_args(argv):
                  help="the data on GCS (default <bucket>/data/cifar-10-batches-py)")
   p.add_argument("--data-format", default=data_source.CIFAR10, choices=data_source.FORMATS,
                  help="what --data holds (a gs:// folder is not listed when compiling)")
+  p.add_argument("--spans", action="store_true",
+                 help="--data is laid out in span-<N>/ folders: each run ingests the "
+                      "newest span (or --span N), resolved when it runs")
   configs.add_source_arguments(p)
   p.add_argument("--no-cache", action="store_true")
   for field in dataclasses.fields(configs.VertexConfig):
@@ -236,6 +266,10 @@ def main(argv=None) -> Dict:
     if not args.embeddings:
       raise SystemExit("index needs --embeddings: the CorpusEmbedder's embeddings artifact")
     result = create_index(config, args.embeddings, args.dry_run)
+  elif args.command == "schedule":
+    if not args.cron:
+      raise SystemExit('schedule needs --cron, e.g. --cron "0 6 * * *"')
+    result = schedule(args.spec, config, args.cron, args.dry_run)
   else:
     result = submit(args.spec, config, args.dry_run)
   if args.dry_run:

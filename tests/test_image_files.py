@@ -4,10 +4,11 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import tensorflow as tf
 
-from models import image_files, schema
+from models import image_files, names, schema
 from models.names import SCHEMA_PATH
 from pipeline import data_source
 from tests.conftest import IMAGE_FOLDER_CLASSES, cifar10_class_names, save_image
@@ -78,15 +79,36 @@ def test_every_format_and_channel_count_decodes_to_rgb(photo_folder):
   suffixes = {os.path.splitext(p)[1] for p in paths}
   assert suffixes == {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".JPG"}
   for path in paths:
-    data = image_files.read_image(path)
-    image = tf.io.decode_image(data, channels=3, expand_animations=False)
+    checked = image_files.read_image(path)
+    image = tf.io.decode_image(checked.data, channels=3, expand_animations=False)
     assert image.shape[-1] == 3 and image.shape[0] >= 32, path
     if path.endswith((".bmp", ".gif")):
-      assert data.startswith(b"\x89PNG")      # converted for TensorFlow's decoder
+      assert checked.data.startswith(b"\x89PNG")      # converted for TensorFlow's decoder
+    # The statistics are those of the decoded pixels (JPEG: PIL's decoder and
+    # TensorFlow's upsample chroma differently, a few grey levels apart).
+    stats = checked.statistics
+    assert (stats.height, stats.width) == tuple(image.shape[:2]), path
+    jpeg = path.lower().endswith((".jpg", ".jpeg"))
+    np.testing.assert_allclose(stats.channel_means, image.numpy().reshape(-1, 3).mean(0),
+                               atol=3.0 if jpeg else 0.01, err_msg=path)
   # Grayscale and RGBA PNGs keep their bytes; TensorFlow reads them as RGB.
   gray = next(p for p in paths if p.endswith("0002.png"))
   with open(gray, "rb") as f:
-    assert image_files.read_image(gray) == f.read()
+    assert image_files.read_image(gray).data == f.read()
+
+
+def test_span_folders_are_found_and_a_missing_span_is_named(tmp_path):
+  for name in ("span-1", "span-2", "span-10", "notes", ".span-3"):
+    (tmp_path / name).mkdir()
+  (tmp_path / "span-4").write_text("a file, not a span")
+  assert image_files.span_folders(str(tmp_path)) == {1: "span-1", 2: "span-2", 10: "span-10"}
+  assert image_files.span_root(str(tmp_path), 10) == str(tmp_path / "span-10")
+  with pytest.raises(ValueError, match=r"no span 3 \(spans there: \[1, 2, 10\]"):
+    image_files.span_root(str(tmp_path), 3)
+  (tmp_path / "span-01").mkdir()
+  with pytest.raises(ValueError, match="span 1 is in two folders, span-01 and span-1"):
+    image_files.span_folders(str(tmp_path))
+  assert image_files.span_folders(str(tmp_path / "notes")) == {}
 
 
 def test_unlabeled_images_are_found_at_any_depth_skipping_hidden_folders(photo_folder):
@@ -137,6 +159,19 @@ def test_data_formats_are_told_apart(tmp_path, photo_folder, small_cifar_dir):
   assert data_source.detect_format(str(records)) == data_source.TFRECORD
   with pytest.raises(data_source.DataSourceError, match="does not exist"):
     data_source.detect_format(str(tmp_path / "nowhere"))
+  # Laid out in spans: the newest span says what the source holds.
+  spans = tmp_path / "spans"
+  (spans / "span-1" / "cat").mkdir(parents=True)
+  (spans / "span-2").mkdir()
+  (spans / "span-2" / "part-0.tfrecord").write_bytes(b"")
+  assert data_source.detect_format(str(spans)) == data_source.TFRECORD
+  assert data_source.span_of(str(spans), None) == 2
+  assert data_source.span_of(str(spans), 1) == 1
+  with pytest.raises(ValueError, match=r"no span 7 \(spans there: \[1, 2\]"):
+    data_source.span_of(str(spans), 7)
+  assert data_source.span_of(root, None) is None
+  with pytest.raises(data_source.DataSourceError, match="is not laid out in spans"):
+    data_source.span_of(root, 1)
 
 
 def test_generated_schema_lists_the_classes_and_is_never_overwritten(tmp_path, photo_folder):
@@ -154,8 +189,15 @@ def test_generated_schema_lists_the_classes_and_is_never_overwritten(tmp_path, p
   assert not data_source.ensure_schema(root, data_source.IMAGE_FOLDER, path, 0.2)
   with open(path) as f:
     assert f.read().endswith("# reviewed\n")
-  # The curated CIFAR-10 schema names its classes the same way.
-  assert schema.class_names(schema.read_schema(SCHEMA_PATH))[:2] == ["airplane", "automobile"]
+  # The curated CIFAR-10 schema names its classes the same way, and checks
+  # the same features with the same drift comparators (it has no image files).
+  curated = schema.read_schema(SCHEMA_PATH)
+  assert schema.class_names(curated)[:2] == ["airplane", "automobile"]
+  same = {f.name: f for f in schema.dataset_schema(schema.class_names(curated)).feature
+          if f.name != names.IMAGE_PATH_KEY}
+  assert {f.name: f for f in curated.feature} == same
+  assert {f.name for f in generated.feature if f.HasField("drift_comparator")} == {
+      names.CLASS_NAME_KEY, *names.IMAGE_STATISTICS_KEYS}
 
 
 def test_tfrecord_classes_come_from_class_names_txt_or_the_ids(tmp_path):

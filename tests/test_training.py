@@ -9,8 +9,10 @@ import pytest
 import tensorflow as tf
 
 from models import config as config_lib
+from models import names
 from models.mae import MaskedAutoencoder
-from models.engine_pretrain import compile_mae, load_mae, pretrain, save_mae
+from models.engine_pretrain import (compile_mae, load_mae, pretrain, save_mae,
+                                    warm_start_source)
 from models.optimization import WarmupCosine, adamw, no_decay, scaled_lr
 from models.precision import precision_policy, resolve_precision, with_resolved_precision
 
@@ -93,6 +95,69 @@ def test_an_mae_saved_before_contrastive_blocks_loads_with_its_one_block_project
   assert loaded.projector.fc1.kernel.shape[0] == cfg.embed_dim
   imgs = tf.random.normal([2, 32, 32, 3])
   np.testing.assert_allclose(loaded.embed(imgs).numpy(), model.embed(imgs).numpy(), rtol=1e-6)
+
+
+def _blessed_model_carrying(tmp_path, model_cfg, data_digest="digest-of-span-1"):
+  """A linear probe model's serving dir whose artifact carries an MAE of
+  `model_cfg` trained on data with `data_digest`; returns (serving dir, MAE)."""
+  serving = tmp_path / "model" / "Format-Serving"
+  serving.mkdir(parents=True)
+  mae = MaskedAutoencoder(model_cfg).build_for()
+  save_mae(mae, names.carried_mae_dir(str(serving)), training={"data_digest": data_digest})
+  return str(serving), mae
+
+
+def test_warm_start_takes_the_blessed_models_mae_only_when_it_fits(tmp_path):
+  cfg = config_lib.get_profile("smoke")
+  serving, _ = _blessed_model_carrying(tmp_path, cfg.model)
+  source, reason = warm_start_source(cfg, serving, "digest-of-span-2")
+  assert source == names.carried_mae_dir(serving) and source in reason
+
+  assert warm_start_source(cfg, None, "d") == (
+      None, "no blessed model trained on an earlier span")
+  never = config_lib.get_profile("smoke", {"pretrain": {"warm_start": "never"}})
+  assert warm_start_source(never, serving, "d") == (None, "pretrain.warm_start is never")
+  # The same examples: nothing new to learn from them.
+  source, reason = warm_start_source(cfg, serving, "digest-of-span-1")
+  assert source is None and "trained on these same examples" in reason
+  # Another architecture: from scratch, naming what differs.
+  wider = config_lib.get_profile("smoke", {"model": {"embed_dim": 48}})
+  source, reason = warm_start_source(wider, serving, "digest-of-span-2")
+  assert source is None and "model.embed_dim 32 (now 48)" in reason
+  # A loss setting is not the architecture.
+  masked = config_lib.get_profile("smoke", {"model": {"mask_ratio": 0.5}})
+  assert warm_start_source(masked, serving, "digest-of-span-2")[0] is not None
+  # A blessed model pushed before models carried their MAE.
+  bare = tmp_path / "old" / "Format-Serving"
+  bare.mkdir(parents=True)
+  source, reason = warm_start_source(cfg, str(bare), "d")
+  assert source is None and "carries no MAE" in reason
+
+
+def test_a_warm_start_begins_from_the_saved_mae(tmp_path):
+  """With a learning rate of 0 (so AdamW neither steps nor decays), the
+  pretrained weights are the saved MAE's: the run started from them."""
+  cfg = config_lib.get_profile("smoke", {"pretrain": {"epochs": 1, "batch_size": 16,
+                                                      "base_lr": 0.0}})
+  serving, saved = _blessed_model_carrying(tmp_path, cfg.model)
+  images = np.random.RandomState(0).randn(32, 32, 32, 3).astype(np.float32)
+  warm, _ = pretrain(cfg, images, str(tmp_path / "logs"), str(tmp_path / "ckpt"),
+                     initial_mae=names.carried_mae_dir(serving))
+  for a, b in zip(warm.mae.trainable_variables, saved.trainable_variables):
+    np.testing.assert_array_equal(a.numpy(), b.numpy())
+  cold, _ = pretrain(cfg, images, str(tmp_path / "logs2"), str(tmp_path / "ckpt2"))
+  assert any(not np.array_equal(a.numpy(), b.numpy())
+             for a, b in zip(cold.mae.trainable_variables, saved.trainable_variables))
+
+
+def test_warm_start_settings_are_checked():
+  with pytest.raises(ValueError, match="pretrain.warm_start must be one of"):
+    config_lib.get_profile("smoke", {"pretrain": {"warm_start": "sometimes"}})
+  with pytest.raises(ValueError, match="warm_start_epochs must be at least 1"):
+    config_lib.get_profile("smoke", {"pretrain": {"warm_start_epochs": 0}})
+  for name in config_lib.PROFILES:
+    p = config_lib.get_profile(name).pretrain
+    assert p.warm_start_epochs < p.epochs, name      # a warm start costs less
 
 
 def test_killed_pretraining_resumes_from_last_epoch(tmp_path):

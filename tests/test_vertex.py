@@ -57,6 +57,10 @@ def test_spec_parses_and_has_the_local_dag(default_spec, tmp_path):
   # index (the Vertex one deploys the model to an endpoint).
   local_deps = {c.id: {u.id for u in c.upstream_nodes} for c in local.components}
   local_deps["Pusher"].remove("SearchIndexer")
+  # Vertex AI compiles only TFX's own resolvers: both model resolvers are the
+  # latest blessed model, read nothing of this run (pipeline/pipeline.py).
+  local_deps["warm_start_model_resolver"].remove("Cifar10ExampleGen")
+  local_deps[RESOLVER].remove("linear_probe")
   # The compiler splits the latest-blessed-model resolver into two resolver steps.
   tasks = parsed.root.dag.tasks
   compiled = {name.split("-")[0]: set() for name in tasks}
@@ -266,3 +270,26 @@ def test_index_request_from_a_runs_vector_search_corpus(smoke_run, tmp_path):
     vertex_runner.main(["index", "--dry-run", "--embeddings", embeddings, *CLOUD])
   with pytest.raises(FileNotFoundError, match="no \\*.json files"):
     vertex_runner.main(["index", "--dry-run", "--embeddings", str(tmp_path), *CLOUD])
+
+
+def test_spans_compile_and_a_schedule_is_dry_run(tmp_path):
+  """Image folders on GCS arriving as span-<N>/ folders: the driver finds the
+  newest span when the job runs; the schedule request is built offline."""
+  flags = ("--data", "gs://test-bucket/arrivals", "--data-format", "image_folder",
+           "--spans", "--schema", names.SCHEMA_PATH)
+  spec, path = _compile(tmp_path, *flags)
+  params = _parameters(spec, "ImageFolderExampleGen")
+  assert json.loads(params["input_config"])["splits"][0]["pattern"] == "span-{SPAN}/*/*"
+  assert "range_config" not in params                       # the newest span
+  assert json.loads(params["custom_config"])["custom_config"]["value"]["spans"] is True
+  pinned, _ = _compile(tmp_path, *flags, "--span", "3")
+  assert json.loads(_parameters(pinned, "ImageFolderExampleGen")["range_config"]) == {
+      "static_range": {"start_span_number": 3, "end_span_number": 3}}
+  request = vertex_runner.main(["schedule", "--dry-run", "--spec", path, "--cron",
+                                "0 6 * * *", *CLOUD, *flags])
+  schedule = request["schedule"]
+  assert schedule["cron"] == "0 6 * * *" and schedule["max_concurrent_run_count"] == 1
+  job = schedule["create_pipeline_job_request"]["pipeline_job"]
+  assert "ImageFolderExampleGen" in job["pipelineSpec"]["root"]["dag"]["tasks"]
+  with pytest.raises(SystemExit, match="schedule needs --cron"):
+    vertex_runner.main(["schedule", "--dry-run", "--spec", path, *CLOUD, *flags])

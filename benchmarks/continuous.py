@@ -1,0 +1,246 @@
+"""The pipeline run span by span: CIFAR-10's train split cut into spans that
+arrive one after the other, each ingested by a run as a scheduled job
+starts it (`python -m pipeline.local_runner`, the newest span, a warm start
+from the last blessed model), beside a from-scratch run on all the data
+seen so far.
+
+  python -m benchmarks.continuous --data ../shared/data/cifar10 \
+      --work-dir /tmp/continuous [--spans 5] [--variant balanced|drift] \
+      [--no-scratch] [--profile cpu]
+
+The spans are class-balanced slices of the train split, written as
+TFRecords in <work-dir>/<variant>/arrivals/span-<N>/{train,test}/; each
+span carries the full test split, so every figure is on the same 10,000
+test images. `drift`: span 3 lacks two classes and span 4's colours are
+shifted; the gate must stop both, naming what changed, and span 5 is then
+compared with the data of the model still served (span 2's).
+
+`--drift-only` runs no pipeline: it prints the drift comparators' values
+(TFDV, the curated schema's thresholds) between consecutive balanced spans
+and for the drifted ones, in seconds: how the thresholds were chosen.
+
+Prints per span the wall time, the pretraining time, the linear probe and
+k-NN (k = 20) test accuracy of the warm-started chain and of the
+from-scratch run, the MAE's warm start and the gate's verdict; then the
+chain's total pretraining time as a share of the from-scratch runs'.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from benchmarks.host import host_line
+from models import cifar10, names
+from models.examples import image_example
+from pipeline import data_source, runs
+
+DRIFT_MISSING = (3, 5)           # cat, dog: absent from the drift variant's span 3
+DRIFT_COLOUR = (1.25, 1.0, 0.8)  # span 4's R, G, B gains in the drift variant
+
+
+def load_cifar10(source: str, cache: str):
+  """(train images, train labels, test images, test labels, class names)."""
+  folder = data_source.resolve_cifar10(source, cache)
+  train, test = cifar10.read_split(folder, "train"), cifar10.read_split(folder, "test")
+  return (*train, *test, cifar10.read_class_names(os.path.join(folder, "batches.meta")))
+
+
+def span_indices(labels: np.ndarray, spans: int, seed: int = 0) -> List[np.ndarray]:
+  """Class-balanced, disjoint slices of the train split, one per span."""
+  rng = np.random.RandomState(seed)
+  per_class = [rng.permutation(np.flatnonzero(labels == c)) for c in np.unique(labels)]
+  return [np.sort(np.concatenate([np.array_split(idx, spans)[k] for idx in per_class]))
+          for k in range(spans)]
+
+
+def write_records(path: str, images: np.ndarray, labels: np.ndarray) -> None:
+  import tensorflow as tf
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with tf.io.TFRecordWriter(path, options="GZIP") as writer:
+    for image, label in zip(images, labels):
+      example = image_example(cifar10.encode_png(image), int(label))
+      writer.write(example.SerializeToString())
+
+
+def write_dataset(root: str, train, train_labels, test, test_labels, class_names) -> None:
+  """<root>/{train,test}/part-0.tfrecord.gz and class_names.txt (a TFRecord
+  source with its splits given)."""
+  write_records(os.path.join(root, "train", "part-0.tfrecord.gz"), train, train_labels)
+  write_records(os.path.join(root, "test", "part-0.tfrecord.gz"), test, test_labels)
+  with open(os.path.join(root, names.CLASS_NAMES_FILE), "w") as f:
+    f.write("".join(f"{name}\n" for name in class_names))
+
+
+def span_data(k: int, variant: str, images, labels):
+  """Span k's (1-based) train images and labels, drifted as the variant says."""
+  if variant == "drift" and k == 3:
+    keep = ~np.isin(labels, DRIFT_MISSING)
+    return images[keep], labels[keep]
+  if variant == "drift" and k == 4:
+    shifted = np.clip(images.astype(np.float32) * np.array(DRIFT_COLOUR), 0, 255)
+    return shifted.astype(np.uint8), labels
+  return images, labels
+
+
+def drift_table(train, labels, class_names, slices) -> None:
+  """The gate's comparison (`compare_statistics`, the curated schema) of
+  each balanced span with the one before, and of the drift variant's spans
+  3 and 4 with span 2, on TFDV statistics of the same features ExampleGen
+  writes."""
+  import pandas as pd
+  import tensorflow_data_validation as tfdv
+  from components.anomalies_gate import compare_statistics
+  from models import schema as schema_lib
+  schema = schema_lib.read_schema(names.SCHEMA_PATH)
+
+  def statistics(images, span_labels):
+    means = images.reshape(len(images), -1, 3).mean(1)
+    frame = pd.DataFrame({names.CLASS_NAME_KEY: [class_names[y] for y in span_labels],
+                          names.IMAGE_HEIGHT_KEY: images.shape[1],
+                          names.IMAGE_WIDTH_KEY: images.shape[2],
+                          **{key: means[:, c] for c, key in enumerate(names.CHANNEL_MEAN_KEYS)}})
+    return tfdv.generate_statistics_from_dataframe(frame)
+
+  balanced = [statistics(train[idx], labels[idx]) for idx in slices]
+  pairs = [(f"balanced span {k + 1} vs {k}", balanced[k], balanced[k - 1], k + 1, k)
+           for k in range(1, len(slices))]
+  for k in (3, 4):
+    images, span_labels = span_data(k, "drift", train[slices[k - 1]], labels[slices[k - 1]])
+    pairs.append((f"drift span {k} vs 2", statistics(images, span_labels), balanced[1], k, 2))
+  for title, current, previous, span, previous_span in pairs:
+    result = compare_statistics(current, previous, schema, span, previous_span)
+    print(f"{title}:\n  " + "\n  ".join(result.compared) +
+          (f"\n  STOPPED: {len(result.problems)} problem(s)" if result.problems else
+           "\n  passes"), flush=True)
+
+
+def run_pipeline(data: str, output: str, profile: str, log_path: str,
+                 *flags: str) -> Dict:
+  """One `local_runner` run; its wall time, verdict and figures."""
+  argv = [sys.executable, "-m", "pipeline.local_runner", "--profile", profile, "--data", data,
+          "--output-dir", output, "--schema", os.path.join(output, "schema.pbtxt"), *flags]
+  start = time.monotonic()
+  with open(log_path, "w") as log:
+    code = subprocess.run(argv, cwd=names.PROJECT_DIR, stderr=log, stdout=subprocess.DEVNULL,
+                          check=False).returncode
+  wall = time.monotonic() - start
+  nodes = runs.last_run_nodes(names.metadata_path(output))
+  row = dict(wall=wall, ok=code == 0, log=log_path, stopped=None, pretrain=None, lp=None,
+             knn=None, warm_start=None, blessed=None)
+  if code:
+    with open(log_path) as f:
+      text = f.read()
+    lines = [line.strip() for line in text.splitlines() if "span" in line and " vs " in line]
+    row["stopped"] = lines[:3] or text.strip().splitlines()[-1:]
+    return row
+  mae = nodes.get(names.MAE_TRAINER, {})
+  row["pretrain"] = mae.get("seconds")
+  summary = _summary(mae)
+  if summary:
+    row["warm_start"] = summary.get("warm_start", {}).get("source")
+  probe = _summary(nodes.get(names.PROBE_TRAINER, {}))
+  if probe:
+    row["lp"], row["knn"] = probe["eval_accuracy"], probe["knn_accuracy"]
+  evaluator = nodes.get("Evaluator", {})
+  blessing = (evaluator.get("outputs", {}).get("ModelBlessing") or [None])[0]
+  row["blessed"] = bool(blessing and os.path.exists(os.path.join(blessing, "BLESSED")))
+  return row
+
+
+def _summary(node: Dict) -> Optional[Dict]:
+  model_run = (node.get("outputs", {}).get("ModelRun") or [None])[0]
+  if not model_run:
+    return None
+  with open(os.path.join(model_run, names.SUMMARY_FILE)) as f:
+    return json.load(f)
+
+
+def _cell(row: Optional[Dict]) -> str:
+  if row is None:
+    return f"{'':>39s}"
+  if not row["ok"]:
+    return f"{'stopped by the gate':>39s}"
+  return (f"{row['wall']:8.0f} s {row['pretrain']:8.0f} s {100 * row['lp']:6.2f} "
+          f"{100 * row['knn']:6.2f}{' ' if row['blessed'] else '*'}")
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--data", default=os.environ.get(names.CIFAR10_ENV),
+                 help="CIFAR-10 (as for make pipeline)")
+  p.add_argument("--work-dir", required=True)
+  p.add_argument("--spans", type=int, default=5)
+  p.add_argument("--variant", choices=["balanced", "drift"], default="balanced")
+  p.add_argument("--profile", default="cpu")
+  p.add_argument("--no-scratch", action="store_true",
+                 help="only the warm-started chain")
+  p.add_argument("--drift-only", action="store_true",
+                 help="only the drift comparators' values between spans, no pipeline")
+  args = p.parse_args(argv)
+  print(host_line(), flush=True)
+  work = os.path.abspath(os.path.join(args.work_dir, args.variant))
+  train, train_labels, test, test_labels, class_names = load_cifar10(
+      args.data, os.path.join(args.work_dir, "cache"))
+  slices = span_indices(train_labels, args.spans)
+  if args.drift_only:
+    drift_table(train, train_labels, class_names, slices)
+    return
+  arrivals = os.path.join(work, "arrivals")
+  seen_images, seen_labels = [], []
+  table = []
+  for k, idx in enumerate(slices, start=1):
+    images, labels = span_data(k, args.variant, train[idx], train_labels[idx])
+    write_dataset(os.path.join(arrivals, f"span-{k}"), images, labels, test, test_labels,
+                  class_names)
+    warm = run_pipeline(arrivals, os.path.join(work, "chain"), args.profile,
+                        os.path.join(work, f"chain-span-{k}.log"))
+    scratch = None
+    if warm["ok"]:
+      seen_images.append(images)
+      seen_labels.append(labels)
+    if k == 1:
+      scratch = warm           # the first span: the chain's run is from scratch on it
+    elif not args.no_scratch and warm["ok"]:
+      # All the data seen so far, as one source, in a fresh output folder.
+      seen = os.path.join(work, f"scratch-{k}", "seen")
+      write_dataset(seen, np.concatenate(seen_images), np.concatenate(seen_labels), test,
+                    test_labels, class_names)
+      scratch = run_pipeline(seen, os.path.join(work, f"scratch-{k}", "out"), args.profile,
+                             os.path.join(work, f"scratch-span-{k}.log"))
+    table.append((k, len(labels), warm, scratch))
+    print(f"span {k}: {len(labels)} train images; warm chain: "
+          + (f"LP {warm['lp']:.4f} k-NN {warm['knn']:.4f} in {warm['wall']:.0f} s, warm start "
+             f"from {warm['warm_start']}" if warm["ok"] else f"stopped: {warm['stopped']}")
+          + (f"; from scratch: LP {scratch['lp']:.4f} k-NN {scratch['knn']:.4f} in "
+             f"{scratch['wall']:.0f} s" if scratch and scratch["ok"] else ""), flush=True)
+
+  print(f"\n{host_line()}\nprofile {args.profile}, variant {args.variant}, "
+        "accuracies on the full CIFAR-10 test split (%)")
+  print(f"{'span':>4s} {'train':>6s} | {'warm chain: wall, pretrain, LP, k-NN':>39s} | "
+        f"{'from scratch on all seen: same':>39s}")
+  for k, n, warm, scratch in table:
+    print(f"{k:4d} {n:6d} | {_cell(warm)} | {_cell(scratch)}")
+  print("* not blessed")
+  for k, _, warm, _ in table:
+    if not warm["ok"]:
+      print(f"span {k} stopped:\n  " + "\n  ".join(warm["stopped"]))
+  done = [(w, s) for _, _, w, s in table if w["ok"] and s and s["ok"]]
+  if done:
+    warm_total = sum(w["pretrain"] for w, _ in done)
+    scratch_total = sum(s["pretrain"] for _, s in done)
+    last_w, last_s = done[-1]
+    print(f"pretraining time: warm chain {warm_total:.0f} s, from scratch {scratch_total:.0f} s "
+          f"({100 * warm_total / scratch_total:.0f} %); last span: LP "
+          f"{100 * (last_w['lp'] - last_s['lp']):+.2f} points, k-NN "
+          f"{100 * (last_w['knn'] - last_s['knn']):+.2f} points against from scratch")
+
+
+if __name__ == "__main__":
+  main()
