@@ -181,6 +181,8 @@ def main(argv=None):
   p.add_argument("--profile", default="cpu")
   p.add_argument("--no-scratch", action="store_true",
                  help="only the warm-started chain")
+  p.add_argument("--max-spans", type=int, default=None,
+                 help="run only the first N spans (a quick check of the benchmark)")
   p.add_argument("--drift-only", action="store_true",
                  help="only the drift comparators' values between spans, no pipeline")
   args = p.parse_args(argv)
@@ -195,7 +197,7 @@ def main(argv=None):
   arrivals = os.path.join(work, "arrivals")
   seen_images, seen_labels = [], []
   table = []
-  for k, idx in enumerate(slices, start=1):
+  for k, idx in enumerate(slices[:args.max_spans], start=1):
     images, labels = span_data(k, args.variant, train[idx], train_labels[idx])
     write_dataset(os.path.join(arrivals, f"span-{k}"), images, labels, test, test_labels,
                   class_names)

@@ -152,11 +152,18 @@ def analyze_and_write_transform(images, labels, out_dir):
   from tensorflow_transform.tf_metadata import dataset_metadata, metadata_io
   from models.preprocessing import preprocessing_fn
 
+  from models.examples import ImageStatistics
   metadata = dataset_metadata.DatasetMetadata.from_feature_spec(raw_feature_spec())
   class_names = cifar10_class_names()
-  rows = [{"image": [png_bytes(img)], "label": [int(lab)],
-           "class_name": [class_names[int(lab)].encode()]}
-          for img, lab in zip(images, labels)]
+
+  def row(image, label):     # what ExampleGen writes of one image
+    stats = ImageStatistics.of_array(image)
+    return {"image": [png_bytes(image)], "label": [int(label)],
+            "class_name": [class_names[int(label)].encode()],
+            names.IMAGE_HEIGHT_KEY: [stats.height], names.IMAGE_WIDTH_KEY: [stats.width],
+            **{key: [mean] for key, mean in zip(names.CHANNEL_MEAN_KEYS, stats.channel_means)}}
+
+  rows = [row(img, lab) for img, lab in zip(images, labels)]
   with beam.Pipeline() as p, tft_beam.Context(temp_dir=os.path.join(out_dir, "tmp")):
     raw = p | beam.Create(rows)
     transform_fn = ((raw, metadata)
