@@ -12,7 +12,7 @@ import tensorflow as tf
 from PIL import Image
 
 from components import cifar10_example_gen as eg
-from models import cifar10
+from models import cifar10, names
 from pipeline import data_source
 from tests.conftest import cifar10_class_names, write_batch_file, write_cifar_dir
 
@@ -52,12 +52,17 @@ def test_beam_transform_emits_lossless_png_examples(tiny_dir, cifar10_sample, tm
   expected = {train[i].tobytes(): int(train_labels[i]) for i in range(20)}
   for ex in train_examples:
     f = ex.features.feature
-    assert set(f) == {"image", "label", "class_name"}
+    assert set(f) == {"image", "label", "class_name", *names.IMAGE_STATISTICS_KEYS}
     png = f["image"].bytes_list.value[0]
     assert png.startswith(b"\x89PNG")
     pixels = np.asarray(Image.open(io.BytesIO(png)))
     label = f["label"].int64_list.value[0]
     assert expected[pixels.tobytes()] == label
+    # The image's statistics, for StatisticsGen and the drift comparators.
+    assert f[names.IMAGE_HEIGHT_KEY].int64_list.value == [32]
+    assert f[names.IMAGE_WIDTH_KEY].int64_list.value == [32]
+    np.testing.assert_allclose([f[k].float_list.value[0] for k in names.CHANNEL_MEAN_KEYS],
+                               pixels.reshape(-1, 3).mean(0), rtol=1e-5)
     # The name batches.meta gives the id, as the curated schema lists them.
     assert f["class_name"].bytes_list.value[0].decode() == cifar10_class_names()[label]
 

@@ -91,8 +91,8 @@ def span_runs(cifar10_sample, tmp_path_factory):
   return done
 
 
-def _summary(run):
-  with open(os.path.join(run.nodes[names.MAE_TRAINER]["outputs"]["ModelRun"][0],
+def _summary(run, trainer=names.MAE_TRAINER):
+  with open(os.path.join(run.nodes[trainer]["outputs"]["ModelRun"][0],
                          names.SUMMARY_FILE)) as f:
     return json.load(f)
 
@@ -125,6 +125,11 @@ def test_the_newest_span_is_compared_with_the_last_and_warm_started(span_runs):
   assert warm["source"] == names.carried_mae_dir(
       os.path.join(first_probe, "Format-Serving")), warm
   assert len(_summary(second)["history"]) == 1          # smoke: warm_start_epochs 1 of 2
+  # The MAE read span 2 (pretrain.span_window 1); the probe spans 1 and 2
+  # (probe.span_window 0: every span the gate passed).
+  first_count = _summary(first)["train_examples"]
+  assert _summary(second)["train_examples"] == first_count      # the same photos, mirrored
+  assert _summary(second, names.PROBE_TRAINER)["train_examples"] == 2 * first_count
   assert "[mae_pretrain] warm start from the MAE of the latest blessed model" in second.log
   # The Evaluator's baseline is span 1's model, scored on span 2's test split.
   second_probe = second.nodes[names.PROBE_TRAINER]["outputs"]["Model"][0]
