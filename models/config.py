@@ -240,7 +240,7 @@ class RuntimeConfig:
 class EvaluationConfig:
   """The Evaluator's gate on the linear probe's test accuracy."""
   min_accuracy: float = 0.45
-  # Largest allowed drop against the latest blessed model (none: no check).
+  # Largest allowed drop against the model blessed before (none: no check).
   max_accuracy_drop: float = 0.01
 
 

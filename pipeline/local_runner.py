@@ -132,7 +132,7 @@ def parse_args(argv):
                  help="Evaluator floor on test accuracy (default: the profile's "
                       "evaluation.min_accuracy)")
   p.add_argument("--max-accuracy-drop", type=float, default=None,
-                 help="largest allowed drop against the latest blessed model "
+                 help="largest allowed drop against the model blessed before "
                       "(default: the profile's evaluation.max_accuracy_drop)")
   p.add_argument("--no-cache", action="store_true")
   p.add_argument("-v", "--verbose", action="store_true",

@@ -5,7 +5,7 @@ ExampleGen (CIFAR-10, image folder or TFRecord; a span of them) -> StatisticsGen
      data of the latest blessed model)
   -> Transform -> Trainer(mae_pretrain; a new span warm-starts from the
      MAE of the latest blessed model of an earlier span)
-  -> Trainer(linear_probe, base_model=MAE) -> Evaluator (vs latest blessed)
+  -> Trainer(linear_probe, base_model=MAE) -> Evaluator (vs the model blessed before)
   -> CorpusEmbedder (the blessed model embeds the corpus) -> SearchIndexer
   -> Pusher: locally a versioned push of the blessed encoder with its index;
      on Vertex AI a deployment to an endpoint, the corpus written for
@@ -54,7 +54,7 @@ def eval_config(min_accuracy: float, max_drop: float) -> tfma.EvalConfig:
   """Accuracy of classify_examples' two classifiers, the linear probe and the
   k-NN, overall and per class (sliced by the examples' class name); bless
   when the linear probe is above `min_accuracy` and within `max_drop` of the
-  latest blessed model (ignored when there is none). The k-NN accuracy is
+  baseline, the model blessed before it (ignored when there is none). The k-NN accuracy is
   reported, not gated."""
   # TFMA names each scored output by its key in the signature's outputs.
   return tfma.EvalConfig(

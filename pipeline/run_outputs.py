@@ -80,10 +80,10 @@ def gate_failures(evaluation_uri: str) -> List[str]:
       value = failure.metric_value.double_value.value
       classifier = names.CLASSIFIER_TITLES.get(key.output_name, key.output_name or "model")
       metric = "accuracy" if key.name == "sparse_categorical_accuracy" else key.name
-      if key.is_diff:        # the change against the latest blessed model
+      if key.is_diff:        # the change against the model blessed before it
         allowed = abs(threshold.change_threshold.absolute.value)
-        lines.append(f"{classifier} {metric} {value:+.4f} against the latest blessed "
-                     f"model, where at most {allowed:g} lower is allowed")
+        lines.append(f"{classifier} {metric} {value:+.4f} against the model blessed before "
+                     f"it, where at most {allowed:g} lower is allowed")
       elif threshold.HasField("value_threshold"):
         lines.append(f"{classifier} {metric} {value:.4f} is below the floor "
                      f"{threshold.value_threshold.lower_bound.value:g}")
