@@ -26,7 +26,6 @@ chain's total pretraining time as a share of the from-scratch runs'.
 """
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -37,8 +36,9 @@ import numpy as np
 
 from benchmarks.host import host_line
 from models import cifar10, names
-from models.examples import image_example
-from pipeline import data_source, runs
+from models.examples import ImageStatistics, image_example
+from pipeline import data_source
+from pipeline.run_outputs import RunOutputs
 
 DRIFT_MISSING = (3, 5)           # cat, dog: absent from the drift variant's span 3
 DRIFT_COLOUR = (1.25, 1.0, 0.8)  # span 4's R, G, B gains in the drift variant
@@ -100,11 +100,12 @@ def drift_table(train, labels, class_names, slices) -> None:
   schema = schema_lib.read_schema(names.SCHEMA_PATH)
 
   def statistics(images, span_labels):
-    means = images.reshape(len(images), -1, 3).mean(1)
+    rows = [ImageStatistics.of_array(image) for image in images]
     frame = pd.DataFrame({names.CLASS_NAME_KEY: [class_names[y] for y in span_labels],
-                          names.IMAGE_HEIGHT_KEY: images.shape[1],
-                          names.IMAGE_WIDTH_KEY: images.shape[2],
-                          **{key: means[:, c] for c, key in enumerate(names.CHANNEL_MEAN_KEYS)}})
+                          names.IMAGE_HEIGHT_KEY: [r.height for r in rows],
+                          names.IMAGE_WIDTH_KEY: [r.width for r in rows],
+                          **{key: [r.channel_means[c] for r in rows]
+                             for c, key in enumerate(names.CHANNEL_MEAN_KEYS)}})
     return tfdv.generate_statistics_from_dataframe(frame)
 
   balanced = [statistics(train[idx], labels[idx]) for idx in slices]
@@ -130,35 +131,21 @@ def run_pipeline(data: str, output: str, profile: str, log_path: str,
     code = subprocess.run(argv, cwd=names.PROJECT_DIR, stderr=log, stdout=subprocess.DEVNULL,
                           check=False).returncode
   wall = time.monotonic() - start
-  nodes = runs.last_run_nodes(names.metadata_path(output))
-  row = dict(wall=wall, ok=code == 0, log=log_path, stopped=None, pretrain=None, lp=None,
-             knn=None, warm_start=None, blessed=None)
+  row = dict(wall=wall, ok=code == 0, log=log_path, stopped=None)
   if code:
     with open(log_path) as f:
       text = f.read()
-    lines = [line.strip() for line in text.splitlines() if "span" in line and " vs " in line]
-    row["stopped"] = lines[:3] or text.strip().splitlines()[-1:]
+    # What the gate said (each error line comes more than once in the log).
+    lines = dict.fromkeys(line.strip() for line in text.splitlines()
+                          if "span" in line and " vs " in line)
+    row["stopped"] = list(lines)[:3] or text.strip().splitlines()[-1:]
     return row
-  mae = nodes.get(names.MAE_TRAINER, {})
-  row["pretrain"] = mae.get("seconds")
-  summary = _summary(mae)
-  if summary:
-    row["warm_start"] = summary.get("warm_start", {}).get("source")
-  probe = _summary(nodes.get(names.PROBE_TRAINER, {}))
-  if probe:
-    row["lp"], row["knn"] = probe["eval_accuracy"], probe["knn_accuracy"]
-  evaluator = nodes.get("Evaluator", {})
-  blessing = (evaluator.get("outputs", {}).get("ModelBlessing") or [None])[0]
-  row["blessed"] = bool(blessing and os.path.exists(os.path.join(blessing, "BLESSED")))
+  run = RunOutputs.load(output)
+  probe = run.summary(names.PROBE_TRAINER)
+  row.update(pretrain=run.node(names.MAE_TRAINER)["seconds"],
+             warm_start=run.summary(names.MAE_TRAINER)["warm_start"]["source"],
+             lp=probe["eval_accuracy"], knn=probe["knn_accuracy"], blessed=run.blessed())
   return row
-
-
-def _summary(node: Dict) -> Optional[Dict]:
-  model_run = (node.get("outputs", {}).get("ModelRun") or [None])[0]
-  if not model_run:
-    return None
-  with open(os.path.join(model_run, names.SUMMARY_FILE)) as f:
-    return json.load(f)
 
 
 def _cell(row: Optional[Dict]) -> str:

@@ -33,7 +33,6 @@ from tfx.types import artifact_utils
 from models import names, run_log
 from models import schema as schema_lib
 from components.model_resolvers import artifact_span
-from models.config import DRIFT_ACTIONS
 from models.names import CLASS_NAME_KEY, TEST_SPLIT, TRAIN_SPLIT
 
 _DRIFT_TYPES = (anomalies_pb2.AnomalyInfo.COMPARATOR_L_INFTY_HIGH,
@@ -97,7 +96,7 @@ def _split_classes(statistics_artifact) -> Dict[str, Tuple[Set[str], int]]:
 class SpanComparison:
   """The train split of one span against the served model's data."""
   span: int
-  previous_span: Optional[int]      # None: not known
+  reference: str               # "span 2", or "the latest run" (its span unknown)
   compared: List[str]          # one line per comparator: value vs threshold
   problems: List[str]          # drift above a threshold, classes gone
 
@@ -118,9 +117,9 @@ def compare_statistics(current, previous, schema, span: int,
                        previous_span: Optional[int]) -> SpanComparison:
   """Two DatasetFeatureStatisticsLists compared by the schema's drift
   comparators (TFDV), and the classes `current` lost; `previous_span`
-  None: its span is not known (the latest statistics, on Vertex AI)."""
+  None: its span is not known (the latest run's statistics, on Vertex AI)."""
   import tensorflow_data_validation as tfdv
-  reference = "the latest statistics" if previous_span is None else f"span {previous_span}"
+  reference = "the latest run" if previous_span is None else f"span {previous_span}"
   what = f"span {span} vs {reference}"
   result = tfdv.validate_statistics(current, schema, previous_statistics=previous)
   compared = []
@@ -138,7 +137,7 @@ def compare_statistics(current, previous, schema, span: int,
   if gone:
     problems.append(f"{what}, feature '{CLASS_NAME_KEY}': classes in {reference} "
                     f"missing from span {span}: {sorted(gone)}")
-  return SpanComparison(span, previous_span, compared, problems)
+  return SpanComparison(span, reference, compared, problems)
 
 
 def read_split_problems(statistics_artifact) -> List[str]:
@@ -170,10 +169,9 @@ def AnomaliesGate(  # pylint: disable=invalid-name
         tfx.types.standard_artifacts.Examples] = None,
     on_drift: tfx.dsl.components.Parameter[str] = "stop") -> None:
   """Raises DataAnomaliesError naming every anomaly, and drift from
-  `previous_statistics` (the blessed model's data) unless `on_drift` is
-  "warn"; passes otherwise."""
-  if on_drift not in DRIFT_ACTIONS:
-    raise ValueError(f"on_drift must be one of {DRIFT_ACTIONS}, got {on_drift!r}")
+  `previous_statistics` (the blessed model's data) unless `on_drift`
+  (`models.config.DRIFT_ACTIONS`, checked with the profile) is "warn";
+  passes otherwise."""
   problems = read_split_problems(statistics) + read_anomalies(anomalies)
   from tfx.utils import io_utils
   comparison = compare_spans(
@@ -181,10 +179,8 @@ def AnomaliesGate(  # pylint: disable=invalid-name
       schema_lib.read_schema(io_utils.get_only_uri_in_dir(schema.uri)), artifact_span(examples),
       artifact_span(previous_examples) if previous_examples is not None else None)
   if comparison is not None:
-    reference = ("the latest statistics'" if comparison.previous_span is None
-                 else f"span {comparison.previous_span}'s")
-    run_log.log.info("[AnomaliesGate] span %d's train split vs %s (the served model's data):"
-                     "\n  %s", comparison.span, reference,
+    run_log.log.info("[AnomaliesGate] span %d's train split vs %s's (the served model's data):"
+                     "\n  %s", comparison.span, comparison.reference,
                      "\n  ".join(comparison.compared or ["no drift comparator in the schema"]))
     if comparison.problems and on_drift == "warn":
       run_log.log.warning("[AnomaliesGate] drift (on_drift=warn, the run goes on):\n  %s",

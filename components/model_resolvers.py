@@ -25,7 +25,7 @@ examples is refused by the MAE Trainer's data digest), and the statistics
 the latest ones.
 """
 
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import ml_metadata as mlmd
 from ml_metadata.proto import metadata_store_pb2
@@ -47,10 +47,17 @@ EXAMPLES, MODEL, MODEL_BLESSING, CANDIDATE, STATISTICS, CURRENT = (
     "examples", "model", "model_blessing", "candidate", "statistics", "current")
 
 
-def _blessings(model_blessings: List[types.Artifact]) -> Dict[int, types.Artifact]:
-  """{model id: its blessing} of the blessed ones."""
-  return {b.get_int_custom_property(_CURRENT_MODEL_ID): b for b in model_blessings
-          if b.get_int_custom_property(_BLESSED) == 1}
+def _latest_blessed(input_dict: Dict[str, List[types.Artifact]],
+                    accept: Callable[[types.Artifact], bool] = lambda model: True
+                    ) -> Dict[str, List[types.Artifact]]:
+  """{model: [the newest blessed model `accept` takes], model_blessing: [its
+  blessing]}, or both empty."""
+  blessings = {b.get_int_custom_property(_CURRENT_MODEL_ID): b
+               for b in input_dict[MODEL_BLESSING] if b.get_int_custom_property(_BLESSED) == 1}
+  for model in sorted(input_dict[MODEL], key=lambda a: a.id, reverse=True):
+    if model.id in blessings and accept(model):
+      return {MODEL: [model], MODEL_BLESSING: [blessings[model.id]]}
+  return {MODEL: [], MODEL_BLESSING: []}
 
 
 def artifact_span(artifact) -> int:
@@ -82,7 +89,8 @@ def _neighbours(store: mlmd.MetadataStore, artifact_ids: List[int], upstream: bo
           if e.type == back]
 
 
-def training_examples(store: mlmd.MetadataStore, model_id: int) -> List[metadata_store_pb2.Artifact]:
+def training_examples(store: mlmd.MetadataStore,
+                      model_id: int) -> List[metadata_store_pb2.Artifact]:
   """The Examples read by the Trainer that wrote `model_id`."""
   examples_type = _type_id(store, standard_artifacts.Examples)
   return [a for a in store.get_artifacts_by_id(_neighbours(store, [model_id], upstream=True))
@@ -102,21 +110,19 @@ class LatestBlessedEarlierSpanStrategy(resolver.ResolverStrategy):
   def resolve_artifacts(self, store: mlmd.MetadataStore,
                         input_dict: Dict[str, List[types.Artifact]]
                         ) -> Optional[Dict[str, List[types.Artifact]]]:
-    none = {EXAMPLES: input_dict[EXAMPLES], MODEL: [], MODEL_BLESSING: []}
     if not input_dict[EXAMPLES]:
-      return none
+      return {EXAMPLES: [], MODEL: [], MODEL_BLESSING: []}
     span = max(artifact_span(a) for a in input_dict[EXAMPLES])
-    blessings = _blessings(input_dict[MODEL_BLESSING])
-    for model in sorted(input_dict[MODEL], key=lambda a: a.id, reverse=True):
-      if model.id not in blessings:
-        continue
+
+    def earlier(model: types.Artifact) -> bool:
       spans = training_spans(store, model.id)
-      if spans and max(spans) < span:
-        log.info("[warm start] span %d: the latest blessed model of an earlier span is "
-                 "%s (span %d)", span, model.uri, max(spans))
-        return {EXAMPLES: input_dict[EXAMPLES], MODEL: [model],
-                MODEL_BLESSING: [blessings[model.id]]}
-    return none
+      return bool(spans) and max(spans) < span
+
+    found = _latest_blessed(input_dict, earlier)
+    if found[MODEL]:
+      log.info("[warm start] span %d: the latest blessed model of an earlier span is %s",
+               span, found[MODEL][0].uri)
+    return {EXAMPLES: input_dict[EXAMPLES], **found}
 
 
 class LatestBlessedBeforeStrategy(resolver.ResolverStrategy):
@@ -128,16 +134,11 @@ class LatestBlessedBeforeStrategy(resolver.ResolverStrategy):
                         input_dict: Dict[str, List[types.Artifact]]
                         ) -> Optional[Dict[str, List[types.Artifact]]]:
     del store
-    result = {CANDIDATE: input_dict[CANDIDATE], MODEL: [], MODEL_BLESSING: []}
     if not input_dict[CANDIDATE]:
-      return result
+      return {CANDIDATE: [], MODEL: [], MODEL_BLESSING: []}
     candidate = max(a.id for a in input_dict[CANDIDATE])
-    blessings = _blessings(input_dict[MODEL_BLESSING])
-    older = [m for m in input_dict[MODEL] if m.id < candidate and m.id in blessings]
-    if older:
-      model = max(older, key=lambda a: a.id)
-      result.update({MODEL: [model], MODEL_BLESSING: [blessings[model.id]]})
-    return result
+    return {CANDIDATE: input_dict[CANDIDATE],
+            **_latest_blessed(input_dict, lambda model: model.id < candidate)}
 
 
 class BlessedModelStatisticsStrategy(resolver.ResolverStrategy):
@@ -149,43 +150,28 @@ class BlessedModelStatisticsStrategy(resolver.ResolverStrategy):
   def resolve_artifacts(self, store: mlmd.MetadataStore,
                         input_dict: Dict[str, List[types.Artifact]]
                         ) -> Optional[Dict[str, List[types.Artifact]]]:
-    result = {STATISTICS: [], EXAMPLES: [], MODEL: [], MODEL_BLESSING: []}
-    blessings = _blessings(input_dict[MODEL_BLESSING])
-    blessed = [m for m in input_dict[MODEL] if m.id in blessings]
-    if not blessed:
-      return result
-    model = max(blessed, key=lambda a: a.id)
-    read = training_examples(store, model.id)
+    none = {STATISTICS: [], EXAMPLES: [], MODEL: [], MODEL_BLESSING: []}
+    found = _latest_blessed(input_dict)
+    read = training_examples(store, found[MODEL][0].id) if found[MODEL] else []
     if not read:
-      return result
+      return none
     # A Trainer that read a window of spans: the newest is that run's own.
     examples = max(read, key=lambda a: (artifact_span(a), a.id))
     computed = set(_neighbours(store, [examples.id], upstream=False))
     statistics = [s for s in input_dict[STATISTICS] if s.id in computed]
-    if statistics:
-      result.update({STATISTICS: [max(statistics, key=lambda a: a.id)],
-                     EXAMPLES: [a for a in input_dict[EXAMPLES] if a.id == examples.id],
-                     MODEL: [model], MODEL_BLESSING: [blessings[model.id]]})
-    return result
+    if not statistics:
+      return none
+    return {STATISTICS: [max(statistics, key=lambda a: a.id)],
+            EXAMPLES: [a for a in input_dict[EXAMPLES] if a.id == examples.id], **found}
 
 
-def _validated(store: mlmd.MetadataStore, examples_ids: List[int]) -> set:
-  """Those of `examples_ids` a Transform read (it runs only once the gate
-  passed them): the ids of the Examples read by an execution that wrote a
-  TransformGraph."""
+def _validated(store: mlmd.MetadataStore, examples: types.Artifact) -> bool:
+  """Whether a Transform read `examples` (it runs only once the gate passed
+  them): an execution that read them wrote a TransformGraph."""
   graph_type = _type_id(store, standard_artifacts.TransformGraph)
-  if not examples_ids or graph_type is None:
-    return set()
-  read_by: Dict[int, List[int]] = {}
-  for event in store.get_events_by_artifact_ids(examples_ids):
-    if event.type == metadata_store_pb2.Event.INPUT:
-      read_by.setdefault(event.execution_id, []).append(event.artifact_id)
-  outputs = [e for e in store.get_events_by_execution_ids(list(read_by))
-             if e.type == metadata_store_pb2.Event.OUTPUT]
-  graphs = {a.id for a in store.get_artifacts_by_id([e.artifact_id for e in outputs])
-            if a.type_id == graph_type}
-  return {examples_id for e in outputs if e.artifact_id in graphs
-          for examples_id in read_by[e.execution_id]}
+  written = _neighbours(store, [examples.id], upstream=False)
+  return graph_type is not None and any(
+      a.type_id == graph_type for a in store.get_artifacts_by_id(written))
 
 
 class LatestSpansStrategy(resolver.ResolverStrategy):
@@ -205,14 +191,12 @@ class LatestSpansStrategy(resolver.ResolverStrategy):
     if not current or self._num_spans == 1:
       return {EXAMPLES: list(current), CURRENT: current}
     span = max(artifact_span(a) for a in current)
-    validated = _validated(store, [a.id for a in input_dict[EXAMPLES]])
-    newest: Dict[int, types.Artifact] = {}
-    for a in input_dict[EXAMPLES]:
-      if TRAIN_SPLIT not in artifact_utils.decode_split_names(a.split_names):
-        continue
+    newest: Dict[int, types.Artifact] = {}    # span -> its newest Examples the gate passed
+    for a in sorted(input_dict[EXAMPLES], key=lambda a: a.id, reverse=True):
       a_span = artifact_span(a)
-      if a_span < span and a.id in validated and (
-          a_span not in newest or a.id > newest[a_span].id):
+      if (a_span < span and a_span not in newest
+          and TRAIN_SPLIT in artifact_utils.decode_split_names(a.split_names)
+          and _validated(store, a)):
         newest[a_span] = a
     earlier = [newest[s] for s in sorted(newest, reverse=True)]
     if self._num_spans:

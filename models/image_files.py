@@ -167,7 +167,9 @@ def check_image(data: bytes, name: str) -> CheckedImage:
       img.load()      # decodes every byte: truncation is found here
       if img.width < 1 or img.height < 1:
         raise BadImageError(f"{name}: image of size {img.size}")
-      rgb = img.convert("RGBA" if "A" in img.getbands() else "RGB")
+      # RGB(A) as it is: convert would copy every pixel of a large photo.
+      rgb = img if img.mode in ("RGB", "RGBA") else img.convert(
+          "RGBA" if "A" in img.getbands() else "RGB")
       statistics = ImageStatistics(img.height, img.width,
                                    tuple(ImageStat.Stat(rgb).mean[:3]))
       if img.mode in _NATIVE.get(img.format, ()) and getattr(img, "n_frames", 1) == 1:

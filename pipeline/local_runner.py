@@ -185,10 +185,11 @@ def pipeline_config(args, overrides) -> configs.PipelineConfig:
       if not os.path.isdir(folder):
         raise SystemExit(f"--{flag.replace('_', '-')} {folder}: not a folder")
       setattr(args, flag, folder)
-  span = data_source.span_of(args.data, args.span) if args.data else None
   if args.span is not None and not args.data:
     raise SystemExit(f"--span {args.span}: the CIFAR-10 archive is one span")
-  source = configs.source_config(args, data_format, spans=span is not None)  # refuses a bad one
+  # The span this run ingests (the newest unless given), pinned for the driver.
+  args.span = data_source.span_of(args.data, args.span) if args.data else None
+  source = configs.source_config(args, data_format, spans=args.span is not None)  # checked
   if args.search_corpus:
     try:
       search_corpus_gen.check_corpus(args.search_corpus)
@@ -201,13 +202,12 @@ def pipeline_config(args, overrides) -> configs.PipelineConfig:
   else:
     data_root = os.path.abspath(os.path.expanduser(args.data))
     # What this run ingests: the source, or the span's folder.
-    ingested = data_root if span is None else image_files.span_root(data_root, span)
+    ingested = data_root if args.span is None else image_files.span_root(data_root, args.span)
     schema_path = os.path.abspath(args.schema or data_source.dataset_schema_path(data_root))
     if data_source.ensure_schema(ingested, data_format, schema_path, args.test_fraction,
                                  args.label_feature):
       log.info("Wrote the schema of %s to %s: review it and check it in; runs of this "
                "dataset are held to it", ingested, schema_path)
-    source.span = span
     source.fingerprint = (image_files.folder_fingerprint(ingested)
                           + image_files.folder_fingerprint(args.unlabeled))
   return configs.PipelineConfig(

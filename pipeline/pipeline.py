@@ -54,8 +54,8 @@ def eval_config(min_accuracy: float, max_drop: float) -> tfma.EvalConfig:
   """Accuracy of classify_examples' two classifiers, the linear probe and the
   k-NN, overall and per class (sliced by the examples' class name); bless
   when the linear probe is above `min_accuracy` and within `max_drop` of the
-  baseline, the model blessed before it (ignored when there is none). The k-NN accuracy is
-  reported, not gated."""
+  baseline, the model blessed before it (ignored when there is none). The
+  k-NN accuracy is reported, not gated."""
   # TFMA names each scored output by its key in the signature's outputs.
   return tfma.EvalConfig(
       model_specs=[tfma.ModelSpec(signature_name=CLASSIFY_EXAMPLES, label_keys={
@@ -206,8 +206,8 @@ def create_pipeline(config: PipelineConfig,
       [TRAIN_SPLIT] + [UNLABELED_SPLIT] * unlabeled,
       base_model=warm_start_resolver.outputs["model"]).with_id(names.MAE_TRAINER)
   probe_trainer = trainer(
-      PROBE_RUN_FN, span_window("probe_spans_resolver", run_config.probe.span_window), [TRAIN_SPLIT],
-      base_model=mae_trainer.outputs["model"]).with_id(names.PROBE_TRAINER)
+      PROBE_RUN_FN, span_window("probe_spans_resolver", run_config.probe.span_window),
+      [TRAIN_SPLIT], base_model=mae_trainer.outputs["model"]).with_id(names.PROBE_TRAINER)
   baseline_resolver = blessed_model_resolver(
       BASELINE_RESOLVER, LatestBlessedBeforeStrategy, candidate=probe_trainer.outputs["model"])
 
@@ -253,7 +253,8 @@ def create_pipeline(config: PipelineConfig,
 
   components = [examples_gen, *search_corpus, previous_statistics, statistics_gen, schema_gen,
                 example_validator, anomalies_gate, transform, warm_start_resolver, *windows,
-                mae_trainer, probe_trainer, baseline_resolver, evaluator, corpus_embedder, search_indexer, pusher]
+                mae_trainer, probe_trainer, baseline_resolver, evaluator, corpus_embedder,
+                search_indexer, pusher]
   by_id = {c.id: c for c in components}
   for upstream, downstream in CONTROL_DEPENDENCIES:
     by_id[downstream].add_upstream_node(by_id[upstream])
