@@ -6,7 +6,7 @@ seen so far.
 
   python -m benchmarks.continuous --data ../shared/data/cifar10 \
       --work-dir /tmp/continuous [--spans 5] [--variant balanced|drift] \
-      [--no-scratch] [--profile cpu]
+      [--no-scratch] [--profile cpu] [--overrides JSON]
 
 The spans are class-balanced slices of the train split, written as
 TFRecords in <work-dir>/<variant>/arrivals/span-<N>/{train,test}/; each
@@ -166,6 +166,9 @@ def main(argv=None):
   p.add_argument("--spans", type=int, default=5)
   p.add_argument("--variant", choices=["balanced", "drift"], default="balanced")
   p.add_argument("--profile", default="cpu")
+  p.add_argument("--overrides", default="{}",
+                 help="JSON {section: {field: value}} over the profile, for every run "
+                      "(as local_runner's), e.g. '{\"pretrain\": {\"span_window\": 0}}'")
   p.add_argument("--no-scratch", action="store_true",
                  help="only the warm-started chain")
   p.add_argument("--max-spans", type=int, default=None,
@@ -189,7 +192,7 @@ def main(argv=None):
     write_dataset(os.path.join(arrivals, f"span-{k}"), images, labels, test, test_labels,
                   class_names)
     warm = run_pipeline(arrivals, os.path.join(work, "chain"), args.profile,
-                        os.path.join(work, f"chain-span-{k}.log"))
+                        os.path.join(work, f"chain-span-{k}.log"), "--overrides", args.overrides)
     scratch = None
     if warm["ok"]:
       seen_images.append(images)
@@ -202,7 +205,8 @@ def main(argv=None):
       write_dataset(seen, np.concatenate(seen_images), np.concatenate(seen_labels), test,
                     test_labels, class_names)
       scratch = run_pipeline(seen, os.path.join(work, f"scratch-{k}", "out"), args.profile,
-                             os.path.join(work, f"scratch-span-{k}.log"))
+                             os.path.join(work, f"scratch-span-{k}.log"),
+                             "--overrides", args.overrides)
     table.append((k, len(labels), warm, scratch))
     print(f"span {k}: {len(labels)} train images; warm chain: "
           + (f"LP {warm['lp']:.4f} k-NN {warm['knn']:.4f} in {warm['wall']:.0f} s, warm start "
@@ -210,7 +214,8 @@ def main(argv=None):
           + (f"; from scratch: LP {scratch['lp']:.4f} k-NN {scratch['knn']:.4f} in "
              f"{scratch['wall']:.0f} s" if scratch and scratch["ok"] else ""), flush=True)
 
-  print(f"\n{host_line()}\nprofile {args.profile}, variant {args.variant}, "
+  print(f"\n{host_line()}\nprofile {args.profile}, overrides {args.overrides}, "
+        f"variant {args.variant}, "
         "accuracies on the full CIFAR-10 test split (%)")
   print(f"{'span':>4s} {'train':>6s} | {'warm chain: wall, pretrain, LP, k-NN':>39s} | "
         f"{'from scratch on all seen: same':>39s}")
