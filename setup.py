@@ -18,7 +18,10 @@ setup(
         "tfx==1.16.0",
         "dill",            # tfx-bsl 1.16 imports it; apache-beam 2.74 no longer brings it
         "pillow",
-        "aiohttp",         # the embedding server (serving/)
+        "aiohttp",         # the embedding server (serving/): REST
+        "orjson",          # ... its JSON, numpy arrays written in C
+        "grpcio",          # ... and TF Serving's gRPC API, with its messages
+        "tensorflow-serving-api",
         "scikit-learn",    # t-SNE (pipeline/figures.py), logistic regression (benchmarks)
         "scann==1.3.2",    # the search index (models/search_index.py): the build for TF 2.16
         "faiss-cpu",       # the alternative index kind, measured beside ScaNN

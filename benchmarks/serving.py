@@ -1,77 +1,230 @@
-"""Serving figures: request latency of the embedding server and batch
-embedding throughput, on real CIFAR-10 test images.
+"""Serving figures side by side, in one run, on real CIFAR-10 test images.
 
   python -m benchmarks.serving --model-dir outputs/serving_model/mae-tfx \
-      --data ../shared/data/cifar10 [--requests 1000] [--clients 1,8,32]
+      --data ../shared/data/cifar10 [--requests 300] [--clients 1,8] \
+      [--batch-sizes 1,32,256] [--quality]
 
-Latency: the real server (`python -m serving.server`, a child process on
-loopback) answers single-image PNG `:predict` requests from 1, 8 and 32
-concurrent clients (threads with keep-alive sessions, on the same machine,
-so the clients' CPU use counts against the server). Batch embedding: the
-batch CLI's code path (`serving.embed.embed_all`) over PNG bytes in memory.
-`--roofline cpu` adds the bound this CPU's matmul speed puts on batch
-embedding for a model of that profile's shape (benchmarks/roofline.py).
+1. Where one image's milliseconds go: each step of a one-image request timed
+   in this process (p50 of many): the server's JSON and base64, decoding +
+   Transform, the encoder + whitening op by op (as TF Serving runs the
+   signature) and compiled (float32, bfloat16), the response's JSON; beside
+   the round trips measured in 3.
+2. Batch embedding (the batch CLI's code path, `serving.embed.embed_all`)
+   per precision, as saved and compiled, beside the bound this CPU's matmul
+   speed puts on it for the model's shape (benchmarks/roofline.py).
+3. The server (`python -m serving.server`, a child process on loopback) in
+   three configurations: as saved (float32, op by op: TF Serving's path),
+   compiled float32, compiled bfloat16. For each, its cold start (process
+   start to the first answered request) and RSS, then REST and gRPC, 1 and 8
+   clients (threads with keep-alive sessions / one channel each, on the same
+   two cores, so the clients' CPU counts against the server), requests of 1,
+   32 and 256 images: p50 and p99 latency and img/s.
+4. `--quality`: bfloat16 against float32 where it matters: the served
+   model's linear probe and k-NN (k = 20, the train split as the bank)
+   accuracy on the test split from each precision's embeddings, and the
+   cosine between the two embeddings of each image.
 """
 
 import argparse
 import base64
 import concurrent.futures
 import os
+import sys
 import threading
 import time
+from typing import Callable, Dict, List
 
 import numpy as np
+import orjson
 import requests
 
 from benchmarks import roofline
+from benchmarks.host import host_line
 from models import config as config_lib
 from models import names
 from models.cifar10 import encode_png, read_batch_file
-from models.names import SERVING_DEFAULT
+from models.names import SERVING_BFLOAT16, SERVING_DEFAULT
 from pipeline import data_source
 from serving.embed import embed_all
 from serving.launch import ServerProcess
-from serving.model_store import load_version
+from serving.model_store import LoadedModel, load_version
+
+PRECISIONS = {"float32": SERVING_DEFAULT, "bfloat16": SERVING_BFLOAT16}
+# (label, server flags): TF Serving's way first, then this server's.
+CONFIGS = [("as saved, float32", ["--no-compile", "--precision", "float32"]),
+           ("compiled, float32", ["--precision", "float32"]),
+           ("compiled, bfloat16", ["--precision", "bfloat16"])]
 
 
-def test_pngs(data: str, count: int):
+def cifar10_split(data: str, split: str, count: int = None):
   root = data_source.resolve_cifar10(data, names.DATA_CACHE_DIR)
-  images, _ = read_batch_file(os.path.join(root, "test_batch"))
-  return [encode_png(image) for image in images[:count]]
+  files = (["test_batch"] if split == "test" else
+           [f"data_batch_{i}" for i in range(1, 6)])
+  images, labels = zip(*(read_batch_file(os.path.join(root, f)) for f in files))
+  images, labels = np.concatenate(images)[:count], np.concatenate(labels)[:count]
+  return [encode_png(image) for image in images], labels
 
 
-def latency(url: str, name: str, pngs, clients: int, total: int):
-  """(p50 ms, p99 ms, requests/s) of `total` one-image requests."""
-  bodies = [{"instances": [{"b64": base64.b64encode(p).decode()}]} for p in pngs]
+def test_pngs(data: str, count: int) -> List[bytes]:
+  return cifar10_split(data, "test", count)[0]
+
+
+def p50_ms(fn: Callable, repeats: int = 300) -> float:
+  for _ in range(20):
+    fn()
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - start)
+  return float(np.percentile(times, 50) * 1e3)
+
+
+# --------------------------------------------------------------------------
+# 1. One image, step by step
+# --------------------------------------------------------------------------
+def breakdown(model_dir: str, png: bytes) -> Dict[str, float]:
+  """{step: p50 ms} of one image's request, in this process."""
+  import tensorflow as tf
+  from serving.server import _format_outputs, decode_instances
+  body = orjson.dumps({"instances": [{"b64": base64.b64encode(png).decode()}]})
+  model = load_version(model_dir)
+  saved = model.saved_model
+  images = getattr(saved, names.PREPARE_IMAGE_BYTES)(tf.constant([png]))
+  steps = {
+      "JSON + base64 of the request": lambda: decode_instances(orjson.loads(body),
+                                                                names.IMAGE_BYTES_INPUT),
+      "decoding + Transform (saved function)":
+          lambda: getattr(saved, names.PREPARE_IMAGE_BYTES)(tf.constant([png])).numpy()}
+  for precision, signature in PRECISIONS.items():
+    embed = getattr(saved, names.EMBED_IMAGES[signature])
+    compiled = model.compiled(signature)
+    compiled.compile(1)
+    steps[f"encoder + whitening, {precision}, op by op"] = \
+        lambda e=embed: e(images)[names.EMBEDDING_KEY].numpy()
+    steps[f"encoder + whitening, {precision}, compiled"] = \
+        lambda c=compiled: c.compiled_embed(images)[names.EMBEDDING_KEY].numpy()
+  for precision, signature in PRECISIONS.items():
+    function = model.signatures[signature].function
+    steps[f"the {signature} signature as saved (all of it)"] = \
+        lambda f=function: f(image_bytes=tf.constant([png]))[names.EMBEDDING_KEY].numpy()
+    steps[f"the {signature} signature compiled (all of it)"] = \
+        lambda s=signature: model.run(s, [png])
+  outputs = model.run(SERVING_DEFAULT, [png])
+  steps["JSON of the response"] = lambda: orjson.dumps(_format_outputs(outputs, False),
+                                                       option=orjson.OPT_SERIALIZE_NUMPY)
+  return {step: p50_ms(fn) for step, fn in steps.items()}
+
+
+# --------------------------------------------------------------------------
+# 2. Batch embedding
+# --------------------------------------------------------------------------
+def batch_embedding(model: LoadedModel, signature: str, pngs: List[bytes],
+                    batch_size: int) -> float:
+  """img/s of the batch CLI's loop, after a first pass (tracing, compiling)."""
+  def batches():
+    return (pngs[i:i + batch_size] for i in range(0, len(pngs), batch_size))
+  ids = list(range(len(pngs)))
+  embed_all(model, signature, batches(), ids, progress=False)
+  start = time.perf_counter()
+  embed_all(model, signature, batches(), ids, progress=False)
+  return len(pngs) / (time.perf_counter() - start)
+
+
+# --------------------------------------------------------------------------
+# 3. The server
+# --------------------------------------------------------------------------
+def rest_client(url: str, name: str, pngs: List[bytes], size: int) -> Callable:
+  bodies = [orjson.dumps({"instances": [{"b64": base64.b64encode(p).decode()}
+                                        for p in pngs[i:i + size]]})
+            for i in range(0, len(pngs) - size + 1, size)]
   local = threading.local()
 
-  def one(i):
+  def call(i: int) -> None:
     session = getattr(local, "session", None) or requests.Session()
     local.session = session
-    start = time.perf_counter()
-    r = session.post(f"{url}/v1/models/{name}:predict", json=bodies[i % len(bodies)])
-    elapsed = time.perf_counter() - start
+    r = session.post(f"{url}/v1/models/{name}:predict", data=bodies[i % len(bodies)],
+                     headers={"Content-Type": "application/json"})
     if r.status_code != 200:
-      raise RuntimeError(f"request {i}: {r.status_code} {r.text}")
-    return elapsed
+      raise RuntimeError(f"REST request {i}: {r.status_code} {r.text[:200]}")
+  return call
 
-  for i in range(min(50, total)):        # warm-up: connections, first calls
-    one(i)
-  start = time.perf_counter()
+
+def grpc_client(target: str, name: str, pngs: List[bytes], size: int) -> Callable:
+  import grpc
+  from tensorflow_serving.apis import prediction_service_pb2_grpc
+  from serving.grpc_api import predict_request
+  requests_ = [predict_request(name, pngs[i:i + size])
+               for i in range(0, len(pngs) - size + 1, size)]
+  local = threading.local()
+
+  def call(i: int) -> None:
+    stub = getattr(local, "stub", None)
+    if stub is None:
+      local.channel = grpc.insecure_channel(target)
+      stub = local.stub = prediction_service_pb2_grpc.PredictionServiceStub(local.channel)
+    stub.Predict(requests_[i % len(requests_)], timeout=120)
+  return call
+
+
+def load_test(call: Callable, clients: int, total: int):
+  """(p50 ms, p99 ms, requests/s) of `total` calls from `clients` threads."""
+  def timed(i):
+    start = time.perf_counter()
+    call(i)
+    return time.perf_counter() - start
+
   with concurrent.futures.ThreadPoolExecutor(clients) as pool:
-    seconds = np.array(list(pool.map(one, range(total))))
-  wall = time.perf_counter() - start
-  return (np.percentile(seconds, 50) * 1e3, np.percentile(seconds, 99) * 1e3,
-          total / wall)
+    list(pool.map(timed, range(min(total, 10 * clients))))    # warm-up
+    start = time.perf_counter()
+    seconds = np.array(list(pool.map(timed, range(total))))
+    wall = time.perf_counter() - start
+  return np.percentile(seconds, 50) * 1e3, np.percentile(seconds, 99) * 1e3, total / wall
 
 
-def batch_embedding(model_dir: str, pngs, batch_size: int) -> float:
-  model = load_version(model_dir)
-  batches = lambda: (pngs[i:i + batch_size] for i in range(0, len(pngs), batch_size))  # noqa: E731
-  embed_all(model, SERVING_DEFAULT, batches(), list(range(len(pngs))), progress=False)
-  start = time.perf_counter()                                  # timed second pass
-  embed_all(model, SERVING_DEFAULT, batches(), list(range(len(pngs))), progress=False)
-  return len(pngs) / (time.perf_counter() - start)
+def rss_mb(pid: int) -> float:
+  with open(f"/proc/{pid}/status") as f:
+    return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
+
+
+def cold_start(model_dir: str, flags: List[str], png: bytes) -> float:
+  """Seconds from starting the server process to its first answered request."""
+  name = os.path.basename(os.path.abspath(model_dir))
+  body = {"instances": [{"b64": base64.b64encode(png).decode()}]}
+  start = time.perf_counter()
+  with ServerProcess(["--model-dir", model_dir, *flags]) as server:
+    r = requests.post(f"{server.url}/v1/models/{name}:predict", json=body)
+    r.raise_for_status()
+    return time.perf_counter() - start
+
+
+# --------------------------------------------------------------------------
+# 4. bfloat16 against float32
+# --------------------------------------------------------------------------
+def quality(model: LoadedModel, data: str, batch_size: int = 256) -> Dict[str, Dict]:
+  """Per precision: linear probe and k-NN test accuracy from its embeddings;
+  and the cosine between the precisions' embeddings."""
+  import tensorflow as tf
+  from models.evaluation import knn_predict
+  train, train_labels = cifar10_split(data, "train")
+  test, test_labels = cifar10_split(data, "test")
+  head = model.saved_model.head
+  results, embedded = {}, {}
+  for precision, signature in PRECISIONS.items():
+    def embed(pngs, signature=signature):
+      batches = (pngs[i:i + batch_size] for i in range(0, len(pngs), batch_size))
+      return embed_all(model, signature, batches, list(range(len(pngs))), progress=False)[0]
+    bank, queries = embed(train), embed(test)
+    logits = head(tf.constant(queries), training=False).numpy()
+    results[precision] = dict(
+        lp=float(np.mean(np.argmax(logits, -1) == test_labels)),
+        knn=float(np.mean(knn_predict(bank, train_labels, queries, names.KNN_K)
+                          == test_labels)))
+    embedded[precision] = queries
+  a, b = embedded["float32"], embedded["bfloat16"]
+  cosine = np.sum(a * b, 1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+  results["cosine"] = dict(min=float(cosine.min()), mean=float(cosine.mean()))
+  return results
 
 
 def main(argv=None):
@@ -79,43 +232,75 @@ def main(argv=None):
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--model-dir", default=names.serving_model_dir())
   p.add_argument("--data", default=os.environ.get(names.CIFAR10_ENV))
-  p.add_argument("--requests", type=int, default=1000, help="per concurrency level")
-  p.add_argument("--clients", default="1,8,32")
-  p.add_argument("--batch-sizes", default="64,256,1024")
-  p.add_argument("--images", type=int, default=10000, help="for batch embedding")
-  p.add_argument("--roofline", metavar="PROFILE", default=None,
-                 help="also print the float32 matmul bound on batch embedding for "
-                      "a model of this profile's shape (the pushed model's)")
+  p.add_argument("--requests", type=int, default=300,
+                 help="one-image requests per cell; bigger requests send as many images")
+  p.add_argument("--clients", default="1,8")
+  p.add_argument("--batch-sizes", default="1,32,256", help="images per request")
+  p.add_argument("--images", type=int, default=5120, help="for batch embedding")
+  p.add_argument("--roofline", metavar="PROFILE", default="cpu",
+                 help="the profile whose model shape the matmul bound counts (the "
+                      "pushed model's)")
+  p.add_argument("--quality", action="store_true",
+                 help="also LP and k-NN of bfloat16 against float32 (embeds CIFAR-10 twice)")
   args = p.parse_args(argv)
 
+  print(host_line(), flush=True)
   pngs = test_pngs(args.data, args.images)
   model = load_version(args.model_dir)
-  print(f"model {model.path} (version {model.version}); {len(pngs)} CIFAR-10 test PNGs")
-  lines, bound = [], None
-  if args.roofline:
-    bound, line = roofline.img_per_second_bound(
-        "float32", roofline.embedding_flops(config_lib.get_profile(args.roofline).model))
-    lines.append(f"{args.roofline} profile's encoder, {line}")
-    print(lines[-1], flush=True)
-  for batch_size in [int(b) for b in args.batch_sizes.split(",")]:
-    ips = batch_embedding(args.model_dir, pngs, batch_size)
-    lines.append(f"batch embedding, batch {batch_size:5d}: {ips:7.0f} img/s"
-                 + (f", {ips / bound:.0%} of the matmul bound" if bound else ""))
-    print(lines[-1], flush=True)
   name = os.path.basename(os.path.abspath(args.model_dir))
-  with ServerProcess(["--model-dir", args.model_dir]) as server:
-    for clients in [int(c) for c in args.clients.split(",")]:
-      p50, p99, rps = latency(server.url, name, pngs, clients, args.requests)
-      lines.append(f"server, {clients:2d} client(s), {args.requests} one-image requests: "
-                   f"p50 {p50:6.1f} ms  p99 {p99:6.1f} ms  {rps:6.0f} req/s")
-      print(lines[-1], flush=True)
-    metrics = requests.get(f"{server.url}/monitoring/prometheus/metrics").text
-  calls = dict(line.rsplit(" ", 1) for line in metrics.splitlines()
-               if line.startswith("mae_tfx_model"))
-  lines.append(f"server batching: {calls['mae_tfx_model_instances_total']} instances in "
-               f"{calls['mae_tfx_model_calls_total']} model calls")
-  print("\n".join(["summary:"] + lines))
+  print(f"model {model.path} (version {model.version}); {len(pngs)} CIFAR-10 test PNGs",
+        flush=True)
+  if not all(sig in model.signatures for sig in PRECISIONS.values()):
+    raise SystemExit(f"{model.path} has no {SERVING_BFLOAT16} signature: push a model "
+                     "with this version of the project")
+
+  print("\n1. one image, step by step (p50 ms, in process):", flush=True)
+  steps = breakdown(args.model_dir, pngs[0])
+  for step, ms in steps.items():
+    print(f"  {step:55s} {ms:6.2f}", flush=True)
+
+  print("\n2. batch embedding, batches of 256 (serving.embed):", flush=True)
+  flops = roofline.embedding_flops(config_lib.get_profile(args.roofline).model)
+  for precision, signature in PRECISIONS.items():
+    policy = "float32" if precision == "float32" else "mixed_bfloat16"
+    bound, line = roofline.img_per_second_bound(policy, flops)
+    print(f"  bound: {line}", flush=True)
+    for compiled in (False, True):
+      loaded = LoadedModel(model.version, model.path, compiled=compiled)
+      ips = batch_embedding(loaded, signature, pngs, 256)
+      print(f"  {precision}, {'compiled' if compiled else 'as saved'}: {ips:7.0f} img/s, "
+            f"{ips / bound:.0%} of the bound", flush=True)
+
+  sizes = [int(b) for b in args.batch_sizes.split(",")]
+  print("\n3. the server on loopback (p50 / p99 ms, img/s):", flush=True)
+  for label, flags in CONFIGS:
+    seconds = cold_start(args.model_dir, flags, pngs[0])
+    with ServerProcess(["--model-dir", args.model_dir, "--poll-seconds", "60", *flags]) \
+        as server:
+      time.sleep(1.0)
+      print(f"  {label}: cold start {seconds:.1f} s, RSS {rss_mb(server.process.pid):.0f} MB "
+            "after loading", flush=True)
+      for api, client in (("REST", lambda s: rest_client(server.url, name, pngs, s)),
+                          ("gRPC", lambda s: grpc_client(server.grpc_target, name, pngs, s))):
+        for size in sizes:
+          call = client(size)
+          for clients in [int(c) for c in args.clients.split(",")]:
+            total = max(4 * clients, args.requests // size)
+            p50, p99, rps = load_test(call, clients, total)
+            print(f"    {api:4s} {clients:2d} client(s), {size:3d} image(s) a request: "
+                  f"p50 {p50:7.2f}  p99 {p99:7.2f}  {rps * size:6.0f} img/s", flush=True)
+      print(f"    RSS after the load: {rss_mb(server.process.pid):.0f} MB", flush=True)
+
+  if args.quality:
+    print("\n4. bfloat16 against float32 on CIFAR-10 (the model's own probe; k-NN k = "
+          f"{names.KNN_K}, the train split as the bank):", flush=True)
+    results = quality(LoadedModel(model.version, model.path), args.data)
+    for precision in PRECISIONS:
+      r = results[precision]
+      print(f"  {precision}: LP {100 * r['lp']:.2f} %, k-NN {100 * r['knn']:.2f} %")
+    print(f"  cosine bfloat16 vs float32 embeddings: min {results['cosine']['min']:.5f}, "
+          f"mean {results['cosine']['mean']:.6f}")
 
 
 if __name__ == "__main__":
-  main()
+  sys.exit(main())

@@ -3,11 +3,11 @@ middle, and a flood against the load-shedding bound.
 
   python -m benchmarks.serving_soak --model-dir outputs/serving_model/mae-tfx \
       --data ../shared/data/cifar10 [--seconds 60] [--clients 16] [--push MODEL_DIR]
-      [--max-queued 512]
+      [--max-queued 512] [--images-per-request 2] [--bad-every 3]
 
 Soak: `--clients` threads (keep-alive sessions) send for `--seconds` a mix of
-good 2-image `:predict` requests and bad ones (broken JSON, bad base64, a
-non-image), while the server's RSS is sampled; with `--push`, that SavedModel
+good 2-image `:predict` requests and (every 3rd) bad ones (broken JSON, bad
+base64, a non-image), while the server's RSS is sampled; with `--push`, that SavedModel
 is pushed as a new version half-way (the Pusher's own `push_to_filesystem`).
 Prints requests by status, dropped connections, p50/p99 of good requests,
 the versions that answered, and RSS over time. Flood (`--flood`): clients
@@ -28,15 +28,10 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 import requests
 
-from benchmarks.serving import test_pngs
+from benchmarks.serving import rss_mb, test_pngs
 from serving.launch import ServerProcess
 
 NAME = "mae-tfx"
-
-
-def rss_mb(pid: int) -> float:
-  with open(f"/proc/{pid}/status") as f:
-    return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
 
 
 def soak(url: str, pngs: List[bytes], seconds: float, clients: int,
@@ -107,6 +102,10 @@ def main(argv=None):
   p.add_argument("--max-queued", type=int, default=512)
   p.add_argument("--flood", action="store_true",
                  help="32-image requests as fast as possible, no bad ones")
+  p.add_argument("--images-per-request", type=int, default=None,
+                 help="images in each good request (default 2; --flood: 32)")
+  p.add_argument("--bad-every", type=int, default=None,
+                 help="every N-th request is a bad one (default 3; 0: none; --flood: 0)")
   args = p.parse_args(argv)
   from components.versioned_pusher import push_to_filesystem
   import shutil
@@ -126,8 +125,9 @@ def main(argv=None):
 
       outcome = soak(server.url, pngs, args.seconds, args.clients,
                      on_half=push if args.push else None,
-                     images_per_request=32 if args.flood else 2,
-                     bad_every=0 if args.flood else 3)
+                     images_per_request=args.images_per_request or (32 if args.flood else 2),
+                     bad_every=(args.bad_every if args.bad_every is not None
+                                else 0 if args.flood else 3))
       samples.append(("end", rss_mb(pid)))
       settle = soak(server.url, pngs, args.seconds / 2, args.clients)
       samples.append(("after a second soak", rss_mb(pid)))

@@ -45,6 +45,7 @@ KNN_KS = (20, 200)
 
 # ---- serving signatures of the pushed SavedModel ---------------------------
 SERVING_DEFAULT = "serving_default"       # image_bytes -> embedding
+SERVING_BFLOAT16 = "serving_bfloat16"     # the same, the encoder computing in bfloat16
 EMBED_EXAMPLES = "embed_examples"         # examples -> embedding
 CLASSIFY_EXAMPLES = "classify_examples"   # examples -> probabilities, knn_probabilities
 IMAGE_BYTES_INPUT = "image_bytes"         # "_bytes": TF Serving's REST API takes b64
@@ -53,6 +54,13 @@ EMBEDDING_KEY = "embedding"
 PROBABILITIES_KEY = "probabilities"
 CLASS_NAME_OUTPUT = "class_name"          # classify_examples: the most probable class
 KNN_PROBABILITIES_KEY = "knn_probabilities"  # classify_examples: the k-NN votes
+# The pieces of the image-bytes signatures, saved beside them as functions
+# (not signatures: TF Serving ignores them) so a server can compile the
+# part after decoding (serving.model_store): {signature: embedding function}
+# and the decoding + Transform function they share.
+PREPARE_IMAGE_BYTES = "prepare_image_bytes"    # image_bytes -> Transform's images
+EMBED_IMAGES = {SERVING_DEFAULT: "embed_images",  # Transform's images -> embedding
+                SERVING_BFLOAT16: "embed_images_bfloat16"}
 # The two classifiers as the log, the report and the figures name them.
 CLASSIFIER_TITLES = {PROBABILITIES_KEY: "linear probe", KNN_PROBABILITIES_KEY: f"{KNN_K}-NN"}
 

@@ -8,7 +8,8 @@ to an embeddings file (`serving.embeddings`).
       --out cifar10_test.npz                   # a split of the newest run's Examples
 
 Images (PNG/JPEG/BMP/GIF, any size) go through the model's `serving_default`
-signature, examples through `embed_examples`: the same preparation as every
+signature (`--precision bfloat16`: `serving_bfloat16`), compiled as the
+server compiles it (`serving.compiled`), examples through `embed_examples`: the same preparation as every
 other caller. In a folder laid out as `<root>/<label>/<image>`, labels are the
 sub-folder names; ids are paths relative to `<root>`. Examples' ids are the
 ones the pushed index gives them (`models.examples.search_id`). An image that cannot be
@@ -29,7 +30,7 @@ from tqdm import tqdm
 
 from models import image_files, names
 from models.examples import read_examples
-from models.names import EMBED_EXAMPLES, SERVING_DEFAULT
+from models.names import EMBED_EXAMPLES, SERVING_BFLOAT16, SERVING_DEFAULT
 from serving.embeddings import EmbeddingsFile
 from serving.model_store import LoadedModel, load_version
 
@@ -100,6 +101,9 @@ def main(argv=None) -> EmbeddingsFile:
                  help="with --examples: which split (default %(default)s)")
   p.add_argument("--out", required=True, help="embeddings file to write (.npz)")
   p.add_argument("--batch-size", type=int, default=256)
+  p.add_argument("--precision", choices=["float32", "bfloat16"], default="float32",
+                 help="with --images: serving_default, or serving_bfloat16 (about twice "
+                      "as fast on a CPU with native bfloat16)")
   p.add_argument("--skip-bad", action="store_true")
   p.add_argument("--no-progress", action="store_true")
   args = p.parse_args(sys.argv[1:] if argv is None else argv)
@@ -107,7 +111,8 @@ def main(argv=None) -> EmbeddingsFile:
   model = load_version(args.model_dir)
   if args.images:
     paths, ids, labels = list_images(args.images)
-    signature, source = SERVING_DEFAULT, os.path.abspath(args.images)
+    signature = SERVING_BFLOAT16 if args.precision == "bfloat16" else SERVING_DEFAULT
+    source = os.path.abspath(args.images)
     batches = image_batches(paths, args.batch_size)
   else:
     examples = args.examples

@@ -10,6 +10,7 @@ import time
 from typing import List, Optional
 
 _LISTENING = re.compile(r"^serving\.server: .* on (http://\S+)$")
+_GRPC = re.compile(r"^serving\.server: gRPC on (\S+)$")
 
 
 class ServerProcess:
@@ -18,11 +19,13 @@ class ServerProcess:
   def __init__(self, args: List[str], timeout_seconds: float = 180.0):
     self.args, self.timeout = list(args), timeout_seconds
     self.url: Optional[str] = None
+    self.grpc_target: Optional[str] = None     # host:port, for grpc.insecure_channel
     self.stderr_lines: List[str] = []
     self.process: Optional[subprocess.Popen] = None
 
   def __enter__(self) -> "ServerProcess":
-    args = self.args if "--port" in self.args else self.args + ["--port", "0"]
+    args = self.args + [a for flag in ("--port", "--grpc-port") if flag not in self.args
+                        for a in (flag, "0")]
     project = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [project] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
@@ -42,6 +45,9 @@ class ServerProcess:
 
   def _collect_stdout(self) -> None:
     for line in self.process.stdout:
+      grpc_match = _GRPC.match(line.strip())
+      if grpc_match:
+        self.grpc_target = grpc_match.group(1)
       match = _LISTENING.match(line.strip())
       if match and not self._listening.is_set():
         self.url = match.group(1)

@@ -19,9 +19,12 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
+from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 
 from models import search_index
-from models.names import SEARCH_INDEX_DIR, SERVING_DEFAULT, pushed_versions
+from models.names import (EMBED_IMAGES, PREPARE_IMAGE_BYTES, SEARCH_INDEX_DIR,
+                          SERVING_BFLOAT16, SERVING_DEFAULT, pushed_versions)
+from serving.compiled import CompiledImageSignature
 
 log = logging.getLogger("serving.model_store")
 
@@ -36,7 +39,16 @@ def error_summary(error: tf.errors.OpError) -> str:
 
 
 class NotFound(LookupError):
-  """An unknown model version or signature (a 404 / 400 for the client)."""
+  """An unknown model or version (REST 404, gRPC NOT_FOUND)."""
+
+
+class UnknownSignature(NotFound):
+  """A signature the version does not have (REST 400: the body names it;
+  gRPC FAILED_PRECONDITION, as TF Serving answers)."""
+
+
+class BadRequest(ValueError):
+  """A request the client must fix (REST 400, gRPC INVALID_ARGUMENT)."""
 
 
 @dataclasses.dataclass
@@ -59,16 +71,23 @@ class LoadedModel:
   """One SavedModel version, its string-input signatures, and the search
   index pushed with it (None when it has none). A version whose index is
   there but cannot be loaded fails to load as a whole: model and index are
-  served together or not at all."""
+  served together or not at all.
 
-  def __init__(self, version: int, path: str):
+  Image-bytes signatures whose halves the version saved run compiled
+  (`serving.compiled`, up to `max_batch` images a call, buckets compiled in
+  the background with `compile_in_background` (a server), else on first
+  need; `compiled=False`: always the signature). `precision` "bfloat16" answers `serving_default`
+  with `serving_bfloat16` (when the version has it)."""
+
+  def __init__(self, version: int, path: str, max_batch: int = 256, compiled: bool = True,
+               precision: str = "float32", compile_in_background: bool = False):
     self.version, self.path = version, path
     index_dir = os.path.join(path, SEARCH_INDEX_DIR)
     self.index: Optional[search_index.SearchIndex] = (
         search_index.load(index_dir) if tf.io.gfile.exists(index_dir) else None)
-    self._saved_model = tf.saved_model.load(path)
+    self.saved_model = tf.saved_model.load(path)
     self.signatures: Dict[str, Signature] = {}
-    for name, function in self._saved_model.signatures.items():
+    for name, function in self.saved_model.signatures.items():
       inputs = function.structured_input_signature[1]
       if len(inputs) == 1 and next(iter(inputs.values())).dtype == tf.string:
         self.signatures[name] = Signature(name, next(iter(inputs)),
@@ -76,18 +95,52 @@ class LoadedModel:
                                           function)
     if not self.signatures:
       raise ValueError(f"{path} has no signature with one string input")
+    self.precision = ("bfloat16" if precision == "bfloat16" and SERVING_BFLOAT16
+                      in self.signatures else "float32")
+    self._compiled: Dict[str, CompiledImageSignature] = {}
+    prepare = getattr(self.saved_model, PREPARE_IMAGE_BYTES, None)
+    for name, function in (EMBED_IMAGES.items() if compiled and prepare else ()):
+      embed = getattr(self.saved_model, function, None)
+      if embed is not None and name in self.signatures:
+        self._compiled[name] = CompiledImageSignature(name, prepare, embed, max_batch,
+                                                      compile_in_background)
+    self._signature_defs: Optional[Dict[str, meta_graph_pb2.SignatureDef]] = None
 
   def signature(self, name: str) -> Signature:
     if name not in self.signatures:
-      raise NotFound(f"signature {name!r} not found in version {self.version}; "
+      raise UnknownSignature(f"signature {name!r} not found in version {self.version}; "
                      f"available: {sorted(self.signatures)}")
     return self.signatures[name]
 
+  def signature_defs(self) -> Dict[str, meta_graph_pb2.SignatureDef]:
+    """The SignatureDefs of the served signatures, as saved (what TF
+    Serving's GetModelMetadata returns)."""
+    if self._signature_defs is None:
+      saved = saved_model_pb2.SavedModel()
+      with tf.io.gfile.GFile(os.path.join(self.path, "saved_model.pb"), "rb") as f:
+        saved.ParseFromString(f.read())
+      self._signature_defs = {name: saved.meta_graphs[0].signature_def[name]
+                              for name in sorted(self.signatures)}
+    return self._signature_defs
+
   def run(self, signature_name: str, values: List[bytes]) -> Dict[str, np.ndarray]:
     """Calls one signature on a batch of strings; {output: [B, ...] array}."""
-    sig = self.signature(signature_name)
+    sig = self.signature(self._answered_by(signature_name))
+    compiled = self.compiled(sig.name)
+    outputs = compiled.run(values) if compiled else None
+    if outputs is not None:
+      return outputs
     outputs = sig.function(**{sig.input_name: tf.constant(values, tf.string)})
     return {k: v.numpy() for k, v in outputs.items()}
+
+  def compiled(self, signature_name: str) -> Optional[CompiledImageSignature]:
+    """The compiled path that answers `signature_name`, if any."""
+    return self._compiled.get(self._answered_by(signature_name))
+
+  def _answered_by(self, signature_name: str) -> str:
+    if signature_name == SERVING_DEFAULT and self.precision == "bfloat16":
+      return SERVING_BFLOAT16
+    return signature_name
 
   def run_isolating_errors(self, signature_name: str, values: List[bytes]
                            ) -> Tuple[Optional[Dict[str, np.ndarray]], List[int],
@@ -110,12 +163,21 @@ class LoadedModel:
     outputs = {k: np.concatenate([r[k] for r in ran]) for k in ran[0]} if ran else None
     return outputs, kept, errors
 
+  def close(self, wait: bool = True) -> None:
+    """Stops background compiling (`wait`: waits for the compile in progress)."""
+    for compiled in self._compiled.values():
+      compiled.close(wait)
+
   def warm_up(self) -> None:
-    """One call of `serving_default` on a black 32x32 PNG, so the first
-    client request does not pay for graph initialisation."""
+    """One call of `serving_default` on a black 32x32 PNG, and its
+    one-image bucket compiled, so the first client request pays for neither
+    graph initialisation nor the compiler."""
     if SERVING_DEFAULT in self.signatures:
       png = tf.io.encode_png(tf.zeros([32, 32, 3], tf.uint8)).numpy()
       self.run(SERVING_DEFAULT, [png])
+      compiled = self.compiled(SERVING_DEFAULT)
+      if compiled:
+        compiled.compile(1)
 
 
 def versions_on_disk(base_dir: str) -> List[int]:
@@ -164,8 +226,11 @@ class ModelStore:
   """Serves the newest version of the model under `base_dir`, any other
   version on request; `refresh` (or the polling thread) picks up new ones."""
 
-  def __init__(self, base_dir: str, name: str, max_loaded: int = 3):
+  def __init__(self, base_dir: str, name: str, max_loaded: int = 3, max_batch: int = 256,
+               precision: str = "float32", compiled: bool = True):
     self.base_dir, self.name, self.max_loaded = base_dir, name, max(1, max_loaded)
+    self.load_options = dict(max_batch=max_batch, precision=precision, compiled=compiled,
+                             compile_in_background=True)
     self._loaded: "collections.OrderedDict[int, LoadedModel]" = collections.OrderedDict()
     self._failed: Dict[int, str] = {}
     self._latest: Optional[int] = None
@@ -204,6 +269,10 @@ class ModelStore:
       log.info("Serving %s version %d from %s", self.name, version, model.path)
       break
     return self._latest
+
+  def check_name(self, name: str) -> None:
+    if name != self.name:
+      raise NotFound(f"model {name!r} not found; this server serves {self.name!r}")
 
   def get(self, version: Optional[int] = None) -> LoadedModel:
     """The latest version, or `version` (loaded on first use)."""
@@ -264,11 +333,16 @@ class ModelStore:
     self._stop.set()
     if self._poller:
       self._poller.join(timeout=5)
+    with self._lock:
+      loaded = list(self._loaded.values())
+    for model in loaded:
+      model.close()
 
   # ---- internals ---------------------------------------------------------
   def _load(self, version: int) -> LoadedModel:
     start = time.perf_counter()
-    model = LoadedModel(version, os.path.join(self.base_dir, str(version)))
+    model = LoadedModel(version, os.path.join(self.base_dir, str(version)),
+                        **self.load_options)
     log.info("Loaded %s version %d in %.1f s", self.name, version,
                  time.perf_counter() - start)
     return model
@@ -280,5 +354,5 @@ class ModelStore:
     self._loaded.move_to_end(model.version)
     while len(self._loaded) > self.max_loaded:
       evict = next(v for v in self._loaded if v != self._latest and v != model.version)
-      del self._loaded[evict]
+      self._loaded.pop(evict).close(wait=False)
     return model

@@ -11,6 +11,10 @@
                                                     "threshold": optional cosine}
   GET  /monitoring/prometheus/metrics              request and batching counters
 
+and TF Serving's gRPC API on --grpc-port (8500, as TF Serving's --port):
+PredictionService Predict / GetModelMetadata, ModelService GetModelStatus
+(`serving.grpc_api`), sharing the model store, batcher and shutdown.
+
 Serves the newest version under --model-dir and loads a newly pushed one
 without a restart (polling, like TF Serving's file-system poll). Concurrent
 requests are merged into one model call (`serving.batcher`). Every bad
@@ -43,14 +47,17 @@ if __name__ == "__main__":
 # pylint: disable=wrong-import-position
 
 import numpy as np
+import orjson
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from models import search_index
+from models.precision import cpu_has_native_bfloat16
 from models.names import SEARCH_INDEX_DIR, SERVING_DEFAULT
+from serving import grpc_api
 from serving.batcher import BadInstance, Batcher, Overloaded
 from serving.embeddings import EmbeddingsFile
-from serving.model_store import ModelStore, NotFound
+from serving.model_store import BadRequest, ModelStore, NotFound
 
 log = logging.getLogger("serving")
 
@@ -61,18 +68,14 @@ RESPONSES = web.AppKey("responses", collections.Counter)   # status -> count
 MAX_NEIGHBOURS = 1000
 
 
-class BadRequest(ValueError):
-  """A request the client must fix (400)."""
-
-
 # --------------------------------------------------------------------------
 # Request parsing (TF Serving REST semantics, string inputs as {"b64": ...})
 # --------------------------------------------------------------------------
 async def read_json_object(request: web.Request) -> Dict:
   raw = await request.read()        # 413 past the app's client_max_size
   try:
-    body = json.loads(raw)
-  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    body = orjson.loads(raw)
+  except orjson.JSONDecodeError as e:
     raise BadRequest(f"request body is not valid JSON: {e}") from None
   if not isinstance(body, dict):
     raise BadRequest(f"request body must be a JSON object, got {type(body).__name__}")
@@ -125,9 +128,7 @@ def _version(request: web.Request) -> Optional[int]:
 
 def _check_name(request: web.Request) -> ModelStore:
   store = request.app[STORE]
-  name = request.match_info["name"]
-  if name != store.name:
-    raise NotFound(f"model {name!r} not found; this server serves {store.name!r}")
+  store.check_name(request.match_info["name"])
   return store
 
 
@@ -162,17 +163,20 @@ async def predict(request: web.Request) -> web.Response:
     raise BadRequest(e.args[0]) from None
   values = decode_instances(body, signature.input_name)
   outputs = await request.app[BATCHER].run(model, signature_name, values)
-  return web.json_response(_format_outputs(outputs, columnar="instances" not in body),
-                           headers={"X-Model-Version": str(model.version)})
+  return web.Response(body=orjson.dumps(_format_outputs(outputs, "instances" not in body),
+                                        option=orjson.OPT_SERIALIZE_NUMPY),
+                      content_type="application/json",
+                      headers={"X-Model-Version": str(model.version)})
 
 
 def _json_values(array) -> object:
-  """An output (or one instance's) as JSON values; strings (e.g.
+  """An output (or one instance's) as what orjson writes as JSON values:
+  numbers as the array itself (serialised in C); strings (e.g.
   classify_examples' class_name) as UTF-8 text, as TF Serving returns them."""
   array = np.asarray(array)
-  values = array.tolist()
   if array.dtype.kind not in ("S", "O"):
-    return values
+    return np.ascontiguousarray(array) if array.ndim else array.item()
+  values = array.tolist()
 
   def text(v):
     if isinstance(v, list):
@@ -322,12 +326,22 @@ def parse_args(argv):
                  help="base directory of numeric versions (the Pusher's destination)")
   p.add_argument("--model-name", default=None, help="default: the directory's name")
   p.add_argument("--host", default="127.0.0.1")
-  p.add_argument("--port", type=int, default=8501, help="0: any free port")
+  p.add_argument("--port", type=int, default=8501, help="REST; 0: any free port")
+  p.add_argument("--grpc-port", type=int, default=8500,
+                 help="TF Serving's gRPC API (TF Serving's --port); 0: any free port, "
+                      "-1: no gRPC")
   p.add_argument("--poll-seconds", type=float, default=2.0,
                  help="how often to look for a newly pushed version")
   p.add_argument("--max-body-mb", type=float, default=8.0)
   p.add_argument("--max-batch", type=int, default=256,
                  help="most instances merged into one model call")
+  p.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default="auto",
+                 help="what serving_default computes in: bfloat16 answers it with the "
+                      "version's serving_bfloat16 signature; auto: bfloat16 where the CPU "
+                      "has it natively, else float32")
+  p.add_argument("--no-compile", action="store_true",
+                 help="run every signature op by op, as saved (as TF Serving does), "
+                      "instead of compiling the encoder with XLA per batch size")
   p.add_argument("--max-queued", type=int, default=512,
                  help="most instances waiting for the model (about 1 s of work on 2 "
                       "cores); past it requests get 503 + Retry-After (load shedding)")
@@ -345,7 +359,12 @@ def parse_args(argv):
 
 async def serve(args) -> None:
   base = os.path.abspath(args.model_dir)
-  store = ModelStore(base, args.model_name or os.path.basename(base.rstrip("/")))
+  precision = args.precision
+  if precision == "auto":
+    precision = "bfloat16" if cpu_has_native_bfloat16() else "float32"
+  store = ModelStore(base, args.model_name or os.path.basename(base.rstrip("/")),
+                     max_batch=args.max_batch, precision=precision,
+                     compiled=not args.no_compile)
   # Load before listening, as TF Serving does: no request meets an empty
   # server, and a folder with nothing to serve is an error to fix now.
   if store.refresh() is None:
@@ -365,8 +384,15 @@ async def serve(args) -> None:
   site = web.TCPSite(runner, args.host, args.port)
   await site.start()
   host, port = site._server.sockets[0].getsockname()[:2]  # pylint: disable=protected-access
+  grpc_server = None
+  if args.grpc_port >= 0:
+    grpc_server, grpc_port = await grpc_api.start(
+        store, batcher, args.host, args.grpc_port, int(args.max_body_mb * (1 << 20)))
+    # Before the REST line: a client that waits for that line finds both up.
+    print(f"serving.server: gRPC on {args.host}:{grpc_port}", flush=True)
+  how = "as saved" if args.no_compile else "the encoder compiled per batch size"
   print(f"serving.server: model {store.name!r} version {store.latest_version} "
-        f"on http://{host}:{port}", flush=True)
+        f"(serving_default in {precision}, {how}) on http://{host}:{port}", flush=True)
   stop = asyncio.Event()
   for sig in (signal.SIGINT, signal.SIGTERM):
     asyncio.get_running_loop().add_signal_handler(sig, stop.set)
@@ -375,7 +401,8 @@ async def serve(args) -> None:
   # refused), requests in flight finish within --drain-seconds, then exit 0.
   print(f"serving.server: stopping; finishing requests in flight (at most "
         f"{args.drain_seconds:g} s)", flush=True)
-  await runner.cleanup()
+  await asyncio.gather(runner.cleanup(), *(
+      [grpc_server.stop(args.drain_seconds)] if grpc_server else []))
   store.stop()
   batcher.close()
   print("serving.server: stopped", flush=True)

@@ -164,24 +164,30 @@ def test_probe_ablation(smoke_run, capsys):
 
 
 def test_serving(model_base, small_cifar_dir, capsys):
-  requests_per_level, clients = 8, (1, 4)
   serving_benchmark.main(["--model-dir", model_base, "--data", small_cifar_dir,
-                          "--images", "16", "--batch-sizes", "8",
-                          "--requests", str(requests_per_level),
-                          "--clients", ",".join(map(str, clients))])
+                          "--images", "16", "--batch-sizes", "1,8", "--requests", "8",
+                          "--clients", "1,2", "--quality"])
   out = capsys.readouterr().out
   assert re.search(r"^model .* \(version \d+\); 16 CIFAR-10 test PNGs$", out, re.MULTILINE)
-  summary = out.split("summary:")[1]
-  (ips,), = all_figures(rf"^batch embedding, batch\s+8:\s+{NUM} img/s$", summary)
-  assert ips > 0
-  for c in clients:
-    p50, p99, rps = figures(rf"^server, \s*{c} client\(s\), {requests_per_level} one-image "
-                            rf"requests: p50\s+{NUM} ms  p99\s+{NUM} ms\s+{NUM} req/s$", summary)
-    assert 0 < p50 <= p99 and rps > 0
-  instances, calls = figures(rf"^server batching: {NUM} instances in {NUM} model calls$",
-                             summary)
-  # Each level: its warm-up requests, then the timed ones.
-  assert instances == 2 * requests_per_level * len(clients) and 0 < calls <= instances
+  steps = dict((m.group(1).strip(), float(m.group(2))) for m in re.finditer(
+      rf"^  (\S.*?)\s+{NUM}$", out.split("\n2. ")[0], re.MULTILINE))
+  assert len(steps) == 11 and all(ms >= 0 for ms in steps.values()), steps
+  for precision in ("float32", "bfloat16"):
+    for how in ("as saved", "compiled"):
+      ips, share = figures(rf"^  {precision}, {how}:\s+{NUM} img/s, {NUM}% of the bound$",
+                           out)
+      assert ips > 0 and share > 0
+  cells = all_figures(rf"^    (?:REST|gRPC)\s+[12] client\(s\),\s+[18] image\(s\) a "
+                      rf"request: p50\s+{NUM}  p99\s+{NUM}\s+{NUM} img/s$", out)
+  assert len(cells) == 3 * 2 * 2 * 2                 # configurations x APIs x sizes x clients
+  assert all(0 < p50 <= p99 and ips > 0 for p50, p99, ips in cells)
+  starts = all_figures(rf"cold start {NUM} s, RSS {NUM} MB after loading$", out)
+  assert len(starts) == 3 and all(s > 0 and rss > 0 for s, rss in starts)
+  for precision in ("float32", "bfloat16"):
+    lp, knn = figures(rf"^  {precision}: LP {NUM} %, k-NN {NUM} %$", out)
+    assert 0 <= lp <= 100 and 0 <= knn <= 100
+  low, mean = figures(rf"cosine bfloat16 vs float32 embeddings: min {NUM}, mean {NUM}$", out)
+  assert 0.99 < low <= mean <= 1.0 + 1e-6
 
 
 def test_serving_soak(model_base, smoke_run, small_cifar_dir, tmp_path, capsys):

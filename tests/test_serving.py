@@ -57,8 +57,10 @@ def index_file(model_base, image_folder, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(model_base, index_file):
+  # float32: what is compared with the SavedModel is serving_default as saved.
   with ServerProcess(["--model-dir", model_base, "--poll-seconds", "0.5",
-                      "--max-body-mb", "1", "--index", index_file]) as s:
+                      "--max-body-mb", "1", "--index", index_file,
+                      "--precision", "float32"]) as s:
     yield s
   assert "Traceback" not in s.stderr, s.stderr
 

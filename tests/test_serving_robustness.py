@@ -13,14 +13,18 @@ import signal
 import threading
 import time
 
+import grpc
 import pytest
 import requests
+import tensorflow as tf
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from benchmarks.serving_soak import rss_mb, soak
 from components.versioned_pusher import push_to_filesystem
 from pipeline.runs import pipeline_inputs
+from tensorflow_serving.apis import prediction_service_pb2_grpc
+from serving.grpc_api import predict_request
 from serving.launch import ServerProcess
 from serving.model_store import versions_on_disk
 from tests.conftest import export_random_classifier, png_bytes
@@ -87,14 +91,24 @@ def test_sigterm_finishes_requests_in_flight_refuses_new_ones_and_exits_0(model_
     while _metric(url, "mae_tfx_model_calls_total") == calls:       # the call started
       assert time.monotonic() < deadline
       time.sleep(0.02)
+    # A gRPC request queued behind it: in flight too.
+    channel = grpc.insecure_channel(server.grpc_target)
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    queued = stub.Predict.future(predict_request(NAME, [png_bytes(i) for i in test_images[:8]]),
+                                 timeout=60)
     start = time.monotonic()
     server.process.send_signal(signal.SIGTERM)
     time.sleep(0.3)
     with pytest.raises(requests.ConnectionError):
       requests.get(f"{url}/v1/models/{NAME}", timeout=5)
+    with pytest.raises(grpc.RpcError) as refused:
+      stub.Predict(predict_request(NAME, [png_bytes(test_images[0])]), timeout=5)
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
     client.join(60)
     assert reply["response"].status_code == 200
     assert len(reply["response"].json()["predictions"]) == 500
+    assert tf.make_ndarray(queued.result().outputs["embedding"]).shape[0] == 8
+    channel.close()
     assert server.process.wait(timeout=30) == 0
     assert time.monotonic() - start < 20
   assert "Traceback" not in server.stderr

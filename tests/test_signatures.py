@@ -1,11 +1,14 @@
-"""The exported SavedModel: one model, three TF-Serving-compatible signatures."""
+"""The exported SavedModel: one model, four TF-Serving-compatible signatures,
+and the halves of the image-bytes ones that the server compiles."""
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from models import config as config_lib
-from models.names import CLASSIFY_EXAMPLES, EMBED_EXAMPLES, SERVING_DEFAULT
+from models import names
+from models.names import (CLASSIFY_EXAMPLES, EMBED_EXAMPLES, SERVING_BFLOAT16,
+                          SERVING_DEFAULT)
 from tests.conftest import export_random_classifier, jpeg_bytes, png_bytes
 
 
@@ -26,8 +29,9 @@ def exported(transform_output, tmp_path_factory):
 def test_signatures_and_their_tensors(exported):
   _, loaded, dim = exported
   sigs = loaded.signatures
-  assert set(sigs) == {SERVING_DEFAULT, EMBED_EXAMPLES, CLASSIFY_EXAMPLES}
+  assert set(sigs) == {SERVING_DEFAULT, SERVING_BFLOAT16, EMBED_EXAMPLES, CLASSIFY_EXAMPLES}
   assert list(sigs[SERVING_DEFAULT].structured_input_signature[1]) == ["image_bytes"]
+  assert list(sigs[SERVING_BFLOAT16].structured_input_signature[1]) == ["image_bytes"]
   assert list(sigs[CLASSIFY_EXAMPLES].structured_input_signature[1]) == ["examples"]
   assert sigs[SERVING_DEFAULT].structured_outputs["embedding"].shape.as_list() == [
       None, dim]
@@ -93,3 +97,34 @@ def test_bytes_that_are_not_an_image_fail_loudly(exported):
   _, loaded, _ = exported
   with pytest.raises(tf.errors.InvalidArgumentError):
     loaded.signatures[SERVING_DEFAULT](image_bytes=tf.constant([b"not an image"]))
+
+
+# The floor the bfloat16 embedding keeps to the float32 one (8 bits of
+# mantissa in each matmul; whitening and pooling stay float32).
+BFLOAT16_COSINE_FLOOR = 0.999
+
+
+def cosines(a, b):
+  return np.sum(a * b, 1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+def test_serving_bfloat16_is_the_same_embedding_at_lower_precision(exported, cifar10_sample):
+  _, loaded, dim = exported
+  (images, _), _ = cifar10_sample
+  values = tf.constant([png_bytes(i) for i in images[:32]])
+  full = loaded.signatures[SERVING_DEFAULT](image_bytes=values)["embedding"].numpy()
+  half = loaded.signatures[SERVING_BFLOAT16](image_bytes=values)["embedding"].numpy()
+  assert half.shape == full.shape == (32, dim) and half.dtype == np.float32
+  assert cosines(full, half).min() > BFLOAT16_COSINE_FLOOR
+  assert not np.array_equal(full, half)          # it did compute in bfloat16
+
+
+def test_the_saved_halves_join_into_the_signatures(exported, cifar10_sample):
+  _, loaded, _ = exported
+  (images, _), _ = cifar10_sample
+  values = tf.constant([png_bytes(i) for i in images[:4]])
+  prepared = getattr(loaded, names.PREPARE_IMAGE_BYTES)(values)
+  for signature, function in names.EMBED_IMAGES.items():
+    joined = getattr(loaded, function)(prepared)["embedding"].numpy()
+    whole = loaded.signatures[signature](image_bytes=values)["embedding"].numpy()
+    np.testing.assert_allclose(joined, whole, atol=1e-6)
