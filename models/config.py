@@ -166,9 +166,10 @@ class PretrainConfig:
   warm_start: str = "auto"
   warm_start_epochs: int = 3
   # Data laid out in spans: how many of the newest spans the MAE reads, this
-  # run's and the earlier ones the gate passed (0: all). 1: a warm start
-  # learns what is new, at the cost of one span.
-  span_window: int = 1
+  # run's and the earlier ones the gate passed (0: all). All: a warm start
+  # keeps up with from scratch (within a point after five spans); 1, what
+  # is new only, costs less and falls behind (benchmarks/continuous.py).
+  span_window: int = 0
 
   def __post_init__(self):
     if self.warm_start not in WARM_START_MODES:

@@ -47,9 +47,12 @@ class Batcher:
     if max_queued < max_batch:
       raise ValueError(f"max_queued ({max_queued}) must be at least max_batch ({max_batch})")
     self.max_batch, self.max_queued = max_batch, max_queued
-    # One model call at a time by default: TensorFlow already spreads a call
-    # over the intra-op threads, and two calls would compete for the cores.
+    # `threads` model calls at once. One when TensorFlow spreads each call
+    # over all cores (its intra-op threads); one per core when each call
+    # runs on one (the server's default: a small call pays no thread
+    # handoffs, and two calls keep two cores busy).
     self._executor = concurrent.futures.ThreadPoolExecutor(threads, "model")
+    self._free_threads = asyncio.Semaphore(threads)
     self._pending: Dict[Tuple[int, str], collections.deque] = {}
     self._active = set()
     self.calls = 0          # model calls made (for tests and the benchmark)
@@ -95,13 +98,19 @@ class Batcher:
     queue = self._pending[key]
     try:
       while queue:
+        await self._free_threads.acquire()
+        if not queue:
+          self._free_threads.release()
+          break
         batch, size = [], 0
         while queue and (not batch or size + len(queue[0][1]) <= self.max_batch):
           item = queue.popleft()
           batch.append(item)
           size += len(item[1])
         self.queued -= size
-        await self._run_batch(batch, signature=key[1])
+        running = asyncio.get_running_loop().create_task(
+            self._run_batch(batch, signature=key[1]))
+        running.add_done_callback(lambda _: self._free_threads.release())
     finally:
       self._active.discard(key)
 

@@ -48,6 +48,7 @@ if __name__ == "__main__":
 
 import numpy as np
 import orjson
+import tensorflow as tf
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
@@ -342,6 +343,10 @@ def parse_args(argv):
   p.add_argument("--no-compile", action="store_true",
                  help="run every signature op by op, as saved (as TF Serving does), "
                       "instead of compiling the encoder with XLA per batch size")
+  p.add_argument("--model-threads", type=int, default=len(os.sched_getaffinity(0)),
+                 help="model calls at once, each on cores / N of TensorFlow's intra-op "
+                      "threads (default: one per core: a one-image call pays no thread "
+                      "handoffs; 1: each call spread over every core)")
   p.add_argument("--max-queued", type=int, default=512,
                  help="most instances waiting for the model (about 1 s of work on 2 "
                       "cores); past it requests get 503 + Retry-After (load shedding)")
@@ -359,6 +364,9 @@ def parse_args(argv):
 
 async def serve(args) -> None:
   base = os.path.abspath(args.model_dir)
+  # Before TensorFlow's runtime starts (the first model load starts it).
+  tf.config.threading.set_intra_op_parallelism_threads(
+      max(1, len(os.sched_getaffinity(0)) // max(1, args.model_threads)))
   precision = args.precision
   if precision == "auto":
     precision = "bfloat16" if cpu_has_native_bfloat16() else "float32"
@@ -376,7 +384,8 @@ async def serve(args) -> None:
             "first: `make pipeline`)"))
   store.start_polling(args.poll_seconds)
   index = EmbeddingsFile.load(args.index).index() if args.index else None
-  batcher = Batcher(max_batch=args.max_batch, max_queued=args.max_queued)
+  batcher = Batcher(max_batch=args.max_batch, threads=max(1, args.model_threads),
+                    max_queued=args.max_queued)
   app = create_app(store, batcher, index, int(args.max_body_mb * (1 << 20)))
   runner = web.AppRunner(app, access_log=log if args.access_log else None,
                          shutdown_timeout=args.drain_seconds)

@@ -7,9 +7,9 @@ the same output folder:
   2. the newest span (2): compared with span 1, warm-started from span 1's model;
   3. again, nothing new: every step from the cache, no new version;
   4. span 3 lacks a class: stopped, naming it; the served version stays;
-  5. span 3 again, drift only warned, with a wider encoder and a gate nobody
-     passes: from scratch (the architecture differs, said why), not
-     blessed, the served version stays.
+  5. span 3 again, drift only warned, with a wider encoder, the MAE on the
+     newest span only and a gate nobody passes: from scratch (the
+     architecture differs, said why), not blessed, the served version stays.
 """
 
 import json
@@ -84,7 +84,8 @@ def span_runs(cifar10_sample, tmp_path_factory):
   _write_span(root, 3, images, labels, classes=(0, 8))        # no cat
   done[4] = _run(root, output)
   done[5] = _run(root, output, "--min-accuracy", "1.01", "--overrides",
-                 json.dumps({"model": {"embed_dim": 48}, "validation": {"on_drift": "warn"}}))
+                 json.dumps({"model": {"embed_dim": 48}, "validation": {"on_drift": "warn"},
+                             "pretrain": {"span_window": 1}}))
   for step in (1, 2, 3, 5):
     assert done[step].returncode == 0, (step, done[step].log[-5000:])
   done["versions_after_2"] = versions_after_2
@@ -125,10 +126,10 @@ def test_the_newest_span_is_compared_with_the_last_and_warm_started(span_runs):
   assert warm["source"] == names.carried_mae_dir(
       os.path.join(first_probe, "Format-Serving")), warm
   assert len(_summary(second)["history"]) == 1          # smoke: warm_start_epochs 1 of 2
-  # The MAE read span 2 (pretrain.span_window 1); the probe spans 1 and 2
-  # (probe.span_window 0: every span the gate passed).
+  # The MAE and the probe read spans 1 and 2 (span_window 0: every span the
+  # gate passed; span 2 is span 1's photos mirrored, as many).
   first_count = _summary(first)["train_examples"]
-  assert _summary(second)["train_examples"] == first_count      # the same photos, mirrored
+  assert _summary(second)["train_examples"] == 2 * first_count
   assert _summary(second, names.PROBE_TRAINER)["train_examples"] == 2 * first_count
   assert "[mae_pretrain] warm start from the MAE of the latest blessed model" in second.log
   # The Evaluator's baseline is span 1's model, scored on span 2's test split.
@@ -173,5 +174,11 @@ def test_another_architecture_trains_from_scratch_and_an_unblessed_span_pushes_n
   # Span 3 against span 2 (the served model's data) drifted: with
   # on_drift=warn the run went on, saying what moved.
   assert re.search(r"drift \(on_drift=warn, the run goes on\):\n.*span 3 vs span 2", last.log)
+  # A window: the MAE read span 3 alone (pretrain.span_window 1), the probe
+  # spans 1 to 3 (probe.span_window 0).
+  span_3 = _summary(last)["train_examples"]
+  probe = _summary(last, names.PROBE_TRAINER)["train_examples"]
+  assert 0 < span_3 < _summary(span_runs[1])["train_examples"]     # two classes of three
+  assert probe == 2 * _summary(span_runs[1])["train_examples"] + span_3
   assert "Pusher: nothing pushed (the model was not blessed)" in last.log
   assert _versions(last.config) == span_runs["versions_after_2"]
