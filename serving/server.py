@@ -53,7 +53,6 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from models import search_index
-from models.precision import cpu_has_native_bfloat16
 from models.names import SEARCH_INDEX_DIR, SERVING_DEFAULT
 from serving import grpc_api
 from serving.batcher import BadInstance, Batcher, Overloaded
@@ -336,10 +335,11 @@ def parse_args(argv):
   p.add_argument("--max-body-mb", type=float, default=8.0)
   p.add_argument("--max-batch", type=int, default=256,
                  help="most instances merged into one model call")
-  p.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default="auto",
+  p.add_argument("--precision", choices=["float32", "bfloat16"], default="float32",
                  help="what serving_default computes in: bfloat16 answers it with the "
-                      "version's serving_bfloat16 signature; auto: bfloat16 where the CPU "
-                      "has it natively, else float32")
+                      "version's serving_bfloat16 signature (faster on a CPU with native "
+                      "bfloat16; for search and k-NN, not for a classifier trained on "
+                      "float32 embeddings: benchmarks/RESULTS.md)")
   p.add_argument("--no-compile", action="store_true",
                  help="run every signature op by op, as saved (as TF Serving does), "
                       "instead of compiling the encoder with XLA per batch size")
@@ -368,8 +368,6 @@ async def serve(args) -> None:
   tf.config.threading.set_intra_op_parallelism_threads(
       max(1, len(os.sched_getaffinity(0)) // max(1, args.model_threads)))
   precision = args.precision
-  if precision == "auto":
-    precision = "bfloat16" if cpu_has_native_bfloat16() else "float32"
   store = ModelStore(base, args.model_name or os.path.basename(base.rstrip("/")),
                      max_batch=args.max_batch, precision=precision,
                      compiled=not args.no_compile)
