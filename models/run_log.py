@@ -87,11 +87,6 @@ HARMLESS: Sequence[Harmless] = (
              "INFO lines of XLA's C++ runtime (service started, cluster compiled): they "
              "log through absl, which TF_CPP_MIN_LOG_LEVEL does not reach, so the level "
              "is applied here"),
-    Harmless(r"\d+ out of the last \d+ calls to <tensorflow\.python\.saved_model\."
-             r"function_deserialization\.RestoredFunction object at \w+> triggered "
-             r"tf\.function retracing",
-             "the server compiles a saved encoder once per batch-size bucket "
-             "(serving.compiled): each bucket traces the saved function once, by design"),
     Harmless(r"op_level_cost_estimator\.cc:\d+\] Error in PredictCost\(\) for the op: "
              r"op: \"CropAndResize\"",
              "Grappler's cost model has no estimate for CropAndResize (the random "
@@ -143,6 +138,11 @@ HARMLESS: Sequence[Harmless] = (
              "google-api-core's notice about Python 3.10, which TFX 1.16 (the newest "
              "TFX that installs here) requires",
              follow=1),
+    Harmless(r"\d+ out of the last \d+ calls to <tensorflow\.python\.saved_model\."
+             r"function_deserialization\.RestoredFunction object at \w+> triggered "
+             r"tf\.function retracing",
+             "the server compiles a saved encoder once per batch-size bucket "
+             "(serving.compiled): each bucket traces the saved function once, by design"),
 )
 
 

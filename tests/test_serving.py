@@ -131,7 +131,8 @@ def test_status_and_metadata(server, model_base):
       "status": {"error_code": "OK", "error_message": ""}}
   meta = requests.get(f"{server.url}/v1/models/{NAME}/versions/{version}/metadata").json()
   sigs = meta["metadata"]["signature_def"]
-  assert set(sigs) == {"serving_default", "embed_examples", "classify_examples"}
+  assert set(sigs) == {"serving_default", "serving_bfloat16", "embed_examples",
+                       "classify_examples"}
   assert sigs["serving_default"]["inputs"] == {"image_bytes": {"dtype": "string",
                                                               "shape": [None]}}
 

@@ -116,8 +116,8 @@ def test_metadata_is_the_saved_signature_defs(channel, model_base):
   response = stub.GetModelMetadata(request, timeout=60)
   signatures = get_model_metadata_pb2.SignatureDefMap()
   assert response.metadata["signature_def"].Unpack(signatures)
-  assert set(signatures.signature_def) == {"serving_default", "embed_examples",
-                                           "classify_examples"}
+  assert set(signatures.signature_def) == {"serving_default", "serving_bfloat16",
+                                           "embed_examples", "classify_examples"}
   serving = signatures.signature_def["serving_default"]
   assert serving.inputs["image_bytes"].dtype == tf.string.as_datatype_enum
   assert [d.size for d in serving.outputs["embedding"].tensor_shape.dim][0] == -1

@@ -77,6 +77,10 @@ def test_sigterm_finishes_requests_in_flight_refuses_new_ones_and_exits_0(model_
                                                                           test_images):
   with ServerProcess(["--model-dir", model_base, "--drain-seconds", "20"]) as server:
     url = server.url
+    channel = grpc.insecure_channel(server.grpc_target)
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    one = predict_request(NAME, [png_bytes(test_images[0])])
+    stub.Predict(one, timeout=60)                                   # connected
     calls = _metric(url, "mae_tfx_model_calls_total")
     reply = {}
     big = {"instances": _instances(list(test_images) * 5)}          # 500 images
@@ -92,17 +96,19 @@ def test_sigterm_finishes_requests_in_flight_refuses_new_ones_and_exits_0(model_
       assert time.monotonic() < deadline
       time.sleep(0.02)
     # A gRPC request queued behind it: in flight too.
-    channel = grpc.insecure_channel(server.grpc_target)
-    stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
     queued = stub.Predict.future(predict_request(NAME, [png_bytes(i) for i in test_images[:8]]),
                                  timeout=60)
+    while (_metric(url, "mae_tfx_model_calls_total") < calls + 2       # running beside it
+           and _metric(url, "mae_tfx_queued_instances") < 8):          # or queued
+      assert time.monotonic() < deadline
+      time.sleep(0.02)
     start = time.monotonic()
     server.process.send_signal(signal.SIGTERM)
     time.sleep(0.3)
     with pytest.raises(requests.ConnectionError):
       requests.get(f"{url}/v1/models/{NAME}", timeout=5)
     with pytest.raises(grpc.RpcError) as refused:
-      stub.Predict(predict_request(NAME, [png_bytes(test_images[0])]), timeout=5)
+      stub.Predict(one, timeout=5)
     assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
     client.join(60)
     assert reply["response"].status_code == 200

@@ -100,8 +100,10 @@ def test_bytes_that_are_not_an_image_fail_loudly(exported):
 
 
 # The floor the bfloat16 embedding keeps to the float32 one (8 bits of
-# mantissa in each matmul; whitening and pooling stay float32).
-BFLOAT16_COSINE_FLOOR = 0.999
+# mantissa in each matmul; whitening and pooling stay float32): the
+# default pipeline's model kept a cosine of 0.996 or more on all 10,000
+# test images (benchmarks/RESULTS.md, issue 28).
+BFLOAT16_COSINE_FLOOR = 0.99
 
 
 def cosines(a, b):
