@@ -43,7 +43,7 @@ from benchmarks import roofline
 from benchmarks.host import host_line
 from models import config as config_lib
 from models import names
-from models.cifar10 import encode_png, read_batch_file
+from models.cifar10 import encode_png, read_split
 from models.names import SERVING_BFLOAT16, SERVING_DEFAULT
 from pipeline import data_source
 from serving.embed import embed_all
@@ -59,12 +59,9 @@ CONFIGS = [("as saved, float32, one call at a time on both cores",
 
 
 def cifar10_split(data: str, split: str, count: int = None):
-  root = data_source.resolve_cifar10(data, names.DATA_CACHE_DIR)
-  files = (["test_batch"] if split == "test" else
-           [f"data_batch_{i}" for i in range(1, 6)])
-  images, labels = zip(*(read_batch_file(os.path.join(root, f)) for f in files))
-  images, labels = np.concatenate(images)[:count], np.concatenate(labels)[:count]
-  return [encode_png(image) for image in images], labels
+  """(PNG bytes, labels) of the first `count` images of a CIFAR-10 split."""
+  images, labels = read_split(data_source.resolve_cifar10(data, names.DATA_CACHE_DIR), split)
+  return [encode_png(image) for image in images[:count]], labels[:count]
 
 
 def test_pngs(data: str, count: int) -> List[bytes]:

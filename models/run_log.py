@@ -138,11 +138,6 @@ HARMLESS: Sequence[Harmless] = (
              "google-api-core's notice about Python 3.10, which TFX 1.16 (the newest "
              "TFX that installs here) requires",
              follow=1),
-    Harmless(r"\d+ out of the last \d+ calls to <tensorflow\.python\.saved_model\."
-             r"function_deserialization\.RestoredFunction object at \w+> triggered "
-             r"tf\.function retracing",
-             "the server compiles a saved encoder once per batch-size bucket "
-             "(serving.compiled): each bucket traces the saved function once, by design"),
 )
 
 

@@ -126,7 +126,7 @@ class LoadedModel:
   def run(self, signature_name: str, values: List[bytes]) -> Dict[str, np.ndarray]:
     """Calls one signature on a batch of strings; {output: [B, ...] array}."""
     sig = self.signature(self._answered_by(signature_name))
-    compiled = self.compiled(sig.name)
+    compiled = self._compiled.get(sig.name)
     outputs = compiled.run(values) if compiled else None
     if outputs is not None:
       return outputs

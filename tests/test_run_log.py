@@ -60,10 +60,6 @@ EXAMPLES = {
     16: "/x/google/api_core/_python_version_support.py:246: FutureWarning: You are using "
         "a non-supported Python version (3.10.13). Google will not post any further "
         "updates\n  warnings.warn(message, FutureWarning)",
-    17: "WARNING:tensorflow:6 out of the last 6 calls to <tensorflow.python.saved_model."
-        "function_deserialization.RestoredFunction object at 0x7fb3b8694370> triggered "
-        "tf.function retracing. Tracing is expensive and the excessive number of tracings "
-        "could be due to (1) creating @tf.function repeatedly in a loop",
 }
 KEPT = ["2026-12-01 15:24:37.309720: W tensorflow/core/framework/local_rendezvous.cc:404] "
         "Local rendezvous is aborting with status: INVALID_ARGUMENT: bad image",
