@@ -284,7 +284,8 @@ def embeddings(args, data_root: str) -> Tuple[np.ndarray, np.ndarray, np.ndarray
 def tuned(info: Dict) -> str:
   p = info["params"]
   if info["kind"] == search_index.SCANN:
-    return f"leaves {p['num_leaves']}, search {p['leaves_to_search']}, reorder {p['reorder']}"
+    return (f"leaves {p['num_leaves']}, search {p['leaves_to_search']}, reorder {p['reorder']} "
+            f"from {p.get('reorder_dtype', 'float32')}")
   if info["kind"] == search_index.FAISS_HNSW:
     return f"M {p['links']}, efC {p['ef_construction']}, efS {p['ef_search']}"
   return "-"

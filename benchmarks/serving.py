@@ -4,22 +4,29 @@
       --data ../shared/data/cifar10 [--requests 300] [--clients 1,8] \
       [--batch-sizes 1,32,256] [--quality]
 
+Every model call in this process runs on one intra-op thread, one call per
+core at once, as in the server (`serving.model_store.set_model_threads`).
+
 1. Where one image's milliseconds go: each step of a one-image request timed
    in this process (p50 of many): the server's JSON and base64, decoding +
    Transform, the encoder + whitening op by op (as TF Serving runs the
    signature) and compiled (float32, bfloat16), the response's JSON; beside
    the round trips measured in 3.
-2. Batch embedding (the batch CLI's code path, `serving.embed.embed_all`)
-   per precision, as saved and compiled, beside the bound this CPU's matmul
-   speed puts on it for the model's shape (benchmarks/roofline.py).
+2. Batch embedding (the batch CLI's code path, `serving.embed.embed_all`:
+   batches of MAX_BATCH, one per core at once) per precision, as saved and
+   compiled, beside the bound this CPU's matmul speed puts on it for the
+   model's shape (benchmarks/roofline.py).
 3. The server (`python -m serving.server`, a child process on loopback) in
    three configurations: as saved (float32, op by op: TF Serving's path;
    one model call at a time over both cores, as before issue 28), compiled
-   float32, compiled bfloat16 (one call per core). For each, its cold start (process
-   start to the first answered request) and RSS, then REST and gRPC, 1 and 8
+   float32, compiled bfloat16 (one call per core). For each, its cold start
+   (process start to the first answered request, the median of
+   --cold-starts) and RSS, then REST and gRPC, 1 and 8
    clients (threads with keep-alive sessions / one channel each, on the same
    two cores, so the clients' CPU counts against the server), requests of 1,
-   32 and 256 images: p50 and p99 latency and img/s.
+   32 and 256 images: p50 and p99 latency and img/s. The two APIs take turns
+   within each cell (rounds of REST, gRPC, REST, ...), so a drift of the
+   host's speed hits both alike.
 4. `--quality`: bfloat16 against float32 where it matters: the served
    model's linear probe and k-NN (k = 20, the train split as the bank)
    accuracy on the test split from each precision's embeddings, and the
@@ -48,7 +55,7 @@ from models.names import SERVING_BFLOAT16, SERVING_DEFAULT
 from pipeline import data_source
 from serving.embed import embed_all
 from serving.launch import ServerProcess
-from serving.model_store import LoadedModel, load_version
+from serving.model_store import MAX_BATCH, LoadedModel, cores, load_version, set_model_threads
 
 PRECISIONS = {"float32": SERVING_DEFAULT, "bfloat16": SERVING_BFLOAT16}
 # (label, server flags): TF Serving's way first, then this server's.
@@ -118,15 +125,18 @@ def breakdown(model_dir: str, png: bytes) -> Dict[str, float]:
 # --------------------------------------------------------------------------
 # 2. Batch embedding
 # --------------------------------------------------------------------------
-def batch_embedding(model: LoadedModel, signature: str, pngs: List[bytes],
-                    batch_size: int) -> float:
+def embed_pngs(model: LoadedModel, signature: str, pngs: List[bytes]) -> np.ndarray:
+  """The batch CLI's loop over `pngs`: batches of MAX_BATCH, one per core."""
+  batches = (pngs[i:i + MAX_BATCH] for i in range(0, len(pngs), MAX_BATCH))
+  return embed_all(model, signature, batches, list(range(len(pngs))), progress=False,
+                   workers=cores())[0]
+
+
+def batch_embedding(model: LoadedModel, signature: str, pngs: List[bytes]) -> float:
   """img/s of the batch CLI's loop, after a first pass (tracing, compiling)."""
-  def batches():
-    return (pngs[i:i + batch_size] for i in range(0, len(pngs), batch_size))
-  ids = list(range(len(pngs)))
-  embed_all(model, signature, batches(), ids, progress=False)
+  embed_pngs(model, signature, pngs)
   start = time.perf_counter()
-  embed_all(model, signature, batches(), ids, progress=False)
+  embed_pngs(model, signature, pngs)
   return len(pngs) / (time.perf_counter() - start)
 
 
@@ -166,19 +176,29 @@ def grpc_client(target: str, name: str, pngs: List[bytes], size: int) -> Callabl
   return call
 
 
-def load_test(call: Callable, clients: int, total: int):
-  """(p50 ms, p99 ms, requests/s) of `total` calls from `clients` threads."""
-  def timed(i):
+def load_test(calls: Dict[str, Callable], clients: int, total: int, rounds: int = 5
+              ) -> Dict[str, tuple]:
+  """{name: (p50 ms, p99 ms, requests/s)} of `total` calls of each of
+  `calls` from `clients` threads, the calls taking turns in `rounds`."""
+  def timed(call, i):
     start = time.perf_counter()
     call(i)
     return time.perf_counter() - start
 
+  seconds = {name: [] for name in calls}
+  wall = dict.fromkeys(calls, 0.0)
+  per_round = max(clients, total // rounds)
   with concurrent.futures.ThreadPoolExecutor(clients) as pool:
-    list(pool.map(timed, range(min(total, 10 * clients))))    # warm-up
-    start = time.perf_counter()
-    seconds = np.array(list(pool.map(timed, range(total))))
-    wall = time.perf_counter() - start
-  return np.percentile(seconds, 50) * 1e3, np.percentile(seconds, 99) * 1e3, total / wall
+    for name, call in calls.items():                            # warm-up
+      list(pool.map(lambda i, c=call: timed(c, i), range(min(total, 10 * clients))))
+    for r in range(rounds):
+      for name, call in calls.items():
+        start = time.perf_counter()
+        seconds[name] += pool.map(lambda i, c=call: timed(c, i),
+                                  range(r * per_round, (r + 1) * per_round))
+        wall[name] += time.perf_counter() - start
+  return {name: (np.percentile(s, 50) * 1e3, np.percentile(s, 99) * 1e3,
+                 len(s) / wall[name]) for name, s in seconds.items()}
 
 
 def rss_mb(pid: int) -> float:
@@ -186,21 +206,25 @@ def rss_mb(pid: int) -> float:
     return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
 
 
-def cold_start(model_dir: str, flags: List[str], png: bytes) -> float:
-  """Seconds from starting the server process to its first answered request."""
+def cold_start(model_dir: str, flags: List[str], png: bytes, repeats: int = 3) -> float:
+  """Seconds from starting the server process to its first answered request
+  (the median of `repeats` starts)."""
   name = os.path.basename(os.path.abspath(model_dir))
   body = {"instances": [{"b64": base64.b64encode(png).decode()}]}
-  start = time.perf_counter()
-  with ServerProcess(["--model-dir", model_dir, *flags]) as server:
-    r = requests.post(f"{server.url}/v1/models/{name}:predict", json=body)
-    r.raise_for_status()
-    return time.perf_counter() - start
+  seconds = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    with ServerProcess(["--model-dir", model_dir, *flags]) as server:
+      r = requests.post(f"{server.url}/v1/models/{name}:predict", json=body)
+      r.raise_for_status()
+      seconds.append(time.perf_counter() - start)
+  return float(np.median(seconds))
 
 
 # --------------------------------------------------------------------------
 # 4. bfloat16 against float32
 # --------------------------------------------------------------------------
-def quality(model: LoadedModel, data: str, batch_size: int = 256) -> Dict[str, Dict]:
+def quality(model: LoadedModel, data: str) -> Dict[str, Dict]:
   """Per precision: linear probe and k-NN test accuracy from its embeddings;
   and the cosine between the precisions' embeddings."""
   import tensorflow as tf
@@ -210,10 +234,7 @@ def quality(model: LoadedModel, data: str, batch_size: int = 256) -> Dict[str, D
   head = model.saved_model.head
   results, embedded = {}, {}
   for precision, signature in PRECISIONS.items():
-    def embed(pngs, signature=signature):
-      batches = (pngs[i:i + batch_size] for i in range(0, len(pngs), batch_size))
-      return embed_all(model, signature, batches, list(range(len(pngs))), progress=False)[0]
-    bank, queries = embed(train), embed(test)
+    bank, queries = embed_pngs(model, signature, train), embed_pngs(model, signature, test)
     logits = head(tf.constant(queries), training=False).numpy()
     results[precision] = dict(
         lp=float(np.mean(np.argmax(logits, -1) == test_labels)),
@@ -231,9 +252,11 @@ def main(argv=None):
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--model-dir", default=names.serving_model_dir())
   p.add_argument("--data", default=os.environ.get(names.CIFAR10_ENV))
-  p.add_argument("--requests", type=int, default=300,
+  p.add_argument("--requests", type=int, default=1000,
                  help="one-image requests per cell; bigger requests send as many images")
   p.add_argument("--clients", default="1,8")
+  p.add_argument("--cold-starts", type=int, default=3, help="server starts timed, the median "
+                 "reported")
   p.add_argument("--batch-sizes", default="1,32,256", help="images per request")
   p.add_argument("--images", type=int, default=5120, help="for batch embedding")
   p.add_argument("--roofline", metavar="PROFILE", default="cpu",
@@ -243,6 +266,7 @@ def main(argv=None):
                  help="also LP and k-NN of bfloat16 against float32 (embeds CIFAR-10 twice)")
   args = p.parse_args(argv)
 
+  set_model_threads(cores())
   print(host_line(), flush=True)
   pngs = test_pngs(args.data, args.images)
   model = load_version(args.model_dir)
@@ -258,7 +282,8 @@ def main(argv=None):
   for step, ms in steps.items():
     print(f"  {step:55s} {ms:6.2f}", flush=True)
 
-  print("\n2. batch embedding, batches of 256 (serving.embed):", flush=True)
+  print(f"\n2. batch embedding, batches of {MAX_BATCH}, {cores()} at once (serving.embed):",
+        flush=True)
   flops = roofline.embedding_flops(config_lib.get_profile(args.roofline).model)
   for precision, signature in PRECISIONS.items():
     policy = "float32" if precision == "float32" else "mixed_bfloat16"
@@ -266,14 +291,14 @@ def main(argv=None):
     print(f"  bound: {line}", flush=True)
     for compiled in (False, True):
       loaded = LoadedModel(model.version, model.path, compiled=compiled)
-      ips = batch_embedding(loaded, signature, pngs, 256)
+      ips = batch_embedding(loaded, signature, pngs)
       print(f"  {precision}, {'compiled' if compiled else 'as saved'}: {ips:7.0f} img/s, "
             f"{ips / bound:.0%} of the bound", flush=True)
 
   sizes = [int(b) for b in args.batch_sizes.split(",")]
   print("\n3. the server on loopback (p50 / p99 ms, img/s):", flush=True)
   for label, flags in CONFIGS:
-    seconds = cold_start(args.model_dir, flags, pngs[0])
+    seconds = cold_start(args.model_dir, flags, pngs[0], args.cold_starts)
     # Every client's biggest request may queue: the load is measured, not shed.
     bound = str(max(256, max(sizes) * max(int(c) for c in args.clients.split(","))))
     with ServerProcess(["--model-dir", args.model_dir, "--poll-seconds", "60",
@@ -281,13 +306,12 @@ def main(argv=None):
       time.sleep(1.0)
       print(f"  {label}: cold start {seconds:.1f} s, RSS {rss_mb(server.process.pid):.0f} MB "
             "after loading", flush=True)
-      for api, client in (("REST", lambda s: rest_client(server.url, name, pngs, s)),
-                          ("gRPC", lambda s: grpc_client(server.grpc_target, name, pngs, s))):
-        for size in sizes:
-          call = client(size)
-          for clients in [int(c) for c in args.clients.split(",")]:
-            total = max(4 * clients, args.requests // size)
-            p50, p99, rps = load_test(call, clients, total)
+      for size in sizes:
+        calls = {"REST": rest_client(server.url, name, pngs, size),
+                 "gRPC": grpc_client(server.grpc_target, name, pngs, size)}
+        for clients in [int(c) for c in args.clients.split(",")]:
+          total = max(4 * clients, args.requests // size)
+          for api, (p50, p99, rps) in load_test(calls, clients, total).items():
             print(f"    {api:4s} {clients:2d} client(s), {size:3d} image(s) a request: "
                   f"p50 {p50:7.2f}  p99 {p99:7.2f}  {rps * size:6.0f} img/s", flush=True)
       print(f"    RSS after the load: {rss_mb(server.process.pid):.0f} MB", flush=True)

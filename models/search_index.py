@@ -100,7 +100,8 @@ class _Exact(_Searcher):
 
 class _Scann(_Searcher):
   """A partition tree with anisotropic quantization, top candidates
-  re-scored exactly: the scores returned are exact cosines."""
+  re-scored from a float32, bfloat16 or int8 copy of the vectors: the
+  scores returned are the cosines to that copy."""
   kind = SCANN
   FOLDER = "scann"
 
@@ -109,14 +110,17 @@ class _Scann(_Searcher):
     self.leaves_to_search = leaves_to_search
 
   @classmethod
-  def build(cls, vectors: np.ndarray, num_leaves: int, reorder: int, k: int):
+  def build(cls, vectors: np.ndarray, num_leaves: int, reorder: int, k: int,
+            reorder_dtype: str = "float32"):
     from scann.scann_ops.py import scann_ops_pybind
+    from scann.scann_ops.py.scann_builder import ReorderType
     leaves = max(2, min(num_leaves, len(vectors) // 10))
     searcher = (scann_ops_pybind.builder(vectors, k, "dot_product")
                 .tree(num_leaves=leaves, num_leaves_to_search=max(1, leaves // 10),
                       training_sample_size=min(len(vectors), 250_000))
                 .score_ah(2, anisotropic_quantization_threshold=0.2)
-                .reorder(reorder).build())
+                .reorder(reorder, quantize=getattr(ReorderType, reorder_dtype.upper()))
+                .build())
     return cls(searcher, max(1, leaves // 10)), leaves
 
   def search(self, queries, k):
@@ -349,12 +353,12 @@ def build(vectors: np.ndarray, records: Records, cfg: SearchConfig,
     searcher: _Searcher = _Exact(vectors)
   elif kind == SCANN:
     target = cfg.num_leaves or int(round(math.sqrt(len(vectors))))
-    searcher, leaves = _Scann.build(vectors, target, cfg.reorder, k)
+    searcher, leaves = _Scann.build(vectors, target, cfg.reorder, k, cfg.reorder_dtype)
     # The fewest partitions per query that reach the recall asked for.
     _tune(searcher, "leaves_to_search",
           [max(1, int(round(leaves * share))) for share in (0.02, 0.05, 0.1, 0.2, 0.4, 1.0)],
           queries, true_rows, k, cfg.min_recall)
-    params = dict(num_leaves=leaves, reorder=cfg.reorder,
+    params = dict(num_leaves=leaves, reorder=cfg.reorder, reorder_dtype=cfg.reorder_dtype,
                   leaves_to_search=searcher.leaves_to_search)
   elif kind == FAISS_HNSW:
     searcher = _FaissHnsw.build(vectors)

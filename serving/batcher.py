@@ -3,11 +3,15 @@
 No timer: a request that finds the model idle runs at once, so a lone client
 pays no batching delay. Requests that arrive while a call runs queue up and
 go together in the next call (up to `max_batch` instances), which is where
-batching pays: one [B] call costs far less than B calls of one image.
+batching pays: one [B] call costs far less than B calls of one image. A
+request of more than `max_batch` instances is cut into calls of `max_batch`
+that run side by side on the model threads, so one big request uses every
+core.
 
 A batch that fails on bad input (an instance that is not an image) is re-run
 request by request, so only the request with the bad instance fails, with
-the instance named; the others get their results.
+the instance named; the others get their results (instances are named by their index in the
+request).
 
 Queued work is bounded (`max_queued` instances waiting for the model): past
 it a request is refused at once with `Overloaded`, which says when to retry,
@@ -24,7 +28,7 @@ from typing import Dict, List, Tuple
 import numpy as np
 import tensorflow as tf
 
-from serving.model_store import LoadedModel
+from serving.model_store import MAX_BATCH, LoadedModel
 
 
 class BadInstance(ValueError):
@@ -43,7 +47,7 @@ class Overloaded(RuntimeError):
 class Batcher:
   """`await batcher.run(model, signature, values)` -> {output: [len(values), ...]}."""
 
-  def __init__(self, max_batch: int = 256, threads: int = 1, max_queued: int = 512):
+  def __init__(self, max_batch: int = MAX_BATCH, threads: int = 1, max_queued: int = 512):
     if max_queued < max_batch:
       raise ValueError(f"max_queued ({max_queued}) must be at least max_batch ({max_batch})")
     self.max_batch, self.max_queued = max_batch, max_queued
@@ -82,14 +86,26 @@ class Batcher:
     if self.queued + len(values) > self.max_queued:
       self._shed()
     loop = asyncio.get_running_loop()
-    future = loop.create_future()
     key = (model.version, signature)
+    queue = self._pending.setdefault(key, collections.deque())
+    parts = []
+    for start in range(0, len(values), self.max_batch):
+      parts.append(loop.create_future())
+      queue.append((model, values[start:start + self.max_batch], start, parts[-1]))
     self.queued += len(values)
-    self._pending.setdefault(key, collections.deque()).append((model, values, future))
     if key not in self._active:
       self._active.add(key)
       loop.create_task(self._drain(key))
-    return await future
+    if len(parts) == 1:
+      return await parts[0]
+    results = await asyncio.gather(*parts, return_exceptions=True)
+    bad = [r for r in results if isinstance(r, BadInstance)]
+    if bad:        # every bad instance of the request, not only the first part's
+      raise BadInstance("; ".join(str(e) for e in bad))
+    failed = next((r for r in results if isinstance(r, BaseException)), None)
+    if failed is not None:
+      raise failed
+    return {k: np.concatenate([r[k] for r in results]) for k in results[0]}
 
   def close(self) -> None:
     self._executor.shutdown(wait=False, cancel_futures=True)
@@ -116,7 +132,7 @@ class Batcher:
 
   async def _run_batch(self, batch, signature: str) -> None:
     model = batch[0][0]
-    values = [v for _, vs, _ in batch for v in vs]
+    values = [v for _, vs, _, _ in batch for v in vs]
     try:
       outputs = await self._call(model, signature, values)
     except tf.errors.InvalidArgumentError:
@@ -124,19 +140,20 @@ class Batcher:
         await self._run_alone(model, signature, item)
       return
     except Exception as e:  # pylint: disable=broad-except
-      for _, _, future in batch:
+      for *_, future in batch:
         if not future.done():
           future.set_exception(e)
       return
     start = 0
-    for _, vs, future in batch:
+    for _, vs, _, future in batch:
       if not future.done():
         future.set_result({k: v[start:start + len(vs)] for k, v in outputs.items()})
       start += len(vs)
 
   async def _run_alone(self, model, signature, item) -> None:
-    """One request on its own; its bad instances are named in a BadInstance."""
-    _, values, future = item
+    """One request (or part of one) on its own; its bad instances are named
+    in a BadInstance by their index in the request."""
+    _, values, offset, future = item
     self.calls += 1          # the re-runs that find a bad instance count once
     self.instances += len(values)
     try:
@@ -150,7 +167,7 @@ class Batcher:
       return
     if errors:
       future.set_exception(BadInstance("; ".join(
-          f"instances[{i}]: {message}" for i, message in sorted(errors.items()))))
+          f"instances[{offset + i}]: {message}" for i, message in sorted(errors.items()))))
     else:
       future.set_result(outputs)
 

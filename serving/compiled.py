@@ -12,7 +12,8 @@ whitening, the padding cut off. One call a batch, as for the signature.
 A bucket compiles on first need (about a second each). A server compiles
 in a background thread (`background=True`): until a bucket is ready, batches
 of its size go through the signature, so no request waits for a compiler
-and a version serves as soon as it loads. A batch job compiles in its own
+and a version serves as soon as it loads (the one-image bucket is queued
+first, at warm-up). A batch job compiles in its own
 thread, once, and never leaves a compiler running when it exits.
 """
 
@@ -89,15 +90,20 @@ class CompiledImageSignature:
     log.debug("%s: batch bucket %d compiled in %.1f s", self.name, bucket,
               time.perf_counter() - start)
 
-  def run(self, values: List[bytes]) -> Optional[Dict[str, np.ndarray]]:
-    bucket = self.bucket(len(values))
-    if bucket is None:
-      return None
+  def prepare(self, bucket: int) -> bool:
+    """Compiles `bucket` now, or with `background` queues it for the compiler
+    thread; whether it is ready."""
     if bucket not in self._ready:
       if self.background:
         self._request(bucket)
-        return None
+        return False
       self.compile(bucket)
+    return True
+
+  def run(self, values: List[bytes]) -> Optional[Dict[str, np.ndarray]]:
+    bucket = self.bucket(len(values))
+    if bucket is None or not self.prepare(bucket):
+      return None
     outputs = self._programs[bucket](tf.constant(values, tf.string))
     return {k: v.numpy() for k, v in outputs.items()}
 

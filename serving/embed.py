@@ -18,6 +18,8 @@ them instead); the output file is written only when complete.
 """
 
 import argparse
+import collections
+import concurrent.futures
 import logging
 import os
 import sys
@@ -32,7 +34,7 @@ from models import image_files, names
 from models.examples import read_examples
 from models.names import EMBED_EXAMPLES, SERVING_BFLOAT16, SERVING_DEFAULT
 from serving.embeddings import EmbeddingsFile
-from serving.model_store import LoadedModel, load_version
+from serving.model_store import MAX_BATCH, LoadedModel, cores, load_version, set_model_threads
 
 class BadImages(ValueError):
   pass
@@ -60,22 +62,36 @@ def image_batches(paths: List[str], batch_size: int) -> Iterator[List[bytes]]:
 
 
 def embed_all(model: LoadedModel, signature: str, batches: Iterator[List[bytes]],
-              ids: List[str], skip_bad: bool = False, progress: bool = True
-              ) -> Tuple[np.ndarray, List[int]]:
-  """Embeds every batch; returns (embeddings [N', D], indices of the
-  embedded items). A batch with an undecodable item is re-run item by item
-  to name it; it raises `BadImages` unless `skip_bad`."""
+              ids: List[str], skip_bad: bool = False, progress: bool = True,
+              workers: int = 1) -> Tuple[np.ndarray, List[int]]:
+  """Embeds every batch, `workers` batches side by side (one per core when
+  each model call has one intra-op thread: `set_model_threads`); returns
+  (embeddings [N', D], indices of the embedded items). A batch with an
+  undecodable item is re-run item by item to name it; it raises
+  `BadImages` unless `skip_bad`."""
   output = model.signature(signature).output_names[0]
   chunks, kept, bad, start = [], [], [], 0
-  with tqdm(total=len(ids), unit="img", disable=not progress, file=sys.stderr) as bar:
-    for values in batches:
-      outputs, ran, errors = model.run_isolating_errors(signature, values)
+  with tqdm(total=len(ids), unit="img", disable=not progress, file=sys.stderr) as bar, \
+       concurrent.futures.ThreadPoolExecutor(workers) as pool:
+    running: "collections.deque" = collections.deque()
+
+    def collect():
+      nonlocal start
+      values, future = running.popleft()
+      outputs, ran, errors = future.result()
       if outputs is not None:
         chunks.append(outputs[output])
       kept.extend(start + i for i in ran)
       bad.extend(f"{ids[start + i]}: {message}" for i, message in sorted(errors.items()))
       start += len(values)
       bar.update(len(values))
+
+    for values in batches:      # in order, at most 2 batches a worker in flight
+      running.append((values, pool.submit(model.run_isolating_errors, signature, values)))
+      if len(running) > 2 * workers:
+        collect()
+    while running:
+      collect()
   if bad and not skip_bad:
     raise BadImages(f"{len(bad)} item(s) could not be embedded (use --skip-bad to "
                     "skip them):\n  " + "\n  ".join(bad[:20]))
@@ -100,7 +116,8 @@ def main(argv=None) -> EmbeddingsFile:
   p.add_argument("--split", default=names.TEST_SPLIT,
                  help="with --examples: which split (default %(default)s)")
   p.add_argument("--out", required=True, help="embeddings file to write (.npz)")
-  p.add_argument("--batch-size", type=int, default=256)
+  p.add_argument("--batch-size", type=int, default=MAX_BATCH,
+                 help="images a model call; one call per core at once")
   p.add_argument("--precision", choices=["float32", "bfloat16"], default="float32",
                  help="with --images: serving_default, or serving_bfloat16 (about twice "
                       "as fast on a CPU with native bfloat16)")
@@ -108,6 +125,7 @@ def main(argv=None) -> EmbeddingsFile:
   p.add_argument("--no-progress", action="store_true")
   args = p.parse_args(sys.argv[1:] if argv is None else argv)
 
+  set_model_threads(cores())
   model = load_version(args.model_dir)
   if args.images:
     paths, ids, labels = list_images(args.images)
@@ -129,7 +147,7 @@ def main(argv=None) -> EmbeddingsFile:
 
   start = time.perf_counter()
   embeddings, kept = embed_all(model, signature, batches, ids, args.skip_bad,
-                               progress=not args.no_progress)
+                               progress=not args.no_progress, workers=cores())
   seconds = time.perf_counter() - start
   table = EmbeddingsFile(
       embeddings, np.array(ids)[kept], np.array(labels)[kept],

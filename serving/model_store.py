@@ -9,6 +9,7 @@ request and kept in a small LRU.
 """
 
 import collections
+import concurrent.futures
 import dataclasses
 import hashlib
 import logging
@@ -27,6 +28,31 @@ from models.names import (EMBED_IMAGES, PREPARE_IMAGE_BYTES, SEARCH_INDEX_DIR,
 from serving.compiled import CompiledImageSignature
 
 log = logging.getLogger("serving.model_store")
+
+# Most images in one model call. On one core a call of 32-64 images embeds
+# the most per second (a 256-image call's activations outgrow the caches),
+# and a bigger batch is cut into such calls, which the server and
+# serving.embed run side by side, one per core.
+MAX_BATCH = 64
+
+
+def cores() -> int:
+  """CPU cores this process may run on."""
+  return len(os.sched_getaffinity(0))
+
+
+def set_model_threads(model_threads: int) -> None:
+  """Gives each of `model_threads` concurrent model calls cores / N of
+  TensorFlow's intra-op threads (one per core by default: a call on one
+  thread pays no thread handoffs, and N calls keep N cores busy). Call it
+  before TensorFlow's runtime starts (the first model load starts it);
+  after, the setting stays as it is."""
+  threads = max(1, cores() // max(1, model_threads))
+  try:
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+  except RuntimeError:       # the runtime has started (a caller in a process using TF)
+    log.info("TensorFlow already runs with %d intra-op thread(s) per call; wanted %d",
+             tf.config.threading.get_intra_op_parallelism_threads(), threads)
 
 
 def error_summary(error: tf.errors.OpError) -> str:
@@ -79,13 +105,17 @@ class LoadedModel:
   need; `compiled=False`: always the signature). `precision` "bfloat16" answers `serving_default`
   with `serving_bfloat16` (when the version has it)."""
 
-  def __init__(self, version: int, path: str, max_batch: int = 256, compiled: bool = True,
-               precision: str = "float32", compile_in_background: bool = False):
-    self.version, self.path = version, path
+  def __init__(self, version: int, path: str, max_batch: int = MAX_BATCH,
+               compiled: bool = True, precision: str = "float32",
+               compile_in_background: bool = False):
+    self.version, self.path, self.max_batch = version, path, max_batch
     index_dir = os.path.join(path, SEARCH_INDEX_DIR)
-    self.index: Optional[search_index.SearchIndex] = (
-        search_index.load(index_dir) if tf.io.gfile.exists(index_dir) else None)
-    self.saved_model = tf.saved_model.load(path)
+    # The index loads (file reads, numpy) while TensorFlow restores the model.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+      index = (pool.submit(search_index.load, index_dir) if tf.io.gfile.exists(index_dir)
+               else None)
+      self.saved_model = tf.saved_model.load(path)
+      self.index: Optional[search_index.SearchIndex] = index.result() if index else None
     self.signatures: Dict[str, Signature] = {}
     for name, function in self.saved_model.signatures.items():
       inputs = function.structured_input_signature[1]
@@ -124,9 +154,15 @@ class LoadedModel:
     return self._signature_defs
 
   def run(self, signature_name: str, values: List[bytes]) -> Dict[str, np.ndarray]:
-    """Calls one signature on a batch of strings; {output: [B, ...] array}."""
+    """Calls one signature on a batch of strings; {output: [B, ...] array}.
+    A compiled signature takes a batch of more than `max_batch` in calls of
+    `max_batch`."""
     sig = self.signature(self._answered_by(signature_name))
     compiled = self._compiled.get(sig.name)
+    if compiled and len(values) > self.max_batch:
+      parts = [self.run(signature_name, values[i:i + self.max_batch])
+               for i in range(0, len(values), self.max_batch)]
+      return {k: np.concatenate([part[k] for part in parts]) for k in parts[0]}
     outputs = compiled.run(values) if compiled else None
     if outputs is not None:
       return outputs
@@ -169,15 +205,16 @@ class LoadedModel:
       compiled.close(wait)
 
   def warm_up(self) -> None:
-    """One call of `serving_default` on a black 32x32 PNG, and its
-    one-image bucket compiled, so the first client request pays for neither
-    graph initialisation nor the compiler."""
+    """One call of `serving_default` on a black 32x32 PNG, so the first
+    client request pays for no graph initialisation; its one-image bucket
+    compiled now, or queued first for the background compiler (a server
+    answers with the signature meanwhile: start-up does not wait for XLA)."""
     if SERVING_DEFAULT in self.signatures:
       png = tf.io.encode_png(tf.zeros([32, 32, 3], tf.uint8)).numpy()
-      self.run(SERVING_DEFAULT, [png])
       compiled = self.compiled(SERVING_DEFAULT)
       if compiled:
-        compiled.compile(1)
+        compiled.prepare(1)
+      self.run(SERVING_DEFAULT, [png])
 
 
 def versions_on_disk(base_dir: str) -> List[int]:
@@ -226,7 +263,7 @@ class ModelStore:
   """Serves the newest version of the model under `base_dir`, any other
   version on request; `refresh` (or the polling thread) picks up new ones."""
 
-  def __init__(self, base_dir: str, name: str, max_loaded: int = 3, max_batch: int = 256,
+  def __init__(self, base_dir: str, name: str, max_loaded: int = 3, max_batch: int = MAX_BATCH,
                precision: str = "float32", compiled: bool = True):
     self.base_dir, self.name, self.max_loaded = base_dir, name, max(1, max_loaded)
     self.load_options = dict(max_batch=max_batch, precision=precision, compiled=compiled,

@@ -48,7 +48,6 @@ if __name__ == "__main__":
 
 import numpy as np
 import orjson
-import tensorflow as tf
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
@@ -57,7 +56,8 @@ from models.names import SEARCH_INDEX_DIR, SERVING_DEFAULT
 from serving import grpc_api
 from serving.batcher import BadInstance, Batcher, Overloaded
 from serving.embeddings import EmbeddingsFile
-from serving.model_store import BadRequest, ModelStore, NotFound
+from serving.model_store import (MAX_BATCH, BadRequest, ModelStore, NotFound, cores,
+                                 set_model_threads)
 
 log = logging.getLogger("serving")
 
@@ -333,8 +333,9 @@ def parse_args(argv):
   p.add_argument("--poll-seconds", type=float, default=2.0,
                  help="how often to look for a newly pushed version")
   p.add_argument("--max-body-mb", type=float, default=8.0)
-  p.add_argument("--max-batch", type=int, default=256,
-                 help="most instances merged into one model call")
+  p.add_argument("--max-batch", type=int, default=MAX_BATCH,
+                 help="most instances in one model call: requests merge up to it, a "
+                      "bigger request is cut into calls run side by side")
   p.add_argument("--precision", choices=["float32", "bfloat16"], default="float32",
                  help="what serving_default computes in: bfloat16 answers it with the "
                       "version's serving_bfloat16 signature (faster on a CPU with native "
@@ -343,7 +344,7 @@ def parse_args(argv):
   p.add_argument("--no-compile", action="store_true",
                  help="run every signature op by op, as saved (as TF Serving does), "
                       "instead of compiling the encoder with XLA per batch size")
-  p.add_argument("--model-threads", type=int, default=len(os.sched_getaffinity(0)),
+  p.add_argument("--model-threads", type=int, default=cores(),
                  help="model calls at once, each on cores / N of TensorFlow's intra-op "
                       "threads (default: one per core: a one-image call pays no thread "
                       "handoffs; 1: each call spread over every core)")
@@ -364,9 +365,7 @@ def parse_args(argv):
 
 async def serve(args) -> None:
   base = os.path.abspath(args.model_dir)
-  # Before TensorFlow's runtime starts (the first model load starts it).
-  tf.config.threading.set_intra_op_parallelism_threads(
-      max(1, len(os.sched_getaffinity(0)) // max(1, args.model_threads)))
+  set_model_threads(args.model_threads)
   precision = args.precision
   store = ModelStore(base, args.model_name or os.path.basename(base.rstrip("/")),
                      max_batch=args.max_batch, precision=precision,

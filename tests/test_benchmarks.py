@@ -166,7 +166,7 @@ def test_probe_ablation(smoke_run, capsys):
 def test_serving(model_base, small_cifar_dir, capsys):
   serving_benchmark.main(["--model-dir", model_base, "--data", small_cifar_dir,
                           "--images", "16", "--batch-sizes", "1,8", "--requests", "8",
-                          "--clients", "1,2", "--quality"])
+                          "--clients", "1,2", "--cold-starts", "1", "--quality"])
   out = capsys.readouterr().out
   assert re.search(r"^model .* \(version \d+\); 16 CIFAR-10 test PNGs$", out, re.MULTILINE)
   steps = dict((m.group(1).strip(), float(m.group(2))) for m in re.finditer(

@@ -56,17 +56,29 @@ def test_each_kind_reaches_the_recall_asked_for_and_survives_a_move(kind, pixels
   assert loaded.search(queries[:20], k=10) == index.search(queries[:20], k=10)
 
 
-def test_scores_are_exact_cosines_and_threshold_keeps_those_at_or_above(pixels):
+def _folder_bytes(folder):
+  return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(folder)
+             for f in files)
+
+
+@pytest.mark.parametrize("reorder_dtype, tolerance", [("float32", 1e-5), ("bfloat16", 2e-3)])
+def test_scores_are_cosines_and_threshold_keeps_those_at_or_above(reorder_dtype, tolerance,
+                                                                   pixels, tmp_path):
   vectors, names = pixels
-  index = search_index.build(vectors[:2000], _records(names[:2000]),
-                             SearchConfig(kind="scann", eval_queries=200), vectors[2000:2200])
+  cfg = SearchConfig(kind="scann", eval_queries=200, reorder_dtype=reorder_dtype)
+  index = search_index.build(vectors[:2000], _records(names[:2000]), cfg, vectors[2000:2200])
+  assert index.info["params"]["reorder_dtype"] == reorder_dtype
   query = vectors[2500]
   hits = index.search(query[None], k=10)[0]
   unit = search_index.unit(vectors[:2000])
   expected = unit @ search_index.unit(query[None])[0]
   for hit in hits:
     np.testing.assert_allclose(hit["score"], expected[int(hit["id"].split("/")[1])],
-                               atol=1e-5)
+                               atol=tolerance)
+  # The re-scoring copy is what the folder mostly holds: 4 or 2 bytes a value.
+  index.save(str(tmp_path / "index"))
+  copy_bytes = 2000 * 192 * (4 if reorder_dtype == "float32" else 2)
+  assert copy_bytes <= _folder_bytes(str(tmp_path / "index")) < copy_bytes * 1.6
   cut = hits[4]["score"]
   kept = index.search(query[None], k=10, threshold=cut)[0]
   assert kept == [h for h in hits if h["score"] >= cut] and len(kept) >= 5

@@ -210,6 +210,26 @@ def test_concurrent_requests_are_batched_and_a_bad_one_fails_alone(server, model
   assert instances - instances0 >= 128 and good_calls < 128, (good_calls, instances)
 
 
+def test_a_request_bigger_than_a_model_call_is_cut_and_bad_instances_keep_their_index(
+    server, model_base, cifar10_sample):
+  _, (images, _) = cifar10_sample
+  files = [png_bytes(i) for i in images[:50]] * 3                  # 150 > --max-batch 64
+  expected = _saved_model_embeddings(
+      os.path.join(model_base, str(versions_on_disk(model_base)[-1])), files[:50])
+  calls0, _ = _calls_and_instances(server)
+  r = requests.post(f"{server.url}/v1/models/{NAME}:predict",
+                    json={"instances": [_b64(f) for f in files]})
+  assert r.status_code == 200, r.text
+  np.testing.assert_allclose(r.json()["predictions"], np.concatenate([expected] * 3),
+                             atol=1e-5)
+  assert _calls_and_instances(server)[0] - calls0 == 3             # 64 + 64 + 22
+  bad = [_b64(f) for f in files]
+  bad[10] = bad[140] = _b64(b"not an image")                       # in the first and last call
+  r = requests.post(f"{server.url}/v1/models/{NAME}:predict", json={"instances": bad})
+  assert r.status_code == 400, r.text
+  assert "instances[10]" in r.json()["error"] and "instances[140]" in r.json()["error"]
+
+
 @pytest.mark.parametrize("path,body,status,message", [
     (":predict", b"{not json", 400, "not valid JSON"),
     (":predict", b"[1, 2]", 400, "must be a JSON object"),

@@ -69,6 +69,13 @@ def test_a_batch_job_compiles_a_bucket_when_first_needed(version_dir, pngs):
   np.testing.assert_allclose(outputs, _signature(model, SERVING_DEFAULT, pngs[:5]), atol=1e-5)
 
 
+def test_a_batch_bigger_than_max_batch_runs_compiled_in_parts(version_dir, pngs):
+  model = LoadedModel(1, version_dir, max_batch=4)
+  outputs = model.run(SERVING_DEFAULT, pngs[:9])["embedding"]    # 4 + 4 + 1
+  assert model.compiled(SERVING_DEFAULT).ready_buckets == [1, 4]
+  np.testing.assert_allclose(outputs, _signature(model, SERVING_DEFAULT, pngs[:9]), atol=1e-5)
+
+
 def test_warm_up_compiles_the_one_image_bucket_of_what_answers_serving_default(
     version_dir, pngs):
   for precision, answering in (("float32", SERVING_DEFAULT), ("bfloat16", SERVING_BFLOAT16)):
@@ -82,6 +89,11 @@ def test_warm_up_compiles_the_one_image_bucket_of_what_answers_serving_default(
       np.testing.assert_allclose(served, expected, atol=1e-5)
     else:   # XLA and TensorFlow's kernels round bfloat16 sums differently
       assert cosines(served, expected).min() > BFLOAT16_COSINE_FLOOR
+  # A server's version: warmed up without waiting for XLA, bucket 1 compiled next.
+  model = LoadedModel(1, version_dir, compile_in_background=True)
+  model.warm_up()
+  _wait_for_bucket(model.compiled(SERVING_DEFAULT), 1)
+  model.close()
 
 
 def test_a_bad_image_fails_in_the_compiled_path_as_in_the_signature(version_dir, pngs):
