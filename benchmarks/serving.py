@@ -11,12 +11,14 @@ core at once, as in the server (`serving.model_store.set_model_threads`).
    in this process (p50 of many): the server's JSON and base64, decoding +
    Transform, the encoder + whitening op by op (as TF Serving runs the
    signature) and compiled (float32, bfloat16), the response's JSON; beside
-   the round trips measured in 3.
+   the round trips measured in 4.
 2. Batch embedding (the batch CLI's code path, `serving.embed.embed_all`:
    batches of MAX_BATCH, one per core at once) per precision, as saved and
    compiled, beside the bound this CPU's matmul speed puts on it for the
    model's shape (benchmarks/roofline.py).
-3. The server (`python -m serving.server`, a child process on loopback) in
+3. Memory per loaded version: what loading the version once more adds to
+   this process, by part (search index, SavedModel, compiled buckets).
+4. The server (`python -m serving.server`, a child process on loopback) in
    three configurations: as saved (float32, op by op: TF Serving's path;
    one model call at a time over both cores, as before issue 28), compiled
    float32, compiled bfloat16 (one call per core). For each, its cold start
@@ -27,7 +29,7 @@ core at once, as in the server (`serving.model_store.set_model_threads`).
    32 and 256 images: p50 and p99 latency and img/s. The two APIs take turns
    within each cell (rounds of REST, gRPC, REST, ...), so a drift of the
    host's speed hits both alike.
-4. `--quality`: bfloat16 against float32 where it matters: the served
+5. `--quality`: bfloat16 against float32 where it matters: the served
    model's linear probe and k-NN (k = 20, the train split as the bank)
    accuracy on the test split from each precision's embeddings, and the
    cosine between the two embeddings of each image.
@@ -206,6 +208,27 @@ def rss_mb(pid: int) -> float:
     return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
 
 
+def version_memory(model: LoadedModel) -> Dict[str, float]:
+  """{part: MB of RSS} that one more loaded version of `model` adds to a
+  process already serving one (TensorFlow's runtime is shared)."""
+  from models import search_index
+  from models.names import SEARCH_INDEX_DIR
+  parts, before = {}, rss_mb(os.getpid())
+  index_dir = os.path.join(model.path, SEARCH_INDEX_DIR)
+  index = search_index.load(index_dir) if os.path.isdir(index_dir) else None
+  parts["search index"] = rss_mb(os.getpid()) - before
+  loaded = LoadedModel(model.version, model.path)
+  parts["SavedModel (variables, k-NN bank, functions)"] = (
+      rss_mb(os.getpid()) - before - 2 * parts["search index"])   # it loads its own index
+  compiled = loaded.compiled(SERVING_DEFAULT)
+  start = rss_mb(os.getpid())
+  for bucket in compiled.buckets if compiled else ():
+    compiled.compile(bucket)
+  parts["serving_default's compiled buckets, run once each"] = rss_mb(os.getpid()) - start
+  del index, loaded
+  return parts
+
+
 def cold_start(model_dir: str, flags: List[str], png: bytes, repeats: int = 3) -> float:
   """Seconds from starting the server process to its first answered request
   (the median of `repeats` starts)."""
@@ -295,8 +318,12 @@ def main(argv=None):
       print(f"  {precision}, {'compiled' if compiled else 'as saved'}: {ips:7.0f} img/s, "
             f"{ips / bound:.0%} of the bound", flush=True)
 
+  print("\n3. memory one more loaded version adds (RSS, in this process):", flush=True)
+  for part, mb in version_memory(model).items():
+    print(f"  {part:55s} {mb:6.0f} MB", flush=True)
+
   sizes = [int(b) for b in args.batch_sizes.split(",")]
-  print("\n3. the server on loopback (p50 / p99 ms, img/s):", flush=True)
+  print("\n4. the server on loopback (p50 / p99 ms, img/s):", flush=True)
   for label, flags in CONFIGS:
     seconds = cold_start(args.model_dir, flags, pngs[0], args.cold_starts)
     # Every client's biggest request may queue: the load is measured, not shed.
@@ -317,7 +344,7 @@ def main(argv=None):
       print(f"    RSS after the load: {rss_mb(server.process.pid):.0f} MB", flush=True)
 
   if args.quality:
-    print("\n4. bfloat16 against float32 on CIFAR-10 (the model's own probe; k-NN k = "
+    print("\n5. bfloat16 against float32 on CIFAR-10 (the model's own probe; k-NN k = "
           f"{names.KNN_K}, the train split as the bank):", flush=True)
     results = quality(LoadedModel(model.version, model.path), args.data)
     for precision in PRECISIONS:

@@ -58,6 +58,10 @@ class CompiledImageSignature:
     self._lock = threading.Lock()
 
   @property
+  def buckets(self) -> List[int]:
+    return list(self._buckets)
+
+  @property
   def ready_buckets(self) -> List[int]:
     return sorted(self._ready)
 

@@ -181,6 +181,8 @@ def test_serving(model_base, small_cifar_dir, capsys):
                       rf"request: p50\s+{NUM}  p99\s+{NUM}\s+{NUM} img/s$", out)
   assert len(cells) == 3 * 2 * 2 * 2                 # configurations x APIs x sizes x clients
   assert all(0 < p50 <= p99 and ips > 0 for p50, p99, ips in cells)
+  memory = all_figures(rf"^  (?:search index|SavedModel|serving_default's).*?\s+{NUM} MB$", out)
+  assert len(memory) == 3 and memory[1][0] > 0, memory   # loading a SavedModel costs memory
   starts = all_figures(rf"cold start {NUM} s, RSS {NUM} MB after loading$", out)
   assert len(starts) == 3 and all(s > 0 and rss > 0 for s, rss in starts)
   for precision in ("float32", "bfloat16"):
