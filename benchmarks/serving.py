@@ -310,7 +310,7 @@ def main(argv=None):
   flops = roofline.embedding_flops(config_lib.get_profile(args.roofline).model)
   for precision, signature in PRECISIONS.items():
     policy = "float32" if precision == "float32" else "mixed_bfloat16"
-    bound, line = roofline.img_per_second_bound(policy, flops)
+    bound, line = roofline.img_per_second_bound(policy, flops, concurrent=cores())
     print(f"  bound: {line}", flush=True)
     for compiled in (False, True):
       loaded = LoadedModel(model.version, model.path, compiled=compiled)
