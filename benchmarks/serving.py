@@ -16,8 +16,9 @@ core at once, as in the server (`serving.model_store.set_model_threads`).
    batches of MAX_BATCH, one per core at once) per precision, as saved and
    compiled, beside the bound this CPU's matmul speed puts on it for the
    model's shape (benchmarks/roofline.py).
-3. Memory per loaded version: what loading the version once more adds to
-   this process, by part (search index, SavedModel, compiled buckets).
+3. Memory per loaded version: what loading the version a second time adds
+   to a fresh process that loaded it once, by part (search index,
+   SavedModel, compiled buckets).
 4. The server (`python -m serving.server`, a child process on loopback) in
    three configurations: as saved (float32, op by op: TF Serving's path;
    one model call at a time over both cores, as before issue 28), compiled
@@ -208,16 +209,20 @@ def rss_mb(pid: int) -> float:
     return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
 
 
-def version_memory(model: LoadedModel) -> Dict[str, float]:
-  """{part: MB of RSS} that one more loaded version of `model` adds to a
-  process already serving one (TensorFlow's runtime is shared)."""
+def _version_memory(path: str) -> Dict[str, float]:
+  """In a fresh process: {part: MB of RSS} one more loaded version adds to
+  a process serving one (the runtime, libraries and first-use costs are
+  paid by the first)."""
   from models import search_index
   from models.names import SEARCH_INDEX_DIR
+  set_model_threads(cores())
+  first = LoadedModel(0, path)
+  first.warm_up()
   parts, before = {}, rss_mb(os.getpid())
-  index_dir = os.path.join(model.path, SEARCH_INDEX_DIR)
+  index_dir = os.path.join(path, SEARCH_INDEX_DIR)
   index = search_index.load(index_dir) if os.path.isdir(index_dir) else None
   parts["search index"] = rss_mb(os.getpid()) - before
-  loaded = LoadedModel(model.version, model.path)
+  loaded = LoadedModel(1, path)
   parts["SavedModel (variables, k-NN bank, functions)"] = (
       rss_mb(os.getpid()) - before - 2 * parts["search index"])   # it loads its own index
   compiled = loaded.compiled(SERVING_DEFAULT)
@@ -225,8 +230,17 @@ def version_memory(model: LoadedModel) -> Dict[str, float]:
   for bucket in compiled.buckets if compiled else ():
     compiled.compile(bucket)
   parts["serving_default's compiled buckets, run once each"] = rss_mb(os.getpid()) - start
-  del index, loaded
+  del index, first
   return parts
+
+
+def version_memory(path: str) -> Dict[str, float]:
+  """`_version_memory` in a child process: RSS growth in this one would be
+  hidden by memory its earlier steps freed."""
+  import multiprocessing
+  with concurrent.futures.ProcessPoolExecutor(
+      1, mp_context=multiprocessing.get_context("spawn")) as pool:
+    return pool.submit(_version_memory, path).result()
 
 
 def cold_start(model_dir: str, flags: List[str], png: bytes, repeats: int = 3) -> float:
@@ -318,8 +332,8 @@ def main(argv=None):
       print(f"  {precision}, {'compiled' if compiled else 'as saved'}: {ips:7.0f} img/s, "
             f"{ips / bound:.0%} of the bound", flush=True)
 
-  print("\n3. memory one more loaded version adds (RSS, in this process):", flush=True)
-  for part, mb in version_memory(model).items():
+  print("\n3. memory one more loaded version adds (RSS):", flush=True)
+  for part, mb in version_memory(model.path).items():
     print(f"  {part:55s} {mb:6.0f} MB", flush=True)
 
   sizes = [int(b) for b in args.batch_sizes.split(",")]
