@@ -10,8 +10,8 @@ core.
 
 A batch that fails on bad input (an instance that is not an image) is re-run
 request by request, so only the request with the bad instance fails, with
-the instance named; the others get their results (instances are named by their index in the
-request).
+the instance named by its index in the request; the others get their
+results.
 
 Queued work is bounded (`max_queued` instances waiting for the model): past
 it a request is refused at once with `Overloaded`, which says when to retry,

@@ -56,6 +56,7 @@ class CompiledImageSignature:
     self._todo: "queue.Queue[int]" = queue.Queue()
     self._compiler: Optional[threading.Thread] = None
     self._lock = threading.Lock()
+    self._compiling = threading.Lock()
 
   @property
   def buckets(self) -> List[int]:
@@ -84,13 +85,15 @@ class CompiledImageSignature:
     return self._programs[bucket]
 
   def compile(self, bucket: int) -> None:
-    """Compiles one bucket now, in the calling thread."""
-    if bucket in self._ready:
-      return
-    start = time.perf_counter()
-    black = tf.io.encode_png(tf.zeros([*self._shape[:2], 3], tf.uint8))
-    self.program(bucket)(tf.fill([bucket], black))
-    self._ready.add(bucket)
+    """Compiles one bucket now, in the calling thread (threads that need
+    the same bucket at once wait for one compile)."""
+    with self._compiling:
+      if bucket in self._ready:
+        return
+      start = time.perf_counter()
+      black = tf.io.encode_png(tf.zeros([*self._shape[:2], 3], tf.uint8))
+      self.program(bucket)(tf.fill([bucket], black))
+      self._ready.add(bucket)
     log.debug("%s: batch bucket %d compiled in %.1f s", self.name, bucket,
               time.perf_counter() - start)
 
