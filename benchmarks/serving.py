@@ -92,12 +92,11 @@ def p50_ms(fn: Callable, repeats: int = 300) -> float:
 # --------------------------------------------------------------------------
 # 1. One image, step by step
 # --------------------------------------------------------------------------
-def breakdown(model_dir: str, png: bytes) -> Dict[str, float]:
+def breakdown(model: LoadedModel, png: bytes) -> Dict[str, float]:
   """{step: p50 ms} of one image's request, in this process."""
   import tensorflow as tf
   from serving.server import _format_outputs, decode_instances
   body = orjson.dumps({"instances": [{"b64": base64.b64encode(png).decode()}]})
-  model = load_version(model_dir)
   saved = model.saved_model
   images = getattr(saved, names.PREPARE_IMAGE_BYTES)(tf.constant([png]))
   steps = {
@@ -221,16 +220,16 @@ def _version_memory(path: str) -> Dict[str, float]:
   parts, before = {}, rss_mb(os.getpid())
   index_dir = os.path.join(path, SEARCH_INDEX_DIR)
   index = search_index.load(index_dir) if os.path.isdir(index_dir) else None
-  parts["search index"] = rss_mb(os.getpid()) - before
+  index_mb = rss_mb(os.getpid()) - before
+  parts[f"search index ({len(index) if index else 'no'} vectors)"] = index_mb
   loaded = LoadedModel(1, path)
   parts["SavedModel (variables, k-NN bank, functions)"] = (
-      rss_mb(os.getpid()) - before - 2 * parts["search index"])   # it loads its own index
+      rss_mb(os.getpid()) - before - 2 * index_mb)                # it loads its own index
   compiled = loaded.compiled(SERVING_DEFAULT)
   start = rss_mb(os.getpid())
   for bucket in compiled.buckets if compiled else ():
     compiled.compile(bucket)
   parts["serving_default's compiled buckets, run once each"] = rss_mb(os.getpid()) - start
-  del index, first
   return parts
 
 
@@ -315,22 +314,22 @@ def main(argv=None):
                      "with this version of the project")
 
   print("\n1. one image, step by step (p50 ms, in process):", flush=True)
-  steps = breakdown(args.model_dir, pngs[0])
+  steps = breakdown(model, pngs[0])
   for step, ms in steps.items():
     print(f"  {step:55s} {ms:6.2f}", flush=True)
 
   print(f"\n2. batch embedding, batches of {MAX_BATCH}, {cores()} at once (serving.embed):",
         flush=True)
   flops = roofline.embedding_flops(config_lib.get_profile(args.roofline).model)
+  as_saved = LoadedModel(model.version, model.path, compiled=False)
   for precision, signature in PRECISIONS.items():
     policy = "float32" if precision == "float32" else "mixed_bfloat16"
     bound, line = roofline.img_per_second_bound(policy, flops, concurrent=cores())
     print(f"  bound: {line}", flush=True)
-    for compiled in (False, True):
-      loaded = LoadedModel(model.version, model.path, compiled=compiled)
+    for how, loaded in (("as saved", as_saved), ("compiled", model)):
       ips = batch_embedding(loaded, signature, pngs)
-      print(f"  {precision}, {'compiled' if compiled else 'as saved'}: {ips:7.0f} img/s, "
-            f"{ips / bound:.0%} of the bound", flush=True)
+      print(f"  {precision}, {how}: {ips:7.0f} img/s, {ips / bound:.0%} of the bound",
+            flush=True)
 
   print("\n3. memory one more loaded version adds (RSS):", flush=True)
   for part, mb in version_memory(model.path).items():
@@ -360,7 +359,7 @@ def main(argv=None):
   if args.quality:
     print("\n5. bfloat16 against float32 on CIFAR-10 (the model's own probe; k-NN k = "
           f"{names.KNN_K}, the train split as the bank):", flush=True)
-    results = quality(LoadedModel(model.version, model.path), args.data)
+    results = quality(model, args.data)
     for precision in PRECISIONS:
       r = results[precision]
       print(f"  {precision}: LP {100 * r['lp']:.2f} %, k-NN {100 * r['knn']:.2f} %")

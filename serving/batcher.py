@@ -23,7 +23,7 @@ import collections
 import concurrent.futures
 import math
 import time
-from typing import Dict, List, Tuple
+from typing import Dict, List, NamedTuple, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -42,6 +42,14 @@ class Overloaded(RuntimeError):
   def __init__(self, message: str, retry_after: int):
     super().__init__(message)
     self.retry_after = retry_after
+
+
+class _Part(NamedTuple):
+  """A request, or a `max_batch` part of a bigger one, waiting for a call."""
+  model: LoadedModel
+  values: List[bytes]
+  offset: int                  # of its first value in the request
+  future: asyncio.Future
 
 
 class Batcher:
@@ -91,7 +99,7 @@ class Batcher:
     parts = []
     for start in range(0, len(values), self.max_batch):
       parts.append(loop.create_future())
-      queue.append((model, values[start:start + self.max_batch], start, parts[-1]))
+      queue.append(_Part(model, values[start:start + self.max_batch], start, parts[-1]))
     self.queued += len(values)
     if key not in self._active:
       self._active.add(key)
@@ -119,10 +127,10 @@ class Batcher:
           self._free_threads.release()
           break
         batch, size = [], 0
-        while queue and (not batch or size + len(queue[0][1]) <= self.max_batch):
-          item = queue.popleft()
-          batch.append(item)
-          size += len(item[1])
+        while queue and (not batch or size + len(queue[0].values) <= self.max_batch):
+          part = queue.popleft()
+          batch.append(part)
+          size += len(part.values)
         self.queued -= size
         running = asyncio.get_running_loop().create_task(
             self._run_batch(batch, signature=key[1]))
@@ -130,30 +138,31 @@ class Batcher:
     finally:
       self._active.discard(key)
 
-  async def _run_batch(self, batch, signature: str) -> None:
-    model = batch[0][0]
-    values = [v for _, vs, _, _ in batch for v in vs]
+  async def _run_batch(self, batch: List[_Part], signature: str) -> None:
+    model = batch[0].model
+    values = [v for part in batch for v in part.values]
     try:
       outputs = await self._call(model, signature, values)
     except tf.errors.InvalidArgumentError:
-      for item in batch:   # isolate the request(s) with bad instances
-        await self._run_alone(model, signature, item)
+      for part in batch:   # isolate the request(s) with bad instances
+        await self._run_alone(model, signature, part)
       return
     except Exception as e:  # pylint: disable=broad-except
-      for *_, future in batch:
-        if not future.done():
-          future.set_exception(e)
+      for part in batch:
+        if not part.future.done():
+          part.future.set_exception(e)
       return
     start = 0
-    for _, vs, _, future in batch:
-      if not future.done():
-        future.set_result({k: v[start:start + len(vs)] for k, v in outputs.items()})
-      start += len(vs)
+    for part in batch:
+      if not part.future.done():
+        part.future.set_result({k: v[start:start + len(part.values)]
+                                for k, v in outputs.items()})
+      start += len(part.values)
 
-  async def _run_alone(self, model, signature, item) -> None:
+  async def _run_alone(self, model, signature, part: _Part) -> None:
     """One request (or part of one) on its own; its bad instances are named
     in a BadInstance by their index in the request."""
-    _, values, offset, future = item
+    values, offset, future = part.values, part.offset, part.future
     self.calls += 1          # the re-runs that find a bad instance count once
     self.instances += len(values)
     try:
