@@ -40,7 +40,7 @@ from models.examples import ImageStatistics, image_example
 from pipeline import data_source
 from pipeline.run_outputs import RunOutputs
 
-DRIFT_MISSING = (3, 5)           # cat, dog: absent from the drift variant's span 3
+DRIFT_MISSING = (3, 5)  # cat, dog: absent from the drift variant's span 3
 DRIFT_COLOUR = (1.25, 1.0, 0.8)  # span 4's R, G, B gains in the drift variant
 
 
@@ -55,12 +55,15 @@ def span_indices(labels: np.ndarray, spans: int, seed: int = 0) -> List[np.ndarr
   """Class-balanced, disjoint slices of the train split, one per span."""
   rng = np.random.RandomState(seed)
   per_class = [rng.permutation(np.flatnonzero(labels == c)) for c in np.unique(labels)]
-  return [np.sort(np.concatenate([np.array_split(idx, spans)[k] for idx in per_class]))
-          for k in range(spans)]
+  return [
+      np.sort(np.concatenate([np.array_split(idx, spans)[k] for idx in per_class]))
+      for k in range(spans)
+  ]
 
 
 def write_records(path: str, images: np.ndarray, labels: np.ndarray) -> None:
   import tensorflow as tf
+
   os.makedirs(os.path.dirname(path), exist_ok=True)
   with tf.io.TFRecordWriter(path, options="GZIP") as writer:
     for image, label in zip(images, labels):
@@ -97,54 +100,83 @@ def drift_table(train, labels, class_names, slices) -> None:
   import tensorflow_data_validation as tfdv
   from components.anomalies_gate import compare_statistics
   from models import schema as schema_lib
+
   schema = schema_lib.read_schema(names.SCHEMA_PATH)
 
   def statistics(images, span_labels):
     rows = [ImageStatistics.of_array(image) for image in images]
-    frame = pd.DataFrame({names.CLASS_NAME_KEY: [class_names[y] for y in span_labels],
-                          names.IMAGE_HEIGHT_KEY: [r.height for r in rows],
-                          names.IMAGE_WIDTH_KEY: [r.width for r in rows],
-                          **{key: [r.channel_means[c] for r in rows]
-                             for c, key in enumerate(names.CHANNEL_MEAN_KEYS)}})
+    frame = pd.DataFrame(
+        {
+            names.CLASS_NAME_KEY: [class_names[y] for y in span_labels],
+            names.IMAGE_HEIGHT_KEY: [r.height for r in rows],
+            names.IMAGE_WIDTH_KEY: [r.width for r in rows],
+            **{
+                key: [r.channel_means[c] for r in rows]
+                for c, key in enumerate(names.CHANNEL_MEAN_KEYS)
+            },
+        }
+    )
     return tfdv.generate_statistics_from_dataframe(frame)
 
   balanced = [statistics(train[idx], labels[idx]) for idx in slices]
-  pairs = [(f"balanced span {k + 1} vs {k}", balanced[k], balanced[k - 1], k + 1, k)
-           for k in range(1, len(slices))]
+  pairs = [
+      (f"balanced span {k + 1} vs {k}", balanced[k], balanced[k - 1], k + 1, k)
+      for k in range(1, len(slices))
+  ]
   for k in (3, 4):
     images, span_labels = span_data(k, "drift", train[slices[k - 1]], labels[slices[k - 1]])
     pairs.append((f"drift span {k} vs 2", statistics(images, span_labels), balanced[1], k, 2))
   for title, current, previous, span, previous_span in pairs:
     result = compare_statistics(current, previous, schema, span, previous_span)
-    print(f"{title}:\n  " + "\n  ".join(result.compared) +
-          (f"\n  STOPPED: {len(result.problems)} problem(s)" if result.problems else
-           "\n  passes"), flush=True)
+    print(
+        f"{title}:\n  "
+        + "\n  ".join(result.compared)
+        + (f"\n  STOPPED: {len(result.problems)} problem(s)" if result.problems else "\n  passes"),
+        flush=True,
+    )
 
 
-def run_pipeline(data: str, output: str, profile: str, log_path: str,
-                 *flags: str) -> Dict:
+def run_pipeline(data: str, output: str, profile: str, log_path: str, *flags: str) -> Dict:
   """One `local_runner` run; its wall time, verdict and figures."""
-  argv = [sys.executable, "-m", "pipeline.local_runner", "--profile", profile, "--data", data,
-          "--output-dir", output, "--schema", os.path.join(output, "schema.pbtxt"), *flags]
+  argv = [
+      sys.executable,
+      "-m",
+      "pipeline.local_runner",
+      "--profile",
+      profile,
+      "--data",
+      data,
+      "--output-dir",
+      output,
+      "--schema",
+      os.path.join(output, "schema.pbtxt"),
+      *flags,
+  ]
   start = time.monotonic()
   with open(log_path, "w") as log:
-    code = subprocess.run(argv, cwd=names.PROJECT_DIR, stderr=log, stdout=subprocess.DEVNULL,
-                          check=False).returncode
+    code = subprocess.run(
+        argv, cwd=names.PROJECT_DIR, stderr=log, stdout=subprocess.DEVNULL, check=False
+    ).returncode
   wall = time.monotonic() - start
   row = dict(wall=wall, ok=code == 0, log=log_path, stopped=None)
   if code:
     with open(log_path) as f:
       text = f.read()
     # What the gate said (each error line comes more than once in the log).
-    lines = dict.fromkeys(line.strip() for line in text.splitlines()
-                          if "span" in line and " vs " in line)
+    lines = dict.fromkeys(
+        line.strip() for line in text.splitlines() if "span" in line and " vs " in line
+    )
     row["stopped"] = list(lines)[:3] or text.strip().splitlines()[-1:]
     return row
   run = RunOutputs.load(output)
   probe = run.summary(names.PROBE_TRAINER)
-  row.update(pretrain=run.node(names.MAE_TRAINER)["seconds"],
-             warm_start=run.summary(names.MAE_TRAINER)["warm_start"]["source"],
-             lp=probe["eval_accuracy"], knn=probe["knn_accuracy"], blessed=run.blessed())
+  row.update(
+      pretrain=run.node(names.MAE_TRAINER)["seconds"],
+      warm_start=run.summary(names.MAE_TRAINER)["warm_start"]["source"],
+      lp=probe["eval_accuracy"],
+      knn=probe["knn_accuracy"],
+      blessed=run.blessed(),
+  )
   return row
 
 
@@ -153,33 +185,47 @@ def _cell(row: Optional[Dict]) -> str:
     return f"{'':>39s}"
   if not row["ok"]:
     return f"{'stopped by the gate':>39s}"
-  return (f"{row['wall']:8.0f} s {row['pretrain']:8.0f} s {100 * row['lp']:6.2f} "
-          f"{100 * row['knn']:6.2f}{' ' if row['blessed'] else '*'}")
+  return (
+      f"{row['wall']:8.0f} s {row['pretrain']:8.0f} s {100 * row['lp']:6.2f} "
+      f"{100 * row['knn']:6.2f}{' ' if row['blessed'] else '*'}"
+  )
 
 
 def main(argv=None):
-  p = argparse.ArgumentParser(description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--data", default=os.environ.get(names.CIFAR10_ENV),
-                 help="CIFAR-10 (as for make pipeline)")
+  p = argparse.ArgumentParser(
+      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
+  p.add_argument(
+      "--data", default=os.environ.get(names.CIFAR10_ENV), help="CIFAR-10 (as for make pipeline)"
+  )
   p.add_argument("--work-dir", required=True)
   p.add_argument("--spans", type=int, default=5)
   p.add_argument("--variant", choices=["balanced", "drift"], default="balanced")
   p.add_argument("--profile", default="cpu")
-  p.add_argument("--overrides", default="{}",
-                 help="JSON {section: {field: value}} over the profile, for every run "
-                      "(as local_runner's), e.g. '{\"pretrain\": {\"span_window\": 0}}'")
-  p.add_argument("--no-scratch", action="store_true",
-                 help="only the warm-started chain")
-  p.add_argument("--max-spans", type=int, default=None,
-                 help="run only the first N spans (a quick check of the benchmark)")
-  p.add_argument("--drift-only", action="store_true",
-                 help="only the drift comparators' values between spans, no pipeline")
+  p.add_argument(
+      "--overrides",
+      default="{}",
+      help="JSON {section: {field: value}} over the profile, for every run "
+      '(as local_runner\'s), e.g. \'{"pretrain": {"span_window": 0}}\'',
+  )
+  p.add_argument("--no-scratch", action="store_true", help="only the warm-started chain")
+  p.add_argument(
+      "--max-spans",
+      type=int,
+      default=None,
+      help="run only the first N spans (a quick check of the benchmark)",
+  )
+  p.add_argument(
+      "--drift-only",
+      action="store_true",
+      help="only the drift comparators' values between spans, no pipeline",
+  )
   args = p.parse_args(argv)
   print(host_line(), flush=True)
   work = os.path.abspath(os.path.join(args.work_dir, args.variant))
   train, train_labels, test, test_labels, class_names = load_cifar10(
-      args.data, os.path.join(args.work_dir, "cache"))
+      args.data, os.path.join(args.work_dir, "cache")
+  )
   slices = span_indices(train_labels, args.spans)
   if args.drift_only:
     drift_table(train, train_labels, class_names, slices)
@@ -187,38 +233,71 @@ def main(argv=None):
   arrivals = os.path.join(work, "arrivals")
   seen_images, seen_labels = [], []
   table = []
-  for k, idx in enumerate(slices[:args.max_spans], start=1):
+  for k, idx in enumerate(slices[: args.max_spans], start=1):
     images, labels = span_data(k, args.variant, train[idx], train_labels[idx])
-    write_dataset(os.path.join(arrivals, f"span-{k}"), images, labels, test, test_labels,
-                  class_names)
-    warm = run_pipeline(arrivals, os.path.join(work, "chain"), args.profile,
-                        os.path.join(work, f"chain-span-{k}.log"), "--overrides", args.overrides)
+    write_dataset(
+        os.path.join(arrivals, f"span-{k}"), images, labels, test, test_labels, class_names
+    )
+    warm = run_pipeline(
+        arrivals,
+        os.path.join(work, "chain"),
+        args.profile,
+        os.path.join(work, f"chain-span-{k}.log"),
+        "--overrides",
+        args.overrides,
+    )
     scratch = None
     if warm["ok"]:
       seen_images.append(images)
       seen_labels.append(labels)
     if k == 1:
-      scratch = warm           # the first span: the chain's run is from scratch on it
+      scratch = warm  # the first span: the chain's run is from scratch on it
     elif not args.no_scratch and warm["ok"]:
       # All the data seen so far, as one source, in a fresh output folder.
       seen = os.path.join(work, f"scratch-{k}", "seen")
-      write_dataset(seen, np.concatenate(seen_images), np.concatenate(seen_labels), test,
-                    test_labels, class_names)
-      scratch = run_pipeline(seen, os.path.join(work, f"scratch-{k}", "out"), args.profile,
-                             os.path.join(work, f"scratch-span-{k}.log"),
-                             "--overrides", args.overrides)
+      write_dataset(
+          seen,
+          np.concatenate(seen_images),
+          np.concatenate(seen_labels),
+          test,
+          test_labels,
+          class_names,
+      )
+      scratch = run_pipeline(
+          seen,
+          os.path.join(work, f"scratch-{k}", "out"),
+          args.profile,
+          os.path.join(work, f"scratch-span-{k}.log"),
+          "--overrides",
+          args.overrides,
+      )
     table.append((k, len(labels), warm, scratch))
-    print(f"span {k}: {len(labels)} train images; warm chain: "
-          + (f"LP {warm['lp']:.4f} k-NN {warm['knn']:.4f} in {warm['wall']:.0f} s, warm start "
-             f"from {warm['warm_start']}" if warm["ok"] else f"stopped: {warm['stopped']}")
-          + (f"; from scratch: LP {scratch['lp']:.4f} k-NN {scratch['knn']:.4f} in "
-             f"{scratch['wall']:.0f} s" if scratch and scratch["ok"] else ""), flush=True)
+    print(
+        f"span {k}: {len(labels)} train images; warm chain: "
+        + (
+            f"LP {warm['lp']:.4f} k-NN {warm['knn']:.4f} in {warm['wall']:.0f} s, warm start "
+            f"from {warm['warm_start']}"
+            if warm["ok"]
+            else f"stopped: {warm['stopped']}"
+        )
+        + (
+            f"; from scratch: LP {scratch['lp']:.4f} k-NN {scratch['knn']:.4f} in "
+            f"{scratch['wall']:.0f} s"
+            if scratch and scratch["ok"]
+            else ""
+        ),
+        flush=True,
+    )
 
-  print(f"\n{host_line()}\nprofile {args.profile}, overrides {args.overrides}, "
-        f"variant {args.variant}, "
-        "accuracies on the full CIFAR-10 test split (%)")
-  print(f"{'span':>4s} {'train':>6s} | {'warm chain: wall, pretrain, LP, k-NN':>39s} | "
-        f"{'from scratch on all seen: same':>39s}")
+  print(
+      f"\n{host_line()}\nprofile {args.profile}, overrides {args.overrides}, "
+      f"variant {args.variant}, "
+      "accuracies on the full CIFAR-10 test split (%)"
+  )
+  print(
+      f"{'span':>4s} {'train':>6s} | {'warm chain: wall, pretrain, LP, k-NN':>39s} | "
+      f"{'from scratch on all seen: same':>39s}"
+  )
   for k, n, warm, scratch in table:
     print(f"{k:4d} {n:6d} | {_cell(warm)} | {_cell(scratch)}")
   print("* not blessed")
@@ -230,10 +309,12 @@ def main(argv=None):
     warm_total = sum(w["pretrain"] for w, _ in done)
     scratch_total = sum(s["pretrain"] for _, s in done)
     last_w, last_s = done[-1]
-    print(f"pretraining time: warm chain {warm_total:.0f} s, from scratch {scratch_total:.0f} s "
-          f"({100 * warm_total / scratch_total:.0f} %); last span: LP "
-          f"{100 * (last_w['lp'] - last_s['lp']):+.2f} points, k-NN "
-          f"{100 * (last_w['knn'] - last_s['knn']):+.2f} points against from scratch")
+    print(
+        f"pretraining time: warm chain {warm_total:.0f} s, from scratch {scratch_total:.0f} s "
+        f"({100 * warm_total / scratch_total:.0f} %); last span: LP "
+        f"{100 * (last_w['lp'] - last_s['lp']):+.2f} points, k-NN "
+        f"{100 * (last_w['knn'] - last_s['knn']):+.2f} points against from scratch"
+    )
 
 
 if __name__ == "__main__":

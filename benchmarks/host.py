@@ -19,7 +19,8 @@ def host_line(load: bool = False) -> str:
   with open("/proc/meminfo") as f:
     mem_kb = next(int(line.split()[1]) for line in f if line.startswith("MemTotal"))
   shown = ", ".join(f"{flag} {'yes' if flag in flags else 'no'}" for flag in SHOWN_FLAGS)
-  return (f"host: {info.get('model name', '?')} (family {info.get('cpu family', '?')}, "
-          f"model {info.get('model', '?')}), {os.cpu_count()} CPUs, {shown}, "
-          f"{mem_kb / 2**20:.1f} GiB RAM"
-          + (f", load average {os.getloadavg()[0]:.2f}" if load else ""))
+  return (
+      f"host: {info.get('model name', '?')} (family {info.get('cpu family', '?')}, "
+      f"model {info.get('model', '?')}), {os.cpu_count()} CPUs, {shown}, "
+      f"{mem_kb / 2**20:.1f} GiB RAM" + (f", load average {os.getloadavg()[0]:.2f}" if load else "")
+  )

@@ -32,27 +32,41 @@ def one_run(args) -> dict:
   examples, transform = pipeline_inputs(args.metadata)
   cfg = config_lib.get_profile(args.profile, {"pretrain": {"epochs": args.epochs}})
   budget = cfg.data.memory_budget_mb if args.memory_budget_mb is None else args.memory_budget_mb
-  images = data.training_images(names.split_files(examples, "train"),
-                                tft.TFTransformOutput(transform), budget,
-                                cfg.data.shuffle_buffer, args.examples)
+  images = data.training_images(
+      names.split_files(examples, "train"),
+      tft.TFTransformOutput(transform),
+      budget,
+      cfg.data.shuffle_buffer,
+      args.examples,
+  )
   with tempfile.TemporaryDirectory() as tmp:
     _, history = pretrain(cfg, images, tmp, os.path.join(tmp, "ckpt"))
-  return {"examples": images.count, "streamed": images.streamed,
-          "memory_budget_mb": budget, "img_per_s": history[-1]["images_per_second"],
-          # ru_maxrss is in KiB on Linux.
-          "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+  return {
+      "examples": images.count,
+      "streamed": images.streamed,
+      "memory_budget_mb": budget,
+      "img_per_s": history[-1]["images_per_second"],
+      # ru_maxrss is in KiB on Linux.
+      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+  }
 
 
 def main(argv=None):
-  p = argparse.ArgumentParser(description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = argparse.ArgumentParser(
+      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   p.add_argument("--examples", default="10000,50000", help="comma-separated N")
-  p.add_argument("--memory-budget-mb", type=float, default=None,
-                 help="0: always stream (default: the profile's data.memory_budget_mb)")
+  p.add_argument(
+      "--memory-budget-mb",
+      type=float,
+      default=None,
+      help="0: always stream (default: the profile's data.memory_budget_mb)",
+  )
   p.add_argument("--epochs", type=int, default=2)
   p.add_argument("--profile", default="cpu")
-  p.add_argument("--metadata", default=names.metadata_path(),
-                 help="MLMD database of the run whose data to use")
+  p.add_argument(
+      "--metadata", default=names.metadata_path(), help="MLMD database of the run whose data to use"
+  )
   p.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
   args = p.parse_args(argv)
   if args.one:
@@ -61,24 +75,40 @@ def main(argv=None):
     return
   rows = []
   for n in [int(v) for v in args.examples.split(",")]:
-    cmd = [sys.executable, "-m", "benchmarks.pretrain_memory", "--one", "--examples", str(n),
-           "--epochs", str(args.epochs), "--profile", args.profile,
-           "--metadata", args.metadata]
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.pretrain_memory",
+        "--one",
+        "--examples",
+        str(n),
+        "--epochs",
+        str(args.epochs),
+        "--profile",
+        args.profile,
+        "--metadata",
+        args.metadata,
+    ]
     if args.memory_budget_mb is not None:
       cmd += ["--memory-budget-mb", str(args.memory_budget_mb)]
     run = subprocess.run(cmd, capture_output=True, text=True, cwd=names.PROJECT_DIR)
     lines = [line for line in run.stdout.splitlines() if line.startswith("RESULT ")]
     if run.returncode or not lines:
       raise SystemExit(f"N={n} failed:\n{run.stderr[-3000:]}")
-    rows.append(json.loads(lines[-1][len("RESULT "):]))
+    rows.append(json.loads(lines[-1][len("RESULT ") :]))
     r = rows[-1]
-    print(f"N={r['examples']:6d}  {'streamed' if r['streamed'] else 'in memory':9s}  "
-          f"peak RSS {r['peak_rss_mb']:6.0f} MB  {r['img_per_s']:5.0f} img/s", flush=True)
+    print(
+        f"N={r['examples']:6d}  {'streamed' if r['streamed'] else 'in memory':9s}  "
+        f"peak RSS {r['peak_rss_mb']:6.0f} MB  {r['img_per_s']:5.0f} img/s",
+        flush=True,
+    )
   print("summary:")
   for r in rows:
-    print(f"  {r['examples']:6d} images, {'streamed' if r['streamed'] else 'in memory'} "
-          f"(budget {r['memory_budget_mb']:g} MB): peak RSS {r['peak_rss_mb']:.0f} MB, "
-          f"{r['img_per_s']:.0f} img/s (last epoch)")
+    print(
+        f"  {r['examples']:6d} images, {'streamed' if r['streamed'] else 'in memory'} "
+        f"(budget {r['memory_budget_mb']:g} MB): peak RSS {r['peak_rss_mb']:.0f} MB, "
+        f"{r['img_per_s']:.0f} img/s (last epoch)"
+    )
 
 
 if __name__ == "__main__":

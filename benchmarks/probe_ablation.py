@@ -40,29 +40,43 @@ def logistic_regression_accuracy(train_x, train_y, test_x, test_y) -> float:
   """The calibration probe: L2 logistic regression on standardised features."""
   from sklearn.linear_model import LogisticRegression
   from sklearn.preprocessing import StandardScaler
+
   scaler = StandardScaler().fit(train_x)
   clf = LogisticRegression(max_iter=1000).fit(scaler.transform(train_x), train_y)
   return float(clf.score(scaler.transform(test_x), test_y))
 
 
 def main(argv=None):
-  p = argparse.ArgumentParser(description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = argparse.ArgumentParser(
+      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   source = p.add_mutually_exclusive_group(required=True)
   source.add_argument("--mae", help="an MAE saved by the mae_pretrain Trainer")
   source.add_argument("--random-init", action="store_true")
-  p.add_argument("--profile", default="cpu", help="model shape for --random-init "
-                 "and the baseline probe settings")
-  p.add_argument("--feature-blocks", default="1,2,4",
-                 help="comma-separated k: the last k blocks side by side")
-  p.add_argument("--whitening", default="off,1e-4",
-                 help="comma-separated: off (raw features) or a whitening shrinkage")
-  p.add_argument("--logreg", action="store_true",
-                 help="also the L-BFGS logistic regression (minutes per feature set)")
-  p.add_argument("--probes", default='[{}]',
-                 help="JSON list of ProbeConfig overrides, one probe each")
-  p.add_argument("--metadata", default=names.metadata_path(),
-                 help="MLMD database of the run whose data to use")
+  p.add_argument(
+      "--profile",
+      default="cpu",
+      help="model shape for --random-init " "and the baseline probe settings",
+  )
+  p.add_argument(
+      "--feature-blocks", default="1,2,4", help="comma-separated k: the last k blocks side by side"
+  )
+  p.add_argument(
+      "--whitening",
+      default="off,1e-4",
+      help="comma-separated: off (raw features) or a whitening shrinkage",
+  )
+  p.add_argument(
+      "--logreg",
+      action="store_true",
+      help="also the L-BFGS logistic regression (minutes per feature set)",
+  )
+  p.add_argument(
+      "--probes", default="[{}]", help="JSON list of ProbeConfig overrides, one probe each"
+  )
+  p.add_argument(
+      "--metadata", default=names.metadata_path(), help="MLMD database of the run whose data to use"
+  )
   args = p.parse_args(argv)
 
   cfg = config_lib.get_profile(args.profile)
@@ -77,13 +91,16 @@ def main(argv=None):
 
   rows = []
   for k in [int(v) for v in args.feature_blocks.split(",")]:
-    classifier = ProbeClassifier(encoder, head=None, class_names=class_names,
-                                 feature_blocks=k)
+    classifier = ProbeClassifier(encoder, head=None, class_names=class_names, feature_blocks=k)
     t0 = time.time()
-    raw_train, train_labels = extract_features(classifier.pooled_tokens, data.transformed_batches(
-        names.split_files(examples, "train"), tft_output))
-    raw_test, test_labels = extract_features(classifier.pooled_tokens, data.transformed_batches(
-        names.split_files(examples, "test"), tft_output))
+    raw_train, train_labels = extract_features(
+        classifier.pooled_tokens,
+        data.transformed_batches(names.split_files(examples, "train"), tft_output),
+    )
+    raw_test, test_labels = extract_features(
+        classifier.pooled_tokens,
+        data.transformed_batches(names.split_files(examples, "test"), tft_output),
+    )
     print(f"features (last {k} block(s)): {time.time() - t0:.0f} s", flush=True)
     for whitening in args.whitening.split(","):
       if whitening == "off":
@@ -96,25 +113,47 @@ def main(argv=None):
       if args.logreg:
         t0 = time.time()
         logreg = logistic_regression_accuracy(train_x, train_labels, test_x, test_labels)
-        rows.append((features, "logistic regression (L-BFGS, standardised)", logreg, knn,
-                     time.time() - t0))
+        rows.append(
+            (features, "logistic regression (L-BFGS, standardised)", logreg, knn, time.time() - t0)
+        )
         print(rows[-1], flush=True)
       for overrides in json.loads(args.probes):
         probe_cfg = dataclasses.replace(cfg.probe, **overrides)
         t0 = time.time()
         with tempfile.TemporaryDirectory() as tmp:
-          _, history = train_probe(probe_cfg, len(class_names), train_x, train_labels, test_x,
-                                   test_labels, tmp, cfg.runtime.seed)
-        rows.append((features, f"BN + linear {json.dumps(overrides)}",
-                     history[-1]["val_accuracy"], knn, time.time() - t0))
+          _, history = train_probe(
+              probe_cfg,
+              len(class_names),
+              train_x,
+              train_labels,
+              test_x,
+              test_labels,
+              tmp,
+              cfg.runtime.seed,
+          )
+        rows.append(
+            (
+                features,
+                f"BN + linear {json.dumps(overrides)}",
+                history[-1]["val_accuracy"],
+                knn,
+                time.time() - t0,
+            )
+        )
         print(rows[-1], flush=True)
 
   print(f"\nsummary (test top-1 on {len(test_labels):,} images):")
-  print(f"{'features':28s}  {'probe':44s} {'LP':>7} "
-        + " ".join(f"{f'kNN k={kk}':>9}" for kk in KNN_KS) + f" {'probe s':>8}")
+  print(
+      f"{'features':28s}  {'probe':44s} {'LP':>7} "
+      + " ".join(f"{f'kNN k={kk}':>9}" for kk in KNN_KS)
+      + f" {'probe s':>8}"
+  )
   for features, name, acc, knn, secs in rows:
-    print(f"{features:28s}  {name:44s} {acc:7.4f} "
-          + " ".join(f"{knn[kk]:9.4f}" for kk in KNN_KS) + f" {secs:8.0f}")
+    print(
+        f"{features:28s}  {name:44s} {acc:7.4f} "
+        + " ".join(f"{knn[kk]:9.4f}" for kk in KNN_KS)
+        + f" {secs:8.0f}"
+    )
 
 
 if __name__ == "__main__":

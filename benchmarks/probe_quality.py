@@ -31,18 +31,24 @@ from pipeline.runs import pipeline_inputs, schema_file
 
 
 def main(argv=None):
-  p = argparse.ArgumentParser(description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = argparse.ArgumentParser(
+      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   source = p.add_mutually_exclusive_group(required=True)
   source.add_argument("--epochs", type=int, help="0: random-init encoder")
-  source.add_argument("--mae", help="probe this saved MAE (<work-dir>/mae/model of an "
-                      "earlier run) instead of pretraining one")
+  source.add_argument(
+      "--mae",
+      help="probe this saved MAE (<work-dir>/mae/model of an "
+      "earlier run) instead of pretraining one",
+  )
   p.add_argument("--profile", default="cpu")
   p.add_argument("--overrides", default="{}")
-  p.add_argument("--metadata", default=names.metadata_path(),
-                 help="MLMD database of the run whose data to use")
-  p.add_argument("--work-dir", default=None,
-                 help="keep the MAE, logs and checkpoints here (default: temp)")
+  p.add_argument(
+      "--metadata", default=names.metadata_path(), help="MLMD database of the run whose data to use"
+  )
+  p.add_argument(
+      "--work-dir", default=None, help="keep the MAE, logs and checkpoints here (default: temp)"
+  )
   args = p.parse_args(argv)
 
   overrides = json.loads(args.overrides)
@@ -60,12 +66,15 @@ def main(argv=None):
   if args.mae:
     mae = engine_pretrain.load_mae(args.mae)
   elif args.epochs:
-    train_images = data.training_images(train_files, tft_output, cfg.data.memory_budget_mb,
-                                        cfg.data.shuffle_buffer)
+    train_images = data.training_images(
+        train_files, tft_output, cfg.data.memory_budget_mb, cfg.data.shuffle_buffer
+    )
     model, history = engine_pretrain.pretrain(
-        cfg, train_images, os.path.join(work, "mae"),
-        engine_pretrain.checkpoint_dir(os.path.join(work, "ckpt"), cfg,
-                                       [transform, *train_files]))
+        cfg,
+        train_images,
+        os.path.join(work, "mae"),
+        engine_pretrain.checkpoint_dir(os.path.join(work, "ckpt"), cfg, [transform, *train_files]),
+    )
     del train_images
     mae = model.mae
     engine_pretrain.save_mae(mae, os.path.join(work, "mae", "model"))
@@ -75,21 +84,33 @@ def main(argv=None):
   t1 = time.time()
   class_names = schema.class_names(schema.read_schema(schema_file(args.metadata)))
   result = engine_probe.linear_probe(
-      cfg, mae.encoder, class_names, data.transformed_batches(train_files, tft_output),
-      data.transformed_batches(test_files, tft_output), os.path.join(work, "probe"))
+      cfg,
+      mae.encoder,
+      class_names,
+      data.transformed_batches(train_files, tft_output),
+      data.transformed_batches(test_files, tft_output),
+      os.path.join(work, "probe"),
+  )
   t2 = time.time()
 
   # The first epoch includes tracing and XLA compilation.
   ips = [h["images_per_second"] for h in history[1:] or history]
   summary = result.summary
-  print(json.dumps({"overrides": overrides, "profile": args.profile,
-                    "precision": cfg.runtime.precision}))
-  print(f"{f'epochs {args.epochs}' if args.mae is None else args.mae}: LP top-1 {summary['eval_accuracy']:.4f}, "
-        + "".join(f"kNN(k={k}) top-1 {acc:.4f}, " for k, acc in summary["knn"].items())
-        + "".join(f"unwhitened kNN(k={k}) {acc:.4f}, "
-                  for k, acc in summary.get("knn_unwhitened", {}).items())
-        + (f"MAE {sum(ips) / len(ips):.0f} img/s, " if ips else "")
-        + f"pretrain {t1 - t0:.0f} s, probe {t2 - t1:.0f} s, models in {work}")
+  print(
+      json.dumps(
+          {"overrides": overrides, "profile": args.profile, "precision": cfg.runtime.precision}
+      )
+  )
+  print(
+      f"{f'epochs {args.epochs}' if args.mae is None else args.mae}: LP top-1 {summary['eval_accuracy']:.4f}, "
+      + "".join(f"kNN(k={k}) top-1 {acc:.4f}, " for k, acc in summary["knn"].items())
+      + "".join(
+          f"unwhitened kNN(k={k}) {acc:.4f}, "
+          for k, acc in summary.get("knn_unwhitened", {}).items()
+      )
+      + (f"MAE {sum(ips) / len(ips):.0f} img/s, " if ips else "")
+      + f"pretrain {t1 - t0:.0f} s, probe {t2 - t1:.0f} s, models in {work}"
+  )
 
 
 if __name__ == "__main__":

@@ -28,15 +28,16 @@ def _blocks(m: config_lib.ModelConfig, depth: int, dim: int, tokens: int) -> flo
 
 
 def _patch_dim(m: config_lib.ModelConfig) -> int:
-  return m.patch_size ** 2 * config_lib.IMAGE_CHANNELS
+  return m.patch_size**2 * config_lib.IMAGE_CHANNELS
 
 
 def embedding_flops(m: config_lib.ModelConfig) -> float:
   """FLOPs (2 per multiply-add) of one image's embedding: the encoder on all
   the patches, as the serving signatures run it."""
   n = m.num_patches
-  return 2.0 * (n * _patch_dim(m) * m.embed_dim
-                + _blocks(m, m.depth, m.embed_dim, m.num_prefix_tokens + n))
+  return 2.0 * (
+      n * _patch_dim(m) * m.embed_dim + _blocks(m, m.depth, m.embed_dim, m.num_prefix_tokens + n)
+  )
 
 
 def mae_train_flops(m: config_lib.ModelConfig) -> float:
@@ -46,26 +47,30 @@ def mae_train_flops(m: config_lib.ModelConfig) -> float:
   and a momentum teacher are not counted)."""
   n = m.num_patches
   visible = int(n * (1 - m.mask_ratio))
-  prefix = m.num_prefix_tokens                                  # [CLS], if any
-  macs = (visible * _patch_dim(m) * m.embed_dim                 # patch embedding
-          + _blocks(m, m.depth, m.embed_dim, prefix + visible)
-          + (prefix + visible) * m.embed_dim * m.decoder_embed_dim  # decoder embedding
-          + _blocks(m, m.decoder_depth, m.decoder_embed_dim, prefix + n)
-          + n * m.decoder_embed_dim * _patch_dim(m))           # per-token pixel head
+  prefix = m.num_prefix_tokens  # [CLS], if any
+  macs = (
+      visible * _patch_dim(m) * m.embed_dim  # patch embedding
+      + _blocks(m, m.depth, m.embed_dim, prefix + visible)
+      + (prefix + visible) * m.embed_dim * m.decoder_embed_dim  # decoder embedding
+      + _blocks(m, m.decoder_depth, m.decoder_embed_dim, prefix + n)
+      + n * m.decoder_embed_dim * _patch_dim(m)
+  )  # per-token pixel head
   views = 2 if m.contrastive_weight else 1
   return 3 * 2.0 * macs * views
 
 
-def matmul_flops_per_second(policy: str = "float32", size: int = 2048,
-                            repeats: int = 20, concurrent: int = 1) -> float:
+def matmul_flops_per_second(
+    policy: str = "float32", size: int = 2048, repeats: int = 20, concurrent: int = 1
+) -> float:
   """Measured speed of a large square matmul in the policy's compute dtype,
   `concurrent` of them at once from as many threads (for a process whose
   calls each run on one intra-op thread, one call per core)."""
   import tensorflow as tf
+
   dtype = tf.keras.mixed_precision.Policy(policy).compute_dtype
   a = tf.cast(tf.random.normal([size, size]), dtype)
   matmul = tf.function(lambda x: tf.matmul(x, x))
-  matmul(a).numpy()                                         # trace, warm up
+  matmul(a).numpy()  # trace, warm up
 
   def loop(_):
     for _ in range(repeats):
@@ -75,29 +80,39 @@ def matmul_flops_per_second(policy: str = "float32", size: int = 2048,
   start = time.perf_counter()
   with concurrent_futures.ThreadPoolExecutor(concurrent) as pool:
     list(pool.map(loop, range(concurrent)))
-  return 2 * size ** 3 * repeats * concurrent / (time.perf_counter() - start)
+  return 2 * size**3 * repeats * concurrent / (time.perf_counter() - start)
 
 
-def img_per_second_bound(policy: str, flops_per_image: float, size: int = 2048,
-                         repeats: int = 20, concurrent: int = 1) -> Tuple[float, str]:
+def img_per_second_bound(
+    policy: str, flops_per_image: float, size: int = 2048, repeats: int = 20, concurrent: int = 1
+) -> Tuple[float, str]:
   """(bound in img/s, a line saying how it was found) for this machine."""
   peak = matmul_flops_per_second(policy, size, repeats, concurrent)
   bound = peak / flops_per_image
   at_once = f" ({concurrent} at once, one per thread)" if concurrent > 1 else ""
-  return bound, (f"{policy}: {size}x{size} matmul{at_once} at {peak / 1e9:.0f} GFLOP/s, "
-                 f"{flops_per_image / 1e6:.0f} MFLOP per image in matmuls: "
-                 f"at most {bound:.0f} img/s")
+  return bound, (
+      f"{policy}: {size}x{size} matmul{at_once} at {peak / 1e9:.0f} GFLOP/s, "
+      f"{flops_per_image / 1e6:.0f} MFLOP per image in matmuls: "
+      f"at most {bound:.0f} img/s"
+  )
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, default: str) -> None:
   """The benchmarks' choice of MAE: --profile, --model and --model-overrides."""
   parser.add_argument("--profile", default="cpu")
-  parser.add_argument("--model", choices=["reference", "profile"], default=default,
-                      help="reference: config.REFERENCE_MODEL (6x128 encoder, the "
-                           "throughput targets' size); profile: the profile's model")
-  parser.add_argument("--model-overrides", default="{}",
-                      help='JSON ModelConfig fields over the chosen model, e.g. '
-                           '\'{"uniformity_weight": 0.001}\'')
+  parser.add_argument(
+      "--model",
+      choices=["reference", "profile"],
+      default=default,
+      help="reference: config.REFERENCE_MODEL (6x128 encoder, the "
+      "throughput targets' size); profile: the profile's model",
+  )
+  parser.add_argument(
+      "--model-overrides",
+      default="{}",
+      help="JSON ModelConfig fields over the chosen model, e.g. "
+      "'{\"uniformity_weight\": 0.001}'",
+  )
 
 
 def model_overrides(args: argparse.Namespace) -> Dict[str, Any]:
@@ -108,30 +123,41 @@ def model_overrides(args: argparse.Namespace) -> Dict[str, Any]:
 
 
 def main(argv=None):
-  p = argparse.ArgumentParser(description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = argparse.ArgumentParser(
+      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   add_model_arguments(p, default="profile")
-  p.add_argument("--precision", default="float32",
-                 help="comma-separated Keras policies whose matmul speed to measure")
-  p.add_argument("--matmul-size", type=int, default=2048,
-                 help="side of the square matmul timed (smaller: quicker, but "
-                      "further from the peak)")
+  p.add_argument(
+      "--precision",
+      default="float32",
+      help="comma-separated Keras policies whose matmul speed to measure",
+  )
+  p.add_argument(
+      "--matmul-size",
+      type=int,
+      default=2048,
+      help="side of the square matmul timed (smaller: quicker, but " "further from the peak)",
+  )
   p.add_argument("--repeats", type=int, default=20, help="matmuls timed per precision")
   args = p.parse_args(argv)
   m = config_lib.get_profile(args.profile, {"model": model_overrides(args)}).model
   flops = {"MAE training step": mae_train_flops(m), "embedding": embedding_flops(m)}
-  print(f"model: encoder {m.depth}x{m.embed_dim}, decoder {m.decoder_depth}x"
-        f"{m.decoder_embed_dim}, patch {m.patch_size}, image {m.image_size}, mask "
-        f"{m.mask_ratio}: " + ", ".join(f"{what} {f / 1e6:.1f} MFLOP per image"
-                                        for what, f in flops.items()))
+  print(
+      f"model: encoder {m.depth}x{m.embed_dim}, decoder {m.decoder_depth}x"
+      f"{m.decoder_embed_dim}, patch {m.patch_size}, image {m.image_size}, mask "
+      f"{m.mask_ratio}: "
+      + ", ".join(f"{what} {f / 1e6:.1f} MFLOP per image" for what, f in flops.items())
+  )
   bounds = {}
   for policy in args.precision.split(","):
     peak = matmul_flops_per_second(policy, args.matmul_size, args.repeats)
     bounds[policy] = {what: peak / f for what, f in flops.items()}
-    print(f"{policy}: {args.matmul_size}x{args.matmul_size} matmul at "
-          f"{peak / 1e9:.0f} GFLOP/s: at most "
-          + ", ".join(f"{b:.0f} img/s ({what})" for what, b in bounds[policy].items()),
-          flush=True)
+    print(
+        f"{policy}: {args.matmul_size}x{args.matmul_size} matmul at "
+        f"{peak / 1e9:.0f} GFLOP/s: at most "
+        + ", ".join(f"{b:.0f} img/s ({what})" for what, b in bounds[policy].items()),
+        flush=True,
+    )
   return bounds
 
 

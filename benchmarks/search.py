@@ -68,9 +68,11 @@ KINDS = (search_index.EXACT, search_index.SCANN, search_index.FAISS_HNSW)
 AUGMENTATION = {"crop_area": [0.5, 1.0], "aspect": [3 / 4, 4 / 3], "flip": 0.5, "jitter": 0.1}
 # Issue 25's targets at a million vectors on 2 cores.
 TARGET_P50_MS, TARGET_RECALL, TARGET_SPEEDUP = 2.0, 0.95, 10.0
-TABLE_HEADER = ("| N | kind | tuned | build+tune s | build() s | peak RSS +MB | disk MB "
-                "| index B/vector | loaded RSS MB | recall@{k} | fresh recall@{k} | p50 ms "
-                "| p99 ms | batch QPS |")
+TABLE_HEADER = (
+    "| N | kind | tuned | build+tune s | build() s | peak RSS +MB | disk MB "
+    "| index B/vector | loaded RSS MB | recall@{k} | fresh recall@{k} | p50 ms "
+    "| p99 ms | batch QPS |"
+)
 
 
 # ---- the process ---------------------------------------------------------------------
@@ -116,8 +118,13 @@ print(rss_mb() - before)
 def loaded_rss_mb(kind: str, folder: str) -> float:
   """The RSS growth of a fresh process loading the index in `folder`
   (`search_index.load`, its libraries imported before): what a server pays."""
-  run = subprocess.run([sys.executable, "-c", _LOAD_PROBE, kind, folder],
-                       cwd=names.PROJECT_DIR, capture_output=True, text=True, check=False)
+  run = subprocess.run(
+      [sys.executable, "-c", _LOAD_PROBE, kind, folder],
+      cwd=names.PROJECT_DIR,
+      capture_output=True,
+      text=True,
+      check=False,
+  )
   if run.returncode:
     raise RuntimeError(f"loading {folder} in a fresh process failed:\n{run.stderr[-3000:]}")
   return float(run.stdout.split()[-1])
@@ -145,40 +152,48 @@ def augmentation_draws(count: int, seed: int, round_: int) -> Dict[str, np.ndarr
   left, right = np.where(flip, x0 + width, x0), np.where(flip, x0, x0 + width)
   jitter = AUGMENTATION["jitter"]
   factors = rng.uniform(1 - jitter, 1 + jitter, (3, count)).astype(np.float32)
-  return {"boxes": np.stack([y0, left, y0 + height, right], 1).astype(np.float32),
-          "brightness": factors[0], "contrast": factors[1], "saturation": factors[2]}
+  return {
+      "boxes": np.stack([y0, left, y0 + height, right], 1).astype(np.float32),
+      "brightness": factors[0],
+      "contrast": factors[1],
+      "saturation": factors[2],
+  }
 
 
 def augment(images: np.ndarray, draws: Dict[str, np.ndarray]) -> np.ndarray:
   """[B, H, W, 3] uint8 images under their draws (one row each) -> uint8."""
   import tensorflow as tf
+
   n, height, width, _ = images.shape
-  crops = tf.image.crop_and_resize(images.astype(np.float32), draws["boxes"],
-                                   np.arange(n, dtype=np.int32), (height, width)).numpy()
+  crops = tf.image.crop_and_resize(
+      images.astype(np.float32), draws["boxes"], np.arange(n, dtype=np.int32), (height, width)
+  ).numpy()
   shape = (n, 1, 1, 1)
   crops *= draws["brightness"].reshape(shape)
   mean = crops.mean(axis=(1, 2, 3), keepdims=True)
   crops = (crops - mean) * draws["contrast"].reshape(shape) + mean
-  grey = crops @ np.array([[0.299], [0.587], [0.114]], np.float32)        # [n, H, W, 1]
+  grey = crops @ np.array([[0.299], [0.587], [0.114]], np.float32)  # [n, H, W, 1]
   crops = grey + (crops - grey) * draws["saturation"].reshape(shape)
   return np.clip(np.rint(crops), 0, 255).astype(np.uint8)
 
 
-def _embed(model, images: np.ndarray, batch_size: int,
-           draws: Optional[Dict[str, np.ndarray]] = None) -> np.ndarray:
+def _embed(
+    model, images: np.ndarray, batch_size: int, draws: Optional[Dict[str, np.ndarray]] = None
+) -> np.ndarray:
   """Embeddings [N, D] float32 of the images (augmented by `draws`, one
   row per image, when given), each PNG-encoded and fed to serving_default."""
   from serving.embed import embed_all
 
   def batches():
     for start in range(0, len(images), batch_size):
-      batch = images[start:start + batch_size]
+      batch = images[start : start + batch_size]
       if draws is not None:
-        batch = augment(batch, {k: v[start:start + batch_size] for k, v in draws.items()})
+        batch = augment(batch, {k: v[start : start + batch_size] for k, v in draws.items()})
       yield [encode_png(image) for image in batch]
 
-  embeddings, kept = embed_all(model, SERVING_DEFAULT, batches(),
-                               [str(i) for i in range(len(images))], progress=False)
+  embeddings, kept = embed_all(
+      model, SERVING_DEFAULT, batches(), [str(i) for i in range(len(images))], progress=False
+  )
   assert len(kept) == len(images)
   return embeddings
 
@@ -207,8 +222,12 @@ def _load_cache(path: str, key: Dict) -> Tuple[Optional[np.ndarray], Optional[np
       meta = json.loads(str(f["meta"]))
       differs = sorted(k for k in key if meta.get(k) != key[k])
       if differs:
-        return None, None, "made with other " + ", ".join(
-            f"{k} ({meta.get(k)!r}, now {key[k]!r})" for k in differs)
+        return (
+            None,
+            None,
+            "made with other "
+            + ", ".join(f"{k} ({meta.get(k)!r}, now {key[k]!r})" for k in differs),
+        )
       return f["corpus"], f["queries"], f"made {meta.get('updated', '?')}"
   except (OSError, ValueError, KeyError) as e:
     return None, None, f"unreadable ({type(e).__name__}: {e})"
@@ -219,40 +238,70 @@ def embeddings(args, data_root: str) -> Tuple[np.ndarray, np.ndarray, np.ndarray
   labels [images], the class names): the embeddings from the cache when it
   has them, else embedded (and cached)."""
   images, labels = read_split(data_root, "train")
-  images, labels = images[:args.images], labels[:args.images]
+  images, labels = images[: args.images], labels[: args.images]
   test_images, _ = read_split(data_root, "test")
   class_names = read_class_names(os.path.join(data_root, "batches.meta"))
   query_count = args.queries + args.check_queries
   if query_count > len(test_images):
-    raise SystemExit(f"--queries + --check-queries = {query_count}: the test split has "
-                     f"{len(test_images)} images")
+    raise SystemExit(
+        f"--queries + --check-queries = {query_count}: the test split has "
+        f"{len(test_images)} images"
+    )
   rounds = math.ceil(max(args.sizes) / len(images))
   from serving.model_store import version_identity
+
   model_dir, version, fingerprint = version_identity(args.model_dir)
-  key = {"model_version": version, "model_fingerprint": fingerprint, "images": len(images),
-         "seed": args.seed, "augmentation": AUGMENTATION, "signature": SERVING_DEFAULT}
+  key = {
+      "model_version": version,
+      "model_fingerprint": fingerprint,
+      "images": len(images),
+      "seed": args.seed,
+      "augmentation": AUGMENTATION,
+      "signature": SERVING_DEFAULT,
+  }
   corpus, queries, why = _load_cache(args.cache, key)
   if corpus is not None and len(corpus) >= rounds * len(images) and len(queries) >= query_count:
-    print(f"cache {args.cache}: {len(corpus)} corpus and {len(queries)} query embeddings "
-          f"of model version {version} ({why}), reused", flush=True)
+    print(
+        f"cache {args.cache}: {len(corpus)} corpus and {len(queries)} query embeddings "
+        f"of model version {version} ({why}), reused",
+        flush=True,
+    )
     return corpus, queries, labels, class_names
   if args.cache:
-    print(f"cache {args.cache}: {why}"
-          + (f", {len(corpus)} rows of the {rounds * len(images)} needed" if corpus is not None
-             else ""), flush=True)
+    print(
+        f"cache {args.cache}: {why}"
+        + (
+            f", {len(corpus)} rows of the {rounds * len(images)} needed"
+            if corpus is not None
+            else ""
+        ),
+        flush=True,
+    )
   from serving.model_store import load_version
+
   model = load_version(model_dir)
-  print(f"embedding through {model.path} (version {model.version}), signature "
-        f"{SERVING_DEFAULT}, PNG-encoded, batch {args.batch_size}", flush=True)
+  print(
+      f"embedding through {model.path} (version {model.version}), signature "
+      f"{SERVING_DEFAULT}, PNG-encoded, batch {args.batch_size}",
+      flush=True,
+  )
   fresh_queries = queries is None or len(queries) < query_count
   if fresh_queries:
     start = time.perf_counter()
     queries = _embed(model, test_images[:query_count], args.batch_size).astype(np.float16)
     seconds = time.perf_counter() - start
-    print(f"queries: {query_count} test images in {seconds:.1f} s "
-          f"({query_count / seconds:.0f} img/s)", flush=True)
-  chunks = [] if corpus is None else [corpus[i * len(images):(i + 1) * len(images)]
-                                      for i in range(len(corpus) // len(images))]
+    print(
+        f"queries: {query_count} test images in {seconds:.1f} s "
+        f"({query_count / seconds:.0f} img/s)",
+        flush=True,
+    )
+  chunks = (
+      []
+      if corpus is None
+      else [
+          corpus[i * len(images) : (i + 1) * len(images)] for i in range(len(corpus) // len(images))
+      ]
+  )
   total_start, done_before = time.perf_counter(), len(chunks)
   for round_ in range(len(chunks), rounds):
     start = time.perf_counter()
@@ -260,21 +309,34 @@ def embeddings(args, data_root: str) -> Tuple[np.ndarray, np.ndarray, np.ndarray
     chunks.append(_embed(model, images, args.batch_size, draws).astype(np.float16))
     seconds, elapsed = time.perf_counter() - start, time.perf_counter() - total_start
     if args.cache:
-      _save_cache(args.cache, np.concatenate(chunks), queries,
-                  dict(key, updated=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())))
+      _save_cache(
+          args.cache,
+          np.concatenate(chunks),
+          queries,
+          dict(key, updated=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())),
+      )
     left = (rounds - round_ - 1) * elapsed / (round_ + 1 - done_before)
-    print(f"augmentation round {round_ + 1}/{rounds}: {len(images)} images in {seconds:.1f} s "
-          f"({len(images) / seconds:.0f} img/s); {elapsed:.0f} s so far, ~{left:.0f} s left",
-          flush=True)
+    print(
+        f"augmentation round {round_ + 1}/{rounds}: {len(images)} images in {seconds:.1f} s "
+        f"({len(images) / seconds:.0f} img/s); {elapsed:.0f} s so far, ~{left:.0f} s left",
+        flush=True,
+    )
   embedded = (rounds - done_before) * len(images)
   if not embedded and fresh_queries and args.cache:
-    _save_cache(args.cache, np.concatenate(chunks), queries,
-                dict(key, updated=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())))
+    _save_cache(
+        args.cache,
+        np.concatenate(chunks),
+        queries,
+        dict(key, updated=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())),
+    )
   if embedded:
     seconds = time.perf_counter() - total_start
-    print(f"corpus: embedded {embedded} augmented train images in {seconds:.1f} s "
-          f"({embedded / seconds:.0f} img/s, augmentation, PNG encoding and saving the "
-          "cache included)", flush=True)
+    print(
+        f"corpus: embedded {embedded} augmented train images in {seconds:.1f} s "
+        f"({embedded / seconds:.0f} img/s, augmentation, PNG encoding and saving the "
+        "cache included)",
+        flush=True,
+    )
   del model
   gc.collect()
   return np.concatenate(chunks), queries, labels, class_names
@@ -284,20 +346,29 @@ def embeddings(args, data_root: str) -> Tuple[np.ndarray, np.ndarray, np.ndarray
 def tuned(info: Dict) -> str:
   p = info["params"]
   if info["kind"] == search_index.SCANN:
-    return (f"leaves {p['num_leaves']}, search {p['leaves_to_search']}, reorder {p['reorder']} "
-            f"from {p.get('reorder_dtype', 'float32')}")
+    return (
+        f"leaves {p['num_leaves']}, search {p['leaves_to_search']}, reorder {p['reorder']} "
+        f"from {p.get('reorder_dtype', 'float32')}"
+    )
   if info["kind"] == search_index.FAISS_HNSW:
     return f"M {p['links']}, efC {p['ef_construction']}, efS {p['ef_search']}"
   return "-"
 
 
-def bench_one(kind: str, corpus: np.ndarray, records: search_index.Records,
-              queries: np.ndarray, check: np.ndarray, truth: np.ndarray,
-              check_truth: np.ndarray, args, work_dir: str) -> Dict:
+def bench_one(
+    kind: str,
+    corpus: np.ndarray,
+    records: search_index.Records,
+    queries: np.ndarray,
+    check: np.ndarray,
+    truth: np.ndarray,
+    check_truth: np.ndarray,
+    args,
+    work_dir: str,
+) -> Dict:
   """One row: build (through the library, tuned to --min-recall), save,
   load, and measure the loaded index."""
-  cfg = SearchConfig(kind=kind, k=args.k, min_recall=args.min_recall,
-                     eval_queries=len(queries))
+  cfg = SearchConfig(kind=kind, k=args.k, min_recall=args.min_recall, eval_queries=len(queries))
   gc.collect()
   before = rss_mb()
   has_peak = reset_peak_rss()
@@ -312,26 +383,39 @@ def bench_one(kind: str, corpus: np.ndarray, records: search_index.Records,
   gc.collect()
   loaded_mb = loaded_rss_mb(kind, folder)
   loaded = search_index.load(folder)
-  figures = search_index.measure(loaded.searcher, search_index.unit(queries), truth, args.k,
-                                 single_queries=args.single_queries)
+  figures = search_index.measure(
+      loaded.searcher, search_index.unit(queries), truth, args.k, single_queries=args.single_queries
+  )
   _, rows = loaded.searcher.search(search_index.unit(check), args.k)
   disk = folder_mb(folder)
   index_bytes = folder_mb(folder, leave_out=(search_index.RECORDS,)) * 2**20 / len(corpus)
   del loaded
   shutil.rmtree(folder)
-  return dict(n=len(corpus), kind=kind, tuned=tuned(info),
-              build_s=info["evaluation"]["build_seconds"], wall_s=wall, peak_mb=peak,
-              disk_mb=disk, index_bytes=index_bytes, loaded_mb=loaded_mb,
-              recall=figures["recall_at_k"],
-              fresh_recall=search_index.recall_at_k(rows, check_truth),
-              p50_ms=figures["p50_ms"], p99_ms=figures["p99_ms"], qps=figures["batch_qps"])
+  return dict(
+      n=len(corpus),
+      kind=kind,
+      tuned=tuned(info),
+      build_s=info["evaluation"]["build_seconds"],
+      wall_s=wall,
+      peak_mb=peak,
+      disk_mb=disk,
+      index_bytes=index_bytes,
+      loaded_mb=loaded_mb,
+      recall=figures["recall_at_k"],
+      fresh_recall=search_index.recall_at_k(rows, check_truth),
+      p50_ms=figures["p50_ms"],
+      p99_ms=figures["p99_ms"],
+      qps=figures["batch_qps"],
+  )
 
 
 def table_row(r: Dict) -> str:
-  return (f"| {r['n']} | {r['kind']} | {r['tuned']} | {r['build_s']:.1f} | {r['wall_s']:.1f} "
-          f"| {r['peak_mb']:.0f} | {r['disk_mb']:.1f} | {r['index_bytes']:.0f} "
-          f"| {r['loaded_mb']:.0f} | {r['recall']:.4f} | {r['fresh_recall']:.4f} "
-          f"| {r['p50_ms']:.3f} | {r['p99_ms']:.3f} | {r['qps']:.0f} |")
+  return (
+      f"| {r['n']} | {r['kind']} | {r['tuned']} | {r['build_s']:.1f} | {r['wall_s']:.1f} "
+      f"| {r['peak_mb']:.0f} | {r['disk_mb']:.1f} | {r['index_bytes']:.0f} "
+      f"| {r['loaded_mb']:.0f} | {r['recall']:.4f} | {r['fresh_recall']:.4f} "
+      f"| {r['p50_ms']:.3f} | {r['p99_ms']:.3f} | {r['qps']:.0f} |"
+  )
 
 
 def speedups(rows: List[Dict]) -> List[str]:
@@ -341,9 +425,11 @@ def speedups(rows: List[Dict]) -> List[str]:
     exact = next((r for r in rows if r["n"] == n and r["kind"] == search_index.EXACT), None)
     for r in rows:
       if r["n"] == n and r["kind"] != search_index.EXACT and exact:
-        lines.append(f"N={n}: {r['kind']} p50 {r['p50_ms']:.3f} ms vs exact {exact['p50_ms']:.3f} "
-                     f"ms: {exact['p50_ms'] / r['p50_ms']:.1f}x faster, recall@{r['k']} "
-                     f"{r['recall']:.4f} (fresh queries {r['fresh_recall']:.4f})")
+        lines.append(
+            f"N={n}: {r['kind']} p50 {r['p50_ms']:.3f} ms vs exact {exact['p50_ms']:.3f} "
+            f"ms: {exact['p50_ms'] / r['p50_ms']:.1f}x faster, recall@{r['k']} "
+            f"{r['recall']:.4f} (fresh queries {r['fresh_recall']:.4f})"
+        )
   return lines
 
 
@@ -356,38 +442,55 @@ def targets(rows: List[Dict]) -> List[str]:
     if r["n"] != n or r["kind"] == search_index.EXACT:
       continue
     speedup = exact["p50_ms"] / r["p50_ms"] if exact else float("nan")
-    met = (r["p50_ms"] <= TARGET_P50_MS, r["recall"] >= TARGET_RECALL,
-           speedup >= TARGET_SPEEDUP)
+    met = (r["p50_ms"] <= TARGET_P50_MS, r["recall"] >= TARGET_RECALL, speedup >= TARGET_SPEEDUP)
     lines.append(
         f"targets at N={n}, {r['kind']}: p50 {r['p50_ms']:.3f} ms (<= {TARGET_P50_MS:g}: "
         f"{'met' if met[0] else 'NOT met'}), recall@{r['k']} {r['recall']:.4f} "
         f"(>= {TARGET_RECALL:g}: {'met' if met[1] else 'NOT met'}), {speedup:.1f}x exact "
-        f"(>= {TARGET_SPEEDUP:g}x: {'met' if met[2] else 'NOT met'})")
+        f"(>= {TARGET_SPEEDUP:g}x: {'met' if met[2] else 'NOT met'})"
+    )
   return lines
 
 
 def main(argv=None) -> List[Dict]:
-  p = argparse.ArgumentParser(description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--model-dir", default=names.serving_model_dir(),
-                 help="a pushed version, or the base directory (newest version)")
+  p = argparse.ArgumentParser(
+      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
+  p.add_argument(
+      "--model-dir",
+      default=names.serving_model_dir(),
+      help="a pushed version, or the base directory (newest version)",
+  )
   p.add_argument("--data", default=os.environ.get(names.CIFAR10_ENV))
   p.add_argument("--sizes", default="100000,1000000", help="corpus sizes, comma-separated")
   p.add_argument("--kinds", default=",".join(KINDS))
   p.add_argument("--images", type=int, default=50_000, help="train images augmented")
-  p.add_argument("--queries", type=int, default=1000,
-                 help="test images that tune and score each index (the pipeline's eval_queries)")
-  p.add_argument("--check-queries", type=int, default=1000,
-                 help="the next test images: recall on queries the tuning never saw")
-  p.add_argument("--single-queries", type=int, default=1000,
-                 help="of --queries, timed one by one for p50/p99")
+  p.add_argument(
+      "--queries",
+      type=int,
+      default=1000,
+      help="test images that tune and score each index (the pipeline's eval_queries)",
+  )
+  p.add_argument(
+      "--check-queries",
+      type=int,
+      default=1000,
+      help="the next test images: recall on queries the tuning never saw",
+  )
+  p.add_argument(
+      "--single-queries", type=int, default=1000, help="of --queries, timed one by one for p50/p99"
+  )
   p.add_argument("--k", type=int, default=10)
   p.add_argument("--min-recall", type=float, default=0.95)
   p.add_argument("--cache", default=None, help="embeddings cache (.npz), reused and extended")
   p.add_argument("--batch-size", type=int, default=256, help="images per model call")
   p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--work-dir", default=None, help="where indexes are saved (default: a "
-                 "temporary folder); each is deleted once measured")
+  p.add_argument(
+      "--work-dir",
+      default=None,
+      help="where indexes are saved (default: a "
+      "temporary folder); each is deleted once measured",
+  )
   args = p.parse_args(sys.argv[1:] if argv is None else argv)
   args.sizes = sorted(int(s) for s in args.sizes.split(","))
   kinds = args.kinds.split(",")
@@ -399,12 +502,14 @@ def main(argv=None) -> List[Dict]:
   data_root = data_source.resolve_cifar10(args.data, names.DATA_CACHE_DIR)
   corpus, queries, labels, class_names = embeddings(args, data_root)
   images = len(labels)
-  queries = queries[:args.queries + args.check_queries]        # the cache may hold more
-  query_set, check_set = queries[:args.queries], queries[args.queries:]
-  print(f"corpus: {len(corpus)} x {corpus.shape[1]} ({images} train images x "
-        f"{len(corpus) // images} augmentations); queries: test images 0-{args.queries - 1} "
-        f"tune and score, {args.queries}-{args.queries + args.check_queries - 1} check",
-        flush=True)
+  queries = queries[: args.queries + args.check_queries]  # the cache may hold more
+  query_set, check_set = queries[: args.queries], queries[args.queries :]
+  print(
+      f"corpus: {len(corpus)} x {corpus.shape[1]} ({images} train images x "
+      f"{len(corpus) // images} augmentations); queries: test images 0-{args.queries - 1} "
+      f"tune and score, {args.queries}-{args.queries + args.check_queries - 1} check",
+      flush=True,
+  )
 
   work_dir = args.work_dir or tempfile.mkdtemp(prefix="search-bench-")
   os.makedirs(work_dir, exist_ok=True)
@@ -415,14 +520,27 @@ def main(argv=None) -> List[Dict]:
       # the longest id (numpy's int-to-str gives 21 characters each).
       records = search_index.Records(
           [f"train/{i % images}/aug{i // images}" for i in range(n)],
-          np.array(class_names)[labels[np.arange(n) % images]])
+          np.array(class_names)[labels[np.arange(n) % images]],
+      )
       start = time.perf_counter()
       _, truth = search_index.exact_neighbours(corpus[:n], queries, args.k)
-      print(f"N={n}: exact reference for {len(queries)} queries in "
-            f"{time.perf_counter() - start:.1f} s", flush=True)
+      print(
+          f"N={n}: exact reference for {len(queries)} queries in "
+          f"{time.perf_counter() - start:.1f} s",
+          flush=True,
+      )
       for kind in kinds:
-        row = bench_one(kind, corpus[:n], records, query_set, check_set,
-                        truth[:args.queries], truth[args.queries:], args, work_dir)
+        row = bench_one(
+            kind,
+            corpus[:n],
+            records,
+            query_set,
+            check_set,
+            truth[: args.queries],
+            truth[args.queries :],
+            args,
+            work_dir,
+        )
         row["k"] = args.k
         rows.append(row)
         print(table_row(row), flush=True)

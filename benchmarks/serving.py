@@ -62,10 +62,14 @@ from serving.model_store import MAX_BATCH, LoadedModel, cores, load_version, set
 
 PRECISIONS = {"float32": SERVING_DEFAULT, "bfloat16": SERVING_BFLOAT16}
 # (label, server flags): TF Serving's way first, then this server's.
-CONFIGS = [("as saved, float32, one call at a time on both cores",
-            ["--no-compile", "--precision", "float32", "--model-threads", "1"]),
-           ("compiled, float32", ["--precision", "float32"]),
-           ("compiled, bfloat16", ["--precision", "bfloat16"])]
+CONFIGS = [
+    (
+        "as saved, float32, one call at a time on both cores",
+        ["--no-compile", "--precision", "float32", "--model-threads", "1"],
+    ),
+    ("compiled, float32", ["--precision", "float32"]),
+    ("compiled, bfloat16", ["--precision", "bfloat16"]),
+]
 
 
 def cifar10_split(data: str, split: str, count: int = None):
@@ -96,31 +100,40 @@ def breakdown(model: LoadedModel, png: bytes) -> Dict[str, float]:
   """{step: p50 ms} of one image's request, in this process."""
   import tensorflow as tf
   from serving.server import _format_outputs, decode_instances
+
   body = orjson.dumps({"instances": [{"b64": base64.b64encode(png).decode()}]})
   saved = model.saved_model
   images = getattr(saved, names.PREPARE_IMAGE_BYTES)(tf.constant([png]))
   steps = {
-      "JSON + base64 of the request": lambda: decode_instances(orjson.loads(body),
-                                                                names.IMAGE_BYTES_INPUT),
-      "decoding + Transform (saved function)":
-          lambda: getattr(saved, names.PREPARE_IMAGE_BYTES)(tf.constant([png])).numpy()}
+      "JSON + base64 of the request": lambda: decode_instances(
+          orjson.loads(body), names.IMAGE_BYTES_INPUT
+      ),
+      "decoding + Transform (saved function)": lambda: getattr(saved, names.PREPARE_IMAGE_BYTES)(
+          tf.constant([png])
+      ).numpy(),
+  }
   for precision, signature in PRECISIONS.items():
     embed = getattr(saved, names.EMBED_IMAGES[signature])
     compiled = model.compiled(signature)
     compiled.compile(1)
-    steps[f"encoder + whitening, {precision}, op by op"] = \
-        lambda e=embed: e(images)[names.EMBEDDING_KEY].numpy()
-    steps[f"encoder + whitening, {precision}, compiled"] = \
-        lambda c=compiled: c.compiled_embed(images)[names.EMBEDDING_KEY].numpy()
+    steps[f"encoder + whitening, {precision}, op by op"] = lambda e=embed: e(images)[
+        names.EMBEDDING_KEY
+    ].numpy()
+    steps[f"encoder + whitening, {precision}, compiled"] = lambda c=compiled: c.compiled_embed(
+        images
+    )[names.EMBEDDING_KEY].numpy()
   for precision, signature in PRECISIONS.items():
     function = model.signatures[signature].function
-    steps[f"the {signature} signature as saved (all of it)"] = \
-        lambda f=function: f(image_bytes=tf.constant([png]))[names.EMBEDDING_KEY].numpy()
-    steps[f"the {signature} signature compiled (all of it)"] = \
-        lambda s=signature: model.run(s, [png])
+    steps[f"the {signature} signature as saved (all of it)"] = lambda f=function: f(
+        image_bytes=tf.constant([png])
+    )[names.EMBEDDING_KEY].numpy()
+    steps[f"the {signature} signature compiled (all of it)"] = lambda s=signature: model.run(
+        s, [png]
+    )
   outputs = model.run(SERVING_DEFAULT, [png])
-  steps["JSON of the response"] = lambda: orjson.dumps(_format_outputs(outputs, False),
-                                                       option=orjson.OPT_SERIALIZE_NUMPY)
+  steps["JSON of the response"] = lambda: orjson.dumps(
+      _format_outputs(outputs, False), option=orjson.OPT_SERIALIZE_NUMPY
+  )
   return {step: p50_ms(fn) for step, fn in steps.items()}
 
 
@@ -129,9 +142,10 @@ def breakdown(model: LoadedModel, png: bytes) -> Dict[str, float]:
 # --------------------------------------------------------------------------
 def embed_pngs(model: LoadedModel, signature: str, pngs: List[bytes]) -> np.ndarray:
   """The batch CLI's loop over `pngs`: batches of MAX_BATCH, one per core."""
-  batches = (pngs[i:i + MAX_BATCH] for i in range(0, len(pngs), MAX_BATCH))
-  return embed_all(model, signature, batches, list(range(len(pngs))), progress=False,
-                   workers=cores())[0]
+  batches = (pngs[i : i + MAX_BATCH] for i in range(0, len(pngs), MAX_BATCH))
+  return embed_all(
+      model, signature, batches, list(range(len(pngs))), progress=False, workers=cores()
+  )[0]
 
 
 def batch_embedding(model: LoadedModel, signature: str, pngs: List[bytes]) -> float:
@@ -146,18 +160,25 @@ def batch_embedding(model: LoadedModel, signature: str, pngs: List[bytes]) -> fl
 # 3. The server
 # --------------------------------------------------------------------------
 def rest_client(url: str, name: str, pngs: List[bytes], size: int) -> Callable:
-  bodies = [orjson.dumps({"instances": [{"b64": base64.b64encode(p).decode()}
-                                        for p in pngs[i:i + size]]})
-            for i in range(0, len(pngs) - size + 1, size)]
+  bodies = [
+      orjson.dumps(
+          {"instances": [{"b64": base64.b64encode(p).decode()} for p in pngs[i : i + size]]}
+      )
+      for i in range(0, len(pngs) - size + 1, size)
+  ]
   local = threading.local()
 
   def call(i: int) -> None:
     session = getattr(local, "session", None) or requests.Session()
     local.session = session
-    r = session.post(f"{url}/v1/models/{name}:predict", data=bodies[i % len(bodies)],
-                     headers={"Content-Type": "application/json"})
+    r = session.post(
+        f"{url}/v1/models/{name}:predict",
+        data=bodies[i % len(bodies)],
+        headers={"Content-Type": "application/json"},
+    )
     if r.status_code != 200:
       raise RuntimeError(f"REST request {i}: {r.status_code} {r.text[:200]}")
+
   return call
 
 
@@ -165,8 +186,10 @@ def grpc_client(target: str, name: str, pngs: List[bytes], size: int) -> Callabl
   import grpc
   from tensorflow_serving.apis import prediction_service_pb2_grpc
   from serving.grpc_api import predict_request
-  requests_ = [predict_request(name, pngs[i:i + size])
-               for i in range(0, len(pngs) - size + 1, size)]
+
+  requests_ = [
+      predict_request(name, pngs[i : i + size]) for i in range(0, len(pngs) - size + 1, size)
+  ]
   local = threading.local()
 
   def call(i: int) -> None:
@@ -175,13 +198,16 @@ def grpc_client(target: str, name: str, pngs: List[bytes], size: int) -> Callabl
       local.channel = grpc.insecure_channel(target)
       stub = local.stub = prediction_service_pb2_grpc.PredictionServiceStub(local.channel)
     stub.Predict(requests_[i % len(requests_)], timeout=120)
+
   return call
 
 
-def load_test(calls: Dict[str, Callable], clients: int, total: int, rounds: int = 5
-              ) -> Dict[str, tuple]:
+def load_test(
+    calls: Dict[str, Callable], clients: int, total: int, rounds: int = 5
+) -> Dict[str, tuple]:
   """{name: (p50 ms, p99 ms, requests/s)} of `total` calls of each of
   `calls` from `clients` threads, the calls taking turns in `rounds`."""
+
   def timed(call, i):
     start = time.perf_counter()
     call(i)
@@ -191,16 +217,19 @@ def load_test(calls: Dict[str, Callable], clients: int, total: int, rounds: int 
   wall = dict.fromkeys(calls, 0.0)
   per_round = max(clients, total // rounds)
   with concurrent.futures.ThreadPoolExecutor(clients) as pool:
-    for name, call in calls.items():                            # warm-up
+    for name, call in calls.items():  # warm-up
       list(pool.map(lambda i, c=call: timed(c, i), range(min(total, 10 * clients))))
     for r in range(rounds):
       for name, call in calls.items():
         start = time.perf_counter()
-        seconds[name] += pool.map(lambda i, c=call: timed(c, i),
-                                  range(r * per_round, (r + 1) * per_round))
+        seconds[name] += pool.map(
+            lambda i, c=call: timed(c, i), range(r * per_round, (r + 1) * per_round)
+        )
         wall[name] += time.perf_counter() - start
-  return {name: (np.percentile(s, 50) * 1e3, np.percentile(s, 99) * 1e3,
-                 len(s) / wall[name]) for name, s in seconds.items()}
+  return {
+      name: (np.percentile(s, 50) * 1e3, np.percentile(s, 99) * 1e3, len(s) / wall[name])
+      for name, s in seconds.items()
+  }
 
 
 def rss_mb(pid: int) -> float:
@@ -214,6 +243,7 @@ def _version_memory(path: str) -> Dict[str, float]:
   paid by the first)."""
   from models import search_index
   from models.names import SEARCH_INDEX_DIR
+
   set_model_threads(cores())
   first = LoadedModel(0, path)
   first.warm_up()
@@ -224,7 +254,8 @@ def _version_memory(path: str) -> Dict[str, float]:
   parts[f"search index ({len(index) if index else 'no'} vectors)"] = index_mb
   loaded = LoadedModel(1, path)
   parts["SavedModel (variables, k-NN bank, functions)"] = (
-      rss_mb(os.getpid()) - before - 2 * index_mb)                # it loads its own index
+      rss_mb(os.getpid()) - before - 2 * index_mb
+  )  # it loads its own index
   compiled = loaded.compiled(SERVING_DEFAULT)
   start = rss_mb(os.getpid())
   for bucket in compiled.buckets if compiled else ():
@@ -237,8 +268,10 @@ def version_memory(path: str) -> Dict[str, float]:
   """`_version_memory` in a child process: RSS growth in this one would be
   hidden by memory its earlier steps freed."""
   import multiprocessing
+
   with concurrent.futures.ProcessPoolExecutor(
-      1, mp_context=multiprocessing.get_context("spawn")) as pool:
+      1, mp_context=multiprocessing.get_context("spawn")
+  ) as pool:
     return pool.submit(_version_memory, path).result()
 
 
@@ -265,6 +298,7 @@ def quality(model: LoadedModel, data: str) -> Dict[str, Dict]:
   and the cosine between the precisions' embeddings."""
   import tensorflow as tf
   from models.evaluation import knn_predict
+
   train, train_labels = cifar10_split(data, "train")
   test, test_labels = cifar10_split(data, "test")
   head = model.saved_model.head
@@ -274,8 +308,8 @@ def quality(model: LoadedModel, data: str) -> Dict[str, Dict]:
     logits = head(tf.constant(queries), training=False).numpy()
     results[precision] = dict(
         lp=float(np.mean(np.argmax(logits, -1) == test_labels)),
-        knn=float(np.mean(knn_predict(bank, train_labels, queries, names.KNN_K)
-                          == test_labels)))
+        knn=float(np.mean(knn_predict(bank, train_labels, queries, names.KNN_K) == test_labels)),
+    )
     embedded[precision] = queries
   a, b = embedded["float32"], embedded["bfloat16"]
   cosine = np.sum(a * b, 1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
@@ -284,22 +318,34 @@ def quality(model: LoadedModel, data: str) -> Dict[str, Dict]:
 
 
 def main(argv=None):
-  p = argparse.ArgumentParser(description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = argparse.ArgumentParser(
+      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   p.add_argument("--model-dir", default=names.serving_model_dir())
   p.add_argument("--data", default=os.environ.get(names.CIFAR10_ENV))
-  p.add_argument("--requests", type=int, default=1000,
-                 help="one-image requests per cell; bigger requests send as many images")
+  p.add_argument(
+      "--requests",
+      type=int,
+      default=1000,
+      help="one-image requests per cell; bigger requests send as many images",
+  )
   p.add_argument("--clients", default="1,8")
-  p.add_argument("--cold-starts", type=int, default=3, help="server starts timed, the median "
-                 "reported")
+  p.add_argument(
+      "--cold-starts", type=int, default=3, help="server starts timed, the median " "reported"
+  )
   p.add_argument("--batch-sizes", default="1,32,256", help="images per request")
   p.add_argument("--images", type=int, default=5120, help="for batch embedding")
-  p.add_argument("--roofline", metavar="PROFILE", default="cpu",
-                 help="the profile whose model shape the matmul bound counts (the "
-                      "pushed model's)")
-  p.add_argument("--quality", action="store_true",
-                 help="also LP and k-NN of bfloat16 against float32 (embeds CIFAR-10 twice)")
+  p.add_argument(
+      "--roofline",
+      metavar="PROFILE",
+      default="cpu",
+      help="the profile whose model shape the matmul bound counts (the " "pushed model's)",
+  )
+  p.add_argument(
+      "--quality",
+      action="store_true",
+      help="also LP and k-NN of bfloat16 against float32 (embeds CIFAR-10 twice)",
+  )
   args = p.parse_args(argv)
 
   set_model_threads(cores())
@@ -307,19 +353,22 @@ def main(argv=None):
   pngs = test_pngs(args.data, args.images)
   model = load_version(args.model_dir)
   name = os.path.basename(os.path.abspath(args.model_dir))
-  print(f"model {model.path} (version {model.version}); {len(pngs)} CIFAR-10 test PNGs",
-        flush=True)
+  print(f"model {model.path} (version {model.version}); {len(pngs)} CIFAR-10 test PNGs", flush=True)
   if not all(sig in model.signatures for sig in PRECISIONS.values()):
-    raise SystemExit(f"{model.path} has no {SERVING_BFLOAT16} signature: push a model "
-                     "with this version of the project")
+    raise SystemExit(
+        f"{model.path} has no {SERVING_BFLOAT16} signature: push a model "
+        "with this version of the project"
+    )
 
   print("\n1. one image, step by step (p50 ms, in process):", flush=True)
   steps = breakdown(model, pngs[0])
   for step, ms in steps.items():
     print(f"  {step:55s} {ms:6.2f}", flush=True)
 
-  print(f"\n2. batch embedding, batches of {MAX_BATCH}, {cores()} at once (serving.embed):",
-        flush=True)
+  print(
+      f"\n2. batch embedding, batches of {MAX_BATCH}, {cores()} at once (serving.embed):",
+      flush=True,
+  )
   flops = roofline.embedding_flops(config_lib.get_profile(args.roofline).model)
   as_saved = LoadedModel(model.version, model.path, compiled=False)
   for precision, signature in PRECISIONS.items():
@@ -328,8 +377,7 @@ def main(argv=None):
     print(f"  bound: {line}", flush=True)
     for how, loaded in (("as saved", as_saved), ("compiled", model)):
       ips = batch_embedding(loaded, signature, pngs)
-      print(f"  {precision}, {how}: {ips:7.0f} img/s, {ips / bound:.0%} of the bound",
-            flush=True)
+      print(f"  {precision}, {how}: {ips:7.0f} img/s, {ips / bound:.0%} of the bound", flush=True)
 
   print("\n3. memory one more loaded version adds (RSS):", flush=True)
   for part, mb in version_memory(model.path).items():
@@ -341,30 +389,44 @@ def main(argv=None):
     seconds = cold_start(args.model_dir, flags, pngs[0], args.cold_starts)
     # Every client's biggest request may queue: the load is measured, not shed.
     bound = str(max(256, max(sizes) * max(int(c) for c in args.clients.split(","))))
-    with ServerProcess(["--model-dir", args.model_dir, "--poll-seconds", "60",
-                        "--max-queued", bound, *flags]) as server:
+    with ServerProcess(
+        ["--model-dir", args.model_dir, "--poll-seconds", "60", "--max-queued", bound, *flags]
+    ) as server:
       time.sleep(1.0)
-      print(f"  {label}: cold start {seconds:.1f} s, RSS {rss_mb(server.process.pid):.0f} MB "
-            "after loading", flush=True)
+      print(
+          f"  {label}: cold start {seconds:.1f} s, RSS {rss_mb(server.process.pid):.0f} MB "
+          "after loading",
+          flush=True,
+      )
       for size in sizes:
-        calls = {"REST": rest_client(server.url, name, pngs, size),
-                 "gRPC": grpc_client(server.grpc_target, name, pngs, size)}
+        calls = {
+            "REST": rest_client(server.url, name, pngs, size),
+            "gRPC": grpc_client(server.grpc_target, name, pngs, size),
+        }
         for clients in [int(c) for c in args.clients.split(",")]:
           total = max(4 * clients, args.requests // size)
           for api, (p50, p99, rps) in load_test(calls, clients, total).items():
-            print(f"    {api:4s} {clients:2d} client(s), {size:3d} image(s) a request: "
-                  f"p50 {p50:7.2f}  p99 {p99:7.2f}  {rps * size:6.0f} img/s", flush=True)
+            print(
+                f"    {api:4s} {clients:2d} client(s), {size:3d} image(s) a request: "
+                f"p50 {p50:7.2f}  p99 {p99:7.2f}  {rps * size:6.0f} img/s",
+                flush=True,
+            )
       print(f"    RSS after the load: {rss_mb(server.process.pid):.0f} MB", flush=True)
 
   if args.quality:
-    print("\n5. bfloat16 against float32 on CIFAR-10 (the model's own probe; k-NN k = "
-          f"{names.KNN_K}, the train split as the bank):", flush=True)
+    print(
+        "\n5. bfloat16 against float32 on CIFAR-10 (the model's own probe; k-NN k = "
+        f"{names.KNN_K}, the train split as the bank):",
+        flush=True,
+    )
     results = quality(model, args.data)
     for precision in PRECISIONS:
       r = results[precision]
       print(f"  {precision}: LP {100 * r['lp']:.2f} %, k-NN {100 * r['knn']:.2f} %")
-    print(f"  cosine bfloat16 vs float32 embeddings: min {results['cosine']['min']:.5f}, "
-          f"mean {results['cosine']['mean']:.6f}")
+    print(
+        f"  cosine bfloat16 vs float32 embeddings: min {results['cosine']['min']:.5f}, "
+        f"mean {results['cosine']['mean']:.6f}"
+    )
 
 
 if __name__ == "__main__":

@@ -34,16 +34,26 @@ from serving.launch import ServerProcess
 NAME = "mae-tfx"
 
 
-def soak(url: str, pngs: List[bytes], seconds: float, clients: int,
-         on_half: Optional[Callable[[], None]] = None, images_per_request: int = 2,
-         bad_every: int = 3) -> Dict:
+def soak(
+    url: str,
+    pngs: List[bytes],
+    seconds: float,
+    clients: int,
+    on_half: Optional[Callable[[], None]] = None,
+    images_per_request: int = 2,
+    bad_every: int = 3,
+) -> Dict:
   """Clients mixing good requests and (every `bad_every`-th) bad ones for
   `seconds`. Returns {"results": [(status, X-Model-Version, seconds,
   good?)], "dropped": connections that failed}."""
-  good = json.dumps({"instances": [{"b64": base64.b64encode(p).decode()}
-                                   for p in pngs[:images_per_request]]}).encode()
-  bad = [b"{", json.dumps({"instances": [{"b64": "@@"}]}).encode(),
-         json.dumps({"instances": [{"b64": base64.b64encode(b"text").decode()}]}).encode()]
+  good = json.dumps(
+      {"instances": [{"b64": base64.b64encode(p).decode()} for p in pngs[:images_per_request]]}
+  ).encode()
+  bad = [
+      b"{",
+      json.dumps({"instances": [{"b64": "@@"}]}).encode(),
+      json.dumps({"instances": [{"b64": base64.b64encode(b"text").decode()}]}).encode(),
+  ]
   stop_at = time.monotonic() + seconds
   results, dropped, lock = [], [0], threading.Lock()
 
@@ -53,18 +63,22 @@ def soak(url: str, pngs: List[bytes], seconds: float, clients: int,
       is_good = not bad_every or (i + n) % bad_every != 0
       start = time.monotonic()
       try:
-        r = session.post(f"{url}/v1/models/{NAME}:predict",
-                         data=good if is_good else bad[n % len(bad)], timeout=60)
+        r = session.post(
+            f"{url}/v1/models/{NAME}:predict",
+            data=good if is_good else bad[n % len(bad)],
+            timeout=60,
+        )
       except requests.ConnectionError:
         with lock:
           dropped[0] += 1
         n += 1
         continue
       with lock:
-        results.append((r.status_code, r.headers.get("X-Model-Version"),
-                        time.monotonic() - start, is_good))
+        results.append(
+            (r.status_code, r.headers.get("X-Model-Version"), time.monotonic() - start, is_good)
+        )
       n += 1
-      if r.status_code == 503:       # a well-behaved client waits as told
+      if r.status_code == 503:  # a well-behaved client waits as told
         time.sleep(float(r.headers.get("Retry-After", 1)))
 
   threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
@@ -86,35 +100,49 @@ def summary(outcome: Dict) -> str:
   served = [s for status, _, s, good in results if good and status == 200]
   versions = sorted({v for status, v, _, good in results if good and v})
   p50, p99 = (np.percentile(served, [50, 99]) * 1e3) if served else (float("nan"),) * 2
-  return (f"{len(results)} responses {dict(sorted(statuses.items()))}, dropped connections "
-          f"{outcome['dropped']}, served p50 {p50:.1f} ms p99 {p99:.1f} ms, "
-          f"versions {versions}")
+  return (
+      f"{len(results)} responses {dict(sorted(statuses.items()))}, dropped connections "
+      f"{outcome['dropped']}, served p50 {p50:.1f} ms p99 {p99:.1f} ms, "
+      f"versions {versions}"
+  )
 
 
 def main(argv=None):
-  p = argparse.ArgumentParser(description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = argparse.ArgumentParser(
+      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   p.add_argument("--model-dir", required=True, help="a base of pushed versions")
   p.add_argument("--data", required=True, help="CIFAR-10 (its test PNGs are the requests)")
   p.add_argument("--seconds", type=float, default=60)
   p.add_argument("--clients", type=int, default=16)
   p.add_argument("--push", default=None, help="a SavedModel to push half-way")
   p.add_argument("--max-queued", type=int, default=512)
-  p.add_argument("--flood", action="store_true",
-                 help="32-image requests as fast as possible, no bad ones")
-  p.add_argument("--images-per-request", type=int, default=None,
-                 help="images in each good request (default 2; --flood: 32)")
-  p.add_argument("--bad-every", type=int, default=None,
-                 help="every N-th request is a bad one (default 3; 0: none; --flood: 0)")
+  p.add_argument(
+      "--flood", action="store_true", help="32-image requests as fast as possible, no bad ones"
+  )
+  p.add_argument(
+      "--images-per-request",
+      type=int,
+      default=None,
+      help="images in each good request (default 2; --flood: 32)",
+  )
+  p.add_argument(
+      "--bad-every",
+      type=int,
+      default=None,
+      help="every N-th request is a bad one (default 3; 0: none; --flood: 0)",
+  )
   args = p.parse_args(argv)
   from components.versioned_pusher import push_to_filesystem
   import shutil
+
   pngs = test_pngs(args.data, 64)
   with tempfile.TemporaryDirectory() as tmp:
-    base = os.path.join(tmp, NAME)         # a copy: the push must not touch the original
+    base = os.path.join(tmp, NAME)  # a copy: the push must not touch the original
     shutil.copytree(args.model_dir, base)
-    with ServerProcess(["--model-dir", base, "--poll-seconds", "1",
-                        "--max-queued", str(args.max_queued)]) as server:
+    with ServerProcess(
+        ["--model-dir", base, "--poll-seconds", "1", "--max-queued", str(args.max_queued)]
+    ) as server:
       pid = server.process.pid
       samples = [("start", rss_mb(pid))]
 
@@ -123,17 +151,24 @@ def main(argv=None):
         version = push_to_filesystem(args.push, base)
         print(f"pushed version {version}", flush=True)
 
-      outcome = soak(server.url, pngs, args.seconds, args.clients,
-                     on_half=push if args.push else None,
-                     images_per_request=args.images_per_request or (32 if args.flood else 2),
-                     bad_every=(args.bad_every if args.bad_every is not None
-                                else 0 if args.flood else 3))
+      outcome = soak(
+          server.url,
+          pngs,
+          args.seconds,
+          args.clients,
+          on_half=push if args.push else None,
+          images_per_request=args.images_per_request or (32 if args.flood else 2),
+          bad_every=(args.bad_every if args.bad_every is not None else 0 if args.flood else 3),
+      )
       samples.append(("end", rss_mb(pid)))
       settle = soak(server.url, pngs, args.seconds / 2, args.clients)
       samples.append(("after a second soak", rss_mb(pid)))
       shed = requests.get(f"{server.url}/monitoring/prometheus/metrics").text
-  print(("flood" if args.flood else "soak") + f", {args.clients} clients, {args.seconds:g} s: "
-        + summary(outcome))
+  print(
+      ("flood" if args.flood else "soak")
+      + f", {args.clients} clients, {args.seconds:g} s: "
+      + summary(outcome)
+  )
   print(f"second soak ({args.seconds / 2:g} s): " + summary(settle))
   print("RSS MB: " + ", ".join(f"{k} {v:.0f}" for k, v in samples))
   print("".join(line + "\n" for line in shed.splitlines() if "shed" in line or "503" in line))

@@ -24,8 +24,9 @@ XLA names its instructions in the trace with
 
 import os
 
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                           " --xla_cpu_enable_xprof_traceme=true").strip()
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_cpu_enable_xprof_traceme=true"
+).strip()
 
 import argparse  # noqa: E402
 import collections  # noqa: E402
@@ -43,15 +44,19 @@ from models.precision import resolve_precision  # noqa: E402
 from pipeline import data_source  # noqa: E402
 
 MATMUL, ELEMENTWISE, REDUCE_WINDOW, OTHER_XLA, INPUT, OUTSIDE_XLA = (
-    "matmuls (oneDNN custom-calls, XLA dots)", "element-wise loop fusions",
-    "windowed reductions (reduce-window)", "other XLA instructions",
-    "input pipeline ops", "TF ops outside XLA (gradient sums, masks)")
+    "matmuls (oneDNN custom-calls, XLA dots)",
+    "element-wise loop fusions",
+    "windowed reductions (reduce-window)",
+    "other XLA instructions",
+    "input pipeline ops",
+    "TF ops outside XLA (gradient sums, masks)",
+)
 
 
 def xla_kind(instruction: str) -> str:
   """The kind of an XLA:CPU instruction from its name (`custom-call.12`)."""
   op = re.sub(r"\.\d+$", "", instruction)
-  if op in ("custom-call", "dot"):       # XLA:CPU's oneDNN matmuls, its own
+  if op in ("custom-call", "dot"):  # XLA:CPU's oneDNN matmuls, its own
     return MATMUL
   if op in ("call", "fusion"):
     return ELEMENTWISE
@@ -63,6 +68,7 @@ def xla_kind(instruction: str) -> str:
 def thread_time_by_kind(trace_dir: str) -> Dict[str, float]:
   """Seconds of thread time per kind in the newest trace under trace_dir."""
   from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
   path = sorted(glob.glob(os.path.join(trace_dir, "plugins", "profile", "*", "*.xplane.pb")))[-1]
   space = xplane_pb2.XSpace()
   with open(path, "rb") as f:
@@ -72,27 +78,27 @@ def thread_time_by_kind(trace_dir: str) -> Dict[str, float]:
     for line in plane.lines:
       for event in line.events:
         name = plane.event_metadata[event.metadata_id].name
-        if line.name.startswith("host_executor"):          # XLA's instructions
+        if line.name.startswith("host_executor"):  # XLA's instructions
           kind = xla_kind(name)
         elif name.startswith(("ExecutorState", "ExecutorDone", "ParallelFor")):
-          continue                                          # containers of the ops below
+          continue  # containers of the ops below
         elif line.name.startswith("tf_data_private_threadpool"):
           kind = INPUT
         elif line.name.startswith("tf_Compute") and ":" in name:
-          kind = OUTSIDE_XLA                                # "<node>:<OpType>"
+          kind = OUTSIDE_XLA  # "<node>:<OpType>"
         else:
           continue
         seconds[kind] += event.duration_ps * 1e-12
   return dict(seconds)
 
 
-def profile_step(cfg: config_lib.RunConfig, images, warmup: int, steps: int,
-                 trace_dir: str):
+def profile_step(cfg: config_lib.RunConfig, images, warmup: int, steps: int, trace_dir: str):
   """(seconds per traced step, {kind: thread seconds per step})."""
   import tensorflow as tf
   from models.engine_pretrain import pretrain
 
   class Trace(tf.keras.callbacks.Callback):
+
     def __init__(self):
       super().__init__()
       self.batches, self.wall = 0, None
@@ -105,7 +111,7 @@ def profile_step(cfg: config_lib.RunConfig, images, warmup: int, steps: int,
     def on_train_batch_end(self, batch, logs=None):
       self.batches += 1
       if self.batches == warmup + steps:
-        self.wall = time.perf_counter() - self.wall       # the ops are synchronous here
+        self.wall = time.perf_counter() - self.wall  # the ops are synchronous here
         tf.profiler.experimental.stop()
 
   trace = Trace()
@@ -116,8 +122,9 @@ def profile_step(cfg: config_lib.RunConfig, images, warmup: int, steps: int,
 
 
 def main(argv=None):
-  p = argparse.ArgumentParser(description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = argparse.ArgumentParser(
+      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   p.add_argument("--data", default=os.environ.get(names.CIFAR10_ENV))
   roofline.add_model_arguments(p, default="reference")
   p.add_argument("--precision", default="float32,mixed_bfloat16")
@@ -132,31 +139,47 @@ def main(argv=None):
   model = roofline.model_overrides(args)
   m = config_lib.get_profile(args.profile, {"model": model}).model
   flops = roofline.mae_train_flops(m) * args.batch_size
-  print(f"model: encoder {m.depth}x{m.embed_dim}, decoder {m.decoder_depth}x"
-        f"{m.decoder_embed_dim}, mask {m.mask_ratio}, batch {args.batch_size}: "
-        f"{flops / 1e9:.1f} GFLOP of matmuls per step", flush=True)
+  print(
+      f"model: encoder {m.depth}x{m.embed_dim}, decoder {m.decoder_depth}x"
+      f"{m.decoder_embed_dim}, mask {m.mask_ratio}, batch {args.batch_size}: "
+      f"{flops / 1e9:.1f} GFLOP of matmuls per step",
+      flush=True,
+  )
   trace_root = args.trace_dir or tempfile.mkdtemp(prefix="step_profile-")
   cores = os.cpu_count()
   for precision in args.precision.split(","):
-    cfg = config_lib.get_profile(args.profile, {
-        "model": model,
-        "pretrain": {"epochs": 1, "steps_per_epoch": args.warmup + args.steps,
-                     "batch_size": args.batch_size},
-        "runtime": {"precision": precision}})
+    cfg = config_lib.get_profile(
+        args.profile,
+        {
+            "model": model,
+            "pretrain": {
+                "epochs": 1,
+                "steps_per_epoch": args.warmup + args.steps,
+                "batch_size": args.batch_size,
+            },
+            "runtime": {"precision": precision},
+        },
+    )
     policy = resolve_precision(precision, cfg.runtime.strategy)
     peak = roofline.matmul_flops_per_second(policy)
-    wall, by_kind = profile_step(cfg, images, args.warmup, args.steps,
-                                 os.path.join(trace_root, policy))
+    wall, by_kind = profile_step(
+        cfg, images, args.warmup, args.steps, os.path.join(trace_root, policy)
+    )
     busy = sum(by_kind.values())
-    print(f"\n{policy}: {wall * 1e3:.0f} ms per step, {args.batch_size / wall:.0f} img/s, "
-          f"{flops / wall / peak:.0%} of the matmul bound ({peak / 1e9:.0f} GFLOP/s on a "
-          f"2048x2048 matmul); {busy / wall:.2f} of {cores} cores busy", flush=True)
+    print(
+        f"\n{policy}: {wall * 1e3:.0f} ms per step, {args.batch_size / wall:.0f} img/s, "
+        f"{flops / wall / peak:.0%} of the matmul bound ({peak / 1e9:.0f} GFLOP/s on a "
+        f"2048x2048 matmul); {busy / wall:.2f} of {cores} cores busy",
+        flush=True,
+    )
     for kind, seconds in sorted(by_kind.items(), key=lambda kv: -kv[1]):
       print(f"  {seconds * 1e3:7.1f} ms  {seconds / busy:4.0%}  {kind}")
     if by_kind.get(MATMUL):
       per_core = flops / by_kind[MATMUL]
-      print(f"  the matmuls alone: {per_core / 1e9:.0f} GFLOP/s per core busy in them, "
-            f"{per_core / (peak / cores):.0%} of the 2048x2048 matmul's per core")
+      print(
+          f"  the matmuls alone: {per_core / 1e9:.0f} GFLOP/s per core busy in them, "
+          f"{per_core / (peak / cores):.0%} of the 2048x2048 matmul's per core"
+      )
   print(f"\ntraces (TensorBoard's profile plugin reads them): {trace_root}")
 
 

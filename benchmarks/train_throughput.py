@@ -46,64 +46,94 @@ def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__)
   p.add_argument("--data", default=os.environ.get(names.CIFAR10_ENV))
   roofline.add_model_arguments(p, default="reference")
-  p.add_argument("--precision", default="float32,mixed_bfloat16",
-                 help="comma-separated Keras policies, or auto (what the "
-                      "cpu profile picks on this machine)")
+  p.add_argument(
+      "--precision",
+      default="float32,mixed_bfloat16",
+      help="comma-separated Keras policies, or auto (what the "
+      "cpu profile picks on this machine)",
+  )
   p.add_argument("--batch-size", type=int, default=256)
   p.add_argument("--steps", type=int, default=100, help="steps per timed epoch")
   p.add_argument("--epochs", type=int, default=3, help="first one is warm-up")
-  p.add_argument("--jit", default=None,
-                 help="XLA for the whole train step: on, off or on,off; "
-                      "default: the profile's setting")
-  p.add_argument("--xla-splits", default=None,
-                 help="comma-separated runtime.xla_splits values, e.g. 1,2; "
-                      "default: the profile's setting")
-  p.add_argument("--pretrain-overrides", default="{}",
-                 help='JSON PretrainConfig fields, e.g. \'{"hue_jitter": 0.1}\' (the '
-                      'augmentation runs in the measured input pipeline)')
-  p.add_argument("--roofline", action="store_true",
-                 help="also print the matmul-FLOP bound on img/s for this CPU")
+  p.add_argument(
+      "--jit",
+      default=None,
+      help="XLA for the whole train step: on, off or on,off; " "default: the profile's setting",
+  )
+  p.add_argument(
+      "--xla-splits",
+      default=None,
+      help="comma-separated runtime.xla_splits values, e.g. 1,2; " "default: the profile's setting",
+  )
+  p.add_argument(
+      "--pretrain-overrides",
+      default="{}",
+      help="JSON PretrainConfig fields, e.g. '{\"hue_jitter\": 0.1}' (the "
+      "augmentation runs in the measured input pipeline)",
+  )
+  p.add_argument(
+      "--roofline",
+      action="store_true",
+      help="also print the matmul-FLOP bound on img/s for this CPU",
+  )
   args = p.parse_args(argv)
 
   root = data_source.resolve_cifar10(args.data, names.DATA_CACHE_DIR)
   images = standardised_train_images(root, 50000)
   model = roofline.model_overrides(args)
   profile = config_lib.get_profile(args.profile, {"model": model})
-  jits = ([profile.runtime.jit_compile] if args.jit is None else
-          [_on_off(v) for v in args.jit.split(",")])
-  splits = ([profile.runtime.xla_splits] if args.xla_splits is None else
-            [int(v) for v in args.xla_splits.split(",")])
+  jits = (
+      [profile.runtime.jit_compile]
+      if args.jit is None
+      else [_on_off(v) for v in args.jit.split(",")]
+  )
+  splits = (
+      [profile.runtime.xla_splits]
+      if args.xla_splits is None
+      else [int(v) for v in args.xla_splits.split(",")]
+  )
   m = profile.model
-  print(f"model: encoder {m.depth}x{m.embed_dim} ({m.num_heads} heads), decoder "
-        f"{m.decoder_depth}x{m.decoder_embed_dim}, patch {m.patch_size}, mask "
-        f"{m.mask_ratio}, batch {args.batch_size}, TF_CPU_ALLOCATOR_USE_BFC="
-        f"{os.environ.get('TF_CPU_ALLOCATOR_USE_BFC')}")
+  print(
+      f"model: encoder {m.depth}x{m.embed_dim} ({m.num_heads} heads), decoder "
+      f"{m.decoder_depth}x{m.decoder_embed_dim}, patch {m.patch_size}, mask "
+      f"{m.mask_ratio}, batch {args.batch_size}, TF_CPU_ALLOCATOR_USE_BFC="
+      f"{os.environ.get('TF_CPU_ALLOCATOR_USE_BFC')}"
+  )
   results = []
   bounds = {}
   if args.roofline:
-    for policy in sorted({resolve_precision(pr, profile.runtime.strategy)
-                          for pr in args.precision.split(",")}):
-      bounds[policy], line = roofline.img_per_second_bound(
-          policy, roofline.mae_train_flops(m))
+    for policy in sorted(
+        {resolve_precision(pr, profile.runtime.strategy) for pr in args.precision.split(",")}
+    ):
+      bounds[policy], line = roofline.img_per_second_bound(policy, roofline.mae_train_flops(m))
       print(line, flush=True)
   for precision in args.precision.split(","):
     for jit, n in [(j, n) for j in jits for n in (splits if j else [1])]:
-      cfg = config_lib.get_profile(args.profile, {
-          "model": model,
-          "pretrain": {**json.loads(args.pretrain_overrides), "epochs": args.epochs,
-                       "steps_per_epoch": args.steps, "batch_size": args.batch_size},
-          "runtime": {"precision": precision, "jit_compile": jit, "xla_splits": n}})
+      cfg = config_lib.get_profile(
+          args.profile,
+          {
+              "model": model,
+              "pretrain": {
+                  **json.loads(args.pretrain_overrides),
+                  "epochs": args.epochs,
+                  "steps_per_epoch": args.steps,
+                  "batch_size": args.batch_size,
+              },
+              "runtime": {"precision": precision, "jit_compile": jit, "xla_splits": n},
+          },
+      )
       with tempfile.TemporaryDirectory() as tmp:
         _, history = pretrain(cfg, images, tmp, os.path.join(tmp, "ckpt"))
       timed = history[1:]
       ips = sum(h["images_per_second"] for h in timed) / len(timed)
       policy = resolve_precision(precision, cfg.runtime.strategy)
       label = policy if policy == precision else f"{precision}={policy}"
-      results.append(f"{label:16s} XLA {f'on, {n} split(s)' if jit else 'off':14s} "
-                     f"{ips:6.0f} img/s"
-                     f"  ({50000 / ips:.1f} s per 50,000-image epoch)"
-                     + (f", {ips / bounds[policy]:.0%} of the matmul bound"
-                        if policy in bounds else ""))
+      results.append(
+          f"{label:16s} XLA {f'on, {n} split(s)' if jit else 'off':14s} "
+          f"{ips:6.0f} img/s"
+          f"  ({50000 / ips:.1f} s per 50,000-image epoch)"
+          + (f", {ips / bounds[policy]:.0%} of the matmul bound" if policy in bounds else "")
+      )
       print(results[-1], flush=True)
   print("\n".join(["summary:"] + results))
 

@@ -40,26 +40,29 @@ def batch_file_to_examples(path: str, class_names: List[str]) -> Iterator[tf.tra
     label = int(label)
     # An id without a name keeps it as its name: the schema flags both.
     name = class_names[label] if 0 <= label < len(class_names) else str(label)
-    yield image_example(encode_png(image), label, name,
-                        statistics=ImageStatistics.of_array(image))
+    yield image_example(encode_png(image), label, name, statistics=ImageStatistics.of_array(image))
 
 
 @beam.ptransform_fn
 @beam.typehints.with_input_types(beam.Pipeline)
 @beam.typehints.with_output_types(tf.train.Example)
-def _CifarBatchesToExample(pipeline: beam.Pipeline,  # pylint: disable=invalid-name
-                           exec_properties: Dict[str, Any],
-                           split_pattern: str) -> beam.pvalue.PCollection:
+def _CifarBatchesToExample(
+    pipeline: beam.Pipeline,  # pylint: disable=invalid-name
+    exec_properties: Dict[str, Any],
+    split_pattern: str,
+) -> beam.pvalue.PCollection:
   input_base = exec_properties[standard_component_specs.INPUT_BASE_KEY]
   pattern = os.path.join(input_base, split_pattern)
   files = sorted(tf.io.gfile.glob(pattern))
   if not files:
     raise FileNotFoundError(f"No CIFAR-10 batch file matches {pattern}")
   class_names = read_class_names(os.path.join(input_base, META_FILE))
-  return (pipeline
-          | "BatchFiles" >> beam.Create(files)
-          | "Spread" >> beam.Reshuffle()
-          | "ToExamples" >> beam.FlatMap(batch_file_to_examples, class_names))
+  return (
+      pipeline
+      | "BatchFiles" >> beam.Create(files)
+      | "Spread" >> beam.Reshuffle()
+      | "ToExamples" >> beam.FlatMap(batch_file_to_examples, class_names)
+  )
 
 
 class Executor(base_example_gen_executor.BaseExampleGenExecutor):
@@ -70,10 +73,12 @@ class Executor(base_example_gen_executor.BaseExampleGenExecutor):
 
 
 def cifar10_input_config() -> example_gen_pb2.Input:
-  return example_gen_pb2.Input(splits=[
-      example_gen_pb2.Input.Split(name="train", pattern=TRAIN_PATTERN),
-      example_gen_pb2.Input.Split(name="test", pattern=TEST_PATTERN),
-  ])
+  return example_gen_pb2.Input(
+      splits=[
+          example_gen_pb2.Input.Split(name="train", pattern=TRAIN_PATTERN),
+          example_gen_pb2.Input.Split(name="test", pattern=TEST_PATTERN),
+      ]
+  )
 
 
 class Cifar10ExampleGen(FileBasedExampleGen):
@@ -83,4 +88,5 @@ class Cifar10ExampleGen(FileBasedExampleGen):
     super().__init__(
         input_base=input_base,
         input_config=cifar10_input_config(),
-        custom_executor_spec=executor_spec.BeamExecutorSpec(Executor))
+        custom_executor_spec=executor_spec.BeamExecutorSpec(Executor),
+    )

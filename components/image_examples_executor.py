@@ -22,10 +22,15 @@ from tfx.utils import proto_utils
 
 from models import image_files, run_log
 from models.examples import image_example
-from models.names import (BAD_IMAGES_FILE, BAD_IMAGES_PROPERTY, CLASS_NAMES_PROPERTY,
-                          SPAN_FOLDER_PATTERN, UNLABELED_SPLIT)
+from models.names import (
+    BAD_IMAGES_FILE,
+    BAD_IMAGES_PROPERTY,
+    CLASS_NAMES_PROPERTY,
+    SPAN_FOLDER_PATTERN,
+    UNLABELED_SPLIT,
+)
 
-BAD = "bad"                       # the tag of a skipped file's output
+BAD = "bad"  # the tag of a skipped file's output
 # (path, label, class name, image_path: the example's IMAGE_PATH_KEY)
 Item = Tuple[str, Optional[int], Optional[str], str]
 
@@ -42,23 +47,35 @@ def options_config(options: Dict[str, Any]) -> example_gen_pb2.CustomConfig:
 def read_options(exec_properties: Dict[str, Any]) -> Dict[str, Any]:
   config = example_gen_pb2.CustomConfig()
   proto_utils.json_to_proto(
-      exec_properties.get(standard_component_specs.CUSTOM_CONFIG_KEY) or "{}", config)
+      exec_properties.get(standard_component_specs.CUSTOM_CONFIG_KEY) or "{}", config
+  )
   struct = struct_pb2.Struct()
   if config.HasField("custom_config"):
     config.custom_config.Unpack(struct)
   return json_format.MessageToDict(struct)
 
 
-def ingestion_options(test_fraction: float, unlabeled_base: Optional[str],
-                      skip_bad_images: bool, fingerprint: str, spans: bool,
-                      **more) -> Dict[str, Any]:
+def ingestion_options(
+    test_fraction: float,
+    unlabeled_base: Optional[str],
+    skip_bad_images: bool,
+    fingerprint: str,
+    spans: bool,
+    **more,
+) -> Dict[str, Any]:
   """The options both image ExampleGens take. `fingerprint`: a digest of the
   local files (`image_files.folder_fingerprint`), so that a cached run
   re-runs when any image changes; the driver's own covers what its input
   pattern matches, the top of `input_base`. `spans`: `input_base` holds
   span-<N>/ folders, of which the driver picked one."""
-  return dict(test_fraction=test_fraction, unlabeled_base=unlabeled_base or "",
-              skip_bad_images=skip_bad_images, fingerprint=fingerprint, spans=spans, **more)
+  return dict(
+      test_fraction=test_fraction,
+      unlabeled_base=unlabeled_base or "",
+      skip_bad_images=skip_bad_images,
+      fingerprint=fingerprint,
+      spans=spans,
+      **more,
+  )
 
 
 def input_config(pattern: str, spans: bool, name: str) -> example_gen_pb2.Input:
@@ -74,12 +91,14 @@ def range_config(span: Optional[int]) -> Optional[range_config_pb2.RangeConfig]:
   """The driver's span: `span` when given, else (None) the newest."""
   if span is None:
     return None
-  return range_config_pb2.RangeConfig(static_range=range_config_pb2.StaticRange(
-      start_span_number=span, end_span_number=span))
+  return range_config_pb2.RangeConfig(
+      static_range=range_config_pb2.StaticRange(start_span_number=span, end_span_number=span)
+  )
 
 
-def labeled_root(input_base: str, exec_properties: Dict[str, Any],
-                 options: Dict[str, Any]) -> Tuple[str, str]:
+def labeled_root(
+    input_base: str, exec_properties: Dict[str, Any], options: Dict[str, Any]
+) -> Tuple[str, str]:
   """(the folder this run ingests, the prefix of its images' paths): the
   span's folder the driver resolved, or `input_base` itself."""
   if not options.get("spans"):
@@ -103,7 +122,7 @@ def file_to_example(item: Item, skip_bad: bool) -> Iterator:
   yield image_example(image.data, label, class_name, image_path, image.statistics)
 
 
-Split = Tuple[beam.pvalue.PCollection, beam.pvalue.PCollection]   # (Examples, bad)
+Split = Tuple[beam.pvalue.PCollection, beam.pvalue.PCollection]  # (Examples, bad)
 
 
 def unlabeled_files(root: str) -> Iterator[Item]:
@@ -111,16 +130,19 @@ def unlabeled_files(root: str) -> Iterator[Item]:
     yield image_files.join_path(root, rel), None, None, f"{UNLABELED_SPLIT}/{rel}"
 
 
-def read_files(pipeline: beam.Pipeline, split: str, root: str, list_files,
-               skip_bad: bool, *list_args) -> Split:
+def read_files(
+    pipeline: beam.Pipeline, split: str, root: str, list_files, skip_bad: bool, *list_args
+) -> Split:
   """The Examples and the skipped files' reasons of one split: `list_files(root,
   *list_args)` yields its `Item`s in a worker."""
-  results = (pipeline
-             | f"Root[{split}]" >> beam.Create([root])
-             | f"Files[{split}]" >> beam.FlatMap(list_files, *list_args)
-             | f"Spread[{split}]" >> beam.Reshuffle()
-             | f"Read[{split}]" >> beam.FlatMap(file_to_example, skip_bad)
-             .with_outputs(BAD, main="examples"))
+  results = (
+      pipeline
+      | f"Root[{split}]" >> beam.Create([root])
+      | f"Files[{split}]" >> beam.FlatMap(list_files, *list_args)
+      | f"Spread[{split}]" >> beam.Reshuffle()
+      | f"Read[{split}]"
+      >> beam.FlatMap(file_to_example, skip_bad).with_outputs(BAD, main="examples")
+  )
   return results.examples, results[BAD]
 
 
@@ -136,8 +158,9 @@ class ImageExamplesExecutor(base_example_gen_executor.BaseExampleGenExecutor):
   def GetInputSourceToExamplePTransform(self) -> beam.PTransform:
     raise NotImplementedError(f"{type(self).__name__} builds its splits in Do")
 
-  def labeled_splits(self, pipeline: beam.Pipeline, root: str, path_prefix: str,
-                     options: Dict[str, Any]) -> Tuple[List[str], Dict[str, Split]]:
+  def labeled_splits(
+      self, pipeline: beam.Pipeline, root: str, path_prefix: str, options: Dict[str, Any]
+  ) -> Tuple[List[str], Dict[str, Split]]:
     """(class names, {split: (Examples, skipped files' reasons)}) of the
     labeled data in `root` (the source, or its span's folder); an image
     file's example names it as `path_prefix` + its path in `root`."""
@@ -149,35 +172,48 @@ class ImageExamplesExecutor(base_example_gen_executor.BaseExampleGenExecutor):
     skip_bad = bool(options.get("skip_bad_images", False))
     unlabeled = options.get("unlabeled_base")
     if unlabeled and not image_files.list_images(unlabeled, recursive=True):
-      raise ValueError(f"{unlabeled}: the unlabeled folder holds no images "
-                       f"({', '.join(image_files.IMAGE_EXTENSIONS)})")
+      raise ValueError(
+          f"{unlabeled}: the unlabeled folder holds no images "
+          f"({', '.join(image_files.IMAGE_EXTENSIONS)})"
+      )
     outputs = output_dict[standard_component_specs.EXAMPLES_KEY]
     examples = artifact_utils.get_single_instance(outputs)
     bad_list = os.path.join(examples.uri, BAD_IMAGES_FILE)
     with self._make_beam_pipeline() as pipeline:
       root, path_prefix = labeled_root(
-          exec_properties[standard_component_specs.INPUT_BASE_KEY], exec_properties, options)
+          exec_properties[standard_component_specs.INPUT_BASE_KEY], exec_properties, options
+      )
       class_names, splits = self.labeled_splits(pipeline, root, path_prefix, options)
       if unlabeled:
-        splits[UNLABELED_SPLIT] = read_files(pipeline, UNLABELED_SPLIT, unlabeled,
-                                             unlabeled_files, skip_bad)
+        splits[UNLABELED_SPLIT] = read_files(
+            pipeline, UNLABELED_SPLIT, unlabeled, unlabeled_files, skip_bad
+        )
       examples.split_names = artifact_utils.encode_split_names(list(splits))
       for split, (split_examples, _) in splits.items():
         _ = split_examples | f"WriteSplit[{split}]" >> write_split.WriteSplit(
             artifact_utils.get_split_uri(outputs, split),
-            example_gen_pb2.FORMAT_TFRECORDS_GZIP, exec_properties)
-      _ = ([bad for _, bad in splits.values()]
-           | "BadFiles" >> beam.Flatten()
-           | "ListBad" >> beam.combiners.ToList()
-           | "WriteBad" >> beam.Map(_write_lines, bad_list))
+            example_gen_pb2.FORMAT_TFRECORDS_GZIP,
+            exec_properties,
+        )
+      _ = (
+          [bad for _, bad in splits.values()]
+          | "BadFiles" >> beam.Flatten()
+          | "ListBad" >> beam.combiners.ToList()
+          | "WriteBad" >> beam.Map(_write_lines, bad_list)
+      )
     with tf.io.gfile.GFile(bad_list) as f:
       skipped = [line for line in f.read().splitlines() if line]
     if skipped:
-      run_log.log.warning("[%s] skipped %d bad image(s), listed in %s:\n  %s",
-                          type(self).__module__, len(skipped), bad_list,
-                          "\n  ".join(skipped[:20]))
+      run_log.log.warning(
+          "[%s] skipped %d bad image(s), listed in %s:\n  %s",
+          type(self).__module__,
+          len(skipped),
+          bad_list,
+          "\n  ".join(skipped[:20]),
+      )
     examples.set_string_custom_property(CLASS_NAMES_PROPERTY, json.dumps(class_names))
     examples.set_int_custom_property(BAD_IMAGES_PROPERTY, len(skipped))
     examples_utils.set_payload_format(examples, example_gen_pb2.FORMAT_TF_EXAMPLE)
     examples_utils.set_file_format(
-        examples, write_split.to_file_format_str(example_gen_pb2.FORMAT_TFRECORDS_GZIP))
+        examples, write_split.to_file_format_str(example_gen_pb2.FORMAT_TFRECORDS_GZIP)
+    )

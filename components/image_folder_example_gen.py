@@ -26,9 +26,15 @@ from typing import Iterator, Optional
 from tfx.components.example_gen.component import FileBasedExampleGen
 from tfx.dsl.components.base import executor_spec
 
-from components.image_examples_executor import (ImageExamplesExecutor, Item,
-                                                ingestion_options, input_config,
-                                                options_config, range_config, read_files)
+from components.image_examples_executor import (
+    ImageExamplesExecutor,
+    Item,
+    ingestion_options,
+    input_config,
+    options_config,
+    range_config,
+    read_files,
+)
 from models import image_files
 
 # For the driver's input fingerprint (what makes a cached run re-run): the
@@ -36,13 +42,11 @@ from models import image_files
 _INPUT_PATTERN = "*/*"
 
 
-def labeled_files(root: str, split: str, test_fraction: float,
-                  path_prefix: str) -> Iterator[Item]:
+def labeled_files(root: str, split: str, test_fraction: float, path_prefix: str) -> Iterator[Item]:
   """The files of one split of a labeled folder (a Beam worker lists them)."""
   layout = image_files.detect_layout(root, test_fraction)
   for rel, label in layout.files[split]:
-    yield (image_files.join_path(root, rel), label, layout.class_names[label],
-           path_prefix + rel)
+    yield (image_files.join_path(root, rel), label, layout.class_names[label], path_prefix + rel)
 
 
 class Executor(ImageExamplesExecutor):
@@ -53,21 +57,32 @@ class Executor(ImageExamplesExecutor):
     layout = image_files.detect_layout(root, test_fraction)
     skip_bad = bool(options.get("skip_bad_images", False))
     return layout.class_names, {
-        split: read_files(pipeline, split, root, labeled_files, skip_bad, split,
-                          test_fraction, path_prefix)
-        for split in layout.files}
+        split: read_files(
+            pipeline, split, root, labeled_files, skip_bad, split, test_fraction, path_prefix
+        )
+        for split in layout.files
+    }
 
 
 class ImageFolderExampleGen(FileBasedExampleGen):
   """FileBasedExampleGen for a folder of class folders of images."""
 
-  def __init__(self, input_base: str, test_fraction: float = 0.2,
-               unlabeled_base: Optional[str] = None, skip_bad_images: bool = False,
-               fingerprint: str = "", spans: bool = False, span: Optional[int] = None):
+  def __init__(
+      self,
+      input_base: str,
+      test_fraction: float = 0.2,
+      unlabeled_base: Optional[str] = None,
+      skip_bad_images: bool = False,
+      fingerprint: str = "",
+      spans: bool = False,
+      span: Optional[int] = None,
+  ):
     super().__init__(
         input_base=input_base,
         input_config=input_config(_INPUT_PATTERN, spans, "images"),
         range_config=range_config(span),
-        custom_config=options_config(ingestion_options(
-            test_fraction, unlabeled_base, skip_bad_images, fingerprint, spans)),
-        custom_executor_spec=executor_spec.BeamExecutorSpec(Executor))
+        custom_config=options_config(
+            ingestion_options(test_fraction, unlabeled_base, skip_bad_images, fingerprint, spans)
+        ),
+        custom_executor_spec=executor_spec.BeamExecutorSpec(Executor),
+    )

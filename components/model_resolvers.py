@@ -38,22 +38,33 @@ from models.run_log import log
 
 try:
   from tfx.components.evaluator import constants as eval_consts
+
   _CURRENT_MODEL_ID = eval_consts.ARTIFACT_PROPERTY_CURRENT_MODEL_ID_KEY
   _BLESSED = eval_consts.ARTIFACT_PROPERTY_BLESSED_KEY
-except ImportError:      # the Evaluator's own constants, as TFX's strategy does
+except ImportError:  # the Evaluator's own constants, as TFX's strategy does
   _CURRENT_MODEL_ID, _BLESSED = "current_model_id", "blessed"
 
 EXAMPLES, MODEL, MODEL_BLESSING, CANDIDATE, STATISTICS, CURRENT = (
-    "examples", "model", "model_blessing", "candidate", "statistics", "current")
+    "examples",
+    "model",
+    "model_blessing",
+    "candidate",
+    "statistics",
+    "current",
+)
 
 
-def _latest_blessed(input_dict: Dict[str, List[types.Artifact]],
-                    accept: Callable[[types.Artifact], bool] = lambda model: True
-                    ) -> Dict[str, List[types.Artifact]]:
+def _latest_blessed(
+    input_dict: Dict[str, List[types.Artifact]],
+    accept: Callable[[types.Artifact], bool] = lambda model: True,
+) -> Dict[str, List[types.Artifact]]:
   """{model: [the newest blessed model `accept` takes], model_blessing: [its
   blessing]}, or both empty."""
-  blessings = {b.get_int_custom_property(_CURRENT_MODEL_ID): b
-               for b in input_dict[MODEL_BLESSING] if b.get_int_custom_property(_BLESSED) == 1}
+  blessings = {
+      b.get_int_custom_property(_CURRENT_MODEL_ID): b
+      for b in input_dict[MODEL_BLESSING]
+      if b.get_int_custom_property(_BLESSED) == 1
+  }
   for model in sorted(input_dict[MODEL], key=lambda a: a.id, reverse=True):
     if model.id in blessings and accept(model):
       return {MODEL: [model], MODEL_BLESSING: [blessings[model.id]]}
@@ -81,20 +92,27 @@ def _type_id(store: mlmd.MetadataStore, artifact_type) -> Optional[int]:
 def _neighbours(store: mlmd.MetadataStore, artifact_ids: List[int], upstream: bool) -> List[int]:
   """The ids of the inputs of the executions that wrote `artifact_ids`
   (`upstream`), or of the outputs of the executions that read them."""
-  there, back = ((metadata_store_pb2.Event.OUTPUT, metadata_store_pb2.Event.INPUT) if upstream
-                 else (metadata_store_pb2.Event.INPUT, metadata_store_pb2.Event.OUTPUT))
-  executions = [e.execution_id for e in store.get_events_by_artifact_ids(artifact_ids)
-                if e.type == there]
-  return [e.artifact_id for e in store.get_events_by_execution_ids(executions)
-          if e.type == back]
+  there, back = (
+      (metadata_store_pb2.Event.OUTPUT, metadata_store_pb2.Event.INPUT)
+      if upstream
+      else (metadata_store_pb2.Event.INPUT, metadata_store_pb2.Event.OUTPUT)
+  )
+  executions = [
+      e.execution_id for e in store.get_events_by_artifact_ids(artifact_ids) if e.type == there
+  ]
+  return [e.artifact_id for e in store.get_events_by_execution_ids(executions) if e.type == back]
 
 
-def training_examples(store: mlmd.MetadataStore,
-                      model_id: int) -> List[metadata_store_pb2.Artifact]:
+def training_examples(
+    store: mlmd.MetadataStore, model_id: int
+) -> List[metadata_store_pb2.Artifact]:
   """The Examples read by the Trainer that wrote `model_id`."""
   examples_type = _type_id(store, standard_artifacts.Examples)
-  return [a for a in store.get_artifacts_by_id(_neighbours(store, [model_id], upstream=True))
-          if a.type_id == examples_type]
+  return [
+      a
+      for a in store.get_artifacts_by_id(_neighbours(store, [model_id], upstream=True))
+      if a.type_id == examples_type
+  ]
 
 
 def training_spans(store: mlmd.MetadataStore, model_id: int) -> List[int]:
@@ -107,9 +125,9 @@ class LatestBlessedEarlierSpanStrategy(resolver.ResolverStrategy):
   this run's], model_blessing: [its blessing], examples: this run's}, or
   empty model and blessing when there is none."""
 
-  def resolve_artifacts(self, store: mlmd.MetadataStore,
-                        input_dict: Dict[str, List[types.Artifact]]
-                        ) -> Optional[Dict[str, List[types.Artifact]]]:
+  def resolve_artifacts(
+      self, store: mlmd.MetadataStore, input_dict: Dict[str, List[types.Artifact]]
+  ) -> Optional[Dict[str, List[types.Artifact]]]:
     if not input_dict[EXAMPLES]:
       return {EXAMPLES: [], MODEL: [], MODEL_BLESSING: []}
     span = max(artifact_span(a) for a in input_dict[EXAMPLES])
@@ -120,8 +138,11 @@ class LatestBlessedEarlierSpanStrategy(resolver.ResolverStrategy):
 
     found = _latest_blessed(input_dict, earlier)
     if found[MODEL]:
-      log.info("[warm start] span %d: the latest blessed model of an earlier span is %s",
-               span, found[MODEL][0].uri)
+      log.info(
+          "[warm start] span %d: the latest blessed model of an earlier span is %s",
+          span,
+          found[MODEL][0].uri,
+      )
     return {EXAMPLES: input_dict[EXAMPLES], **found}
 
 
@@ -130,15 +151,17 @@ class LatestBlessedBeforeStrategy(resolver.ResolverStrategy):
   model_blessing: [its blessing], candidate: the candidate}, or empty model
   and blessing when none was blessed before it."""
 
-  def resolve_artifacts(self, store: mlmd.MetadataStore,
-                        input_dict: Dict[str, List[types.Artifact]]
-                        ) -> Optional[Dict[str, List[types.Artifact]]]:
+  def resolve_artifacts(
+      self, store: mlmd.MetadataStore, input_dict: Dict[str, List[types.Artifact]]
+  ) -> Optional[Dict[str, List[types.Artifact]]]:
     del store
     if not input_dict[CANDIDATE]:
       return {CANDIDATE: [], MODEL: [], MODEL_BLESSING: []}
     candidate = max(a.id for a in input_dict[CANDIDATE])
-    return {CANDIDATE: input_dict[CANDIDATE],
-            **_latest_blessed(input_dict, lambda model: model.id < candidate)}
+    return {
+        CANDIDATE: input_dict[CANDIDATE],
+        **_latest_blessed(input_dict, lambda model: model.id < candidate),
+    }
 
 
 class BlessedModelStatisticsStrategy(resolver.ResolverStrategy):
@@ -147,9 +170,9 @@ class BlessedModelStatisticsStrategy(resolver.ResolverStrategy):
   examples: [those Examples], model, model_blessing: that model and its
   blessing}, or all empty when no model is blessed yet."""
 
-  def resolve_artifacts(self, store: mlmd.MetadataStore,
-                        input_dict: Dict[str, List[types.Artifact]]
-                        ) -> Optional[Dict[str, List[types.Artifact]]]:
+  def resolve_artifacts(
+      self, store: mlmd.MetadataStore, input_dict: Dict[str, List[types.Artifact]]
+  ) -> Optional[Dict[str, List[types.Artifact]]]:
     none = {STATISTICS: [], EXAMPLES: [], MODEL: [], MODEL_BLESSING: []}
     found = _latest_blessed(input_dict)
     read = training_examples(store, found[MODEL][0].id) if found[MODEL] else []
@@ -161,8 +184,11 @@ class BlessedModelStatisticsStrategy(resolver.ResolverStrategy):
     statistics = [s for s in input_dict[STATISTICS] if s.id in computed]
     if not statistics:
       return none
-    return {STATISTICS: [max(statistics, key=lambda a: a.id)],
-            EXAMPLES: [a for a in input_dict[EXAMPLES] if a.id == examples.id], **found}
+    return {
+        STATISTICS: [max(statistics, key=lambda a: a.id)],
+        EXAMPLES: [a for a in input_dict[EXAMPLES] if a.id == examples.id],
+        **found,
+    }
 
 
 def _validated(store: mlmd.MetadataStore, examples: types.Artifact) -> bool:
@@ -171,7 +197,8 @@ def _validated(store: mlmd.MetadataStore, examples: types.Artifact) -> bool:
   graph_type = _type_id(store, standard_artifacts.TransformGraph)
   written = _neighbours(store, [examples.id], upstream=False)
   return graph_type is not None and any(
-      a.type_id == graph_type for a in store.get_artifacts_by_id(written))
+      a.type_id == graph_type for a in store.get_artifacts_by_id(written)
+  )
 
 
 class LatestSpansStrategy(resolver.ResolverStrategy):
@@ -184,21 +211,24 @@ class LatestSpansStrategy(resolver.ResolverStrategy):
   def __init__(self, num_spans: int = 1):
     self._num_spans = num_spans
 
-  def resolve_artifacts(self, store: mlmd.MetadataStore,
-                        input_dict: Dict[str, List[types.Artifact]]
-                        ) -> Optional[Dict[str, List[types.Artifact]]]:
+  def resolve_artifacts(
+      self, store: mlmd.MetadataStore, input_dict: Dict[str, List[types.Artifact]]
+  ) -> Optional[Dict[str, List[types.Artifact]]]:
     current = input_dict[CURRENT]
     if not current or self._num_spans == 1:
       return {EXAMPLES: list(current), CURRENT: current}
     span = max(artifact_span(a) for a in current)
-    newest: Dict[int, types.Artifact] = {}    # span -> its newest Examples the gate passed
+    newest: Dict[int, types.Artifact] = {}  # span -> its newest Examples the gate passed
     for a in sorted(input_dict[EXAMPLES], key=lambda a: a.id, reverse=True):
       a_span = artifact_span(a)
-      if (a_span < span and a_span not in newest
+      if (
+          a_span < span
+          and a_span not in newest
           and TRAIN_SPLIT in artifact_utils.decode_split_names(a.split_names)
-          and _validated(store, a)):
+          and _validated(store, a)
+      ):
         newest[a_span] = a
     earlier = [newest[s] for s in sorted(newest, reverse=True)]
     if self._num_spans:
-      earlier = earlier[:self._num_spans - 1]
+      earlier = earlier[: self._num_spans - 1]
     return {EXAMPLES: list(current) + earlier, CURRENT: current}

@@ -28,10 +28,14 @@ def run_fn(fn_args: FnArgs) -> None:
   encoder = engine_pretrain.load_mae(fn_args.base_model).encoder  # float32 for export
   class_names = schema.class_names(schema.read_schema(fn_args.schema_path))
   result = engine_probe.linear_probe(
-      cfg, encoder, class_names, data.transformed_batches(fn_args.train_files, tft_output),
-      data.transformed_batches(fn_args.eval_files, tft_output), fn_args.model_run_dir)
+      cfg,
+      encoder,
+      class_names,
+      data.transformed_batches(fn_args.train_files, tft_output),
+      data.transformed_batches(fn_args.eval_files, tft_output),
+      fn_args.model_run_dir,
+  )
 
   signatures.export_saved_model(result.classifier, tft_output, fn_args.serving_model_dir)
   files.copy_tree(fn_args.base_model, names.carried_mae_dir(fn_args.serving_model_dir))
-  files.write_json(result.summary,
-                      os.path.join(fn_args.model_run_dir, names.SUMMARY_FILE))
+  files.write_json(result.summary, os.path.join(fn_args.model_run_dir, names.SUMMARY_FILE))

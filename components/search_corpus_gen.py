@@ -18,9 +18,13 @@ from tfx.components.example_gen.component import FileBasedExampleGen
 from tfx.dsl.components.base import executor_spec
 from tfx.proto import example_gen_pb2
 
-from components.image_examples_executor import (ImageExamplesExecutor, Item,
-                                                ingestion_options, options_config,
-                                                read_files)
+from components.image_examples_executor import (
+    ImageExamplesExecutor,
+    Item,
+    ingestion_options,
+    options_config,
+    read_files,
+)
 from components.tfrecord_example_gen import read_records
 from models import image_files
 from models.examples import TFRECORD_SUFFIXES, tfrecord_files
@@ -38,9 +42,11 @@ def check_corpus(root: str) -> bool:
   if tfrecord_files(root):
     return True
   if not image_files.list_images(root, recursive=True):
-    raise ValueError(f"{root}: the search corpus holds no images "
-                     f"({', '.join(image_files.IMAGE_EXTENSIONS)}) and no TFRecord files "
-                     f"({', '.join(TFRECORD_SUFFIXES)})")
+    raise ValueError(
+        f"{root}: the search corpus holds no images "
+        f"({', '.join(image_files.IMAGE_EXTENSIONS)}) and no TFRecord files "
+        f"({', '.join(TFRECORD_SUFFIXES)})"
+    )
   return False
 
 
@@ -48,25 +54,44 @@ class Executor(ImageExamplesExecutor):
   """TFRecord files when the folder has them, else its images."""
 
   def labeled_splits(self, pipeline, root, path_prefix, options):
-    del path_prefix          # the corpus is not laid out in spans
+    del path_prefix  # the corpus is not laid out in spans
     if check_corpus(root):
-      return [], {CORPUS_SPLIT: read_records(pipeline, CORPUS_SPLIT, root,
-                                             tfrecord_files(root), options)}
-    return [], {CORPUS_SPLIT: read_files(pipeline, CORPUS_SPLIT, root, corpus_files,
-                                         bool(options.get("skip_bad_images", False)))}
+      return [], {
+          CORPUS_SPLIT: read_records(pipeline, CORPUS_SPLIT, root, tfrecord_files(root), options)
+      }
+    return [], {
+        CORPUS_SPLIT: read_files(
+            pipeline, CORPUS_SPLIT, root, corpus_files, bool(options.get("skip_bad_images", False))
+        )
+    }
 
 
 class SearchCorpusGen(FileBasedExampleGen):
   """FileBasedExampleGen of the search corpus: one `corpus` split."""
 
-  def __init__(self, input_base: str, image_feature: str = "image",
-               label_feature: str = "label", skip_bad_images: bool = False,
-               fingerprint: str = ""):
+  def __init__(
+      self,
+      input_base: str,
+      image_feature: str = "image",
+      label_feature: str = "label",
+      skip_bad_images: bool = False,
+      fingerprint: str = "",
+  ):
     super().__init__(
         input_base=input_base,
-        input_config=example_gen_pb2.Input(splits=[
-            example_gen_pb2.Input.Split(name=CORPUS_SPLIT, pattern="*")]),
-        custom_config=options_config(ingestion_options(
-            0.0, None, skip_bad_images, fingerprint, spans=False, image_feature=image_feature,
-            label_feature=label_feature)),
-        custom_executor_spec=executor_spec.BeamExecutorSpec(Executor))
+        input_config=example_gen_pb2.Input(
+            splits=[example_gen_pb2.Input.Split(name=CORPUS_SPLIT, pattern="*")]
+        ),
+        custom_config=options_config(
+            ingestion_options(
+                0.0,
+                None,
+                skip_bad_images,
+                fingerprint,
+                spans=False,
+                image_feature=image_feature,
+                label_feature=label_feature,
+            )
+        ),
+        custom_executor_spec=executor_spec.BeamExecutorSpec(Executor),
+    )

@@ -26,15 +26,27 @@ from tfx.components.example_gen import component
 from tfx.components.example_gen.import_example_gen.component import ImportExampleGen
 from tfx.dsl.components.base import executor_spec
 
-from components.image_examples_executor import (BAD, ImageExamplesExecutor, Split,
-                                                ingestion_options, input_config,
-                                                options_config, range_config)
+from components.image_examples_executor import (
+    BAD,
+    ImageExamplesExecutor,
+    Split,
+    ingestion_options,
+    input_config,
+    options_config,
+    range_config,
+)
 from models import image_files
 from models.examples import TFRECORD_SUFFIXES, image_example, tfrecord_files
 from models.names import CLASS_NAMES_FILE, IMAGE_KEY, TEST_SPLIT, TRAIN_SPLIT
 
-def record_to_example(record: Tuple[str, bytes], image_feature: str, label_feature: str,
-                      class_names: List[str], skip_bad: bool) -> Iterator:
+
+def record_to_example(
+    record: Tuple[str, bytes],
+    image_feature: str,
+    label_feature: str,
+    class_names: List[str],
+    skip_bad: bool,
+) -> Iterator:
   """(file, serialized tf.Example) -> the pipeline's Example, or (skipping)
   the bad record's reason tagged BAD."""
   path, serialized = record
@@ -43,8 +55,8 @@ def record_to_example(record: Tuple[str, bytes], image_feature: str, label_featu
   if image_feature in features and features[image_feature].bytes_list.value:
     try:
       image = image_files.check_image(
-          features[image_feature].bytes_list.value[0],
-          f"{path}: a record's '{image_feature}'")
+          features[image_feature].bytes_list.value[0], f"{path}: a record's '{image_feature}'"
+      )
     except image_files.BadImageError as e:
       if not skip_bad:
         raise
@@ -52,14 +64,15 @@ def record_to_example(record: Tuple[str, bytes], image_feature: str, label_featu
       return
   if label_feature in features:
     if features[label_feature].bytes_list.value:
-      raise ValueError(f"{path}: feature '{label_feature}' holds bytes; the label must "
-                       f"be an int64 class id (names go in {CLASS_NAMES_FILE})")
+      raise ValueError(
+          f"{path}: feature '{label_feature}' holds bytes; the label must "
+          f"be an int64 class id (names go in {CLASS_NAMES_FILE})"
+      )
     if features[label_feature].int64_list.value:
       label = int(features[label_feature].int64_list.value[0])
       name = class_names[label] if 0 <= label < len(class_names) else str(label)
   # A missing image or label is left out, for the schema gate to name.
-  yield image_example(image and image.data, label, name,
-                      statistics=image and image.statistics)
+  yield image_example(image and image.data, label, name, statistics=image and image.statistics)
 
 
 def _split_of(example: tf.train.Example, test_fraction: float) -> int:
@@ -70,22 +83,29 @@ def _split_of(example: tf.train.Example, test_fraction: float) -> int:
   return int(image_files.hash_split(key, test_fraction) == TEST_SPLIT)
 
 
-def read_records(pipeline: beam.Pipeline, split: str, input_base: str, files: List[str],
-                 options: Dict[str, Any]) -> Split:
+def read_records(
+    pipeline: beam.Pipeline, split: str, input_base: str, files: List[str], options: Dict[str, Any]
+) -> Split:
   """The pipeline's Examples (and the skipped records' reasons) of the
   TFRecord `files` of one split, their features mapped as `options` say."""
   if not files:
-    raise FileNotFoundError(f"{input_base}: no TFRecord files ({', '.join(TFRECORD_SUFFIXES)}) "
-                            f"for the {split} split")
-  results = (pipeline
-             | f"Files[{split}]" >> beam.Create(files)
-             | f"Records[{split}]" >> beam.io.ReadAllFromTFRecord(with_filename=True)
-             | f"Convert[{split}]" >> beam.FlatMap(
-                 record_to_example, options.get("image_feature", "image"),
-                 options.get("label_feature", "label"),
-                 image_files.read_class_names_file(input_base),
-                 bool(options.get("skip_bad_images", False)))
-             .with_outputs(BAD, main="examples"))
+    raise FileNotFoundError(
+        f"{input_base}: no TFRecord files ({', '.join(TFRECORD_SUFFIXES)}) "
+        f"for the {split} split"
+    )
+  results = (
+      pipeline
+      | f"Files[{split}]" >> beam.Create(files)
+      | f"Records[{split}]" >> beam.io.ReadAllFromTFRecord(with_filename=True)
+      | f"Convert[{split}]"
+      >> beam.FlatMap(
+          record_to_example,
+          options.get("image_feature", "image"),
+          options.get("label_feature", "label"),
+          image_files.read_class_names_file(input_base),
+          bool(options.get("skip_bad_images", False)),
+      ).with_outputs(BAD, main="examples")
+  )
   return results.examples, results[BAD]
 
 
@@ -93,21 +113,23 @@ class Executor(ImageExamplesExecutor):
   """Reads the TFRecord files in Beam (ReadAllFromTFRecord), maps and checks."""
 
   def labeled_splits(self, pipeline, root, path_prefix, options):
-    del path_prefix          # records have no file of their own
+    del path_prefix  # records have no file of their own
     class_names = image_files.read_class_names_file(root)
 
     def read(split: str, files: List[str]):
       return read_records(pipeline, split, root, files, options)
 
-    given = {s: tfrecord_files(image_files.join_path(root, s))
-             for s in (TRAIN_SPLIT, TEST_SPLIT)}
+    given = {s: tfrecord_files(image_files.join_path(root, s)) for s in (TRAIN_SPLIT, TEST_SPLIT)}
     if all(given.values()):
       return class_names, {s: read(s, files) for s, files in given.items()}
     examples, bad = read("all", tfrecord_files(root))
     train, test = examples | "HashSplit" >> beam.Partition(
-        lambda e, n: _split_of(e, float(options.get("test_fraction", 0.2))), 2)
-    return class_names, {TRAIN_SPLIT: (train, bad),
-                         TEST_SPLIT: (test, pipeline | "NoBad" >> beam.Create([]))}
+        lambda e, n: _split_of(e, float(options.get("test_fraction", 0.2))), 2
+    )
+    return class_names, {
+        TRAIN_SPLIT: (train, bad),
+        TEST_SPLIT: (test, pipeline | "NoBad" >> beam.Create([])),
+    }
 
 
 class TFRecordImageExampleGen(ImportExampleGen):
@@ -115,15 +137,33 @@ class TFRecordImageExampleGen(ImportExampleGen):
 
   EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(Executor)
 
-  def __init__(self, input_base: str, image_feature: str = "image",
-               label_feature: str = "label", test_fraction: float = 0.2,
-               unlabeled_base: Optional[str] = None, skip_bad_images: bool = False,
-               fingerprint: str = "", spans: bool = False, span: Optional[int] = None):
+  def __init__(
+      self,
+      input_base: str,
+      image_feature: str = "image",
+      label_feature: str = "label",
+      test_fraction: float = 0.2,
+      unlabeled_base: Optional[str] = None,
+      skip_bad_images: bool = False,
+      fingerprint: str = "",
+      spans: bool = False,
+      span: Optional[int] = None,
+  ):
     # ImportExampleGen's own __init__ takes no custom_config: set up its base.
     component.FileBasedExampleGen.__init__(  # pylint: disable=non-parent-init-called
-        self, input_base=input_base,
+        self,
+        input_base=input_base,
         input_config=input_config("*", spans, "records"),
         range_config=range_config(span),
-        custom_config=options_config(ingestion_options(
-            test_fraction, unlabeled_base, skip_bad_images, fingerprint, spans,
-            image_feature=image_feature, label_feature=label_feature)))
+        custom_config=options_config(
+            ingestion_options(
+                test_fraction,
+                unlabeled_base,
+                skip_bad_images,
+                fingerprint,
+                spans,
+                image_feature=image_feature,
+                label_feature=label_feature,
+            )
+        ),
+    )

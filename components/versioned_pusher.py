@@ -43,8 +43,9 @@ def _fingerprint(saved_model_dir: str) -> Optional[bytes]:
 
 
 def newest_version(base_directory: str) -> Optional[str]:
-  versions = pushed_versions(fileio.listdir(base_directory)
-                             if fileio.exists(base_directory) else [])
+  versions = pushed_versions(
+      fileio.listdir(base_directory) if fileio.exists(base_directory) else []
+  )
   return str(versions[-1]) if versions else None
 
 
@@ -54,7 +55,7 @@ def next_version(base_directory: str, now: int) -> int:
   return max(now, int(newest) + 1) if newest else now
 
 
-STAGING_PREFIX = ".staging-"     # .staging-<version>-<pid>
+STAGING_PREFIX = ".staging-"  # .staging-<version>-<pid>
 
 
 def _process_alive(pid: int) -> bool:
@@ -62,7 +63,7 @@ def _process_alive(pid: int) -> bool:
     os.kill(pid, 0)
   except ProcessLookupError:
     return False
-  except PermissionError:     # someone else's process
+  except PermissionError:  # someone else's process
     return True
   return True
 
@@ -93,8 +94,9 @@ def _index_records(index_dir: Optional[str]) -> Optional[bytes]:
     return f.read()
 
 
-def push_to_filesystem(model_path: str, base_directory: str,
-                       index_path: Optional[str] = None) -> str:
+def push_to_filesystem(
+    model_path: str, base_directory: str, index_path: Optional[str] = None
+) -> str:
   """Copies `model_path`, with the search index at `index_path` inside it
   (names.SEARCH_INDEX_DIR), to `<base>/<new version>` atomically: model and
   index appear together or not at all. Returns the version.
@@ -108,10 +110,13 @@ def push_to_filesystem(model_path: str, base_directory: str,
   remove_stale_staging(base_directory)
   newest = newest_version(base_directory)
   fingerprint = _fingerprint(model_path)
-  if (newest and fingerprint is not None and
-      _fingerprint(os.path.join(base_directory, newest)) == fingerprint and
-      _index_records(os.path.join(base_directory, newest, SEARCH_INDEX_DIR))
-      == _index_records(index_path)):
+  if (
+      newest
+      and fingerprint is not None
+      and _fingerprint(os.path.join(base_directory, newest)) == fingerprint
+      and _index_records(os.path.join(base_directory, newest, SEARCH_INDEX_DIR))
+      == _index_records(index_path)
+  ):
     logging.info("Model %s is already served as version %s", model_path, newest)
     return newest
   version = str(next_version(base_directory, int(time.time())))
@@ -126,12 +131,16 @@ def push_to_filesystem(model_path: str, base_directory: str,
 class Executor(pusher_executor.Executor):
   """Filesystem push with fresh, atomic versions, the search index inside."""
 
-  def Do(self, input_dict: Dict[str, List[types.Artifact]],
-         output_dict: Dict[str, List[types.Artifact]],
-         exec_properties: Dict[str, Any]) -> None:
+  def Do(
+      self,
+      input_dict: Dict[str, List[types.Artifact]],
+      output_dict: Dict[str, List[types.Artifact]],
+      exec_properties: Dict[str, Any],
+  ) -> None:
     self._log_startup(input_dict, output_dict, exec_properties)
     model_push = artifact_utils.get_single_instance(
-        output_dict[standard_component_specs.PUSHED_MODEL_KEY])
+        output_dict[standard_component_specs.PUSHED_MODEL_KEY]
+    )
     if not self.CheckBlessing(input_dict):
       self._MarkNotPushed(model_push)
       return
@@ -139,27 +148,33 @@ class Executor(pusher_executor.Executor):
     if input_dict.get(SEARCH_INDEX_KEY):
       index = artifact_utils.get_single_instance(input_dict[SEARCH_INDEX_KEY])
       if not search_index_gen.is_blessed(index):
-        logging.warning("The search index was not blessed (%s): nothing pushed",
-                        index.get_string_custom_property("reason"))
+        logging.warning(
+            "The search index was not blessed (%s): nothing pushed",
+            index.get_string_custom_property("reason"),
+        )
         model_push.set_string_custom_property(
-            NOT_PUSHED_REASON, "the search index was not blessed: "
-            + index.get_string_custom_property("summary"))
+            NOT_PUSHED_REASON,
+            "the search index was not blessed: " + index.get_string_custom_property("summary"),
+        )
         self._MarkNotPushed(model_push)
         return
       index_path = os.path.join(index.uri, search_index_gen.INDEX_FOLDER)
     destination = pusher_pb2.PushDestination()
     proto_utils.json_to_proto(
-        exec_properties[standard_component_specs.PUSH_DESTINATION_KEY],
-        destination)
+        exec_properties[standard_component_specs.PUSH_DESTINATION_KEY], destination
+    )
     if destination.WhichOneof("destination") != "filesystem":
-      raise ValueError("VersionedPusher pushes to a filesystem destination "
-                       f"only, got {destination.WhichOneof('destination')}")
+      raise ValueError(
+          "VersionedPusher pushes to a filesystem destination "
+          f"only, got {destination.WhichOneof('destination')}"
+      )
     model_path = self.GetModelPath(input_dict)
     base = destination.filesystem.base_directory
     version = push_to_filesystem(model_path, base, index_path)
     io_utils.copy_dir(model_path, model_push.uri)
-    self._MarkPushed(model_push, pushed_destination=os.path.join(base, version),
-                     pushed_version=version)
+    self._MarkPushed(
+        model_push, pushed_destination=os.path.join(base, version), pushed_version=version
+    )
     logging.info("Model pushed to %s", os.path.join(base, version))
 
 
@@ -168,9 +183,10 @@ NOT_PUSHED_REASON = "not_pushed_reason"
 
 
 class VersionedPusherSpec(standard_component_specs.PusherSpec):
-  INPUTS = {**standard_component_specs.PusherSpec.INPUTS,
-            SEARCH_INDEX_KEY: ChannelParameter(type=search_index_gen.SearchIndex,
-                                               optional=True)}
+  INPUTS = {
+      **standard_component_specs.PusherSpec.INPUTS,
+      SEARCH_INDEX_KEY: ChannelParameter(type=search_index_gen.SearchIndex, optional=True),
+  }
 
 
 class VersionedPusherComponent(base_component.BaseComponent):
@@ -178,14 +194,19 @@ class VersionedPusherComponent(base_component.BaseComponent):
   EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(Executor)
 
 
-def VersionedPusher(model, model_blessing, base_directory: str,  # pylint: disable=invalid-name
-                    search_index=None) -> VersionedPusherComponent:
+def VersionedPusher(
+    model, model_blessing, base_directory: str, search_index=None  # pylint: disable=invalid-name
+) -> VersionedPusherComponent:
   """The pipeline's Pusher (node id "Pusher"): the model, and its search
   index when given, to a new version under `base_directory`."""
-  return VersionedPusherComponent(spec=VersionedPusherSpec(
-      model=model, model_blessing=model_blessing, search_index=search_index,
-      push_destination=pusher_pb2.PushDestination(
-          filesystem=pusher_pb2.PushDestination.Filesystem(
-              base_directory=base_directory)),
-      pushed_model=tfx_channel.Channel(type=standard_artifacts.PushedModel))
+  return VersionedPusherComponent(
+      spec=VersionedPusherSpec(
+          model=model,
+          model_blessing=model_blessing,
+          search_index=search_index,
+          push_destination=pusher_pb2.PushDestination(
+              filesystem=pusher_pb2.PushDestination.Filesystem(base_directory=base_directory)
+          ),
+          pushed_model=tfx_channel.Channel(type=standard_artifacts.PushedModel),
+      )
   ).with_id("Pusher")

@@ -15,18 +15,23 @@ class EpochCheckpoint(tf.keras.callbacks.Callback):
   every epoch (saving may take part in collectives), but only the chief
   saves there: the others save into `write_directory`, their own."""
 
-  def __init__(self, directory: str, model: tf.keras.Model,
-               optimizer: tf.keras.optimizers.Optimizer, max_to_keep: int = 2,
-               write_directory: Optional[str] = None):
+  def __init__(
+      self,
+      directory: str,
+      model: tf.keras.Model,
+      optimizer: tf.keras.optimizers.Optimizer,
+      max_to_keep: int = 2,
+      write_directory: Optional[str] = None,
+  ):
     super().__init__()
     self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
-    self.checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer,
-                                          epoch=self.epoch)
-    self.manager = tf.train.CheckpointManager(self.checkpoint, directory,
-                                              max_to_keep=max_to_keep)
-    self.writer = (tf.train.CheckpointManager(self.checkpoint, write_directory,
-                                              max_to_keep=1)
-                   if write_directory else self.manager)
+    self.checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=self.epoch)
+    self.manager = tf.train.CheckpointManager(self.checkpoint, directory, max_to_keep=max_to_keep)
+    self.writer = (
+        tf.train.CheckpointManager(self.checkpoint, write_directory, max_to_keep=1)
+        if write_directory
+        else self.manager
+    )
 
   def restore(self) -> int:
     """Restores the newest readable checkpoint, if any; returns the epochs
@@ -35,7 +40,7 @@ class EpochCheckpoint(tf.keras.callbacks.Callback):
     raises rather than train on partly restored weights."""
     unreadable = []
     paths = list(self.manager.checkpoints)
-    latest = self.manager.latest_checkpoint     # listed alone by older index files
+    latest = self.manager.latest_checkpoint  # listed alone by older index files
     if latest and latest not in paths:
       paths.append(latest)
     for path in reversed(paths):
@@ -44,14 +49,17 @@ class EpochCheckpoint(tf.keras.callbacks.Callback):
       except (tf.errors.OpError, ValueError, AssertionError, IndexError) as e:
         reason = str(e).strip().splitlines()[0][:200]
         unreadable.append(f"{path}: {reason}")
-        run_log.log.warning("WARNING: checkpoint %s is unreadable (%s); trying the one "
-                            "before", path, reason)
+        run_log.log.warning(
+            "WARNING: checkpoint %s is unreadable (%s); trying the one " "before", path, reason
+        )
         continue
       run_log.log.info("Resuming from %s (epoch %d)", path, int(self.epoch.numpy()))
       return int(self.epoch.numpy())
     if unreadable:
-      raise RuntimeError(f"No checkpoint in {self.manager.directory} can be read; remove "
-                         "the folder to start afresh:\n  " + "\n  ".join(unreadable))
+      raise RuntimeError(
+          f"No checkpoint in {self.manager.directory} can be read; remove "
+          "the folder to start afresh:\n  " + "\n  ".join(unreadable)
+      )
     return 0
 
   def on_epoch_end(self, epoch, logs=None):

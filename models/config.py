@@ -35,6 +35,7 @@ class ModelConfig:
   reference size (`REFERENCE_MODEL`): on CIFAR-10 its wider embedding probes
   better (benchmarks/RESULTS.md, "Encoder shape").
   """
+
   image_size: int = IMAGE_SIZE
   patch_size: int = 4
   embed_dim: int = 160
@@ -92,8 +93,9 @@ class ModelConfig:
     each other's weights (a warm start). The loss's settings are not part
     of it; the projector and the teacher are, by whether they exist."""
     arch = {k: v for k, v in dataclasses.asdict(self).items() if k not in LOSS_ONLY_FIELDS}
-    arch.update(contrastive_weight=self.contrastive_weight > 0,
-                teacher_momentum=self.teacher_momentum > 0)
+    arch.update(
+        contrastive_weight=self.contrastive_weight > 0, teacher_momentum=self.teacher_momentum > 0
+    )
     return arch
 
   @property
@@ -102,8 +104,14 @@ class ModelConfig:
 
 
 # ModelConfig fields that change the loss, not the weights.
-LOSS_ONLY_FIELDS = ("mask_ratio", "norm_pix_loss", "uniformity_weight", "uniformity_tau",
-                    "contrastive_tau", "teacher_mask_ratio")
+LOSS_ONLY_FIELDS = (
+    "mask_ratio",
+    "norm_pix_loss",
+    "uniformity_weight",
+    "uniformity_tau",
+    "contrastive_tau",
+    "teacher_mask_ratio",
+)
 
 
 def architecture_differences(saved: ModelConfig, current: ModelConfig) -> Dict[str, Tuple]:
@@ -118,15 +126,21 @@ def architecture_differences(saved: ModelConfig, current: ModelConfig) -> Dict[s
 # (`get_profile(name, {"model": dict(REFERENCE_MODEL)})`), read-only: every
 # ModelConfig field but image_size, which follows data.image_size as for
 # every model.
-REFERENCE_MODEL = types.MappingProxyType({
-    field: value for field, value in dataclasses.asdict(
-        ModelConfig(embed_dim=128, depth=6, contrastive_weight=0.0)).items()
-    if field != "image_size"})
+REFERENCE_MODEL = types.MappingProxyType(
+    {
+        field: value
+        for field, value in dataclasses.asdict(
+            ModelConfig(embed_dim=128, depth=6, contrastive_weight=0.0)
+        ).items()
+        if field != "image_size"
+    }
+)
 
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
   """The images' size, and how the Trainers read their examples."""
+
   # What Transform resizes every image to (centre crop to a square, area
   # resize); a multiple of model.patch_size. The MAE, the probe, the
   # signatures and the reconstructions follow it (model.image_size is set
@@ -136,7 +150,7 @@ class DataConfig:
   # when it fits this budget, and streams it from the example files through
   # the Transform graph otherwise, so memory does not grow with the data.
   memory_budget_mb: int = 2048
-  shuffle_buffer: int = 10_000       # examples, when streaming
+  shuffle_buffer: int = 10_000  # examples, when streaming
 
 
 WARM_START_MODES = ("auto", "never")
@@ -145,17 +159,18 @@ WARM_START_MODES = ("auto", "never")
 @dataclasses.dataclass(frozen=True)
 class PretrainConfig:
   """MAE pretraining schedule (official recipe: AdamW, warmup + cosine)."""
+
   epochs: int = 10
   batch_size: int = 256
-  base_lr: float = 1.5e-4          # lr = base_lr * batch_size / 256
+  base_lr: float = 1.5e-4  # lr = base_lr * batch_size / 256
   min_lr: float = 0.0
   warmup_epochs: float = 1.0
-  weight_decay: float = 0.05       # decoupled, multiplied by the scheduled lr
+  weight_decay: float = 0.05  # decoupled, multiplied by the scheduled lr
   beta_1: float = 0.9
   beta_2: float = 0.95
-  crop_min_scale: float = 0.2      # RandomResizedCrop scale range (min, 1.0)
-  color_jitter: float = 0.4        # strength of data.color_jitter; 0: none
-  hue_jitter: float = 0.1          # data.color_jitter's hue rotation, turns (SimCLR's)
+  crop_min_scale: float = 0.2  # RandomResizedCrop scale range (min, 1.0)
+  color_jitter: float = 0.4  # strength of data.color_jitter; 0: none
+  hue_jitter: float = 0.1  # data.color_jitter's hue rotation, turns (SimCLR's)
   steps_per_epoch: Optional[int] = None  # None: one pass over the train split
   max_train_examples: Optional[int] = None
   reconstruction_images: int = 8
@@ -173,19 +188,24 @@ class PretrainConfig:
 
   def __post_init__(self):
     if self.warm_start not in WARM_START_MODES:
-      raise ValueError(f"pretrain.warm_start must be one of {list(WARM_START_MODES)}, "
-                       f"got {self.warm_start!r}")
+      raise ValueError(
+          f"pretrain.warm_start must be one of {list(WARM_START_MODES)}, "
+          f"got {self.warm_start!r}"
+      )
     if self.warm_start_epochs < 1:
-      raise ValueError(f"pretrain.warm_start_epochs must be at least 1, "
-                       f"got {self.warm_start_epochs}")
+      raise ValueError(
+          f"pretrain.warm_start_epochs must be at least 1, " f"got {self.warm_start_epochs}"
+      )
     if self.span_window < 0:
-      raise ValueError(f"pretrain.span_window must be 0 (every span) or more, "
-                       f"got {self.span_window}")
+      raise ValueError(
+          f"pretrain.span_window must be 0 (every span) or more, " f"got {self.span_window}"
+      )
 
 
 @dataclasses.dataclass(frozen=True)
 class ProbeConfig:
   """Linear probe: BatchNorm (no affine) + Dense on the frozen embedding."""
+
   epochs: int = 90
   batch_size: int = 256
   # 1e-2 matches an L-BFGS logistic regression on the same features; 1e-3
@@ -213,33 +233,37 @@ class ProbeConfig:
 
   def __post_init__(self):
     if self.span_window < 0:
-      raise ValueError(f"probe.span_window must be 0 (every span) or more, "
-                       f"got {self.span_window}")
+      raise ValueError(
+          f"probe.span_window must be 0 (every span) or more, " f"got {self.span_window}"
+      )
 
 
 @dataclasses.dataclass(frozen=True)
 class RuntimeConfig:
   """How to run, not what to learn."""
+
   # "auto" picks per machine (precision.resolve_precision): mixed_bfloat16 on
   # TPU and on CPUs with native bf16, mixed_float16 on GPU, else float32.
   precision: str = "float32"
-  strategy: str = "default"         # default | mirrored | multi_worker | tpu
+  strategy: str = "default"  # default | mirrored | multi_worker | tpu
   jit_compile: bool = False
   # > 1 (with jit_compile): the MAE step's gradients as that many XLA programs
   # on equal micro-batches, run side by side (MaskedAutoencoder.train_step).
   xla_splits: int = 1
   seed: int = 0
-  log_every_steps: int = 0          # 0: per-epoch log lines only
+  log_every_steps: int = 0  # 0: per-epoch log lines only
 
   def __post_init__(self):
     if self.precision not in PRECISIONS:
-      raise ValueError(f"Unknown runtime.precision {self.precision!r}; "
-                       f"expected one of {list(PRECISIONS)}")
+      raise ValueError(
+          f"Unknown runtime.precision {self.precision!r}; " f"expected one of {list(PRECISIONS)}"
+      )
 
 
 @dataclasses.dataclass(frozen=True)
 class EvaluationConfig:
   """The Evaluator's gate on the linear probe's test accuracy."""
+
   min_accuracy: float = 0.45
   # Largest allowed drop against the model blessed before (none: no check).
   max_accuracy_drop: float = 0.01
@@ -253,27 +277,30 @@ class ValidationConfig:
   """What the AnomaliesGate does when a span drifted from the previous one
   past the schema's drift comparators: stop the run (as for any anomaly),
   or warn and go on. Schema anomalies always stop it."""
+
   on_drift: str = "stop"
 
   def __post_init__(self):
     if self.on_drift not in DRIFT_ACTIONS:
-      raise ValueError(f"validation.on_drift must be one of {list(DRIFT_ACTIONS)}, "
-                       f"got {self.on_drift!r}")
+      raise ValueError(
+          f"validation.on_drift must be one of {list(DRIFT_ACTIONS)}, " f"got {self.on_drift!r}"
+      )
 
 
 SEARCH_KINDS = ("auto", "exact", "scann", "faiss_hnsw")
-REORDER_DTYPES = ("float32", "bfloat16", "int8")     # ScaNN re-scoring
+REORDER_DTYPES = ("float32", "bfloat16", "int8")  # ScaNN re-scoring
 
 
 @dataclasses.dataclass(frozen=True)
 class SearchConfig:
   """The nearest-neighbour index over the corpus (models/search_index.py)
   and its gate: recall@k against exact cosine search on held-out queries."""
-  kind: str = "auto"          # auto: exact below `exact_below` vectors, else scann
-  exact_below: int = 20_000   # brute force is under ~2 ms a query there on 2 cores
+
+  kind: str = "auto"  # auto: exact below `exact_below` vectors, else scann
+  exact_below: int = 20_000  # brute force is under ~2 ms a query there on 2 cores
   k: int = 10
-  min_recall: float = 0.95    # blessed at recall@k >= this
-  eval_queries: int = 1_000   # held-out queries (the test split) scored
+  min_recall: float = 0.95  # blessed at recall@k >= this
+  eval_queries: int = 1_000  # held-out queries (the test split) scored
   # ScaNN: partitions (0: about sqrt(N)), and the candidates re-scored
   # exactly; how many partitions a query searches is tuned at build time, the
   # fewest that reach min_recall on the held-out queries.
@@ -289,11 +316,14 @@ class SearchConfig:
 
   def __post_init__(self):
     if self.kind not in SEARCH_KINDS:
-      raise ValueError(f"Unknown search.kind {self.kind!r}; expected one of "
-                       f"{list(SEARCH_KINDS)}")
+      raise ValueError(
+          f"Unknown search.kind {self.kind!r}; expected one of " f"{list(SEARCH_KINDS)}"
+      )
     if self.reorder_dtype not in REORDER_DTYPES:
-      raise ValueError(f"Unknown search.reorder_dtype {self.reorder_dtype!r}; expected "
-                       f"one of {list(REORDER_DTYPES)}")
+      raise ValueError(
+          f"Unknown search.reorder_dtype {self.reorder_dtype!r}; expected "
+          f"one of {list(REORDER_DTYPES)}"
+      )
 
 
 # The DirectRunner in one process: on 2 cores the multi-process mode costs
@@ -306,9 +336,10 @@ LOCAL_BEAM_ARGS = ("--direct_running_mode=in_memory", "--direct_num_workers=1")
 class BeamConfig:
   """Arguments of the Beam pipelines of ExampleGen, StatisticsGen,
   Transform and the Evaluator."""
+
   pipeline_args: Tuple[str, ...] = LOCAL_BEAM_ARGS
 
-  def __post_init__(self):   # JSON gives a list; keep the config hashable
+  def __post_init__(self):  # JSON gives a list; keep the config hashable
     object.__setattr__(self, "pipeline_args", tuple(self.pipeline_args))
 
 
@@ -328,22 +359,31 @@ class RunConfig:
   def __post_init__(self):
     blocks = self.probe.feature_blocks
     if blocks is not None and not 1 <= blocks <= self.model.depth:
-      raise ValueError(f"probe.feature_blocks must be in [1, model.depth "
-                       f"{self.model.depth}] or null (every block); got {blocks}")
+      raise ValueError(
+          f"probe.feature_blocks must be in [1, model.depth "
+          f"{self.model.depth}] or null (every block); got {blocks}"
+      )
     if not 1 <= self.model.contrastive_blocks <= self.model.depth:
-      raise ValueError(f"model.contrastive_blocks must be in [1, model.depth "
-                       f"{self.model.depth}]; got {self.model.contrastive_blocks}")
+      raise ValueError(
+          f"model.contrastive_blocks must be in [1, model.depth "
+          f"{self.model.depth}]; got {self.model.contrastive_blocks}"
+      )
     if not 0.0 <= self.pretrain.hue_jitter <= 0.5:
-      raise ValueError(f"pretrain.hue_jitter is a fraction of a turn in [0, 0.5]; "
-                       f"got {self.pretrain.hue_jitter}")
+      raise ValueError(
+          f"pretrain.hue_jitter is a fraction of a turn in [0, 0.5]; "
+          f"got {self.pretrain.hue_jitter}"
+      )
     size, patch = self.data.image_size, self.model.patch_size
     if size < patch or size % patch:
-      raise ValueError(f"data.image_size {size} must be a positive multiple of "
-                       f"model.patch_size {patch}")
+      raise ValueError(
+          f"data.image_size {size} must be a positive multiple of " f"model.patch_size {patch}"
+      )
     if self.model.image_size != size:
-      raise ValueError(f"model.image_size {self.model.image_size} differs from "
-                       f"data.image_size {size}: set data.image_size, the model "
-                       "follows it")
+      raise ValueError(
+          f"model.image_size {self.model.image_size} differs from "
+          f"data.image_size {size}: set data.image_size, the model "
+          "follows it"
+      )
 
   @property
   def embedding_dim(self) -> int:
@@ -364,16 +404,26 @@ class RunConfig:
   def from_dict(cls, d: Dict[str, Any]) -> "RunConfig":
     unknown = sorted(set(d) - {"profile"} - set(SECTIONS))
     if unknown:
-      raise ValueError(f"Unknown config section(s) {unknown}; expected some of "
-                       f"{sorted(SECTIONS)}")
-    return cls(profile=d.get("profile", "custom"),
-               **{name: _build(section, d.get(name, {}))
-                  for name, section in SECTIONS.items()})
+      raise ValueError(
+          f"Unknown config section(s) {unknown}; expected some of " f"{sorted(SECTIONS)}"
+      )
+    return cls(
+        profile=d.get("profile", "custom"),
+        **{name: _build(section, d.get(name, {})) for name, section in SECTIONS.items()},
+    )
 
 
-SECTIONS = {"model": ModelConfig, "pretrain": PretrainConfig, "probe": ProbeConfig,
-            "runtime": RuntimeConfig, "data": DataConfig, "validation": ValidationConfig,
-            "evaluation": EvaluationConfig, "search": SearchConfig, "beam": BeamConfig}
+SECTIONS = {
+    "model": ModelConfig,
+    "pretrain": PretrainConfig,
+    "probe": ProbeConfig,
+    "runtime": RuntimeConfig,
+    "data": DataConfig,
+    "validation": ValidationConfig,
+    "evaluation": EvaluationConfig,
+    "search": SearchConfig,
+    "beam": BeamConfig,
+}
 TRAINER_SECTIONS = ("profile", "model", "pretrain", "probe", "runtime", "data")
 
 
@@ -381,8 +431,9 @@ def _build(cls, values: Dict[str, Any]):
   names = {f.name for f in dataclasses.fields(cls)}
   unknown = sorted(set(values) - names)
   if unknown:
-    raise ValueError(f"Unknown {cls.__name__} field(s) {unknown}; "
-                     f"expected some of {sorted(names)}")
+    raise ValueError(
+        f"Unknown {cls.__name__} field(s) {unknown}; " f"expected some of {sorted(names)}"
+    )
   return cls(**values)
 
 
@@ -393,14 +444,14 @@ _CPU = RunConfig(
     # epochs of two views: the pipeline's wall time of 14 pure-MAE epochs,
     # the new k-NN work included.
     # A new span's warm start: a third of the epochs (benchmarks/continuous.py).
-    pretrain=PretrainConfig(epochs=6, batch_size=256, base_lr=2.4e-3,
-                            warmup_epochs=1.0, warm_start_epochs=2),
+    pretrain=PretrainConfig(
+        epochs=6, batch_size=256, base_lr=2.4e-3, warmup_epochs=1.0, warm_start_epochs=2
+    ),
     probe=ProbeConfig(epochs=60),
     # 2 XLA programs per step keep both cores busy. bf16 only where the
     # CPU has it natively: a CPU that emulates it gains nothing
     # (precision.resolve_precision).
-    runtime=RuntimeConfig(precision="auto", jit_compile=True,
-                          xla_splits=2),
+    runtime=RuntimeConfig(precision="auto", jit_compile=True, xla_splits=2),
     evaluation=EvaluationConfig(min_accuracy=0.45, max_accuracy_drop=0.01),
 )
 
@@ -408,11 +459,17 @@ _CPU = RunConfig(
 PROFILES: Dict[str, RunConfig] = {
     "smoke": RunConfig(
         profile="smoke",
-        model=ModelConfig(embed_dim=32, depth=2, num_heads=2,
-                          decoder_embed_dim=32, decoder_depth=1,
-                          decoder_num_heads=2),
-        pretrain=PretrainConfig(epochs=2, batch_size=32, base_lr=1e-3,
-                                warmup_epochs=0.5, warm_start_epochs=1),
+        model=ModelConfig(
+            embed_dim=32,
+            depth=2,
+            num_heads=2,
+            decoder_embed_dim=32,
+            decoder_depth=1,
+            decoder_num_heads=2,
+        ),
+        pretrain=PretrainConfig(
+            epochs=2, batch_size=32, base_lr=1e-3, warmup_epochs=0.5, warm_start_epochs=1
+        ),
         probe=ProbeConfig(epochs=5, batch_size=32, warmup_epochs=0.0),
         runtime=RuntimeConfig(precision="float32"),
         # A few hundred images for seconds: the gate only rules out a
@@ -425,13 +482,17 @@ PROFILES: Dict[str, RunConfig] = {
     # The same recipe, 3.3x the epochs: a `make pipeline` of about 30
     # minutes on the faster 2-core hosts (benchmarks/RESULTS.md, issue 26).
     "cpu-long": dataclasses.replace(
-        _CPU, profile="cpu-long",
-        pretrain=dataclasses.replace(_CPU.pretrain, epochs=20, warmup_epochs=2.0,
-                                     warm_start_epochs=6)),
+        _CPU,
+        profile="cpu-long",
+        pretrain=dataclasses.replace(
+            _CPU.pretrain, epochs=20, warmup_epochs=2.0, warm_start_epochs=6
+        ),
+    ),
     "full": RunConfig(
         profile="full",
-        pretrain=PretrainConfig(epochs=200, batch_size=256, base_lr=1.5e-4 * 4,
-                                warmup_epochs=10.0, warm_start_epochs=60),
+        pretrain=PretrainConfig(
+            epochs=200, batch_size=256, base_lr=1.5e-4 * 4, warmup_epochs=10.0, warm_start_epochs=60
+        ),
         probe=ProbeConfig(epochs=90),
         runtime=RuntimeConfig(precision="auto"),
         evaluation=EvaluationConfig(min_accuracy=0.60, max_accuracy_drop=0.005),
@@ -439,20 +500,23 @@ PROFILES: Dict[str, RunConfig] = {
 }
 
 
-def get_profile(name: str, overrides: Optional[Dict[str, Dict[str, Any]]] = None
-                ) -> RunConfig:
+def get_profile(name: str, overrides: Optional[Dict[str, Dict[str, Any]]] = None) -> RunConfig:
   """Returns profile `name`, with `overrides` {section: {field: value}} applied."""
   if name not in PROFILES:
     raise ValueError(f"Unknown profile {name!r}; known profiles: {sorted(PROFILES)}")
   d = PROFILES[name].to_dict()
   for section, values in (overrides or {}).items():
     if section not in SECTIONS or not isinstance(values, dict):
-      raise ValueError(f"Unknown config section {section!r}; expected one of "
-                       f"{sorted(SECTIONS)} with a {{field: value}} object")
+      raise ValueError(
+          f"Unknown config section {section!r}; expected one of "
+          f"{sorted(SECTIONS)} with a {{field: value}} object"
+      )
     d[section].update(values)
   if "image_size" in (overrides or {}).get("model", {}):
-    raise ValueError("model.image_size follows data.image_size: override "
-                     '{"data": {"image_size": ...}} instead')
+    raise ValueError(
+        "model.image_size follows data.image_size: override "
+        '{"data": {"image_size": ...}} instead'
+    )
   d["model"]["image_size"] = d["data"]["image_size"]
   return RunConfig.from_dict(d)
 
@@ -465,6 +529,8 @@ CHECKPOINT_ROOT_KEY = "checkpoint_root"
 def from_custom_config(custom_config: Optional[Dict[str, Any]]) -> RunConfig:
   """The RunConfig a Trainer received from the pipeline."""
   if not custom_config or RUN_CONFIG_KEY not in custom_config:
-    raise ValueError(f"Trainer custom_config must hold {RUN_CONFIG_KEY!r} "
-                     f"(got keys {sorted(custom_config or {})})")
+    raise ValueError(
+        f"Trainer custom_config must hold {RUN_CONFIG_KEY!r} "
+        f"(got keys {sorted(custom_config or {})})"
+    )
   return RunConfig.from_dict(custom_config[RUN_CONFIG_KEY])

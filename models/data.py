@@ -30,7 +30,7 @@ _READ_BATCH = 1024
 
 
 def _transform_fn(tf_transform_output: tft.TFTransformOutput, labeled: bool = True):
-  """serialized tf.Examples [B] -> (images [B, S, S, 3] float32, labels [B] int64).
+  """Serialized tf.Examples [B] -> (images [B, S, S, 3] float32, labels [B] int64).
 
   Unlabeled (`labeled=False`, what pretraining reads: examples of an
   unlabeled split have only the image), every label is -1."""
@@ -45,75 +45,81 @@ def _transform_fn(tf_transform_output: tft.TFTransformOutput, labeled: bool = Tr
     if not labeled:
       return images, tf.fill(tf.shape(images)[:1], tf.constant(-1, tf.int64))
     return images, tf.cast(transformed[LABEL_KEY], tf.int64)
+
   return transform
 
 
-def transformed_batches(file_patterns: List[str],
-                        tf_transform_output: tft.TFTransformOutput,
-                        max_examples: Optional[int] = None,
-                        batch_size: int = _READ_BATCH,
-                        labeled: bool = True) -> tf.data.Dataset:
+def transformed_batches(
+    file_patterns: List[str],
+    tf_transform_output: tft.TFTransformOutput,
+    max_examples: Optional[int] = None,
+    batch_size: int = _READ_BATCH,
+    labeled: bool = True,
+) -> tf.data.Dataset:
   """Gzipped tf.Example files through the Transform graph, lazily, in file
   order: batches of (images [B, S, S, 3] float32 normalised, labels [B] int64;
   -1 when not `labeled`).
   """
-  return (serialized_examples(file_patterns, max_examples)
-          .batch(batch_size)
-          .map(_transform_fn(tf_transform_output, labeled),
-               num_parallel_calls=tf.data.AUTOTUNE)
-          .prefetch(2))
+  return (
+      serialized_examples(file_patterns, max_examples)
+      .batch(batch_size)
+      .map(_transform_fn(tf_transform_output, labeled), num_parallel_calls=tf.data.AUTOTUNE)
+      .prefetch(2)
+  )
 
 
-def load_transformed(file_patterns: List[str],
-                     tf_transform_output: tft.TFTransformOutput,
-                     max_examples: Optional[int] = None, labeled: bool = True
-                     ) -> Tuple[np.ndarray, np.ndarray]:
+def load_transformed(
+    file_patterns: List[str],
+    tf_transform_output: tft.TFTransformOutput,
+    max_examples: Optional[int] = None,
+    labeled: bool = True,
+) -> Tuple[np.ndarray, np.ndarray]:
   """`transformed_batches` held in memory: images [N, S, S, 3] float32
   (normalised), labels [N] int64."""
   images, labels = [], []
-  for img, lab in transformed_batches(file_patterns, tf_transform_output, max_examples,
-                                      labeled=labeled):
+  for img, lab in transformed_batches(
+      file_patterns, tf_transform_output, max_examples, labeled=labeled
+  ):
     images.append(img.numpy())
     labels.append(lab.numpy())
   if not images:
     raise ValueError(f"No examples in {file_patterns}")
   images, labels = np.concatenate(images), np.concatenate(labels)
-  logging.info("Loaded %d transformed examples from %s", len(labels),
-               file_patterns)
+  logging.info("Loaded %d transformed examples from %s", len(labels), file_patterns)
   return images, labels
 
 
-def channel_statistics(tf_transform_output: tft.TFTransformOutput
-                       ) -> Tuple[np.ndarray, np.ndarray]:
+def channel_statistics(tf_transform_output: tft.TFTransformOutput) -> Tuple[np.ndarray, np.ndarray]:
   """(mean [3], std [3]) of the train pixels in [0, 1] that the Transform
   graph standardises with: read back by transforming a black and a white
   image (x -> (x - mean) / std maps 0 to -mean/std and 1 to (1 - mean)/std)."""
-  black, white = (tf.io.encode_png(tf.fill([1, 1, 3], tf.constant(v, tf.uint8)))
-                  for v in (0, 255))
+  black, white = (tf.io.encode_png(tf.fill([1, 1, 3], tf.constant(v, tf.uint8))) for v in (0, 255))
   images = tf_transform_output.transform_features_layer()(
-      {IMAGE_KEY: tf.stack([black, white])[:, None]})[IMAGE_KEY].numpy()
+      {IMAGE_KEY: tf.stack([black, white])[:, None]}
+  )[IMAGE_KEY].numpy()
   low, high = images[0, 0, 0].astype(np.float64), images[1, 0, 0].astype(np.float64)
   std = 1.0 / (high - low)
   return -low * std, std
 
 
-def load_raw_images(file_patterns: List[str], feature_spec, count: int,
-                    size: int) -> np.ndarray:
+def load_raw_images(file_patterns: List[str], feature_spec, count: int, size: int) -> np.ndarray:
   """The first `count` images decoded to [count, size, size, 3] float32 in
   [0, 1] (what the Transform graph starts from), for pictures."""
   serialized = tf.stack(list(serialized_examples(file_patterns, count)))
-  return decode_images(tf.io.parse_example(serialized, feature_spec)[IMAGE_KEY],
-                       size).numpy()
+  return decode_images(tf.io.parse_example(serialized, feature_spec)[IMAGE_KEY], size).numpy()
 
 
 def _uniforms(seed: tf.Tensor, count: int, shape, low=0.0, high=1.0):
   """`count` independent stateless uniform tensors of `shape` from one seed [2]."""
-  return [tf.random.stateless_uniform(shape, s, low, high)
-          for s in tf.unstack(tf.random.experimental.stateless_split(seed, count))]
+  return [
+      tf.random.stateless_uniform(shape, s, low, high)
+      for s in tf.unstack(tf.random.experimental.stateless_split(seed, count))
+  ]
 
 
-def random_resized_crop(images: tf.Tensor, min_scale: float, seed: tf.Tensor,
-                        ratio=(3 / 4, 4 / 3)) -> tf.Tensor:
+def random_resized_crop(
+    images: tf.Tensor, min_scale: float, seed: tf.Tensor, ratio=(3 / 4, 4 / 3)
+) -> tf.Tensor:
   """Per-image RandomResizedCrop (area in [min_scale, 1]) + horizontal flip,
   a function of `seed` ([2] int; stateless, so a batch can be made again).
 
@@ -126,9 +132,8 @@ def random_resized_crop(images: tf.Tensor, min_scale: float, seed: tf.Tensor,
   w = tf.minimum(tf.sqrt(area * aspect), 1.0)
   h = tf.minimum(tf.sqrt(area / aspect), 1.0)
   y0, x0 = y * (1.0 - h), x * (1.0 - w)
-  boxes = tf.stack([y0, x0, y0 + h, x0 + w], axis=1)   # [B, 4]
-  crops = tf.image.crop_and_resize(images, boxes, tf.range(b),
-                                   images.shape[1:3].as_list())
+  boxes = tf.stack([y0, x0, y0 + h, x0 + w], axis=1)  # [B, 4]
+  crops = tf.image.crop_and_resize(images, boxes, tf.range(b), images.shape[1:3].as_list())
   return tf.where(flip[:, None, None, None] < 0.5, tf.reverse(crops, axis=[2]), crops)
 
 
@@ -138,13 +143,21 @@ def hue_rotation(turns: tf.Tensor) -> tf.Tensor:
   angle = 2.0 * math.pi * tf.reshape(turns, [-1, 1, 1])
   k = np.full([3, 1], 1 / math.sqrt(3), np.float32)
   cross = np.array([[0, -1, 1], [1, 0, -1], [-1, 1, 0]], np.float32) / math.sqrt(3)
-  return (tf.cos(angle) * np.eye(3, dtype=np.float32) + tf.sin(angle) * cross
-          + (1 - tf.cos(angle)) * (k @ k.T))                       # Rodrigues
+  return (
+      tf.cos(angle) * np.eye(3, dtype=np.float32)
+      + tf.sin(angle) * cross
+      + (1 - tf.cos(angle)) * (k @ k.T)
+  )  # Rodrigues
 
 
-def color_jitter(images: tf.Tensor, strength: float, seed: tf.Tensor,
-                 apply_prob: float = 0.8, grayscale_prob: float = 0.2,
-                 hue: float = 0.0) -> tf.Tensor:
+def color_jitter(
+    images: tf.Tensor,
+    strength: float,
+    seed: tf.Tensor,
+    apply_prob: float = 0.8,
+    grayscale_prob: float = 0.2,
+    hue: float = 0.0,
+) -> tf.Tensor:
   """Per-image colour distortion (SimCLR's, in the Transform'ed space):
   with `apply_prob`, contrast and saturation scaled by 1 +- strength,
   brightness shifted by +- strength (in units of the channels' std) and the
@@ -161,11 +174,14 @@ def color_jitter(images: tf.Tensor, strength: float, seed: tf.Tensor,
     images_hued = tf.einsum("bhwc,bdc->bhwd", images, hue_rotation(hue * (2 * turn - 1)))
   else:
     images_hued = images
-  gray = tf.reduce_mean(images_hued, axis=-1, keepdims=True)       # [B, S, S, 1]
+  gray = tf.reduce_mean(images_hued, axis=-1, keepdims=True)  # [B, S, S, 1]
   saturated = gray + (1 + strength * (2 * saturation - 1)) * (images_hued - gray)
   mean = tf.reduce_mean(saturated, axis=[1, 2, 3], keepdims=True)
-  jittered = (mean + (1 + strength * (2 * contrast - 1)) * (saturated - mean)
-              + strength * (2 * brightness - 1))
+  jittered = (
+      mean
+      + (1 + strength * (2 * contrast - 1)) * (saturated - mean)
+      + strength * (2 * brightness - 1)
+  )
   out = tf.where(apply < apply_prob, jittered, images)
   out_gray = tf.tile(tf.reduce_mean(out, axis=-1, keepdims=True), [1, 1, 1, 3])
   return tf.where(grayscale < grayscale_prob, out_gray, out)
@@ -177,6 +193,7 @@ class Augmentation:
   image (2 for a contrastive term: [B, 2, S, S, C]; else [B, S, S, C]), each
   a random-resized crop + flip, then colour jitter when `color_jitter` > 0.
   Stateless: the same images and `seed` give the same batch."""
+
   crop_min_scale: float = 0.2
   color_jitter: float = 0.0
   views: int = 1
@@ -200,35 +217,41 @@ class Augmentation:
     return tf.stack([self.view(images, first), self.view(images, second)], axis=1)
 
 
-def pretrain_dataset(images: np.ndarray, batch_size: int, augment: Augmentation,
-                     seed: int = 0, first_step: int = 0) -> tf.data.Dataset:
+def pretrain_dataset(
+    images: np.ndarray, batch_size: int, augment: Augmentation, seed: int = 0, first_step: int = 0
+) -> tf.data.Dataset:
   """Endless shuffled, augmented batches of images (no labels). Batch t is
   a function of (`seed`, t): epoch e is a permutation seeded by (seed, e),
   the augmentation is seeded by (seed, t), so a run resumed at `first_step`
   sees exactly the batches an uninterrupted run saw from there."""
   n = len(images)
   if n < batch_size:
-    raise ValueError(f"Batch size {batch_size} is larger than the "
-                     f"{n} training examples")
+    raise ValueError(f"Batch size {batch_size} is larger than the " f"{n} training examples")
   steps_per_epoch = n // batch_size
   pool = tf.constant(images)
 
   def batch(step):
     epoch, position = step // steps_per_epoch, step % steps_per_epoch
     order = tf.random.experimental.stateless_shuffle(tf.range(n), seed=[seed, epoch])
-    idx = order[position * batch_size:(position + 1) * batch_size]
+    idx = order[position * batch_size : (position + 1) * batch_size]
     return augment(tf.gather(pool, idx), seed=tf.stack([tf.cast(seed, tf.int64), step]))
 
-  return (tf.data.Dataset.range(first_step, 2**62)
-          .map(batch, num_parallel_calls=tf.data.AUTOTUNE)
-          .prefetch(tf.data.AUTOTUNE))
+  return (
+      tf.data.Dataset.range(first_step, 2**62)
+      .map(batch, num_parallel_calls=tf.data.AUTOTUNE)
+      .prefetch(tf.data.AUTOTUNE)
+  )
 
 
-def streamed_pretrain_dataset(file_patterns: Sequence[str],
-                              tf_transform_output: tft.TFTransformOutput,
-                              batch_size: int, augment: Optional[Augmentation],
-                              shuffle_buffer: int, seed: int = 0,
-                              max_examples: Optional[int] = None) -> tf.data.Dataset:
+def streamed_pretrain_dataset(
+    file_patterns: Sequence[str],
+    tf_transform_output: tft.TFTransformOutput,
+    batch_size: int,
+    augment: Optional[Augmentation],
+    shuffle_buffer: int,
+    seed: int = 0,
+    max_examples: Optional[int] = None,
+) -> tf.data.Dataset:
   """Endless shuffled, augmented batches streamed from the example files:
   files read in parallel, serialized examples shuffled through a buffer of
   `shuffle_buffer`, then decoded, Transform'ed and augmented in parallel.
@@ -241,18 +264,22 @@ def streamed_pretrain_dataset(file_patterns: Sequence[str],
 
   def prepare(step, serialized):
     images = transform(serialized)[0]
-    return augment(images, seed=tf.stack([tf.cast(seed, tf.int64), step])) if augment \
-        else images
+    return augment(images, seed=tf.stack([tf.cast(seed, tf.int64), step])) if augment else images
+
   records = tf.data.Dataset.from_tensor_slices(files).interleave(
       lambda f: tf.data.TFRecordDataset(f, compression_type=COMPRESSION),
-      cycle_length=min(len(files), 4), num_parallel_calls=tf.data.AUTOTUNE)
-  return (records.take(max_examples or -1)
-          .shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-          .repeat()
-          .batch(batch_size, drop_remainder=True)
-          .enumerate()
-          .map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
-          .prefetch(tf.data.AUTOTUNE))
+      cycle_length=min(len(files), 4),
+      num_parallel_calls=tf.data.AUTOTUNE,
+  )
+  return (
+      records.take(max_examples or -1)
+      .shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+      .repeat()
+      .batch(batch_size, drop_remainder=True)
+      .enumerate()
+      .map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
+      .prefetch(tf.data.AUTOTUNE)
+  )
 
 
 def count_examples(file_patterns: Sequence[str], max_examples: Optional[int] = None) -> int:
@@ -265,12 +292,13 @@ def count_examples(file_patterns: Sequence[str], max_examples: Optional[int] = N
 class TrainingImages:
   """The Transform'ed images MAE pretraining draws its batches from: held in
   memory (`images`), or streamed from `file_patterns` through the graph."""
+
   count: int
   images: Optional[np.ndarray] = None
   file_patterns: Sequence[str] = ()
   tf_transform_output: Optional[tft.TFTransformOutput] = None
   max_examples: Optional[int] = None
-  shuffle_buffer: Optional[int] = None      # examples (streamed only)
+  shuffle_buffer: Optional[int] = None  # examples (streamed only)
 
   @classmethod
   def in_memory(cls, images: np.ndarray) -> "TrainingImages":
@@ -280,20 +308,31 @@ class TrainingImages:
   def streamed(self) -> bool:
     return self.images is None
 
-  def batches(self, batch_size: int, augment: Augmentation, seed: int = 0,
-              first_step: int = 0) -> tf.data.Dataset:
+  def batches(
+      self, batch_size: int, augment: Augmentation, seed: int = 0, first_step: int = 0
+  ) -> tf.data.Dataset:
     """Endless shuffled, augmented batches (in memory: from batch
     `first_step` of the seeded sequence)."""
     if not self.streamed:
       return pretrain_dataset(self.images, batch_size, augment, seed, first_step)
     return streamed_pretrain_dataset(
-        self.file_patterns, self.tf_transform_output, batch_size, augment,
-        self.shuffle_buffer, seed, self.max_examples)
+        self.file_patterns,
+        self.tf_transform_output,
+        batch_size,
+        augment,
+        self.shuffle_buffer,
+        seed,
+        self.max_examples,
+    )
 
 
-def training_images(file_patterns: List[str], tf_transform_output: tft.TFTransformOutput,
-                    memory_budget_mb: float, shuffle_buffer: int,
-                    max_examples: Optional[int] = None) -> TrainingImages:
+def training_images(
+    file_patterns: List[str],
+    tf_transform_output: tft.TFTransformOutput,
+    memory_budget_mb: float,
+    shuffle_buffer: int,
+    max_examples: Optional[int] = None,
+) -> TrainingImages:
   """The train split for pretraining: in memory when its Transform'ed images
   (float32) fit `memory_budget_mb`, streamed otherwise. Says which."""
   # The count decides the path (and the streamed epoch's length); counting
@@ -309,11 +348,14 @@ def training_images(file_patterns: List[str], tf_transform_output: tft.TFTransfo
     source = TrainingImages.in_memory(images)
     how = "held in memory"
   else:
-    source = TrainingImages(count, None, files, tf_transform_output,
-                            max_examples, shuffle_buffer)
-    how = (f"streamed from {len(files)} example file(s) "
-           f"through a shuffle buffer of {shuffle_buffer}")
-  message = (f"{count} training images ({megabytes:.0f} MB as float32, memory budget "
-             f"{memory_budget_mb} MB): {how}")
+    source = TrainingImages(count, None, files, tf_transform_output, max_examples, shuffle_buffer)
+    how = (
+        f"streamed from {len(files)} example file(s) "
+        f"through a shuffle buffer of {shuffle_buffer}"
+    )
+  message = (
+      f"{count} training images ({megabytes:.0f} MB as float32, memory budget "
+      f"{memory_budget_mb} MB): {how}"
+  )
   run_log.log.info("[%s] %s", names.MAE_TRAINER, message)
   return source

@@ -24,8 +24,17 @@ import numpy as np
 import tensorflow as tf
 
 from models import config as config_lib
-from models import (checkpoints, data, files, names, optimization, precision, progress, run_log,
-                    runtime)
+from models import (
+    checkpoints,
+    data,
+    files,
+    names,
+    optimization,
+    precision,
+    progress,
+    run_log,
+    runtime,
+)
 from models.mae import MaskedAutoencoder, teacher_momentum
 
 
@@ -33,8 +42,14 @@ class PretrainingModel(tf.keras.Model):
   """`fit` on batches of images (or (images, noise [B, L]) to fix the masks)
   trains `self.mae` on its masked-patch loss."""
 
-  def __init__(self, mae: MaskedAutoencoder, xla_splits: int = 1, seed: int = 0,
-               total_steps: int = 1, **kwargs):
+  def __init__(
+      self,
+      mae: MaskedAutoencoder,
+      xla_splits: int = 1,
+      seed: int = 0,
+      total_steps: int = 1,
+      **kwargs,
+  ):
     """`xla_splits` > 1: each step computes gradients as that many
     jit-compiled micro-batch programs (see `_split_loss_and_gradients`).
     Masks not given with the batch are drawn from (`seed`, step, replica):
@@ -100,10 +115,13 @@ class PretrainingModel(tf.keras.Model):
     # The optimizer is built before training, so this creates no variables;
     # a LossScaleOptimizer skips the step on non-finite gradients here.
     self.optimizer.apply_gradients(zip(grads, self.trainable_variables))
-    if self.mae.teacher is not None:   # the teacher follows the updated student
-      self.mae.update_teacher(teacher_momentum(
-          self.mae.cfg.teacher_momentum,
-          tf.cast(self.optimizer.iterations, tf.float32) / self.total_steps))
+    if self.mae.teacher is not None:  # the teacher follows the updated student
+      self.mae.update_teacher(
+          teacher_momentum(
+              self.mae.cfg.teacher_momentum,
+              tf.cast(self.optimizer.iterations, tf.float32) / self.total_steps,
+          )
+      )
 
   def _split_loss_and_gradients(self, imgs, noise):
     """The same as `_loss_and_gradients` on B / n equal micro-batches, each
@@ -116,11 +134,9 @@ class PretrainingModel(tf.keras.Model):
     them, not B - 1)."""
     n = self.xla_splits
     if self._split_gradients is None:
-      self._split_gradients = tf.function(self._loss_and_gradients,
-                                          jit_compile=True)
+      self._split_gradients = tf.function(self._loss_and_gradients, jit_compile=True)
       # One fused program for AdamW too (Keras runs it per variable on CPU).
-      self._xla_apply_gradients = tf.function(self._apply_gradients,
-                                              jit_compile=True)
+      self._xla_apply_gradients = tf.function(self._apply_gradients, jit_compile=True)
     noises = tf.split(noise, n) if noise is not None else [None] * n
     outs = [self._split_gradients(i, z) for i, z in zip(tf.split(imgs, n), noises)]
     loss = tf.add_n([o[0] for o in outs]) / n
@@ -128,8 +144,9 @@ class PretrainingModel(tf.keras.Model):
     return loss, grads
 
 
-def compile_mae(cfg: config_lib.RunConfig, strategy: tf.distribute.Strategy,
-                steps_per_epoch: int) -> PretrainingModel:
+def compile_mae(
+    cfg: config_lib.RunConfig, strategy: tf.distribute.Strategy, steps_per_epoch: int
+) -> PretrainingModel:
   """A new MAE ready to `fit`, with its AdamW and warmup-cosine schedule for
   the global batch (batch_size per replica x replicas). Call inside
   `strategy.scope()` and the precision policy."""
@@ -138,17 +155,25 @@ def compile_mae(cfg: config_lib.RunConfig, strategy: tf.distribute.Strategy,
   jit = runtime.use_xla(strategy, cfg.runtime.jit_compile)
   splits = cfg.runtime.xla_splits if jit else 1
   if splits < 1 or p.batch_size % splits:
-    raise ValueError(f"runtime.xla_splits must divide pretrain.batch_size "
-                     f"{p.batch_size}; got {cfg.runtime.xla_splits}")
-  model = PretrainingModel(MaskedAutoencoder(cfg.model).build_for(),
-                           xla_splits=splits, seed=cfg.runtime.seed,
-                           total_steps=steps_per_epoch * p.epochs)
+    raise ValueError(
+        f"runtime.xla_splits must divide pretrain.batch_size "
+        f"{p.batch_size}; got {cfg.runtime.xla_splits}"
+    )
+  model = PretrainingModel(
+      MaskedAutoencoder(cfg.model).build_for(),
+      xla_splits=splits,
+      seed=cfg.runtime.seed,
+      total_steps=steps_per_epoch * p.epochs,
+  )
   schedule = optimization.WarmupCosine(
       optimization.scaled_lr(p.base_lr, global_batch),
       total_steps=steps_per_epoch * p.epochs,
-      warmup_steps=round(p.warmup_epochs * steps_per_epoch), min_lr=p.min_lr)
-  optimizer = optimization.adamw(schedule, p.weight_decay, p.beta_1, p.beta_2,
-                             model.trainable_variables)
+      warmup_steps=round(p.warmup_epochs * steps_per_epoch),
+      min_lr=p.min_lr,
+  )
+  optimizer = optimization.adamw(
+      schedule, p.weight_decay, p.beta_1, p.beta_2, model.trainable_variables
+  )
   optimizer.build(model.trainable_variables)
   # With splits, the micro-batch programs are the XLA parts of the step.
   model.compile(optimizer=optimizer, jit_compile=jit and splits == 1)
@@ -158,27 +183,34 @@ def compile_mae(cfg: config_lib.RunConfig, strategy: tf.distribute.Strategy,
 def augmentation(cfg: config_lib.RunConfig) -> data.Augmentation:
   """The pretraining batches' augmentation; two views of each image when
   the MAE has a contrastive term."""
-  return data.Augmentation(cfg.pretrain.crop_min_scale, cfg.pretrain.color_jitter,
-                           views=2 if cfg.model.contrastive_weight else 1,
-                           hue_jitter=cfg.pretrain.hue_jitter)
+  return data.Augmentation(
+      cfg.pretrain.crop_min_scale,
+      cfg.pretrain.color_jitter,
+      views=2 if cfg.model.contrastive_weight else 1,
+      hue_jitter=cfg.pretrain.hue_jitter,
+  )
 
 
-def checkpoint_dir(root: str, cfg: config_lib.RunConfig,
-                   data_ids: Sequence[str]) -> str:
+def checkpoint_dir(root: str, cfg: config_lib.RunConfig, data_ids: Sequence[str]) -> str:
   """A directory under `root` keyed by the training config and the data
   (`data_ids`: e.g. the Transform graph and the example files), so a re-run
   after a crash resumes instead of starting over, and any change starts
   afresh. `cfg`'s precision must be resolved: a run resumed on another kind
   of machine (GPU: loss-scaled optimizer) starts its own checkpoints."""
-  key = hashlib.sha256(json.dumps(
-      [cfg.trainer_config(), list(data_ids)], sort_keys=True).encode()).hexdigest()[:16]
+  key = hashlib.sha256(
+      json.dumps([cfg.trainer_config(), list(data_ids)], sort_keys=True).encode()
+  ).hexdigest()[:16]
   return os.path.join(root, f"mae-{key}")
 
 
-def pretrain(cfg: config_lib.RunConfig,
-             images: Union[np.ndarray, data.TrainingImages], log_dir: str,
-             checkpoint_dir: str, callbacks: Iterable[tf.keras.callbacks.Callback] = (),
-             initial_mae: Optional[str] = None) -> Tuple[PretrainingModel, List[dict]]:
+def pretrain(
+    cfg: config_lib.RunConfig,
+    images: Union[np.ndarray, data.TrainingImages],
+    log_dir: str,
+    checkpoint_dir: str,
+    callbacks: Iterable[tf.keras.callbacks.Callback] = (),
+    initial_mae: Optional[str] = None,
+) -> Tuple[PretrainingModel, List[dict]]:
   """Pretrains an MAE on Transform-normalised images: an array [N, S, S, 3],
   or `data.TrainingImages` (in memory or streamed, `data.training_images`).
   Resumes from the newest checkpoint in `checkpoint_dir`, else starts from
@@ -195,38 +227,57 @@ def pretrain(cfg: config_lib.RunConfig,
   global_batch = p.batch_size * strategy.num_replicas_in_sync
   steps_per_epoch = p.steps_per_epoch or images.count // global_batch
   if steps_per_epoch < 1:
-    raise ValueError(f"{images.count} training images do not fill one "
-                     f"batch of {global_batch}")
+    raise ValueError(f"{images.count} training images do not fill one " f"batch of {global_batch}")
   with precision.precision_policy(rt.precision), strategy.scope():
     model = compile_mae(cfg, strategy, steps_per_epoch)
     chief = runtime.is_chief(strategy)
-    if not chief:     # a worker's own scratch space: only the chief writes the run's
+    if not chief:  # a worker's own scratch space: only the chief writes the run's
       scratch = tempfile.mkdtemp(prefix="mae-worker-")
       log_dir = os.path.join(scratch, "logs")
     # The MAE itself (not the wrapper) is checkpointed: the same layout as
     # `save_mae`'s weights plus the optimizer.
     checkpoint = checkpoints.EpochCheckpoint(
-        checkpoint_dir, model.mae, model.optimizer,
-        write_directory=None if chief else os.path.join(scratch, "checkpoints"))
+        checkpoint_dir,
+        model.mae,
+        model.optimizer,
+        write_directory=None if chief else os.path.join(scratch, "checkpoints"),
+    )
     initial_epoch = checkpoint.restore()
     if initial_mae and initial_epoch == 0:
       _read_weights(model.mae, initial_mae)
     # In memory, batch t is a function of (seed, t): resumed, the run goes on
     # with the batches it would have seen.
-    dataset = images.batches(global_batch, augmentation(cfg), seed=rt.seed,
-                             first_step=initial_epoch * steps_per_epoch)
-    logger = progress.ProgressLogger(names.MAE_TRAINER, p.epochs,
-                                     steps_per_epoch * global_batch, log_dir, min_interval=0)
+    dataset = images.batches(
+        global_batch, augmentation(cfg), seed=rt.seed, first_step=initial_epoch * steps_per_epoch
+    )
+    logger = progress.ProgressLogger(
+        names.MAE_TRAINER, p.epochs, steps_per_epoch * global_batch, log_dir, min_interval=0
+    )
     n_params = sum(int(tf.size(v)) for v in model.trainable_variables)
-    run_log.log.info("[%s] %.2fM parameters, %d images, %d steps/epoch of %d, %d epochs, "
-                     "%s, %d replica(s)", names.MAE_TRAINER, n_params / 1e6, images.count,
-                     steps_per_epoch, global_batch, p.epochs, rt.precision,
-                     strategy.num_replicas_in_sync)
-    model.fit(dataset, epochs=p.epochs, steps_per_epoch=steps_per_epoch,
-              initial_epoch=initial_epoch, verbose=0,
-              callbacks=[logger, checkpoint,
-                         tf.keras.callbacks.TensorBoard(log_dir, update_freq="epoch"),
-                         *callbacks])
+    run_log.log.info(
+        "[%s] %.2fM parameters, %d images, %d steps/epoch of %d, %d epochs, " "%s, %d replica(s)",
+        names.MAE_TRAINER,
+        n_params / 1e6,
+        images.count,
+        steps_per_epoch,
+        global_batch,
+        p.epochs,
+        rt.precision,
+        strategy.num_replicas_in_sync,
+    )
+    model.fit(
+        dataset,
+        epochs=p.epochs,
+        steps_per_epoch=steps_per_epoch,
+        initial_epoch=initial_epoch,
+        verbose=0,
+        callbacks=[
+            logger,
+            checkpoint,
+            tf.keras.callbacks.TensorBoard(log_dir, update_freq="epoch"),
+            *callbacks,
+        ],
+    )
   return model, logger.history
 
 
@@ -235,12 +286,17 @@ def pretrain(cfg: config_lib.RunConfig,
 # --------------------------------------------------------------------------
 # ModelConfig fields added after MAEs were saved, with the value an MAE saved
 # without them was trained with (the dataclass default may differ since).
-SAVED_BEFORE_FIELD = {"contrastive_weight": 0.0, "uniformity_weight": 0.0,
-                      "teacher_momentum": 0.0, "contrastive_blocks": 1}
+SAVED_BEFORE_FIELD = {
+    "contrastive_weight": 0.0,
+    "uniformity_weight": 0.0,
+    "teacher_momentum": 0.0,
+    "contrastive_blocks": 1,
+}
 
 
-def save_mae(mae: MaskedAutoencoder, directory: str,
-             training: Optional[Dict[str, Any]] = None) -> None:
+def save_mae(
+    mae: MaskedAutoencoder, directory: str, training: Optional[Dict[str, Any]] = None
+) -> None:
   """Writes the MAE's config and weights to `directory`, and `training`
   (what it was trained on: `warm_start_source` reads it) when given."""
   tf.io.gfile.makedirs(directory)
@@ -255,8 +311,10 @@ def read_mae_config(directory: str) -> config_lib.ModelConfig:
   """The ModelConfig of the MAE `save_mae` wrote to `directory`."""
   path = os.path.join(directory, names.MAE_CONFIG_FILE)
   if not tf.io.gfile.exists(path):
-    raise FileNotFoundError(f"{path} not found: {directory} is not an MAE "
-                            "saved by the mae_pretrain Trainer (save_mae)")
+    raise FileNotFoundError(
+        f"{path} not found: {directory} is not an MAE "
+        "saved by the mae_pretrain Trainer (save_mae)"
+    )
   with tf.io.gfile.GFile(path) as f:
     saved = json.load(f)
   # A field the saved config lacks predates it: the value that was then implied.
@@ -277,8 +335,9 @@ def load_mae(directory: str) -> MaskedAutoencoder:
   return model
 
 
-def warm_start_source(cfg: config_lib.RunConfig, blessed_model: Optional[str],
-                      data_digest: str) -> Tuple[Optional[str], str]:
+def warm_start_source(
+    cfg: config_lib.RunConfig, blessed_model: Optional[str], data_digest: str
+) -> Tuple[Optional[str], str]:
   """(the saved MAE a run starts from, or None for from scratch; why).
   `blessed_model`: the serving dir of the blessed linear probe model the
   pipeline resolved (None: none), which carries its MAE
@@ -294,12 +353,13 @@ def warm_start_source(cfg: config_lib.RunConfig, blessed_model: Optional[str],
     return None, f"the blessed model {blessed_model} carries no MAE ({mae_dir})"
   differences = config_lib.architecture_differences(read_mae_config(mae_dir), cfg.model)
   if differences:
-    return None, (f"the blessed model's MAE ({mae_dir}) has another architecture: " +
-                  ", ".join(f"model.{k} {a} (now {b})" for k, (a, b) in differences.items()))
+    return None, (
+        f"the blessed model's MAE ({mae_dir}) has another architecture: "
+        + ", ".join(f"model.{k} {a} (now {b})" for k, (a, b) in differences.items())
+    )
   training_file = os.path.join(mae_dir, names.MAE_TRAINING_FILE)
   if tf.io.gfile.exists(training_file):
     with tf.io.gfile.GFile(training_file) as f:
       if json.load(f).get("data_digest") == data_digest:
         return None, f"the blessed model's MAE ({mae_dir}) was trained on these same examples"
   return mae_dir, f"the MAE of the latest blessed model, {mae_dir}"
-

@@ -28,8 +28,9 @@ from models.mae import Encoder
 PROBE_STEPS_PER_EXECUTION = 32
 
 
-def extract_features(embed: Callable[[tf.Tensor], tf.Tensor],
-                     batches: tf.data.Dataset) -> Tuple[np.ndarray, np.ndarray]:
+def extract_features(
+    embed: Callable[[tf.Tensor], tf.Tensor], batches: tf.data.Dataset
+) -> Tuple[np.ndarray, np.ndarray]:
   """(features [N, D], labels [N]) of a dataset of (images [B, S, S, 3],
   labels [B]) batches, embedded by the frozen `embed`."""
   fn = tf.function(embed)
@@ -42,16 +43,25 @@ def extract_features(embed: Callable[[tf.Tensor], tf.Tensor],
   return np.concatenate(features), np.concatenate(labels).astype(np.int64)
 
 
-def train_probe(cfg: config_lib.ProbeConfig, num_classes: int, train_features, train_labels,
-                eval_features, eval_labels, log_dir: str, seed: int = 0
-                ) -> Tuple[tf.keras.Model, List[Dict[str, Any]]]:
+def train_probe(
+    cfg: config_lib.ProbeConfig,
+    num_classes: int,
+    train_features,
+    train_labels,
+    eval_features,
+    eval_labels,
+    log_dir: str,
+    seed: int = 0,
+) -> Tuple[tf.keras.Model, List[Dict[str, Any]]]:
   """Trains the probe head on frozen features; returns (head, history)."""
   if cfg.epochs < 1:
     raise ValueError(f"probe.epochs must be at least 1, got {cfg.epochs}")
   for split, labels in (("train", train_labels), ("eval", eval_labels)):
     if len(labels) and not 0 <= labels.min() <= labels.max() < num_classes:
-      raise ValueError(f"{split} labels span [{labels.min()}, {labels.max()}], "
-                       f"outside the {num_classes} classes [0, {num_classes - 1}]")
+      raise ValueError(
+          f"{split} labels span [{labels.min()}, {labels.max()}], "
+          f"outside the {num_classes} classes [0, {num_classes - 1}]"
+      )
   tf.keras.utils.set_random_seed(seed)
   head = build_probe_head(train_features.shape[1], num_classes)
   # The BatchNorm's moving statistics (what inference uses) start at the
@@ -59,39 +69,50 @@ def train_probe(cfg: config_lib.ProbeConfig, num_classes: int, train_features, t
   # average forgets its start only after a few hundred steps, and a small
   # data set trains fewer, so with features far from zero mean the start
   # would decide the predictions.
-  head.get_layer(FEATURE_BN).set_weights(
-      [train_features.mean(0), train_features.var(0)])
+  head.get_layer(FEATURE_BN).set_weights([train_features.mean(0), train_features.var(0)])
   steps_per_epoch = int(np.ceil(len(train_features) / cfg.batch_size))
   schedule = optimization.WarmupCosine(
       optimization.scaled_lr(cfg.base_lr, cfg.batch_size),
       total_steps=steps_per_epoch * cfg.epochs,
-      warmup_steps=round(cfg.warmup_epochs * steps_per_epoch))
+      warmup_steps=round(cfg.warmup_epochs * steps_per_epoch),
+  )
   head.compile(
-      optimizer=optimization.adamw(schedule, cfg.weight_decay, 0.9, 0.999,
-                                   head.trainable_variables),
+      optimizer=optimization.adamw(
+          schedule, cfg.weight_decay, 0.9, 0.999, head.trainable_variables
+      ),
       loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True),
       metrics=[tf.keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
       # The head is tiny: run many steps per call so Python does not dominate.
-      steps_per_execution=PROBE_STEPS_PER_EXECUTION)
-  logger = progress.ProgressLogger(names.PROBE_TRAINER, cfg.epochs,
-                                  len(train_features), log_dir)
-  head.fit(train_features, train_labels, batch_size=cfg.batch_size,
-           epochs=cfg.epochs, shuffle=True, verbose=0,
-           validation_data=(eval_features, eval_labels),
-           callbacks=[logger,
-                      tf.keras.callbacks.TensorBoard(log_dir, update_freq="epoch")])
+      steps_per_execution=PROBE_STEPS_PER_EXECUTION,
+  )
+  logger = progress.ProgressLogger(names.PROBE_TRAINER, cfg.epochs, len(train_features), log_dir)
+  head.fit(
+      train_features,
+      train_labels,
+      batch_size=cfg.batch_size,
+      epochs=cfg.epochs,
+      shuffle=True,
+      verbose=0,
+      validation_data=(eval_features, eval_labels),
+      callbacks=[logger, tf.keras.callbacks.TensorBoard(log_dir, update_freq="epoch")],
+  )
   return head, logger.history
 
 
 @dataclasses.dataclass
 class ProbeResult:
-  classifier: ProbeClassifier    # frozen encoder + trained head (to export)
-  summary: Dict[str, Any]        # history, eval_accuracy, knn_accuracy, knn {k: acc}, ...
+  classifier: ProbeClassifier  # frozen encoder + trained head (to export)
+  summary: Dict[str, Any]  # history, eval_accuracy, knn_accuracy, knn {k: acc}, ...
 
 
-def linear_probe(cfg: config_lib.RunConfig, encoder: Encoder, class_names: List[str],
-                 train_batches: tf.data.Dataset, eval_batches: tf.data.Dataset,
-                 log_dir: str) -> ProbeResult:
+def linear_probe(
+    cfg: config_lib.RunConfig,
+    encoder: Encoder,
+    class_names: List[str],
+    train_batches: tf.data.Dataset,
+    eval_batches: tf.data.Dataset,
+    log_dir: str,
+) -> ProbeResult:
   """Probes the frozen `encoder`: linear (BN + Dense) and k-NN accuracy on
   the eval batches, both on the embedding the served model returns (the
   pooled tokens, whitened by the train features' statistics when
@@ -100,46 +121,87 @@ def linear_probe(cfg: config_lib.RunConfig, encoder: Encoder, class_names: List[
   `class_names[i]`."""
   runtime.require_keras2()
   encoder.trainable = False
-  classifier = ProbeClassifier(encoder, head=None, class_names=class_names,
-                               feature_blocks=cfg.probe.feature_blocks)
+  classifier = ProbeClassifier(
+      encoder, head=None, class_names=class_names, feature_blocks=cfg.probe.feature_blocks
+  )
   start = time.perf_counter()
   train_features, train_labels = extract_features(classifier.pooled_tokens, train_batches)
   eval_features, eval_labels = extract_features(classifier.pooled_tokens, eval_batches)
-  run_log.log.info("[%s] %d-d features of %d train and %d eval images in %s",
-                   names.PROBE_TRAINER, train_features.shape[1], len(train_labels),
-                   len(eval_labels), run_log.duration(time.perf_counter() - start))
+  run_log.log.info(
+      "[%s] %d-d features of %d train and %d eval images in %s",
+      names.PROBE_TRAINER,
+      train_features.shape[1],
+      len(train_labels),
+      len(eval_labels),
+      run_log.duration(time.perf_counter() - start),
+  )
   bank = slice(0, cfg.probe.knn_bank_examples)
   num_classes = len(class_names)
 
   def knn_accuracies(bank_features, evaluation, bank_normalised=False):
-    return {k: evaluate_knn(bank_features, train_labels[bank], evaluation, eval_labels, k=k,
-                            num_classes=num_classes, bank_normalised=bank_normalised)
-            for k in KNN_KS}
+    return {
+        k: evaluate_knn(
+            bank_features,
+            train_labels[bank],
+            evaluation,
+            eval_labels,
+            k=k,
+            num_classes=num_classes,
+            bank_normalised=bank_normalised,
+        )
+        for k in KNN_KS
+    }
 
   extra = {}
   if cfg.probe.whitening:
     # The pooled tokens' k-NN too: what whitening adds, measured on the same run.
-    extra["knn_unwhitened"] = {str(k): acc for k, acc in
-                               knn_accuracies(train_features[bank], eval_features).items()}
+    extra["knn_unwhitened"] = {
+        str(k): acc for k, acc in knn_accuracies(train_features[bank], eval_features).items()
+    }
     classifier.set_whitening(*fit_whitening(train_features, cfg.probe.whitening_shrinkage))
     train_features = classifier.whiten(train_features).numpy()
     eval_features = classifier.whiten(eval_features).numpy()
-  head, history = train_probe(cfg.probe, num_classes, train_features, train_labels,
-                              eval_features, eval_labels, log_dir, cfg.runtime.seed)
+  head, history = train_probe(
+      cfg.probe,
+      num_classes,
+      train_features,
+      train_labels,
+      eval_features,
+      eval_labels,
+      log_dir,
+      cfg.runtime.seed,
+  )
   classifier.head = head
   linear = history[-1]["val_accuracy"]
   classifier.set_knn_bank(train_features[bank], train_labels[bank], KNN_K)
   # Scored against the stored bank, so the exported model's k-NN agrees.
   knn = knn_accuracies(classifier.knn_bank.numpy(), eval_features, bank_normalised=True)
   run_log.log.info(
-      "[%s] test top-1: linear %.4f, %s%s", names.PROBE_TRAINER, linear,
+      "[%s] test top-1: linear %.4f, %s%s",
+      names.PROBE_TRAINER,
+      linear,
       ", ".join(f"{k}-NN (cosine) {acc:.4f}" for k, acc in knn.items()),
-      (", unwhitened " + ", ".join(f"{k}-NN {acc:.4f}" for k, acc in
-                                   extra["knn_unwhitened"].items())) if extra else "")
-  return ProbeResult(classifier, dict(
-      history=history, feature_dim=int(train_features.shape[1]), classes=len(class_names),
-      train_examples=int(len(train_labels)), eval_examples=int(len(eval_labels)),
-      eval_accuracy=linear, knn_k=KNN_K, knn_accuracy=knn[KNN_K],
-      knn={str(k): acc for k, acc in knn.items()},
-      knn_bank_examples=int(min(len(train_labels), cfg.probe.knn_bank_examples)),
-      whitening=cfg.probe.whitening, **extra))
+      (
+          ", unwhitened "
+          + ", ".join(f"{k}-NN {acc:.4f}" for k, acc in extra["knn_unwhitened"].items())
+      )
+      if extra
+      else "",
+  )
+  return ProbeResult(
+      classifier,
+      dict(
+          history=history,
+          feature_dim=int(train_features.shape[1]),
+          classes=len(class_names),
+          train_examples=int(len(train_labels)),
+          eval_examples=int(len(eval_labels)),
+          eval_accuracy=linear,
+          knn_k=KNN_K,
+          knn_accuracy=knn[KNN_K],
+          knn={str(k): acc for k, acc in knn.items()},
+          knn_bank_examples=int(min(len(train_labels), cfg.probe.knn_bank_examples)),
+          whitening=cfg.probe.whitening,
+          **extra,
+      ),
+  )

@@ -6,15 +6,14 @@ from typing import Optional, Tuple
 import numpy as np
 import tensorflow as tf
 
-KNN_TEMPERATURE = 0.07     # InstDisc's and DINO's
+KNN_TEMPERATURE = 0.07  # InstDisc's and DINO's
 
 
 def l2_normalise(x: np.ndarray) -> np.ndarray:
   return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
-def fit_whitening(features: np.ndarray, shrinkage: float = 1e-4
-                  ) -> Tuple[np.ndarray, np.ndarray]:
+def fit_whitening(features: np.ndarray, shrinkage: float = 1e-4) -> Tuple[np.ndarray, np.ndarray]:
   """PCA whitening fit on (unlabelled) training embeddings [N, D]: returns
   (mean [D], matrix [D, D]) float32 such that (x - mean) @ matrix has about
   identity covariance. Eigenvalues are shrunk by `shrinkage` x the largest
@@ -33,9 +32,15 @@ def fit_whitening(features: np.ndarray, shrinkage: float = 1e-4
   return mean.astype(np.float32), matrix.astype(np.float32)
 
 
-def knn_votes(queries: tf.Tensor, bank: tf.Tensor, bank_labels: tf.Tensor, k: int,
-              num_classes: int, temperature: float = KNN_TEMPERATURE,
-              bank_normalised: bool = False) -> tf.Tensor:
+def knn_votes(
+    queries: tf.Tensor,
+    bank: tf.Tensor,
+    bank_labels: tf.Tensor,
+    k: int,
+    num_classes: int,
+    temperature: float = KNN_TEMPERATURE,
+    bank_normalised: bool = False,
+) -> tf.Tensor:
   """Weighted k-NN on cosine similarity (as in InstDisc/DINO): each of the k
   nearest bank embeddings votes for its label with exp(sim / T).
 
@@ -47,21 +52,28 @@ def knn_votes(queries: tf.Tensor, bank: tf.Tensor, bank_labels: tf.Tensor, k: in
   """
   queries = tf.math.l2_normalize(tf.cast(queries, tf.float32), axis=-1)
   bank = tf.cast(bank, tf.float32)
-  if not bank_normalised:   # a stored bank is normalised once, not on every call
+  if not bank_normalised:  # a stored bank is normalised once, not on every call
     bank = tf.math.l2_normalize(bank, axis=-1)
-  sims = tf.matmul(queries, bank, transpose_b=True)                  # [Q, N]
-  top_sims, top = tf.math.top_k(sims, k)                             # [Q, k]
+  sims = tf.matmul(queries, bank, transpose_b=True)  # [Q, N]
+  top_sims, top = tf.math.top_k(sims, k)  # [Q, k]
   # exp((s - 1) / T): the same ratios as exp(s / T), never overflows.
   weights = tf.exp((top_sims - 1.0) / temperature)
-  votes = tf.reduce_sum(tf.one_hot(tf.gather(bank_labels, top), num_classes)
-                        * weights[..., None], axis=1)                # [Q, K]
+  votes = tf.reduce_sum(
+      tf.one_hot(tf.gather(bank_labels, top), num_classes) * weights[..., None], axis=1
+  )  # [Q, K]
   return votes / tf.reduce_sum(votes, axis=-1, keepdims=True)
 
 
-def knn_predict(train_features: np.ndarray, train_labels: np.ndarray,
-                query_features: np.ndarray, k: int = 20,
-                temperature: float = KNN_TEMPERATURE, num_classes: Optional[int] = None,
-                chunk: int = 1024, bank_normalised: bool = False) -> np.ndarray:
+def knn_predict(
+    train_features: np.ndarray,
+    train_labels: np.ndarray,
+    query_features: np.ndarray,
+    k: int = 20,
+    temperature: float = KNN_TEMPERATURE,
+    num_classes: Optional[int] = None,
+    chunk: int = 1024,
+    bank_normalised: bool = False,
+) -> np.ndarray:
   """`knn_votes`' predicted labels [Q] with the training embeddings as the
   bank. Labels are ids in [0, num_classes) (default: up to the largest train
   label). Works in chunks of queries so memory stays small."""
@@ -69,20 +81,33 @@ def knn_predict(train_features: np.ndarray, train_labels: np.ndarray,
   if num_classes is None:
     num_classes = int(train_labels.max()) + 1
   bank = tf.cast(tf.constant(train_features), tf.float32)
-  if not bank_normalised:   # once, not per chunk of queries
+  if not bank_normalised:  # once, not per chunk of queries
     bank = tf.math.l2_normalize(bank, axis=-1)
   labels = tf.constant(train_labels)
   k = min(k, len(train_features))
   # Eager: a few large ops a chunk, and no function traced anew on every call.
-  return np.concatenate([
-      np.argmax(knn_votes(tf.constant(query_features[start:start + chunk], tf.float32),
-                          bank, labels, k, num_classes, temperature, bank_normalised=True),
-                axis=1)
-      for start in range(0, len(query_features), chunk)])
+  return np.concatenate(
+      [
+          np.argmax(
+              knn_votes(
+                  tf.constant(query_features[start : start + chunk], tf.float32),
+                  bank,
+                  labels,
+                  k,
+                  num_classes,
+                  temperature,
+                  bank_normalised=True,
+              ),
+              axis=1,
+          )
+          for start in range(0, len(query_features), chunk)
+      ]
+  )
 
 
-def evaluate_knn(train_features, train_labels, query_features, query_labels,
-                 k: int = 20, **kwargs) -> float:
+def evaluate_knn(
+    train_features, train_labels, query_features, query_labels, k: int = 20, **kwargs
+) -> float:
   """Top-1 accuracy of `knn_predict` on labelled queries."""
   predicted = knn_predict(train_features, train_labels, query_features, k, **kwargs)
   return float((predicted == np.asarray(query_labels)).mean())

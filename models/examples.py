@@ -14,29 +14,47 @@ from typing import List, NamedTuple, Optional, Tuple
 import numpy as np
 import tensorflow as tf
 
-from models.names import (CHANNEL_MEAN_KEYS, CLASS_NAME_KEY, EMBEDDING_KEY, ID_KEY,
-                          IMAGE_HEIGHT_KEY, IMAGE_KEY, IMAGE_PATH_KEY, IMAGE_WIDTH_KEY,
-                          LABEL_KEY)
+from models.names import (
+    CHANNEL_MEAN_KEYS,
+    CLASS_NAME_KEY,
+    EMBEDDING_KEY,
+    ID_KEY,
+    IMAGE_HEIGHT_KEY,
+    IMAGE_KEY,
+    IMAGE_PATH_KEY,
+    IMAGE_WIDTH_KEY,
+    LABEL_KEY,
+)
 
 COMPRESSION = "GZIP"
 # What counts as a TFRecord file of a data source (GZIP when it ends in .gz).
-TFRECORD_SUFFIXES = (".tfrecord", ".tfrecords", ".tfrec", ".tfrecord.gz", ".tfrecords.gz",
-                     ".tfrec.gz")
+TFRECORD_SUFFIXES = (
+    ".tfrecord",
+    ".tfrecords",
+    ".tfrec",
+    ".tfrecord.gz",
+    ".tfrecords.gz",
+    ".tfrec.gz",
+)
 
 
 def tfrecord_files(folder: str) -> List[str]:
   """The visible TFRecord files directly in `folder` (local or gs://), sorted."""
   if not tf.io.gfile.isdir(folder):
     return []
-  return sorted(f"{folder.rstrip('/')}/{name}" for name in tf.io.gfile.listdir(folder)
-                if not name.startswith(".") and name.lower().endswith(TFRECORD_SUFFIXES))
+  return sorted(
+      f"{folder.rstrip('/')}/{name}"
+      for name in tf.io.gfile.listdir(folder)
+      if not name.startswith(".") and name.lower().endswith(TFRECORD_SUFFIXES)
+  )
 
 
 class ImageStatistics(NamedTuple):
   """What StatisticsGen sees of an image's pixels (`IMAGE_STATISTICS_KEYS`)."""
+
   height: int
   width: int
-  channel_means: Tuple[float, float, float]    # R, G, B in [0, 255]
+  channel_means: Tuple[float, float, float]  # R, G, B in [0, 255]
 
   @classmethod
   def of_array(cls, image: np.ndarray) -> "ImageStatistics":
@@ -45,29 +63,34 @@ class ImageStatistics(NamedTuple):
     return cls(int(image.shape[0]), int(image.shape[1]), tuple(float(m) for m in means[:3]))
 
 
-def image_example(image: Optional[bytes], label: Optional[int] = None,
-                  class_name: Optional[str] = None, image_path: Optional[str] = None,
-                  statistics: Optional[ImageStatistics] = None) -> tf.train.Example:
+def image_example(
+    image: Optional[bytes],
+    label: Optional[int] = None,
+    class_name: Optional[str] = None,
+    image_path: Optional[str] = None,
+    statistics: Optional[ImageStatistics] = None,
+) -> tf.train.Example:
   """The tf.Example of one encoded image, with its class when labeled, its
   file when it came from one and its statistics when it was decoded (a
   feature that is None is left out)."""
   feature = {}
   if statistics is not None:
-    for key, value in ((IMAGE_HEIGHT_KEY, statistics.height),
-                       (IMAGE_WIDTH_KEY, statistics.width)):
+    for key, value in ((IMAGE_HEIGHT_KEY, statistics.height), (IMAGE_WIDTH_KEY, statistics.width)):
       feature[key] = tf.train.Feature(int64_list=tf.train.Int64List(value=[value]))
     for key, value in zip(CHANNEL_MEAN_KEYS, statistics.channel_means):
       feature[key] = tf.train.Feature(float_list=tf.train.FloatList(value=[value]))
   if image_path is not None:
     feature[IMAGE_PATH_KEY] = tf.train.Feature(
-        bytes_list=tf.train.BytesList(value=[image_path.encode("utf-8")]))
+        bytes_list=tf.train.BytesList(value=[image_path.encode("utf-8")])
+    )
   if image is not None:
     feature[IMAGE_KEY] = tf.train.Feature(bytes_list=tf.train.BytesList(value=[image]))
   if label is not None:
     feature[LABEL_KEY] = tf.train.Feature(int64_list=tf.train.Int64List(value=[label]))
   if class_name is not None:
     feature[CLASS_NAME_KEY] = tf.train.Feature(
-        bytes_list=tf.train.BytesList(value=[class_name.encode("utf-8")]))
+        bytes_list=tf.train.BytesList(value=[class_name.encode("utf-8")])
+    )
   return tf.train.Example(features=tf.train.Features(feature=feature))
 
 
@@ -98,8 +121,7 @@ def files_digest(file_patterns: List[str]) -> str:
   return h.hexdigest()[:16]
 
 
-def serialized_examples(file_patterns: List[str],
-                        limit: Optional[int] = None) -> tf.data.Dataset:
+def serialized_examples(file_patterns: List[str], limit: Optional[int] = None) -> tf.data.Dataset:
   """The serialized tf.Examples of the files, in file order."""
   ds = tf.data.TFRecordDataset(example_files(file_patterns), compression_type=COMPRESSION)
   return ds.take(limit) if limit else ds
@@ -107,18 +129,25 @@ def serialized_examples(file_patterns: List[str],
 
 def embedding_example(image_id: str, class_name: str, vector: np.ndarray) -> tf.train.Example:
   """One record of a corpus's embeddings: {id, class_name ("" unknown), embedding}."""
-  return tf.train.Example(features=tf.train.Features(feature={
-      ID_KEY: tf.train.Feature(bytes_list=tf.train.BytesList(value=[image_id.encode()])),
-      CLASS_NAME_KEY: tf.train.Feature(
-          bytes_list=tf.train.BytesList(value=[class_name.encode("utf-8")])),
-      EMBEDDING_KEY: tf.train.Feature(
-          float_list=tf.train.FloatList(value=np.asarray(vector, np.float32).ravel()))}))
+  return tf.train.Example(
+      features=tf.train.Features(
+          feature={
+              ID_KEY: tf.train.Feature(bytes_list=tf.train.BytesList(value=[image_id.encode()])),
+              CLASS_NAME_KEY: tf.train.Feature(
+                  bytes_list=tf.train.BytesList(value=[class_name.encode("utf-8")])
+              ),
+              EMBEDDING_KEY: tf.train.Feature(
+                  float_list=tf.train.FloatList(value=np.asarray(vector, np.float32).ravel())
+              ),
+          }
+      )
+  )
 
 
 class EmbeddingRecords(NamedTuple):
   ids: List[str]
   class_names: List[str]
-  vectors: np.ndarray            # [N, D] float32
+  vectors: np.ndarray  # [N, D] float32
 
 
 def read_embeddings(file_patterns: List[str]) -> EmbeddingRecords:
@@ -129,15 +158,16 @@ def read_embeddings(file_patterns: List[str]) -> EmbeddingRecords:
     ids.append(feature[ID_KEY].bytes_list.value[0].decode())
     class_names.append(feature[CLASS_NAME_KEY].bytes_list.value[0].decode("utf-8"))
     vectors.append(np.asarray(feature[EMBEDDING_KEY].float_list.value, np.float32))
-  return EmbeddingRecords(ids, class_names,
-                          np.stack(vectors) if vectors else np.zeros([0, 0], np.float32))
+  return EmbeddingRecords(
+      ids, class_names, np.stack(vectors) if vectors else np.zeros([0, 0], np.float32)
+  )
 
 
 class ExampleRecords(NamedTuple):
-  serialized: List[bytes]        # [N] serialized tf.Example
-  images: List[bytes]            # [N] encoded images (PNG, JPEG, ...)
-  labels: np.ndarray             # [N] int64; -1 where an example has no label
-  image_paths: List[str]         # [N] the image's file; "" where it has none
+  serialized: List[bytes]  # [N] serialized tf.Example
+  images: List[bytes]  # [N] encoded images (PNG, JPEG, ...)
+  labels: np.ndarray  # [N] int64; -1 where an example has no label
+  image_paths: List[str]  # [N] the image's file; "" where it has none
 
   def search_ids(self, split: str) -> List[str]:
     """The ids search gives these examples of `split` (`search_id`): they
@@ -151,10 +181,15 @@ def read_examples(file_patterns: List[str], limit: Optional[int] = None) -> Exam
   serialized = [r.numpy() for r in serialized_examples(file_patterns, limit)]
   if not serialized:
     return ExampleRecords([], [], np.zeros([0], np.int64), [])
-  spec = {IMAGE_KEY: tf.io.FixedLenFeature([], tf.string),
-          LABEL_KEY: tf.io.FixedLenFeature([], tf.int64, default_value=-1),
-          IMAGE_PATH_KEY: tf.io.FixedLenFeature([], tf.string, default_value="")}
+  spec = {
+      IMAGE_KEY: tf.io.FixedLenFeature([], tf.string),
+      LABEL_KEY: tf.io.FixedLenFeature([], tf.int64, default_value=-1),
+      IMAGE_PATH_KEY: tf.io.FixedLenFeature([], tf.string, default_value=""),
+  }
   parsed = tf.io.parse_example(tf.constant(serialized), spec)
-  return ExampleRecords(serialized, list(parsed[IMAGE_KEY].numpy()),
-                        parsed[LABEL_KEY].numpy(),
-                        [p.decode("utf-8") for p in parsed[IMAGE_PATH_KEY].numpy()])
+  return ExampleRecords(
+      serialized,
+      list(parsed[IMAGE_KEY].numpy()),
+      parsed[LABEL_KEY].numpy(),
+      [p.decode("utf-8") for p in parsed[IMAGE_PATH_KEY].numpy()],
+  )

@@ -61,21 +61,27 @@ def is_image_file(name: str) -> bool:
 
 
 def _subfolders(root: str) -> List[str]:
-  return sorted(e.rstrip("/") for e in tf.io.gfile.listdir(root)
-                if _visible(e) and tf.io.gfile.isdir(join_path(root, e.rstrip("/"))))
+  return sorted(
+      e.rstrip("/")
+      for e in tf.io.gfile.listdir(root)
+      if _visible(e) and tf.io.gfile.isdir(join_path(root, e.rstrip("/")))
+  )
 
 
 def list_images(root: str, recursive: bool = False) -> List[str]:
   """Image files directly in `root` (or anywhere below it), sorted; paths
   relative to `root`, '/'-separated. Hidden folders are skipped."""
   if not recursive:
-    return sorted(e for e in tf.io.gfile.listdir(root) if is_image_file(e)
-                  and not tf.io.gfile.isdir(join_path(root, e)))
+    return sorted(
+        e
+        for e in tf.io.gfile.listdir(root)
+        if is_image_file(e) and not tf.io.gfile.isdir(join_path(root, e))
+    )
   found = []
   prefix = root.rstrip("/")
   for folder, dirs, files in tf.io.gfile.walk(root):
     dirs[:] = [d for d in dirs if _visible(d)]
-    rel = folder.rstrip("/")[len(prefix):].replace(os.sep, "/").strip("/")
+    rel = folder.rstrip("/")[len(prefix) :].replace(os.sep, "/").strip("/")
     if any(not _visible(part) for part in rel.split("/") if part):
       continue
     found += [f"{rel}/{f}" if rel else f for f in files if is_image_file(f)]
@@ -87,17 +93,18 @@ def hash_split(key: str, test_fraction: float) -> str:
   dataset root (or another stable key): the same on every run and machine,
   and a file keeps its split when others are added."""
   digest = hashlib.sha256(key.encode("utf-8")).digest()
-  position = int.from_bytes(digest[:8], "big") / 2.0**64     # uniform in [0, 1)
+  position = int.from_bytes(digest[:8], "big") / 2.0**64  # uniform in [0, 1)
   return "test" if position < test_fraction else "train"
 
 
 @dataclasses.dataclass
 class FolderLayout:
   """What a labeled image folder holds: per split, (relative path, class id)."""
+
   root: str
-  kind: str                                   # CLASS_FOLDERS | SPLIT_FOLDERS_LAYOUT
-  class_names: List[str]                      # id -> name (train's classes first)
-  files: Dict[str, List[Tuple[str, int]]]     # split -> [(relative path, class id)]
+  kind: str  # CLASS_FOLDERS | SPLIT_FOLDERS_LAYOUT
+  class_names: List[str]  # id -> name (train's classes first)
+  files: Dict[str, List[Tuple[str, int]]]  # split -> [(relative path, class id)]
 
   def counts(self) -> Dict[str, int]:
     return {split: len(files) for split, files in self.files.items()}
@@ -110,18 +117,24 @@ def detect_layout(root: str, test_fraction: float = 0.2) -> FolderLayout:
     raise ValueError(f"{root}: not a folder")
   top = _subfolders(root)
   if len(set(SPLIT_FOLDERS) & set(top)) == 1:
-    raise ValueError(f"{root}: has {'train' if 'train' in top else 'test'}/ but no "
-                     f"{'test' if 'train' in top else 'train'}/: give both split folders, "
-                     "or class folders directly under the root to split by hash")
+    raise ValueError(
+        f"{root}: has {'train' if 'train' in top else 'test'}/ but no "
+        f"{'test' if 'train' in top else 'train'}/: give both split folders, "
+        "or class folders directly under the root to split by hash"
+    )
   if set(SPLIT_FOLDERS) <= set(top):
-    per_split = {s: {c: list_images(join_path(root, s, c)) for c in _subfolders(join_path(root, s))}
-                 for s in SPLIT_FOLDERS}
+    per_split = {
+        s: {c: list_images(join_path(root, s, c)) for c in _subfolders(join_path(root, s))}
+        for s in SPLIT_FOLDERS
+    }
     train_classes = sorted(c for c, f in per_split["train"].items() if f)
     extra = sorted(set(c for c, f in per_split["test"].items() if f) - set(train_classes))
     class_names = train_classes + extra
     ids = {c: i for i, c in enumerate(class_names)}
-    files = {s: [(f"{s}/{c}/{f}", ids[c]) for c, fs in sorted(per_split[s].items())
-                 for f in fs] for s in SPLIT_FOLDERS}
+    files = {
+        s: [(f"{s}/{c}/{f}", ids[c]) for c, fs in sorted(per_split[s].items()) for f in fs]
+        for s in SPLIT_FOLDERS
+    }
     kind = SPLIT_FOLDERS_LAYOUT
   else:
     per_class = {c: list_images(join_path(root, c)) for c in top}
@@ -137,7 +150,8 @@ def detect_layout(root: str, test_fraction: float = 0.2) -> FolderLayout:
   if not class_names:
     raise ValueError(
         f"{root}: no class folder holds images ({', '.join(IMAGE_EXTENSIONS)}); "
-        "expected <root>/<class>/<image> or <root>/train|test/<class>/<image>")
+        "expected <root>/<class>/<image> or <root>/train|test/<class>/<image>"
+    )
   return FolderLayout(root, kind, class_names, files)
 
 
@@ -149,8 +163,8 @@ def read_image(path: str) -> "CheckedImage":
 
 
 class CheckedImage(NamedTuple):
-  data: bytes                     # what to store: bytes TensorFlow decodes
-  statistics: ImageStatistics     # its size and channel means
+  data: bytes  # what to store: bytes TensorFlow decodes
+  statistics: ImageStatistics  # its size and channel means
 
 
 def check_image(data: bytes, name: str) -> CheckedImage:
@@ -160,18 +174,21 @@ def check_image(data: bytes, name: str) -> CheckedImage:
   statistics. Raises BadImageError with `name` (the file, or the record)
   when the bytes are empty, truncated or not an image."""
   from PIL import Image, ImageStat, UnidentifiedImageError
+
   if not data:
     raise BadImageError(f"{name}: empty file")
   try:
     with Image.open(io.BytesIO(data)) as img:
-      img.load()      # decodes every byte: truncation is found here
+      img.load()  # decodes every byte: truncation is found here
       if img.width < 1 or img.height < 1:
         raise BadImageError(f"{name}: image of size {img.size}")
       # RGB(A) as it is: convert would copy every pixel of a large photo.
-      rgb = img if img.mode in ("RGB", "RGBA") else img.convert(
-          "RGBA" if "A" in img.getbands() else "RGB")
-      statistics = ImageStatistics(img.height, img.width,
-                                   tuple(ImageStat.Stat(rgb).mean[:3]))
+      rgb = (
+          img
+          if img.mode in ("RGB", "RGBA")
+          else img.convert("RGBA" if "A" in img.getbands() else "RGB")
+      )
+      statistics = ImageStatistics(img.height, img.width, tuple(ImageStat.Stat(rgb).mean[:3]))
       if img.mode in _NATIVE.get(img.format, ()) and getattr(img, "n_frames", 1) == 1:
         return CheckedImage(data, statistics)
       out = io.BytesIO()
@@ -238,6 +255,8 @@ def span_root(root: str, span: int) -> str:
   when it has no such span."""
   spans = span_folders(root)
   if span not in spans:
-    raise ValueError(f"{root}: no span {span} (spans there: {sorted(spans) or 'none'}; "
-                     f"a span is a folder {SPAN_FOLDER_PREFIX}<N>)")
+    raise ValueError(
+        f"{root}: no span {span} (spans there: {sorted(spans) or 'none'}; "
+        f"a span is a folder {SPAN_FOLDER_PREFIX}<N>)"
+    )
   return join_path(root, spans[span])

@@ -18,18 +18,20 @@ from models.evaluation import knn_votes, l2_normalise
 from models.mae import Encoder
 from models.precision import precision_policy
 
-
 FEATURE_BN = "feature_bn"
 
 
 def build_probe_head(feature_dim: int, num_classes: int) -> tf.keras.Model:
   """[B, D] features -> [B, num_classes] logits."""
   features = tf.keras.Input([feature_dim], name="features")
-  x = tf.keras.layers.BatchNormalization(center=False, scale=False,
-                                         epsilon=1e-6, name=FEATURE_BN)(features)
+  x = tf.keras.layers.BatchNormalization(center=False, scale=False, epsilon=1e-6, name=FEATURE_BN)(
+      features
+  )
   logits = tf.keras.layers.Dense(
-      num_classes, name="classifier",
-      kernel_initializer=tf.keras.initializers.TruncatedNormal(stddev=0.01))(x)
+      num_classes,
+      name="classifier",
+      kernel_initializer=tf.keras.initializers.TruncatedNormal(stddev=0.01),
+  )(x)
   return tf.keras.Model(features, logits, name="linear_probe")
 
 
@@ -38,8 +40,13 @@ class ProbeClassifier(tf.Module):
   `class_names` (id order) name the head's outputs. After `set_knn_bank`,
   also the k-NN classifier's class probabilities (`knn_probabilities`)."""
 
-  def __init__(self, encoder: Encoder, head: Optional[tf.keras.Model],
-               class_names: List[str], feature_blocks: Optional[int] = None):
+  def __init__(
+      self,
+      encoder: Encoder,
+      head: Optional[tf.keras.Model],
+      class_names: List[str],
+      feature_blocks: Optional[int] = None,
+  ):
     super().__init__(name="probe_classifier")
     self.encoder = encoder
     self.head = head
@@ -58,17 +65,19 @@ class ProbeClassifier(tf.Module):
     cfg = self.encoder.cfg
     with precision_policy("mixed_bfloat16"):
       twin = Encoder(cfg, name="encoder_bfloat16")
-      twin(tf.zeros([1, cfg.image_size, cfg.image_size, 3]))      # builds its weights
+      twin(tf.zeros([1, cfg.image_size, cfg.image_size, 3]))  # builds its weights
     twin.set_weights(self.encoder.get_weights())
     self.encoder_bfloat16 = twin
 
   def set_whitening(self, mean: np.ndarray, matrix: np.ndarray) -> None:
     """Makes the embedding (x - mean) @ matrix, x the encoder's pooled
     tokens (`models.evaluation.fit_whitening`); saved with the model."""
-    self.whitening_mean = tf.Variable(mean.astype(np.float32), trainable=False,
-                                      name="whitening_mean")
-    self.whitening_matrix = tf.Variable(matrix.astype(np.float32), trainable=False,
-                                        name="whitening_matrix")
+    self.whitening_mean = tf.Variable(
+        mean.astype(np.float32), trainable=False, name="whitening_mean"
+    )
+    self.whitening_matrix = tf.Variable(
+        matrix.astype(np.float32), trainable=False, name="whitening_matrix"
+    )
 
   def whiten(self, features: tf.Tensor) -> tf.Tensor:
     """[B, E] pooled tokens -> [B, E] the embedding (unchanged without whitening)."""
@@ -80,18 +89,26 @@ class ProbeClassifier(tf.Module):
     """The k-NN classifier's bank: embeddings [N, E] and their labels [N],
     saved with the model. Stored L2-normalised in float16 (half the size;
     cosine similarities to ~1e-3); `knn_bank` is what the votes use."""
-    self.knn_bank = tf.Variable(l2_normalise(features.astype(np.float32)).astype(np.float16),
-                                trainable=False, name="knn_bank")
-    self.knn_labels = tf.Variable(np.asarray(labels, np.int64), trainable=False,
-                                  name="knn_labels")
+    self.knn_bank = tf.Variable(
+        l2_normalise(features.astype(np.float32)).astype(np.float16),
+        trainable=False,
+        name="knn_bank",
+    )
+    self.knn_labels = tf.Variable(np.asarray(labels, np.int64), trainable=False, name="knn_labels")
     self.knn_k = min(k, len(labels))
 
   def knn_probabilities(self, images: tf.Tensor) -> tf.Tensor:
     """[B, H, W, C] -> [B, K] the k nearest bank embeddings' weighted votes."""
     if self.knn_bank is None:
       raise ValueError("ProbeClassifier has no k-NN bank: call set_knn_bank first")
-    return knn_votes(self.embed(images), self.knn_bank, self.knn_labels,
-                     self.knn_k, len(self.class_names), bank_normalised=True)
+    return knn_votes(
+        self.embed(images),
+        self.knn_bank,
+        self.knn_labels,
+        self.knn_k,
+        len(self.class_names),
+        bank_normalised=True,
+    )
 
   def pooled_tokens(self, images: tf.Tensor, precision: str = "float32") -> tf.Tensor:
     """[B, H, W, C] normalised images -> [B, k * D] float32: the pooled

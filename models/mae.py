@@ -28,7 +28,7 @@ def patchify(imgs: tf.Tensor, patch_size: int) -> tf.Tensor:
   h, w, c = imgs.shape[1], imgs.shape[2], imgs.shape[3]
   gh, gw = h // patch_size, w // patch_size
   x = tf.reshape(imgs, [b, gh, patch_size, gw, patch_size, c])
-  x = tf.transpose(x, [0, 1, 3, 2, 4, 5])            # [B, gh, gw, p, p, C]
+  x = tf.transpose(x, [0, 1, 3, 2, 4, 5])  # [B, gh, gw, p, p, C]
   return tf.reshape(x, [b, gh * gw, patch_size * patch_size * c])
 
 
@@ -37,17 +37,18 @@ def unpatchify(x: tf.Tensor, patch_size: int, channels: int = 3) -> tf.Tensor:
   b = tf.shape(x)[0]
   g = int(round(x.shape[1] ** 0.5))
   x = tf.reshape(x, [b, g, g, patch_size, patch_size, channels])
-  x = tf.transpose(x, [0, 1, 3, 2, 4, 5])            # [B, g, p, g, p, C]
+  x = tf.transpose(x, [0, 1, 3, 2, 4, 5])  # [B, g, p, g, p, C]
   return tf.reshape(x, [b, g * patch_size, g * patch_size, channels])
 
 
 def sincos_pos_embed(embed_dim: int, grid_size: int) -> np.ndarray:
   """Fixed 2-D sin-cos position embedding, [grid_size**2, embed_dim]."""
   assert embed_dim % 4 == 0, "embed_dim must be divisible by 4"
-  gy, gx = np.meshgrid(np.arange(grid_size, dtype=np.float64),
-                       np.arange(grid_size, dtype=np.float64), indexing="ij")
+  gy, gx = np.meshgrid(
+      np.arange(grid_size, dtype=np.float64), np.arange(grid_size, dtype=np.float64), indexing="ij"
+  )
 
-  def embed_1d(pos):                                    # [L] -> [L, D/2]
+  def embed_1d(pos):  # [L] -> [L, D/2]
     omega = 1.0 / 10000 ** (np.arange(embed_dim // 4) / (embed_dim / 4.0))
     out = np.einsum("m,d->md", pos.reshape(-1), omega)
     return np.concatenate([np.sin(out), np.cos(out)], axis=1)
@@ -58,15 +59,16 @@ def sincos_pos_embed(embed_dim: int, grid_size: int) -> np.ndarray:
 # --------------------------------------------------------------------------
 # Masking
 # --------------------------------------------------------------------------
-def random_masking(x: tf.Tensor, mask_ratio: float,
-                   noise: Optional[tf.Tensor] = None
-                   ) -> Tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+def random_masking(
+    x: tf.Tensor, mask_ratio: float, noise: Optional[tf.Tensor] = None
+) -> Tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
   """Per-image random masking by argsort of uniform noise.
 
   Args:
     x: [B, L, D] tokens.
     mask_ratio: fraction of tokens to drop.
     noise: optional [B, L] noise (for tests); uniform random otherwise.
+
   Returns:
     x_visible [B, L_keep, D], mask [B, L] (1 = masked, 0 = kept),
     ids_restore [B, L] that undoes the shuffle.
@@ -76,13 +78,12 @@ def random_masking(x: tf.Tensor, mask_ratio: float,
   len_keep = int(length * (1 - mask_ratio))
   if noise is None:
     noise = tf.random.uniform([b, length])
-  ids_shuffle = tf.argsort(noise, axis=1)              # small noise is kept
+  ids_shuffle = tf.argsort(noise, axis=1)  # small noise is kept
   ids_restore = tf.argsort(ids_shuffle, axis=1)
   ids_keep = ids_shuffle[:, :len_keep]
-  x_visible = tf.gather(x, ids_keep, batch_dims=1)     # [B, L_keep, D]
-  mask = tf.concat([tf.zeros([b, len_keep]), tf.ones([b, length - len_keep])],
-                   axis=1)
-  mask = tf.gather(mask, ids_restore, batch_dims=1)    # [B, L] unshuffled
+  x_visible = tf.gather(x, ids_keep, batch_dims=1)  # [B, L_keep, D]
+  mask = tf.concat([tf.zeros([b, len_keep]), tf.ones([b, length - len_keep])], axis=1)
+  mask = tf.gather(mask, ids_restore, batch_dims=1)  # [B, L] unshuffled
   return x_visible, mask, ids_restore
 
 
@@ -96,8 +97,7 @@ def random_masking(x: tf.Tensor, mask_ratio: float,
 # jit-compiled (RuntimeConfig.jit_compile) so XLA fuses LayerNorm, GELU and
 # the residual adds. Nothing here needs XLA at serving time.
 # --------------------------------------------------------------------------
-def layer_norm(x: tf.Tensor, gamma: tf.Tensor, beta: tf.Tensor,
-               epsilon: float) -> tf.Tensor:
+def layer_norm(x: tf.Tensor, gamma: tf.Tensor, beta: tf.Tensor, epsilon: float) -> tf.Tensor:
   """LayerNorm over the last axis, computed in float32, returned in x.dtype."""
   x32 = tf.cast(x, tf.float32)
   mean, var = tf.nn.moments(x32, axes=[-1], keepdims=True)
@@ -115,10 +115,12 @@ class LayerNorm(tf.keras.layers.Layer):
   def build(self, input_shape):
     dim = input_shape[-1]
     # experimental_autocast=False: read as float32 inside a bfloat16 layer.
-    self.gamma = self.add_weight(name="gamma", shape=[dim], initializer="ones",
-                                 experimental_autocast=False)
-    self.beta = self.add_weight(name="beta", shape=[dim], initializer="zeros",
-                                experimental_autocast=False)
+    self.gamma = self.add_weight(
+        name="gamma", shape=[dim], initializer="ones", experimental_autocast=False
+    )
+    self.beta = self.add_weight(
+        name="beta", shape=[dim], initializer="zeros", experimental_autocast=False
+    )
     super().build(input_shape)
 
   def call(self, x):
@@ -132,20 +134,19 @@ class Attention(tf.keras.layers.Layer):
     super().__init__(**kwargs)
     self.num_heads = num_heads
     self.head_dim = dim // num_heads
-    self.scale = self.head_dim ** -0.5
+    self.scale = self.head_dim**-0.5
     self.qkv = tf.keras.layers.Dense(3 * dim, name="qkv")
     self.proj = tf.keras.layers.Dense(dim, name="proj")
 
   def call(self, x, num_tokens: int):
-    """x [B*N, D] (N = num_tokens) -> [B*N, D]."""
-    qkv = tf.reshape(self.qkv(x), [-1, num_tokens, 3, self.num_heads,
-                                   self.head_dim])
+    """X [B*N, D] (N = num_tokens) -> [B*N, D]."""
+    qkv = tf.reshape(self.qkv(x), [-1, num_tokens, 3, self.num_heads, self.head_dim])
     # unstack, not qkv[i]: the gradient of each strided slice would write a
     # full-size zero tensor (a third of the step time); unstack's is one stack.
     q, k, v = tf.unstack(tf.transpose(qkv, [2, 0, 3, 1, 4]))  # [B, H, N, Dh]
     attn = tf.matmul(q * self.scale, k, transpose_b=True)  # [B, H, N, N]
     attn = tf.nn.softmax(attn, axis=-1)
-    out = tf.transpose(tf.matmul(attn, v), [0, 2, 1, 3])   # [B, N, H, Dh]
+    out = tf.transpose(tf.matmul(attn, v), [0, 2, 1, 3])  # [B, N, H, Dh]
     return self.proj(tf.reshape(out, [-1, x.shape[-1]]))
 
 
@@ -158,14 +159,13 @@ class Block(tf.keras.layers.Layer):
     self.norm1 = LayerNorm(name="norm1")
     self.attn = Attention(dim, num_heads, name="attn")
     self.norm2 = LayerNorm(name="norm2")
-    self.fc1 = tf.keras.layers.Dense(int(dim * mlp_ratio), activation=tf.nn.gelu,
-                                     name="fc1")
+    self.fc1 = tf.keras.layers.Dense(int(dim * mlp_ratio), activation=tf.nn.gelu, name="fc1")
     self.fc2 = tf.keras.layers.Dense(dim, name="fc2")
 
   def call(self, x):
     """[B, N, D] -> [B, N, D]."""
     n = x.shape[1]
-    h = tf.reshape(x, [-1, self.dim])                   # [B*N, D]
+    h = tf.reshape(x, [-1, self.dim])  # [B*N, D]
     h = h + self.attn(self.norm1(h), n)
     h = h + self.fc2(self.fc1(self.norm2(h)))
     return tf.reshape(h, [-1, n, self.dim])
@@ -197,17 +197,21 @@ class Encoder(tf.keras.layers.Layer):
     if cfg.cls_token:
       # Created here, not in build: forward_masked does not go through __call__.
       self.cls_token = self.add_weight(
-          name="cls_token", shape=[1, 1, cfg.embed_dim],
-          initializer=tf.keras.initializers.RandomNormal(stddev=0.02))
-    self.blocks = [Block(cfg.embed_dim, cfg.num_heads, cfg.mlp_ratio,
-                         name=f"block_{i}") for i in range(cfg.depth)]
+          name="cls_token",
+          shape=[1, 1, cfg.embed_dim],
+          initializer=tf.keras.initializers.RandomNormal(stddev=0.02),
+      )
+    self.blocks = [
+        Block(cfg.embed_dim, cfg.num_heads, cfg.mlp_ratio, name=f"block_{i}")
+        for i in range(cfg.depth)
+    ]
     self.norm = LayerNorm(name="norm")
 
-  def _embed(self, imgs):                              # -> [B, L, D]
+  def _embed(self, imgs):  # -> [B, L, D]
     x = self.patch_embed(patchify(imgs, self.cfg.patch_size))
     return x + tf.cast(self.pos_embed, x.dtype)
 
-  def _prepend_cls(self, x):                           # [B, N, D] -> [B, T, D]
+  def _prepend_cls(self, x):  # [B, N, D] -> [B, T, D]
     if not self.cfg.cls_token:
       return x
     cls = tf.tile(tf.cast(self.cls_token, x.dtype), [tf.shape(x)[0], 1, 1])
@@ -218,8 +222,7 @@ class Encoder(tf.keras.layers.Layer):
     [B, T, D], or those of the last `last_blocks` blocks side by side
     [B, T, last_blocks * D] (earliest first)."""
     if not 1 <= last_blocks <= len(self.blocks):
-      raise ValueError(f"last_blocks must be in [1, {len(self.blocks)}], "
-                       f"got {last_blocks}")
+      raise ValueError(f"last_blocks must be in [1, {len(self.blocks)}], " f"got {last_blocks}")
     outputs = []
     for i, blk in enumerate(self.blocks):
       x = blk(x)
@@ -253,58 +256,57 @@ class Decoder(tf.keras.layers.Layer):
     super().__init__(**kwargs)
     self.cfg = cfg
     grid = cfg.image_size // cfg.patch_size
-    self.pos_embed = tf.constant(
-        sincos_pos_embed(cfg.decoder_embed_dim, grid)[None])
+    self.pos_embed = tf.constant(sincos_pos_embed(cfg.decoder_embed_dim, grid)[None])
     self.embed = tf.keras.layers.Dense(cfg.decoder_embed_dim, name="embed")
-    self.blocks = [Block(cfg.decoder_embed_dim, cfg.decoder_num_heads,
-                         cfg.mlp_ratio, name=f"block_{i}")
-                   for i in range(cfg.decoder_depth)]
+    self.blocks = [
+        Block(cfg.decoder_embed_dim, cfg.decoder_num_heads, cfg.mlp_ratio, name=f"block_{i}")
+        for i in range(cfg.decoder_depth)
+    ]
     self.norm = LayerNorm(name="norm")
-    self.pred = tf.keras.layers.Dense(cfg.patch_size ** 2 * 3, name="pred")
+    self.pred = tf.keras.layers.Dense(cfg.patch_size**2 * 3, name="pred")
 
   def build(self, input_shape):
     self.mask_token = self.add_weight(
-        name="mask_token", shape=[1, 1, self.cfg.decoder_embed_dim],
-        initializer=tf.keras.initializers.RandomNormal(stddev=0.02))
+        name="mask_token",
+        shape=[1, 1, self.cfg.decoder_embed_dim],
+        initializer=tf.keras.initializers.RandomNormal(stddev=0.02),
+    )
     super().build(input_shape)
 
   def call(self, latent, ids_restore):
-    """latent [B, T_keep, D], ids_restore [B, L] -> pred [B, L, P]."""
-    prefix = self.cfg.num_prefix_tokens                 # the [CLS] token, if any
-    x = self.embed(latent)                              # [B, T_keep, Dd]
+    """Latent [B, T_keep, D], ids_restore [B, L] -> pred [B, L, P]."""
+    prefix = self.cfg.num_prefix_tokens  # the [CLS] token, if any
+    x = self.embed(latent)  # [B, T_keep, Dd]
     if prefix:
       cls, x = tf.split(x, [prefix, x.shape[1] - prefix], axis=1)
     b, length = tf.shape(x)[0], ids_restore.shape[1]
-    mask_tokens = tf.tile(tf.cast(self.mask_token, x.dtype),
-                          [b, length - x.shape[1], 1])
-    x = tf.concat([x, mask_tokens], axis=1)             # [B, L, Dd] shuffled
-    x = tf.gather(x, ids_restore, batch_dims=1)         # unshuffle
+    mask_tokens = tf.tile(tf.cast(self.mask_token, x.dtype), [b, length - x.shape[1], 1])
+    x = tf.concat([x, mask_tokens], axis=1)  # [B, L, Dd] shuffled
+    x = tf.gather(x, ids_restore, batch_dims=1)  # unshuffle
     x = x + tf.cast(self.pos_embed, x.dtype)
     if prefix:
-      x = tf.concat([cls, x], axis=1)                   # [B, 1 + L, Dd]
+      x = tf.concat([cls, x], axis=1)  # [B, 1 + L, Dd]
     for blk in self.blocks:
       x = blk(x)
-    pred = self.pred(self.norm(x))                      # [B, T, P]
-    return pred[:, prefix:] if prefix else pred         # [B, L, P]
+    pred = self.pred(self.norm(x))  # [B, T, P]
+    return pred[:, prefix:] if prefix else pred  # [B, L, P]
 
 
-def masked_patch_loss(imgs, pred, mask, patch_size: int,
-                      norm_pix_loss: bool) -> tf.Tensor:
+def masked_patch_loss(imgs, pred, mask, patch_size: int, norm_pix_loss: bool) -> tf.Tensor:
   """Mean squared error over masked patches only (float32)."""
   target = patchify(tf.cast(imgs, tf.float32), patch_size)  # [B, L, P]
   if norm_pix_loss:
     mean, var = tf.nn.moments(target, axes=[-1], keepdims=True)
     target = (target - mean) / tf.sqrt(var + 1e-6)
-  per_patch = tf.reduce_mean(tf.square(tf.cast(pred, tf.float32) - target),
-                             axis=-1)                   # [B, L]
+  per_patch = tf.reduce_mean(tf.square(tf.cast(pred, tf.float32) - target), axis=-1)  # [B, L]
   return tf.reduce_sum(per_patch * mask) / tf.reduce_sum(mask)
 
 
 def uniformity_loss(latent: tf.Tensor, tau: float, prefix_tokens: int = 0) -> tf.Tensor:
   """U-MAE's regulariser: mean over the batch's pairs of (cos sim / tau)^2 of
   the pooled visible tokens (the [CLS] token when there is one). [B, T, D] -> ()."""
-  z = tf.math.l2_normalize(pool_tokens(latent, prefix_tokens), axis=-1)     # [B, D]
-  sim = tf.matmul(z, z, transpose_b=True) / tau                               # [B, B]
+  z = tf.math.l2_normalize(pool_tokens(latent, prefix_tokens), axis=-1)  # [B, D]
+  sim = tf.matmul(z, z, transpose_b=True) / tau  # [B, B]
   return tf.reduce_mean(tf.square(sim))
 
 
@@ -320,11 +322,12 @@ def contrastive_loss(z: tf.Tensor, tau: float) -> tf.Tensor:
   [2B, P] -> () float32."""
   z = tf.math.l2_normalize(tf.cast(z, tf.float32), axis=-1)
   n = tf.shape(z)[0]
-  logits = tf.matmul(z, z, transpose_b=True) / tau                    # [2B, 2B]
-  logits -= 1e9 * tf.eye(n)                                           # not itself
+  logits = tf.matmul(z, z, transpose_b=True) / tau  # [2B, 2B]
+  logits -= 1e9 * tf.eye(n)  # not itself
   positives = (tf.range(n) + n // 2) % n
-  return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
-      labels=positives, logits=logits))
+  return tf.reduce_mean(
+      tf.nn.sparse_softmax_cross_entropy_with_logits(labels=positives, logits=logits)
+  )
 
 
 def momentum_contrastive_loss(q: tf.Tensor, k: tf.Tensor, tau: float) -> tf.Tensor:
@@ -339,9 +342,11 @@ def momentum_contrastive_loss(q: tf.Tensor, k: tf.Tensor, tau: float) -> tf.Tens
   labels = tf.range(tf.shape(q1)[0])
 
   def ce(queries, keys):
-    logits = tf.matmul(queries, keys, transpose_b=True) / tau        # [B, B]
-    return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
-        labels=labels, logits=logits))
+    logits = tf.matmul(queries, keys, transpose_b=True) / tau  # [B, B]
+    return tf.reduce_mean(
+        tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+    )
+
   return (ce(q1, k2) + ce(q2, k1)) / 2
 
 
@@ -361,7 +366,7 @@ class Projector(tf.keras.layers.Layer):
     self.fc1 = tf.keras.layers.Dense(hidden, activation=tf.nn.gelu, name="fc1")
     self.fc2 = tf.keras.layers.Dense(dim, name="fc2")
 
-  def call(self, x):                                  # [B, D] -> [B, P]
+  def call(self, x):  # [B, D] -> [B, P]
     return self.fc2(self.fc1(x))
 
 
@@ -380,45 +385,49 @@ class MaskedAutoencoder(tf.keras.Model):
     self.cfg = cfg
     self.encoder = Encoder(cfg, name="encoder")
     self.decoder = Decoder(cfg, name="decoder")
-    self.projector = (Projector(cfg.projector_hidden, cfg.projector_dim, name="projector")
-                      if cfg.contrastive_weight else None)
+    self.projector = (
+        Projector(cfg.projector_hidden, cfg.projector_dim, name="projector")
+        if cfg.contrastive_weight
+        else None
+    )
     # The momentum teacher: copies of the encoder and projector that only
     # `update_teacher` changes, and the student's predictor.
     self.teacher = self.teacher_projector = self.predictor = None
     if cfg.contrastive_weight and cfg.teacher_momentum:
       self.teacher = Encoder(cfg, name="teacher_encoder", trainable=False)
-      self.teacher_projector = Projector(cfg.projector_hidden, cfg.projector_dim,
-                                         name="teacher_projector", trainable=False)
+      self.teacher_projector = Projector(
+          cfg.projector_hidden, cfg.projector_dim, name="teacher_projector", trainable=False
+      )
       self.predictor = Projector(cfg.projector_hidden, cfg.projector_dim, name="predictor")
 
   def call(self, imgs, training=False, noise=None):
-    """imgs [B, H, W, C] (or two views of each image, [B, 2, H, W, C]),
+    """Imgs [B, H, W, C] (or two views of each image, [B, 2, H, W, C]),
     noise [B, L] (or [B, 2, L]) or None -> (loss, pred [B', L, P],
     mask [B', L]); B' = 2B for two views, which are reconstructed both, and
     tied by the contrastive term when the config has one."""
     views = imgs.shape.rank == 5
     if views:
-      imgs = merge_views(imgs)                          # [2B, H, W, C]
+      imgs = merge_views(imgs)  # [2B, H, W, C]
       noise = merge_views(noise) if noise is not None else None
     contrast = views and self.projector is not None
     blocks = self.cfg.contrastive_blocks if contrast else 1
     latent_blocks, mask, ids_restore = self.encoder.forward_masked(
-        imgs, self.cfg.mask_ratio, noise, blocks)       # [B', T_keep, blocks * D]
-    latent = latent_blocks[..., -self.cfg.embed_dim:]   # the last block's tokens
+        imgs, self.cfg.mask_ratio, noise, blocks
+    )  # [B', T_keep, blocks * D]
+    latent = latent_blocks[..., -self.cfg.embed_dim :]  # the last block's tokens
     pred = self.decoder(latent, ids_restore)
-    loss = masked_patch_loss(imgs, pred, mask, self.cfg.patch_size,
-                             self.cfg.norm_pix_loss)
+    loss = masked_patch_loss(imgs, pred, mask, self.cfg.patch_size, self.cfg.norm_pix_loss)
     prefix = self.cfg.num_prefix_tokens
     if self.cfg.uniformity_weight:
-      loss += self.cfg.uniformity_weight * uniformity_loss(
-          latent, self.cfg.uniformity_tau, prefix)
+      loss += self.cfg.uniformity_weight * uniformity_loss(latent, self.cfg.uniformity_tau, prefix)
     if contrast:
-      z = self.projector(pool_tokens(latent_blocks, prefix))          # [2B, P]
+      z = self.projector(pool_tokens(latent_blocks, prefix))  # [2B, P]
       if self.teacher is None:
         loss += self.cfg.contrastive_weight * contrastive_loss(z, self.cfg.contrastive_tau)
       else:
         loss += self.cfg.contrastive_weight * momentum_contrastive_loss(
-            self.predictor(z), self.teacher_keys(imgs, noise), self.cfg.contrastive_tau)
+            self.predictor(z), self.teacher_keys(imgs, noise), self.cfg.contrastive_tau
+        )
     return loss, pred, mask
 
   def teacher_keys(self, imgs, noise=None) -> tf.Tensor:
@@ -428,7 +437,8 @@ class MaskedAutoencoder(tf.keras.Model):
     ratio, blocks = self.cfg.teacher_mask_ratio, self.cfg.contrastive_blocks
     if ratio:
       latent, _, _ = self.teacher.forward_masked(
-          imgs, ratio, None if noise is None else 1.0 - noise, blocks)
+          imgs, ratio, None if noise is None else 1.0 - noise, blocks
+      )
     else:
       latent = self.teacher(imgs, last_blocks=blocks)
     keys = self.teacher_projector(pool_tokens(latent, self.cfg.num_prefix_tokens))
@@ -436,11 +446,15 @@ class MaskedAutoencoder(tf.keras.Model):
 
   def teacher_pairs(self):
     """(teacher variable, student variable) pairs, in the same order."""
-    return list(zip(self.teacher.weights + self.teacher_projector.weights,
-                    self.encoder.weights + self.projector.weights))
+    return list(
+        zip(
+            self.teacher.weights + self.teacher_projector.weights,
+            self.encoder.weights + self.projector.weights,
+        )
+    )
 
   def update_teacher(self, momentum) -> None:
-    """teacher = momentum * teacher + (1 - momentum) * student."""
+    """Teacher = momentum * teacher + (1 - momentum) * student."""
     for teacher, student in self.teacher_pairs():
       teacher.assign(momentum * teacher + (1.0 - momentum) * tf.cast(student, teacher.dtype))
 
@@ -454,5 +468,5 @@ class MaskedAutoencoder(tf.keras.Model):
     views = [2] if self.projector is not None else []
     self(tf.zeros([batch, *views, c.image_size, c.image_size, 3]))
     if self.teacher is not None:
-      self.update_teacher(0.0)                          # the teacher starts as the student
+      self.update_teacher(0.0)  # the teacher starts as the student
     return self

@@ -8,19 +8,19 @@ import os
 import re
 from typing import Iterable, List, Optional
 
-PIPELINE_NAME = "mae-tfx"            # CIFAR-10's; other data sets: pipeline_name_for
+PIPELINE_NAME = "mae-tfx"  # CIFAR-10's; other data sets: pipeline_name_for
 PROJECT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCHEMA_PATH = os.path.join(PROJECT_DIR, "schemas", "schema.pbtxt")
 
 # ---- features (schema, preprocessing_fn, Trainers, signatures) -------------
 IMAGE_KEY = "image"
-LABEL_KEY = "label"             # class id: the position of the class name in CLASS_NAME_KEY's
-CLASS_NAME_KEY = "class_name"   # domain in the schema (the name <-> id mapping)
+LABEL_KEY = "label"  # class id: the position of the class name in CLASS_NAME_KEY's
+CLASS_NAME_KEY = "class_name"  # domain in the schema (the name <-> id mapping)
 # Splits of the Examples: the probe and the Evaluator use train and test; the
 # MAE also pretrains on the unlabeled split when there is one.
 TRAIN_SPLIT, TEST_SPLIT, UNLABELED_SPLIT = "train", "test", "unlabeled"
-CORPUS_SPLIT = "corpus"         # SearchCorpusGen's one split: images searched, not trained on
-ID_KEY = "id"                   # an embedding record's image (components/search_index_gen.py)
+CORPUS_SPLIT = "corpus"  # SearchCorpusGen's one split: images searched, not trained on
+ID_KEY = "id"  # an embedding record's image (components/search_index_gen.py)
 # An image-folder example's file, relative to its root ("cat/x.png"; the
 # unlabeled folder's as "unlabeled/<relative path>"): its search id.
 IMAGE_PATH_KEY = "image_path"
@@ -35,8 +35,8 @@ IMAGE_STATISTICS_KEYS = (IMAGE_HEIGHT_KEY, IMAGE_WIDTH_KEY, *CHANNEL_MEAN_KEYS)
 IMAGE_SIZE_CONFIG_KEY = "image_size"
 
 # ---- the DAG's two Trainers (node ids in MLMD, log prefixes) ---------------
-MAE_TRAINER = "mae_pretrain"        # pretrains the MAE
-PROBE_TRAINER = "linear_probe"      # the linear probe (and k-NN) on its frozen encoder
+MAE_TRAINER = "mae_pretrain"  # pretrains the MAE
+PROBE_TRAINER = "linear_probe"  # the linear probe (and k-NN) on its frozen encoder
 # The headline k-NN classifier (the served k-NN votes, the gate's second
 # accuracy), also reported at every k of KNN_KS (as in InstDisc and lightly's
 # benchmarks).
@@ -44,33 +44,35 @@ KNN_K = 20
 KNN_KS = (20, 200)
 
 # ---- serving signatures of the pushed SavedModel ---------------------------
-SERVING_DEFAULT = "serving_default"       # image_bytes -> embedding
-SERVING_BFLOAT16 = "serving_bfloat16"     # the same, the encoder computing in bfloat16
-EMBED_EXAMPLES = "embed_examples"         # examples -> embedding
-CLASSIFY_EXAMPLES = "classify_examples"   # examples -> probabilities, knn_probabilities
-IMAGE_BYTES_INPUT = "image_bytes"         # "_bytes": TF Serving's REST API takes b64
+SERVING_DEFAULT = "serving_default"  # image_bytes -> embedding
+SERVING_BFLOAT16 = "serving_bfloat16"  # the same, the encoder computing in bfloat16
+EMBED_EXAMPLES = "embed_examples"  # examples -> embedding
+CLASSIFY_EXAMPLES = "classify_examples"  # examples -> probabilities, knn_probabilities
+IMAGE_BYTES_INPUT = "image_bytes"  # "_bytes": TF Serving's REST API takes b64
 EXAMPLES_INPUT = "examples"
 EMBEDDING_KEY = "embedding"
 PROBABILITIES_KEY = "probabilities"
-CLASS_NAME_OUTPUT = "class_name"          # classify_examples: the most probable class
+CLASS_NAME_OUTPUT = "class_name"  # classify_examples: the most probable class
 KNN_PROBABILITIES_KEY = "knn_probabilities"  # classify_examples: the k-NN votes
 # The pieces of the image-bytes signatures, saved beside them as functions
 # (not signatures: TF Serving ignores them) so a server can compile the
 # part after decoding (serving.model_store): {signature: embedding function}
 # and the decoding + Transform function they share.
-PREPARE_IMAGE_BYTES = "prepare_image_bytes"    # image_bytes -> Transform's images
-EMBED_IMAGES = {SERVING_DEFAULT: "embed_images",  # Transform's images -> embedding
-                SERVING_BFLOAT16: "embed_images_bfloat16"}
+PREPARE_IMAGE_BYTES = "prepare_image_bytes"  # image_bytes -> Transform's images
+EMBED_IMAGES = {
+    SERVING_DEFAULT: "embed_images",  # Transform's images -> embedding
+    SERVING_BFLOAT16: "embed_images_bfloat16",
+}
 # The two classifiers as the log, the report and the figures name them.
 CLASSIFIER_TITLES = {PROBABILITIES_KEY: "linear probe", KNN_PROBABILITIES_KEY: f"{KNN_K}-NN"}
 
 # ---- files the Trainers write ----------------------------------------------
-MAE_CONFIG_FILE = "config.json"               # the ModelConfig of a saved MAE
+MAE_CONFIG_FILE = "config.json"  # the ModelConfig of a saved MAE
 MAE_WEIGHTS_PREFIX = os.path.join("weights", "mae")
-MAE_TRAINING_FILE = "training.json"           # a saved MAE's data digest and warm start
-SUMMARY_FILE = "train_summary.json"           # each Trainer's, in its ModelRun dir
+MAE_TRAINING_FILE = "training.json"  # a saved MAE's data digest and warm start
+SUMMARY_FILE = "train_summary.json"  # each Trainer's, in its ModelRun dir
 RECONSTRUCTIONS_FILE = "reconstructions.png"
-CLASS_NAMES_FILE = "class_names.txt"          # one name a line, line i = id i (an asset)
+CLASS_NAMES_FILE = "class_names.txt"  # one name a line, line i = id i (an asset)
 # A pushed version's nearest-neighbour index over its corpus
 # (models/search_index.py): beside the SavedModel, where TF Serving ignores it.
 SEARCH_INDEX_DIR = os.path.join("assets.extra", "search_index")
@@ -80,21 +82,21 @@ EMBEDDINGS_TYPE = "mae_tfx.Embeddings"
 SEARCH_INDEX_TYPE = "mae_tfx.SearchIndex"
 
 # ---- an Examples artifact: its split folders, files and MLMD properties -----
-SPLIT_PREFIX = "Split-"                       # <artifact>/Split-<name>/ (TFX's layout)
-BAD_IMAGES_FILE = "bad_images.txt"            # skipped files (--skip-bad-images)
-BAD_IMAGES_PROPERTY = "bad_images"            # how many were skipped
-CLASS_NAMES_PROPERTY = "class_names"          # JSON list, id order
-SPAN_PROPERTY = "span"                        # TFX's: the span ExampleGen ingested
+SPLIT_PREFIX = "Split-"  # <artifact>/Split-<name>/ (TFX's layout)
+BAD_IMAGES_FILE = "bad_images.txt"  # skipped files (--skip-bad-images)
+BAD_IMAGES_PROPERTY = "bad_images"  # how many were skipped
+CLASS_NAMES_PROPERTY = "class_names"  # JSON list, id order
+SPAN_PROPERTY = "span"  # TFX's: the span ExampleGen ingested
 # A data source laid out in spans (TFX's {SPAN} convention): <root>/span-<N>/
 # holds what arrives at once, in any layout a source without spans has.
 SPAN_FOLDER_PREFIX = "span-"
-SPAN_FOLDER_PATTERN = SPAN_FOLDER_PREFIX + "{SPAN}"   # ExampleGen's input pattern
+SPAN_FOLDER_PATTERN = SPAN_FOLDER_PREFIX + "{SPAN}"  # ExampleGen's input pattern
 
 # ---- where a local run reads and writes -------------------------------------
-OUTPUT_ENV = "MAE_TFX_OUTPUT"        # default output folder: <project>/outputs
-CIFAR10_ENV = "MAE_TFX_CIFAR10"      # a local CIFAR-10 copy (folder or archive)
+OUTPUT_ENV = "MAE_TFX_OUTPUT"  # default output folder: <project>/outputs
+CIFAR10_ENV = "MAE_TFX_CIFAR10"  # a local CIFAR-10 copy (folder or archive)
 PROFILE_ENV = "MAE_TFX_PROFILE"
-RUN_ID_ENV = "MAE_TFX_RUN_ID"        # the run the notebooks show (default: the newest)
+RUN_ID_ENV = "MAE_TFX_RUN_ID"  # the run the notebooks show (default: the newest)
 # Where tests and benchmarks extract a CIFAR-10 archive (a run uses <output>/cache).
 DATA_CACHE_DIR = os.path.join(PROJECT_DIR, ".cache", "data")
 
@@ -118,8 +120,7 @@ def metadata_path(output_dir: Optional[str] = None) -> str:
   return os.path.join(output_dir or default_output_dir(), "metadata.sqlite")
 
 
-def serving_model_dir(output_dir: Optional[str] = None,
-                      pipeline_name: str = PIPELINE_NAME) -> str:
+def serving_model_dir(output_dir: Optional[str] = None, pipeline_name: str = PIPELINE_NAME) -> str:
   """The Pusher's base directory: one numeric sub-directory per pushed version."""
   return os.path.join(output_dir or default_output_dir(), "serving_model", pipeline_name)
 
@@ -138,8 +139,7 @@ def split_dir(artifact_uri: str, split: str) -> str:
 
 def split_names(entries: Iterable[str]) -> List[str]:
   """The splits among an artifact folder's entries (its Split-<name> folders)."""
-  return sorted(e.rstrip("/")[len(SPLIT_PREFIX):] for e in entries
-                if e.startswith(SPLIT_PREFIX))
+  return sorted(e.rstrip("/")[len(SPLIT_PREFIX) :] for e in entries if e.startswith(SPLIT_PREFIX))
 
 
 def split_files(examples_uri: str, split: str) -> List[str]:

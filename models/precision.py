@@ -23,8 +23,7 @@ def cpu_has_native_bfloat16(cpuinfo: str = "/proc/cpuinfo") -> bool:
   return False
 
 
-def resolve_precision(precision: str, strategy: str,
-                      cpuinfo: str = "/proc/cpuinfo") -> str:
+def resolve_precision(precision: str, strategy: str, cpuinfo: str = "/proc/cpuinfo") -> str:
   """The Keras policy for runtime.precision: explicit names as they are;
   "auto" is mixed_bfloat16 on TPU, mixed_float16 on GPU (bf16 needs Ampere or
   newer, fp16 runs on every CUDA GPU), and on CPU mixed_bfloat16 only with
@@ -42,8 +41,9 @@ def with_resolved_precision(cfg: config_lib.RunConfig) -> config_lib.RunConfig:
   """`cfg` with runtime.precision "auto" replaced by the policy it resolves to
   here, so logs, summaries and checkpoint keys name what actually ran."""
   rt = cfg.runtime
-  return dataclasses.replace(cfg, runtime=dataclasses.replace(
-      rt, precision=resolve_precision(rt.precision, rt.strategy)))
+  return dataclasses.replace(
+      cfg, runtime=dataclasses.replace(rt, precision=resolve_precision(rt.precision, rt.strategy))
+  )
 
 
 @contextlib.contextmanager

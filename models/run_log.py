@@ -27,8 +27,8 @@ import sys
 import time
 from typing import List, Optional, Sequence
 
-VERBOSE_ENV = "MAE_TFX_VERBOSE"     # 1: show every line, INFO logs included
-_FILTERED_ENV = "MAE_TFX_LOG_FILTERED"   # the filtered pipe (`_stderr_identity`)
+VERBOSE_ENV = "MAE_TFX_VERBOSE"  # 1: show every line, INFO logs included
+_FILTERED_ENV = "MAE_TFX_LOG_FILTERED"  # the filtered pipe (`_stderr_identity`)
 
 
 # ---- the progress log ----------------------------------------------------------
@@ -67,77 +67,108 @@ def duration(seconds: float) -> str:
 # ---- what is filtered, and why ---------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class Harmless:
-  pattern: str       # a regular expression searched for in the line
-  why: str           # why the line says nothing about the run
-  follow: int = 0    # lines after it that belong to the same message
+  pattern: str  # a regular expression searched for in the line
+  why: str  # why the line says nothing about the run
+  follow: int = 0  # lines after it that belong to the same message
 
 
 HARMLESS: Sequence[Harmless] = (
-    Harmless(r"Unable to register cu(FFT|DNN|BLAS) factory: Attempting to register "
-             r"factory for plugin cu\w+ when one has already been registered",
-             "TensorFlow 2.16's wheel registers its CUDA plugins from two of its own "
-             "libraries and refuses the second registration; nothing uses CUDA here"),
-    Harmless(r"TF-TRT Warning: Could not find TensorRT",
-             "TensorRT is an optional NVIDIA inference library TensorFlow looks for at "
-             "import; the project never uses TF-TRT"),
-    Harmless(r"All log messages before absl::InitializeLog\(\) is called are written to "
-             r"STDERR",
-             "absl's C++ logging announcing where it writes, before the lines below"),
-    Harmless(r"^I\d{4} [\d:.]+ +\d+ \S+:\d+\] ",
-             "INFO lines of XLA's C++ runtime (service started, cluster compiled): they "
-             "log through absl, which TF_CPP_MIN_LOG_LEVEL does not reach, so the level "
-             "is applied here"),
-    Harmless(r"op_level_cost_estimator\.cc:\d+\] Error in PredictCost\(\) for the op: "
-             r"op: \"CropAndResize\"",
-             "Grappler's cost model has no estimate for CropAndResize (the random "
-             "resized crop of the augmentation); it only orders the graph's ops"),
-    Harmless(r"oneDNN supports DT_\w+ only on platforms with AVX-512\. Falling back to "
-             r"the default Eigen-based implementation",
-             "an int32 or float16 op (the k-NN bank is float16) runs in Eigen instead of "
-             "oneDNN: the same result, whatever the CPU"),
-    Harmless(r"Local rendezvous is aborting with status: OUT_OF_RANGE: End of sequence",
-             "tf.data's end of a finite dataset (every epoch and evaluation pass ends "
-             "so); TensorFlow 2.16 logs it as a warning"),
-    Harmless(r"ArtifactQuery\.property_predicate is not supported\.|"
-             r"ContextQuery\.property_predicate is not supported\.",
-             "TFX 1.16's input resolver tests the predicate field's truth rather than "
-             "its presence, so it warns for every input channel; no channel of this "
-             "pipeline sets a predicate (its compiled IR has none)"),
-    Harmless(r"AutoGraph could not transform <function create_autocast_variable at ",
-             "Keras 2's mixed-precision variable factory runs as plain Python, as it "
-             "should: it wraps variables when the model is built, no tensor op to convert",
-             follow=3),
-    Harmless(r"Analyzer \(.+\) node's cache key varies on repeated tracing",
-             "tf.Transform's analyzer cache: safe, as its own message says, when "
-             "analyzers run in a fixed order, as preprocessing_fn's mean then var do"),
-    Harmless(r"Not using the in-place Transform because the following features require "
-             r"analyzing",
-             "Transform analyses the image's channel mean and std on purpose, so it "
-             "makes a full pass rather than transforming in place"),
-    Harmless(r"`custom_executor_spec` is deprecated\. Please customize component "
-             r"directly\.",
-             "VersionedPusher replaces only the executor of TFX's Pusher, keeping its "
-             "spec and driver, which is what custom_executor_spec is for"),
-    Harmless(r"SavedModel saved prior to TF 2\.5 detected when loading Keras model",
-             "TFMA first tries to load the model as Keras; it is saved with "
-             "tf.saved_model.save on purpose and TFMA then uses its signatures"),
-    Harmless(r"tf_record_iterator \(from tensorflow\.python\.lib\.io\.tf_record\) is "
-             r"deprecated and will be removed",
-             "TFMA's own use of a deprecated TensorFlow reader for its results",
-             follow=3),
-    Harmless(r"Resource module is not available for current platform, memory usage cannot "
-             r"be fetched",
-             "Beam 2.74's RunInference imports its optional model manager beside the "
-             "`resource` module and blames `resource` when the manager is missing; only "
-             "its memory metric is skipped"),
-    Harmless(r"load \(from tensorflow\.python\.saved_model\.loader_impl\) is deprecated "
-             r"and will be removed",
-             "tfx-bsl's RunInference loads the SavedModel through TensorFlow 1's loader",
-             follow=2),
-    Harmless(r"FutureWarning: You are using a non-supported Python version \(3\.10\.",
-             "google-api-core's notice about Python 3.10, which TFX 1.16 (the newest "
-             "TFX that installs here) requires",
-             follow=1),
+    Harmless(
+        r"Unable to register cu(FFT|DNN|BLAS) factory: Attempting to register "
+        r"factory for plugin cu\w+ when one has already been registered",
+        "TensorFlow 2.16's wheel registers its CUDA plugins from two of its own "
+        "libraries and refuses the second registration; nothing uses CUDA here",
+    ),
+    Harmless(
+        r"TF-TRT Warning: Could not find TensorRT",
+        "TensorRT is an optional NVIDIA inference library TensorFlow looks for at "
+        "import; the project never uses TF-TRT",
+    ),
+    Harmless(
+        r"All log messages before absl::InitializeLog\(\) is called are written to " r"STDERR",
+        "absl's C++ logging announcing where it writes, before the lines below",
+    ),
+    Harmless(
+        r"^I\d{4} [\d:.]+ +\d+ \S+:\d+\] ",
+        "INFO lines of XLA's C++ runtime (service started, cluster compiled): they "
+        "log through absl, which TF_CPP_MIN_LOG_LEVEL does not reach, so the level "
+        "is applied here",
+    ),
+    Harmless(
+        r"op_level_cost_estimator\.cc:\d+\] Error in PredictCost\(\) for the op: "
+        r"op: \"CropAndResize\"",
+        "Grappler's cost model has no estimate for CropAndResize (the random "
+        "resized crop of the augmentation); it only orders the graph's ops",
+    ),
+    Harmless(
+        r"oneDNN supports DT_\w+ only on platforms with AVX-512\. Falling back to "
+        r"the default Eigen-based implementation",
+        "an int32 or float16 op (the k-NN bank is float16) runs in Eigen instead of "
+        "oneDNN: the same result, whatever the CPU",
+    ),
+    Harmless(
+        r"Local rendezvous is aborting with status: OUT_OF_RANGE: End of sequence",
+        "tf.data's end of a finite dataset (every epoch and evaluation pass ends "
+        "so); TensorFlow 2.16 logs it as a warning",
+    ),
+    Harmless(
+        r"ArtifactQuery\.property_predicate is not supported\.|"
+        r"ContextQuery\.property_predicate is not supported\.",
+        "TFX 1.16's input resolver tests the predicate field's truth rather than "
+        "its presence, so it warns for every input channel; no channel of this "
+        "pipeline sets a predicate (its compiled IR has none)",
+    ),
+    Harmless(
+        r"AutoGraph could not transform <function create_autocast_variable at ",
+        "Keras 2's mixed-precision variable factory runs as plain Python, as it "
+        "should: it wraps variables when the model is built, no tensor op to convert",
+        follow=3,
+    ),
+    Harmless(
+        r"Analyzer \(.+\) node's cache key varies on repeated tracing",
+        "tf.Transform's analyzer cache: safe, as its own message says, when "
+        "analyzers run in a fixed order, as preprocessing_fn's mean then var do",
+    ),
+    Harmless(
+        r"Not using the in-place Transform because the following features require " r"analyzing",
+        "Transform analyses the image's channel mean and std on purpose, so it "
+        "makes a full pass rather than transforming in place",
+    ),
+    Harmless(
+        r"`custom_executor_spec` is deprecated\. Please customize component " r"directly\.",
+        "VersionedPusher replaces only the executor of TFX's Pusher, keeping its "
+        "spec and driver, which is what custom_executor_spec is for",
+    ),
+    Harmless(
+        r"SavedModel saved prior to TF 2\.5 detected when loading Keras model",
+        "TFMA first tries to load the model as Keras; it is saved with "
+        "tf.saved_model.save on purpose and TFMA then uses its signatures",
+    ),
+    Harmless(
+        r"tf_record_iterator \(from tensorflow\.python\.lib\.io\.tf_record\) is "
+        r"deprecated and will be removed",
+        "TFMA's own use of a deprecated TensorFlow reader for its results",
+        follow=3,
+    ),
+    Harmless(
+        r"Resource module is not available for current platform, memory usage cannot "
+        r"be fetched",
+        "Beam 2.74's RunInference imports its optional model manager beside the "
+        "`resource` module and blames `resource` when the manager is missing; only "
+        "its memory metric is skipped",
+    ),
+    Harmless(
+        r"load \(from tensorflow\.python\.saved_model\.loader_impl\) is deprecated "
+        r"and will be removed",
+        "tfx-bsl's RunInference loads the SavedModel through TensorFlow 1's loader",
+        follow=2,
+    ),
+    Harmless(
+        r"FutureWarning: You are using a non-supported Python version \(3\.10\.",
+        "google-api-core's notice about Python 3.10, which TFX 1.16 (the newest "
+        "TFX that installs here) requires",
+        follow=1,
+    ),
 )
 
 
@@ -170,12 +201,15 @@ class LineFilter:
 def verbose_requested(argv: Optional[List[str]] = None) -> bool:
   """-v / --verbose among the arguments, or MAE_TFX_VERBOSE set (not 0)."""
   argv = sys.argv[1:] if argv is None else argv
-  return (any(a in ("-v", "--verbose") for a in argv)
-          or os.environ.get(VERBOSE_ENV, "0") not in ("", "0"))
+  return any(a in ("-v", "--verbose") for a in argv) or os.environ.get(VERBOSE_ENV, "0") not in (
+      "",
+      "0",
+  )
 
 
-def install(verbose: Optional[bool] = None, level: int = logging.WARNING,
-            fmt: str = logging.BASIC_FORMAT) -> bool:
+def install(
+    verbose: Optional[bool] = None, level: int = logging.WARNING, fmt: str = logging.BASIC_FORMAT
+) -> bool:
   """Call first thing in a command's `__main__`, before TensorFlow is
   imported (its start-up lines come at import). Python logs at `level` and
   above, as `fmt`. Quiet (the default): stderr, of this process and of the
@@ -184,7 +218,7 @@ def install(verbose: Optional[bool] = None, level: int = logging.WARNING,
   verbose = verbose_requested() if verbose is None else verbose
   logging.basicConfig(level=logging.INFO if verbose else level, format=fmt)
   if verbose:
-    os.environ[VERBOSE_ENV] = "1"                   # child processes too
+    os.environ[VERBOSE_ENV] = "1"  # child processes too
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
     logging.getLogger("absl").setLevel(logging.INFO)
     return True
@@ -210,9 +244,13 @@ def _start_filter() -> None:
   read_end, write_end = os.pipe()
   # -I: the script's folder (models/) is not put on sys.path, so none of
   # its modules can shadow a standard one.
-  filter_process = subprocess.Popen(   # pylint: disable=consider-using-with
-      [sys.executable, "-I", "-u", os.path.abspath(__file__)], stdin=read_end,
-      stdout=real_stderr, stderr=real_stderr, close_fds=True)
+  filter_process = subprocess.Popen(  # pylint: disable=consider-using-with
+      [sys.executable, "-I", "-u", os.path.abspath(__file__)],
+      stdin=read_end,
+      stdout=real_stderr,
+      stderr=real_stderr,
+      close_fds=True,
+  )
   os.close(read_end)
   os.dup2(write_end, 2)
   os.close(write_end)
@@ -223,7 +261,7 @@ def _start_filter() -> None:
       sys.stderr.flush()
     except (OSError, ValueError):
       pass
-    os.dup2(real_stderr, 2)          # this process's end of the pipe closes
+    os.dup2(real_stderr, 2)  # this process's end of the pipe closes
     try:
       filter_process.wait(timeout=10)
     except subprocess.TimeoutExpired:  # a child process still holds the pipe
@@ -234,11 +272,10 @@ def _start_filter() -> None:
 
 def _write_all(fd: int, data: bytes) -> None:
   while data:
-    data = data[os.write(fd, data):]
+    data = data[os.write(fd, data) :]
 
 
-def pump(source: int, sink: int, line_filter: LineFilter,
-         partial_after: float = 0.5) -> None:
+def pump(source: int, sink: int, line_filter: LineFilter, partial_after: float = 0.5) -> None:
   """Copies `source` to `sink` until end of file, line by line, leaving out
   the lines `line_filter` drops. A line still unfinished after
   `partial_after` seconds (a prompt) is passed on as it is, and so is a
@@ -254,8 +291,9 @@ def pump(source: int, sink: int, line_filter: LineFilter,
     if not chunk:
       break
     *lines, pending = (pending + chunk).split(b"\n")
-    kept = b"".join(line + b"\n" for line in lines
-                    if line_filter.keep(line.decode("utf-8", "replace")))
+    kept = b"".join(
+        line + b"\n" for line in lines if line_filter.keep(line.decode("utf-8", "replace"))
+    )
     if b"\r" in pending:
       cut = pending.rindex(b"\r") + 1
       kept, pending = kept + pending[:cut], pending[cut:]
@@ -273,19 +311,23 @@ def _filter_main() -> None:
   line_filter = LineFilter()
   try:
     pump(sys.stdin.fileno(), sys.stdout.fileno(), line_filter)
-  except BrokenPipeError:            # the reader went away (e.g. `| head`)
+  except BrokenPipeError:  # the reader went away (e.g. `| head`)
     while os.read(sys.stdin.fileno(), 1 << 16):
       pass
     return
   if line_filter.hidden:
-    _write_all(sys.stdout.fileno(), (
-        f"{time.strftime('%H:%M:%S')} ({line_filter.hidden} known-harmless "
-        f"third-party log lines hidden; -v or {VERBOSE_ENV}=1 shows them)\n").encode())
+    _write_all(
+        sys.stdout.fileno(),
+        (
+            f"{time.strftime('%H:%M:%S')} ({line_filter.hidden} known-harmless "
+            f"third-party log lines hidden; -v or {VERBOSE_ENV}=1 shows them)\n"
+        ).encode(),
+    )
 
 
 # ---- pytest ----------------------------------------------------------------------
 def filter_report_sections(sections: List) -> List:
-  """pytest's captured-output sections of a test report, filtered alike."""
+  """Pytest's captured-output sections of a test report, filtered alike."""
   if verbose_requested([]):
     return sections
   return [(title, LineFilter().filter_text(text)) for title, text in sections]

@@ -16,7 +16,8 @@ def require_keras2() -> None:
     raise RuntimeError(
         f"tf.keras is {tf.keras.__name__}, not tf_keras (Keras 2): set "
         "TF_USE_LEGACY_KERAS=1 before TensorFlow is first imported (importing "
-        "the `models`, `pipeline` or `components` package first does it)")
+        "the `models`, `pipeline` or `components` package first does it)"
+    )
 
 
 _multi_worker_strategy: Optional[tf.distribute.Strategy] = None
@@ -29,8 +30,7 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
     return tf.distribute.get_strategy()
   if name == "mirrored":
     # All local GPUs; without any, all logical CPU devices (one per replica).
-    devices = (tf.config.list_logical_devices("GPU")
-               or tf.config.list_logical_devices("CPU"))
+    devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
     return tf.distribute.MirroredStrategy([d.name for d in devices])
   if name == "multi_worker":
     # One per process: it joins the cluster (TF_CONFIG) once, at creation.
@@ -43,8 +43,10 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
     tf.config.experimental_connect_to_cluster(resolver)
     tf.tpu.experimental.initialize_tpu_system(resolver)
     return tf.distribute.TPUStrategy(resolver)
-  raise ValueError(f"Unknown distribution strategy {name!r}; expected one of "
-                   "default, mirrored, multi_worker, tpu")
+  raise ValueError(
+      f"Unknown distribution strategy {name!r}; expected one of "
+      "default, mirrored, multi_worker, tpu"
+  )
 
 
 def is_chief(strategy: tf.distribute.Strategy) -> bool:
@@ -58,9 +60,13 @@ def use_xla(strategy: tf.distribute.Strategy, jit_compile: bool) -> bool:
   """XLA for the train step, unless replicas are CPU devices: XLA:CPU cannot
   reach a variable mirrored on another logical CPU device (XLA known issue
   "tf.Variable on a different device")."""
-  if (jit_compile and strategy.num_replicas_in_sync > 1
-      and all("CPU" in d.upper() for d in strategy.extended.worker_devices)):
-    logging.warning("jit_compile ignored: %d replicas on CPU devices",
-                    strategy.num_replicas_in_sync)
+  if (
+      jit_compile
+      and strategy.num_replicas_in_sync > 1
+      and all("CPU" in d.upper() for d in strategy.extended.worker_devices)
+  ):
+    logging.warning(
+        "jit_compile ignored: %d replicas on CPU devices", strategy.num_replicas_in_sync
+    )
     return False
   return jit_compile

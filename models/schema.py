@@ -14,8 +14,15 @@ from typing import List
 
 from tensorflow_metadata.proto.v0 import schema_pb2
 
-from models.names import (CHANNEL_MEAN_KEYS, CLASS_NAME_KEY, IMAGE_HEIGHT_KEY, IMAGE_KEY,
-                          IMAGE_PATH_KEY, IMAGE_WIDTH_KEY, LABEL_KEY)
+from models.names import (
+    CHANNEL_MEAN_KEYS,
+    CLASS_NAME_KEY,
+    IMAGE_HEIGHT_KEY,
+    IMAGE_KEY,
+    IMAGE_PATH_KEY,
+    IMAGE_WIDTH_KEY,
+    LABEL_KEY,
+)
 
 TRAINING, SERVING = "TRAINING", "SERVING"
 # Drift between a span and the one before it (ExampleValidator's comparators,
@@ -69,8 +76,11 @@ def add_image_statistics(schema: schema_pb2.Schema) -> schema_pb2.Schema:
   """The features ExampleGen adds of each image's pixels (`ImageStatistics`),
   one value each, absent at serving, compared with the previous span's by
   Jensen-Shannon divergence; never parsed for training (no shape)."""
-  for key, kind in ((IMAGE_HEIGHT_KEY, schema_pb2.INT), (IMAGE_WIDTH_KEY, schema_pb2.INT),
-                    *((k, schema_pb2.FLOAT) for k in CHANNEL_MEAN_KEYS)):
+  for key, kind in (
+      (IMAGE_HEIGHT_KEY, schema_pb2.INT),
+      (IMAGE_WIDTH_KEY, schema_pb2.INT),
+      *((k, schema_pb2.FLOAT) for k in CHANNEL_MEAN_KEYS),
+  ):
     feature = schema.feature.add(name=key, type=kind)
     feature.value_count.min = feature.value_count.max = 1
     feature.not_in_environment.append(SERVING)
@@ -81,6 +91,7 @@ def add_image_statistics(schema: schema_pb2.Schema) -> schema_pb2.Schema:
 def read_schema(path: str) -> schema_pb2.Schema:
   from google.protobuf import text_format
   import tensorflow as tf
+
   with tf.io.gfile.GFile(path) as f:
     return text_format.Parse(f.read(), schema_pb2.Schema())
 
@@ -88,6 +99,7 @@ def read_schema(path: str) -> schema_pb2.Schema:
 def write_schema(schema: schema_pb2.Schema, path: str, header: str = "") -> None:
   from google.protobuf import text_format
   import tensorflow as tf
+
   comment = "".join(f"# {line}\n".replace("# \n", "#\n") for line in header.splitlines())
   with tf.io.gfile.GFile(path, "w") as f:
     f.write(comment + text_format.MessageToString(schema))
@@ -98,9 +110,11 @@ def class_names(schema: schema_pb2.Schema) -> List[str]:
   for feature in schema.feature:
     if feature.name == CLASS_NAME_KEY:
       domain = feature.string_domain
-      if not domain.value:   # a named domain defined at the schema's top level
+      if not domain.value:  # a named domain defined at the schema's top level
         domain = next((d for d in schema.string_domain if d.name == domain.name), domain)
       if domain.value:
         return list(domain.value)
-  raise ValueError(f"the schema has no '{CLASS_NAME_KEY}' feature with a string "
-                   "domain of class names (id order)")
+  raise ValueError(
+      f"the schema has no '{CLASS_NAME_KEY}' feature with a string "
+      "domain of class names (id order)"
+  )

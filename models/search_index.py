@@ -31,7 +31,7 @@ from models.config import SearchConfig
 
 EXACT, SCANN, FAISS_HNSW = "exact", "scann", "faiss_hnsw"
 MANIFEST, RECORDS = "index.json", "records.npz"
-_EXACT_CHUNK = 256                 # queries per matrix product in exact search
+_EXACT_CHUNK = 256  # queries per matrix product in exact search
 
 
 class BadIndex(ValueError):
@@ -50,8 +50,9 @@ def unit(vectors: np.ndarray) -> np.ndarray:
 @dataclasses.dataclass
 class Records:
   """What each indexed vector stands for, in row order."""
-  ids: np.ndarray                   # [N] str: a path under the data root, or split/index
-  class_names: np.ndarray           # [N] str, "" where unknown
+
+  ids: np.ndarray  # [N] str: a path under the data root, or split/index
+  class_names: np.ndarray  # [N] str, "" where unknown
 
   def __post_init__(self):
     self.ids = np.asarray(self.ids).astype(str)
@@ -63,6 +64,7 @@ class Records:
 # ---- the kinds ------------------------------------------------------------------
 class _Searcher:
   """[Q, D] unit queries -> (scores [Q, k] cosine, rows [Q, k]), best first."""
+
   kind = ""
 
   def search(self, queries: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
@@ -82,7 +84,7 @@ class _Exact(_Searcher):
     k = min(k, len(self.vectors))
     scores, rows = [], []
     for start in range(0, len(queries), _EXACT_CHUNK):
-      sims = queries[start:start + _EXACT_CHUNK] @ self.vectors.T        # [q, N]
+      sims = queries[start : start + _EXACT_CHUNK] @ self.vectors.T  # [q, N]
       top = np.argpartition(sims, len(self.vectors) - k, axis=1)[:, -k:]
       top_sims = np.take_along_axis(sims, top, axis=1)
       order = np.argsort(-top_sims, axis=1, kind="stable")
@@ -102,6 +104,7 @@ class _Scann(_Searcher):
   """A partition tree with anisotropic quantization, top candidates
   re-scored from a float32, bfloat16 or int8 copy of the vectors: the
   scores returned are the cosines to that copy."""
+
   kind = SCANN
   FOLDER = "scann"
 
@@ -110,22 +113,35 @@ class _Scann(_Searcher):
     self.leaves_to_search = leaves_to_search
 
   @classmethod
-  def build(cls, vectors: np.ndarray, num_leaves: int, reorder: int, k: int,
-            reorder_dtype: str = "float32"):
+  def build(
+      cls,
+      vectors: np.ndarray,
+      num_leaves: int,
+      reorder: int,
+      k: int,
+      reorder_dtype: str = "float32",
+  ):
     from scann.scann_ops.py import scann_ops_pybind
     from scann.scann_ops.py.scann_builder import ReorderType
+
     leaves = max(2, min(num_leaves, len(vectors) // 10))
-    searcher = (scann_ops_pybind.builder(vectors, k, "dot_product")
-                .tree(num_leaves=leaves, num_leaves_to_search=max(1, leaves // 10),
-                      training_sample_size=min(len(vectors), 250_000))
-                .score_ah(2, anisotropic_quantization_threshold=0.2)
-                .reorder(reorder, quantize=getattr(ReorderType, reorder_dtype.upper()))
-                .build())
+    searcher = (
+        scann_ops_pybind.builder(vectors, k, "dot_product")
+        .tree(
+            num_leaves=leaves,
+            num_leaves_to_search=max(1, leaves // 10),
+            training_sample_size=min(len(vectors), 250_000),
+        )
+        .score_ah(2, anisotropic_quantization_threshold=0.2)
+        .reorder(reorder, quantize=getattr(ReorderType, reorder_dtype.upper()))
+        .build()
+    )
     return cls(searcher, max(1, leaves // 10)), leaves
 
   def search(self, queries, k):
     rows, scores = self.searcher.search_batched(
-        queries, final_num_neighbors=k, leaves_to_search=self.leaves_to_search)
+        queries, final_num_neighbors=k, leaves_to_search=self.leaves_to_search
+    )
     return np.asarray(scores, np.float32), np.asarray(rows, np.int64)
 
   def save(self, folder):
@@ -138,23 +154,34 @@ class _Scann(_Searcher):
     with open(path) as f:
       text = f.read()
     with open(path, "w") as f:
-      f.write(re.sub(r'asset_path: "([^"]*)"',
-                     lambda m: f'asset_path: "{os.path.basename(m.group(1))}"', text))
+      f.write(
+          re.sub(
+              r'asset_path: "([^"]*)"',
+              lambda m: f'asset_path: "{os.path.basename(m.group(1))}"',
+              text,
+          )
+      )
 
   @classmethod
   def load(cls, folder, leaves_to_search: int):
     from scann.scann_ops.py import scann_ops_pybind
+
     source = os.path.abspath(os.path.join(folder, cls.FOLDER))
     with open(os.path.join(source, "scann_assets.pbtxt")) as f:
-      assets = re.sub(r'asset_path: "([^"]*)"',
-                      lambda m: f'asset_path: "{os.path.join(source, m.group(1))}"', f.read())
+      assets = re.sub(
+          r'asset_path: "([^"]*)"',
+          lambda m: f'asset_path: "{os.path.join(source, m.group(1))}"',
+          f.read(),
+      )
     searcher = scann_ops_pybind.ScannSearcher(
-        scann_ops_pybind.scann_pybind.ScannNumpy(source, assets))
+        scann_ops_pybind.scann_pybind.ScannNumpy(source, assets)
+    )
     return cls(searcher, leaves_to_search)
 
 
 class _FaissHnsw(_Searcher):
   """faiss's HNSW graph on inner product (= cosine on unit vectors)."""
+
   kind = FAISS_HNSW
   FILE = "faiss.index"
 
@@ -165,6 +192,7 @@ class _FaissHnsw(_Searcher):
   @classmethod
   def build(cls, vectors: np.ndarray, links: int = 32, ef_construction: int = 80):
     import faiss
+
     index = faiss.IndexHNSWFlat(vectors.shape[1], links, faiss.METRIC_INNER_PRODUCT)
     index.hnsw.efConstruction = ef_construction
     index.add(vectors)
@@ -177,11 +205,13 @@ class _FaissHnsw(_Searcher):
 
   def save(self, folder):
     import faiss
+
     faiss.write_index(self.index, os.path.join(folder, self.FILE))
 
   @classmethod
   def load(cls, folder, ef_search: int):
     import faiss
+
     return cls(faiss.read_index(os.path.join(folder, cls.FILE)), ef_search)
 
 
@@ -189,9 +219,10 @@ class _FaissHnsw(_Searcher):
 @dataclasses.dataclass
 class SearchIndex:
   """Records, the searcher over their vectors, and what was built and why."""
+
   searcher: _Searcher
   records: Records
-  info: Dict                        # index.json: kind, dim, count, params, reason, evaluation
+  info: Dict  # index.json: kind, dim, count, params, reason, evaluation
 
   @property
   def kind(self) -> str:
@@ -208,21 +239,30 @@ class SearchIndex:
       raise ValueError(f"k must be at least 1, got {k}")
     queries = unit(queries)
     if queries.shape[1] != self.info["dim"]:
-      raise ValueError(f"queries have {queries.shape[1]} dimensions, the index "
-                       f"{self.info['dim']}")
+      raise ValueError(
+          f"queries have {queries.shape[1]} dimensions, the index " f"{self.info['dim']}"
+      )
     scores, rows = self.searcher.search(queries, min(k, len(self)))
-    return np.minimum(scores, 1.0), rows           # float rounding may pass 1
+    return np.minimum(scores, 1.0), rows  # float rounding may pass 1
 
-  def search(self, queries: np.ndarray, k: int,
-             threshold: Optional[float] = None) -> List[List[Dict]]:
+  def search(
+      self, queries: np.ndarray, k: int, threshold: Optional[float] = None
+  ) -> List[List[Dict]]:
     """For each query: its k nearest records, best first, as {id,
     class_name, score}; with `threshold`, only those scoring at least it."""
     scores, rows = self.neighbours(queries, k)
-    return [[{"id": str(self.records.ids[row]),
-              "class_name": str(self.records.class_names[row]), "score": float(score)}
-             for score, row in zip(query_scores, query_rows)
-             if row >= 0 and (threshold is None or score >= threshold)]
-            for query_scores, query_rows in zip(scores, rows)]
+    return [
+        [
+            {
+                "id": str(self.records.ids[row]),
+                "class_name": str(self.records.class_names[row]),
+                "score": float(score),
+            }
+            for score, row in zip(query_scores, query_rows)
+            if row >= 0 and (threshold is None or score >= threshold)
+        ]
+        for query_scores, query_rows in zip(scores, rows)
+    ]
 
   def save(self, folder: str) -> None:
     """Writes the index to `folder` (which must not exist) through a
@@ -234,8 +274,9 @@ class SearchIndex:
     tmp = tempfile.mkdtemp(dir=parent, prefix=".index-")
     try:
       self.searcher.save(tmp)
-      np.savez(os.path.join(tmp, RECORDS), ids=self.records.ids,
-               class_names=self.records.class_names)
+      np.savez(
+          os.path.join(tmp, RECORDS), ids=self.records.ids, class_names=self.records.class_names
+      )
       with open(os.path.join(tmp, MANIFEST), "w") as f:
         json.dump(self.info, f, indent=2, sort_keys=True, default=float)
       os.rename(tmp, folder)
@@ -262,11 +303,13 @@ def load(folder: str) -> SearchIndex:
     else:
       raise ValueError(f"unknown kind {kind!r}")
   except Exception as e:  # pylint: disable=broad-except
-    raise BadIndex(f"{folder}: not a readable search index ({type(e).__name__}: "
-                   f"{str(e).strip()[:300]})") from e
+    raise BadIndex(
+        f"{folder}: not a readable search index ({type(e).__name__}: " f"{str(e).strip()[:300]})"
+    ) from e
   if len(records.ids) != info.get("count"):
-    raise BadIndex(f"{folder}: {len(records.ids)} records but index.json says "
-                   f"{info.get('count')}")
+    raise BadIndex(
+        f"{folder}: {len(records.ids)} records but index.json says " f"{info.get('count')}"
+    )
   return SearchIndex(searcher, records, info)
 
 
@@ -276,13 +319,23 @@ def exact_index(vectors: np.ndarray, records: Records, **info) -> SearchIndex:
   vectors = unit(vectors)
   if len(vectors) != len(records.ids):
     raise ValueError(f"{len(vectors)} vectors but {len(records.ids)} records")
-  return SearchIndex(_Exact(vectors), records, dict(
-      kind=EXACT, reason="an ad-hoc corpus: exact search", dim=int(vectors.shape[1]),
-      count=len(vectors), params={}, **info))
+  return SearchIndex(
+      _Exact(vectors),
+      records,
+      dict(
+          kind=EXACT,
+          reason="an ad-hoc corpus: exact search",
+          dim=int(vectors.shape[1]),
+          count=len(vectors),
+          params={},
+          **info,
+      ),
+  )
 
 
-def exact_neighbours(vectors: np.ndarray, queries: np.ndarray,
-                     k: int) -> Tuple[np.ndarray, np.ndarray]:
+def exact_neighbours(
+    vectors: np.ndarray, queries: np.ndarray, k: int
+) -> Tuple[np.ndarray, np.ndarray]:
   """(scores, rows) of exact cosine search: the reference recall is against."""
   return _Exact(unit(vectors)).search(unit(queries), k)
 
@@ -290,12 +343,16 @@ def exact_neighbours(vectors: np.ndarray, queries: np.ndarray,
 def recall_at_k(found_rows: np.ndarray, true_rows: np.ndarray) -> float:
   """The share of the true k nearest that the search returned, averaged."""
   k = true_rows.shape[1]
-  return float(np.mean([len(set(f[:k]) & set(t)) / k
-                        for f, t in zip(found_rows, true_rows)]))
+  return float(np.mean([len(set(f[:k]) & set(t)) / k for f, t in zip(found_rows, true_rows)]))
 
 
-def measure(searcher: _Searcher, queries: np.ndarray, true_rows: np.ndarray,
-            k: int, single_queries: int = 200) -> Dict[str, float]:
+def measure(
+    searcher: _Searcher,
+    queries: np.ndarray,
+    true_rows: np.ndarray,
+    k: int,
+    single_queries: int = 200,
+) -> Dict[str, float]:
   """recall@k against `true_rows`, p50/p99 single-query latency (ms) and
   batch queries per second, of unit `queries`."""
   start = time.perf_counter()
@@ -306,14 +363,25 @@ def measure(searcher: _Searcher, queries: np.ndarray, true_rows: np.ndarray,
     start = time.perf_counter()
     searcher.search(query[None], k)
     latencies.append((time.perf_counter() - start) * 1e3)
-  return dict(recall_at_k=recall_at_k(rows, true_rows), k=k, queries=len(queries),
-              p50_ms=float(np.percentile(latencies, 50)),
-              p99_ms=float(np.percentile(latencies, 99)),
-              batch_qps=len(queries) / batch_seconds)
+  return dict(
+      recall_at_k=recall_at_k(rows, true_rows),
+      k=k,
+      queries=len(queries),
+      p50_ms=float(np.percentile(latencies, 50)),
+      p99_ms=float(np.percentile(latencies, 99)),
+      batch_qps=len(queries) / batch_seconds,
+  )
 
 
-def _tune(searcher: _Searcher, knob: str, values: List[int], queries: np.ndarray,
-          true_rows: np.ndarray, k: int, min_recall: float) -> None:
+def _tune(
+    searcher: _Searcher,
+    knob: str,
+    values: List[int],
+    queries: np.ndarray,
+    true_rows: np.ndarray,
+    k: int,
+    min_recall: float,
+) -> None:
   """Sets the searcher's `knob` to the first of `values` (cheapest first)
   whose recall@k on `queries` reaches `min_recall`, else to the last."""
   for value in values:
@@ -328,18 +396,23 @@ def choose_kind(count: int, cfg: SearchConfig) -> Tuple[str, str]:
   if cfg.kind != "auto":
     return cfg.kind, f"search.kind is {cfg.kind}"
   if count < cfg.exact_below:
-    return EXACT, (f"{count} vectors < search.exact_below {cfg.exact_below}: exact "
-                   "search is fast enough and has recall 1")
-  return SCANN, (f"{count} vectors >= search.exact_below {cfg.exact_below}: ScaNN, "
-                 "the fewest partitions searched that reach search.min_recall")
+    return EXACT, (
+        f"{count} vectors < search.exact_below {cfg.exact_below}: exact "
+        "search is fast enough and has recall 1"
+    )
+  return SCANN, (
+      f"{count} vectors >= search.exact_below {cfg.exact_below}: ScaNN, "
+      "the fewest partitions searched that reach search.min_recall"
+  )
 
 
-def build(vectors: np.ndarray, records: Records, cfg: SearchConfig,
-          queries: np.ndarray, **info) -> SearchIndex:
+def build(
+    vectors: np.ndarray, records: Records, cfg: SearchConfig, queries: np.ndarray, **info
+) -> SearchIndex:
   """The index `cfg` asks for over `vectors` (rows of `records`), tuned and
   scored on held-out `queries` against exact search: its info holds the
   kind, why, the parameters and the evaluation (recall@k, latency, QPS)."""
-  vectors, queries = unit(vectors), unit(queries)[:cfg.eval_queries]
+  vectors, queries = unit(vectors), unit(queries)[: cfg.eval_queries]
   if len(vectors) != len(records.ids):
     raise ValueError(f"{len(vectors)} vectors but {len(records.ids)} records")
   if not len(vectors):
@@ -355,15 +428,24 @@ def build(vectors: np.ndarray, records: Records, cfg: SearchConfig,
     target = cfg.num_leaves or int(round(math.sqrt(len(vectors))))
     searcher, leaves = _Scann.build(vectors, target, cfg.reorder, k, cfg.reorder_dtype)
     # The fewest partitions per query that reach the recall asked for.
-    _tune(searcher, "leaves_to_search",
-          [max(1, int(round(leaves * share))) for share in (0.02, 0.05, 0.1, 0.2, 0.4, 1.0)],
-          queries, true_rows, k, cfg.min_recall)
-    params = dict(num_leaves=leaves, reorder=cfg.reorder, reorder_dtype=cfg.reorder_dtype,
-                  leaves_to_search=searcher.leaves_to_search)
+    _tune(
+        searcher,
+        "leaves_to_search",
+        [max(1, int(round(leaves * share))) for share in (0.02, 0.05, 0.1, 0.2, 0.4, 1.0)],
+        queries,
+        true_rows,
+        k,
+        cfg.min_recall,
+    )
+    params = dict(
+        num_leaves=leaves,
+        reorder=cfg.reorder,
+        reorder_dtype=cfg.reorder_dtype,
+        leaves_to_search=searcher.leaves_to_search,
+    )
   elif kind == FAISS_HNSW:
     searcher = _FaissHnsw.build(vectors)
-    _tune(searcher, "ef_search", [32, 64, 128, 256, 512], queries, true_rows, k,
-          cfg.min_recall)
+    _tune(searcher, "ef_search", [32, 64, 128, 256, 512], queries, true_rows, k, cfg.min_recall)
     params = dict(links=32, ef_construction=80, ef_search=searcher.ef_search)
   else:
     raise ValueError(f"Unknown index kind {kind!r}")
@@ -372,16 +454,28 @@ def build(vectors: np.ndarray, records: Records, cfg: SearchConfig,
   evaluation["build_seconds"] = build_seconds
   evaluation["blessed"] = evaluation["recall_at_k"] >= cfg.min_recall
   evaluation["min_recall"] = cfg.min_recall
-  return SearchIndex(searcher, records, dict(
-      kind=kind, reason=reason, dim=int(vectors.shape[1]), count=len(vectors),
-      params=params, evaluation=evaluation, **info))
+  return SearchIndex(
+      searcher,
+      records,
+      dict(
+          kind=kind,
+          reason=reason,
+          dim=int(vectors.shape[1]),
+          count=len(vectors),
+          params=params,
+          evaluation=evaluation,
+          **info,
+      ),
+  )
 
 
 def describe(index: SearchIndex) -> str:
   """One line: what was built, why, and how it scored."""
   e = index.info["evaluation"]
-  return (f"{index.kind} index of {index.info['count']} x {index.info['dim']} "
-          f"({index.info['reason']}): recall@{e['k']} {e['recall_at_k']:.4f} on "
-          f"{e['queries']} held-out queries (min {e['min_recall']}), p50 "
-          f"{e['p50_ms']:.2f} ms, p99 {e['p99_ms']:.2f} ms, {e['batch_qps']:.0f} queries/s "
-          f"in a batch, built in {e['build_seconds']:.1f} s")
+  return (
+      f"{index.kind} index of {index.info['count']} x {index.info['dim']} "
+      f"({index.info['reason']}): recall@{e['k']} {e['recall_at_k']:.4f} on "
+      f"{e['queries']} held-out queries (min {e['min_recall']}), p50 "
+      f"{e['p50_ms']:.2f} ms, p99 {e['p99_ms']:.2f} ms, {e['batch_qps']:.0f} queries/s "
+      f"in a batch, built in {e['build_seconds']:.1f} s"
+  )

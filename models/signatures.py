@@ -36,35 +36,53 @@ import tensorflow as tf
 import tensorflow_transform as tft
 
 from models.linear_probe import ProbeClassifier
-from models.names import (CLASS_NAME_OUTPUT, CLASS_NAMES_FILE, CLASSIFY_EXAMPLES,
-                          EMBED_EXAMPLES, EMBEDDING_KEY, EXAMPLES_INPUT,
-                          EMBED_IMAGES, IMAGE_BYTES_INPUT, IMAGE_KEY,
-                          KNN_PROBABILITIES_KEY, PREPARE_IMAGE_BYTES, PROBABILITIES_KEY,
-                          SERVING_BFLOAT16, SERVING_DEFAULT)
+from models.names import (
+    CLASS_NAME_OUTPUT,
+    CLASS_NAMES_FILE,
+    CLASSIFY_EXAMPLES,
+    EMBED_EXAMPLES,
+    EMBEDDING_KEY,
+    EXAMPLES_INPUT,
+    EMBED_IMAGES,
+    IMAGE_BYTES_INPUT,
+    IMAGE_KEY,
+    KNN_PROBABILITIES_KEY,
+    PREPARE_IMAGE_BYTES,
+    PROBABILITIES_KEY,
+    SERVING_BFLOAT16,
+    SERVING_DEFAULT,
+)
 
 
-def serving_feature_spec(tf_transform_output: tft.TFTransformOutput
-                         ) -> Dict[str, tf.io.FixedLenFeature]:
+def serving_feature_spec(
+    tf_transform_output: tft.TFTransformOutput,
+) -> Dict[str, tf.io.FixedLenFeature]:
   """The raw feature spec of the image alone: what a serving Example carries
   (no label, no class name)."""
   return {IMAGE_KEY: tf_transform_output.raw_feature_spec()[IMAGE_KEY]}
 
 
 def class_names_table(class_names: List[str], directory: str) -> tf.lookup.StaticHashTable:
-  """id -> class name, from a text file (one name a line) that saving the
+  """Id -> class name, from a text file (one name a line) that saving the
   SavedModel copies into its assets."""
   path = os.path.join(directory, CLASS_NAMES_FILE)
   with open(path, "w", encoding="utf-8") as f:
     f.write("".join(f"{name}\n" for name in class_names))
   return tf.lookup.StaticHashTable(
-      tf.lookup.TextFileInitializer(path, tf.int64, tf.lookup.TextFileIndex.LINE_NUMBER,
-                                    tf.string, tf.lookup.TextFileIndex.WHOLE_LINE),
-      default_value="")
+      tf.lookup.TextFileInitializer(
+          path,
+          tf.int64,
+          tf.lookup.TextFileIndex.LINE_NUMBER,
+          tf.string,
+          tf.lookup.TextFileIndex.WHOLE_LINE,
+      ),
+      default_value="",
+  )
 
 
-def build_signatures(classifier: ProbeClassifier,
-                     tf_transform_output: tft.TFTransformOutput,
-                     asset_dir: str) -> Dict[str, tf.types.experimental.ConcreteFunction]:
+def build_signatures(
+    classifier: ProbeClassifier, tf_transform_output: tft.TFTransformOutput, asset_dir: str
+) -> Dict[str, tf.types.experimental.ConcreteFunction]:
   """Returns {name: concrete function}; tracks the Transform layer and the
   class-name table (its file written to `asset_dir`) on `classifier`."""
   classifier.tft_layer = tf_transform_output.transform_features_layer()
@@ -80,16 +98,20 @@ def build_signatures(classifier: ProbeClassifier,
 
   bytes_spec = tf.TensorSpec([None], tf.string, name=IMAGE_BYTES_INPUT)
   images_spec = tf.TensorSpec(
-      [None, *tf_transform_output.transformed_feature_spec()[IMAGE_KEY].shape], tf.float32,
-      name="images")
+      [None, *tf_transform_output.transformed_feature_spec()[IMAGE_KEY].shape],
+      tf.float32,
+      name="images",
+  )
 
   @tf.function(input_signature=[bytes_spec])
   def prepare_image_bytes(image_bytes):
     return images_from_bytes(image_bytes)
 
   def embed_images(precision):
-    return tf.function(lambda images: {EMBEDDING_KEY: classifier.embed(images, precision)},
-                       input_signature=[images_spec])
+    return tf.function(
+        lambda images: {EMBEDDING_KEY: classifier.embed(images, precision)},
+        input_signature=[images_spec],
+    )
 
   # The halves are saved as the classifier's functions; the signatures join them.
   setattr(classifier, PREPARE_IMAGE_BYTES, prepare_image_bytes)
@@ -98,8 +120,9 @@ def build_signatures(classifier: ProbeClassifier,
 
   def serve_image_bytes(signature):
     embed = getattr(classifier, EMBED_IMAGES[signature])
-    return tf.function(lambda image_bytes: embed(prepare_image_bytes(image_bytes)),
-                       input_signature=[bytes_spec])
+    return tf.function(
+        lambda image_bytes: embed(prepare_image_bytes(image_bytes)), input_signature=[bytes_spec]
+    )
 
   @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=EXAMPLES_INPUT)])
   def embed_examples(examples):
@@ -110,8 +133,10 @@ def build_signatures(classifier: ProbeClassifier,
     images = images_from_examples(examples)
     probabilities = classifier.probabilities(images)
     best = tf.argmax(probabilities, axis=-1, output_type=tf.int64)
-    outputs = {PROBABILITIES_KEY: probabilities,
-               CLASS_NAME_OUTPUT: classifier.class_names_table.lookup(best)}
+    outputs = {
+        PROBABILITIES_KEY: probabilities,
+        CLASS_NAME_OUTPUT: classifier.class_names_table.lookup(best),
+    }
     if classifier.knn_bank is not None:
       outputs[KNN_PROBABILITIES_KEY] = classifier.knn_probabilities(images)
     return outputs
@@ -124,9 +149,9 @@ def build_signatures(classifier: ProbeClassifier,
   }
 
 
-def export_saved_model(classifier: ProbeClassifier,
-                       tf_transform_output: tft.TFTransformOutput,
-                       export_dir: str) -> None:
+def export_saved_model(
+    classifier: ProbeClassifier, tf_transform_output: tft.TFTransformOutput, export_dir: str
+) -> None:
   """Writes one SavedModel with the signatures and the class names."""
   if classifier.encoder_bfloat16 is None:
     classifier.add_bfloat16_encoder()

@@ -10,19 +10,18 @@ from PIL import Image
 from models.mae import MaskedAutoencoder, patchify, unpatchify
 from models import files, runtime
 
-
 _GAP = 2
 
 
-def to_pixel_scale(normalised: np.ndarray, raw: np.ndarray
-                   ) -> Callable[[np.ndarray], np.ndarray]:
+def to_pixel_scale(normalised: np.ndarray, raw: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
   """Per-channel affine map from Transform's normalised space back to [0, 1].
 
   The Transform graph standardises each channel, raw = a * x + b; `a` and `b`
   are recovered exactly by least squares from images seen in both spaces.
   """
-  slope, offset = np.array([np.polyfit(normalised[..., c].ravel(),
-                                        raw[..., c].ravel(), 1) for c in range(3)]).T
+  slope, offset = np.array(
+      [np.polyfit(normalised[..., c].ravel(), raw[..., c].ravel(), 1) for c in range(3)]
+  ).T
   return lambda x: np.clip(x * slope + offset, 0.0, 1.0)
 
 
@@ -43,15 +42,16 @@ def reconstruct(model: MaskedAutoencoder, images: np.ndarray, seed: int = 0):
   if cfg.norm_pix_loss:
     mean, var = tf.nn.moments(target, axes=[-1], keepdims=True)
     pred = pred * tf.sqrt(var + 1e-6) + mean
-  m = mask[..., None]                                   # [B, L, 1], 1 = masked
+  m = mask[..., None]  # [B, L, 1], 1 = masked
   masked = unpatchify(target * (1 - m), cfg.patch_size).numpy()
   recon = unpatchify(target * (1 - m) + pred * m, cfg.patch_size).numpy()
   hidden = unpatchify(tf.broadcast_to(m, target.shape), cfg.patch_size).numpy() > 0
   return masked, recon, hidden
 
 
-def reconstruction_grid(model: MaskedAutoencoder, images: np.ndarray,
-                        raw_images: np.ndarray, scale: int = 3) -> np.ndarray:
+def reconstruction_grid(
+    model: MaskedAutoencoder, images: np.ndarray, raw_images: np.ndarray, scale: int = 3
+) -> np.ndarray:
   """uint8 [rows, cols, 3] grid: originals, masked inputs (grey), reconstructions."""
   to_pixels = to_pixel_scale(images, raw_images)
   masked, recon, hidden = reconstruct(model, images)
@@ -62,7 +62,7 @@ def reconstruction_grid(model: MaskedAutoencoder, images: np.ndarray,
   for r, row in enumerate(rows):
     for i in range(n):
       y, x = r * (s + _GAP), i * (s + _GAP)
-      grid[y:y + s, x:x + s] = row[i]
+      grid[y : y + s, x : x + s] = row[i]
   grid = (grid * 255).round().astype(np.uint8)
   return np.kron(grid, np.ones((scale, scale, 1), np.uint8))
 

@@ -15,8 +15,11 @@ from models import run_log
 from pipeline import report, runs
 
 # What a node's end line adds: its decision, from its MLMD execution row.
-OUTCOMES = {"Evaluator": report.gate_verdict, "SearchIndexer": report.index_outcome,
-            "Pusher": report.push_outcome}
+OUTCOMES = {
+    "Evaluator": report.gate_verdict,
+    "SearchIndexer": report.index_outcome,
+    "Pusher": report.push_outcome,
+}
 
 
 class LoggedNode(beam_dag_runner.PipelineNodeAsDoFn):
@@ -29,8 +32,7 @@ class LoggedNode(beam_dag_runner.PipelineNodeAsDoFn):
     try:
       super().process(element, *signals)
     except BaseException:
-      run_log.log.info("%s: FAILED after %s", node,
-                       run_log.duration(time.monotonic() - start))
+      run_log.log.info("%s: FAILED after %s", node, run_log.duration(time.monotonic() - start))
       raise
     seconds = time.monotonic() - start
     row = self._execution_row()
@@ -48,8 +50,7 @@ class LoggedNode(beam_dag_runner.PipelineNodeAsDoFn):
     run_id = self._pipeline_runtime_spec.pipeline_run_id.field_value.string_value
     if not metadata_path or not run_id:
       return None
-    return runs.last_run_nodes(metadata_path, self._pipeline_info.id, run_id).get(
-        self._node_id)
+    return runs.last_run_nodes(metadata_path, self._pipeline_info.id, run_id).get(self._node_id)
 
 
 class LoggedBeamDagRunner(beam_dag_runner.BeamDagRunner):

@@ -19,9 +19,11 @@ from pipeline import data_source
 
 def _env(name: str, default: str, cast=str):
   """A field read from $MAE_TFX_<name> when the config is created."""
+
   def read():
     value = os.environ.get(f"MAE_TFX_{name}", default)
     return value in ("1", "true", "True") if cast is bool else cast(value)
+
   return dataclasses.field(default_factory=read)
 
 
@@ -30,10 +32,11 @@ class VertexConfig:
   """Where and on what the pipeline runs on Google Cloud. Every field has a
   MAE_TFX_<FIELD> environment variable (e.g. MAE_TFX_PROJECT); the Vertex
   runner's flags override them."""
+
   project: str = _env("PROJECT", "")
   region: str = _env("REGION", "us-central1")
-  bucket: str = _env("BUCKET", "")                 # gs://<bucket>, holds data and artifacts
-  image: str = _env("IMAGE", "")                   # this project's container (Dockerfile)
+  bucket: str = _env("BUCKET", "")  # gs://<bucket>, holds data and artifacts
+  image: str = _env("IMAGE", "")  # this project's container (Dockerfile)
   service_account: str = _env("SERVICE_ACCOUNT", "")
   # Trainers as Vertex AI custom jobs (False: inside the pipeline's own container).
   vertex_training: bool = _env("VERTEX_TRAINING", "1", bool)
@@ -49,35 +52,44 @@ class VertexConfig:
   dataflow_max_workers: int = _env("DATAFLOW_MAX_WORKERS", "8", int)
   # Pusher: a Vertex AI endpoint serving with a prebuilt TF container.
   endpoint_name: str = _env("ENDPOINT_NAME", "mae-tfx-embeddings")
-  serving_image: str = _env("SERVING_IMAGE",
-                            "us-docker.pkg.dev/vertex-ai/prediction/tf2-cpu.2-15:latest")
+  serving_image: str = _env(
+      "SERVING_IMAGE", "us-docker.pkg.dev/vertex-ai/prediction/tf2-cpu.2-15:latest"
+  )
   serving_machine_type: str = _env("SERVING_MACHINE_TYPE", "n1-standard-4")
 
   def validate(self) -> "VertexConfig":
     missing = [f for f in ("project", "bucket", "image") if not getattr(self, f)]
     if missing:
-      raise ValueError(f"Vertex AI config needs {missing} (flags --{missing[0]} ... or "
-                       f"MAE_TFX_{missing[0].upper()} ...)")
+      raise ValueError(
+          f"Vertex AI config needs {missing} (flags --{missing[0]} ... or "
+          f"MAE_TFX_{missing[0].upper()} ...)"
+      )
     if not self.bucket.startswith("gs://"):
       raise ValueError(f"bucket must be a gs:// URI, got {self.bucket!r}")
     if self.trainer_replicas < 1:
       raise ValueError(f"trainer_replicas must be at least 1, got {self.trainer_replicas}")
     if self.accelerator_count < 0 or (self.accelerator_type and self.accelerator_count < 1):
-      raise ValueError(f"accelerator_count {self.accelerator_count} does not fit "
-                       f"accelerator_type {self.accelerator_type!r}")
+      raise ValueError(
+          f"accelerator_count {self.accelerator_count} does not fit "
+          f"accelerator_type {self.accelerator_type!r}"
+      )
     return self
 
   def beam_pipeline_args(self, temp_location: str) -> Optional[List[str]]:
     """Dataflow's arguments; None (the profile's) when Dataflow is off."""
     if not self.dataflow:
       return None
-    return ["--runner=DataflowRunner", f"--project={self.project}",
-            f"--region={self.region}", f"--temp_location={temp_location}",
-            f"--machine_type={self.dataflow_machine_type}",
-            "--autoscaling_algorithm=THROUGHPUT_BASED",
-            f"--max_num_workers={self.dataflow_max_workers}",
-            f"--sdk_container_image={self.image}",
-            "--experiments=use_runner_v2"]
+    return [
+        "--runner=DataflowRunner",
+        f"--project={self.project}",
+        f"--region={self.region}",
+        f"--temp_location={temp_location}",
+        f"--machine_type={self.dataflow_machine_type}",
+        "--autoscaling_algorithm=THROUGHPUT_BASED",
+        f"--max_num_workers={self.dataflow_max_workers}",
+        f"--sdk_container_image={self.image}",
+        "--experiments=use_runner_v2",
+    ]
 
   def worker_pool_specs(self) -> List[Dict[str, Any]]:
     """Vertex Training worker pools running this project's image: the chief,
@@ -85,46 +97,65 @@ class VertexConfig:
     TF_CONFIG on each; runtime.strategy is then multi_worker)."""
     machine: Dict[str, Any] = {"machine_type": self.trainer_machine_type}
     if self.accelerator_type:
-      machine.update(accelerator_type=self.accelerator_type,
-                     accelerator_count=self.accelerator_count)
-    pools = [{"machine_spec": machine, "replica_count": 1,
-              "container_spec": {"image_uri": self.image}}]
+      machine.update(
+          accelerator_type=self.accelerator_type, accelerator_count=self.accelerator_count
+      )
+    pools = [
+        {"machine_spec": machine, "replica_count": 1, "container_spec": {"image_uri": self.image}}
+    ]
     if self.trainer_replicas > 1:
-      pools.append({"machine_spec": dict(machine), "replica_count": self.trainer_replicas - 1,
-                    "container_spec": {"image_uri": self.image}})
+      pools.append(
+          {
+              "machine_spec": dict(machine),
+              "replica_count": self.trainer_replicas - 1,
+              "container_spec": {"image_uri": self.image},
+          }
+      )
     return pools
 
   def trainer_custom_config(self) -> Dict[str, Any]:
     """custom_config entries of the Vertex AI Training Trainer."""
     from tfx.v1.extensions import google_cloud_ai_platform as gcp
+
     job_spec: Dict[str, Any] = {"worker_pool_specs": self.worker_pool_specs()}
     if self.service_account:
       job_spec["service_account"] = self.service_account
-    return {gcp.ENABLE_VERTEX_KEY: True, gcp.VERTEX_REGION_KEY: self.region,
-            gcp.TRAINING_ARGS_KEY: {"project": self.project, "job_spec": job_spec}}
+    return {
+        gcp.ENABLE_VERTEX_KEY: True,
+        gcp.VERTEX_REGION_KEY: self.region,
+        gcp.TRAINING_ARGS_KEY: {"project": self.project, "job_spec": job_spec},
+    }
 
   def pusher_custom_config(self) -> Dict[str, Any]:
     """custom_config of the Vertex AI endpoint Pusher."""
     from tfx.v1.extensions import google_cloud_ai_platform as gcp
-    return {gcp.ENABLE_VERTEX_KEY: True, gcp.VERTEX_REGION_KEY: self.region,
-            gcp.VERTEX_CONTAINER_IMAGE_URI_KEY: self.serving_image,
-            gcp.SERVING_ARGS_KEY: {
-                "project_id": self.project, "endpoint_name": self.endpoint_name,
-                "machine_type": self.serving_machine_type,
-                "min_replica_count": 1, "max_replica_count": 2}}
+
+    return {
+        gcp.ENABLE_VERTEX_KEY: True,
+        gcp.VERTEX_REGION_KEY: self.region,
+        gcp.VERTEX_CONTAINER_IMAGE_URI_KEY: self.serving_image,
+        gcp.SERVING_ARGS_KEY: {
+            "project_id": self.project,
+            "endpoint_name": self.endpoint_name,
+            "machine_type": self.serving_machine_type,
+            "min_replica_count": 1,
+            "max_replica_count": 2,
+        },
+    }
 
 
 @dataclasses.dataclass
 class SourceConfig:
   """What ExampleGen ingests (`pipeline.data_source` tells the formats apart)."""
-  format: str = "cifar10"                # cifar10 | image_folder | tfrecord
+
+  format: str = "cifar10"  # cifar10 | image_folder | tfrecord
   # A folder of images (any depth) pretraining also learns from, as the
   # `unlabeled` split; the probe and the Evaluator use the labeled splits.
   unlabeled_root: Optional[str] = None
-  test_fraction: float = 0.2             # a source without train/test folders
-  skip_bad_images: bool = False          # skip and list them, instead of stopping
-  image_feature: str = "image"           # tfrecord: the features holding the
-  label_feature: str = "label"           # image bytes and the int64 class id
+  test_fraction: float = 0.2  # a source without train/test folders
+  skip_bad_images: bool = False  # skip and list them, instead of stopping
+  image_feature: str = "image"  # tfrecord: the features holding the
+  label_feature: str = "label"  # image bytes and the int64 class id
   # A digest of the local input files: a changed file re-runs ExampleGen.
   fingerprint: str = ""
   # Images (a folder, any depth, or TFRecord files) the search index covers
@@ -143,58 +174,83 @@ class SourceConfig:
     if self.span is not None and not self.spans:
       raise ValueError(f"span {self.span} given for data not laid out in spans")
     if self.spans and self.format == data_source.CIFAR10:
-      raise ValueError("the CIFAR-10 archive is one span: spans take an image-folder "
-                       "or TFRecord source")
+      raise ValueError(
+          "the CIFAR-10 archive is one span: spans take an image-folder " "or TFRecord source"
+      )
     if self.unlabeled_root and self.format == data_source.CIFAR10:
-      raise ValueError("--unlabeled takes an image-folder or TFRecord source, not the "
-                       "CIFAR-10 archive (write CIFAR-10 out as class folders to add one)")
+      raise ValueError(
+          "--unlabeled takes an image-folder or TFRecord source, not the "
+          "CIFAR-10 archive (write CIFAR-10 out as class folders to add one)"
+      )
     if not 0.0 < self.test_fraction < 1.0:
       raise ValueError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
 
 
 def add_source_arguments(parser) -> None:
   """The runners' flags for SourceConfig's fields, and --schema."""
-  parser.add_argument("--unlabeled", default=None,
-                      help="a folder of images (any depth) for MAE pretraining only")
-  parser.add_argument("--skip-bad-images", action="store_true",
-                      help="skip unreadable image files and list them (default: stop, "
-                           "naming the file)")
-  parser.add_argument("--test-fraction", type=float, default=0.2,
-                      help="share of the test split when the data has no train/test folders")
-  parser.add_argument("--image-feature", default="image",
-                      help="TFRecord: the feature holding the encoded image")
-  parser.add_argument("--label-feature", default="label",
-                      help="TFRecord: the feature holding the int64 class id")
-  parser.add_argument("--search-corpus", default=None,
-                      help="images the search index covers instead of the train split: a "
-                           "folder of images (any depth) or of TFRecord files")
-  parser.add_argument("--span", type=int, default=None,
-                      help="data laid out in span-<N>/ folders: ingest span N (default: "
-                           "the newest)")
-  parser.add_argument("--schema", default=None,
-                      help="the dataset's schema (default: CIFAR-10's curated one, else "
-                           "schemas/<data folder>/schema.pbtxt)")
+  parser.add_argument(
+      "--unlabeled", default=None, help="a folder of images (any depth) for MAE pretraining only"
+  )
+  parser.add_argument(
+      "--skip-bad-images",
+      action="store_true",
+      help="skip unreadable image files and list them (default: stop, " "naming the file)",
+  )
+  parser.add_argument(
+      "--test-fraction",
+      type=float,
+      default=0.2,
+      help="share of the test split when the data has no train/test folders",
+  )
+  parser.add_argument(
+      "--image-feature", default="image", help="TFRecord: the feature holding the encoded image"
+  )
+  parser.add_argument(
+      "--label-feature", default="label", help="TFRecord: the feature holding the int64 class id"
+  )
+  parser.add_argument(
+      "--search-corpus",
+      default=None,
+      help="images the search index covers instead of the train split: a "
+      "folder of images (any depth) or of TFRecord files",
+  )
+  parser.add_argument(
+      "--span",
+      type=int,
+      default=None,
+      help="data laid out in span-<N>/ folders: ingest span N (default: " "the newest)",
+  )
+  parser.add_argument(
+      "--schema",
+      default=None,
+      help="the dataset's schema (default: CIFAR-10's curated one, else "
+      "schemas/<data folder>/schema.pbtxt)",
+  )
 
 
 def source_config(args, data_format: str, spans: bool = False) -> SourceConfig:
   """SourceConfig from the flags of `add_source_arguments`."""
-  return SourceConfig(format=data_format, unlabeled_root=args.unlabeled,
-                      search_corpus=args.search_corpus,
-                      test_fraction=args.test_fraction,
-                      skip_bad_images=args.skip_bad_images,
-                      image_feature=args.image_feature, label_feature=args.label_feature,
-                      spans=spans, span=args.span)
+  return SourceConfig(
+      format=data_format,
+      unlabeled_root=args.unlabeled,
+      search_corpus=args.search_corpus,
+      test_fraction=args.test_fraction,
+      skip_bad_images=args.skip_bad_images,
+      image_feature=args.image_feature,
+      label_feature=args.label_feature,
+      spans=spans,
+      span=args.span,
+  )
 
 
 @dataclasses.dataclass
 class PipelineConfig:
-  data_root: str            # cifar-10-batches-py/, a folder of images or of TFRecords
+  data_root: str  # cifar-10-batches-py/, a folder of images or of TFRecords
   source: SourceConfig = dataclasses.field(default_factory=SourceConfig)
   output_dir: str = dataclasses.field(default_factory=names.default_output_dir)
-  profile: str = dataclasses.field(
-      default_factory=lambda: os.environ.get(names.PROFILE_ENV, "cpu"))
+  profile: str = dataclasses.field(default_factory=lambda: os.environ.get(names.PROFILE_ENV, "cpu"))
   pipeline_name: str = names.PIPELINE_NAME
-  schema_path: str = names.SCHEMA_PATH   # CIFAR-10's; another data set's its own
+  schema_path: str = names.SCHEMA_PATH  # CIFAR-10's; another data set's its own
   enable_cache: bool = True
   # {section: {field: value}} over the profile, e.g. {"evaluation":
   # {"min_accuracy": 0.5}} or {"pretrain": {"epochs": 20}}.
@@ -233,5 +289,7 @@ class PipelineConfig:
     return list(self.run_config.beam.pipeline_args)
 
   def trainer_custom_config(self) -> Dict[str, Any]:
-    return {model_config.RUN_CONFIG_KEY: self.run_config.trainer_config(),
-            model_config.CHECKPOINT_ROOT_KEY: self.checkpoint_root}
+    return {
+        model_config.RUN_CONFIG_KEY: self.run_config.trainer_config(),
+        model_config.CHECKPOINT_ROOT_KEY: self.checkpoint_root,
+    }

@@ -53,8 +53,7 @@ def _digest(paths: List[str], algorithm: str) -> str:
 def check_batches_dir(path: str) -> str:
   missing = [f for f in REQUIRED_FILES if not os.path.isfile(os.path.join(path, f))]
   if missing:
-    raise DataSourceError(f"{path} is not a complete CIFAR-10 python folder: "
-                          f"missing {missing}")
+    raise DataSourceError(f"{path} is not a complete CIFAR-10 python folder: " f"missing {missing}")
   return path
 
 
@@ -99,21 +98,24 @@ def download_official(cache_dir: str) -> str:
   md5 = _digest([partial], "md5")
   if md5 != OFFICIAL_MD5:
     os.remove(partial)
-    raise DataSourceError(f"Downloaded {OFFICIAL_URL} has md5 {md5}, "
-                          f"expected {OFFICIAL_MD5}")
+    raise DataSourceError(f"Downloaded {OFFICIAL_URL} has md5 {md5}, " f"expected {OFFICIAL_MD5}")
   os.replace(partial, path)
   return path
 
 
 CIFAR10, IMAGE_FOLDER, TFRECORD = "cifar10", "image_folder", "tfrecord"
 FORMATS = (CIFAR10, IMAGE_FOLDER, TFRECORD)
+
+
 def _is_cifar10(source: str) -> bool:
   if os.path.isfile(source):
     return ".tar.gz" in os.path.basename(source)
   entries = os.listdir(source)
-  return (os.path.isfile(os.path.join(source, "data_batch_1"))
-          or os.path.isdir(os.path.join(source, BATCHES_DIR))
-          or any(".tar.gz" in f for f in entries))
+  return (
+      os.path.isfile(os.path.join(source, "data_batch_1"))
+      or os.path.isdir(os.path.join(source, BATCHES_DIR))
+      or any(".tar.gz" in f for f in entries)
+  )
 
 
 def detect_format(source: str) -> str:
@@ -122,8 +124,9 @@ def detect_format(source: str) -> str:
   if not os.path.exists(source):
     raise DataSourceError(f"data source {source} does not exist")
   from models import image_files
+
   spans = image_files.span_folders(source)
-  if spans:        # the newest span says what the source holds
+  if spans:  # the newest span says what the source holds
     newest = image_files.span_root(source, max(spans))
     data_format = detect_format(newest)
     if data_format == CIFAR10:
@@ -132,15 +135,21 @@ def detect_format(source: str) -> str:
   if _is_cifar10(source):
     return CIFAR10
   from models.examples import tfrecord_files
-  if os.path.isdir(source) and (tfrecord_files(source) or (
-      tfrecord_files(os.path.join(source, "train")) and
-      tfrecord_files(os.path.join(source, "test")))):
+
+  if os.path.isdir(source) and (
+      tfrecord_files(source)
+      or (
+          tfrecord_files(os.path.join(source, "train"))
+          and tfrecord_files(os.path.join(source, "test"))
+      )
+  ):
     return TFRECORD
   if os.path.isdir(source):
     return IMAGE_FOLDER
   raise DataSourceError(
       f"{source}: not a data source: expected the CIFAR-10 archive or folder, a "
-      "folder of TFRecord files, or a folder of class folders of images")
+      "folder of TFRecord files, or a folder of class folders of images"
+  )
 
 
 def span_of(source: str, span: Optional[int]) -> Optional[int]:
@@ -148,14 +157,17 @@ def span_of(source: str, span: Optional[int]) -> Optional[int]:
   newest; None when the source is not laid out in span-<N>/ folders (a
   given `span` is then an error, as is one the source does not have)."""
   from models import image_files
+
   spans = image_files.span_folders(source)
   if not spans:
     if span is not None:
-      raise DataSourceError(f"--span {span}: {source} is not laid out in spans "
-                            f"({names.SPAN_FOLDER_PREFIX}<N>/ folders)")
+      raise DataSourceError(
+          f"--span {span}: {source} is not laid out in spans "
+          f"({names.SPAN_FOLDER_PREFIX}<N>/ folders)"
+      )
     return None
   chosen = max(spans) if span is None else span
-  image_files.span_root(source, chosen)          # raises naming the spans there
+  image_files.span_root(source, chosen)  # raises naming the spans there
   return chosen
 
 
@@ -173,17 +185,16 @@ def resolve_cifar10(source: Optional[str], cache_dir: str) -> str:
     return check_batches_dir(source)
   if os.path.isdir(os.path.join(source, BATCHES_DIR)):
     return check_batches_dir(os.path.join(source, BATCHES_DIR))
-  parts = sorted(os.path.join(source, f) for f in os.listdir(source)
-                 if ".tar.gz.part-" in f)
+  parts = sorted(os.path.join(source, f) for f in os.listdir(source) if ".tar.gz.part-" in f)
   if parts:
     return _extract(parts, cache_dir)
-  archives = [os.path.join(source, f) for f in os.listdir(source)
-              if f.endswith(".tar.gz")]
+  archives = [os.path.join(source, f) for f in os.listdir(source) if f.endswith(".tar.gz")]
   if len(archives) == 1:
     return _extract(archives, cache_dir)
   raise DataSourceError(
       f"{source} holds no CIFAR-10 data: expected {BATCHES_DIR}/, its batch "
-      "files, a .tar.gz archive or its .tar.gz.part-* pieces")
+      "files, a .tar.gz archive or its .tar.gz.part-* pieces"
+  )
 
 
 def _tfrecord_label_ids(root: str, label_feature: str) -> List[int]:
@@ -191,24 +202,31 @@ def _tfrecord_label_ids(root: str, label_feature: str) -> List[int]:
   parses only the label)."""
   import tensorflow as tf
   from models.examples import tfrecord_files
-  files = [f for d in (root, os.path.join(root, "train"), os.path.join(root, "test"))
-           for f in tfrecord_files(d)]
+
+  files = [
+      f
+      for d in (root, os.path.join(root, "train"), os.path.join(root, "test"))
+      for f in tfrecord_files(d)
+  ]
   ids = set()
   for path in files:
     records = tf.data.TFRecordDataset(
-        path, compression_type="GZIP" if path.lower().endswith(".gz") else "")
+        path, compression_type="GZIP" if path.lower().endswith(".gz") else ""
+    )
     spec = {label_feature: tf.io.VarLenFeature(tf.int64)}
     for batch in records.batch(4096).map(lambda s: tf.io.parse_example(s, spec)):
       ids.update(int(v) for v in batch[label_feature].values.numpy())
   return sorted(ids)
 
 
-def class_names(source: str, data_format: str, test_fraction: float = 0.2,
-                label_feature: str = "label") -> List[str]:
+def class_names(
+    source: str, data_format: str, test_fraction: float = 0.2, label_feature: str = "label"
+) -> List[str]:
   """The class names (id order) of a local labeled source, as its ExampleGen
   will number them: the train split's class folders; for TFRecords the lines
   of class_names.txt, or the ids found (0 .. max) as names."""
   from models import image_files
+
   if data_format == IMAGE_FOLDER:
     return image_files.detect_layout(source, test_fraction).class_names
   if data_format == TFRECORD:
@@ -217,8 +235,9 @@ def class_names(source: str, data_format: str, test_fraction: float = 0.2,
       return found
     ids = _tfrecord_label_ids(source, label_feature)
     if not ids:
-      raise DataSourceError(f"{source}: no record has an int64 '{label_feature}' "
-                            "feature (set --label-feature)")
+      raise DataSourceError(
+          f"{source}: no record has an int64 '{label_feature}' " "feature (set --label-feature)"
+      )
     return [str(i) for i in range(max(ids) + 1)]
   raise ValueError(f"{data_format}: the curated CIFAR-10 schema names its classes")
 
@@ -230,18 +249,29 @@ def dataset_schema_path(source: str) -> str:
   return os.path.join(names.PROJECT_DIR, "schemas", name, "schema.pbtxt")
 
 
-def ensure_schema(source: str, data_format: str, schema_path: str, test_fraction: float,
-                  label_feature: str = "label") -> bool:
+def ensure_schema(
+    source: str,
+    data_format: str,
+    schema_path: str,
+    test_fraction: float,
+    label_feature: str = "label",
+) -> bool:
   """Writes the dataset's schema to `schema_path` unless one is there (a
   reviewed schema is never overwritten); returns whether it wrote one."""
   from models import schema
+
   if os.path.exists(schema_path):
     return False
   classes = class_names(source, data_format, test_fraction, label_feature)
   os.makedirs(os.path.dirname(schema_path), exist_ok=True)
-  schema.write_schema(schema.dataset_schema(classes), schema_path, header=(
-      f"Schema of {source}, generated from its data by mae-tfx ({len(classes)} classes).\n"
-      "Review it and check it in: ExampleValidator holds every run of this dataset\n"
-      "to it. The class_name domain lists the classes in id order (label i is the\n"
-      "i-th name); a class added to the data later is an anomaly until it is added here."))
+  schema.write_schema(
+      schema.dataset_schema(classes),
+      schema_path,
+      header=(
+          f"Schema of {source}, generated from its data by mae-tfx ({len(classes)} classes).\n"
+          "Review it and check it in: ExampleValidator holds every run of this dataset\n"
+          "to it. The class_name domain lists the classes in id order (label i is the\n"
+          "i-th name); a class added to the data later is an anomaly until it is added here."
+      ),
+  )
   return True

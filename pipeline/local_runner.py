@@ -48,8 +48,7 @@ from pipeline import configs, data_source, report, runs
 from pipeline.beam_runner import LoggedBeamDagRunner
 from pipeline.pipeline import create_pipeline
 
-
-LOCK_FILE = ".pipeline.lock"     # in the output folder: who is running there
+LOCK_FILE = ".pipeline.lock"  # in the output folder: who is running there
 _held_locks: Dict[str, TextIO] = {}
 
 
@@ -78,11 +77,14 @@ def output_lock(output_dir: str) -> Iterator[None]:
     raise RunInProgress(
         f"{os.path.dirname(path)} is in use by another pipeline run ({holder}); wait "
         f"for it to finish, or give this run another --output-dir "
-        f"(${names.OUTPUT_ENV})") from None
+        f"(${names.OUTPUT_ENV})"
+    ) from None
   f.seek(0)
   f.truncate()
-  f.write(f"pid {os.getpid()} on {socket.gethostname()}, started "
-          f"{time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(sys.argv)}\n")
+  f.write(
+      f"pid {os.getpid()} on {socket.gethostname()}, started "
+      f"{time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(sys.argv)}\n"
+  )
   f.flush()
   _held_locks[path] = f
   try:
@@ -90,66 +92,100 @@ def output_lock(output_dir: str) -> Iterator[None]:
   finally:
     del _held_locks[path]
     f.truncate(0)
-    f.close()          # releases the lock
+    f.close()  # releases the lock
 
 
 def run(config: configs.PipelineConfig) -> None:
   """Runs the DAG in this process, holding its output folder; raises if any
   component fails, or `RunInProgress` if another run holds the folder."""
-  metadata = tfx.orchestration.metadata.sqlite_metadata_connection_config(
-      config.metadata_path)
+  metadata = tfx.orchestration.metadata.sqlite_metadata_connection_config(config.metadata_path)
   with output_lock(config.output_dir):
     abandoned = runs.mark_abandoned_executions(config.metadata_path)
     if abandoned:
-      log.info("A killed run left %s unfinished: marked FAILED in MLMD; this run redoes "
-               "them (the MAE from its last epoch checkpoint)", ", ".join(abandoned))
+      log.info(
+          "A killed run left %s unfinished: marked FAILED in MLMD; this run redoes "
+          "them (the MAE from its last epoch checkpoint)",
+          ", ".join(abandoned),
+      )
     start = time.monotonic()
     LoggedBeamDagRunner().run(create_pipeline(config, metadata))
-    log.info("Pipeline %s finished in %s", config.pipeline_name,
-             run_log.duration(time.monotonic() - start))
-    states = {n: r["state"] for n, r in
-              runs.last_run_nodes(config.metadata_path, config.pipeline_name).items()}
-    if all(states.get(n) == "CACHED" for n in (names.MAE_TRAINER, names.PROBE_TRAINER,
-                                               "Evaluator", "Pusher")):
-      log.info("Nothing new: the data and settings of an earlier run, whose outputs came "
-               "from the cache; nothing was trained, embedded or pushed")
+    log.info(
+        "Pipeline %s finished in %s",
+        config.pipeline_name,
+        run_log.duration(time.monotonic() - start),
+    )
+    states = {
+        n: r["state"]
+        for n, r in runs.last_run_nodes(config.metadata_path, config.pipeline_name).items()
+    }
+    if all(
+        states.get(n) == "CACHED"
+        for n in (names.MAE_TRAINER, names.PROBE_TRAINER, "Evaluator", "Pusher")
+    ):
+      log.info(
+          "Nothing new: the data and settings of an earlier run, whose outputs came "
+          "from the cache; nothing was trained, embedded or pushed"
+      )
 
 
 def parse_args(argv):
-  p = argparse.ArgumentParser(description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = argparse.ArgumentParser(
+      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   p.add_argument("--profile", default=os.environ.get(names.PROFILE_ENV, "cpu"))
-  p.add_argument("--data", default=os.environ.get(names.CIFAR10_ENV),
-                 help="CIFAR-10 (extracted folder, .tar.gz, or folder of .tar.gz.part-* "
-                      "pieces; default: download), a folder <root>/<class>/<image> or "
-                      "<root>/train|test/<class>/<image>, or a folder of TFRecord files")
+  p.add_argument(
+      "--data",
+      default=os.environ.get(names.CIFAR10_ENV),
+      help="CIFAR-10 (extracted folder, .tar.gz, or folder of .tar.gz.part-* "
+      "pieces; default: download), a folder <root>/<class>/<image> or "
+      "<root>/train|test/<class>/<image>, or a folder of TFRecord files",
+  )
   configs.add_source_arguments(p)
   p.add_argument("--output-dir", default=names.default_output_dir())
-  p.add_argument("--overrides", default="{}",
-                 help='JSON {section: {field: value}} over the profile, e.g. '
-                      '\'{"pretrain": {"epochs": 20}}\'')
-  p.add_argument("--min-accuracy", type=float, default=None,
-                 help="Evaluator floor on test accuracy (default: the profile's "
-                      "evaluation.min_accuracy)")
-  p.add_argument("--max-accuracy-drop", type=float, default=None,
-                 help="largest allowed drop against the model blessed before "
-                      "(default: the profile's evaluation.max_accuracy_drop)")
+  p.add_argument(
+      "--overrides",
+      default="{}",
+      help="JSON {section: {field: value}} over the profile, e.g. "
+      '\'{"pretrain": {"epochs": 20}}\'',
+  )
+  p.add_argument(
+      "--min-accuracy",
+      type=float,
+      default=None,
+      help="Evaluator floor on test accuracy (default: the profile's " "evaluation.min_accuracy)",
+  )
+  p.add_argument(
+      "--max-accuracy-drop",
+      type=float,
+      default=None,
+      help="largest allowed drop against the model blessed before "
+      "(default: the profile's evaluation.max_accuracy_drop)",
+  )
   p.add_argument("--no-cache", action="store_true")
-  p.add_argument("-v", "--verbose", action="store_true",
-                 help="show every log line, third-party notices and INFO logs included "
-                      "(also MAE_TFX_VERBOSE=1)")
+  p.add_argument(
+      "-v",
+      "--verbose",
+      action="store_true",
+      help="show every log line, third-party notices and INFO logs included "
+      "(also MAE_TFX_VERBOSE=1)",
+  )
   return p.parse_args(argv)
 
 
 def overrides_from_args(args) -> dict:
   """--overrides with the gate flags folded in; a bad profile is refused."""
   overrides = json.loads(args.overrides)
-  gate = {k: v for k, v in (("min_accuracy", args.min_accuracy),
-                            ("max_accuracy_drop", args.max_accuracy_drop))
-          if v is not None}
+  gate = {
+      k: v
+      for k, v in (
+          ("min_accuracy", args.min_accuracy),
+          ("max_accuracy_drop", args.max_accuracy_drop),
+      )
+      if v is not None
+  }
   if gate:
     overrides.setdefault("evaluation", {}).update(gate)
-  model_config.get_profile(args.profile, overrides)   # refuse a bad one at once
+  model_config.get_profile(args.profile, overrides)  # refuse a bad one at once
   return overrides
 
 
@@ -157,15 +193,26 @@ def main(argv=None) -> configs.PipelineConfig:
   args = parse_args(sys.argv[1:] if argv is None else argv)
   overrides = overrides_from_args(args)
   try:
-    with output_lock(args.output_dir):    # before anything is written there
+    with output_lock(args.output_dir):  # before anything is written there
       config = pipeline_config(args, overrides)
-      log.info("Pipeline %s: profile %s, data %s (%s%s%s), schema %s, output %s",
-               config.pipeline_name, config.profile, config.data_root,
-               config.source.format,
-               "" if config.source.span is None else f", span {config.source.span}", "".join(
-                   f", {name} {folder}" for name, folder in (
-                       ("unlabeled", args.unlabeled), ("search corpus", args.search_corpus))
-                   if folder), config.schema_path, config.output_dir)
+      log.info(
+          "Pipeline %s: profile %s, data %s (%s%s%s), schema %s, output %s",
+          config.pipeline_name,
+          config.profile,
+          config.data_root,
+          config.source.format,
+          "" if config.source.span is None else f", span {config.source.span}",
+          "".join(
+              f", {name} {folder}"
+              for name, folder in (
+                  ("unlabeled", args.unlabeled),
+                  ("search corpus", args.search_corpus),
+              )
+              if folder
+          ),
+          config.schema_path,
+          config.output_dir,
+      )
       run(config)
   except RunInProgress as e:
     raise SystemExit(f"mae-tfx: {e}") from None
@@ -204,18 +251,30 @@ def pipeline_config(args, overrides) -> configs.PipelineConfig:
     # What this run ingests: the source, or the span's folder.
     ingested = data_root if args.span is None else image_files.span_root(data_root, args.span)
     schema_path = os.path.abspath(args.schema or data_source.dataset_schema_path(data_root))
-    if data_source.ensure_schema(ingested, data_format, schema_path, args.test_fraction,
-                                 args.label_feature):
-      log.info("Wrote the schema of %s to %s: review it and check it in; runs of this "
-               "dataset are held to it", ingested, schema_path)
-    source.fingerprint = (image_files.folder_fingerprint(ingested)
-                          + image_files.folder_fingerprint(args.unlabeled))
+    if data_source.ensure_schema(
+        ingested, data_format, schema_path, args.test_fraction, args.label_feature
+    ):
+      log.info(
+          "Wrote the schema of %s to %s: review it and check it in; runs of this "
+          "dataset are held to it",
+          ingested,
+          schema_path,
+      )
+    source.fingerprint = image_files.folder_fingerprint(ingested) + image_files.folder_fingerprint(
+        args.unlabeled
+    )
   return configs.PipelineConfig(
-      data_root=data_root, source=source, schema_path=schema_path,
+      data_root=data_root,
+      source=source,
+      schema_path=schema_path,
       pipeline_name=names.pipeline_name_for(
-          None if data_format == data_source.CIFAR10 else os.path.basename(data_root)),
+          None if data_format == data_source.CIFAR10 else os.path.basename(data_root)
+      ),
       output_dir=os.path.abspath(args.output_dir),
-      profile=args.profile, overrides=overrides, enable_cache=not args.no_cache)
+      profile=args.profile,
+      overrides=overrides,
+      enable_cache=not args.no_cache,
+  )
 
 
 if __name__ == "__main__":

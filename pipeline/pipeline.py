@@ -27,14 +27,24 @@ from components.image_folder_example_gen import ImageFolderExampleGen
 from components.search_corpus_gen import SearchCorpusGen
 from components.search_index_gen import CorpusEmbedder, SearchIndexer
 from components.tfrecord_example_gen import TFRecordImageExampleGen
-from components.model_resolvers import (BlessedModelStatisticsStrategy,
-                                        LatestBlessedBeforeStrategy,
-                                        LatestBlessedEarlierSpanStrategy, LatestSpansStrategy)
+from components.model_resolvers import (
+    BlessedModelStatisticsStrategy,
+    LatestBlessedBeforeStrategy,
+    LatestBlessedEarlierSpanStrategy,
+    LatestSpansStrategy,
+)
 from components.versioned_pusher import VersionedPusher
 from models import names
-from models.names import (CLASS_NAME_KEY, CLASSIFY_EXAMPLES, KNN_PROBABILITIES_KEY,
-                          LABEL_KEY, PROBABILITIES_KEY, TEST_SPLIT, TRAIN_SPLIT,
-                          UNLABELED_SPLIT)
+from models.names import (
+    CLASS_NAME_KEY,
+    CLASSIFY_EXAMPLES,
+    KNN_PROBABILITIES_KEY,
+    LABEL_KEY,
+    PROBABILITIES_KEY,
+    TEST_SPLIT,
+    TRAIN_SPLIT,
+    UNLABELED_SPLIT,
+)
 from pipeline import data_source
 from pipeline.configs import PipelineConfig
 
@@ -58,28 +68,45 @@ def eval_config(min_accuracy: float, max_drop: float) -> tfma.EvalConfig:
   k-NN accuracy is reported, not gated."""
   # TFMA names each scored output by its key in the signature's outputs.
   return tfma.EvalConfig(
-      model_specs=[tfma.ModelSpec(signature_name=CLASSIFY_EXAMPLES, label_keys={
-          PROBABILITIES_KEY: LABEL_KEY, KNN_PROBABILITIES_KEY: LABEL_KEY})],
+      model_specs=[
+          tfma.ModelSpec(
+              signature_name=CLASSIFY_EXAMPLES,
+              label_keys={PROBABILITIES_KEY: LABEL_KEY, KNN_PROBABILITIES_KEY: LABEL_KEY},
+          )
+      ],
       slicing_specs=[tfma.SlicingSpec(), tfma.SlicingSpec(feature_keys=[CLASS_NAME_KEY])],
       metrics_specs=[
-          tfma.MetricsSpec(output_names=[PROBABILITIES_KEY], metrics=[
-              tfma.MetricConfig(class_name="ExampleCount"),
-              # The gate applies to the overall slice; per-class accuracies
-              # are reported, not gated (a class of 10 test images is too noisy).
-              tfma.MetricConfig(
-                  class_name="SparseCategoricalAccuracy",
-                  per_slice_thresholds=[tfma.PerSliceMetricThreshold(
-                      slicing_specs=[tfma.SlicingSpec()],
-                      threshold=tfma.MetricThreshold(
-                          value_threshold=tfma.GenericValueThreshold(
-                              lower_bound={"value": min_accuracy}),
-                          change_threshold=tfma.GenericChangeThreshold(
-                              direction=tfma.MetricDirection.HIGHER_IS_BETTER,
-                              absolute={"value": -max_drop})))]),
-          ]),
-          tfma.MetricsSpec(output_names=[KNN_PROBABILITIES_KEY], metrics=[
-              tfma.MetricConfig(class_name="SparseCategoricalAccuracy")]),
-      ])
+          tfma.MetricsSpec(
+              output_names=[PROBABILITIES_KEY],
+              metrics=[
+                  tfma.MetricConfig(class_name="ExampleCount"),
+                  # The gate applies to the overall slice; per-class accuracies
+                  # are reported, not gated (a class of 10 test images is too noisy).
+                  tfma.MetricConfig(
+                      class_name="SparseCategoricalAccuracy",
+                      per_slice_thresholds=[
+                          tfma.PerSliceMetricThreshold(
+                              slicing_specs=[tfma.SlicingSpec()],
+                              threshold=tfma.MetricThreshold(
+                                  value_threshold=tfma.GenericValueThreshold(
+                                      lower_bound={"value": min_accuracy}
+                                  ),
+                                  change_threshold=tfma.GenericChangeThreshold(
+                                      direction=tfma.MetricDirection.HIGHER_IS_BETTER,
+                                      absolute={"value": -max_drop},
+                                  ),
+                              ),
+                          )
+                      ],
+                  ),
+              ],
+          ),
+          tfma.MetricsSpec(
+              output_names=[KNN_PROBABILITIES_KEY],
+              metrics=[tfma.MetricConfig(class_name="SparseCategoricalAccuracy")],
+          ),
+      ],
+  )
 
 
 def example_gen(config: PipelineConfig):
@@ -87,56 +114,66 @@ def example_gen(config: PipelineConfig):
   source = config.source
   if source.format == data_source.CIFAR10:
     return Cifar10ExampleGen(input_base=config.data_root)
-  common = dict(input_base=config.data_root, test_fraction=source.test_fraction,
-                unlabeled_base=source.unlabeled_root,
-                skip_bad_images=source.skip_bad_images, fingerprint=source.fingerprint,
-                spans=source.spans, span=source.span)
+  common = dict(
+      input_base=config.data_root,
+      test_fraction=source.test_fraction,
+      unlabeled_base=source.unlabeled_root,
+      skip_bad_images=source.skip_bad_images,
+      fingerprint=source.fingerprint,
+      spans=source.spans,
+      span=source.span,
+  )
   if source.format == data_source.IMAGE_FOLDER:
     return ImageFolderExampleGen(**common)
-  return TFRecordImageExampleGen(image_feature=source.image_feature,
-                                 label_feature=source.label_feature, **common)
+  return TFRecordImageExampleGen(
+      image_feature=source.image_feature, label_feature=source.label_feature, **common
+  )
 
 
-def create_pipeline(config: PipelineConfig,
-                    metadata_connection_config: Optional[
-                        metadata_store_pb2.ConnectionConfig] = None,
-                    beam_pipeline_args: Optional[List[str]] = None
-                    ) -> tfx.dsl.Pipeline:
+def create_pipeline(
+    config: PipelineConfig,
+    metadata_connection_config: Optional[metadata_store_pb2.ConnectionConfig] = None,
+    beam_pipeline_args: Optional[List[str]] = None,
+) -> tfx.dsl.Pipeline:
   examples_gen = example_gen(config)
   vertex = config.vertex
   unlabeled = bool(config.source.unlabeled_root)
-  statistics_gen = tfx.components.StatisticsGen(
-      examples=examples_gen.outputs["examples"])
+  statistics_gen = tfx.components.StatisticsGen(examples=examples_gen.outputs["examples"])
   schema_gen = tfx.components.ImportSchemaGen(schema_file=config.schema_path)
   # The unlabeled split has no label to check; its images were checked by
   # ExampleGen, and its statistics are there to look at.
   example_validator = tfx.components.ExampleValidator(
       statistics=statistics_gen.outputs["statistics"],
       schema=schema_gen.outputs["schema"],
-      exclude_splits=[UNLABELED_SPLIT] if unlabeled else [])
+      exclude_splits=[UNLABELED_SPLIT] if unlabeled else [],
+  )
   # What a new span is compared with: the statistics of the data the latest
   # blessed model was trained on (components/model_resolvers.py; on Vertex
   # AI the latest statistics, resolved before this run's exist).
   if vertex:
     previous_statistics = tfx.dsl.Resolver(
         strategy_class=tfx.dsl.experimental.LatestArtifactStrategy,
-        statistics=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ExampleStatistics))
+        statistics=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ExampleStatistics),
+    )
   else:
     previous_statistics = tfx.dsl.Resolver(
         strategy_class=BlessedModelStatisticsStrategy,
         statistics=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ExampleStatistics),
         examples=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Examples),
         model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
-        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing))
+        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
+    )
   previous_statistics = previous_statistics.with_id(PREVIOUS_STATISTICS_RESOLVER)
   statistics_gen.add_upstream_node(previous_statistics)
   anomalies_gate = AnomaliesGate(
       anomalies=example_validator.outputs["anomalies"],
-      statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"],
+      statistics=statistics_gen.outputs["statistics"],
+      schema=schema_gen.outputs["schema"],
       examples=examples_gen.outputs["examples"],
       previous_statistics=previous_statistics.outputs["statistics"],
       previous_examples=None if vertex else previous_statistics.outputs["examples"],
-      on_drift=config.run_config.validation.on_drift)
+      on_drift=config.run_config.validation.on_drift,
+  )
 
   # Analyse on train only; the Trainers apply the graph themselves, so the
   # 3,072-float images are not materialised.
@@ -147,7 +184,8 @@ def create_pipeline(config: PipelineConfig,
       custom_config={names.IMAGE_SIZE_CONFIG_KEY: config.run_config.data.image_size},
       splits_config=transform_pb2.SplitsConfig(analyze=[TRAIN_SPLIT]),
       materialize=False,
-      disable_statistics=True)
+      disable_statistics=True,
+  )
 
   # What each Trainer reads: this run's span, or (data in spans, locally)
   # the newest `span_window` spans the gate passed; Vertex AI compiles only
@@ -157,10 +195,14 @@ def create_pipeline(config: PipelineConfig,
   def span_window(node_id: str, num_spans: int):
     if not config.source.spans or vertex or num_spans == 1:
       return examples_gen.outputs["examples"]
-    windows.append(tfx.dsl.Resolver(
-        strategy_class=LatestSpansStrategy, config={"num_spans": num_spans},
-        examples=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Examples),
-        current=examples_gen.outputs["examples"]).with_id(node_id))
+    windows.append(
+        tfx.dsl.Resolver(
+            strategy_class=LatestSpansStrategy,
+            config={"num_spans": num_spans},
+            examples=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Examples),
+            current=examples_gen.outputs["examples"],
+        ).with_id(node_id)
+    )
     return windows[-1].outputs["examples"]
 
   def trainer(run_fn: str, examples, train_splits, **inputs) -> tfx.components.Trainer:
@@ -179,7 +221,8 @@ def create_pipeline(config: PipelineConfig,
         train_args=tfx.proto.TrainArgs(splits=train_splits),
         eval_args=tfx.proto.EvalArgs(splits=[TEST_SPLIT]),
         custom_config=custom_config,
-        **inputs)
+        **inputs,
+    )
 
   # What a run builds on: the MAE of a blessed model of an earlier span (a
   # new span's warm start; it carries its MAE), and the model blessed before
@@ -193,23 +236,32 @@ def create_pipeline(config: PipelineConfig,
         strategy_class=strategy,
         model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
         model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
-        **current).with_id(node_id)
+        **current,
+    ).with_id(node_id)
 
   warm_start_resolver = blessed_model_resolver(
-      WARM_START_RESOLVER, LatestBlessedEarlierSpanStrategy,
-      examples=examples_gen.outputs["examples"])
+      WARM_START_RESOLVER,
+      LatestBlessedEarlierSpanStrategy,
+      examples=examples_gen.outputs["examples"],
+  )
 
   # The MAE also learns from the unlabeled images; the probe only from labels.
   run_config = config.run_config
   mae_trainer = trainer(
-      MAE_RUN_FN, span_window("mae_spans_resolver", run_config.pretrain.span_window),
+      MAE_RUN_FN,
+      span_window("mae_spans_resolver", run_config.pretrain.span_window),
       [TRAIN_SPLIT] + [UNLABELED_SPLIT] * unlabeled,
-      base_model=warm_start_resolver.outputs["model"]).with_id(names.MAE_TRAINER)
+      base_model=warm_start_resolver.outputs["model"],
+  ).with_id(names.MAE_TRAINER)
   probe_trainer = trainer(
-      PROBE_RUN_FN, span_window("probe_spans_resolver", run_config.probe.span_window),
-      [TRAIN_SPLIT], base_model=mae_trainer.outputs["model"]).with_id(names.PROBE_TRAINER)
+      PROBE_RUN_FN,
+      span_window("probe_spans_resolver", run_config.probe.span_window),
+      [TRAIN_SPLIT],
+      base_model=mae_trainer.outputs["model"],
+  ).with_id(names.PROBE_TRAINER)
   baseline_resolver = blessed_model_resolver(
-      BASELINE_RESOLVER, LatestBlessedBeforeStrategy, candidate=probe_trainer.outputs["model"])
+      BASELINE_RESOLVER, LatestBlessedBeforeStrategy, candidate=probe_trainer.outputs["model"]
+  )
 
   gate = config.run_config.evaluation
   evaluator = tfx.components.Evaluator(
@@ -217,44 +269,71 @@ def create_pipeline(config: PipelineConfig,
       model=probe_trainer.outputs["model"],
       baseline_model=baseline_resolver.outputs["model"],
       example_splits=[TEST_SPLIT],
-      eval_config=eval_config(gate.min_accuracy, gate.max_accuracy_drop))
+      eval_config=eval_config(gate.min_accuracy, gate.max_accuracy_drop),
+  )
 
   # The blessed model embeds the corpus (Beam: on Dataflow in the cloud): the
   # train split, or the images of --search-corpus; the index over it is
   # scored on held-out queries.
   search_corpus = []
   if config.source.search_corpus:
-    search_corpus = [SearchCorpusGen(
-        input_base=config.source.search_corpus, image_feature=config.source.image_feature,
-        label_feature=config.source.label_feature,
-        skip_bad_images=config.source.skip_bad_images,
-        fingerprint=config.source.search_corpus_fingerprint).with_id(SEARCH_CORPUS_GEN)]
+    search_corpus = [
+        SearchCorpusGen(
+            input_base=config.source.search_corpus,
+            image_feature=config.source.image_feature,
+            label_feature=config.source.label_feature,
+            skip_bad_images=config.source.skip_bad_images,
+            fingerprint=config.source.search_corpus_fingerprint,
+        ).with_id(SEARCH_CORPUS_GEN)
+    ]
   search_config = config.run_config.search
   corpus_embedder = CorpusEmbedder(
-      examples=examples_gen.outputs["examples"], model=probe_trainer.outputs["model"],
+      examples=examples_gen.outputs["examples"],
+      model=probe_trainer.outputs["model"],
       model_blessing=evaluator.outputs["blessing"],
       corpus_splits=",".join([TRAIN_SPLIT] + [UNLABELED_SPLIT] * unlabeled),
-      query_split=TEST_SPLIT, query_limit=search_config.eval_queries,
+      query_split=TEST_SPLIT,
+      query_limit=search_config.eval_queries,
       vector_search_json=int(search_config.vector_search_json),
-      corpus_examples=search_corpus[0].outputs["examples"] if search_corpus else None)
+      corpus_examples=search_corpus[0].outputs["examples"] if search_corpus else None,
+  )
   search_indexer = SearchIndexer(
       embeddings=corpus_embedder.outputs["embeddings"],
-      search_config=json.dumps(dataclasses.asdict(search_config)))
-  if vertex:   # a Vertex AI endpoint, serving with a prebuilt TF container
+      search_config=json.dumps(dataclasses.asdict(search_config)),
+  )
+  if vertex:  # a Vertex AI endpoint, serving with a prebuilt TF container
     pusher = tfx.extensions.google_cloud_ai_platform.Pusher(
         model=probe_trainer.outputs["model"],
         model_blessing=evaluator.outputs["blessing"],
-        custom_config=vertex.pusher_custom_config())
-  else:   # the index inside the model's version
-    pusher = VersionedPusher(model=probe_trainer.outputs["model"],
-                             model_blessing=evaluator.outputs["blessing"],
-                             base_directory=config.serving_model_dir,
-                             search_index=search_indexer.outputs["search_index_artifact"])
+        custom_config=vertex.pusher_custom_config(),
+    )
+  else:  # the index inside the model's version
+    pusher = VersionedPusher(
+        model=probe_trainer.outputs["model"],
+        model_blessing=evaluator.outputs["blessing"],
+        base_directory=config.serving_model_dir,
+        search_index=search_indexer.outputs["search_index_artifact"],
+    )
 
-  components = [examples_gen, *search_corpus, previous_statistics, statistics_gen, schema_gen,
-                example_validator, anomalies_gate, transform, warm_start_resolver, *windows,
-                mae_trainer, probe_trainer, baseline_resolver, evaluator, corpus_embedder,
-                search_indexer, pusher]
+  components = [
+      examples_gen,
+      *search_corpus,
+      previous_statistics,
+      statistics_gen,
+      schema_gen,
+      example_validator,
+      anomalies_gate,
+      transform,
+      warm_start_resolver,
+      *windows,
+      mae_trainer,
+      probe_trainer,
+      baseline_resolver,
+      evaluator,
+      corpus_embedder,
+      search_indexer,
+      pusher,
+  ]
   by_id = {c.id: c for c in components}
   for upstream, downstream in CONTROL_DEPENDENCIES:
     by_id[downstream].add_upstream_node(by_id[upstream])
@@ -264,5 +343,5 @@ def create_pipeline(config: PipelineConfig,
       components=components,
       enable_cache=config.enable_cache,
       metadata_connection_config=metadata_connection_config,
-      beam_pipeline_args=(config.beam_args if beam_pipeline_args is None
-                          else beam_pipeline_args))
+      beam_pipeline_args=(config.beam_args if beam_pipeline_args is None else beam_pipeline_args),
+  )

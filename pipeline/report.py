@@ -32,13 +32,19 @@ def _read_json(path: str):
     return None
 
 
-def format_report(metadata_path: str, pipeline_name: Optional[str] = None,
-                  run_id: Optional[str] = None) -> str:
+def format_report(
+    metadata_path: str, pipeline_name: Optional[str] = None, run_id: Optional[str] = None
+) -> str:
   """Run `run_id` (None: the newest run of `pipeline_name`, or of the
   pipeline that ran last)."""
   rows = last_run_executions(metadata_path, pipeline_name, run_id)
-  title = (f"=== run {run_id} ===" if run_id else
-           f"=== {pipeline_name} run report ===" if pipeline_name else "=== newest run report ===")
+  title = (
+      f"=== run {run_id} ==="
+      if run_id
+      else f"=== {pipeline_name} run report ==="
+      if pipeline_name
+      else "=== newest run report ==="
+  )
   lines = ["", title, f"{'component':36s} {'state':10s} seconds"]
   for r in rows:
     lines.append(f"{r['node']:36s} {r['state']:10s} {r['seconds']:8.1f}")
@@ -48,32 +54,41 @@ def format_report(metadata_path: str, pipeline_name: Optional[str] = None,
   gen = example_gen_row(by_node)
   if gen and gen["output_properties"].get("Examples"):
     props = gen["output_properties"]["Examples"][0]
-    if props.get(names.SPAN_PROPERTY):      # 0: a source without spans
+    if props.get(names.SPAN_PROPERTY):  # 0: a source without spans
       lines.append(f"Ingestion: span {props[names.SPAN_PROPERTY]}")
     if props.get(names.BAD_IMAGES_PROPERTY):
-      lines.append(f"Ingestion: {props[names.BAD_IMAGES_PROPERTY]} bad image file(s) skipped, listed in "
-                   + os.path.join(gen["outputs"]["Examples"][0], names.BAD_IMAGES_FILE))
+      lines.append(
+          f"Ingestion: {props[names.BAD_IMAGES_PROPERTY]} bad image file(s) skipped, listed in "
+          + os.path.join(gen["outputs"]["Examples"][0], names.BAD_IMAGES_FILE)
+      )
   mae = by_node.get(names.MAE_TRAINER)
   if mae and mae["outputs"].get("ModelRun"):
     summary = _read_json(os.path.join(mae["outputs"]["ModelRun"][0], names.SUMMARY_FILE))
     if summary and summary["history"]:
       ips = [h["images_per_second"] for h in summary["history"]]
-      lines.append(f"MAE pretraining: {len(ips)} epochs run on {summary.get('train_examples')} "
-                   f"images, final loss {summary['history'][-1]['loss']:.4f}, "
-                   f"{sorted(ips)[len(ips) // 2]:.0f} img/s (median epoch)")
+      lines.append(
+          f"MAE pretraining: {len(ips)} epochs run on {summary.get('train_examples')} "
+          f"images, final loss {summary['history'][-1]['loss']:.4f}, "
+          f"{sorted(ips)[len(ips) // 2]:.0f} img/s (median epoch)"
+      )
     warm = (summary or {}).get("warm_start")
     if warm:
-      lines.append(f"  warm start from {warm['source']}" if warm["source"]
-                   else f"  from scratch: {warm['reason']}")
+      lines.append(
+          f"  warm start from {warm['source']}"
+          if warm["source"]
+          else f"  from scratch: {warm['reason']}"
+      )
   probe = by_node.get(names.PROBE_TRAINER)
   if probe and probe["outputs"].get("ModelRun"):
     summary = _read_json(os.path.join(probe["outputs"]["ModelRun"][0], names.SUMMARY_FILE))
     if summary and "knn_accuracy" in summary:
       knn = summary.get("knn") or {str(summary["knn_k"]): summary["knn_accuracy"]}
-      lines.append(f"Linear probe on {summary['train_examples']} train images, "
-                   f"{summary.get('classes', '?')} classes: test linear "
-                   f"{summary['eval_accuracy']:.4f}, "
-                   + ", ".join(f"{k}-NN {acc:.4f}" for k, acc in knn.items()))
+      lines.append(
+          f"Linear probe on {summary['train_examples']} train images, "
+          f"{summary.get('classes', '?')} classes: test linear "
+          f"{summary['eval_accuracy']:.4f}, "
+          + ", ".join(f"{k}-NN {acc:.4f}" for k, acc in knn.items())
+      )
   evaluator = by_node.get("Evaluator")
   if evaluator and evaluator["outputs"].get("ModelEvaluation"):
     evaluation = evaluator["outputs"]["ModelEvaluation"][0]
@@ -81,10 +96,14 @@ def format_report(metadata_path: str, pipeline_name: Optional[str] = None,
     # The model blessed before, scored on the same test examples.
     baseline = tfma_accuracy(evaluation, baseline=True)
     if baseline:
-      lines.append("Against the model blessed before it, on the same test examples "
-                   "(its accuracy in brackets):")
-    for output, title in ((names.PROBABILITIES_KEY, "Linear probe"),
-                          (names.KNN_PROBABILITIES_KEY, "k-NN")):
+      lines.append(
+          "Against the model blessed before it, on the same test examples "
+          "(its accuracy in brackets):"
+      )
+    for output, title in (
+        (names.PROBABILITIES_KEY, "Linear probe"),
+        (names.KNN_PROBABILITIES_KEY, "k-NN"),
+    ):
       acc, base = accuracies.get(output, {}), baseline.get(output, {})
 
       def versus(key: str, digits: int) -> str:
@@ -94,8 +113,12 @@ def format_report(metadata_path: str, pipeline_name: Optional[str] = None,
         lines.append(f"{title} test accuracy (TFMA): {acc['overall']:.4f}{versus('overall', 4)}")
       per_class = {k: v for k, v in acc.items() if k != "overall"}
       if per_class:
-        lines.append("  per class: " + ", ".join(
-            f"{k.split('=', 1)[1]}: {v:.3f}{versus(k, 3)}" for k, v in sorted(per_class.items())))
+        lines.append(
+            "  per class: "
+            + ", ".join(
+                f"{k.split('=', 1)[1]}: {v:.3f}{versus(k, 3)}" for k, v in sorted(per_class.items())
+            )
+        )
   verdict = gate_verdict(evaluator) if evaluator else None
   if verdict:
     lines.append(f"Gate: {verdict}")
@@ -117,9 +140,11 @@ def gate_verdict(evaluator: Dict) -> Optional[str]:
   evaluation = outputs["ModelEvaluation"][0]
   accuracies = tfma_accuracy(evaluation)
   linear_first = sorted(accuracies, key=lambda output: output != names.PROBABILITIES_KEY)
-  measured = ", ".join(f"{names.CLASSIFIER_TITLES.get(output, output)} "
-                       f"{accuracies[output]['overall']:.4f}"
-                       for output in linear_first if "overall" in accuracies[output])
+  measured = ", ".join(
+      f"{names.CLASSIFIER_TITLES.get(output, output)} " f"{accuracies[output]['overall']:.4f}"
+      for output in linear_first
+      if "overall" in accuracies[output]
+  )
   if os.path.exists(os.path.join(outputs["ModelBlessing"][0], "BLESSED")):
     return f"blessed (test accuracy: {measured})"
   return f"NOT blessed: {'; '.join(gate_failures(evaluation))} (test accuracy: {measured})"
@@ -146,14 +171,16 @@ def push_outcome(pusher: Dict) -> Optional[str]:
 
 
 # ---- the HTML report -----------------------------------------------------------
-def write_html(output_dir: Optional[str] = None, path: Optional[str] = None,
-               run_id: Optional[str] = None) -> str:
+def write_html(
+    output_dir: Optional[str] = None, path: Optional[str] = None, run_id: Optional[str] = None
+) -> str:
   """Runs notebooks/pipeline_walkthrough.ipynb on a run (default: the
   newest under `output_dir`) and writes it as a static page without the code
   to `path` (default <output_dir>/report.html), and each picture as a PNG
   into <path without .html>_figures/; returns the path."""
   from models.files import write_atomically
   from pipeline import notebooks
+
   output_dir = output_dir or names.default_output_dir()
   path = path or os.path.join(output_dir, "report.html")
   nb = notebooks.execute(notebooks.WALKTHROUGH, output_dir, run_id)
@@ -166,21 +193,39 @@ def write_html(output_dir: Optional[str] = None, path: Optional[str] = None,
 
 
 def main(argv=None):
-  p = argparse.ArgumentParser(description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--output-dir", default=names.default_output_dir(),
-                 help=f"the run's output folder (default ${names.OUTPUT_ENV} or outputs/)")
-  p.add_argument("--metadata", default=None,
-                 help="its MLMD database (default <output-dir>/metadata.sqlite)")
-  p.add_argument("--pipeline-name", default=None,
-                 help="mae-tfx (CIFAR-10) or mae-tfx-<data set> (default: the newest run's)")
-  p.add_argument("--run-id", default=None,
-                 help="which run (`pipeline.runs.list_runs`; default the newest)")
-  p.add_argument("--html", nargs="?", const="", default=None, metavar="PATH",
-                 help="also write the HTML report (default <output-dir>/report.html)")
+  p = argparse.ArgumentParser(
+      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
+  p.add_argument(
+      "--output-dir",
+      default=names.default_output_dir(),
+      help=f"the run's output folder (default ${names.OUTPUT_ENV} or outputs/)",
+  )
+  p.add_argument(
+      "--metadata", default=None, help="its MLMD database (default <output-dir>/metadata.sqlite)"
+  )
+  p.add_argument(
+      "--pipeline-name",
+      default=None,
+      help="mae-tfx (CIFAR-10) or mae-tfx-<data set> (default: the newest run's)",
+  )
+  p.add_argument(
+      "--run-id", default=None, help="which run (`pipeline.runs.list_runs`; default the newest)"
+  )
+  p.add_argument(
+      "--html",
+      nargs="?",
+      const="",
+      default=None,
+      metavar="PATH",
+      help="also write the HTML report (default <output-dir>/report.html)",
+  )
   args = p.parse_args(argv)
-  print(format_report(args.metadata or names.metadata_path(args.output_dir),
-                      args.pipeline_name, args.run_id))
+  print(
+      format_report(
+          args.metadata or names.metadata_path(args.output_dir), args.pipeline_name, args.run_id
+      )
+  )
   if args.html is not None:
     print("HTML report:", write_html(args.output_dir, args.html or None, args.run_id))
 

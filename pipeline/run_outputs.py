@@ -34,11 +34,11 @@ def _split_names(artifact_uri: str) -> List[str]:
 
 
 class Predictions(NamedTuple):
-  images: List[bytes]               # [N] encoded images
-  labels: np.ndarray                # [N] class ids
-  probabilities: Optional[np.ndarray]      # [N, classes] the linear probe's
+  images: List[bytes]  # [N] encoded images
+  labels: np.ndarray  # [N] class ids
+  probabilities: Optional[np.ndarray]  # [N, classes] the linear probe's
   knn_probabilities: Optional[np.ndarray]  # [N, classes] the k-NN's votes
-  embeddings: np.ndarray            # [N, E] the served embedding
+  embeddings: np.ndarray  # [N, E] the served embedding
 
 
 def tfma_accuracy(evaluation_uri: str, baseline: bool = False) -> Dict[str, Dict[str, float]]:
@@ -48,9 +48,11 @@ def tfma_accuracy(evaluation_uri: str, baseline: bool = False) -> Dict[str, Dict
   classify_examples' outputs (names.PROBABILITIES_KEY, the linear probe;
   names.KNN_PROBABILITIES_KEY, the k-NN)."""
   import tensorflow_model_analysis as tfma
+
   model_name = None
   if baseline:
     from tensorflow_model_analysis.writers import eval_config_writer
+
     eval_config = eval_config_writer.load_eval_run(evaluation_uri)[0]
     names_ = [spec.name for spec in eval_config.model_specs if spec.is_baseline]
     if not names_:
@@ -72,6 +74,7 @@ def gate_failures(evaluation_uri: str) -> List[str]:
   """Why the Evaluator did not bless the model: for each threshold that
   failed, the classifier, the value and the threshold ([] when blessed)."""
   import tensorflow_model_analysis as tfma
+
   result = tfma.load_validation_result(evaluation_uri)
   lines = []
   for per_slice in result.metric_validations_per_slice:
@@ -80,13 +83,17 @@ def gate_failures(evaluation_uri: str) -> List[str]:
       value = failure.metric_value.double_value.value
       classifier = names.CLASSIFIER_TITLES.get(key.output_name, key.output_name or "model")
       metric = "accuracy" if key.name == "sparse_categorical_accuracy" else key.name
-      if key.is_diff:        # the change against the model blessed before it
+      if key.is_diff:  # the change against the model blessed before it
         allowed = abs(threshold.change_threshold.absolute.value)
-        lines.append(f"{classifier} {metric} {value:+.4f} against the model blessed before "
-                     f"it, where at most {allowed:g} lower is allowed")
+        lines.append(
+            f"{classifier} {metric} {value:+.4f} against the model blessed before "
+            f"it, where at most {allowed:g} lower is allowed"
+        )
       elif threshold.HasField("value_threshold"):
-        lines.append(f"{classifier} {metric} {value:.4f} is below the floor "
-                     f"{threshold.value_threshold.lower_bound.value:g}")
+        lines.append(
+            f"{classifier} {metric} {value:.4f} is below the floor "
+            f"{threshold.value_threshold.lower_bound.value:g}"
+        )
       else:
         lines.append(f"{classifier} {metric} {value:.4f}: {failure.message}")
   if not lines and not result.validation_ok:
@@ -100,11 +107,15 @@ class RunOutputs:
   metadata_path: str
   run_id: str
   pipeline: str
-  executions: List[Dict]            # `runs.last_run_executions` rows, in start order
+  executions: List[Dict]  # `runs.last_run_executions` rows, in start order
 
   @classmethod
-  def load(cls, output_dir: Optional[str] = None, run_id: Optional[str] = None,
-           pipeline_name: Optional[str] = None) -> "RunOutputs":
+  def load(
+      cls,
+      output_dir: Optional[str] = None,
+      run_id: Optional[str] = None,
+      pipeline_name: Optional[str] = None,
+  ) -> "RunOutputs":
     """Run `run_id` (None: the newest) of the runs written to `output_dir`
     (None: $MAE_TFX_OUTPUT or outputs/)."""
     output_dir = os.path.abspath(output_dir or names.default_output_dir())
@@ -112,8 +123,13 @@ class RunOutputs:
     run = runs.find_run(metadata_path, pipeline_name, run_id)
     if run is None:
       raise LookupError(f"{metadata_path} has no run yet: run `make pipeline` first")
-    return cls(output_dir, metadata_path, run["run_id"], run["pipeline"],
-               runs.last_run_executions(metadata_path, run["pipeline"], run["run_id"]))
+    return cls(
+        output_dir,
+        metadata_path,
+        run["run_id"],
+        run["pipeline"],
+        runs.last_run_executions(metadata_path, run["pipeline"], run["run_id"]),
+    )
 
   # ---- where things are ---------------------------------------------------
   def node(self, name: str) -> Dict:
@@ -121,24 +137,30 @@ class RunOutputs:
     by_node = {r["node"]: r for r in self.executions}
     row = runs.example_gen_row(by_node) if name == "ExampleGen" else by_node.get(name)
     if row is None:
-      raise LookupError(f"run {self.run_id} of {self.pipeline} has no {name} execution "
-                        f"(it has {list(by_node)})")
+      raise LookupError(
+          f"run {self.run_id} of {self.pipeline} has no {name} execution "
+          f"(it has {list(by_node)})"
+      )
     return row
 
   def uri(self, node: str, artifact_type: str) -> str:
     row = self.node(node)
     if not row["outputs"].get(artifact_type):
-      raise LookupError(f"{node} of run {self.run_id} has no {artifact_type} output "
-                        f"(state {row['state']}): did it finish?")
+      raise LookupError(
+          f"{node} of run {self.run_id} has no {artifact_type} output "
+          f"(state {row['state']}): did it finish?"
+      )
     return row["outputs"][artifact_type][0]
 
   def edges(self) -> List[Tuple[str, str]]:
     """The run's DAG: data flow from MLMD plus the pipeline's ordering-only
     dependencies."""
     from pipeline.pipeline import CONTROL_DEPENDENCIES
+
     present = {r["node"] for r in self.executions}
     return runs.run_edges(self.executions) + [
-        edge for edge in CONTROL_DEPENDENCIES if set(edge) <= present]
+        edge for edge in CONTROL_DEPENDENCIES if set(edge) <= present
+    ]
 
   # ---- the data -------------------------------------------------------------
   def splits(self) -> List[str]:
@@ -147,21 +169,28 @@ class RunOutputs:
   def statistics(self, split: str):
     """StatisticsGen's DatasetFeatureStatisticsList of one split."""
     import tensorflow_data_validation as tfdv
-    return tfdv.load_stats_binary(os.path.join(
-        names.split_dir(self.uri("StatisticsGen", "ExampleStatistics"), split), "FeatureStats.pb"))
+
+    return tfdv.load_stats_binary(
+        os.path.join(
+            names.split_dir(self.uri("StatisticsGen", "ExampleStatistics"), split),
+            "FeatureStats.pb",
+        )
+    )
 
   def schema(self):
     from models import schema
-    return schema.read_schema(os.path.join(self.uri("ImportSchemaGen", "Schema"),
-                                           "schema.pbtxt"))
+
+    return schema.read_schema(os.path.join(self.uri("ImportSchemaGen", "Schema"), "schema.pbtxt"))
 
   def class_names(self) -> List[str]:
     from models import schema
+
     return schema.class_names(self.schema())
 
   def anomalies(self) -> Dict[str, object]:
     """{split: ExampleValidator's Anomalies proto}."""
     from components.anomalies_gate import split_anomalies
+
     uri = self.uri("ExampleValidator", "ExampleAnomalies")
     return {split: split_anomalies(uri, split) for split in _split_names(uri)}
 
@@ -185,11 +214,13 @@ class RunOutputs:
 
   def transform_output(self):
     import tensorflow_transform as tft
+
     return tft.TFTransformOutput(self.uri("Transform", "TransformGraph"))
 
   def channel_statistics(self) -> Tuple[np.ndarray, np.ndarray]:
     """(mean [3], std [3]) of the train pixels in [0, 1], as Transform froze them."""
     from models.data import channel_statistics
+
     return channel_statistics(self.transform_output())
 
   # ---- training and evaluation ---------------------------------------------
@@ -200,12 +231,14 @@ class RunOutputs:
       return json.load(f)
 
   def reconstructions_png(self) -> bytes:
-    with open(os.path.join(self.uri(names.MAE_TRAINER, "ModelRun"), names.RECONSTRUCTIONS_FILE),
-              "rb") as f:
+    with open(
+        os.path.join(self.uri(names.MAE_TRAINER, "ModelRun"), names.RECONSTRUCTIONS_FILE), "rb"
+    ) as f:
       return f.read()
 
   def eval_result(self):
     import tensorflow_model_analysis as tfma
+
     return tfma.load_eval_result(self.uri("Evaluator", "ModelEvaluation"))
 
   def tfma_accuracy(self) -> Dict[str, Dict[str, float]]:
@@ -220,17 +253,21 @@ class RunOutputs:
     one the Pusher ships inside the model's version when it is blessed."""
     from components.search_index_gen import INDEX_FOLDER
     from models import search_index
-    return search_index.load(os.path.join(
-        self.uri("SearchIndexer", names.SEARCH_INDEX_TYPE), INDEX_FOLDER))
+
+    return search_index.load(
+        os.path.join(self.uri("SearchIndexer", names.SEARCH_INDEX_TYPE), INDEX_FOLDER)
+    )
 
   def probe_model(self):
     """The linear_probe Trainer's exported model (`serving.model_store.LoadedModel`)."""
     from tfx.utils import path_utils
     from serving.model_store import LoadedModel
+
     return LoadedModel(0, path_utils.serving_model_path(self.uri(names.PROBE_TRAINER, "Model")))
 
-  def predictions(self, split: str, limit: Optional[int] = None, model=None,
-                  classify: bool = True) -> Predictions:
+  def predictions(
+      self, split: str, limit: Optional[int] = None, model=None, classify: bool = True
+  ) -> Predictions:
     """The probe model's (or `model`'s) outputs on (the first `limit`)
     examples of `split`: embeddings, and with `classify` both classifiers'
     probabilities (else None)."""
@@ -239,16 +276,22 @@ class RunOutputs:
     signatures = ((names.CLASSIFY_EXAMPLES,) if classify else ()) + (names.EMBED_EXAMPLES,)
     out: Dict[str, List[np.ndarray]] = {}
     for i in range(0, len(records.serialized), _PREDICT_BATCH):
-      batch = records.serialized[i:i + _PREDICT_BATCH]
+      batch = records.serialized[i : i + _PREDICT_BATCH]
       for signature in signatures:
         for key, value in model.run(signature, batch).items():
           out.setdefault(key, []).append(value)
     joined = {k: np.concatenate(v) for k, v in out.items()}
-    return Predictions(records.images, records.labels, joined.get(names.PROBABILITIES_KEY),
-                       joined.get(names.KNN_PROBABILITIES_KEY), joined[names.EMBEDDING_KEY])
+    return Predictions(
+        records.images,
+        records.labels,
+        joined.get(names.PROBABILITIES_KEY),
+        joined.get(names.KNN_PROBABILITIES_KEY),
+        joined[names.EMBEDDING_KEY],
+    )
 
-  def probe_against_random_init(self, train_limit: int, test_limit: int, log_dir: str
-                                ) -> Dict[str, Dict]:
+  def probe_against_random_init(
+      self, train_limit: int, test_limit: int, log_dir: str
+  ) -> Dict[str, Dict]:
     """{"pretrained" | "random init": linear_probe summary}: the run's probe
     (same config: whitening, k-NN bank, epochs) on the first `train_limit`
     train and `test_limit` test images, once on the pretrained encoder and
@@ -259,18 +302,29 @@ class RunOutputs:
     from models import config as config_lib
     from models import data, engine_pretrain, engine_probe
     from models.mae import MaskedAutoencoder
+
     cfg = config_lib.RunConfig.from_dict(self.summary(names.MAE_TRAINER)["run_config"])
-    pretrained = engine_pretrain.load_mae(path_utils.serving_model_path(
-        self.uri(names.MAE_TRAINER, "Model")))
+    pretrained = engine_pretrain.load_mae(
+        path_utils.serving_model_path(self.uri(names.MAE_TRAINER, "Model"))
+    )
     tf.keras.utils.set_random_seed(cfg.runtime.seed)
-    encoders = {"pretrained": pretrained.encoder,
-                "random init": MaskedAutoencoder(pretrained.cfg).build_for().encoder}
-    files = {s: names.split_files(self.uri("ExampleGen", "Examples"), s)
-             for s in (names.TRAIN_SPLIT, names.TEST_SPLIT)}
+    encoders = {
+        "pretrained": pretrained.encoder,
+        "random init": MaskedAutoencoder(pretrained.cfg).build_for().encoder,
+    }
+    files = {
+        s: names.split_files(self.uri("ExampleGen", "Examples"), s)
+        for s in (names.TRAIN_SPLIT, names.TEST_SPLIT)
+    }
     tft_output, class_names = self.transform_output(), self.class_names()
-    return {name: engine_probe.linear_probe(
-        cfg, encoder, class_names,
-        data.transformed_batches(files[names.TRAIN_SPLIT], tft_output, train_limit),
-        data.transformed_batches(files[names.TEST_SPLIT], tft_output, test_limit),
-        os.path.join(log_dir, name.replace(" ", "_"))).summary
-        for name, encoder in encoders.items()}
+    return {
+        name: engine_probe.linear_probe(
+            cfg,
+            encoder,
+            class_names,
+            data.transformed_batches(files[names.TRAIN_SPLIT], tft_output, train_limit),
+            data.transformed_batches(files[names.TEST_SPLIT], tft_output, test_limit),
+            os.path.join(log_dir, name.replace(" ", "_")),
+        ).summary
+        for name, encoder in encoders.items()
+    }

@@ -15,19 +15,22 @@ from ml_metadata.proto import metadata_store_pb2
 
 from models import names
 
-
 _STATES = {v: k for k, v in metadata_store_pb2.Execution.State.items()}
 
 
 def open_store(metadata_path: str, writable: bool = False) -> metadata_store.MetadataStore:
   if not os.path.exists(metadata_path):
-    raise FileNotFoundError(f"No MLMD database at {metadata_path}: run `make pipeline` "
-                            "first, or name the run's output folder")
+    raise FileNotFoundError(
+        f"No MLMD database at {metadata_path}: run `make pipeline` "
+        "first, or name the run's output folder"
+    )
   config = metadata_store_pb2.ConnectionConfig()
   config.sqlite.filename_uri = metadata_path
   config.sqlite.connection_mode = (
-      metadata_store_pb2.SqliteMetadataSourceConfig.READWRITE if writable
-      else metadata_store_pb2.SqliteMetadataSourceConfig.READONLY)
+      metadata_store_pb2.SqliteMetadataSourceConfig.READWRITE
+      if writable
+      else metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
+  )
   return metadata_store.MetadataStore(config)
 
 
@@ -36,33 +39,41 @@ def list_runs(metadata_path: str, pipeline_name: Optional[str] = None) -> List[D
   `pipeline_name` (None: of every pipeline), oldest first. A run id is the
   time the run started, e.g. "20261130-110518.886888"."""
   store = open_store(metadata_path)
-  pipelines = {c.id: c.name for c in store.get_contexts_by_type("pipeline")
-               if pipeline_name is None or c.name == pipeline_name}
+  pipelines = {
+      c.id: c.name
+      for c in store.get_contexts_by_type("pipeline")
+      if pipeline_name is None or c.name == pipeline_name
+  }
   found = []
   for run in store.get_contexts_by_type("pipeline_run"):
-    parent = [pipelines[p.id] for p in store.get_parent_contexts_by_context(run.id)
-              if p.id in pipelines]
+    parent = [
+        pipelines[p.id] for p in store.get_parent_contexts_by_context(run.id) if p.id in pipelines
+    ]
     if parent:
-      found.append(dict(run_id=run.name, pipeline=parent[0],
-                        created=run.create_time_since_epoch))
+      found.append(dict(run_id=run.name, pipeline=parent[0], created=run.create_time_since_epoch))
   return sorted(found, key=lambda r: r["created"])
 
 
-def find_run(metadata_path: str, pipeline_name: Optional[str] = None,
-             run_id: Optional[str] = None) -> Optional[Dict]:
+def find_run(
+    metadata_path: str, pipeline_name: Optional[str] = None, run_id: Optional[str] = None
+) -> Optional[Dict]:
   """The `list_runs` entry of run `run_id` (None: the newest run of
   `pipeline_name`, or of any pipeline); None when there is no run yet.
   A `run_id` that is not there raises, naming the runs there are."""
-  found = [r for r in list_runs(metadata_path, pipeline_name)
-           if run_id is None or r["run_id"] == run_id]
+  found = [
+      r for r in list_runs(metadata_path, pipeline_name) if run_id is None or r["run_id"] == run_id
+  ]
   if not found and run_id is not None:
-    raise LookupError(f"{metadata_path} has no run {run_id!r}; its runs: "
-                      f"{[r['run_id'] for r in list_runs(metadata_path)]}")
+    raise LookupError(
+        f"{metadata_path} has no run {run_id!r}; its runs: "
+        f"{[r['run_id'] for r in list_runs(metadata_path)]}"
+    )
   return found[-1] if found else None
 
 
-def last_run_executions(metadata_path: str, pipeline_name: Optional[str] = None,
-                        run_id: Optional[str] = None) -> List[Dict]:
+def last_run_executions(
+    metadata_path: str, pipeline_name: Optional[str] = None, run_id: Optional[str] = None
+) -> List[Dict]:
   """[{node, state, seconds, started, ended (ms since epoch),
   inputs / outputs: {type: [uri]}, output_properties: {type: [{custom
   property: value}]}}] of run `run_id` (`list_runs`; None: the newest run of
@@ -74,14 +85,20 @@ def last_run_executions(metadata_path: str, pipeline_name: Optional[str] = None,
   store = open_store(metadata_path)
   run = store.get_context_by_type_and_name("pipeline_run", found["run_id"])
   rows = []
-  for execution in sorted(store.get_executions_by_context(run.id),
-                          key=lambda e: e.create_time_since_epoch):
-    nodes = [c.name for c in store.get_contexts_by_execution(execution.id)
-             if store.get_context_types_by_id([c.type_id])[0].name == "node"]
+  for execution in sorted(
+      store.get_executions_by_context(run.id), key=lambda e: e.create_time_since_epoch
+  ):
+    nodes = [
+        c.name
+        for c in store.get_contexts_by_execution(execution.id)
+        if store.get_context_types_by_id([c.type_id])[0].name == "node"
+    ]
     node = nodes[0].split(".", 1)[-1] if nodes else str(execution.type_id)
     events = store.get_events_by_execution_ids([execution.id])
-    uris: Dict[int, Dict[str, List[str]]] = {metadata_store_pb2.Event.INPUT: {},
-                                             metadata_store_pb2.Event.OUTPUT: {}}
+    uris: Dict[int, Dict[str, List[str]]] = {
+        metadata_store_pb2.Event.INPUT: {},
+        metadata_store_pb2.Event.OUTPUT: {},
+    }
     output_properties: Dict[str, List[Dict]] = {}
     kinds = {e.artifact_id: e.type for e in events if e.type in uris}
     for artifact in store.get_artifacts_by_id(list(kinds)):
@@ -89,16 +106,21 @@ def last_run_executions(metadata_path: str, pipeline_name: Optional[str] = None,
       uris[kinds[artifact.id]].setdefault(artifact_type, []).append(artifact.uri)
       if kinds[artifact.id] == metadata_store_pb2.Event.OUTPUT:
         output_properties.setdefault(artifact_type, []).append(
-            {k: v.string_value or v.int_value
-             for k, v in artifact.custom_properties.items()})
-    rows.append(dict(
-        node=node, state=_STATES.get(execution.last_known_state, "?"),
-        seconds=(execution.last_update_time_since_epoch -
-                 execution.create_time_since_epoch) / 1000.0,
-        started=execution.create_time_since_epoch,
-        ended=execution.last_update_time_since_epoch,
-        inputs=uris[metadata_store_pb2.Event.INPUT],
-        outputs=uris[metadata_store_pb2.Event.OUTPUT], output_properties=output_properties))
+            {k: v.string_value or v.int_value for k, v in artifact.custom_properties.items()}
+        )
+    rows.append(
+        dict(
+            node=node,
+            state=_STATES.get(execution.last_known_state, "?"),
+            seconds=(execution.last_update_time_since_epoch - execution.create_time_since_epoch)
+            / 1000.0,
+            started=execution.create_time_since_epoch,
+            ended=execution.last_update_time_since_epoch,
+            inputs=uris[metadata_store_pb2.Event.INPUT],
+            outputs=uris[metadata_store_pb2.Event.OUTPUT],
+            output_properties=output_properties,
+        )
+    )
   return rows
 
 
@@ -114,16 +136,23 @@ def mark_abandoned_executions(metadata_path: str) -> List[str]:
   if not os.path.exists(metadata_path):
     return []
   store = open_store(metadata_path, writable=True)
-  stale = [e for e in store.get_executions()
-           if e.last_known_state in (metadata_store_pb2.Execution.RUNNING,
-                                     metadata_store_pb2.Execution.NEW)]
+  stale = [
+      e
+      for e in store.get_executions()
+      if e.last_known_state
+      in (metadata_store_pb2.Execution.RUNNING, metadata_store_pb2.Execution.NEW)
+  ]
   nodes = []
   for execution in stale:
     execution.last_known_state = metadata_store_pb2.Execution.FAILED
     execution.custom_properties[ABANDONED_PROPERTY].string_value = (
-        "the run was killed while this ran; marked by the next run on this output folder")
-    node = [c.name for c in store.get_contexts_by_execution(execution.id)
-            if store.get_context_types_by_id([c.type_id])[0].name == "node"]
+        "the run was killed while this ran; marked by the next run on this output folder"
+    )
+    node = [
+        c.name
+        for c in store.get_contexts_by_execution(execution.id)
+        if store.get_context_types_by_id([c.type_id])[0].name == "node"
+    ]
     nodes.append(node[0].split(".", 1)[-1] if node else str(execution.id))
   if stale:
     store.put_executions(stale)
@@ -135,13 +164,20 @@ def run_edges(rows: List[Dict]) -> List[Tuple[str, str]]:
   run output and another took as input: the DAG's data flow (a node that
   only orders others, like AnomaliesGate, shows no edge of its own)."""
   produced = {uri: r["node"] for r in rows for uris in r["outputs"].values() for uri in uris}
-  return sorted({(produced[uri], r["node"]) for r in rows
-                 for uris in r["inputs"].values() for uri in uris
-                 if uri in produced and produced[uri] != r["node"]})
+  return sorted(
+      {
+          (produced[uri], r["node"])
+          for r in rows
+          for uris in r["inputs"].values()
+          for uri in uris
+          if uri in produced and produced[uri] != r["node"]
+      }
+  )
 
 
-def last_run_nodes(metadata_path: str, pipeline_name: Optional[str] = None,
-                   run_id: Optional[str] = None) -> Dict[str, Dict]:
+def last_run_nodes(
+    metadata_path: str, pipeline_name: Optional[str] = None, run_id: Optional[str] = None
+) -> Dict[str, Dict]:
   """`last_run_executions` keyed by node id (e.g. "mae_pretrain")."""
   return {r["node"]: r for r in last_run_executions(metadata_path, pipeline_name, run_id)}
 
@@ -151,16 +187,19 @@ def example_gen_row(rows: Dict[str, Dict]) -> Optional[Dict]:
   return next((r for node, r in rows.items() if node.endswith("ExampleGen")), None)
 
 
-def pipeline_inputs(metadata_path: str,
-                    pipeline_name: Optional[str] = None) -> Tuple[str, str]:
+def pipeline_inputs(metadata_path: str, pipeline_name: Optional[str] = None) -> Tuple[str, str]:
   """(Examples uri, TransformGraph uri) of the newest run."""
   rows = last_run_nodes(metadata_path, pipeline_name)
   try:
-    return ((example_gen_row(rows) or {})["outputs"]["Examples"][0],
-            rows["Transform"]["outputs"]["TransformGraph"][0])
+    return (
+        (example_gen_row(rows) or {})["outputs"]["Examples"][0],
+        rows["Transform"]["outputs"]["TransformGraph"][0],
+    )
   except KeyError as e:
-    raise SystemExit(f"{metadata_path} has no completed ExampleGen/Transform run "
-                     f"({e}); run `make pipeline` first") from e
+    raise SystemExit(
+        f"{metadata_path} has no completed ExampleGen/Transform run "
+        f"({e}); run `make pipeline` first"
+    ) from e
 
 
 def schema_file(metadata_path: str, pipeline_name: Optional[str] = None) -> str:
@@ -169,8 +208,10 @@ def schema_file(metadata_path: str, pipeline_name: Optional[str] = None) -> str:
   try:
     uri = rows["ImportSchemaGen"]["outputs"]["Schema"][0]
   except KeyError as e:
-    raise SystemExit(f"{metadata_path} has no completed schema in its newest run "
-                     f"({e}); run `make pipeline` first") from e
+    raise SystemExit(
+        f"{metadata_path} has no completed schema in its newest run "
+        f"({e}); run `make pipeline` first"
+    ) from e
   return os.path.join(uri, "schema.pbtxt")
 
 
@@ -178,12 +219,21 @@ def main(argv=None) -> None:
   """Lists the runs of an output folder, or prints one path of the newest run
   for scripts (e.g. `serving.embed --examples "$(python -m pipeline.runs --examples)"`)."""
   p = argparse.ArgumentParser(description=main.__doc__)
-  p.add_argument("--output-dir", default=names.default_output_dir(),
-                 help=f"the runs' output folder (default ${names.OUTPUT_ENV} or outputs/)")
-  p.add_argument("--pipeline-name", default=None,
-                 help="mae-tfx (CIFAR-10) or mae-tfx-<data set> (default: whichever ran last)")
-  p.add_argument("--examples", action="store_true",
-                 help="print the newest run's Examples folder (its Split-<name>/ hold the data)")
+  p.add_argument(
+      "--output-dir",
+      default=names.default_output_dir(),
+      help=f"the runs' output folder (default ${names.OUTPUT_ENV} or outputs/)",
+  )
+  p.add_argument(
+      "--pipeline-name",
+      default=None,
+      help="mae-tfx (CIFAR-10) or mae-tfx-<data set> (default: whichever ran last)",
+  )
+  p.add_argument(
+      "--examples",
+      action="store_true",
+      help="print the newest run's Examples folder (its Split-<name>/ hold the data)",
+  )
   args = p.parse_args(argv)
   metadata_path = names.metadata_path(args.output_dir)
   if args.examples:

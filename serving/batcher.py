@@ -46,9 +46,10 @@ class Overloaded(RuntimeError):
 
 class _Part(NamedTuple):
   """A request, or a `max_batch` part of a bigger one, waiting for a call."""
+
   model: LoadedModel
   values: List[bytes]
-  offset: int                  # of its first value in the request
+  offset: int  # of its first value in the request
   future: asyncio.Future
 
 
@@ -67,11 +68,11 @@ class Batcher:
     self._free_threads = asyncio.Semaphore(threads)
     self._pending: Dict[Tuple[int, str], collections.deque] = {}
     self._active = set()
-    self.calls = 0          # model calls made (for tests and the benchmark)
+    self.calls = 0  # model calls made (for tests and the benchmark)
     self.instances = 0
-    self.queued = 0         # instances waiting for a model call
-    self.shed = 0           # requests refused with Overloaded
-    self._seconds_per_instance = 0.0   # running mean of recent model calls
+    self.queued = 0  # instances waiting for a model call
+    self.shed = 0  # requests refused with Overloaded
+    self._seconds_per_instance = 0.0  # running mean of recent model calls
 
   def check_capacity(self) -> None:
     """Raises Overloaded when the queue is full, before a request's body is
@@ -82,15 +83,20 @@ class Batcher:
   def _shed(self):
     self.shed += 1
     wait = self.queued * self._seconds_per_instance
-    raise Overloaded(f"server overloaded: {self.queued} instances already queued "
-                     f"(bound {self.max_queued}); retry later",
-                     retry_after=max(1, math.ceil(wait)))
+    raise Overloaded(
+        f"server overloaded: {self.queued} instances already queued "
+        f"(bound {self.max_queued}); retry later",
+        retry_after=max(1, math.ceil(wait)),
+    )
 
-  async def run(self, model: LoadedModel, signature: str,
-                values: List[bytes]) -> Dict[str, np.ndarray]:
+  async def run(
+      self, model: LoadedModel, signature: str, values: List[bytes]
+  ) -> Dict[str, np.ndarray]:
     if len(values) > self.max_queued:
-      raise BadInstance(f"{len(values)} instances in one request; this server takes at "
-                        f"most {self.max_queued}: send them in several requests")
+      raise BadInstance(
+          f"{len(values)} instances in one request; this server takes at "
+          f"most {self.max_queued}: send them in several requests"
+      )
     if self.queued + len(values) > self.max_queued:
       self._shed()
     loop = asyncio.get_running_loop()
@@ -99,7 +105,7 @@ class Batcher:
     parts = []
     for start in range(0, len(values), self.max_batch):
       parts.append(loop.create_future())
-      queue.append(_Part(model, values[start:start + self.max_batch], start, parts[-1]))
+      queue.append(_Part(model, values[start : start + self.max_batch], start, parts[-1]))
     self.queued += len(values)
     if key not in self._active:
       self._active.add(key)
@@ -108,7 +114,7 @@ class Batcher:
       return await parts[0]
     results = await asyncio.gather(*parts, return_exceptions=True)
     bad = [r for r in results if isinstance(r, BadInstance)]
-    if bad:        # every bad instance of the request, not only the first part's
+    if bad:  # every bad instance of the request, not only the first part's
       raise BadInstance("; ".join(str(e) for e in bad))
     failed = next((r for r in results if isinstance(r, BaseException)), None)
     if failed is not None:
@@ -132,8 +138,7 @@ class Batcher:
           batch.append(part)
           size += len(part.values)
         self.queued -= size
-        running = asyncio.get_running_loop().create_task(
-            self._run_batch(batch, signature=key[1]))
+        running = asyncio.get_running_loop().create_task(self._run_batch(batch, signature=key[1]))
         running.add_done_callback(lambda _: self._free_threads.release())
     finally:
       self._active.discard(key)
@@ -144,7 +149,7 @@ class Batcher:
     try:
       outputs = await self._call(model, signature, values)
     except tf.errors.InvalidArgumentError:
-      for part in batch:   # isolate the request(s) with bad instances
+      for part in batch:  # isolate the request(s) with bad instances
         await self._run_alone(model, signature, part)
       return
     except Exception as e:  # pylint: disable=broad-except
@@ -155,19 +160,19 @@ class Batcher:
     start = 0
     for part in batch:
       if not part.future.done():
-        part.future.set_result({k: v[start:start + len(part.values)]
-                                for k, v in outputs.items()})
+        part.future.set_result({k: v[start : start + len(part.values)] for k, v in outputs.items()})
       start += len(part.values)
 
   async def _run_alone(self, model, signature, part: _Part) -> None:
     """One request (or part of one) on its own; its bad instances are named
     in a BadInstance by their index in the request."""
     values, offset, future = part.values, part.offset, part.future
-    self.calls += 1          # the re-runs that find a bad instance count once
+    self.calls += 1  # the re-runs that find a bad instance count once
     self.instances += len(values)
     try:
       outputs, _, errors = await asyncio.get_running_loop().run_in_executor(
-          self._executor, model.run_isolating_errors, signature, values)
+          self._executor, model.run_isolating_errors, signature, values
+      )
     except Exception as e:  # pylint: disable=broad-except
       if not future.done():
         future.set_exception(e)
@@ -175,8 +180,13 @@ class Batcher:
     if future.done():
       return
     if errors:
-      future.set_exception(BadInstance("; ".join(
-          f"instances[{offset + i}]: {message}" for i, message in sorted(errors.items()))))
+      future.set_exception(
+          BadInstance(
+              "; ".join(
+                  f"instances[{offset + i}]: {message}" for i, message in sorted(errors.items())
+              )
+          )
+      )
     else:
       future.set_result(outputs)
 
@@ -185,8 +195,12 @@ class Batcher:
     self.instances += len(values)
     start = time.perf_counter()
     outputs = await asyncio.get_running_loop().run_in_executor(
-        self._executor, model.run, signature, values)
+        self._executor, model.run, signature, values
+    )
     per_instance = (time.perf_counter() - start) / len(values)
-    self._seconds_per_instance = (0.8 * self._seconds_per_instance + 0.2 * per_instance
-                                  if self._seconds_per_instance else per_instance)
+    self._seconds_per_instance = (
+        0.8 * self._seconds_per_instance + 0.2 * per_instance
+        if self._seconds_per_instance
+        else per_instance
+    )
     return outputs

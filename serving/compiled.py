@@ -41,16 +41,17 @@ class CompiledImageSignature:
   """`run(values)` -> {output: [len(values), ...]} or None while the bucket of
   len(values) is still compiling (the caller runs the signature instead)."""
 
-  def __init__(self, name: str, prepare: Callable, embed: Callable, max_batch: int,
-               background: bool = False):
+  def __init__(
+      self, name: str, prepare: Callable, embed: Callable, max_batch: int, background: bool = False
+  ):
     self.name, self.background = name, background
     # Concrete functions: a call costs a fraction of a restored tf.function's.
     self._prepare = prepare.concrete_functions[0]
     # The compiled half, on prepared images of a bucket's size [bucket, S, S, C].
     self.compiled_embed = tf.function(embed.concrete_functions[0], jit_compile=True)
-    self._shape = embed.input_signature[0].shape[1:]          # [S, S, C]
+    self._shape = embed.input_signature[0].shape[1:]  # [S, S, C]
     self._buckets = bucket_sizes(max_batch)
-    self._programs: Dict[int, Callable] = {}                   # bucket -> function
+    self._programs: Dict[int, Callable] = {}  # bucket -> function
     self._ready = set()
     self._requested = set()
     self._todo: "queue.Queue[int]" = queue.Queue()
@@ -76,11 +77,13 @@ class CompiledImageSignature:
 
       @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
       def run(image_bytes):
-        images = self._prepare(image_bytes)                   # [n, S, S, C]
+        images = self._prepare(image_bytes)  # [n, S, S, C]
         n = tf.shape(images)[0]
         padded = tf.ensure_shape(
-            tf.pad(images, [[0, bucket - n]] + [[0, 0]] * len(shape)), [bucket, *shape])
+            tf.pad(images, [[0, bucket - n]] + [[0, 0]] * len(shape)), [bucket, *shape]
+        )
         return {k: v[:n] for k, v in self.compiled_embed(padded).items()}
+
       self._programs[bucket] = run.get_concrete_function()
     return self._programs[bucket]
 
@@ -94,8 +97,9 @@ class CompiledImageSignature:
       black = tf.io.encode_png(tf.zeros([*self._shape[:2], 3], tf.uint8))
       self.program(bucket)(tf.fill([bucket], black))
       self._ready.add(bucket)
-    log.debug("%s: batch bucket %d compiled in %.1f s", self.name, bucket,
-              time.perf_counter() - start)
+    log.debug(
+        "%s: batch bucket %d compiled in %.1f s", self.name, bucket, time.perf_counter() - start
+    )
 
   def prepare(self, bucket: int) -> bool:
     """Compiles `bucket` now, or with `background` queues it for the compiler
@@ -121,8 +125,9 @@ class CompiledImageSignature:
       self._requested.add(bucket)
       self._todo.put(bucket)
       if self._compiler is None:
-        self._compiler = threading.Thread(target=self._compile_requested,
-                                          name=f"compile-{self.name}", daemon=True)
+        self._compiler = threading.Thread(
+            target=self._compile_requested, name=f"compile-{self.name}", daemon=True
+        )
         self._compiler.start()
 
   def close(self, wait: bool = True) -> None:
@@ -130,7 +135,7 @@ class CompiledImageSignature:
     waits for it): a process must not exit while XLA compiles."""
     with self._lock:
       compiler, self._compiler = self._compiler, None
-      self._requested.update(self._buckets)          # nothing new is queued
+      self._requested.update(self._buckets)  # nothing new is queued
     if compiler is not None:
       self._todo.put(None)
       if wait:
@@ -145,5 +150,8 @@ class CompiledImageSignature:
         self.compile(bucket)
       except Exception:  # pylint: disable=broad-except
         # The signature keeps serving this size; say why once.
-        log.exception("%s: compiling batch bucket %d failed; batches of that size run "
-                      "the signature", self.name, bucket)
+        log.exception(
+            "%s: compiling batch bucket %d failed; batches of that size run " "the signature",
+            self.name,
+            bucket,
+        )

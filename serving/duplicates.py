@@ -56,17 +56,18 @@ class Pair:
   class_a: str
   id_b: str
   class_b: str
-  score: float                      # cosine similarity
+  score: float  # cosine similarity
 
 
 @dataclasses.dataclass
 class Duplicates:
   """The pairs found, best first, and what was searched."""
+
   pairs: List[Pair]
   threshold: float
   max_per_item: int
-  count_a: int                      # items in the corpus (or the first corpus)
-  count_b: Optional[int]            # items in the second corpus; None inside one
+  count_a: int  # items in the corpus (or the first corpus)
+  count_b: Optional[int]  # items in the second corpus; None inside one
 
   def items_with_a_duplicate(self) -> Tuple[int, Optional[int]]:
     """(items of the first corpus in some pair, items of the second corpus
@@ -77,16 +78,19 @@ class Duplicates:
 
   def summary(self) -> str:
     a, b = self.items_with_a_duplicate()
-    searched = (f"threshold {self.threshold:g}, up to {self.max_per_item} neighbours "
-                "per item")
+    searched = f"threshold {self.threshold:g}, up to {self.max_per_item} neighbours " "per item"
     if b is None:
-      return (f"{len(self.pairs)} near-duplicate pairs inside {self.count_a} items "
-              f"({searched}); items with a duplicate: {a} of {self.count_a} "
-              f"({a / max(self.count_a, 1):.2%})")
-    return (f"{len(self.pairs)} near-duplicate pairs between {self.count_a} and "
-            f"{self.count_b} items ({searched}); items with a duplicate: {a} of "
-            f"{self.count_a} ({a / max(self.count_a, 1):.2%}) in the first, {b} of "
-            f"{self.count_b} in the second")
+      return (
+          f"{len(self.pairs)} near-duplicate pairs inside {self.count_a} items "
+          f"({searched}); items with a duplicate: {a} of {self.count_a} "
+          f"({a / max(self.count_a, 1):.2%})"
+      )
+    return (
+        f"{len(self.pairs)} near-duplicate pairs between {self.count_a} and "
+        f"{self.count_b} items ({searched}); items with a duplicate: {a} of "
+        f"{self.count_a} ({a / max(self.count_a, 1):.2%}) in the first, {b} of "
+        f"{self.count_b} in the second"
+    )
 
 
 def load(path: str, flag: str) -> EmbeddingsFile:
@@ -100,23 +104,31 @@ def load(path: str, flag: str) -> EmbeddingsFile:
     raise BadInput(f"{flag} {e}") from e
 
 
-def check_comparable(a: EmbeddingsFile, b: EmbeddingsFile,
-                     names: Tuple[str, str] = ("--embeddings", "--against")) -> None:
+def check_comparable(
+    a: EmbeddingsFile, b: EmbeddingsFile, names: Tuple[str, str] = ("--embeddings", "--against")
+) -> None:
   """Raises `BadInput` unless `a` and `b` come from one model version and
   have vectors of one dimension."""
   if a.model_version != b.model_version:
-    raise BadInput(f"{names[0]} was embedded by model version {a.model_version} and "
-                   f"{names[1]} by model version {b.model_version}: embeddings of "
-                   "different models are not comparable; embed both with one version")
+    raise BadInput(
+        f"{names[0]} was embedded by model version {a.model_version} and "
+        f"{names[1]} by model version {b.model_version}: embeddings of "
+        "different models are not comparable; embed both with one version"
+    )
   if a.embeddings.shape[1] != b.embeddings.shape[1]:
-    raise BadInput(f"{names[0]} has {a.embeddings.shape[1]}-dimensional embeddings and "
-                   f"{names[1]} {b.embeddings.shape[1]}-dimensional ones (both say model "
-                   f"version {a.model_version}): they cannot be compared")
+    raise BadInput(
+        f"{names[0]} has {a.embeddings.shape[1]}-dimensional embeddings and "
+        f"{names[1]} {b.embeddings.shape[1]}-dimensional ones (both say model "
+        f"version {a.model_version}): they cannot be compared"
+    )
 
 
-def find_pairs(a: EmbeddingsFile, b: Optional[EmbeddingsFile] = None,
-               threshold: float = DUPLICATE_THRESHOLD,
-               max_per_item: int = DEFAULT_MAX_PER_ITEM) -> Duplicates:
+def find_pairs(
+    a: EmbeddingsFile,
+    b: Optional[EmbeddingsFile] = None,
+    threshold: float = DUPLICATE_THRESHOLD,
+    max_per_item: int = DEFAULT_MAX_PER_ITEM,
+) -> Duplicates:
   """Near-duplicate pairs inside `a` (b None) or between `a` and `b`: two
   items with cosine similarity >= `threshold` where one is among the other's
   `max_per_item` nearest neighbours; best first. Inside one corpus no item
@@ -158,11 +170,12 @@ def find_pairs(a: EmbeddingsFile, b: Optional[EmbeddingsFile] = None,
     for row, other, score in close(a.index(), b.embeddings, max_per_item):
       keep((other, row), score)
     second = b
-  pairs = [Pair(str(a.ids[i]), str(a.labels[i]), str(second.ids[j]), str(second.labels[j]),
-                score) for (i, j), score in best.items()]
+  pairs = [
+      Pair(str(a.ids[i]), str(a.labels[i]), str(second.ids[j]), str(second.labels[j]), score)
+      for (i, j), score in best.items()
+  ]
   pairs.sort(key=lambda p: (-p.score, p.id_a, p.id_b))
-  return Duplicates(pairs, threshold, max_per_item, len(a.ids),
-                    None if b is None else len(b.ids))
+  return Duplicates(pairs, threshold, max_per_item, len(a.ids), None if b is None else len(b.ids))
 
 
 def pairs_text(pairs: List[Pair], delimiter: str = "\t") -> str:
@@ -184,20 +197,35 @@ def write_pairs(path: str, pairs: List[Pair]) -> None:
 
 
 def main(argv=None) -> Duplicates:
-  p = argparse.ArgumentParser(description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--embeddings", required=True,
-                 help="embeddings file (`python -m serving.embed`): the corpus searched")
-  p.add_argument("--against", default=None,
-                 help="a second embeddings file of the same model version: pairs between "
-                      "the two instead of inside --embeddings")
-  p.add_argument("--threshold", type=float, default=DUPLICATE_THRESHOLD,
-                 help="cosine similarity at or above which two items are a pair "
-                      "(default %(default)s, calibrated: benchmarks/RESULTS.md)")
-  p.add_argument("-k", "--max-per-item", type=int, default=DEFAULT_MAX_PER_ITEM,
-                 help="nearest neighbours searched per item (default %(default)s)")
-  p.add_argument("--out", default=None,
-                 help="file for every pair (.tsv, or .csv for commas)")
+  p = argparse.ArgumentParser(
+      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
+  p.add_argument(
+      "--embeddings",
+      required=True,
+      help="embeddings file (`python -m serving.embed`): the corpus searched",
+  )
+  p.add_argument(
+      "--against",
+      default=None,
+      help="a second embeddings file of the same model version: pairs between "
+      "the two instead of inside --embeddings",
+  )
+  p.add_argument(
+      "--threshold",
+      type=float,
+      default=DUPLICATE_THRESHOLD,
+      help="cosine similarity at or above which two items are a pair "
+      "(default %(default)s, calibrated: benchmarks/RESULTS.md)",
+  )
+  p.add_argument(
+      "-k",
+      "--max-per-item",
+      type=int,
+      default=DEFAULT_MAX_PER_ITEM,
+      help="nearest neighbours searched per item (default %(default)s)",
+  )
+  p.add_argument("--out", default=None, help="file for every pair (.tsv, or .csv for commas)")
   p.add_argument("--show", type=int, default=10, help="best pairs printed (default %(default)s)")
   args = p.parse_args(sys.argv[1:] if argv is None else argv)
 
@@ -206,22 +234,29 @@ def main(argv=None) -> Duplicates:
     b = None
     if args.against is not None:
       if os.path.realpath(args.against) == os.path.realpath(args.embeddings):
-        raise BadInput("--against is the same file as --embeddings: leave --against out "
-                       "to find the pairs inside one corpus")
+        raise BadInput(
+            "--against is the same file as --embeddings: leave --against out "
+            "to find the pairs inside one corpus"
+        )
       b = load(args.against, "--against")
     found = find_pairs(a, b, args.threshold, args.max_per_item)
   except BadInput as e:
     raise SystemExit(f"serving.duplicates: {e}") from e
   if args.out:
     write_pairs(args.out, found.pairs)
-  print(f"serving.duplicates: {found.summary()}"
-        + (f" -> {args.out}" if args.out else ""), flush=True)
-  for pair in found.pairs[:args.show]:
-    print(f"  {pair.score:.4f}  {pair.id_a} ({pair.class_a or '?'})  "
-          f"{pair.id_b} ({pair.class_b or '?'})")
+  print(
+      f"serving.duplicates: {found.summary()}" + (f" -> {args.out}" if args.out else ""), flush=True
+  )
+  for pair in found.pairs[: args.show]:
+    print(
+        f"  {pair.score:.4f}  {pair.id_a} ({pair.class_a or '?'})  "
+        f"{pair.id_b} ({pair.class_b or '?'})"
+    )
   if len(found.pairs) > args.show > 0:
-    print(f"  ... {len(found.pairs) - args.show} more"
-          + (f" in {args.out}" if args.out else " (--out writes them all)"))
+    print(
+        f"  ... {len(found.pairs) - args.show} more"
+        + (f" in {args.out}" if args.out else " (--out writes them all)")
+    )
   return found
 
 

@@ -26,16 +26,18 @@ from models.files import write_atomically
 
 @dataclasses.dataclass
 class EmbeddingsFile:
-  embeddings: np.ndarray     # [N, D] float32
-  ids: np.ndarray            # [N] str
-  labels: np.ndarray         # [N] str
+  embeddings: np.ndarray  # [N, D] float32
+  ids: np.ndarray  # [N] str
+  labels: np.ndarray  # [N] str
   meta: Dict
 
   def __post_init__(self):
     n = len(self.embeddings)
     if self.embeddings.ndim != 2 or len(self.ids) != n or len(self.labels) != n:
-      raise ValueError(f"embeddings {self.embeddings.shape}, {len(self.ids)} ids and "
-                       f"{len(self.labels)} labels do not line up")
+      raise ValueError(
+          f"embeddings {self.embeddings.shape}, {len(self.ids)} ids and "
+          f"{len(self.labels)} labels do not line up"
+      )
 
   @property
   def model_version(self) -> int:
@@ -45,16 +47,22 @@ class EmbeddingsFile:
     """Writes `path` atomically (`models.files.write_atomically`)."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     buf = io.BytesIO()
-    np.savez(buf, embeddings=self.embeddings.astype(np.float32),
-             ids=self.ids.astype(str), labels=self.labels.astype(str),
-             meta=np.array(json.dumps(self.meta, sort_keys=True)))
+    np.savez(
+        buf,
+        embeddings=self.embeddings.astype(np.float32),
+        ids=self.ids.astype(str),
+        labels=self.labels.astype(str),
+        meta=np.array(json.dumps(self.meta, sort_keys=True)),
+    )
     write_atomically(path, buf.getvalue())
 
   def index(self) -> search_index.SearchIndex:
     """Exact cosine search over the file's embeddings."""
     return search_index.exact_index(
-        self.embeddings, search_index.Records(self.ids, self.labels),
-        model_version=self.model_version)
+        self.embeddings,
+        search_index.Records(self.ids, self.labels),
+        model_version=self.model_version,
+    )
 
   @classmethod
   def load(cls, path: str) -> "EmbeddingsFile":
@@ -62,5 +70,6 @@ class EmbeddingsFile:
       with np.load(path, allow_pickle=False) as f:
         return cls(f["embeddings"], f["ids"], f["labels"], json.loads(str(f["meta"])))
     except (KeyError, ValueError, OSError) as e:
-      raise ValueError(f"{path} is not an embeddings file written by "
-                       f"`python -m serving.embed`: {e}") from e
+      raise ValueError(
+          f"{path} is not an embeddings file written by " f"`python -m serving.embed`: {e}"
+      ) from e

@@ -23,9 +23,13 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import types_pb2
 from tensorflow.core.protobuf import error_codes_pb2
-from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2,
-                                     model_service_pb2_grpc, predict_pb2,
-                                     prediction_service_pb2_grpc)
+from tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
 
 from models.names import IMAGE_BYTES_INPUT, SERVING_DEFAULT
 from serving.batcher import BadInstance, Batcher, Overloaded
@@ -33,14 +37,16 @@ from serving.model_store import BadRequest, ModelStore, NotFound, UnknownSignatu
 
 log = logging.getLogger("serving.grpc")
 
-SIGNATURE_DEF_FIELD = "signature_def"     # the one metadata field TF Serving has
+SIGNATURE_DEF_FIELD = "signature_def"  # the one metadata field TF Serving has
 _STATES = get_model_status_pb2.ModelVersionStatus.State
 
 
 def _version(spec) -> Optional[int]:
   if spec.version_label:
-    raise NotFound(f"version label {spec.version_label!r} not found: this server has no "
-                   "version labels; ask for a version number")
+    raise NotFound(
+        f"version label {spec.version_label!r} not found: this server has no "
+        "version labels; ask for a version number"
+    )
   return spec.version.value if spec.HasField("version") else None
 
 
@@ -48,23 +54,32 @@ def input_strings(request: predict_pb2.PredictRequest, input_name: str) -> List[
   """The signature's one string input as a list, checked as TF Serving
   checks it (the input named, DT_STRING, shape [B])."""
   if set(request.inputs) != {input_name}:
-    raise BadRequest(f"inputs must be exactly {{'{input_name}'}}, got "
-                     f"{sorted(request.inputs) or 'none'}")
+    raise BadRequest(
+        f"inputs must be exactly {{'{input_name}'}}, got " f"{sorted(request.inputs) or 'none'}"
+    )
   tensor = request.inputs[input_name]
   if tensor.dtype != types_pb2.DT_STRING:
-    raise BadRequest(f"input '{input_name}' must be DT_STRING (encoded images), got "
-                     f"{types_pb2.DataType.Name(tensor.dtype)}")
+    raise BadRequest(
+        f"input '{input_name}' must be DT_STRING (encoded images), got "
+        f"{types_pb2.DataType.Name(tensor.dtype)}"
+    )
   dims = [d.size for d in tensor.tensor_shape.dim]
   values = list(tensor.string_val)
   if len(dims) != 1 or dims[0] != len(values) or not values:
-    raise BadRequest(f"input '{input_name}' must have shape [B] with B >= 1 strings, got "
-                     f"shape {dims} holding {len(values)} value(s)")
+    raise BadRequest(
+        f"input '{input_name}' must have shape [B] with B >= 1 strings, got "
+        f"shape {dims} holding {len(values)} value(s)"
+    )
   return values
 
 
-def predict_request(model_name: str, values: List[bytes], signature_name: str = "",
-                    version: Optional[int] = None,
-                    input_name: str = IMAGE_BYTES_INPUT) -> predict_pb2.PredictRequest:
+def predict_request(
+    model_name: str,
+    values: List[bytes],
+    signature_name: str = "",
+    version: Optional[int] = None,
+    input_name: str = IMAGE_BYTES_INPUT,
+) -> predict_pb2.PredictRequest:
   """A client's PredictRequest of byte strings (images or serialized
   Examples), as TF Serving's clients build it."""
   request = predict_pb2.PredictRequest()
@@ -80,8 +95,10 @@ def output_protos(outputs: Dict[str, np.ndarray], output_filter) -> Dict:
   names = list(output_filter) or sorted(outputs)
   unknown = [n for n in names if n not in outputs]
   if unknown:
-    raise BadRequest(f"output_filter names {unknown}, not outputs of the signature; its "
-                     f"outputs: {sorted(outputs)}")
+    raise BadRequest(
+        f"output_filter names {unknown}, not outputs of the signature; its "
+        f"outputs: {sorted(outputs)}"
+    )
   return {n: tf.make_tensor_proto(outputs[n]) for n in names}
 
 
@@ -107,8 +124,9 @@ class _Api:
     except Overloaded as e:
       code, message = grpc.StatusCode.RESOURCE_EXHAUSTED, str(e)
       trailing = (("retry-after", str(e.retry_after)),)
-    (log.warning if trailing else log.info)("gRPC %s %s: %s", code.name,
-                                            handler.__name__.lstrip("_"), message)
+    (log.warning if trailing else log.info)(
+        "gRPC %s %s: %s", code.name, handler.__name__.lstrip("_"), message
+    )
     await context.abort(code, message, trailing)
 
 
@@ -142,8 +160,10 @@ class PredictionService(_Api, prediction_service_pb2_grpc.PredictionServiceServi
     self.store.check_name(request.model_spec.name)
     fields = set(request.metadata_field)
     if fields != {SIGNATURE_DEF_FIELD}:
-      raise BadRequest(f"metadata_field must be ['{SIGNATURE_DEF_FIELD}'] (the one field "
-                       f"served), got {sorted(fields)}")
+      raise BadRequest(
+          f"metadata_field must be ['{SIGNATURE_DEF_FIELD}'] (the one field "
+          f"served), got {sorted(fields)}"
+      )
     model = self.store.get(_version(request.model_spec))
     response = get_model_metadata_pb2.GetModelMetadataResponse()
     response.model_spec.name = self.store.name
@@ -167,25 +187,29 @@ class ModelService(_Api, model_service_pb2_grpc.ModelServiceServicer):
     response = get_model_status_pb2.GetModelStatusResponse()
     for row in self.store.status(_version(request.model_spec)):
       status = response.model_version_status.add(
-          version=int(row["version"]), state=_STATES.Value(row["state"]))
+          version=int(row["version"]), state=_STATES.Value(row["state"])
+      )
       status.status.error_code = error_codes_pb2.Code.Value(row["status"]["error_code"])
       status.status.error_message = row["status"]["error_message"]
     return response
 
 
-async def start(store: ModelStore, batcher: Batcher, host: str, port: int,
-                max_message_bytes: int) -> "tuple[grpc.aio.Server, int]":
+async def start(
+    store: ModelStore, batcher: Batcher, host: str, port: int, max_message_bytes: int
+) -> "tuple[grpc.aio.Server, int]":
   """Starts the gRPC server on the running loop; (server, bound port)."""
-  options = [("grpc.max_receive_message_length", max_message_bytes),
-             ("grpc.max_send_message_length", max_message_bytes)]
+  options = [
+      ("grpc.max_receive_message_length", max_message_bytes),
+      ("grpc.max_send_message_length", max_message_bytes),
+  ]
   server = grpc.aio.server(options=options)
   prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-      PredictionService(store, batcher), server)
-  model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(store, batcher),
-                                                            server)
+      PredictionService(store, batcher), server
+  )
+  model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(store, batcher), server)
   try:
     bound = server.add_insecure_port(f"{host}:{port}")
-  except RuntimeError as e:          # the port is taken, or the host not ours
+  except RuntimeError as e:  # the port is taken, or the host not ours
     raise SystemExit(f"serving.server: cannot listen for gRPC on {host}:{port}: {e}") from None
   await server.start()
   return server, bound

@@ -19,19 +19,27 @@ class ServerProcess:
   def __init__(self, args: List[str], timeout_seconds: float = 180.0):
     self.args, self.timeout = list(args), timeout_seconds
     self.url: Optional[str] = None
-    self.grpc_target: Optional[str] = None     # host:port, for grpc.insecure_channel
+    self.grpc_target: Optional[str] = None  # host:port, for grpc.insecure_channel
     self.stderr_lines: List[str] = []
     self.process: Optional[subprocess.Popen] = None
 
   def __enter__(self) -> "ServerProcess":
-    args = self.args + [a for flag in ("--port", "--grpc-port") if flag not in self.args
-                        for a in (flag, "0")]
+    args = self.args + [
+        a for flag in ("--port", "--grpc-port") if flag not in self.args for a in (flag, "0")
+    ]
     project = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [project] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join([project] + [p for p in [os.environ.get("PYTHONPATH")] if p]),
+    )
     self.process = subprocess.Popen(
-        [sys.executable, "-m", "serving.server", *args], cwd=project, env=env,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        [sys.executable, "-m", "serving.server", *args],
+        cwd=project,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     # Read both pipes continuously so the server never blocks on a full one.
     self._listening = threading.Event()
     threading.Thread(target=self._collect_stdout, daemon=True).start()

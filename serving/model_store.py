@@ -23,8 +23,14 @@ import tensorflow as tf
 from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 
 from models import search_index
-from models.names import (EMBED_IMAGES, PREPARE_IMAGE_BYTES, SEARCH_INDEX_DIR,
-                          SERVING_BFLOAT16, SERVING_DEFAULT, pushed_versions)
+from models.names import (
+    EMBED_IMAGES,
+    PREPARE_IMAGE_BYTES,
+    SEARCH_INDEX_DIR,
+    SERVING_BFLOAT16,
+    SERVING_DEFAULT,
+    pushed_versions,
+)
 from serving.compiled import CompiledImageSignature
 
 log = logging.getLogger("serving.model_store")
@@ -50,17 +56,25 @@ def set_model_threads(model_threads: int) -> None:
   threads = max(1, cores() // max(1, model_threads))
   try:
     tf.config.threading.set_intra_op_parallelism_threads(threads)
-  except RuntimeError:       # the runtime has started (a caller in a process using TF)
-    log.info("TensorFlow already runs with %d intra-op thread(s) per call; wanted %d",
-             tf.config.threading.get_intra_op_parallelism_threads(), threads)
+  except RuntimeError:  # the runtime has started (a caller in a process using TF)
+    log.info(
+        "TensorFlow already runs with %d intra-op thread(s) per call; wanted %d",
+        tf.config.threading.get_intra_op_parallelism_threads(),
+        threads,
+    )
 
 
 def error_summary(error: tf.errors.OpError) -> str:
   """The op's own message ("Unknown image file format...") out of a graph
   execution error's text, without the node and stack boilerplate."""
   lines = [line.strip() for line in error.message.splitlines()]
-  useful = [line for line in lines if line and not line.startswith(("[[", "<stack")) and
-            not line.startswith(("Graph execution error", "Detected at node"))]
+  useful = [
+      line
+      for line in lines
+      if line
+      and not line.startswith(("[[", "<stack"))
+      and not line.startswith(("Graph execution error", "Detected at node"))
+  ]
   return useful[0] if useful else lines[0]
 
 
@@ -80,6 +94,7 @@ class BadRequest(ValueError):
 @dataclasses.dataclass
 class Signature:
   """A signature this server can feed: exactly one string input."""
+
   name: str
   input_name: str
   output_names: List[str]
@@ -87,10 +102,13 @@ class Signature:
 
   def describe(self) -> Dict:
     spec = self.function.structured_input_signature[1][self.input_name]
-    return {"inputs": {self.input_name: {"dtype": spec.dtype.name,
-                                         "shape": spec.shape.as_list()}},
-            "outputs": {k: {"dtype": v.dtype.name, "shape": v.shape.as_list()}
-                        for k, v in sorted(self.function.structured_outputs.items())}}
+    return {
+        "inputs": {self.input_name: {"dtype": spec.dtype.name, "shape": spec.shape.as_list()}},
+        "outputs": {
+            k: {"dtype": v.dtype.name, "shape": v.shape.as_list()}
+            for k, v in sorted(self.function.structured_outputs.items())
+        },
+    }
 
 
 class LoadedModel:
@@ -105,41 +123,50 @@ class LoadedModel:
   need; `compiled=False`: always the signature). `precision` "bfloat16" answers `serving_default`
   with `serving_bfloat16` (when the version has it)."""
 
-  def __init__(self, version: int, path: str, max_batch: int = MAX_BATCH,
-               compiled: bool = True, precision: str = "float32",
-               compile_in_background: bool = False):
+  def __init__(
+      self,
+      version: int,
+      path: str,
+      max_batch: int = MAX_BATCH,
+      compiled: bool = True,
+      precision: str = "float32",
+      compile_in_background: bool = False,
+  ):
     self.version, self.path, self.max_batch = version, path, max_batch
     index_dir = os.path.join(path, SEARCH_INDEX_DIR)
     # The index loads (file reads, numpy) while TensorFlow restores the model.
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
-      index = (pool.submit(search_index.load, index_dir) if tf.io.gfile.exists(index_dir)
-               else None)
+      index = pool.submit(search_index.load, index_dir) if tf.io.gfile.exists(index_dir) else None
       self.saved_model = tf.saved_model.load(path)
       self.index: Optional[search_index.SearchIndex] = index.result() if index else None
     self.signatures: Dict[str, Signature] = {}
     for name, function in self.saved_model.signatures.items():
       inputs = function.structured_input_signature[1]
       if len(inputs) == 1 and next(iter(inputs.values())).dtype == tf.string:
-        self.signatures[name] = Signature(name, next(iter(inputs)),
-                                          sorted(function.structured_outputs),
-                                          function)
+        self.signatures[name] = Signature(
+            name, next(iter(inputs)), sorted(function.structured_outputs), function
+        )
     if not self.signatures:
       raise ValueError(f"{path} has no signature with one string input")
-    self.precision = ("bfloat16" if precision == "bfloat16" and SERVING_BFLOAT16
-                      in self.signatures else "float32")
+    self.precision = (
+        "bfloat16" if precision == "bfloat16" and SERVING_BFLOAT16 in self.signatures else "float32"
+    )
     self._compiled: Dict[str, CompiledImageSignature] = {}
     prepare = getattr(self.saved_model, PREPARE_IMAGE_BYTES, None)
     for name, function in (EMBED_IMAGES.items() if compiled and prepare else ()):
       embed = getattr(self.saved_model, function, None)
       if embed is not None and name in self.signatures:
-        self._compiled[name] = CompiledImageSignature(name, prepare, embed, max_batch,
-                                                      compile_in_background)
+        self._compiled[name] = CompiledImageSignature(
+            name, prepare, embed, max_batch, compile_in_background
+        )
     self._signature_defs: Optional[Dict[str, meta_graph_pb2.SignatureDef]] = None
 
   def signature(self, name: str) -> Signature:
     if name not in self.signatures:
-      raise UnknownSignature(f"signature {name!r} not found in version {self.version}; "
-                     f"available: {sorted(self.signatures)}")
+      raise UnknownSignature(
+          f"signature {name!r} not found in version {self.version}; "
+          f"available: {sorted(self.signatures)}"
+      )
     return self.signatures[name]
 
   def signature_defs(self) -> Dict[str, meta_graph_pb2.SignatureDef]:
@@ -149,8 +176,9 @@ class LoadedModel:
       saved = saved_model_pb2.SavedModel()
       with tf.io.gfile.GFile(os.path.join(self.path, "saved_model.pb"), "rb") as f:
         saved.ParseFromString(f.read())
-      self._signature_defs = {name: saved.meta_graphs[0].signature_def[name]
-                              for name in sorted(self.signatures)}
+      self._signature_defs = {
+          name: saved.meta_graphs[0].signature_def[name] for name in sorted(self.signatures)
+      }
     return self._signature_defs
 
   def run(self, signature_name: str, values: List[bytes]) -> Dict[str, np.ndarray]:
@@ -160,8 +188,10 @@ class LoadedModel:
     sig = self.signature(self._answered_by(signature_name))
     compiled = self._compiled.get(sig.name)
     if compiled and len(values) > self.max_batch:
-      parts = [self.run(signature_name, values[i:i + self.max_batch])
-               for i in range(0, len(values), self.max_batch)]
+      parts = [
+          self.run(signature_name, values[i : i + self.max_batch])
+          for i in range(0, len(values), self.max_batch)
+      ]
       return {k: np.concatenate([part[k] for part in parts]) for k in parts[0]}
     outputs = compiled.run(values) if compiled else None
     if outputs is not None:
@@ -178,9 +208,9 @@ class LoadedModel:
       return SERVING_BFLOAT16
     return signature_name
 
-  def run_isolating_errors(self, signature_name: str, values: List[bytes]
-                           ) -> Tuple[Optional[Dict[str, np.ndarray]], List[int],
-                                      Dict[int, str]]:
+  def run_isolating_errors(
+      self, signature_name: str, values: List[bytes]
+  ) -> Tuple[Optional[Dict[str, np.ndarray]], List[int], Dict[int, str]]:
     """`run`, but a batch that fails on bad input (a value that is not an
     image) is re-run value by value to find which. Returns (outputs of the
     values that ran, stacked, or None if none did; their indices; {index:
@@ -221,8 +251,11 @@ def versions_on_disk(base_dir: str) -> List[int]:
   """Complete versions (a numeric directory with a saved_model.pb), oldest first."""
   if not tf.io.gfile.isdir(base_dir):
     return []
-  return [v for v in pushed_versions(tf.io.gfile.listdir(base_dir))
-          if tf.io.gfile.exists(os.path.join(base_dir, str(v), "saved_model.pb"))]
+  return [
+      v
+      for v in pushed_versions(tf.io.gfile.listdir(base_dir))
+      if tf.io.gfile.exists(os.path.join(base_dir, str(v), "saved_model.pb"))
+  ]
 
 
 def version_identity(model_dir: str) -> Tuple[str, int, str]:
@@ -234,13 +267,19 @@ def version_identity(model_dir: str) -> Tuple[str, int, str]:
   if not tf.io.gfile.exists(os.path.join(model_dir, "saved_model.pb")):
     versions = versions_on_disk(model_dir)
     if not versions:
-      raise FileNotFoundError(f"{model_dir}: neither a SavedModel nor a folder of numeric "
-                              "versions holding one")
+      raise FileNotFoundError(
+          f"{model_dir}: neither a SavedModel nor a folder of numeric " "versions holding one"
+      )
     model_dir = os.path.join(model_dir, str(versions[-1]))
   version = pushed_versions([os.path.basename(model_dir)])
-  source = next(p for p in (os.path.join(model_dir, "fingerprint.pb"),
-                            os.path.join(model_dir, "saved_model.pb"))
-                if tf.io.gfile.exists(p))
+  source = next(
+      p
+      for p in (
+          os.path.join(model_dir, "fingerprint.pb"),
+          os.path.join(model_dir, "saved_model.pb"),
+      )
+      if tf.io.gfile.exists(p)
+  )
   with tf.io.gfile.GFile(source, "rb") as f:
     return model_dir, (version[0] if version else 0), hashlib.sha256(f.read()).hexdigest()
 
@@ -254,8 +293,9 @@ def load_version(model_dir: str) -> LoadedModel:
     return LoadedModel(version[0] if version else 0, model_dir)
   versions = versions_on_disk(model_dir)
   if not versions:
-    raise FileNotFoundError(f"{model_dir} is neither a SavedModel nor a directory "
-                            "of numeric versions holding one")
+    raise FileNotFoundError(
+        f"{model_dir} is neither a SavedModel nor a directory " "of numeric versions holding one"
+    )
   return LoadedModel(versions[-1], os.path.join(model_dir, str(versions[-1])))
 
 
@@ -263,11 +303,19 @@ class ModelStore:
   """Serves the newest version of the model under `base_dir`, any other
   version on request; `refresh` (or the polling thread) picks up new ones."""
 
-  def __init__(self, base_dir: str, name: str, max_loaded: int = 3, max_batch: int = MAX_BATCH,
-               precision: str = "float32", compiled: bool = True):
+  def __init__(
+      self,
+      base_dir: str,
+      name: str,
+      max_loaded: int = 3,
+      max_batch: int = MAX_BATCH,
+      precision: str = "float32",
+      compiled: bool = True,
+  ):
     self.base_dir, self.name, self.max_loaded = base_dir, name, max(1, max_loaded)
-    self.load_options = dict(max_batch=max_batch, precision=precision, compiled=compiled,
-                             compile_in_background=True)
+    self.load_options = dict(
+        max_batch=max_batch, precision=precision, compiled=compiled, compile_in_background=True
+    )
     self._loaded: "collections.OrderedDict[int, LoadedModel]" = collections.OrderedDict()
     self._failed: Dict[int, str] = {}
     self._latest: Optional[int] = None
@@ -289,15 +337,23 @@ class ModelStore:
     """Loads the newest version on disk when it is newer than the one served;
     returns the version now served. A version that fails to load is logged,
     reported in `status` and skipped; the previous version keeps serving."""
-    candidates = [v for v in versions_on_disk(self.base_dir)
-                  if v not in self._failed and (self._latest is None or v > self._latest)]
+    candidates = [
+        v
+        for v in versions_on_disk(self.base_dir)
+        if v not in self._failed and (self._latest is None or v > self._latest)
+    ]
     for version in reversed(candidates):
       try:
         model = self._load(version)
       except Exception as e:  # pylint: disable=broad-except
         self._failed[version] = f"{type(e).__name__}: {e}"
-        log.error("Version %d of %s failed to load, still serving %s: %s",
-                      version, self.name, self._latest, self._failed[version])
+        log.error(
+            "Version %d of %s failed to load, still serving %s: %s",
+            version,
+            self.name,
+            self._latest,
+            self._failed[version],
+        )
         continue
       model.warm_up()
       with self._lock:
@@ -316,31 +372,37 @@ class ModelStore:
     with self._lock:
       if version is None:
         if self._latest is None:
-          raise NotFound(f"no version of model {self.name!r} is loaded yet "
-                         f"(none under {self.base_dir})")
+          raise NotFound(
+              f"no version of model {self.name!r} is loaded yet " f"(none under {self.base_dir})"
+          )
         version = self._latest
       if version in self._loaded:
         self._loaded.move_to_end(version)
         return self._loaded[version]
     on_disk = versions_on_disk(self.base_dir)
     if version not in on_disk:
-      raise NotFound(f"version {version} of model {self.name!r} not found; "
-                     f"available versions: {on_disk}")
+      raise NotFound(
+          f"version {version} of model {self.name!r} not found; " f"available versions: {on_disk}"
+      )
     if version in self._failed:
-      raise NotFound(f"version {version} of model {self.name!r} failed to load: "
-                     f"{self._failed[version]}")
+      raise NotFound(
+          f"version {version} of model {self.name!r} failed to load: " f"{self._failed[version]}"
+      )
     model = self._load(version)
     with self._lock:
       return self._remember(model)
 
   def status(self, version: Optional[int] = None) -> List[Dict]:
     """TF Serving's `model_version_status` entries, newest first."""
-    versions = sorted(set(versions_on_disk(self.base_dir)) | set(self._loaded)
-                      | set(self._failed), reverse=True)
+    versions = sorted(
+        set(versions_on_disk(self.base_dir)) | set(self._loaded) | set(self._failed), reverse=True
+    )
     if version is not None:
       if version not in versions:
-        raise NotFound(f"version {version} of model {self.name!r} not found; "
-                       f"available versions: {sorted(versions)}")
+        raise NotFound(
+            f"version {version} of model {self.name!r} not found; "
+            f"available versions: {sorted(versions)}"
+        )
       versions = [version]
     rows = []
     for v in versions:
@@ -350,19 +412,26 @@ class ModelStore:
         state, code, message = "AVAILABLE", "OK", ""
       else:  # on disk, loaded on first request
         state, code, message = "START", "OK", "loaded on first request"
-      rows.append({"version": str(v), "state": state,
-                   "status": {"error_code": code, "error_message": message}})
+      rows.append(
+          {
+              "version": str(v),
+              "state": state,
+              "status": {"error_code": code, "error_message": message},
+          }
+      )
     return rows
 
   # ---- polling -----------------------------------------------------------
   def start_polling(self, interval_seconds: float) -> None:
     """Checks for new versions every `interval_seconds` in a daemon thread."""
+
     def poll():
       while not self._stop.wait(interval_seconds):
         try:
           self.refresh()
         except Exception:  # pylint: disable=broad-except
           log.exception("Polling %s failed; will retry", self.base_dir)
+
     self._poller = threading.Thread(target=poll, name="model-poller", daemon=True)
     self._poller.start()
 
@@ -378,10 +447,8 @@ class ModelStore:
   # ---- internals ---------------------------------------------------------
   def _load(self, version: int) -> LoadedModel:
     start = time.perf_counter()
-    model = LoadedModel(version, os.path.join(self.base_dir, str(version)),
-                        **self.load_options)
-    log.info("Loaded %s version %d in %.1f s", self.name, version,
-                 time.perf_counter() - start)
+    model = LoadedModel(version, os.path.join(self.base_dir, str(version)), **self.load_options)
+    log.info("Loaded %s version %d in %.1f s", self.name, version, time.perf_counter() - start)
     return model
 
   def _remember(self, model: LoadedModel) -> LoadedModel:

@@ -33,29 +33,38 @@ def query_model(table: EmbeddingsFile, model_dir: str) -> LoadedModel:
       return LoadedModel(table.model_version, candidate)
   raise FileNotFoundError(
       f"the embeddings were made by model version {version}, which is not under "
-      f"{model_dir} (nor at {table.meta['model_dir']}); re-embed with the current model")
+      f"{model_dir} (nor at {table.meta['model_dir']}); re-embed with the current model"
+  )
 
 
-def search(table: EmbeddingsFile, model: LoadedModel, images: Dict[str, bytes],
-           k: int) -> Dict[str, List[Dict]]:
+def search(
+    table: EmbeddingsFile, model: LoadedModel, images: Dict[str, bytes], k: int
+) -> Dict[str, List[Dict]]:
   """{query name: its k nearest entries}."""
   query_names = list(images)
   output = model.signature(SERVING_DEFAULT).output_names[0]
-  outputs, _, errors = model.run_isolating_errors(
-      SERVING_DEFAULT, [images[n] for n in query_names])
+  outputs, _, errors = model.run_isolating_errors(SERVING_DEFAULT, [images[n] for n in query_names])
   if errors:
-    raise ValueError("; ".join(f"{query_names[i]}: not a decodable image ({message})"
-                               for i, message in sorted(errors.items())))
+    raise ValueError(
+        "; ".join(
+            f"{query_names[i]}: not a decodable image ({message})"
+            for i, message in sorted(errors.items())
+        )
+    )
   return dict(zip(query_names, table.index().search(outputs[output], k)))
 
 
 def main(argv=None) -> Dict[str, List[Dict]]:
-  p = argparse.ArgumentParser(description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = argparse.ArgumentParser(
+      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
   p.add_argument("images", nargs="+", help="query image files")
   p.add_argument("--embeddings", required=True, help="file from `python -m serving.embed`")
-  p.add_argument("--model-dir", default=serving_model_dir(),
-                 help="the pushed versions (default: the local run's)")
+  p.add_argument(
+      "--model-dir",
+      default=serving_model_dir(),
+      help="the pushed versions (default: the local run's)",
+  )
   p.add_argument("-k", type=int, default=5)
   p.add_argument("--json", action="store_true", help="print JSON")
   args = p.parse_args(sys.argv[1:] if argv is None else argv)

@@ -56,15 +56,21 @@ from models.names import SEARCH_INDEX_DIR, SERVING_DEFAULT
 from serving import grpc_api
 from serving.batcher import BadInstance, Batcher, Overloaded
 from serving.embeddings import EmbeddingsFile
-from serving.model_store import (MAX_BATCH, BadRequest, ModelStore, NotFound, cores,
-                                 set_model_threads)
+from serving.model_store import (
+    MAX_BATCH,
+    BadRequest,
+    ModelStore,
+    NotFound,
+    cores,
+    set_model_threads,
+)
 
 log = logging.getLogger("serving")
 
 STORE = web.AppKey("store", ModelStore)
 BATCHER = web.AppKey("batcher", Batcher)
 INDEX = web.AppKey("index", object)
-RESPONSES = web.AppKey("responses", collections.Counter)   # status -> count
+RESPONSES = web.AppKey("responses", collections.Counter)  # status -> count
 MAX_NEIGHBOURS = 1000
 
 
@@ -72,7 +78,7 @@ MAX_NEIGHBOURS = 1000
 # Request parsing (TF Serving REST semantics, string inputs as {"b64": ...})
 # --------------------------------------------------------------------------
 async def read_json_object(request: web.Request) -> Dict:
-  raw = await request.read()        # 413 past the app's client_max_size
+  raw = await request.read()  # 413 past the app's client_max_size
   try:
     body = orjson.loads(raw)
   except orjson.JSONDecodeError as e:
@@ -94,8 +100,10 @@ def decode_instances(body: Dict, input_name: str) -> List[bytes]:
     if isinstance(items, dict) and set(items) == {input_name}:
       items = items[input_name]
   else:
-    raise BadRequest("request has no 'instances' field (nor columnar 'inputs'); "
-                     'expected {"instances": [{"b64": "<base64 image>"}, ...]}')
+    raise BadRequest(
+        "request has no 'instances' field (nor columnar 'inputs'); "
+        'expected {"instances": [{"b64": "<base64 image>"}, ...]}'
+    )
   if not isinstance(items, list) or not items:
     raise BadRequest(f"'{field}' must be a non-empty list, got {_short(items)}")
   values = []
@@ -103,8 +111,9 @@ def decode_instances(body: Dict, input_name: str) -> List[bytes]:
     if isinstance(item, dict) and set(item) == {input_name}:
       item = item[input_name]
     if not (isinstance(item, dict) and set(item) == {"b64"} and isinstance(item["b64"], str)):
-      raise BadRequest(f'{field}[{i}]: expected {{"b64": "<base64 string>"}}, '
-                       f"got {_short(item)}")
+      raise BadRequest(
+          f'{field}[{i}]: expected {{"b64": "<base64 string>"}}, ' f"got {_short(item)}"
+      )
     try:
       values.append(base64.b64decode(item["b64"], validate=True))
     except (binascii.Error, ValueError) as e:
@@ -143,10 +152,16 @@ async def model_status(request: web.Request) -> web.Response:
 async def model_metadata(request: web.Request) -> web.Response:
   store = _check_name(request)
   model = store.get(_version(request))
-  return web.json_response({
-      "model_spec": {"name": store.name, "version": str(model.version)},
-      "metadata": {"signature_def": {name: sig.describe() for name, sig
-                                     in sorted(model.signatures.items())}}})
+  return web.json_response(
+      {
+          "model_spec": {"name": store.name, "version": str(model.version)},
+          "metadata": {
+              "signature_def": {
+                  name: sig.describe() for name, sig in sorted(model.signatures.items())
+              }
+          },
+      }
+  )
 
 
 async def predict(request: web.Request) -> web.Response:
@@ -163,10 +178,13 @@ async def predict(request: web.Request) -> web.Response:
     raise BadRequest(e.args[0]) from None
   values = decode_instances(body, signature.input_name)
   outputs = await request.app[BATCHER].run(model, signature_name, values)
-  return web.Response(body=orjson.dumps(_format_outputs(outputs, "instances" not in body),
-                                        option=orjson.OPT_SERIALIZE_NUMPY),
-                      content_type="application/json",
-                      headers={"X-Model-Version": str(model.version)})
+  return web.Response(
+      body=orjson.dumps(
+          _format_outputs(outputs, "instances" not in body), option=orjson.OPT_SERIALIZE_NUMPY
+      ),
+      content_type="application/json",
+      headers={"X-Model-Version": str(model.version)},
+  )
 
 
 def _json_values(array) -> object:
@@ -182,6 +200,7 @@ def _json_values(array) -> object:
     if isinstance(v, list):
       return [text(x) for x in v]
     return v.decode("utf-8", "replace") if isinstance(v, bytes) else v
+
   return text(values)
 
 
@@ -211,36 +230,44 @@ async def neighbors(request: web.Request) -> web.Response:
   if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= MAX_NEIGHBOURS:
     raise BadRequest(f"'k' must be an integer in [1, {MAX_NEIGHBOURS}], got {_short(k)}")
   threshold = body.get("threshold")
-  if threshold is not None and (isinstance(threshold, bool) or
-                                not isinstance(threshold, (int, float)) or
-                                not -1.0 <= threshold <= 1.0):
-    raise BadRequest("'threshold' must be a number in [-1, 1] (a cosine similarity), "
-                     f"got {_short(threshold)}")
+  if threshold is not None and (
+      isinstance(threshold, bool)
+      or not isinstance(threshold, (int, float))
+      or not -1.0 <= threshold <= 1.0
+  ):
+    raise BadRequest(
+        "'threshold' must be a number in [-1, 1] (a cosine similarity), " f"got {_short(threshold)}"
+    )
   index: Optional[search_index.SearchIndex] = request.app[INDEX]
   if index is not None:
     made_by = index.info["model_version"]
     if _version(request) not in (None, made_by):
-      raise NotFound(f"the --index file was made by version {made_by}, not "
-                     f"{_version(request)}")
+      raise NotFound(f"the --index file was made by version {made_by}, not " f"{_version(request)}")
     try:
       model = store.get(made_by)
     except NotFound as e:
-      raise NotFound(f"the --index file was made by version {made_by}, which cannot be "
-                     f"served: {e}") from None
+      raise NotFound(
+          f"the --index file was made by version {made_by}, which cannot be " f"served: {e}"
+      ) from None
   else:
     model = store.get(_version(request))
     index = model.index
     if index is None:
-      raise NotFound(f"version {model.version} of model {store.name!r} has no search "
-                     f"index ({SEARCH_INDEX_DIR} in its folder); start the server with "
-                     "--index FILE to search an embeddings file instead")
+      raise NotFound(
+          f"version {model.version} of model {store.name!r} has no search "
+          f"index ({SEARCH_INDEX_DIR} in its folder); start the server with "
+          "--index FILE to search an embeddings file instead"
+      )
   signature = model.signature(SERVING_DEFAULT)
   values = decode_instances(body, signature.input_name)
   outputs = await request.app[BATCHER].run(model, SERVING_DEFAULT, values)
   hits = await asyncio.get_running_loop().run_in_executor(
-      None, index.search, outputs[signature.output_names[0]], k, threshold)
-  return web.json_response({"model_version": str(model.version), "neighbors": hits},
-                           headers={"X-Model-Version": str(model.version)})
+      None, index.search, outputs[signature.output_names[0]], k, threshold
+  )
+  return web.json_response(
+      {"model_version": str(model.version), "neighbors": hits},
+      headers={"X-Model-Version": str(model.version)},
+  )
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -250,16 +277,20 @@ async def metrics(request: web.Request) -> web.Response:
   queued and the requests shed with a 503."""
   batcher = request.app[BATCHER]
   lines = ["# TYPE mae_tfx_responses_total counter"]
-  lines += [f'mae_tfx_responses_total{{status="{status}"}} {count}'
-            for status, count in sorted(request.app[RESPONSES].items())]
-  lines += ["# TYPE mae_tfx_model_calls_total counter",
-            f"mae_tfx_model_calls_total {batcher.calls}",
-            "# TYPE mae_tfx_model_instances_total counter",
-            f"mae_tfx_model_instances_total {batcher.instances}",
-            "# TYPE mae_tfx_queued_instances gauge",
-            f"mae_tfx_queued_instances {batcher.queued}",
-            "# TYPE mae_tfx_shed_requests_total counter",
-            f"mae_tfx_shed_requests_total {batcher.shed}"]
+  lines += [
+      f'mae_tfx_responses_total{{status="{status}"}} {count}'
+      for status, count in sorted(request.app[RESPONSES].items())
+  ]
+  lines += [
+      "# TYPE mae_tfx_model_calls_total counter",
+      f"mae_tfx_model_calls_total {batcher.calls}",
+      "# TYPE mae_tfx_model_instances_total counter",
+      f"mae_tfx_model_instances_total {batcher.instances}",
+      "# TYPE mae_tfx_queued_instances gauge",
+      f"mae_tfx_queued_instances {batcher.queued}",
+      "# TYPE mae_tfx_shed_requests_total counter",
+      f"mae_tfx_shed_requests_total {batcher.shed}",
+  ]
   return web.Response(text="\n".join(lines) + "\n")
 
 
@@ -280,8 +311,9 @@ async def _json_errors(request: web.Request, handler):
     status, message = 404, e.args[0]
   except Overloaded as e:
     log.warning("503 %s %s: %s", request.method, request.path, e)
-    return web.json_response({"error": str(e)}, status=503,
-                             headers={"Retry-After": str(e.retry_after)})
+    return web.json_response(
+        {"error": str(e)}, status=503, headers={"Retry-After": str(e.retry_after)}
+    )
   except web.HTTPException as e:
     if e.status < 400:
       raise
@@ -292,16 +324,21 @@ async def _json_errors(request: web.Request, handler):
 
 def _http_error_message(request: web.Request, e: web.HTTPException) -> str:
   if e.status == 404:
-    return (f"no route {request.method} {request.path}; see "
-            "GET /v1/models/<name> and POST /v1/models/<name>[/versions/<v>]:predict")
+    return (
+        f"no route {request.method} {request.path}; see "
+        "GET /v1/models/<name> and POST /v1/models/<name>[/versions/<v>]:predict"
+    )
   if e.status == 405:
     return f"method {request.method} not allowed on {request.path}"
   return e.text or e.reason
 
 
-def create_app(store: ModelStore, batcher: Batcher,
-               index: Optional[search_index.SearchIndex] = None,
-               max_body_bytes: int = 8 << 20) -> web.Application:
+def create_app(
+    store: ModelStore,
+    batcher: Batcher,
+    index: Optional[search_index.SearchIndex] = None,
+    max_body_bytes: int = 8 << 20,
+) -> web.Application:
   app = web.Application(middlewares=[json_errors], client_max_size=max_body_bytes)
   app[STORE], app[BATCHER], app[INDEX] = store, batcher, index
   app[RESPONSES] = collections.Counter()
@@ -320,46 +357,83 @@ def create_app(store: ModelStore, batcher: Batcher,
 # Command line
 # --------------------------------------------------------------------------
 def parse_args(argv):
-  p = argparse.ArgumentParser(description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--model-dir", required=True,
-                 help="base directory of numeric versions (the Pusher's destination)")
+  p = argparse.ArgumentParser(
+      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
+  p.add_argument(
+      "--model-dir",
+      required=True,
+      help="base directory of numeric versions (the Pusher's destination)",
+  )
   p.add_argument("--model-name", default=None, help="default: the directory's name")
   p.add_argument("--host", default="127.0.0.1")
   p.add_argument("--port", type=int, default=8501, help="REST; 0: any free port")
-  p.add_argument("--grpc-port", type=int, default=8500,
-                 help="TF Serving's gRPC API (TF Serving's --port); 0: any free port, "
-                      "-1: no gRPC")
-  p.add_argument("--poll-seconds", type=float, default=2.0,
-                 help="how often to look for a newly pushed version")
+  p.add_argument(
+      "--grpc-port",
+      type=int,
+      default=8500,
+      help="TF Serving's gRPC API (TF Serving's --port); 0: any free port, " "-1: no gRPC",
+  )
+  p.add_argument(
+      "--poll-seconds", type=float, default=2.0, help="how often to look for a newly pushed version"
+  )
   p.add_argument("--max-body-mb", type=float, default=8.0)
-  p.add_argument("--max-batch", type=int, default=MAX_BATCH,
-                 help="most instances in one model call: requests merge up to it, a "
-                      "bigger request is cut into calls run side by side")
-  p.add_argument("--precision", choices=["float32", "bfloat16"], default="float32",
-                 help="what serving_default computes in: bfloat16 answers it with the "
-                      "version's serving_bfloat16 signature (faster on a CPU with native "
-                      "bfloat16; for search and k-NN, not for a classifier trained on "
-                      "float32 embeddings: benchmarks/RESULTS.md)")
-  p.add_argument("--no-compile", action="store_true",
-                 help="run every signature op by op, as saved (as TF Serving does), "
-                      "instead of compiling the encoder with XLA per batch size")
-  p.add_argument("--model-threads", type=int, default=cores(),
-                 help="model calls at once, each on cores / N of TensorFlow's intra-op "
-                      "threads (default: one per core: a one-image call pays no thread "
-                      "handoffs; 1: each call spread over every core)")
-  p.add_argument("--max-queued", type=int, default=512,
-                 help="most instances waiting for the model (about 1 s of work on 2 "
-                      "cores); past it requests get 503 + Retry-After (load shedding)")
-  p.add_argument("--index", default=None,
-                 help="an embeddings file (python -m serving.embed) for POST :neighbors, "
-                      "instead of each version's own search index")
-  p.add_argument("--drain-seconds", type=float, default=20.0,
-                 help="on SIGTERM/SIGINT, how long requests in flight may take to finish")
+  p.add_argument(
+      "--max-batch",
+      type=int,
+      default=MAX_BATCH,
+      help="most instances in one model call: requests merge up to it, a "
+      "bigger request is cut into calls run side by side",
+  )
+  p.add_argument(
+      "--precision",
+      choices=["float32", "bfloat16"],
+      default="float32",
+      help="what serving_default computes in: bfloat16 answers it with the "
+      "version's serving_bfloat16 signature (faster on a CPU with native "
+      "bfloat16; for search and k-NN, not for a classifier trained on "
+      "float32 embeddings: benchmarks/RESULTS.md)",
+  )
+  p.add_argument(
+      "--no-compile",
+      action="store_true",
+      help="run every signature op by op, as saved (as TF Serving does), "
+      "instead of compiling the encoder with XLA per batch size",
+  )
+  p.add_argument(
+      "--model-threads",
+      type=int,
+      default=cores(),
+      help="model calls at once, each on cores / N of TensorFlow's intra-op "
+      "threads (default: one per core: a one-image call pays no thread "
+      "handoffs; 1: each call spread over every core)",
+  )
+  p.add_argument(
+      "--max-queued",
+      type=int,
+      default=512,
+      help="most instances waiting for the model (about 1 s of work on 2 "
+      "cores); past it requests get 503 + Retry-After (load shedding)",
+  )
+  p.add_argument(
+      "--index",
+      default=None,
+      help="an embeddings file (python -m serving.embed) for POST :neighbors, "
+      "instead of each version's own search index",
+  )
+  p.add_argument(
+      "--drain-seconds",
+      type=float,
+      default=20.0,
+      help="on SIGTERM/SIGINT, how long requests in flight may take to finish",
+  )
   p.add_argument("--access-log", action="store_true")
-  p.add_argument("-v", "--verbose", action="store_true",
-                 help="show every log line, third-party notices included (also "
-                      "MAE_TFX_VERBOSE=1)")
+  p.add_argument(
+      "-v",
+      "--verbose",
+      action="store_true",
+      help="show every log line, third-party notices included (also " "MAE_TFX_VERBOSE=1)",
+  )
   return p.parse_args(argv)
 
 
@@ -367,25 +441,35 @@ async def serve(args) -> None:
   base = os.path.abspath(args.model_dir)
   set_model_threads(args.model_threads)
   precision = args.precision
-  store = ModelStore(base, args.model_name or os.path.basename(base.rstrip("/")),
-                     max_batch=args.max_batch, precision=precision,
-                     compiled=not args.no_compile)
+  store = ModelStore(
+      base,
+      args.model_name or os.path.basename(base.rstrip("/")),
+      max_batch=args.max_batch,
+      precision=precision,
+      compiled=not args.no_compile,
+  )
   # Load before listening, as TF Serving does: no request meets an empty
   # server, and a folder with nothing to serve is an error to fix now.
   if store.refresh() is None:
     failed = store.failed
     raise SystemExit(
-        f"serving.server: no loadable version under {base}: " + (
+        f"serving.server: no loadable version under {base}: "
+        + (
             "; ".join(f"version {v} failed to load: {why}" for v, why in sorted(failed.items()))
-            if failed else "no numeric version folder with a saved_model.pb (push a model "
-            "first: `make pipeline`)"))
+            if failed
+            else "no numeric version folder with a saved_model.pb (push a model "
+            "first: `make pipeline`)"
+        )
+    )
   store.start_polling(args.poll_seconds)
   index = EmbeddingsFile.load(args.index).index() if args.index else None
-  batcher = Batcher(max_batch=args.max_batch, threads=max(1, args.model_threads),
-                    max_queued=args.max_queued)
+  batcher = Batcher(
+      max_batch=args.max_batch, threads=max(1, args.model_threads), max_queued=args.max_queued
+  )
   app = create_app(store, batcher, index, int(args.max_body_mb * (1 << 20)))
-  runner = web.AppRunner(app, access_log=log if args.access_log else None,
-                         shutdown_timeout=args.drain_seconds)
+  runner = web.AppRunner(
+      app, access_log=log if args.access_log else None, shutdown_timeout=args.drain_seconds
+  )
   await runner.setup()
   site = web.TCPSite(runner, args.host, args.port)
   await site.start()
@@ -393,22 +477,30 @@ async def serve(args) -> None:
   grpc_server = None
   if args.grpc_port >= 0:
     grpc_server, grpc_port = await grpc_api.start(
-        store, batcher, args.host, args.grpc_port, int(args.max_body_mb * (1 << 20)))
+        store, batcher, args.host, args.grpc_port, int(args.max_body_mb * (1 << 20))
+    )
     # Before the REST line: a client that waits for that line finds both up.
     print(f"serving.server: gRPC on {args.host}:{grpc_port}", flush=True)
   how = "as saved" if args.no_compile else "the encoder compiled per batch size"
-  print(f"serving.server: model {store.name!r} version {store.latest_version} "
-        f"(serving_default in {precision}, {how}) on http://{host}:{port}", flush=True)
+  print(
+      f"serving.server: model {store.name!r} version {store.latest_version} "
+      f"(serving_default in {precision}, {how}) on http://{host}:{port}",
+      flush=True,
+  )
   stop = asyncio.Event()
   for sig in (signal.SIGINT, signal.SIGTERM):
     asyncio.get_running_loop().add_signal_handler(sig, stop.set)
   await stop.wait()
   # Graceful stop: the listening socket closes first (new connections are
   # refused), requests in flight finish within --drain-seconds, then exit 0.
-  print(f"serving.server: stopping; finishing requests in flight (at most "
-        f"{args.drain_seconds:g} s)", flush=True)
-  await asyncio.gather(runner.cleanup(), *(
-      [grpc_server.stop(args.drain_seconds)] if grpc_server else []))
+  print(
+      f"serving.server: stopping; finishing requests in flight (at most "
+      f"{args.drain_seconds:g} s)",
+      flush=True,
+  )
+  await asyncio.gather(
+      runner.cleanup(), *([grpc_server.stop(args.drain_seconds)] if grpc_server else [])
+  )
   store.stop()
   batcher.close()
   print("serving.server: stopped", flush=True)

@@ -15,14 +15,15 @@ from models.cifar10 import read_batch_file, write_batch_file  # noqa: F401  (tes
 from pipeline import data_source
 
 LOCAL_COPY = os.environ.get(
-    names.CIFAR10_ENV,
-    os.path.join(os.path.dirname(names.PROJECT_DIR), "shared", "data", "cifar10"))
+    names.CIFAR10_ENV, os.path.join(os.path.dirname(names.PROJECT_DIR), "shared", "data", "cifar10")
+)
 CACHE_DIR = names.DATA_CACHE_DIR
 
 
 def cifar10_class_names():
   """The CIFAR-10 class names, id order, as the curated schema lists them."""
   from models import schema
+
   return schema.class_names(schema.read_schema(names.SCHEMA_PATH))
 
 
@@ -36,9 +37,11 @@ def write_cifar_dir(root, train, test, batches=5):
 def cifar10_dir():
   """The full real CIFAR-10 (extracted once into .cache/)."""
   if not os.path.exists(LOCAL_COPY):
-    pytest.fail(f"The local CIFAR-10 copy {LOCAL_COPY} is missing; set "
-                "MAE_TFX_CIFAR10 to a cifar-10-batches-py folder or archive. "
-                "Tests never download.")
+    pytest.fail(
+        f"The local CIFAR-10 copy {LOCAL_COPY} is missing; set "
+        "MAE_TFX_CIFAR10 to a cifar-10-batches-py folder or archive. "
+        "Tests never download."
+    )
   return data_source.resolve_cifar10(LOCAL_COPY, CACHE_DIR)
 
 
@@ -59,12 +62,14 @@ def small_cifar_dir(cifar10_sample, tmp_path_factory):
 
 def png_bytes(image):
   from models.cifar10 import encode_png
+
   return encode_png(np.asarray(image, np.uint8))
 
 
 def jpeg_bytes(image, size=None):
   import io
   from PIL import Image
+
   img = Image.fromarray(np.asarray(image, np.uint8))
   if size:
     img = img.resize(size)
@@ -77,6 +82,7 @@ def save_image(image, path, size=None, mode=None):
   """Writes a uint8 RGB image to `path` in the format its suffix names,
   resized to `size` (w, h) and converted to `mode` (e.g. "L", "RGBA")."""
   from PIL import Image
+
   img = Image.fromarray(np.asarray(image, np.uint8))
   if size:
     img = img.resize(size)
@@ -89,9 +95,16 @@ def save_image(image, path, size=None, mode=None):
 
 # Real CIFAR-10 images written as files: sizes, formats and channel counts
 # vary with the index, as in a folder of photos people collected.
-_VARIANTS = [("png", None, None), ("jpg", (48, 40), None), ("png", (64, 64), "L"),
-             ("png", (40, 56), "RGBA"), ("jpeg", (96, 72), None), ("bmp", None, None),
-             ("gif", (36, 36), None), ("JPG", None, "L")]
+_VARIANTS = [
+    ("png", None, None),
+    ("jpg", (48, 40), None),
+    ("png", (64, 64), "L"),
+    ("png", (40, 56), "RGBA"),
+    ("jpeg", (96, 72), None),
+    ("bmp", None, None),
+    ("gif", (36, 36), None),
+    ("JPG", None, "L"),
+]
 
 
 def write_image_files(folder, images, prefix="img"):
@@ -99,12 +112,11 @@ def write_image_files(folder, images, prefix="img"):
   paths = []
   for i, image in enumerate(images):
     ext, size, mode = _VARIANTS[i % len(_VARIANTS)]
-    paths.append(save_image(image, os.path.join(folder, f"{prefix}{i:04d}.{ext}"),
-                            size, mode))
+    paths.append(save_image(image, os.path.join(folder, f"{prefix}{i:04d}.{ext}"), size, mode))
   return paths
 
 
-IMAGE_FOLDER_CLASSES = (0, 3, 8)      # airplane, cat, ship
+IMAGE_FOLDER_CLASSES = (0, 3, 8)  # airplane, cat, ship
 
 
 @pytest.fixture(scope="session")
@@ -120,7 +132,7 @@ def photo_folder(cifar10_sample, tmp_path_factory):
   root = tmp_path_factory.mktemp("image_folder") / "photos"
   for c in IMAGE_FOLDER_CLASSES:
     write_image_files(str(root / names_[c]), images[labels == c])
-  with open(root / names_[3] / "broken.jpg", "wb") as f:   # a truncated JPEG
+  with open(root / names_[3] / "broken.jpg", "wb") as f:  # a truncated JPEG
     f.write(jpeg_bytes(images[0], size=(64, 64))[:300])
   (root / names_[0] / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
   (root / "README.txt").write_text("photos sorted by class\n")
@@ -139,6 +151,7 @@ def raw_feature_spec():
   from tensorflow_transform.tf_metadata import schema_utils
   from tfx.utils import io_utils
   from tensorflow_metadata.proto.v0 import schema_pb2
+
   schema = io_utils.parse_pbtxt_file(names.SCHEMA_PATH, schema_pb2.Schema())
   return schema_utils.schema_as_feature_spec(schema).feature_spec
 
@@ -153,25 +166,30 @@ def analyze_and_write_transform(images, labels, out_dir):
   from models.preprocessing import preprocessing_fn
 
   from models.examples import ImageStatistics
+
   metadata = dataset_metadata.DatasetMetadata.from_feature_spec(raw_feature_spec())
   class_names = cifar10_class_names()
 
-  def row(image, label):     # what ExampleGen writes of one image
+  def row(image, label):  # what ExampleGen writes of one image
     stats = ImageStatistics.of_array(image)
-    return {"image": [png_bytes(image)], "label": [int(label)],
-            "class_name": [class_names[int(label)].encode()],
-            names.IMAGE_HEIGHT_KEY: [stats.height], names.IMAGE_WIDTH_KEY: [stats.width],
-            **{key: [mean] for key, mean in zip(names.CHANNEL_MEAN_KEYS, stats.channel_means)}}
+    return {
+        "image": [png_bytes(image)],
+        "label": [int(label)],
+        "class_name": [class_names[int(label)].encode()],
+        names.IMAGE_HEIGHT_KEY: [stats.height],
+        names.IMAGE_WIDTH_KEY: [stats.width],
+        **{key: [mean] for key, mean in zip(names.CHANNEL_MEAN_KEYS, stats.channel_means)},
+    }
 
   rows = [row(img, lab) for img, lab in zip(images, labels)]
   with beam.Pipeline() as p, tft_beam.Context(temp_dir=os.path.join(out_dir, "tmp")):
     raw = p | beam.Create(rows)
-    transform_fn = ((raw, metadata)
-                    | tft_beam.AnalyzeDataset(preprocessing_fn))
+    transform_fn = (raw, metadata) | tft_beam.AnalyzeDataset(preprocessing_fn)
     _ = transform_fn | tft_beam.WriteTransformFn(out_dir)
   # Raw metadata, as TFX's Transform writes it (serving signatures parse with it).
   metadata_io.write_metadata(
-      metadata, os.path.join(out_dir, tft.TFTransformOutput.RAW_METADATA_DIR))
+      metadata, os.path.join(out_dir, tft.TFTransformOutput.RAW_METADATA_DIR)
+  )
   return tft.TFTransformOutput(out_dir)
 
 
@@ -183,7 +201,7 @@ def transform_output(cifar10_sample, tmp_path_factory):
   return analyze_and_write_transform(images[:64], labels[:64], out)
 
 
-SMOKE_LOG = "smoke_run.log"     # beside the smoke run's output folder: its stderr
+SMOKE_LOG = "smoke_run.log"  # beside the smoke run's output folder: its stderr
 
 
 @pytest.fixture(scope="session")
@@ -193,13 +211,18 @@ def smoke_run(small_cifar_dir, tmp_path_factory):
   process); returns its PipelineConfig. Its stderr, the run log, is kept in
   SMOKE_LOG beside the output folder (`smoke_run_log`)."""
   from pipeline import local_runner
+
   folder = tmp_path_factory.mktemp("smoke_run")
-  argv = ["--profile", "smoke", "--data", small_cifar_dir,
-          "--output-dir", str(folder / "outputs")]
+  argv = ["--profile", "smoke", "--data", small_cifar_dir, "--output-dir", str(folder / "outputs")]
   env = {k: v for k, v in os.environ.items() if k != run_log.VERBOSE_ENV}
-  run = subprocess.run([sys.executable, "-m", "pipeline.local_runner", *argv],
-                       cwd=names.PROJECT_DIR, env=env, capture_output=True, text=True,
-                       timeout=1800)
+  run = subprocess.run(
+      [sys.executable, "-m", "pipeline.local_runner", *argv],
+      cwd=names.PROJECT_DIR,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=1800,
+  )
   (folder / SMOKE_LOG).write_text(run.stderr)
   (folder / "report.txt").write_text(run.stdout)
   if run.returncode:
@@ -212,8 +235,10 @@ def smoke_run(small_cifar_dir, tmp_path_factory):
 def smoke_run_log(smoke_run):
   """(stderr, stdout) of the smoke run: its run log and its report."""
   folder = os.path.dirname(smoke_run.output_dir)
-  with open(os.path.join(folder, SMOKE_LOG)) as log, \
-      open(os.path.join(folder, "report.txt")) as report:
+  with (
+      open(os.path.join(folder, SMOKE_LOG)) as log,
+      open(os.path.join(folder, "report.txt")) as report,
+  ):
     return log.read(), report.read()
 
 
@@ -231,6 +256,7 @@ def model_base(smoke_run, tmp_path_factory):
   """A copy of the smoke run's pushed versions, one per test module (the
   serving tests push more into it)."""
   import shutil
+
   base = tmp_path_factory.mktemp("models") / "mae-tfx"
   shutil.copytree(smoke_run.serving_model_dir, base)
   return str(base)
@@ -244,14 +270,18 @@ def export_random_classifier(tf_transform_output, export_dir, feature_blocks=1, 
   from models.linear_probe import ProbeClassifier, build_probe_head
   from models.mae import MaskedAutoencoder
   from models.signatures import export_saved_model
+
   tf.keras.utils.set_random_seed(seed)
   cfg = config_lib.get_profile("smoke").model
   class_names = cifar10_class_names()
   dim = cfg.embed_dim * feature_blocks
-  classifier = ProbeClassifier(MaskedAutoencoder(cfg).build_for().encoder,
-                               build_probe_head(dim, len(class_names)),
-                               class_names, feature_blocks)
-  rng = np.random.default_rng(seed)        # a k-NN bank of 40 random embeddings
+  classifier = ProbeClassifier(
+      MaskedAutoencoder(cfg).build_for().encoder,
+      build_probe_head(dim, len(class_names)),
+      class_names,
+      feature_blocks,
+  )
+  rng = np.random.default_rng(seed)  # a k-NN bank of 40 random embeddings
   classifier.set_knn_bank(rng.normal(size=(40, dim)), rng.integers(0, 10, 40), k=20)
   export_saved_model(classifier, tf_transform_output, str(export_dir))
   return classifier
@@ -261,11 +291,13 @@ def write_examples(path, images, labels):
   """Writes GZIP TFRecords of {image: PNG, label, class_name} tf.Examples, as
   ExampleGen does."""
   from models.examples import image_example
+
   class_names = cifar10_class_names()
   with tf.io.TFRecordWriter(str(path), options="GZIP") as writer:
     for image, label in zip(images, labels):
-      writer.write(image_example(png_bytes(image), int(label),
-                                 class_names[int(label)]).SerializeToString())
+      writer.write(
+          image_example(png_bytes(image), int(label), class_names[int(label)]).SerializeToString()
+      )
   return [str(path)]
 
 
@@ -274,5 +306,7 @@ def example_files(cifar10_sample, tmp_path_factory):
   """([train file], [test file]) of the real sample, as ExampleGen writes them."""
   (train, train_labels), (test, test_labels) = cifar10_sample
   root = tmp_path_factory.mktemp("examples")
-  return (write_examples(root / "train.gz", train, train_labels),
-          write_examples(root / "test.gz", test, test_labels))
+  return (
+      write_examples(root / "train.gz", train, train_labels),
+      write_examples(root / "test.gz", test, test_labels),
+  )

@@ -57,12 +57,17 @@ print(json.dumps(dict(
 
 
 def test_mirrored_on_two_cpus_matches_one_device():
-  run = subprocess.run([sys.executable, "-c", SCRIPT], cwd=names.PROJECT_DIR,
-                       capture_output=True, text=True, timeout=900)
+  run = subprocess.run(
+      [sys.executable, "-c", SCRIPT],
+      cwd=names.PROJECT_DIR,
+      capture_output=True,
+      text=True,
+      timeout=900,
+  )
   assert run.returncode == 0, run.stderr[-4000:]
   result = json.loads(run.stdout.strip().splitlines()[-1])
   assert result["replicas"] == [1, 2]
-  assert result["jit"] == [True, False]        # XLA:CPU cannot span logical CPUs
+  assert result["jit"] == [True, False]  # XLA:CPU cannot span logical CPUs
   loss_one, loss_two = result["loss"]
   assert abs(loss_one - loss_two) <= 1e-5 * abs(loss_one), result
   assert result["max_weight_diff"] < 1e-6, result
@@ -118,16 +123,42 @@ def test_two_worker_processes_train_in_step_and_match_one_process(tmp_path):
       return s.getsockname()[1]
 
   cluster = {"worker": [f"127.0.0.1:{free_port()}" for _ in range(2)]}
-  shared = tmp_path / "shared"          # the run's folder, as on GCS
-  workers = [subprocess.Popen(
-      [sys.executable, "-c", MULTI_WORKER_SCRIPT, "multi_worker", str(tmp_path / f"w{i}.npz"),
-       str(shared)], cwd=names.PROJECT_DIR, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-      text=True, env=dict(os.environ, TF_CONFIG=json.dumps(
-          {"cluster": cluster, "task": {"type": "worker", "index": i}})))
-      for i in range(2)]
-  single = subprocess.run([sys.executable, "-c", MULTI_WORKER_SCRIPT, "default",
-                           str(tmp_path / "one.npz"), str(tmp_path / "one")],
-                          cwd=names.PROJECT_DIR, capture_output=True, text=True, timeout=900)
+  shared = tmp_path / "shared"  # the run's folder, as on GCS
+  workers = [
+      subprocess.Popen(
+          [
+              sys.executable,
+              "-c",
+              MULTI_WORKER_SCRIPT,
+              "multi_worker",
+              str(tmp_path / f"w{i}.npz"),
+              str(shared),
+          ],
+          cwd=names.PROJECT_DIR,
+          stdout=subprocess.PIPE,
+          stderr=subprocess.PIPE,
+          text=True,
+          env=dict(
+              os.environ,
+              TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}}),
+          ),
+      )
+      for i in range(2)
+  ]
+  single = subprocess.run(
+      [
+          sys.executable,
+          "-c",
+          MULTI_WORKER_SCRIPT,
+          "default",
+          str(tmp_path / "one.npz"),
+          str(tmp_path / "one"),
+      ],
+      cwd=names.PROJECT_DIR,
+      capture_output=True,
+      text=True,
+      timeout=900,
+  )
   assert single.returncode == 0, single.stderr[-3000:]
   for w in workers:
     _, err = w.communicate(timeout=900)

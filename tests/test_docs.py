@@ -63,7 +63,7 @@ def links(path: str) -> List[str]:
 
 
 def is_external(target: str) -> bool:
-  return re.match(r"^[a-z][a-z0-9+.-]*:", target) is not None   # http:, mailto:, ...
+  return re.match(r"^[a-z][a-z0-9+.-]*:", target) is not None  # http:, mailto:, ...
 
 
 def anchors(path: str) -> Set[str]:
@@ -96,7 +96,7 @@ def commands(text: str) -> Iterator[str]:
 
 
 def _pieces(command: str) -> Iterator[str]:
-  command = re.sub(r"(^|\s)#.*$", "", command)      # a trailing shell comment
+  command = re.sub(r"(^|\s)#.*$", "", command)  # a trailing shell comment
   for piece in re.split(r"&&|\|\||;|\|", command):
     if piece.strip():
       yield piece.strip()
@@ -153,7 +153,8 @@ def imported_project_files(source: str) -> List[str]:
       path = module_file(module) or (
           os.path.join(PROJECT_DIR, *module.split("."), "__init__.py")
           if os.path.isfile(os.path.join(PROJECT_DIR, *module.split("."), "__init__.py"))
-          else "")
+          else ""
+      )
       if path and path.startswith(PROJECT_DIR) and "/.venv/" not in path:
         files.append(path)
   return files
@@ -201,13 +202,17 @@ def test_the_readme_is_at_most_200_lines():
   lines = read(README).count("\n")
   assert lines <= README_MAX_LINES, (
       f"README.md has {lines} lines (at most {README_MAX_LINES}): move details to a "
-      "guide in docs/ and link it")
+      "guide in docs/ and link it"
+  )
 
 
 def test_there_are_guides_and_the_readme_links_each():
   assert guides(), "docs/ has no guide"
-  linked = {os.path.normpath(os.path.join(PROJECT_DIR, t.split("#")[0]))
-            for t in links(README) if not is_external(t)}
+  linked = {
+      os.path.normpath(os.path.join(PROJECT_DIR, t.split("#")[0]))
+      for t in links(README)
+      if not is_external(t)
+  }
   missing = [rel(g) for g in guides() if os.path.normpath(g) not in linked]
   assert not missing, f"README.md does not link {missing}"
 
@@ -231,15 +236,17 @@ def test_relative_links_and_images_point_at_existing_files(page):
 def test_python_m_commands_name_project_modules_and_their_flags(page):
   problems = []
   for module, flags in python_m_commands(page):
-    if "<" in module:            # a placeholder, e.g. benchmarks.<name>
+    if "<" in module:  # a placeholder, e.g. benchmarks.<name>
       continue
     if not module_file(module):
       problems.append(f"python -m {module}: no {module.replace('.', '/')}.py")
       continue
-    problems += [f"python -m {module} {flag}: not in {module.replace('.', '/')}.py "
-                 "nor a module it imports"
-                 for flag in flags if flag not in BUILTIN_FLAGS
-                 and not defines_flag(module, flag)]
+    problems += [
+        f"python -m {module} {flag}: not in {module.replace('.', '/')}.py "
+        "nor a module it imports"
+        for flag in flags
+        if flag not in BUILTIN_FLAGS and not defines_flag(module, flag)
+    ]
   assert not problems, f"{rel(page)}: " + "; ".join(problems)
 
 
@@ -249,23 +256,34 @@ def test_make_targets_exist_and_their_args_are_the_modules_flags(page):
   problems = []
   for target, flags in make_commands(page):
     if target not in targets:
-      problems.append(f"make {target}: no such target (the Makefile has "
-                      f"{sorted(targets)})")
+      problems.append(f"make {target}: no such target (the Makefile has " f"{sorted(targets)})")
       continue
     module = targets[target]
-    problems += [f"make {target} ARGS=... {flag}: not a flag of {module}"
-                 for flag in flags
-                 if not (module and module_file(module) and defines_flag(module, flag))]
+    problems += [
+        f"make {target} ARGS=... {flag}: not a flag of {module}"
+        for flag in flags
+        if not (module and module_file(module) and defines_flag(module, flag))
+    ]
   assert not problems, f"{rel(page)}: " + "; ".join(problems)
 
 
 def test_the_commands_are_found():
   """The checks above see the commands: a parser that found none would pass."""
   shown = {m for page in pages() for m, _ in python_m_commands(page)}
-  assert {"serving.embed", "serving.search", "pipeline.runs",
-          "pipeline.local_runner", "pipeline.vertex_runner"} <= shown
-  embed_flags = {f for page in pages() for m, flags in python_m_commands(page)
-                 if m == "serving.embed" for f in flags}
+  assert {
+      "serving.embed",
+      "serving.search",
+      "pipeline.runs",
+      "pipeline.local_runner",
+      "pipeline.vertex_runner",
+  } <= shown
+  embed_flags = {
+      f
+      for page in pages()
+      for m, flags in python_m_commands(page)
+      if m == "serving.embed"
+      for f in flags
+  }
   assert {"--model-dir", "--images", "--examples", "--split", "--out"} <= embed_flags
   targets = {t for page in pages() for t, _ in make_commands(page)}
   assert {"pipeline", "test", "serve"} <= targets
@@ -273,8 +291,12 @@ def test_the_commands_are_found():
 
 def test_the_signature_table_is_the_same_in_the_readme_and_the_serving_guide():
   def rows(path):
-    return [line for line in read(path).splitlines()
-            if re.match(r"^\| `(serving_default|embed_examples|classify_examples)` \|", line)]
+    return [
+        line
+        for line in read(path).splitlines()
+        if re.match(r"^\| `(serving_default|embed_examples|classify_examples)` \|", line)
+    ]
+
   readme = rows(README)
   assert len(readme) == 3
   assert "20-NN votes" in readme[2]

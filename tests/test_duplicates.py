@@ -15,7 +15,7 @@ from serving import duplicates, embed
 from serving.embeddings import EmbeddingsFile
 from tests.conftest import cifar10_class_names, jpeg_bytes, png_bytes
 
-COPIED = 6                         # originals 0-5 have a JPEG copy
+COPIED = 6  # originals 0-5 have a JPEG copy
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +37,17 @@ def files(model_base, cifar10_sample, tmp_path_factory):
   out = {}
   for name in ("originals", "copies"):
     out[name] = str(root / f"{name}.npz")
-    embed.main(["--model-dir", model_base, "--images", str(root / name), "--out", out[name],
-                "--no-progress"])
+    embed.main(
+        [
+            "--model-dir",
+            model_base,
+            "--images",
+            str(root / name),
+            "--out",
+            out[name],
+            "--no-progress",
+        ]
+    )
   return out["originals"], out["copies"]
 
 
@@ -56,19 +65,30 @@ def test_inside_one_corpus_every_pair_at_or_above_the_threshold_once(files):
   originals, copies = files
   # Both files as one corpus: each copy next to its original.
   a, b = EmbeddingsFile.load(originals), EmbeddingsFile.load(copies)
-  both = EmbeddingsFile(np.concatenate([a.embeddings, b.embeddings]),
-                        np.concatenate([a.ids, np.char.add("copy/", b.ids)]),
-                        np.concatenate([a.labels, b.labels]), a.meta)
+  both = EmbeddingsFile(
+      np.concatenate([a.embeddings, b.embeddings]),
+      np.concatenate([a.ids, np.char.add("copy/", b.ids)]),
+      np.concatenate([a.labels, b.labels]),
+      a.meta,
+  )
   sims = _cosines(both, both)
-  copy_scores = [sims[list(both.ids).index(f"copy/{c}"), list(both.ids).index(o)]
-                 for c in b.ids for o in a.ids if _stem(c) == _stem(o)]
-  threshold = float(min(copy_scores)) - 1e-4     # every copy pairs with its original
+  copy_scores = [
+      sims[list(both.ids).index(f"copy/{c}"), list(both.ids).index(o)]
+      for c in b.ids
+      for o in a.ids
+      if _stem(c) == _stem(o)
+  ]
+  threshold = float(min(copy_scores)) - 1e-4  # every copy pairs with its original
   n = len(both.ids)
   # With every other item a neighbour, the pairs are exactly those at or
   # above the threshold.
   found = duplicates.find_pairs(both, threshold=threshold, max_per_item=n)
-  expected = {(both.ids[i], both.ids[j]) for i in range(n) for j in range(i + 1, n)
-              if sims[i, j] >= threshold}
+  expected = {
+      (both.ids[i], both.ids[j])
+      for i in range(n)
+      for j in range(i + 1, n)
+      if sims[i, j] >= threshold
+  }
   listed = [(p.id_a, p.id_b) for p in found.pairs]
   assert len(listed) == len(set(listed)) and set(listed) == expected
   assert all(p.id_a != p.id_b for p in found.pairs)
@@ -84,8 +104,11 @@ def test_inside_one_corpus_every_pair_at_or_above_the_threshold_once(files):
   # One neighbour per item: a pair is an item and its nearest other one.
   nearest = sims - 2 * np.eye(n)
   found = duplicates.find_pairs(both, threshold=threshold, max_per_item=1)
-  expected = {tuple(sorted((i, int(np.argmax(nearest[i]))))) for i in range(n)
-              if nearest[i].max() >= threshold}
+  expected = {
+      tuple(sorted((i, int(np.argmax(nearest[i])))))
+      for i in range(n)
+      if nearest[i].max() >= threshold
+  }
   assert {(row[p.id_a], row[p.id_b]) for p in found.pairs} == expected
   # A threshold above every score lists nothing.
   top = float(nearest.max())
@@ -96,18 +119,35 @@ def test_between_two_corpora_the_cli_writes_every_pair(files, tmp_path, capsys):
   originals, copies = files
   a, b = EmbeddingsFile.load(copies), EmbeddingsFile.load(originals)
   sims = _cosines(a, b)
-  threshold = float(min(sims[i, list(map(_stem, b.ids)).index(_stem(c))]
-                        for i, c in enumerate(a.ids))) - 1e-4
+  threshold = (
+      float(min(sims[i, list(map(_stem, b.ids)).index(_stem(c))] for i, c in enumerate(a.ids)))
+      - 1e-4
+  )
   for out, delimiter in (str(tmp_path / "pairs.tsv"), "\t"), (str(tmp_path / "pairs.csv"), ","):
-    found = duplicates.main(["--embeddings", copies, "--against", originals, "--threshold",
-                             repr(threshold), "-k", str(len(b.ids)), "--out", out])
+    found = duplicates.main(
+        [
+            "--embeddings",
+            copies,
+            "--against",
+            originals,
+            "--threshold",
+            repr(threshold),
+            "-k",
+            str(len(b.ids)),
+            "--out",
+            out,
+        ]
+    )
     printed = capsys.readouterr().out
     with open(out, newline="") as f:
       rows = list(csv.reader(f, delimiter=delimiter))
-    assert tuple(rows[0]) == duplicates.COLUMNS == (
-        "id_a", "class_a", "id_b", "class_b", "score")
-    expected = {(a.ids[i], b.ids[j]) for i in range(len(a.ids)) for j in range(len(b.ids))
-                if sims[i, j] >= threshold}
+    assert tuple(rows[0]) == duplicates.COLUMNS == ("id_a", "class_a", "id_b", "class_b", "score")
+    expected = {
+        (a.ids[i], b.ids[j])
+        for i in range(len(a.ids))
+        for j in range(len(b.ids))
+        if sims[i, j] >= threshold
+    }
     assert {(r[0], r[2]) for r in rows[1:]} == expected and len(rows) - 1 == len(expected)
     assert {(c, o) for c in a.ids for o in b.ids if _stem(c) == _stem(o)} <= expected
     scores = [float(r[4]) for r in rows[1:]]
@@ -116,13 +156,16 @@ def test_between_two_corpora_the_cli_writes_every_pair(files, tmp_path, capsys):
     assert all(r[1] == r[0].split("/")[0] and r[3] == r[2].split("/")[0] for r in rows[1:])
     with_a, with_b = found.items_with_a_duplicate()
     assert with_a == COPIED and with_b == len({r[2] for r in rows[1:]})
-    assert (f"{len(expected)} near-duplicate pairs between {COPIED} and 30 items" in printed
-            and f"items with a duplicate: {COPIED} of {COPIED} (100.00%) in the first"
-            in printed), printed
+    assert (
+        f"{len(expected)} near-duplicate pairs between {COPIED} and 30 items" in printed
+        and f"items with a duplicate: {COPIED} of {COPIED} (100.00%) in the first" in printed
+    ), printed
   # The default threshold and neighbours per item.
   found = duplicates.main(["--embeddings", copies, "--against", originals])
-  assert (found.threshold, found.max_per_item) == (duplicates.DUPLICATE_THRESHOLD,
-                                                   duplicates.DEFAULT_MAX_PER_ITEM)
+  assert (found.threshold, found.max_per_item) == (
+      duplicates.DUPLICATE_THRESHOLD,
+      duplicates.DEFAULT_MAX_PER_ITEM,
+  )
   assert all(p.score >= duplicates.DUPLICATE_THRESHOLD for p in found.pairs)
 
 
@@ -130,17 +173,27 @@ def test_files_that_cannot_be_compared_are_refused(files, tmp_path):
   originals, copies = files
   table = EmbeddingsFile.load(copies)
   other = str(tmp_path / "other_version.npz")
-  EmbeddingsFile(table.embeddings, table.ids, table.labels,
-                 dict(table.meta, model_version=table.model_version + 1)).save(other)
-  with pytest.raises(SystemExit, match=(
-      rf"--embeddings was embedded by model version {table.model_version + 1} and "
-      rf"--against by model version {table.model_version}: .*not comparable")):
+  EmbeddingsFile(
+      table.embeddings,
+      table.ids,
+      table.labels,
+      dict(table.meta, model_version=table.model_version + 1),
+  ).save(other)
+  with pytest.raises(
+      SystemExit,
+      match=(
+          rf"--embeddings was embedded by model version {table.model_version + 1} and "
+          rf"--against by model version {table.model_version}: .*not comparable"
+      ),
+  ):
     duplicates.main(["--embeddings", other, "--against", originals])
   narrow = str(tmp_path / "narrow.npz")
   EmbeddingsFile(table.embeddings[:, :8], table.ids, table.labels, table.meta).save(narrow)
   dim = table.embeddings.shape[1]
-  with pytest.raises(SystemExit, match=rf"--embeddings has {dim}-dimensional embeddings and "
-                                       r"--against 8-dimensional ones"):
+  with pytest.raises(
+      SystemExit,
+      match=rf"--embeddings has {dim}-dimensional embeddings and " r"--against 8-dimensional ones",
+  ):
     duplicates.main(["--embeddings", copies, "--against", narrow])
   with pytest.raises(SystemExit, match=r"--against .*missing\.npz: no such file"):
     duplicates.main(["--embeddings", copies, "--against", str(tmp_path / "missing.npz")])

@@ -40,7 +40,7 @@ def test_knn_takes_more_than_ten_classes():
 def test_whitening_decorrelates_the_train_features_and_shrinks_empty_directions():
   rng = np.random.default_rng(2)
   mixing = rng.normal(size=(6, 6)) * np.array([10.0, 5.0, 1.0, 0.5, 0.1, 0.01])
-  x = rng.normal(size=(5000, 6)) @ mixing.T + 3.0          # anisotropic, off-centre
+  x = rng.normal(size=(5000, 6)) @ mixing.T + 3.0  # anisotropic, off-centre
   mean, matrix = fit_whitening(x, shrinkage=0.0)
   white = (x - mean) @ matrix
   np.testing.assert_allclose(white.mean(0), 0.0, atol=1e-4)

@@ -20,9 +20,11 @@ from tests.conftest import cifar10_class_names, write_batch_file, write_cifar_di
 @pytest.fixture
 def tiny_dir(tmp_path, cifar10_sample):
   (train, train_labels), (test, test_labels) = cifar10_sample
-  return write_cifar_dir(str(tmp_path / "cifar-10-batches-py"),
-                         (train[:20], train_labels[:20]),
-                         (test[:7], test_labels[:7]))
+  return write_cifar_dir(
+      str(tmp_path / "cifar-10-batches-py"),
+      (train[:20], train_labels[:20]),
+      (test[:7], test_labels[:7]),
+  )
 
 
 def test_read_batch_file_round_trip(tmp_path, cifar10_sample):
@@ -37,11 +39,16 @@ def test_read_batch_file_round_trip(tmp_path, cifar10_sample):
 def _examples_of_split(input_base, pattern, tmp_path):
   prefix = str(tmp_path / pattern.replace("*", "x"))
   with beam.Pipeline() as p:
-    _ = (p | eg._CifarBatchesToExample({"input_base": input_base}, pattern)
-         | beam.Map(lambda e: e.SerializeToString())
-         | beam.io.WriteToTFRecord(prefix))
-  return [tf.train.Example.FromString(r.numpy())
-          for r in tf.data.TFRecordDataset(tf.io.gfile.glob(prefix + "*"))]
+    _ = (
+        p
+        | eg._CifarBatchesToExample({"input_base": input_base}, pattern)
+        | beam.Map(lambda e: e.SerializeToString())
+        | beam.io.WriteToTFRecord(prefix)
+    )
+  return [
+      tf.train.Example.FromString(r.numpy())
+      for r in tf.data.TFRecordDataset(tf.io.gfile.glob(prefix + "*"))
+  ]
 
 
 def test_beam_transform_emits_lossless_png_examples(tiny_dir, cifar10_sample, tmp_path):
@@ -61,8 +68,11 @@ def test_beam_transform_emits_lossless_png_examples(tiny_dir, cifar10_sample, tm
     # The image's statistics, for StatisticsGen and the drift comparators.
     assert f[names.IMAGE_HEIGHT_KEY].int64_list.value == [32]
     assert f[names.IMAGE_WIDTH_KEY].int64_list.value == [32]
-    np.testing.assert_allclose([f[k].float_list.value[0] for k in names.CHANNEL_MEAN_KEYS],
-                               pixels.reshape(-1, 3).mean(0), rtol=1e-5)
+    np.testing.assert_allclose(
+        [f[k].float_list.value[0] for k in names.CHANNEL_MEAN_KEYS],
+        pixels.reshape(-1, 3).mean(0),
+        rtol=1e-5,
+    )
     # The name batches.meta gives the id, as the curated schema lists them.
     assert f["class_name"].bytes_list.value[0].decode() == cifar10_class_names()[label]
 
@@ -80,11 +90,12 @@ def test_truncated_batch_file_is_named(tmp_path, cifar10_sample):
 def test_wrong_data_shape_is_named(tmp_path):
   path = str(tmp_path / "data_batch_1")
   with open(path, "wb") as f:
-    pickle.dump({b"data": np.zeros((4, 100), np.uint8), b"labels": [0] * 4}, f,
-                protocol=2)
-  with pytest.raises(cifar10.CifarFormatError,
-                     match=r"data_batch_1: field b'data' must be a uint8 array of "
-                           r"shape \(N, 3072\), got uint8 array of shape \(4, 100\)"):
+    pickle.dump({b"data": np.zeros((4, 100), np.uint8), b"labels": [0] * 4}, f, protocol=2)
+  with pytest.raises(
+      cifar10.CifarFormatError,
+      match=r"data_batch_1: field b'data' must be a uint8 array of "
+      r"shape \(N, 3072\), got uint8 array of shape \(4, 100\)",
+  ):
     cifar10.read_batch_file(path)
 
 
@@ -122,8 +133,9 @@ def test_resolve_folder_archive_and_parts(tmp_path, tiny_dir):
   parts.mkdir()
   blob = open(archive, "rb").read()
   for i, k in enumerate(range(0, len(blob), 10000)):
-    (parts / f"cifar-10-python.tar.gz.part-a{'abcdefghijklmnopqrstuvwxyz'[i]}"
-     ).write_bytes(blob[k:k + 10000])
+    (parts / f"cifar-10-python.tar.gz.part-a{'abcdefghijklmnopqrstuvwxyz'[i]}").write_bytes(
+        blob[k : k + 10000]
+    )
   assert data_source.resolve_cifar10(str(parts), cache) == extracted  # same content
 
 

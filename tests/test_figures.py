@@ -11,18 +11,23 @@ def _row(node, inputs=(), outputs=()):
 
 
 def test_run_edges_follow_the_artifacts_between_executions():
-  rows = [_row("ExampleGen", outputs=["examples"]),
-          _row("StatisticsGen", ["examples"], ["stats"]),
-          _row("Transform", ["examples"], ["graph"]),
-          _row("Trainer", ["examples", "graph", "from-an-earlier-run"], ["model"])]
-  assert runs.run_edges(rows) == [("ExampleGen", "StatisticsGen"), ("ExampleGen", "Trainer"),
-                                  ("ExampleGen", "Transform"), ("Transform", "Trainer")]
+  rows = [
+      _row("ExampleGen", outputs=["examples"]),
+      _row("StatisticsGen", ["examples"], ["stats"]),
+      _row("Transform", ["examples"], ["graph"]),
+      _row("Trainer", ["examples", "graph", "from-an-earlier-run"], ["model"]),
+  ]
+  assert runs.run_edges(rows) == [
+      ("ExampleGen", "StatisticsGen"),
+      ("ExampleGen", "Trainer"),
+      ("ExampleGen", "Transform"),
+      ("Transform", "Trainer"),
+  ]
 
 
 def test_transitive_reduction_keeps_only_edges_no_longer_path_implies():
   edges = [("a", "b"), ("b", "c"), ("a", "c"), ("c", "d"), ("a", "d"), ("e", "d")]
-  assert figures.transitive_reduction(edges) == [("a", "b"), ("b", "c"), ("c", "d"),
-                                                 ("e", "d")]
+  assert figures.transitive_reduction(edges) == [("a", "b"), ("b", "c"), ("c", "d"), ("e", "d")]
 
 
 def test_neighbour_queries_are_the_first_image_of_each_class_present():

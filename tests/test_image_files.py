@@ -18,11 +18,18 @@ def test_hash_split_is_stable_across_processes_and_near_its_fraction():
   paths = [f"class{i % 7}/img{i:05d}.jpg" for i in range(5000)]
   here = [image_files.hash_split(p, 0.2) for p in paths]
   # Another interpreter, with another string-hash seed, splits the same way.
-  code = ("import sys; from models.image_files import hash_split; "
-          "print(''.join('t' if hash_split(f'class{i % 7}/img{i:05d}.jpg', 0.2) == 'test' "
-          "else '.' for i in range(5000)))")
-  other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         env={**os.environ, "PYTHONHASHSEED": "12345"}, check=True)
+  code = (
+      "import sys; from models.image_files import hash_split; "
+      "print(''.join('t' if hash_split(f'class{i % 7}/img{i:05d}.jpg', 0.2) == 'test' "
+      "else '.' for i in range(5000)))"
+  )
+  other = subprocess.run(
+      [sys.executable, "-c", code],
+      capture_output=True,
+      text=True,
+      env={**os.environ, "PYTHONHASHSEED": "12345"},
+      check=True,
+  )
   assert other.stdout.strip() == "".join("t" if s == "test" else "." for s in here)
   assert 0.18 < here.count("test") / len(here) < 0.22
   # A file's split depends on its own path only: other files never move it.
@@ -37,7 +44,7 @@ def test_class_folders_ignore_hidden_and_non_image_files(photo_folder):
   assert layout.class_names == sorted(names[c] for c in IMAGE_FOLDER_CLASSES)
   files = [rel for split in layout.files.values() for rel, _ in split]
   assert not [f for f in files if f.endswith((".txt", ".DS_Store"))]
-  assert "cat/broken.jpg" in files           # an image by its name: read_image judges it
+  assert "cat/broken.jpg" in files  # an image by its name: read_image judges it
   for split, entries in layout.files.items():
     for rel, label in entries:
       assert rel.split("/")[0] == layout.class_names[label]
@@ -55,15 +62,19 @@ def test_split_folders_number_train_classes_first(tmp_path, cifar10_sample):
   assert layout.kind == image_files.SPLIT_FOLDERS_LAYOUT
   # A class only the test split has gets an id past train's: the schema flags it.
   assert layout.class_names == ["cat", "dog", "emu"]
-  assert layout.files["test"] == [("test/cat/a.png", 0), ("test/dog/a.png", 1),
-                                  ("test/emu/a.png", 2)]
+  assert layout.files["test"] == [
+      ("test/cat/a.png", 0),
+      ("test/dog/a.png", 1),
+      ("test/emu/a.png", 2),
+  ]
 
 
 def test_a_folder_without_class_folders_is_refused(tmp_path, cifar10_sample):
   (images, _), _ = cifar10_sample
   save_image(images[0], str(tmp_path / "loose.png"))
-  with pytest.raises(ValueError, match=r"no class folder holds images .* expected "
-                                       r"<root>/<class>/<image>"):
+  with pytest.raises(
+      ValueError, match=r"no class folder holds images .* expected " r"<root>/<class>/<image>"
+  ):
     image_files.detect_layout(str(tmp_path))
   save_image(images[0], str(tmp_path / "train" / "cat" / "a.png"))
   with pytest.raises(ValueError, match=r"has train/ but no test/"):
@@ -73,8 +84,12 @@ def test_a_folder_without_class_folders_is_refused(tmp_path, cifar10_sample):
 def test_every_format_and_channel_count_decodes_to_rgb(photo_folder):
   root, unlabeled = photo_folder
   layout = image_files.detect_layout(root)
-  paths = [os.path.join(root, rel) for split in layout.files.values() for rel, _ in split
-           if not rel.endswith("broken.jpg")]
+  paths = [
+      os.path.join(root, rel)
+      for split in layout.files.values()
+      for rel, _ in split
+      if not rel.endswith("broken.jpg")
+  ]
   paths += [os.path.join(unlabeled, rel) for rel in image_files.list_images(unlabeled, True)]
   suffixes = {os.path.splitext(p)[1] for p in paths}
   assert suffixes == {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".JPG"}
@@ -83,14 +98,18 @@ def test_every_format_and_channel_count_decodes_to_rgb(photo_folder):
     image = tf.io.decode_image(checked.data, channels=3, expand_animations=False)
     assert image.shape[-1] == 3 and image.shape[0] >= 32, path
     if path.endswith((".bmp", ".gif")):
-      assert checked.data.startswith(b"\x89PNG")      # converted for TensorFlow's decoder
+      assert checked.data.startswith(b"\x89PNG")  # converted for TensorFlow's decoder
     # The statistics are those of the decoded pixels (JPEG: PIL's decoder and
     # TensorFlow's upsample chroma differently, a few grey levels apart).
     stats = checked.statistics
     assert (stats.height, stats.width) == tuple(image.shape[:2]), path
     jpeg = path.lower().endswith((".jpg", ".jpeg"))
-    np.testing.assert_allclose(stats.channel_means, image.numpy().reshape(-1, 3).mean(0),
-                               atol=3.0 if jpeg else 0.01, err_msg=path)
+    np.testing.assert_allclose(
+        stats.channel_means,
+        image.numpy().reshape(-1, 3).mean(0),
+        atol=3.0 if jpeg else 0.01,
+        err_msg=path,
+    )
   # Grayscale and RGBA PNGs keep their bytes; TensorFlow reads them as RGB.
   gray = next(p for p in paths if p.endswith("0002.png"))
   with open(gray, "rb") as f:
@@ -119,11 +138,14 @@ def test_unlabeled_images_are_found_at_any_depth_skipping_hidden_folders(photo_f
   assert not any(".hidden" in f for f in files)
 
 
-@pytest.mark.parametrize("content, reason", [
-    (b"", "empty file"),
-    (b"GIF89a not really", "not a readable image"),
-    ("truncate", "not a readable image"),
-])
+@pytest.mark.parametrize(
+    "content, reason",
+    [
+        (b"", "empty file"),
+        (b"GIF89a not really", "not a readable image"),
+        ("truncate", "not a readable image"),
+    ],
+)
 def test_bad_image_files_are_named(tmp_path, cifar10_sample, content, reason):
   (images, _), _ = cifar10_sample
   path = str(tmp_path / "bad.jpg")
@@ -143,7 +165,7 @@ def test_folder_fingerprint_changes_with_any_file(tmp_path, cifar10_sample):
   save_image(images[0], str(tmp_path / "a" / "x.png"))
   before = image_files.folder_fingerprint(str(tmp_path))
   assert before == image_files.folder_fingerprint(str(tmp_path))
-  save_image(images[1], str(tmp_path / "a" / "x.png"))          # rewritten in place
+  save_image(images[1], str(tmp_path / "a" / "x.png"))  # rewritten in place
   os.utime(tmp_path / "a" / "x.png", ns=(1, 1))
   assert image_files.folder_fingerprint(str(tmp_path)) != before
   assert image_files.folder_fingerprint(None) == image_files.folder_fingerprint("gs://b/x") == ""
@@ -193,23 +215,41 @@ def test_generated_schema_lists_the_classes_and_is_never_overwritten(tmp_path, p
   # the same features with the same drift comparators (it has no image files).
   curated = schema.read_schema(SCHEMA_PATH)
   assert schema.class_names(curated)[:2] == ["airplane", "automobile"]
-  same = {f.name: f for f in schema.dataset_schema(schema.class_names(curated)).feature
-          if f.name != names.IMAGE_PATH_KEY}
+  same = {
+      f.name: f
+      for f in schema.dataset_schema(schema.class_names(curated)).feature
+      if f.name != names.IMAGE_PATH_KEY
+  }
   assert {f.name: f for f in curated.feature} == same
   assert {f.name for f in generated.feature if f.HasField("drift_comparator")} == {
-      names.CLASS_NAME_KEY, *names.IMAGE_STATISTICS_KEYS}
+      names.CLASS_NAME_KEY,
+      *names.IMAGE_STATISTICS_KEYS,
+  }
 
 
 def test_tfrecord_classes_come_from_class_names_txt_or_the_ids(tmp_path):
   def write(path, labels):
     with tf.io.TFRecordWriter(str(path)) as w:
       for y in labels:
-        w.write(tf.train.Example(features=tf.train.Features(feature={
-            "y": tf.train.Feature(int64_list=tf.train.Int64List(value=[y]))
-        })).SerializeToString())
+        w.write(
+            tf.train.Example(
+                features=tf.train.Features(
+                    feature={"y": tf.train.Feature(int64_list=tf.train.Int64List(value=[y]))}
+                )
+            ).SerializeToString()
+        )
+
   write(tmp_path / "a.tfrecord", [0, 3, 1])
-  assert data_source.class_names(str(tmp_path), data_source.TFRECORD,
-                                 label_feature="y") == ["0", "1", "2", "3"]
+  assert data_source.class_names(str(tmp_path), data_source.TFRECORD, label_feature="y") == [
+      "0",
+      "1",
+      "2",
+      "3",
+  ]
   (tmp_path / "class_names.txt").write_text("ant\nbee\ncow\ndog\n")
-  assert data_source.class_names(str(tmp_path), data_source.TFRECORD,
-                                 label_feature="y") == ["ant", "bee", "cow", "dog"]
+  assert data_source.class_names(str(tmp_path), data_source.TFRECORD, label_feature="y") == [
+      "ant",
+      "bee",
+      "cow",
+      "dog",
+  ]

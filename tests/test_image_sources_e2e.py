@@ -12,8 +12,14 @@ import tensorflow as tf
 from models import image_files, names, schema
 from models.names import CLASSIFY_EXAMPLES, SERVING_DEFAULT
 from pipeline import local_runner, report, run_outputs, runs
-from tests.conftest import (IMAGE_FOLDER_CLASSES, cifar10_class_names, jpeg_bytes,
-                            png_bytes, save_image, write_image_files)
+from tests.conftest import (
+    IMAGE_FOLDER_CLASSES,
+    cifar10_class_names,
+    jpeg_bytes,
+    png_bytes,
+    save_image,
+    write_image_files,
+)
 
 
 def _run(*flags, output):
@@ -29,8 +35,7 @@ def _states(config):
 
 
 def _summary(config, node):
-  with open(os.path.join(_rows(config)[node]["outputs"]["ModelRun"][0],
-                         names.SUMMARY_FILE)) as f:
+  with open(os.path.join(_rows(config)[node]["outputs"]["ModelRun"][0], names.SUMMARY_FILE)) as f:
     return json.load(f)
 
 
@@ -40,9 +45,11 @@ def _pushed(config):
 
 
 def _example(image_bytes):
-  return tf.train.Example(features=tf.train.Features(feature={
-      "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[image_bytes]))
-  })).SerializeToString()
+  return tf.train.Example(
+      features=tf.train.Features(
+          feature={"image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[image_bytes]))}
+      )
+  ).SerializeToString()
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +58,16 @@ def folder_run(photo_folder, tmp_path_factory):
   corrupt file, as a user runs it (`make pipeline DATA=... UNLABELED=...`)."""
   root, unlabeled = photo_folder
   out = tmp_path_factory.mktemp("folder_run")
-  return _run("--data", root, "--unlabeled", unlabeled, "--skip-bad-images",
-              "--schema", str(out / "schema" / "schema.pbtxt"), output=out / "out")
+  return _run(
+      "--data",
+      root,
+      "--unlabeled",
+      unlabeled,
+      "--skip-bad-images",
+      "--schema",
+      str(out / "schema" / "schema.pbtxt"),
+      output=out / "out",
+  )
 
 
 def test_image_folder_trains_blesses_and_pushes(folder_run, photo_folder):
@@ -75,7 +90,10 @@ def test_the_corrupt_file_is_skipped_counted_and_listed(folder_run):
   gen = _rows(folder_run)["ImageFolderExampleGen"]
   assert gen["output_properties"]["Examples"][0]["bad_images"] == 1
   assert json.loads(gen["output_properties"]["Examples"][0]["class_names"]) == [
-      "airplane", "cat", "ship"]
+      "airplane",
+      "cat",
+      "ship",
+  ]
   with open(os.path.join(gen["outputs"]["Examples"][0], names.BAD_IMAGES_FILE)) as f:
     lines = f.read().splitlines()
   assert len(lines) == 1 and "/cat/broken.jpg: not a readable image" in lines[0]
@@ -85,13 +103,18 @@ def test_unlabeled_images_reach_pretraining_only(folder_run, photo_folder):
   root, _ = photo_folder
   layout = image_files.detect_layout(root)
   train = len(layout.files["train"]) - sum(
-      rel.endswith("broken.jpg") for rel, _ in layout.files["train"])
+      rel.endswith("broken.jpg") for rel, _ in layout.files["train"]
+  )
   assert _summary(folder_run, "mae_pretrain")["train_examples"] == train + 64
   probe = _summary(folder_run, "linear_probe")
   assert probe["train_examples"] == train and probe["classes"] == 3
   examples = _rows(folder_run)["ImageFolderExampleGen"]["outputs"]["Examples"][0]
-  assert set(os.listdir(examples)) == {names.BAD_IMAGES_FILE, "Split-test", "Split-train",
-                                       "Split-unlabeled"}
+  assert set(os.listdir(examples)) == {
+      names.BAD_IMAGES_FILE,
+      "Split-test",
+      "Split-train",
+      "Split-unlabeled",
+  }
 
 
 def test_the_pushed_index_names_each_image_by_its_file(folder_run, photo_folder, tmp_path):
@@ -99,20 +122,37 @@ def test_the_pushed_index_names_each_image_by_its_file(folder_run, photo_folder,
   the train split's (the bad file skipped) and the unlabeled folder's; and
   `serving.embed --examples` names the split's examples the same way."""
   from models import search_index
+
   root, unlabeled = photo_folder
   layout = image_files.detect_layout(root)
   index = search_index.load(os.path.join(_pushed(folder_run), names.SEARCH_INDEX_DIR))
   records = dict(zip(index.records.ids, index.records.class_names))
-  train = {rel: layout.class_names[label] for rel, label in layout.files["train"]
-           if not rel.endswith("broken.jpg")}
-  expected = dict(train, **{f"unlabeled/{rel}": "" for rel in
-                            image_files.list_images(unlabeled, recursive=True)})
+  train = {
+      rel: layout.class_names[label]
+      for rel, label in layout.files["train"]
+      if not rel.endswith("broken.jpg")
+  }
+  expected = dict(
+      train,
+      **{f"unlabeled/{rel}": "" for rel in image_files.list_images(unlabeled, recursive=True)},
+  )
   assert records == expected
   from serving import embed
+
   examples = _rows(folder_run)["ImageFolderExampleGen"]["outputs"]["Examples"][0]
-  embedded = embed.main(["--model-dir", _pushed(folder_run), "--examples", examples,
-                         "--split", "train", "--out", str(tmp_path / "train.npz"),
-                         "--no-progress"])
+  embedded = embed.main(
+      [
+          "--model-dir",
+          _pushed(folder_run),
+          "--examples",
+          examples,
+          "--split",
+          "train",
+          "--out",
+          str(tmp_path / "train.npz"),
+          "--no-progress",
+      ]
+  )
   assert sorted(embedded.ids) == sorted(train)
 
 
@@ -123,11 +163,13 @@ def test_pushed_model_embeds_any_image_and_names_classes(folder_run, cifar10_sam
   model = tf.saved_model.load(path)
   (train, labels), _ = cifar10_sample
   images = [train[labels == c][0] for c in IMAGE_FOLDER_CLASSES]
-  emb = model.signatures[SERVING_DEFAULT](image_bytes=tf.constant(
-      [png_bytes(images[0]), jpeg_bytes(images[1], size=(120, 90))]))["embedding"]
+  emb = model.signatures[SERVING_DEFAULT](
+      image_bytes=tf.constant([png_bytes(images[0]), jpeg_bytes(images[1], size=(120, 90))])
+  )["embedding"]
   assert emb.shape == (2, folder_run.run_config.embedding_dim)
   out = model.signatures[CLASSIFY_EXAMPLES](
-      examples=tf.constant([_example(png_bytes(i)) for i in images]))
+      examples=tf.constant([_example(png_bytes(i)) for i in images])
+  )
   probs, classes = out["probabilities"].numpy(), out["class_name"].numpy()
   assert probs.shape == (3, 3)
   names_ = np.array(["airplane", "cat", "ship"])
@@ -138,8 +180,9 @@ def test_tfma_slices_by_class_name(folder_run):
   rows = _rows(folder_run)
   accuracies = run_outputs.tfma_accuracy(rows["Evaluator"]["outputs"]["ModelEvaluation"][0])
   for output in (names.PROBABILITIES_KEY, names.KNN_PROBABILITIES_KEY):
-    assert set(accuracies[output]) == ({"overall"}
-                                       | {f"class_name={c}" for c in ("airplane", "cat", "ship")})
+    assert set(accuracies[output]) == (
+        {"overall"} | {f"class_name={c}" for c in ("airplane", "cat", "ship")}
+    )
 
 
 def test_rerun_is_served_from_cache(folder_run):
@@ -173,16 +216,28 @@ def test_tfrecord_source_with_its_own_feature_names(tmp_path, cifar10_sample):
   (root / "train").mkdir(parents=True)
   (root / "test").mkdir()
   keep = np.isin(train_labels, (1, 9))
-  items = [(jpeg_bytes(i, size=(48, 48)), int(y == 9)) for i, y in
-           zip(train[keep], train_labels[keep])]
+  items = [
+      (jpeg_bytes(i, size=(48, 48)), int(y == 9)) for i, y in zip(train[keep], train_labels[keep])
+  ]
   _write_records(root / "train" / "part-0.tfrecord.gz", items[:40], gzip=True)
   _write_records(root / "train" / "part-1.tfrecord", items[40:])
   keep = np.isin(test_labels, (1, 9))
-  _write_records(root / "test" / "part-0.tfrecord",
-                 [(png_bytes(i), int(y == 9)) for i, y in zip(test[keep], test_labels[keep])])
+  _write_records(
+      root / "test" / "part-0.tfrecord",
+      [(png_bytes(i), int(y == 9)) for i, y in zip(test[keep], test_labels[keep])],
+  )
   (root / "class_names.txt").write_text("automobile\ntruck\n")
-  config = _run("--data", str(root), "--image-feature", "img", "--label-feature", "y",
-                "--schema", str(tmp_path / "schema.pbtxt"), output=tmp_path / "out")
+  config = _run(
+      "--data",
+      str(root),
+      "--image-feature",
+      "img",
+      "--label-feature",
+      "y",
+      "--schema",
+      str(tmp_path / "schema.pbtxt"),
+      output=tmp_path / "out",
+  )
   states = _states(config)
   assert "TFRecordImageExampleGen" in states
   assert all(s == "COMPLETE" for s in states.values()), states
@@ -205,10 +260,18 @@ def test_gate_stops_a_test_class_absent_from_train(tmp_path, cifar10_sample):
     for c in classes:
       for i, image in enumerate(train[labels == c][:12]):
         save_image(image, str(tmp_path / "data" / split / names_[c] / f"{i}.png"))
-  with pytest.raises(Exception, match=r"split 'test', feature 'class_name': classes absent "
-                                      r"from split 'train': \['bird'\]"):
-    _run("--data", str(tmp_path / "data"), "--schema", str(tmp_path / "schema.pbtxt"),
-         output=tmp_path / "out")
+  with pytest.raises(
+      Exception,
+      match=r"split 'test', feature 'class_name': classes absent "
+      r"from split 'train': \['bird'\]",
+  ):
+    _run(
+        "--data",
+        str(tmp_path / "data"),
+        "--schema",
+        str(tmp_path / "schema.pbtxt"),
+        output=tmp_path / "out",
+    )
   _assert_stopped_at_the_gate(tmp_path / "out")
 
 
@@ -219,20 +282,32 @@ def test_gate_stops_an_empty_split_and_a_missing_image_feature(tmp_path, cifar10
   (root / "test").mkdir()
   # The train records carry their image under another name than --image-feature;
   # the test file holds no record.
-  _write_records(root / "train" / "a.tfrecord",
-                 [(png_bytes(i), int(y)) for i, y in zip(train[:40], labels[:40])],
-                 image_key="picture")
+  _write_records(
+      root / "train" / "a.tfrecord",
+      [(png_bytes(i), int(y)) for i, y in zip(train[:40], labels[:40])],
+      image_key="picture",
+  )
   _write_records(root / "test" / "a.tfrecord", [])
   with pytest.raises(Exception) as error:
-    _run("--data", str(root), "--image-feature", "img", "--label-feature", "y",
-         "--schema", str(tmp_path / "schema.pbtxt"), output=tmp_path / "out")
+    _run(
+        "--data",
+        str(root),
+        "--image-feature",
+        "img",
+        "--label-feature",
+        "y",
+        "--schema",
+        str(tmp_path / "schema.pbtxt"),
+        output=tmp_path / "out",
+    )
   assert "split 'test' is empty: no examples" in str(error.value)
   assert "split 'train', feature 'image': SCHEMA_MISSING_COLUMN" in str(error.value)
   _assert_stopped_at_the_gate(tmp_path / "out")
 
 
-def test_a_search_corpus_is_indexed_instead_of_the_train_split(small_cifar_dir, cifar10_sample,
-                                                               tmp_path):
+def test_a_search_corpus_is_indexed_instead_of_the_train_split(
+    small_cifar_dir, cifar10_sample, tmp_path
+):
   """`--search-corpus`: the CIFAR-10 smoke DAG indexes a folder of images
   it never trained on (nested folders, one image at its root, a bad file
   stopping nothing with --skip-bad-images): the pushed index holds exactly
@@ -242,28 +317,43 @@ def test_a_search_corpus_is_indexed_instead_of_the_train_split(small_cifar_dir, 
   import requests
   from models import search_index
   from serving.launch import ServerProcess
+
   (train, _), _ = cifar10_sample
   corpus = tmp_path / "catalogue"
   write_image_files(str(corpus / "shoes"), train[:5], "s")
   write_image_files(str(corpus / "bags" / "2026"), train[5:9], "b")
   save_image(train[9], str(corpus / "loose.png"))
   (corpus / "shoes" / "broken.jpg").write_bytes(jpeg_bytes(train[0])[:200])
-  config = _run("--data", small_cifar_dir, "--search-corpus", str(corpus), "--skip-bad-images",
-                output=tmp_path / "out")
+  config = _run(
+      "--data",
+      small_cifar_dir,
+      "--search-corpus",
+      str(corpus),
+      "--skip-bad-images",
+      output=tmp_path / "out",
+  )
   assert "SearchCorpusGen" in _states(config)
   assert all(s == "COMPLETE" for s in _states(config).values()), _states(config)
   index = search_index.load(os.path.join(_pushed(config), names.SEARCH_INDEX_DIR))
-  expected = {rel: image_files.folder_label(rel)
-              for rel in image_files.list_images(str(corpus), recursive=True)
-              if not rel.endswith("broken.jpg")}
+  expected = {
+      rel: image_files.folder_label(rel)
+      for rel in image_files.list_images(str(corpus), recursive=True)
+      if not rel.endswith("broken.jpg")
+  }
   assert dict(zip(index.records.ids, index.records.class_names)) == expected
-  assert len(expected) == 10 and expected["loose.png"] == "" and \
-      expected["bags/2026/b0001.jpg"] == "bags"
+  assert (
+      len(expected) == 10
+      and expected["loose.png"] == ""
+      and expected["bags/2026/b0001.jpg"] == "bags"
+  )
   with open(os.path.join(corpus, "bags", "2026", "b0001.jpg"), "rb") as f:
     query = base64.b64encode(f.read()).decode()
   with ServerProcess(["--model-dir", config.serving_model_dir]) as server:
-    r = requests.post(f"{server.url}/v1/models/{names.PIPELINE_NAME}:neighbors",
-                      json={"instances": [{"b64": query}], "k": 2}, timeout=60)
+    r = requests.post(
+        f"{server.url}/v1/models/{names.PIPELINE_NAME}:neighbors",
+        json={"instances": [{"b64": query}], "k": 2},
+        timeout=60,
+    )
   assert r.status_code == 200, r.text
   best = r.json()["neighbors"][0][0]
   assert best["id"] == "bags/2026/b0001.jpg" and best["score"] >= 0.999
@@ -272,7 +362,13 @@ def test_a_search_corpus_is_indexed_instead_of_the_train_split(small_cifar_dir, 
 def test_an_empty_search_corpus_is_named(small_cifar_dir, tmp_path):
   (tmp_path / "empty" / "sub").mkdir(parents=True)
   (tmp_path / "empty" / "notes.txt").write_text("no images here\n")
-  with pytest.raises(SystemExit,
-                     match="--search-corpus .*empty: the search corpus holds no images"):
-    _run("--data", small_cifar_dir, "--search-corpus", str(tmp_path / "empty"),
-         output=tmp_path / "out")
+  with pytest.raises(
+      SystemExit, match="--search-corpus .*empty: the search corpus holds no images"
+  ):
+    _run(
+        "--data",
+        small_cifar_dir,
+        "--search-corpus",
+        str(tmp_path / "empty"),
+        output=tmp_path / "out",
+    )

@@ -7,9 +7,16 @@ import pytest
 import tensorflow as tf
 
 from models.config import get_profile
-from models.mae import (Attention, LayerNorm, MaskedAutoencoder,
-                        masked_patch_loss, patchify, random_masking,
-                        sincos_pos_embed, unpatchify)
+from models.mae import (
+    Attention,
+    LayerNorm,
+    MaskedAutoencoder,
+    masked_patch_loss,
+    patchify,
+    random_masking,
+    sincos_pos_embed,
+    unpatchify,
+)
 
 TINY = get_profile("smoke").model
 TINY_CLS = dataclasses.replace(TINY, cls_token=True)
@@ -43,14 +50,13 @@ def test_masking_restore_indices_invert_the_shuffle():
   ids_shuffle = tf.argsort(noise, axis=1)
   # Shuffled order gathered with ids_restore gives back the original order.
   np.testing.assert_array_equal(
-      tf.gather(ids_shuffle, ids_restore, batch_dims=1).numpy(),
-      np.tile(np.arange(64), (4, 1)))
+      tf.gather(ids_shuffle, ids_restore, batch_dims=1).numpy(), np.tile(np.arange(64), (4, 1))
+  )
   # The visible tokens are exactly the unmasked positions, in shuffle order.
   for b in range(4):
     kept = np.where(mask.numpy()[b] == 0)[0]
     np.testing.assert_array_equal(np.sort(ids_shuffle.numpy()[b, :16]), kept)
-    np.testing.assert_array_equal(visible.numpy()[b],
-                                  x.numpy()[b, ids_shuffle.numpy()[b, :16]])
+    np.testing.assert_array_equal(visible.numpy()[b], x.numpy()[b, ids_shuffle.numpy()[b, :16]])
 
 
 def test_masks_differ_between_images():
@@ -74,8 +80,9 @@ def test_loss_counts_masked_patches_only(norm_pix):
   pred = (1 - mask[..., None]) * target + mask[..., None] * garbage
   per_patch = np.square(garbage.numpy() - target.numpy()).mean(-1)
   expected = (per_patch * mask.numpy()).sum() / mask.numpy().sum()
-  np.testing.assert_allclose(float(masked_patch_loss(imgs, pred, mask, 4, norm_pix)),
-                             expected, rtol=1e-5)
+  np.testing.assert_allclose(
+      float(masked_patch_loss(imgs, pred, mask, 4, norm_pix)), expected, rtol=1e-5
+  )
 
 
 def test_sincos_pos_embed_is_distinct_per_position():
@@ -91,7 +98,7 @@ def test_encoder_sees_only_visible_tokens_and_decoder_predicts_all(cfg):
   latent, mask, ids_restore = model.encoder.forward_masked(imgs, cfg.mask_ratio)
   assert latent.shape == (3, cfg.num_prefix_tokens + 16, cfg.embed_dim)
   pred = model.decoder(latent, ids_restore)
-  assert pred.shape == (3, 64, cfg.patch_size ** 2 * 3)
+  assert pred.shape == (3, 64, cfg.patch_size**2 * 3)
   assert model.embed(imgs).shape == (3, cfg.embed_dim)
   # The per-token head is small: (Dd + 1) * p*p*3 parameters, not L*Dd*L*P.
   assert model.decoder.pred.count_params() == (cfg.decoder_embed_dim + 1) * 48
@@ -100,15 +107,16 @@ def test_encoder_sees_only_visible_tokens_and_decoder_predicts_all(cfg):
 def test_embedding_is_the_patch_mean_or_the_cls_token():
   imgs = tf.random.normal([2, 32, 32, 3])
   plain = MaskedAutoencoder(TINY).build_for()
-  tokens = plain.encoder(imgs)                          # [B, L, D]
+  tokens = plain.encoder(imgs)  # [B, L, D]
   assert tokens.shape == (2, 64, TINY.embed_dim)
   np.testing.assert_allclose(plain.embed(imgs), tf.reduce_mean(tokens, 1), atol=1e-6)
   cls = MaskedAutoencoder(TINY_CLS).build_for()
-  tokens = cls.encoder(imgs)                            # [B, 1 + L, D]
+  tokens = cls.encoder(imgs)  # [B, 1 + L, D]
   assert tokens.shape == (2, 65, TINY.embed_dim)
   np.testing.assert_allclose(cls.embed(imgs), tokens[:, 0], atol=1e-6)
   # The [CLS] token is learned, and not weight-decayed (like the official MAE).
   from models.optimization import no_decay
+
   (token,) = [v for v in cls.trainable_variables if "cls_token" in v.name]
   assert token.shape == (1, 1, TINY.embed_dim) and no_decay(token)
   with tf.GradientTape() as tape:
@@ -129,6 +137,7 @@ def test_decoder_uses_position_embeddings():
 @pytest.mark.parametrize("cfg", [TINY, TINY_CLS], ids=["mean_pool", "cls_token"])
 def test_train_step_reduces_loss_on_a_fixed_batch(cfg):
   from models.engine_pretrain import PretrainingModel
+
   tf.keras.utils.set_random_seed(0)
   model = MaskedAutoencoder(cfg).build_for()
   trainer = PretrainingModel(model)
@@ -144,6 +153,7 @@ def test_train_step_reduces_loss_on_a_fixed_batch(cfg):
 
 def test_mixed_bfloat16_forward_returns_float32_loss():
   from models.precision import precision_policy
+
   with precision_policy("mixed_bfloat16"):
     model = MaskedAutoencoder(TINY).build_for()
     loss, pred, _ = model(tf.random.normal([2, 32, 32, 3]))
@@ -153,6 +163,7 @@ def test_mixed_bfloat16_forward_returns_float32_loss():
 
 def test_layer_norm_matches_keras_and_keeps_float32_parameters():
   from models.precision import precision_policy
+
   x = tf.random.normal([6, 32]) * 3.0 + 1.0
   ours, keras_ln = LayerNorm(), tf.keras.layers.LayerNormalization(epsilon=1e-6)
   ours.build(x.shape), keras_ln.build(x.shape)
@@ -169,14 +180,13 @@ def test_attention_on_flattened_tokens_matches_per_head_reference():
   b, n, d, heads = 2, 5, 16, 4
   attn = Attention(d, heads)
   x = tf.random.normal([b, n, d])
-  out = attn(tf.reshape(x, [b * n, d]), n)             # [B*N, D]
-  qkv = attn.qkv(x)                                     # [B, N, 3D]
+  out = attn(tf.reshape(x, [b * n, d]), n)  # [B*N, D]
+  qkv = attn.qkv(x)  # [B, N, 3D]
   q, k, v = tf.split(qkv, 3, axis=-1)
   per_head = []
   for h in range(heads):
     s = slice(h * d // heads, (h + 1) * d // heads)
-    w = tf.nn.softmax(tf.matmul(q[..., s], k[..., s], transpose_b=True)
-                      / (d // heads) ** 0.5)
+    w = tf.nn.softmax(tf.matmul(q[..., s], k[..., s], transpose_b=True) / (d // heads) ** 0.5)
     per_head.append(tf.matmul(w, v[..., s]))
   expected = attn.proj(tf.concat(per_head, axis=-1))
   np.testing.assert_allclose(tf.reshape(out, [b, n, d]), expected, atol=1e-5)
@@ -200,11 +210,15 @@ def test_encoder_can_give_the_last_blocks_side_by_side():
   for blk in enc.blocks:
     x = blk(x)
     outputs.append(enc.norm(x))
-  np.testing.assert_allclose(enc(imgs, last_blocks=2),
-                             tf.concat([outputs[-2], outputs[-1]], -1), atol=1e-5)
+  np.testing.assert_allclose(
+      enc(imgs, last_blocks=2), tf.concat([outputs[-2], outputs[-1]], -1), atol=1e-5
+  )
   # The embedding: each block's patch mean, side by side; None is every block.
-  np.testing.assert_allclose(enc.embed(imgs, last_blocks=None),
-                             tf.concat([tf.reduce_mean(o, 1) for o in outputs], -1), atol=1e-5)
+  np.testing.assert_allclose(
+      enc.embed(imgs, last_blocks=None),
+      tf.concat([tf.reduce_mean(o, 1) for o in outputs], -1),
+      atol=1e-5,
+  )
   assert enc.embed(imgs, last_blocks=1).shape == (2, TINY.embed_dim)
   with pytest.raises(ValueError, match=r"last_blocks must be in \[1, 2\], got 3"):
     enc(imgs, last_blocks=3)
@@ -212,7 +226,8 @@ def test_encoder_can_give_the_last_blocks_side_by_side():
 
 def test_uniformity_term_measures_collapse_and_adds_to_the_loss():
   from models.mae import uniformity_loss
-  same = tf.ones([4, 5, 8])                              # every image one direction
+
+  same = tf.ones([4, 5, 8])  # every image one direction
   spread = tf.reshape(tf.eye(8)[:4], [4, 1, 8]) * tf.ones([1, 5, 1])  # orthogonal
   assert float(uniformity_loss(same, 0.1)) == pytest.approx(100.0)
   assert float(uniformity_loss(spread, 0.1)) == pytest.approx(100.0 / 4)  # the diagonal only
@@ -230,8 +245,9 @@ def test_uniformity_term_measures_collapse_and_adds_to_the_loss():
 
 def test_contrastive_loss_is_infonce_with_the_other_view_as_positive():
   from models.mae import contrastive_loss
+
   rng = np.random.RandomState(0)
-  z = rng.randn(6, 5).astype(np.float32)                 # 3 images x 2 views, view-major
+  z = rng.randn(6, 5).astype(np.float32)  # 3 images x 2 views, view-major
   zn = z / np.linalg.norm(z, axis=1, keepdims=True)
   logits = zn @ zn.T / 0.2
   np.fill_diagonal(logits, -np.inf)
@@ -246,6 +262,7 @@ def test_contrastive_loss_is_infonce_with_the_other_view_as_positive():
 
 def test_two_views_are_masked_apart_reconstructed_both_and_tied_by_the_term():
   from models.mae import contrastive_loss, merge_views, pool_tokens
+
   cfg = dataclasses.replace(TINY, contrastive_weight=0.5)
   tf.keras.utils.set_random_seed(0)
   can = MaskedAutoencoder(cfg).build_for()
@@ -262,12 +279,14 @@ def test_two_views_are_masked_apart_reconstructed_both_and_tied_by_the_term():
   assert float(loss) == pytest.approx(float(recon) + 0.5 * float(term), rel=1e-5)
   # The term trains with the MAE (the projector gets gradients) under fit's step.
   from models.engine_pretrain import PretrainingModel
+
   trainer = PretrainingModel(can)
   trainer.compile(optimizer=tf.keras.optimizers.AdamW(1e-3))
   before = [v.numpy().copy() for v in can.projector.trainable_variables]
   trainer.train_step(views)
-  assert all(not np.allclose(b, v.numpy())
-             for b, v in zip(before, can.projector.trainable_variables))
+  assert all(
+      not np.allclose(b, v.numpy()) for b, v in zip(before, can.projector.trainable_variables)
+  )
 
 
 def test_contrastive_term_can_project_the_last_blocks_side_by_side():
@@ -275,6 +294,7 @@ def test_contrastive_term_can_project_the_last_blocks_side_by_side():
   (k * D), the decoder still the last block's, and the early blocks get the
   term's gradient through their own pooled tokens."""
   from models.mae import contrastive_loss, merge_views, pool_tokens
+
   cfg = dataclasses.replace(TINY, contrastive_weight=0.5, contrastive_blocks=2)
   tf.keras.utils.set_random_seed(0)
   can = MaskedAutoencoder(cfg).build_for()
@@ -288,7 +308,7 @@ def test_contrastive_term_can_project_the_last_blocks_side_by_side():
   both, _, _ = can.encoder.forward_masked(flat_imgs, cfg.mask_ratio, flat_noise, 2)
   last, _, _ = can.encoder.forward_masked(flat_imgs, cfg.mask_ratio, flat_noise)
   assert both.shape == (8, 16, 2 * cfg.embed_dim)
-  np.testing.assert_allclose(both[..., cfg.embed_dim:].numpy(), last.numpy(), rtol=1e-6)
+  np.testing.assert_allclose(both[..., cfg.embed_dim :].numpy(), last.numpy(), rtol=1e-6)
   term = contrastive_loss(can.projector(pool_tokens(both)), cfg.contrastive_tau)
   assert float(loss) == pytest.approx(float(recon) + 0.5 * float(term), rel=1e-5)
   with pytest.raises(ValueError, match="contrastive_blocks must be in"):
@@ -297,6 +317,7 @@ def test_contrastive_term_can_project_the_last_blocks_side_by_side():
 
 def test_momentum_contrastive_loss_is_moco_v3_infonce_against_the_other_views_keys():
   from models.mae import momentum_contrastive_loss
+
   rng = np.random.RandomState(1)
   q, k = rng.randn(6, 5).astype(np.float32), rng.randn(6, 5).astype(np.float32)
   qn = q / np.linalg.norm(q, axis=1, keepdims=True)
@@ -306,9 +327,11 @@ def test_momentum_contrastive_loss_is_moco_v3_infonce_against_the_other_views_ke
     logits = queries @ keys.T / 0.2
     log_softmax = logits - np.log(np.exp(logits).sum(1, keepdims=True))
     return -np.diag(log_softmax).mean()
+
   expected = (ce(qn[:3], kn[3:]) + ce(qn[3:], kn[:3])) / 2
-  assert float(momentum_contrastive_loss(tf.constant(q), tf.constant(k), 0.2)) == \
-      pytest.approx(expected, rel=1e-5)
+  assert float(momentum_contrastive_loss(tf.constant(q), tf.constant(k), 0.2)) == pytest.approx(
+      expected, rel=1e-5
+  )
   # The keys carry no gradient; the queries do.
   qv, kv = tf.Variable(q), tf.Variable(k)
   with tf.GradientTape() as tape:
@@ -319,6 +342,7 @@ def test_momentum_contrastive_loss_is_moco_v3_infonce_against_the_other_views_ke
 
 def test_teacher_momentum_rises_from_its_base_to_one_on_a_cosine():
   from models.mae import teacher_momentum
+
   values = [float(teacher_momentum(0.99, p)) for p in (0.0, 0.5, 1.0, 2.0)]
   assert values == pytest.approx([0.99, 0.995, 1.0, 1.0])
 
@@ -331,8 +355,10 @@ def test_the_momentum_teacher_follows_the_student_by_ema_never_by_gradient(teach
   a fixed tiny batch."""
   from models.engine_pretrain import PretrainingModel
   from models.mae import teacher_momentum
-  cfg = dataclasses.replace(TINY, contrastive_weight=0.5, teacher_momentum=0.9,
-                            teacher_mask_ratio=teacher_mask_ratio)
+
+  cfg = dataclasses.replace(
+      TINY, contrastive_weight=0.5, teacher_momentum=0.9, teacher_mask_ratio=teacher_mask_ratio
+  )
   tf.keras.utils.set_random_seed(0)
   mae = MaskedAutoencoder(cfg).build_for()
   pairs = mae.teacher_pairs()
@@ -353,7 +379,6 @@ def test_the_momentum_teacher_follows_the_student_by_ema_never_by_gradient(teach
     losses.append(float(trainer.train_step(views)["loss"]))
     m = float(teacher_momentum(0.9, (step + 1) / 40))
     for (t, s), before in zip(pairs, teacher_before):
-      np.testing.assert_allclose(t.numpy(), m * before + (1 - m) * s.numpy(),
-                                 rtol=1e-5, atol=1e-6)
+      np.testing.assert_allclose(t.numpy(), m * before + (1 - m) * s.numpy(), rtol=1e-5, atol=1e-6)
   assert losses[-1] < losses[0]
   assert not all(np.array_equal(t.numpy(), s.numpy()) for t, s in pairs)

@@ -19,28 +19,48 @@ from models.names import CLASSIFY_EXAMPLES, SERVING_DEFAULT
 from pipeline import configs, local_runner, report, run_outputs, runs
 from tests.conftest import cifar10_class_names, png_bytes, write_cifar_dir
 
-RESOLVERS = {"previous_statistics_resolver", "warm_start_model_resolver",
-             "latest_blessed_model_resolver"}
-ALL_NODES = {"Cifar10ExampleGen", "StatisticsGen", "ImportSchemaGen",
-             "ExampleValidator", "AnomaliesGate", "Transform", "mae_pretrain",
-             "linear_probe", "Evaluator", "CorpusEmbedder", "SearchIndexer", "Pusher",
-             *RESOLVERS}
+RESOLVERS = {
+    "previous_statistics_resolver",
+    "warm_start_model_resolver",
+    "latest_blessed_model_resolver",
+}
+ALL_NODES = {
+    "Cifar10ExampleGen",
+    "StatisticsGen",
+    "ImportSchemaGen",
+    "ExampleValidator",
+    "AnomaliesGate",
+    "Transform",
+    "mae_pretrain",
+    "linear_probe",
+    "Evaluator",
+    "CorpusEmbedder",
+    "SearchIndexer",
+    "Pusher",
+    *RESOLVERS,
+}
 TRAINING_NODES = {"Transform", "mae_pretrain", "linear_probe", "Evaluator", "Pusher"}
 
 
 def _config(data_root, output_dir, **kwargs):
-  return configs.PipelineConfig(data_root=data_root, output_dir=str(output_dir),
-                                profile="smoke", **kwargs)
+  return configs.PipelineConfig(
+      data_root=data_root, output_dir=str(output_dir), profile="smoke", **kwargs
+  )
 
 
 def _states(config):
-  return {r["node"]: r["state"]
-          for r in runs.last_run_executions(config.metadata_path, config.pipeline_name)}
+  return {
+      r["node"]: r["state"]
+      for r in runs.last_run_executions(config.metadata_path, config.pipeline_name)
+  }
 
 
 def _versions(config):
-  return [str(v) for v in names.pushed_versions(os.listdir(config.serving_model_dir))
-          ] if os.path.isdir(config.serving_model_dir) else []
+  return (
+      [str(v) for v in names.pushed_versions(os.listdir(config.serving_model_dir))]
+      if os.path.isdir(config.serving_model_dir)
+      else []
+  )
 
 
 def test_every_component_executes(smoke_run):
@@ -57,22 +77,26 @@ def test_the_pushed_version_answers_neighbors_from_its_own_index(smoke_run, cifa
   import requests
   from models import search_index
   from serving.launch import ServerProcess
+
   version = _versions(smoke_run)[-1]
-  index = search_index.load(os.path.join(smoke_run.serving_model_dir, version,
-                                         names.SEARCH_INDEX_DIR))
+  index = search_index.load(
+      os.path.join(smoke_run.serving_model_dir, version, names.SEARCH_INDEX_DIR)
+  )
   (train, train_labels), _ = cifar10_sample
   assert len(index) == len(train) and index.kind == "exact"
-  assert index.info["evaluation"]["recall_at_k"] == 1.0 and index.info["corpus_splits"] == [
-      "train"]
+  assert index.info["evaluation"]["recall_at_k"] == 1.0 and index.info["corpus_splits"] == ["train"]
   examples, _ = runs.pipeline_inputs(smoke_run.metadata_path)
   from models.examples import read_examples
+
   found = read_examples(names.split_files(examples, "train"))
   position = {image: i for i, image in enumerate(found.images)}
   with ServerProcess(["--model-dir", smoke_run.serving_model_dir]) as server:
     queries = [png_bytes(train[i]) for i in (4, 200)]
-    r = requests.post(f"{server.url}/v1/models/{names.PIPELINE_NAME}:neighbors", json={
-        "instances": [{"b64": base64.b64encode(q).decode()} for q in queries], "k": 3},
-        timeout=60)
+    r = requests.post(
+        f"{server.url}/v1/models/{names.PIPELINE_NAME}:neighbors",
+        json={"instances": [{"b64": base64.b64encode(q).decode()} for q in queries], "k": 3},
+        timeout=60,
+    )
   assert r.status_code == 200, r.text
   body = r.json()
   assert body["model_version"] == version
@@ -92,15 +116,18 @@ def test_blessed_model_is_pushed_and_embeds_png(smoke_run, cifar10_sample):
   _, (test_images, _) = cifar10_sample
   loaded = tf.saved_model.load(path)
   emb = loaded.signatures[SERVING_DEFAULT](
-      image_bytes=tf.constant([png_bytes(i) for i in test_images[:5]]))["embedding"]
+      image_bytes=tf.constant([png_bytes(i) for i in test_images[:5]])
+  )["embedding"]
   dim = smoke_run.run_config.embedding_dim
   assert emb.shape == (5, dim) and np.isfinite(emb.numpy()).all()
   assert np.linalg.norm(emb.numpy()[0] - emb.numpy()[1]) > 0
 
 
 def test_tfma_accuracy_matches_the_pushed_model(smoke_run, cifar10_sample):
-  rows = {r["node"]: r for r in runs.last_run_executions(
-      smoke_run.metadata_path, smoke_run.pipeline_name)}
+  rows = {
+      r["node"]: r
+      for r in runs.last_run_executions(smoke_run.metadata_path, smoke_run.pipeline_name)
+  }
   accuracies = run_outputs.tfma_accuracy(rows["Evaluator"]["outputs"]["ModelEvaluation"][0])
   assert set(accuracies) == {names.PROBABILITIES_KEY, names.KNN_PROBABILITIES_KEY}
   for accuracy in accuracies.values():
@@ -108,26 +135,34 @@ def test_tfma_accuracy_matches_the_pushed_model(smoke_run, cifar10_sample):
   # Recompute both accuracies with the pushed model on the same test split.
   _, (test_images, test_labels) = cifar10_sample
   path = os.path.join(smoke_run.serving_model_dir, _versions(smoke_run)[0])
-  examples = [tf.train.Example(features=tf.train.Features(feature={
-      "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[png_bytes(i)]))
-  })).SerializeToString() for i in test_images]
-  outputs = tf.saved_model.load(path).signatures[CLASSIFY_EXAMPLES](
-      examples=tf.constant(examples))
+  examples = [
+      tf.train.Example(
+          features=tf.train.Features(
+              feature={
+                  "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[png_bytes(i)]))
+              }
+          )
+      ).SerializeToString()
+      for i in test_images
+  ]
+  outputs = tf.saved_model.load(path).signatures[CLASSIFY_EXAMPLES](examples=tf.constant(examples))
   for output in (names.PROBABILITIES_KEY, names.KNN_PROBABILITIES_KEY):
     ours = float((outputs[output].numpy().argmax(1) == test_labels).mean())
     assert abs(accuracies[output]["overall"] - ours) < 1e-6, output
   # The k-NN TFMA scores is the probe Trainer's k-NN (k = 20, the same bank).
-  with open(os.path.join(rows["linear_probe"]["outputs"]["ModelRun"][0],
-                         names.SUMMARY_FILE)) as f:
+  with open(os.path.join(rows["linear_probe"]["outputs"]["ModelRun"][0], names.SUMMARY_FILE)) as f:
     summary = json.load(f)
-  assert summary["knn_accuracy"] == pytest.approx(accuracies[names.KNN_PROBABILITIES_KEY]["overall"])
-  assert os.path.exists(os.path.join(rows["Evaluator"]["outputs"]["ModelBlessing"][0],
-                                     "BLESSED"))
+  assert summary["knn_accuracy"] == pytest.approx(
+      accuracies[names.KNN_PROBABILITIES_KEY]["overall"]
+  )
+  assert os.path.exists(os.path.join(rows["Evaluator"]["outputs"]["ModelBlessing"][0], "BLESSED"))
 
 
 def test_trainers_log_progress_and_tensorboard(smoke_run):
-  rows = {r["node"]: r for r in runs.last_run_executions(
-      smoke_run.metadata_path, smoke_run.pipeline_name)}
+  rows = {
+      r["node"]: r
+      for r in runs.last_run_executions(smoke_run.metadata_path, smoke_run.pipeline_name)
+  }
   run_dir = rows["mae_pretrain"]["outputs"]["ModelRun"][0]
   assert glob.glob(os.path.join(run_dir, "**", "events.out.tfevents.*"), recursive=True)
   assert glob.glob(os.path.join(run_dir, "reconstructions", "events.out.tfevents.*"))
@@ -138,9 +173,12 @@ def test_trainers_log_progress_and_tensorboard(smoke_run):
 
 
 def _text_outputs(nb) -> str:
-  return "".join(o.get("text", "") + "".join(v for v in o.get("data", {}).values()
-                                              if isinstance(v, str))
-                 for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+  return "".join(
+      o.get("text", "") + "".join(v for v in o.get("data", {}).values() if isinstance(v, str))
+      for c in nb.cells
+      if c.cell_type == "code"
+      for o in c.get("outputs", [])
+  )
 
 
 def test_notebooks_run_on_the_pipeline_outputs(smoke_run):
@@ -148,25 +186,26 @@ def test_notebooks_run_on_the_pipeline_outputs(smoke_run):
   # A push killed mid-copy leaves a staging folder; the notebooks skip it.
   staging = os.path.join(smoke_run.serving_model_dir, ".staging-9999999999-1")
   os.makedirs(staging)
-  try:   # a failing cell raises CellExecutionError
-    executed = {name: notebooks.execute(name, smoke_run.output_dir)
-                for name in notebooks.NOTEBOOKS}
+  try:  # a failing cell raises CellExecutionError
+    executed = {name: notebooks.execute(name, smoke_run.output_dir) for name in notebooks.NOTEBOOKS}
   finally:
     shutil.rmtree(staging)
   walkthrough = executed["pipeline_walkthrough.ipynb"]
-  pictures = [o for c in walkthrough.cells for o in c.get("outputs", [])
-              if "image/png" in o.get("data", {})]
-  assert len(pictures) == 13          # every figures.* call made its picture
+  pictures = [
+      o for c in walkthrough.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})
+  ]
+  assert len(pictures) == 13  # every figures.* call made its picture
   text = _text_outputs(walkthrough)
-  assert "application/vnd.jupyter.widget-view+json" in str(walkthrough.cells)   # tfma.view
+  assert "application/vnd.jupyter.widget-view+json" in str(walkthrough.cells)  # tfma.view
   assert "facets-overview" in text
-  assert all(name in text for name in cifar10_class_names())     # the schema's domain
+  assert all(name in text for name in cifar10_class_names())  # the schema's domain
   assert "split train: 0 anomalies" in text
   assert re.search(r"exact index of 320 x \d+ .*recall@10 1\.0000", text), text
   assert re.search(r"\d+ of 100 test images have a train image at cosine similarity >= 0\.65", text)
-  assert "kNN (k=20, cosine) top-1 on 100 test images with 320 train images" in \
-      _text_outputs(executed["explore_embeddings.ipynb"])
-  for nb in executed.values():       # what a committed notebook may show
+  assert "kNN (k=20, cosine) top-1 on 100 test images with 320 train images" in _text_outputs(
+      executed["explore_embeddings.ipynb"]
+  )
+  for nb in executed.values():  # what a committed notebook may show
     assert smoke_run.output_dir not in _text_outputs(nb)
     assert names.PROJECT_DIR not in _text_outputs(nb)
 
@@ -175,23 +214,46 @@ def test_report_writes_the_walkthrough_as_a_static_page(smoke_run, tmp_path):
   path = report.write_html(smoke_run.output_dir, str(tmp_path / "report.html"))
   with open(path) as f:
     page = f.read()
-  for title in ("The DAG", "The data", "The schema and the anomaly gate", "Transform",
-                "Training", "Evaluation (TFMA)", "k-NN, and the random-init baseline",
-                "The embedding space", "Search: the index pushed with the model",
-                "Near-duplicates: CIFAR-10 test images in train", "most confident mistakes"):
+  for title in (
+      "The DAG",
+      "The data",
+      "The schema and the anomaly gate",
+      "Transform",
+      "Training",
+      "Evaluation (TFMA)",
+      "k-NN, and the random-init baseline",
+      "The embedding space",
+      "Search: the index pushed with the model",
+      "Near-duplicates: CIFAR-10 test images in train",
+      "most confident mistakes",
+  ):
     assert f">{title}" in page or title in page
   assert page.count('src="data:image/png;base64,') == 13
-  assert "from pipeline import" not in page            # the code is left out
+  assert "from pipeline import" not in page  # the code is left out
   assert "&lt;output&gt;/serving_model/" in page and smoke_run.output_dir not in page
   assert sorted(os.listdir(tmp_path / "report_figures")) == sorted(
-      f"{name}.png" for name in ("dag", "timeline", "class_counts", "channel_statistics",
-                                 "training_curves", "reconstructions", "accuracy_by_class",
-                                 "confusion_matrix", "probe_accuracies", "embedding_map",
-                                 "search_results", "near_duplicates", "confident_mistakes"))
+      f"{name}.png"
+      for name in (
+          "dag",
+          "timeline",
+          "class_counts",
+          "channel_statistics",
+          "training_curves",
+          "reconstructions",
+          "accuracy_by_class",
+          "confusion_matrix",
+          "probe_accuracies",
+          "embedding_map",
+          "search_results",
+          "near_duplicates",
+          "confident_mistakes",
+      )
+  )
 
 
 def test_transform_froze_the_train_pixels_mean_and_std(smoke_run, cifar10_sample):
   from pipeline.run_outputs import RunOutputs
+
   (train_images, _), _ = cifar10_sample
   mean, std = RunOutputs.load(smoke_run.output_dir).channel_statistics()
   pixels = train_images.reshape(-1, 3) / 255.0
@@ -216,27 +278,38 @@ def test_second_run_is_served_from_cache(smoke_run, capsys):
 
 
 def test_unblessed_model_is_not_pushed_and_nothing_is_overwritten(smoke_run, capsys):
-  before = {v: os.path.getmtime(os.path.join(smoke_run.serving_model_dir, v,
-                                             "saved_model.pb"))
-            for v in _versions(smoke_run)}
-  strict = _config(smoke_run.data_root, smoke_run.output_dir,
-                   overrides={"evaluation": {"min_accuracy": 1.01}})
+  before = {
+      v: os.path.getmtime(os.path.join(smoke_run.serving_model_dir, v, "saved_model.pb"))
+      for v in _versions(smoke_run)
+  }
+  strict = _config(
+      smoke_run.data_root, smoke_run.output_dir, overrides={"evaluation": {"min_accuracy": 1.01}}
+  )
   local_runner.run(strict)
   log = capsys.readouterr().err
-  assert re.search(r"Evaluator: NOT blessed: linear probe accuracy 0\.\d{4} is below the floor "
-                   r"1\.01 \(test accuracy: linear probe 0\.\d{4}, 20-NN 0\.\d{4}\)$", log,
-                   re.M), log
-  assert "Pusher: nothing pushed (the model was not blessed); the served versions are " \
+  assert re.search(
+      r"Evaluator: NOT blessed: linear probe accuracy 0\.\d{4} is below the floor "
+      r"1\.01 \(test accuracy: linear probe 0\.\d{4}, 20-NN 0\.\d{4}\)$",
+      log,
+      re.M,
+  ), log
+  assert (
+      "Pusher: nothing pushed (the model was not blessed); the served versions are "
       "unchanged" in log
+  )
   states = _states(strict)
   assert states["Evaluator"] == "COMPLETE" and states["mae_pretrain"] == "CACHED"
-  rows = {r["node"]: r for r in runs.last_run_executions(
-      strict.metadata_path, strict.pipeline_name)}
-  assert os.path.exists(os.path.join(rows["Evaluator"]["outputs"]["ModelBlessing"][0],
-                                     "NOT_BLESSED"))
+  rows = {
+      r["node"]: r for r in runs.last_run_executions(strict.metadata_path, strict.pipeline_name)
+  }
+  assert os.path.exists(
+      os.path.join(rows["Evaluator"]["outputs"]["ModelBlessing"][0], "NOT_BLESSED")
+  )
   assert rows["Pusher"]["output_properties"]["PushedModel"][0]["pushed"] == 0
-  after = {v: os.path.getmtime(os.path.join(strict.serving_model_dir, v, "saved_model.pb"))
-           for v in _versions(strict)}
+  after = {
+      v: os.path.getmtime(os.path.join(strict.serving_model_dir, v, "saved_model.pb"))
+      for v in _versions(strict)
+  }
   assert after == before
 
 
@@ -249,11 +322,12 @@ def test_label_out_of_range_stops_the_pipeline_before_transform(tmp_path, cifar1
   (train, train_labels), test = cifar10_sample
   bad_labels = train_labels.copy()
   bad_labels[7] = 12
-  root = write_cifar_dir(str(tmp_path / "data" / "cifar-10-batches-py"),
-                         (train, bad_labels), test)
+  root = write_cifar_dir(str(tmp_path / "data" / "cifar-10-batches-py"), (train, bad_labels), test)
   config = _config(root, tmp_path / "out")
-  with pytest.raises(Exception, match=r"split 'train', feature 'label': "
-                                      r"INT_TYPE_BIG_INT: Unexpectedly large value: 12"):
+  with pytest.raises(
+      Exception,
+      match=r"split 'train', feature 'label': " r"INT_TYPE_BIG_INT: Unexpectedly large value: 12",
+  ):
     local_runner.run(config)
   _assert_stopped_before_training(config)
   assert _states(config)["AnomaliesGate"] == "FAILED"
@@ -279,9 +353,19 @@ def test_a_smaller_image_size_runs_end_to_end(tmp_path, small_cifar_dir, cifar10
   import json
   import tensorflow_transform as tft
   from tests.conftest import jpeg_bytes
-  config = local_runner.main(["--profile", "smoke", "--data", small_cifar_dir,
-                              "--output-dir", str(tmp_path / "out"),
-                              "--overrides", '{"data": {"image_size": 16}}'])
+
+  config = local_runner.main(
+      [
+          "--profile",
+          "smoke",
+          "--data",
+          small_cifar_dir,
+          "--output-dir",
+          str(tmp_path / "out"),
+          "--overrides",
+          '{"data": {"image_size": 16}}',
+      ]
+  )
   states = _states(config)
   assert all(s == "COMPLETE" for s in states.values()), states
   rows = runs.last_run_nodes(config.metadata_path)
@@ -290,16 +374,21 @@ def test_a_smaller_image_size_runs_end_to_end(tmp_path, small_cifar_dir, cifar10
   mae_dir = os.path.join(rows["mae_pretrain"]["outputs"]["Model"][0], "Format-Serving")
   with open(os.path.join(mae_dir, names.MAE_CONFIG_FILE)) as f:
     assert json.load(f)["image_size"] == 16
-  grid = tf.io.decode_png(tf.io.read_file(os.path.join(
-      rows["mae_pretrain"]["outputs"]["ModelRun"][0], names.RECONSTRUCTIONS_FILE)))
+  grid = tf.io.decode_png(
+      tf.io.read_file(
+          os.path.join(rows["mae_pretrain"]["outputs"]["ModelRun"][0], names.RECONSTRUCTIONS_FILE)
+      )
+  )
   assert grid.shape == (3 * (3 * 16 + 4), 3 * (8 * 16 + 7 * 2), 3)
   _, (test_images, _) = cifar10_sample
   served = tf.saved_model.load(os.path.join(config.serving_model_dir, _versions(config)[-1]))
-  emb = served.signatures[SERVING_DEFAULT](image_bytes=tf.constant(
-      [png_bytes(test_images[0]), jpeg_bytes(test_images[1], size=(70, 50))]))["embedding"]
+  emb = served.signatures[SERVING_DEFAULT](
+      image_bytes=tf.constant(
+          [png_bytes(test_images[0]), jpeg_bytes(test_images[1], size=(70, 50))]
+      )
+  )["embedding"]
   assert emb.shape == (2, config.run_config.embedding_dim)
   assert np.isfinite(emb.numpy()).all()
-
 
 
 @pytest.mark.slow
@@ -314,24 +403,40 @@ def test_beam_stages_in_two_worker_processes_equal_the_in_process_run(smoke_run,
   from pipeline.run_outputs import RunOutputs
 
   def content(records):
-    return sorted((int(label), np.asarray(Image.open(io.BytesIO(image))).tobytes())
-                  for image, label in zip(records.images, records.labels))
+    return sorted(
+        (int(label), np.asarray(Image.open(io.BytesIO(image))).tobytes())
+        for image, label in zip(records.images, records.labels)
+    )
 
-  config = _config(smoke_run.data_root, tmp_path / "multi", overrides={"beam": {
-      "pipeline_args": ["--direct_running_mode=multi_processing", "--direct_num_workers=2"]}})
+  config = _config(
+      smoke_run.data_root,
+      tmp_path / "multi",
+      overrides={
+          "beam": {
+              "pipeline_args": ["--direct_running_mode=multi_processing", "--direct_num_workers=2"]
+          }
+      },
+  )
   local_runner.run(config)
   assert set(_states(config).values()) == {"COMPLETE"}
   one, two = RunOutputs.load(smoke_run.output_dir), RunOutputs.load(config.output_dir)
   for split in (names.TRAIN_SPLIT, names.TEST_SPLIT):
     assert content(one.examples(split)) == content(two.examples(split))
-    counts = [{f.path.step[0]: [(b.label, b.sample_count) for b in
-                                f.string_stats.rank_histogram.buckets]
-               for f in run.statistics(split).datasets[0].features
-               if f.path.step[0] != names.IMAGE_KEY}
-              for run in (one, two)]
+    counts = [
+        {
+            f.path.step[0]: [
+                (b.label, b.sample_count) for b in f.string_stats.rank_histogram.buckets
+            ]
+            for f in run.statistics(split).datasets[0].features
+            if f.path.step[0] != names.IMAGE_KEY
+        }
+        for run in (one, two)
+    ]
     assert counts[0] == counts[1]
-    assert (one.statistics(split).datasets[0].num_examples
-            == two.statistics(split).datasets[0].num_examples)
+    assert (
+        one.statistics(split).datasets[0].num_examples
+        == two.statistics(split).datasets[0].num_examples
+    )
   # Two workers' float32 partial sums combine in another order: 1/40 of a grey level.
   for a, b in zip(one.channel_statistics(), two.channel_statistics()):
     np.testing.assert_allclose(a, b, atol=1e-4)
@@ -342,8 +447,11 @@ def test_a_run_killed_at_each_step_completes_when_run_again(cifar10_dir, tmp_pat
   """The kill matrix (benchmarks/kill_matrix.py): SIGKILL at each step, the
   same command again."""
   from benchmarks import kill_matrix
-  rows = {r["point"]: r for r in kill_matrix.run_matrix(cifar10_dir, list(kill_matrix.POINTS),
-                                                        str(tmp_path))}
+
+  rows = {
+      r["point"]: r
+      for r in kill_matrix.run_matrix(cifar10_dir, list(kill_matrix.POINTS), str(tmp_path))
+  }
   assert set(rows) == set(kill_matrix.POINTS)
   for point, row in rows.items():
     killed, rerun = list(row["states"].values())[0], list(row["states"].values())[-1]

@@ -20,7 +20,7 @@ def test_schema_gives_the_expected_raw_feature_spec():
 
 def test_channel_stats_come_from_the_training_data(transform_output, cifar10_sample):
   (images, _), _ = cifar10_sample
-  analysed = images[:64].astype(np.float64) / 255.0         # what the fixture analysed
+  analysed = images[:64].astype(np.float64) / 255.0  # what the fixture analysed
   mean, std = analysed.mean((0, 1, 2)), analysed.std((0, 1, 2))
   out = _transform(transform_output, [png_bytes(i) for i in images[:64]])
   assert out.shape == (64, 32, 32, 3) and out.dtype == np.float32
@@ -36,6 +36,6 @@ def test_jpeg_and_other_sizes_decode_to_the_model_input(cifar10_sample):
   big_wide = jpeg_bytes(np.kron(img, np.ones((2, 3, 1), np.uint8)))  # 64x96
   out = decode_images(tf.constant([png, jpeg, big_wide])).numpy()
   assert out.shape == (3, 32, 32, 3)
-  np.testing.assert_allclose(out[0] * 255.0, img, atol=1e-4)          # PNG lossless
-  assert np.abs(out[1] - img / 255.0).mean() < 0.03                   # JPEG close
+  np.testing.assert_allclose(out[0] * 255.0, img, atol=1e-4)  # PNG lossless
+  assert np.abs(out[1] - img / 255.0).mean() < 0.03  # JPEG close
   assert np.isfinite(out).all() and out.min() >= 0 and out.max() <= 1

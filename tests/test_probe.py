@@ -22,11 +22,13 @@ def encoder():
   return MaskedAutoencoder(config_lib.get_profile("smoke").model).build_for().encoder
 
 
-def test_streamed_features_equal_the_in_memory_ones(example_files, transform_output,
-                                                    encoder, cifar10_sample):
+def test_streamed_features_equal_the_in_memory_ones(
+    example_files, transform_output, encoder, cifar10_sample
+):
   train_files, _ = example_files
   features, labels = extract_features(
-      encoder.embed, data.transformed_batches(train_files, transform_output, batch_size=96))
+      encoder.embed, data.transformed_batches(train_files, transform_output, batch_size=96)
+  )
   images, loaded_labels = data.load_transformed(train_files, transform_output)
   (_, train_labels), _ = cifar10_sample
   assert features.shape == (320, encoder.cfg.embed_dim) and labels.dtype == np.int64
@@ -35,16 +37,26 @@ def test_streamed_features_equal_the_in_memory_ones(example_files, transform_out
   np.testing.assert_allclose(features, encoder.embed(images).numpy(), rtol=1e-4, atol=1e-5)
 
 
-def test_reported_accuracies_are_the_returned_classifiers(example_files, transform_output,
-                                                          encoder, cifar10_sample, tmp_path):
+def test_reported_accuracies_are_the_returned_classifiers(
+    example_files, transform_output, encoder, cifar10_sample, tmp_path
+):
   train_files, test_files = example_files
   cfg = config_lib.get_profile("smoke")
-  result = linear_probe(cfg, encoder, cifar10_class_names(),
-                        data.transformed_batches(train_files, transform_output),
-                        data.transformed_batches(test_files, transform_output), str(tmp_path))
+  result = linear_probe(
+      cfg,
+      encoder,
+      cifar10_class_names(),
+      data.transformed_batches(train_files, transform_output),
+      data.transformed_batches(test_files, transform_output),
+      str(tmp_path),
+  )
   s = result.summary
   assert (s["train_examples"], s["eval_examples"], s["knn_k"], s["classes"]) == (
-      320, 100, KNN_K, 10)
+      320,
+      100,
+      KNN_K,
+      10,
+  )
   assert len(s["history"]) == cfg.probe.epochs
   _, (test_images, test_labels) = cifar10_sample
   images, _ = data.load_transformed(test_files, transform_output)
@@ -53,39 +65,50 @@ def test_reported_accuracies_are_the_returned_classifiers(example_files, transfo
   # The k-NN is the exported classifier's: its bank is the train images'
   # served (whitened) embeddings, and its votes give the reported accuracy.
   classifier = result.classifier
-  train_x, train_y = extract_features(classifier.embed,
-                                      data.transformed_batches(train_files, transform_output))
-  test_x, test_y = extract_features(classifier.embed,
-                                    data.transformed_batches(test_files, transform_output))
+  train_x, train_y = extract_features(
+      classifier.embed, data.transformed_batches(train_files, transform_output)
+  )
+  test_x, test_y = extract_features(
+      classifier.embed, data.transformed_batches(test_files, transform_output)
+  )
   assert s["whitening"] and train_x.shape[1] == cfg.embedding_dim
-  np.testing.assert_allclose(classifier.knn_bank.numpy(),
-                             train_x / np.linalg.norm(train_x, axis=1, keepdims=True),
-                             atol=2e-3)                     # float16
+  np.testing.assert_allclose(
+      classifier.knn_bank.numpy(),
+      train_x / np.linalg.norm(train_x, axis=1, keepdims=True),
+      atol=2e-3,
+  )  # float16
   votes = classifier.knn_probabilities(tf.constant(images)).numpy()
   assert s["knn_accuracy"] == pytest.approx(float((votes.argmax(1) == test_labels).mean()))
   bank = classifier.knn_bank.numpy()
-  assert s["knn"] == {str(k): evaluate_knn(bank, train_y, test_x, test_y, k=k)
-                      for k in KNN_KS}
+  assert s["knn"] == {str(k): evaluate_knn(bank, train_y, test_x, test_y, k=k) for k in KNN_KS}
   # ... and the same k-NN on the pooled tokens before whitening.
-  pooled_train, _ = extract_features(classifier.pooled_tokens,
-                                     data.transformed_batches(train_files, transform_output))
-  pooled_test, _ = extract_features(classifier.pooled_tokens,
-                                    data.transformed_batches(test_files, transform_output))
+  pooled_train, _ = extract_features(
+      classifier.pooled_tokens, data.transformed_batches(train_files, transform_output)
+  )
+  pooled_test, _ = extract_features(
+      classifier.pooled_tokens, data.transformed_batches(test_files, transform_output)
+  )
   # The served embedding: the pooled tokens whitened by the train split's statistics.
   mean, matrix = fit_whitening(pooled_train, cfg.probe.whitening_shrinkage)
   np.testing.assert_allclose(train_x, (pooled_train - mean) @ matrix, rtol=1e-3, atol=1e-3)
   assert s["knn_unwhitened"] == pytest.approx(
-      {str(k): evaluate_knn(pooled_train, train_y, pooled_test, test_y, k=k) for k in KNN_KS})
+      {str(k): evaluate_knn(pooled_train, train_y, pooled_test, test_y, k=k) for k in KNN_KS}
+  )
 
 
-def test_labels_outside_the_classes_are_refused(example_files, transform_output, encoder,
-                                                tmp_path):
+def test_labels_outside_the_classes_are_refused(example_files, transform_output, encoder, tmp_path):
   train_files, test_files = example_files
-  with pytest.raises(ValueError, match=r"train labels span \[0, 9\], outside the 3 "
-                                       r"classes \[0, 2\]"):
-    linear_probe(config_lib.get_profile("smoke"), encoder, ["a", "b", "c"],
-                 data.transformed_batches(train_files, transform_output),
-                 data.transformed_batches(test_files, transform_output), str(tmp_path))
+  with pytest.raises(
+      ValueError, match=r"train labels span \[0, 9\], outside the 3 " r"classes \[0, 2\]"
+  ):
+    linear_probe(
+        config_lib.get_profile("smoke"),
+        encoder,
+        ["a", "b", "c"],
+        data.transformed_batches(train_files, transform_output),
+        data.transformed_batches(test_files, transform_output),
+        str(tmp_path),
+    )
 
 
 def test_a_short_probe_predicts_at_inference_as_it_trained(tmp_path):
@@ -105,10 +128,14 @@ def test_more_classes_than_cifar10(example_files, transform_output, encoder, tmp
   """A data set of 12 classes (two without test images): the head, the k-NN
   votes and the exported probabilities have 12 columns."""
   train_files, test_files = example_files
-  result = linear_probe(config_lib.get_profile("smoke"), encoder,
-                        [f"class{i}" for i in range(12)],
-                        data.transformed_batches(train_files, transform_output),
-                        data.transformed_batches(test_files, transform_output), str(tmp_path))
+  result = linear_probe(
+      config_lib.get_profile("smoke"),
+      encoder,
+      [f"class{i}" for i in range(12)],
+      data.transformed_batches(train_files, transform_output),
+      data.transformed_batches(test_files, transform_output),
+      str(tmp_path),
+  )
   assert result.summary["classes"] == 12
   images, _ = data.load_transformed(test_files, transform_output, 4)
   assert result.classifier.probabilities(tf.constant(images)).shape == (4, 12)

@@ -18,6 +18,7 @@ from models.config import SearchConfig
 def pixels(cifar10_dir):
   """([10,000, 192] vectors, [10,000] class names) of the real test images."""
   from tests.conftest import cifar10_class_names
+
   images, labels = read_batch_file(os.path.join(cifar10_dir, "test_batch"))
   small = tf.image.resize(images.astype(np.float32) / 255.0, (8, 8), antialias=True)
   vectors = small.numpy().reshape(len(images), -1)
@@ -44,8 +45,9 @@ def test_each_kind_reaches_the_recall_asked_for_and_survives_a_move(kind, pixels
   # A corpus image queried finds itself first, at cosine 1.
   hits = index.search(corpus[[5, 77]], k=3)
   assert [h[0]["id"] for h in hits] == ["test/5", "test/77"]
-  assert all(h[0]["score"] >= 0.999 and h[0]["class_name"] == names[i]
-             for h, i in zip(hits, (5, 77)))
+  assert all(
+      h[0]["score"] >= 0.999 and h[0]["class_name"] == names[i] for h, i in zip(hits, (5, 77))
+  )
   assert all(a["score"] >= b["score"] for h in hits for a, b in zip(h, h[1:]))
   # Saved, moved (the Pusher copies it into a version folder) and loaded:
   # the same answers.
@@ -57,13 +59,13 @@ def test_each_kind_reaches_the_recall_asked_for_and_survives_a_move(kind, pixels
 
 
 def _folder_bytes(folder):
-  return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(folder)
-             for f in files)
+  return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(folder) for f in files)
 
 
 @pytest.mark.parametrize("reorder_dtype, tolerance", [("float32", 1e-5), ("bfloat16", 2e-3)])
-def test_scores_are_cosines_and_threshold_keeps_those_at_or_above(reorder_dtype, tolerance,
-                                                                   pixels, tmp_path):
+def test_scores_are_cosines_and_threshold_keeps_those_at_or_above(
+    reorder_dtype, tolerance, pixels, tmp_path
+):
   vectors, names = pixels
   cfg = SearchConfig(kind="scann", eval_queries=200, reorder_dtype=reorder_dtype)
   index = search_index.build(vectors[:2000], _records(names[:2000]), cfg, vectors[2000:2200])
@@ -73,8 +75,7 @@ def test_scores_are_cosines_and_threshold_keeps_those_at_or_above(reorder_dtype,
   unit = search_index.unit(vectors[:2000])
   expected = unit @ search_index.unit(query[None])[0]
   for hit in hits:
-    np.testing.assert_allclose(hit["score"], expected[int(hit["id"].split("/")[1])],
-                               atol=tolerance)
+    np.testing.assert_allclose(hit["score"], expected[int(hit["id"].split("/")[1])], atol=tolerance)
   # The re-scoring copy is what the folder mostly holds: 4 or 2 bytes a value.
   index.save(str(tmp_path / "index"))
   copy_bytes = 2000 * 192 * (4 if reorder_dtype == "float32" else 2)
@@ -95,20 +96,23 @@ def test_auto_stays_exact_for_a_small_corpus_and_says_why(pixels):
   assert small.kind == "exact" and small.info["evaluation"]["recall_at_k"] == 1.0
   assert "4000 vectors < search.exact_below 5000" in small.info["reason"]
   large = search_index.build(vectors[:6000], _records(names[:6000]), cfg, vectors[9000:])
-  assert large.kind == "scann" and "6000 vectors >= search.exact_below 5000" in \
-      large.info["reason"]
+  assert large.kind == "scann" and "6000 vectors >= search.exact_below 5000" in large.info["reason"]
   assert "recall@10" in search_index.describe(large)
 
 
 def test_a_missing_partial_or_corrupt_index_is_named(pixels, tmp_path):
   vectors, names = pixels
-  index = search_index.build(vectors[:3000], _records(names[:3000]),
-                             SearchConfig(kind="scann", eval_queries=50), vectors[9000:])
+  index = search_index.build(
+      vectors[:3000],
+      _records(names[:3000]),
+      SearchConfig(kind="scann", eval_queries=50),
+      vectors[9000:],
+  )
   folder = str(tmp_path / "index")
   index.save(folder)
   with pytest.raises(FileExistsError, match="an index is written once"):
     index.save(folder)
-  assert sorted(os.listdir(tmp_path)) == ["index"]          # no temporary folder left
+  assert sorted(os.listdir(tmp_path)) == ["index"]  # no temporary folder left
   with pytest.raises(search_index.BadIndex, match=r"absent: not a readable search index"):
     search_index.load(str(tmp_path / "absent"))
   with open(os.path.join(folder, "scann", "serialized_partitioner.pb"), "wb") as f:

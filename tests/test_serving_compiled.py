@@ -46,38 +46,38 @@ def test_bucket_sizes_are_powers_of_two_up_to_the_largest_batch():
 
 
 def test_a_batch_runs_the_signature_until_its_bucket_compiles_then_the_same_compiled(
-    version_dir, pngs):
+    version_dir, pngs
+):
   model = LoadedModel(1, version_dir, max_batch=8, compile_in_background=True)
   compiled = model.compiled(SERVING_DEFAULT)
   assert compiled is not None and compiled.ready_buckets == []
   expected = _signature(model, SERVING_DEFAULT, pngs[:3])
-  first = model.run(SERVING_DEFAULT, pngs[:3])["embedding"]      # bucket 4: not compiled
-  np.testing.assert_array_equal(first, expected)                  # ... so the signature ran
-  _wait_for_bucket(compiled, 4)                                   # compiled in the background
-  padded = compiled.run(pngs[:3])                                 # 3 images padded to 4
+  first = model.run(SERVING_DEFAULT, pngs[:3])["embedding"]  # bucket 4: not compiled
+  np.testing.assert_array_equal(first, expected)  # ... so the signature ran
+  _wait_for_bucket(compiled, 4)  # compiled in the background
+  padded = compiled.run(pngs[:3])  # 3 images padded to 4
   assert padded["embedding"].shape == expected.shape
   np.testing.assert_allclose(padded["embedding"], expected, atol=1e-5)
-  assert compiled.run(pngs[:9]) is None                           # more than max_batch
+  assert compiled.run(pngs[:9]) is None  # more than max_batch
   model.close()
 
 
 def test_a_batch_job_compiles_a_bucket_when_first_needed(version_dir, pngs):
-  model = LoadedModel(1, version_dir, max_batch=8)                # compile_in_background off
+  model = LoadedModel(1, version_dir, max_batch=8)  # compile_in_background off
   compiled = model.compiled(SERVING_DEFAULT)
-  outputs = model.run(SERVING_DEFAULT, pngs[:5])["embedding"]     # bucket 8, compiled now
+  outputs = model.run(SERVING_DEFAULT, pngs[:5])["embedding"]  # bucket 8, compiled now
   assert compiled.ready_buckets == [8]
   np.testing.assert_allclose(outputs, _signature(model, SERVING_DEFAULT, pngs[:5]), atol=1e-5)
 
 
 def test_a_batch_bigger_than_max_batch_runs_compiled_in_parts(version_dir, pngs):
   model = LoadedModel(1, version_dir, max_batch=4)
-  outputs = model.run(SERVING_DEFAULT, pngs[:9])["embedding"]    # 4 + 4 + 1
+  outputs = model.run(SERVING_DEFAULT, pngs[:9])["embedding"]  # 4 + 4 + 1
   assert model.compiled(SERVING_DEFAULT).ready_buckets == [1, 4]
   np.testing.assert_allclose(outputs, _signature(model, SERVING_DEFAULT, pngs[:9]), atol=1e-5)
 
 
-def test_warm_up_compiles_the_one_image_bucket_of_what_answers_serving_default(
-    version_dir, pngs):
+def test_warm_up_compiles_the_one_image_bucket_of_what_answers_serving_default(version_dir, pngs):
   for precision, answering in (("float32", SERVING_DEFAULT), ("bfloat16", SERVING_BFLOAT16)):
     model = LoadedModel(1, version_dir, precision=precision)
     model.warm_up()
@@ -87,7 +87,7 @@ def test_warm_up_compiles_the_one_image_bucket_of_what_answers_serving_default(
     expected = _signature(model, answering, pngs[:4])
     if precision == "float32":
       np.testing.assert_allclose(served, expected, atol=1e-5)
-    else:   # XLA and TensorFlow's kernels round bfloat16 sums differently
+    else:  # XLA and TensorFlow's kernels round bfloat16 sums differently
       assert cosines(served, expected).min() > BFLOAT16_COSINE_FLOOR
   # A server's version: warmed up without waiting for XLA, bucket 1 compiled next.
   model = LoadedModel(1, version_dir, compile_in_background=True)
@@ -102,12 +102,15 @@ def test_a_bad_image_fails_in_the_compiled_path_as_in_the_signature(version_dir,
   with pytest.raises(tf.errors.InvalidArgumentError):
     model.run(SERVING_DEFAULT, [pngs[0], b"not an image", pngs[1]])
   outputs, kept, errors = model.run_isolating_errors(
-      SERVING_DEFAULT, [pngs[0], b"not an image", pngs[1]])
+      SERVING_DEFAULT, [pngs[0], b"not an image", pngs[1]]
+  )
   assert kept == [0, 2] and list(errors) == [1] and outputs["embedding"].shape[0] == 2
 
 
 def test_no_compile_runs_the_signatures_as_saved(version_dir, pngs):
   model = LoadedModel(1, version_dir, compiled=False)
   assert model.compiled(SERVING_DEFAULT) is None
-  np.testing.assert_array_equal(model.run(SERVING_DEFAULT, pngs[:2])["embedding"],
-                                _signature(model, SERVING_DEFAULT, pngs[:2]))
+  np.testing.assert_array_equal(
+      model.run(SERVING_DEFAULT, pngs[:2])["embedding"],
+      _signature(model, SERVING_DEFAULT, pngs[:2]),
+  )

@@ -11,8 +11,12 @@ import numpy as np
 import pytest
 import requests
 import tensorflow as tf
-from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2,
-                                     model_service_pb2_grpc, prediction_service_pb2_grpc)
+from tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_service_pb2_grpc,
+    prediction_service_pb2_grpc,
+)
 
 from serving import grpc_api
 from serving.launch import ServerProcess
@@ -52,8 +56,9 @@ def predict_request(values, signature="", version=None, input_name="image_bytes"
 
 def _saved_model_outputs(version_dir, signature, **inputs):
   function = tf.saved_model.load(version_dir).signatures[signature]
-  return {k: v.numpy() for k, v in function(**{k: tf.constant(v) for k, v
-                                                in inputs.items()}).items()}
+  return {
+      k: v.numpy() for k, v in function(**{k: tf.constant(v) for k, v in inputs.items()}).items()
+  }
 
 
 def _error(call) -> grpc.RpcError:
@@ -64,17 +69,22 @@ def _error(call) -> grpc.RpcError:
 
 def test_predict_equals_the_saved_model_and_rest(server, predict, model_base, pngs):
   version = versions_on_disk(model_base)[-1]
-  expected = _saved_model_outputs(os.path.join(model_base, str(version)), "serving_default",
-                                  image_bytes=pngs[:5])["embedding"]
-  for request in (predict_request(pngs[:5]), predict_request(pngs[:5], "serving_default",
-                                                             version)):
+  expected = _saved_model_outputs(
+      os.path.join(model_base, str(version)), "serving_default", image_bytes=pngs[:5]
+  )["embedding"]
+  for request in (predict_request(pngs[:5]), predict_request(pngs[:5], "serving_default", version)):
     response = predict(request, timeout=60)
-    assert (response.model_spec.name, response.model_spec.version.value,
-            response.model_spec.signature_name) == (NAME, version, "serving_default")
-    np.testing.assert_allclose(tf.make_ndarray(response.outputs["embedding"]), expected,
-                               atol=1e-5)
-  rest = requests.post(f"{server.url}/v1/models/{NAME}:predict", json={"instances": [
-      {"b64": base64.b64encode(p).decode()} for p in pngs[:5]]}, timeout=60).json()
+    assert (
+        response.model_spec.name,
+        response.model_spec.version.value,
+        response.model_spec.signature_name,
+    ) == (NAME, version, "serving_default")
+    np.testing.assert_allclose(tf.make_ndarray(response.outputs["embedding"]), expected, atol=1e-5)
+  rest = requests.post(
+      f"{server.url}/v1/models/{NAME}:predict",
+      json={"instances": [{"b64": base64.b64encode(p).decode()} for p in pngs[:5]]},
+      timeout=60,
+  ).json()
   np.testing.assert_allclose(rest["predictions"], expected, atol=1e-5)
 
 
@@ -87,16 +97,26 @@ def test_serving_bfloat16_by_name_is_the_embedding_at_lower_precision(predict, p
 
 
 def test_classify_examples_returns_class_names_and_output_filter_selects(
-    predict, model_base, cifar10_sample):
+    predict, model_base, cifar10_sample
+):
   _, (images, _) = cifar10_sample
-  examples = [tf.train.Example(features=tf.train.Features(feature={
-      "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[png_bytes(image)]))}))
-              .SerializeToString() for image in images[:4]]
+  examples = [
+      tf.train.Example(
+          features=tf.train.Features(
+              feature={
+                  "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[png_bytes(image)]))
+              }
+          )
+      ).SerializeToString()
+      for image in images[:4]
+  ]
   version = versions_on_disk(model_base)[-1]
-  expected = _saved_model_outputs(os.path.join(model_base, str(version)),
-                                  "classify_examples", examples=examples)
-  response = predict(predict_request(examples, "classify_examples", input_name="examples"),
-                     timeout=60)
+  expected = _saved_model_outputs(
+      os.path.join(model_base, str(version)), "classify_examples", examples=examples
+  )
+  response = predict(
+      predict_request(examples, "classify_examples", input_name="examples"), timeout=60
+  )
   assert set(response.outputs) == set(expected)
   names = tf.make_ndarray(response.outputs["class_name"])
   assert list(names) == list(expected["class_name"])
@@ -105,8 +125,9 @@ def test_classify_examples_returns_class_names_and_output_filter_selects(
   request.output_filter.append("probabilities")
   response = predict(request, timeout=60)
   assert list(response.outputs) == ["probabilities"]
-  np.testing.assert_allclose(tf.make_ndarray(response.outputs["probabilities"]),
-                             expected["probabilities"], atol=1e-5)
+  np.testing.assert_allclose(
+      tf.make_ndarray(response.outputs["probabilities"]), expected["probabilities"], atol=1e-5
+  )
 
 
 def test_metadata_is_the_saved_signature_defs(channel, model_base):
@@ -116,8 +137,12 @@ def test_metadata_is_the_saved_signature_defs(channel, model_base):
   response = stub.GetModelMetadata(request, timeout=60)
   signatures = get_model_metadata_pb2.SignatureDefMap()
   assert response.metadata["signature_def"].Unpack(signatures)
-  assert set(signatures.signature_def) == {"serving_default", "serving_bfloat16",
-                                           "embed_examples", "classify_examples"}
+  assert set(signatures.signature_def) == {
+      "serving_default",
+      "serving_bfloat16",
+      "embed_examples",
+      "classify_examples",
+  }
   serving = signatures.signature_def["serving_default"]
   assert serving.inputs["image_bytes"].dtype == tf.string.as_datatype_enum
   assert [d.size for d in serving.outputs["embedding"].tensor_shape.dim][0] == -1
@@ -137,38 +162,57 @@ def test_status_of_the_model_and_of_a_version(channel, model_base):
   assert rows[0].state == get_model_status_pb2.ModelVersionStatus.AVAILABLE
   assert rows[0].status.error_code == 0 and rows[0].status.error_message == ""
   request.model_spec.version.value = version
-  assert [r.version for r in stub.GetModelStatus(request, timeout=60).model_version_status] \
-      == [version]
+  assert [r.version for r in stub.GetModelStatus(request, timeout=60).model_version_status] == [
+      version
+  ]
   request.model_spec.version.value = version + 1
   error = _error(lambda: stub.GetModelStatus(request, timeout=60))
   assert error.code() == grpc.StatusCode.NOT_FOUND and str(version + 1) in error.details()
 
 
 def test_a_bad_instance_is_named_and_the_others_are_not_lost(predict, pngs):
-  error = _error(lambda: predict(predict_request([pngs[0], b"not an image", pngs[1]]),
-                                 timeout=60))
+  error = _error(lambda: predict(predict_request([pngs[0], b"not an image", pngs[1]]), timeout=60))
   assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
   assert "[1]" in error.details() and "[0]" not in error.details(), error.details()
   assert predict(predict_request(pngs[:2]), timeout=60).outputs["embedding"]
 
 
-@pytest.mark.parametrize("change, code, message", [
-    (lambda r: setattr(r.model_spec, "name", "other"), "NOT_FOUND", "'other' not found"),
-    (lambda r: r.model_spec.version.__setattr__("value", 999999999999), "NOT_FOUND",
-     "version 999999999999"),
-    (lambda r: setattr(r.model_spec, "version_label", "stable"), "NOT_FOUND", "'stable'"),
-    (lambda r: setattr(r.model_spec, "signature_name", "nope"), "FAILED_PRECONDITION",
-     "'nope'"),
-    (lambda r: r.inputs["image_bytes"].CopyFrom(tf.make_tensor_proto([1.0, 2.0])),
-     "INVALID_ARGUMENT", "DT_FLOAT"),
-    (lambda r: r.inputs["other"].CopyFrom(r.inputs["image_bytes"]), "INVALID_ARGUMENT",
-     "['image_bytes', 'other']"),
-    (lambda r: r.inputs["image_bytes"].tensor_shape.dim.add(size=1), "INVALID_ARGUMENT",
-     "shape [2, 1]"),
-    (lambda r: r.output_filter.append("logits"), "INVALID_ARGUMENT", "'logits'"),
-])
-def test_bad_requests_get_tf_servings_status_naming_the_problem(predict, pngs, change, code,
-                                                                message):
+@pytest.mark.parametrize(
+    "change, code, message",
+    [
+        (lambda r: setattr(r.model_spec, "name", "other"), "NOT_FOUND", "'other' not found"),
+        (
+            lambda r: r.model_spec.version.__setattr__("value", 999999999999),
+            "NOT_FOUND",
+            "version 999999999999",
+        ),
+        (lambda r: setattr(r.model_spec, "version_label", "stable"), "NOT_FOUND", "'stable'"),
+        (
+            lambda r: setattr(r.model_spec, "signature_name", "nope"),
+            "FAILED_PRECONDITION",
+            "'nope'",
+        ),
+        (
+            lambda r: r.inputs["image_bytes"].CopyFrom(tf.make_tensor_proto([1.0, 2.0])),
+            "INVALID_ARGUMENT",
+            "DT_FLOAT",
+        ),
+        (
+            lambda r: r.inputs["other"].CopyFrom(r.inputs["image_bytes"]),
+            "INVALID_ARGUMENT",
+            "['image_bytes', 'other']",
+        ),
+        (
+            lambda r: r.inputs["image_bytes"].tensor_shape.dim.add(size=1),
+            "INVALID_ARGUMENT",
+            "shape [2, 1]",
+        ),
+        (lambda r: r.output_filter.append("logits"), "INVALID_ARGUMENT", "'logits'"),
+    ],
+)
+def test_bad_requests_get_tf_servings_status_naming_the_problem(
+    predict, pngs, change, code, message
+):
   request = predict_request(pngs[:2])
   change(request)
   error = _error(lambda: predict(request, timeout=60))
@@ -177,12 +221,12 @@ def test_bad_requests_get_tf_servings_status_naming_the_problem(predict, pngs, c
 
 
 def test_overload_is_shed_with_resource_exhausted(model_base, pngs):
-  with ServerProcess(["--model-dir", model_base, "--max-batch", "8",
-                      "--max-queued", "8"]) as server, \
-      grpc.insecure_channel(server.grpc_target) as channel:
+  with (
+      ServerProcess(["--model-dir", model_base, "--max-batch", "8", "--max-queued", "8"]) as server,
+      grpc.insecure_channel(server.grpc_target) as channel,
+  ):
     stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
-    futures = [stub.Predict.future(predict_request(pngs[:8]), timeout=60)
-               for _ in range(64)]
+    futures = [stub.Predict.future(predict_request(pngs[:8]), timeout=60) for _ in range(64)]
     codes, shed = [], []
     for future in futures:
       try:
@@ -193,8 +237,10 @@ def test_overload_is_shed_with_resource_exhausted(model_base, pngs):
         shed.append(e)
     assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}, codes
     assert shed, "64 concurrent requests over a bound of one request were all queued"
-    assert all("overloaded" in e.details() and
-               int(dict(e.trailing_metadata())["retry-after"]) >= 1 for e in shed)
+    assert all(
+        "overloaded" in e.details() and int(dict(e.trailing_metadata())["retry-after"]) >= 1
+        for e in shed
+    )
     metrics = requests.get(f"{server.url}/monitoring/prometheus/metrics", timeout=60).text
     assert f"mae_tfx_shed_requests_total {len(shed)}" in metrics
 
@@ -207,10 +253,13 @@ def test_rest_and_grpc_requests_share_one_batcher(server, predict, pngs):
   before = metric("mae_tfx_model_instances_total")
   rest_body = {"instances": [{"b64": base64.b64encode(pngs[0]).decode()}]}
   with concurrent.futures.ThreadPoolExecutor(8) as pool:
-    rest = [pool.submit(requests.post, f"{server.url}/v1/models/{NAME}:predict",
-                        json=rest_body, timeout=60) for _ in range(8)]
-    grpc_calls = [pool.submit(predict, predict_request(pngs[:1]), timeout=60)
-                  for _ in range(8)]
+    rest = [
+        pool.submit(
+            requests.post, f"{server.url}/v1/models/{NAME}:predict", json=rest_body, timeout=60
+        )
+        for _ in range(8)
+    ]
+    grpc_calls = [pool.submit(predict, predict_request(pngs[:1]), timeout=60) for _ in range(8)]
     assert all(f.result().status_code == 200 for f in rest)
     assert all(f.result().outputs["embedding"] for f in grpc_calls)
   assert metric("mae_tfx_model_instances_total") - before == 16

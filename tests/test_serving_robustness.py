@@ -38,8 +38,7 @@ def _instances(images):
 
 def _metric(url: str, name: str) -> float:
   text = requests.get(f"{url}/monitoring/prometheus/metrics", timeout=10).text
-  return sum(float(line.split()[-1]) for line in text.splitlines()
-             if line.startswith(name))
+  return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +48,9 @@ def test_images(cifar10_sample):
 
 
 def test_overload_is_shed_with_503_and_retry_after(model_base, test_images):
-  with ServerProcess(["--model-dir", model_base, "--max-batch", "8",
-                      "--max-queued", "8"]) as server:
+  with ServerProcess(
+      ["--model-dir", model_base, "--max-batch", "8", "--max-queued", "8"]
+  ) as server:
     body = {"instances": _instances(test_images[:8])}
 
     def post(_):
@@ -68,38 +68,42 @@ def test_overload_is_shed_with_503_and_retry_after(model_base, test_images):
     assert _metric(server.url, "mae_tfx_shed_requests_total") == len(shed)
     assert _metric(server.url, 'mae_tfx_responses_total{status="503"}') == len(shed)
     # A request larger than the bound can never be queued: a 400 that says so.
-    r = requests.post(f"{server.url}/v1/models/{NAME}:predict",
-                      json={"instances": _instances(test_images[:9])}, timeout=60)
+    r = requests.post(
+        f"{server.url}/v1/models/{NAME}:predict",
+        json={"instances": _instances(test_images[:9])},
+        timeout=60,
+    )
     assert r.status_code == 400 and "at most 8" in r.json()["error"]
 
 
-def test_sigterm_finishes_requests_in_flight_refuses_new_ones_and_exits_0(model_base,
-                                                                          test_images):
+def test_sigterm_finishes_requests_in_flight_refuses_new_ones_and_exits_0(model_base, test_images):
   with ServerProcess(["--model-dir", model_base, "--drain-seconds", "20"]) as server:
     url = server.url
     channel = grpc.insecure_channel(server.grpc_target)
     stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
     one = predict_request(NAME, [png_bytes(test_images[0])])
-    stub.Predict(one, timeout=60)                                   # connected
+    stub.Predict(one, timeout=60)  # connected
     calls = _metric(url, "mae_tfx_model_calls_total")
     reply = {}
-    big = {"instances": _instances(list(test_images) * 5)}          # 500 images
+    big = {"instances": _instances(list(test_images) * 5)}  # 500 images
 
     def post():
-      reply["response"] = requests.post(f"{url}/v1/models/{NAME}:predict", json=big,
-                                        timeout=60)
+      reply["response"] = requests.post(f"{url}/v1/models/{NAME}:predict", json=big, timeout=60)
 
     client = threading.Thread(target=post)
     client.start()
     deadline = time.monotonic() + 30
-    while _metric(url, "mae_tfx_model_calls_total") == calls:       # the call started
+    while _metric(url, "mae_tfx_model_calls_total") == calls:  # the call started
       assert time.monotonic() < deadline
       time.sleep(0.02)
     # A gRPC request queued behind it: in flight too.
-    queued = stub.Predict.future(predict_request(NAME, [png_bytes(i) for i in test_images[:8]]),
-                                 timeout=60)
-    while (_metric(url, "mae_tfx_model_calls_total") < calls + 2       # running beside it
-           and _metric(url, "mae_tfx_queued_instances") < 8):          # or queued
+    queued = stub.Predict.future(
+        predict_request(NAME, [png_bytes(i) for i in test_images[:8]]), timeout=60
+    )
+    while (
+        _metric(url, "mae_tfx_model_calls_total") < calls + 2  # running beside it
+        and _metric(url, "mae_tfx_queued_instances") < 8
+    ):  # or queued
       assert time.monotonic() < deadline
       time.sleep(0.02)
     start = time.monotonic()
@@ -136,13 +140,14 @@ def test_the_server_refuses_to_start_with_no_loadable_version(tmp_path):
 
 def test_soak_with_a_push_in_the_middle(model_base, test_images, smoke_run, tmp_path):
   import tensorflow_transform as tft
-  export = tmp_path / "export"       # another model, pushed while clients run
+
+  export = tmp_path / "export"  # another model, pushed while clients run
   _, transform_graph = pipeline_inputs(smoke_run.metadata_path)
   export_random_classifier(tft.TFTransformOutput(transform_graph), export, seed=11)
   with ServerProcess(["--model-dir", model_base, "--poll-seconds", "0.5"]) as server:
     pushed = []
 
-    def push():     # the Pusher's own push
+    def push():  # the Pusher's own push
       pushed.append(push_to_filesystem(str(export), model_base))
 
     pngs = [png_bytes(i) for i in test_images[:2]]
@@ -161,8 +166,9 @@ def test_soak_with_a_push_in_the_middle(model_base, test_images, smoke_run, tmp_
     assert rss_mb(server.process.pid) < rss + 100
 
 
-def test_a_pushed_version_that_fails_to_load_leaves_the_last_good_one_serving(model_base,
-                                                                           test_images):
+def test_a_pushed_version_that_fails_to_load_leaves_the_last_good_one_serving(
+    model_base, test_images
+):
   with ServerProcess(["--model-dir", model_base, "--poll-seconds", "0.3"]) as server:
     good = versions_on_disk(model_base)[-1]
     broken = os.path.join(model_base, str(good + 1000))
@@ -178,40 +184,61 @@ def test_a_pushed_version_that_fails_to_load_leaves_the_last_good_one_serving(mo
           break
         assert time.monotonic() < deadline, status
         time.sleep(0.2)
-      assert newest["status"]["error_message"]          # why it failed, for the operator
-      r = requests.post(f"{server.url}/v1/models/{NAME}:predict",
-                        json={"instances": _instances(test_images[:2])}, timeout=60)
+      assert newest["status"]["error_message"]  # why it failed, for the operator
+      r = requests.post(
+          f"{server.url}/v1/models/{NAME}:predict",
+          json={"instances": _instances(test_images[:2])},
+          timeout=60,
+      )
       assert r.status_code == 200 and r.headers["X-Model-Version"] == str(good)
     finally:
       shutil.rmtree(broken)
   assert "Traceback" not in server.stderr
 
 
-@settings(max_examples=150, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                 HealthCheck.too_slow])
-@given(path=st.sampled_from([f"/v1/models/{NAME}:predict", f"/v1/models/{NAME}:neighbors",
-                             f"/v1/models/{NAME}/versions/1:predict",
-                             f"/v1/models/{NAME}/metadata", "/v1/models/x:predict"])
-       | st.text(min_size=1, max_size=40).map(lambda s: "/" + s),
-       body=st.recursive(st.none() | st.booleans() | st.integers() | st.floats()
-                         | st.text(max_size=30),
-                         lambda children: st.lists(children, max_size=4)
-                         | st.dictionaries(st.sampled_from(["instances", "inputs", "b64", "k",
-                                                            "signature_name", "image_bytes"])
-                                           | st.text(max_size=8), children, max_size=4),
-                         max_leaves=12)
-       | st.binary(max_size=200),
-       content_type=st.sampled_from(["application/json", "text/plain", "", "\x00"]),
-       method=st.sampled_from(["POST", "GET", "PUT"]))
-def test_fuzzed_requests_get_no_5xx_and_no_traceback(fuzz_server, path, body, content_type,
-                                                     method):
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    path=st.sampled_from(
+        [
+            f"/v1/models/{NAME}:predict",
+            f"/v1/models/{NAME}:neighbors",
+            f"/v1/models/{NAME}/versions/1:predict",
+            f"/v1/models/{NAME}/metadata",
+            "/v1/models/x:predict",
+        ]
+    )
+    | st.text(min_size=1, max_size=40).map(lambda s: "/" + s),
+    body=st.recursive(
+        st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=30),
+        lambda children: st.lists(children, max_size=4)
+        | st.dictionaries(
+            st.sampled_from(["instances", "inputs", "b64", "k", "signature_name", "image_bytes"])
+            | st.text(max_size=8),
+            children,
+            max_size=4,
+        ),
+        max_leaves=12,
+    )
+    | st.binary(max_size=200),
+    content_type=st.sampled_from(["application/json", "text/plain", "", "\x00"]),
+    method=st.sampled_from(["POST", "GET", "PUT"]),
+)
+def test_fuzzed_requests_get_no_5xx_and_no_traceback(fuzz_server, path, body, content_type, method):
   data = body if isinstance(body, bytes) else json.dumps(body).encode()
   try:
-    r = requests.request(method, fuzz_server.url + path, data=data,
-                         headers={"Content-Type": content_type}, timeout=30)
+    r = requests.request(
+        method,
+        fuzz_server.url + path,
+        data=data,
+        headers={"Content-Type": content_type},
+        timeout=30,
+    )
   except requests.exceptions.InvalidURL:
-    return     # the client refuses to send it
+    return  # the client refuses to send it
   assert r.status_code < 500, (r.status_code, r.text[:300])
   assert "Traceback" not in r.text
 

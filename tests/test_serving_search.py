@@ -31,8 +31,11 @@ def corpus(cifar10_sample):
   """60 real train images: (PNG bytes, ids, class names)."""
   (images, labels), _ = cifar10_sample
   names = cifar10_class_names()
-  return ([png_bytes(i) for i in images[:60]], [f"train/{i}" for i in range(60)],
-          [names[int(label)] for label in labels[:60]])
+  return (
+      [png_bytes(i) for i in images[:60]],
+      [f"train/{i}" for i in range(60)],
+      [names[int(label)] for label in labels[:60]],
+  )
 
 
 def add_index(version_dir: str, corpus, id_prefix: str = "") -> None:
@@ -42,8 +45,11 @@ def add_index(version_dir: str, corpus, id_prefix: str = "") -> None:
   model = LoadedModel(0, version_dir)
   vectors = model.run(SERVING_DEFAULT, files)["embedding"]
   index = search_index.build(
-      vectors, search_index.Records([id_prefix + i for i in ids], class_names),
-      SearchConfig(kind="exact", eval_queries=10), vectors[:10])
+      vectors,
+      search_index.Records([id_prefix + i for i in ids], class_names),
+      SearchConfig(kind="exact", eval_queries=10),
+      vectors[:10],
+  )
   index.save(os.path.join(version_dir, SEARCH_INDEX_DIR))
 
 
@@ -75,8 +81,11 @@ def indexed(model_base, corpus, tmp_path_factory):
 
 
 def neighbors(server, files, path=f"/v1/models/{NAME}", **body):
-  return requests.post(f"{server.url}{path}:neighbors",
-                       json={"instances": [_b64(f) for f in files], **body}, timeout=60)
+  return requests.post(
+      f"{server.url}{path}:neighbors",
+      json={"instances": [_b64(f) for f in files], **body},
+      timeout=60,
+  )
 
 
 def test_a_corpus_image_finds_itself_first_in_the_versions_own_index(indexed, corpus):
@@ -102,14 +111,19 @@ def test_a_corpus_image_finds_itself_first_in_the_versions_own_index(indexed, co
   assert r.json()["neighbors"][0][0]["id"] == ids[3]
 
 
-@pytest.mark.parametrize("body, message", [
-    ({"k": 0}, "'k' must be an integer in [1, 1000], got 0"),
-    ({"k": "3"}, "'k' must be an integer in [1, 1000], got \"3\""),
-    ({"threshold": 1.5}, "'threshold' must be a number in [-1, 1] (a cosine similarity), "
-                         "got 1.5"),
-    ({"threshold": "high"}, "'threshold' must be a number in [-1, 1]"),
-    ({"threshold": True}, "'threshold' must be a number in [-1, 1]"),
-])
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ({"k": 0}, "'k' must be an integer in [1, 1000], got 0"),
+        ({"k": "3"}, "'k' must be an integer in [1, 1000], got \"3\""),
+        (
+            {"threshold": 1.5},
+            "'threshold' must be a number in [-1, 1] (a cosine similarity), " "got 1.5",
+        ),
+        ({"threshold": "high"}, "'threshold' must be a number in [-1, 1]"),
+        ({"threshold": True}, "'threshold' must be a number in [-1, 1]"),
+    ],
+)
 def test_bad_k_or_threshold_is_a_400_naming_it(indexed, corpus, body, message):
   _, _, server = indexed
   r = neighbors(server, corpus[0][:1], **body)
@@ -123,12 +137,15 @@ def test_a_version_without_an_index_says_so(indexed, corpus):
   assert r.json()["error"] == (
       f"version {newest - 1} of model '{NAME}' has no search index ({SEARCH_INDEX_DIR} in "
       "its folder); start the server with --index FILE to search an embeddings file "
-      "instead")
+      "instead"
+  )
 
 
 def test_a_hot_reload_swaps_model_and_index_together_and_a_corrupt_index_is_skipped(
-    indexed, corpus, smoke_run, tmp_path):
+    indexed, corpus, smoke_run, tmp_path
+):
   import tensorflow_transform as tft
+
   base, newest, server = indexed
   files, ids, _ = corpus
   # A new model, its index built by it, pushed through a staging folder.
@@ -142,9 +159,9 @@ def test_a_hot_reload_swaps_model_and_index_together_and_a_corrupt_index_is_skip
   body = r.json()
   assert body["model_version"] == str(newest + 1)
   assert body["neighbors"][0][0]["id"] == "new/" + ids[7]
-  assert body["neighbors"][0][0]["score"] >= 0.999         # same model on both sides
+  assert body["neighbors"][0][0]["score"] >= 0.999  # same model on both sides
   r = neighbors(server, [files[7]], path=f"/v1/models/{NAME}/versions/{newest}", k=1)
-  assert r.json()["neighbors"][0][0]["id"] == ids[7]      # the old pair, still together
+  assert r.json()["neighbors"][0][0]["id"] == ids[7]  # the old pair, still together
   # A version whose index is cut short is skipped, naming why; the last good
   # version keeps answering.
   broken = os.path.join(base, str(newest + 2))

@@ -7,15 +7,18 @@ import tensorflow as tf
 
 from models import config as config_lib
 from models import names
-from models.names import (CLASSIFY_EXAMPLES, EMBED_EXAMPLES, SERVING_BFLOAT16,
-                          SERVING_DEFAULT)
+from models.names import (CLASSIFY_EXAMPLES, EMBED_EXAMPLES, SERVING_BFLOAT16, SERVING_DEFAULT)
 from tests.conftest import export_random_classifier, jpeg_bytes, png_bytes
 
 
 def _example(image):
-  return tf.train.Example(features=tf.train.Features(feature={
-      "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[png_bytes(image)]))
-  })).SerializeToString()
+  return tf.train.Example(
+      features=tf.train.Features(
+          feature={
+              "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[png_bytes(image)]))
+          }
+      )
+  ).SerializeToString()
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +36,7 @@ def test_signatures_and_their_tensors(exported):
   assert list(sigs[SERVING_DEFAULT].structured_input_signature[1]) == ["image_bytes"]
   assert list(sigs[SERVING_BFLOAT16].structured_input_signature[1]) == ["image_bytes"]
   assert list(sigs[CLASSIFY_EXAMPLES].structured_input_signature[1]) == ["examples"]
-  assert sigs[SERVING_DEFAULT].structured_outputs["embedding"].shape.as_list() == [
-      None, dim]
+  assert sigs[SERVING_DEFAULT].structured_outputs["embedding"].shape.as_list() == [None, dim]
 
 
 def test_png_and_jpeg_give_embeddings_of_the_same_shape(exported, cifar10_sample):
@@ -50,19 +52,20 @@ def test_png_and_jpeg_give_embeddings_of_the_same_shape(exported, cifar10_sample
   assert np.all(same < other)
 
 
-def test_serving_default_equals_the_transform_path(exported, transform_output,
-                                                   cifar10_sample):
+def test_serving_default_equals_the_transform_path(exported, transform_output, cifar10_sample):
   classifier, loaded, _ = exported
   (images, _), _ = cifar10_sample
   served = loaded.signatures[SERVING_DEFAULT](
-      image_bytes=tf.constant([png_bytes(i) for i in images[:8]]))["embedding"]
+      image_bytes=tf.constant([png_bytes(i) for i in images[:8]])
+  )["embedding"]
   # Reference: parse Examples with the schema's spec, Transform layer, encoder.
   spec = {"image": tf.io.FixedLenFeature([1], tf.string)}
   parsed = tf.io.parse_example(tf.constant([_example(i) for i in images[:8]]), spec)
   reference = classifier.embed(transform_output.transform_features_layer()(parsed)["image"])
   np.testing.assert_allclose(served.numpy(), reference.numpy(), atol=1e-5)
   by_examples = loaded.signatures[EMBED_EXAMPLES](
-      examples=tf.constant([_example(i) for i in images[:8]]))["embedding"]
+      examples=tf.constant([_example(i) for i in images[:8]])
+  )["embedding"]
   np.testing.assert_allclose(by_examples.numpy(), served.numpy(), atol=1e-5)
 
 
@@ -70,26 +73,31 @@ def test_classify_examples_gives_probabilities(exported, cifar10_sample):
   _, loaded, _ = exported
   (images, _), _ = cifar10_sample
   probs = loaded.signatures[CLASSIFY_EXAMPLES](
-      examples=tf.constant([_example(i) for i in images[:5]]))["probabilities"].numpy()
+      examples=tf.constant([_example(i) for i in images[:5]])
+  )["probabilities"].numpy()
   assert probs.shape == (5, 10)
   np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-5)
 
 
-def test_classify_examples_gives_the_knn_votes_of_the_saved_bank(exported, cifar10_sample,
-                                                                transform_output):
+def test_classify_examples_gives_the_knn_votes_of_the_saved_bank(
+    exported, cifar10_sample, transform_output
+):
   from models.evaluation import knn_predict
+
   classifier, loaded, _ = exported
   (images, _), _ = cifar10_sample
   examples = tf.constant([_example(i) for i in images[:8]])
   votes = loaded.signatures[CLASSIFY_EXAMPLES](examples=examples)["knn_probabilities"].numpy()
   assert votes.shape == (8, 10)
   np.testing.assert_allclose(votes.sum(1), 1.0, rtol=1e-5)
-  assert ((votes > 0).sum(1) <= 20).all()               # only k = 20 neighbours vote
+  assert ((votes > 0).sum(1) <= 20).all()  # only k = 20 neighbours vote
   spec = {"image": tf.io.FixedLenFeature([1], tf.string)}
-  embedded = classifier.embed(transform_output.transform_features_layer()(
-      tf.io.parse_example(examples, spec))["image"]).numpy()
-  expected = knn_predict(classifier.knn_bank.numpy(), classifier.knn_labels.numpy(),
-                         embedded, k=20, num_classes=10)
+  embedded = classifier.embed(
+      transform_output.transform_features_layer()(tf.io.parse_example(examples, spec))["image"]
+  ).numpy()
+  expected = knn_predict(
+      classifier.knn_bank.numpy(), classifier.knn_labels.numpy(), embedded, k=20, num_classes=10
+  )
   np.testing.assert_array_equal(votes.argmax(1), expected)
 
 
@@ -118,7 +126,7 @@ def test_serving_bfloat16_is_the_same_embedding_at_lower_precision(exported, cif
   half = loaded.signatures[SERVING_BFLOAT16](image_bytes=values)["embedding"].numpy()
   assert half.shape == full.shape == (32, dim) and half.dtype == np.float32
   assert cosines(full, half).min() > BFLOAT16_COSINE_FLOOR
-  assert not np.array_equal(full, half)          # it did compute in bfloat16
+  assert not np.array_equal(full, half)  # it did compute in bfloat16
 
 
 def test_the_saved_halves_join_into_the_signatures(exported, cifar10_sample):

@@ -26,8 +26,8 @@ from models import names, run_log
 from pipeline import local_runner, runs
 from tests.conftest import cifar10_class_names, save_image
 
-CLASSES = (0, 3, 8)          # airplane, cat, ship
-PER_CLASS = 32               # per span: ~26 train, ~6 test images a class
+CLASSES = (0, 3, 8)  # airplane, cat, ship
+PER_CLASS = 32  # per span: ~26 train, ~6 test images a class
 
 
 def _write_span(root, span, images, labels, classes=CLASSES):
@@ -40,22 +40,40 @@ def _write_span(root, span, images, labels, classes=CLASSES):
 class Run(NamedTuple):
   config: local_runner.configs.PipelineConfig
   returncode: int
-  log: str                    # the run log (stderr)
-  nodes: dict                 # node id -> its row of the run (runs.last_run_nodes)
+  log: str  # the run log (stderr)
+  nodes: dict  # node id -> its row of the run (runs.last_run_nodes)
 
 
 def _run(root, output, *flags) -> Run:
   """One run as a scheduled job starts it: `python -m pipeline.local_runner`."""
-  argv = ["--profile", "smoke", "--data", root, "--output-dir", output,
-          "--schema", os.path.join(output, "schema.pbtxt"), *flags]
+  argv = [
+      "--profile",
+      "smoke",
+      "--data",
+      root,
+      "--output-dir",
+      output,
+      "--schema",
+      os.path.join(output, "schema.pbtxt"),
+      *flags,
+  ]
   env = {k: v for k, v in os.environ.items() if k != run_log.VERBOSE_ENV}
-  done = subprocess.run([sys.executable, "-m", "pipeline.local_runner", *argv],
-                        cwd=names.PROJECT_DIR, env=env, capture_output=True, text=True,
-                        timeout=1200)
+  done = subprocess.run(
+      [sys.executable, "-m", "pipeline.local_runner", *argv],
+      cwd=names.PROJECT_DIR,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=1200,
+  )
   args = local_runner.parse_args(argv)
   config = local_runner.pipeline_config(args, local_runner.overrides_from_args(args))
-  return Run(config, done.returncode, done.stderr,
-             runs.last_run_nodes(config.metadata_path, config.pipeline_name))
+  return Run(
+      config,
+      done.returncode,
+      done.stderr,
+      runs.last_run_nodes(config.metadata_path, config.pipeline_name),
+  )
 
 
 def _versions(config):
@@ -81,11 +99,22 @@ def span_runs(cifar10_sample, tmp_path_factory):
   for step in (1, 2):
     assert done[step].returncode == 0, (step, done[step].log[-5000:])
   done[3] = _run(root, output)
-  _write_span(root, 3, images, labels, classes=(0, 8))        # no cat
+  _write_span(root, 3, images, labels, classes=(0, 8))  # no cat
   done[4] = _run(root, output)
-  done[5] = _run(root, output, "--min-accuracy", "1.01", "--overrides",
-                 json.dumps({"model": {"embed_dim": 48}, "validation": {"on_drift": "warn"},
-                             "pretrain": {"span_window": 1}}))
+  done[5] = _run(
+      root,
+      output,
+      "--min-accuracy",
+      "1.01",
+      "--overrides",
+      json.dumps(
+          {
+              "model": {"embed_dim": 48},
+              "validation": {"on_drift": "warn"},
+              "pretrain": {"span_window": 1},
+          }
+      ),
+  )
   for step in (1, 2, 3, 5):
     assert done[step].returncode == 0, (step, done[step].log[-5000:])
   done["versions_after_2"] = versions_after_2
@@ -93,8 +122,7 @@ def span_runs(cifar10_sample, tmp_path_factory):
 
 
 def _summary(run, trainer=names.MAE_TRAINER):
-  with open(os.path.join(run.nodes[trainer]["outputs"]["ModelRun"][0],
-                         names.SUMMARY_FILE)) as f:
+  with open(os.path.join(run.nodes[trainer]["outputs"]["ModelRun"][0], names.SUMMARY_FILE)) as f:
     return json.load(f)
 
 
@@ -107,7 +135,9 @@ def test_a_given_span_is_ingested_from_scratch(span_runs):
   assert _span(first) == 1
   assert "(image_folder, span 1)" in first.log
   assert _summary(first)["warm_start"] == {
-      "source": None, "reason": "no blessed model trained on an earlier span"}
+      "source": None,
+      "reason": "no blessed model trained on an earlier span",
+  }
   assert "[mae_pretrain] from scratch: no blessed model trained on an earlier span" in first.log
 
 
@@ -115,17 +145,18 @@ def test_the_newest_span_is_compared_with_the_last_and_warm_started(span_runs):
   first, second = span_runs[1], span_runs[2]
   assert _span(second) == 2
   # The gate compared span 2's train split with span 1's, each comparator named.
-  assert re.search(r"\[AnomaliesGate\] span 2's train split vs span 1's \(the served "
-                   r"model's data\):\n"
-                   r"  class_name: L-infinity 0\.\d{4} \(threshold 0\.1\)", second.log), \
-      second.log
+  assert re.search(
+      r"\[AnomaliesGate\] span 2's train split vs span 1's \(the served "
+      r"model's data\):\n"
+      r"  class_name: L-infinity 0\.\d{4} \(threshold 0\.1\)",
+      second.log,
+  ), second.log
   assert re.search(r"  mean_red: Jensen-Shannon 0\.\d{4} \(threshold 0\.05\)", second.log)
   # Warm-started from the MAE span 1's blessed model carries, for fewer epochs.
   first_probe = first.nodes[names.PROBE_TRAINER]["outputs"]["Model"][0]
   warm = _summary(second)["warm_start"]
-  assert warm["source"] == names.carried_mae_dir(
-      os.path.join(first_probe, "Format-Serving")), warm
-  assert len(_summary(second)["history"]) == 1          # smoke: warm_start_epochs 1 of 2
+  assert warm["source"] == names.carried_mae_dir(os.path.join(first_probe, "Format-Serving")), warm
+  assert len(_summary(second)["history"]) == 1  # smoke: warm_start_epochs 1 of 2
   # The MAE and the probe read spans 1 and 2 (span_window 0: every span the
   # gate passed; span 2 is span 1's photos mirrored, as many).
   first_count = _summary(first)["train_examples"]
@@ -134,19 +165,28 @@ def test_the_newest_span_is_compared_with_the_last_and_warm_started(span_runs):
   assert "[mae_pretrain] warm start from the MAE of the latest blessed model" in second.log
   # The Evaluator's baseline is span 1's model, scored on span 2's test split.
   second_probe = second.nodes[names.PROBE_TRAINER]["outputs"]["Model"][0]
-  assert sorted(second.nodes["Evaluator"]["inputs"]["Model"]) == sorted(
-      [first_probe, second_probe])
-  report = local_runner.report.format_report(second.config.metadata_path,
-                                             second.config.pipeline_name)
+  assert sorted(second.nodes["Evaluator"]["inputs"]["Model"]) == sorted([first_probe, second_probe])
+  report = local_runner.report.format_report(
+      second.config.metadata_path, second.config.pipeline_name
+  )
   assert "Against the model blessed before it, on the same test examples" in report
   assert re.search(r"per class: airplane: \d\.\d{3} \(\d\.\d{3}\)", report), report
-  assert len(span_runs["versions_after_2"]) == 2          # one pushed by each run
+  assert len(span_runs["versions_after_2"]) == 2  # one pushed by each run
 
 
 def test_a_run_with_nothing_new_comes_from_the_cache(span_runs):
   again = span_runs[3]
-  costly = {"ImageFolderExampleGen", "StatisticsGen", "Transform", names.MAE_TRAINER,
-            names.PROBE_TRAINER, "Evaluator", "CorpusEmbedder", "SearchIndexer", "Pusher"}
+  costly = {
+      "ImageFolderExampleGen",
+      "StatisticsGen",
+      "Transform",
+      names.MAE_TRAINER,
+      names.PROBE_TRAINER,
+      "Evaluator",
+      "CorpusEmbedder",
+      "SearchIndexer",
+      "Pusher",
+  }
   states = {n: again.nodes[n]["state"] for n in costly}
   assert states == {n: "CACHED" for n in costly}, states
   assert "mae_pretrain: done, from the cache" in again.log
@@ -157,16 +197,18 @@ def test_a_run_with_nothing_new_comes_from_the_cache(span_runs):
 def test_a_span_missing_a_class_is_stopped_naming_it(span_runs):
   stopped = span_runs[4]
   assert stopped.returncode != 0
-  assert re.search(r"span 3 vs span 2, feature 'class_name': classes in span 2 missing "
-                   r"from span 3: \['cat'\]", stopped.log), stopped.log[-3000:]
+  assert re.search(
+      r"span 3 vs span 2, feature 'class_name': classes in span 2 missing "
+      r"from span 3: \['cat'\]",
+      stopped.log,
+  ), stopped.log[-3000:]
   assert _span(stopped) == 3
   assert stopped.nodes["AnomaliesGate"]["state"] == "FAILED"
   assert "Transform" not in stopped.nodes and names.MAE_TRAINER not in stopped.nodes
   assert _versions(stopped.config) == span_runs["versions_after_2"]
 
 
-def test_another_architecture_trains_from_scratch_and_an_unblessed_span_pushes_nothing(
-    span_runs):
+def test_another_architecture_trains_from_scratch_and_an_unblessed_span_pushes_nothing(span_runs):
   last = span_runs[5]
   warm = _summary(last)["warm_start"]
   assert warm["source"] is None and "model.embed_dim 32 (now 48)" in warm["reason"], warm
@@ -178,7 +220,7 @@ def test_another_architecture_trains_from_scratch_and_an_unblessed_span_pushes_n
   # spans 1 to 3 (probe.span_window 0).
   span_3 = _summary(last)["train_examples"]
   probe = _summary(last, names.PROBE_TRAINER)["train_examples"]
-  assert 0 < span_3 < _summary(span_runs[1])["train_examples"]     # two classes of three
+  assert 0 < span_3 < _summary(span_runs[1])["train_examples"]  # two classes of three
   assert probe == 2 * _summary(span_runs[1])["train_examples"] + span_3
   assert "Pusher: nothing pushed (the model was not blessed)" in last.log
   assert _versions(last.config) == span_runs["versions_after_2"]

@@ -44,15 +44,25 @@ print(json.dumps(result))
 
 @pytest.fixture(scope="module")
 def imports():
-  run = subprocess.run([sys.executable, "-c", IMPORTS], cwd=names.PROJECT_DIR,
-                       capture_output=True, text=True, timeout=600)
+  run = subprocess.run(
+      [sys.executable, "-c", IMPORTS],
+      cwd=names.PROJECT_DIR,
+      capture_output=True,
+      text=True,
+      timeout=600,
+  )
   assert run.returncode == 0, run.stderr[-3000:]
   return json.loads(run.stdout.strip().splitlines()[-1])
 
 
 def test_the_library_imports_no_tfx(imports):
-  assert {"models.mae", "models.engine_pretrain", "models.engine_probe",
-          "models.evaluation", "models.names"} <= set(imports["library"])
+  assert {
+      "models.mae",
+      "models.engine_pretrain",
+      "models.engine_probe",
+      "models.evaluation",
+      "models.names",
+  } <= set(imports["library"])
   assert imports["library_tfx"] == []
 
 
@@ -82,17 +92,19 @@ def imported_modules(package: str):
   return found
 
 
-@pytest.mark.parametrize("package, forbidden", [
-    ("serving", ("pipeline", "components", "tfx", "tensorflow_transform")),
-    ("models", ("pipeline", "components", "tfx", "serving")),
-])
+@pytest.mark.parametrize(
+    "package, forbidden",
+    [
+        ("serving", ("pipeline", "components", "tfx", "tensorflow_transform")),
+        ("models", ("pipeline", "components", "tfx", "serving")),
+    ],
+)
 def test_no_import_anywhere_in_a_package_reaches_the_layers_above_it(package, forbidden):
   """Checked in the source, so an import inside a function that no test
   happens to call counts as much as one at the top."""
   found = imported_modules(package)
-  assert "os" in found                     # the scan sees imports at all
-  offending = {m: where for m, where in found.items()
-               if m.split(".")[0] in forbidden}
+  assert "os" in found  # the scan sees imports at all
+  offending = {m: where for m, where in found.items() if m.split(".")[0] in forbidden}
   assert offending == {}
 
 
@@ -108,40 +120,62 @@ def test_benchmarks_call_the_library_not_the_trainer_adapters(imports):
 
 
 def test_pushed_versions_ignore_staging_and_other_entries():
-  entries = ["1700000002/", "1700000001", ".staging-1700000003-42", "README",
-             "12a", "", "²", "1700000010"]
+  entries = [
+      "1700000002/",
+      "1700000001",
+      ".staging-1700000003-42",
+      "README",
+      "12a",
+      "",
+      "²",
+      "1700000010",
+  ]
   assert names.pushed_versions(entries) == [1700000001, 1700000002, 1700000010]
 
 
 def test_default_paths_follow_the_output_env(monkeypatch, tmp_path):
   monkeypatch.setenv(names.OUTPUT_ENV, str(tmp_path))
   assert names.metadata_path() == os.path.join(str(tmp_path), "metadata.sqlite")
-  assert names.serving_model_dir() == os.path.join(str(tmp_path), "serving_model",
-                                                   names.PIPELINE_NAME)
+  assert names.serving_model_dir() == os.path.join(
+      str(tmp_path), "serving_model", names.PIPELINE_NAME
+  )
   monkeypatch.delenv(names.OUTPUT_ENV)
   assert names.default_output_dir() == os.path.join(names.PROJECT_DIR, "outputs")
 
 
 def test_unknown_profile_is_refused_naming_the_known_ones():
-  with pytest.raises(ValueError, match=r"Unknown profile 'gpu'; known profiles: "
-                                       r"\['cpu', 'cpu-long', 'full', 'smoke'\]"):
+  with pytest.raises(
+      ValueError,
+      match=r"Unknown profile 'gpu'; known profiles: " r"\['cpu', 'cpu-long', 'full', 'smoke'\]",
+  ):
     config_lib.get_profile("gpu")
   from pipeline import configs
+
   with pytest.raises(ValueError, match="Unknown profile 'gpu'"):
     configs.PipelineConfig(data_root="/nowhere", profile="gpu")
 
 
 def test_the_runner_refuses_an_unknown_profile_before_touching_data(tmp_path):
   from pipeline import local_runner
+
   with pytest.raises(ValueError, match="Unknown profile 'laptop'"):
-    local_runner.main(["--profile", "laptop", "--data", str(tmp_path / "absent"),
-                       "--output-dir", str(tmp_path / "out")])
+    local_runner.main(
+        [
+            "--profile",
+            "laptop",
+            "--data",
+            str(tmp_path / "absent"),
+            "--output-dir",
+            str(tmp_path / "out"),
+        ]
+    )
   assert not (tmp_path / "out").exists()
 
 
 def test_a_profile_holds_its_gate_and_beam_args_and_trainers_get_the_rest():
-  cpu = config_lib.get_profile("cpu", {"evaluation": {"min_accuracy": 0.5},
-                                       "beam": {"pipeline_args": ["--a=1"]}})
+  cpu = config_lib.get_profile(
+      "cpu", {"evaluation": {"min_accuracy": 0.5}, "beam": {"pipeline_args": ["--a=1"]}}
+  )
   assert cpu.evaluation.min_accuracy == 0.5 and cpu.evaluation.max_accuracy_drop == 0.01
   assert cpu.beam.pipeline_args == ("--a=1",)
   assert config_lib.get_profile("smoke").evaluation.min_accuracy == 0.05
@@ -160,8 +194,9 @@ def test_the_model_follows_data_image_size_which_must_fit_the_patches():
   cfg = config_lib.get_profile("smoke", {"data": {"image_size": 48}})
   assert cfg.data.image_size == cfg.model.image_size == 48
   assert cfg.model.num_patches == (48 // 4) ** 2
-  with pytest.raises(ValueError, match="data.image_size 30 must be a positive multiple "
-                                       "of model.patch_size 4"):
+  with pytest.raises(
+      ValueError, match="data.image_size 30 must be a positive multiple " "of model.patch_size 4"
+  ):
     config_lib.get_profile("smoke", {"data": {"image_size": 30}})
   with pytest.raises(ValueError, match="model.image_size follows data.image_size"):
     config_lib.get_profile("smoke", {"model": {"image_size": 48}})
@@ -182,7 +217,7 @@ def test_committed_notebooks_show_a_real_run_and_name_no_machine(name):
   text = json.dumps(outputs)
   for machine in ("/work/", "/tmp/", "/root/", "/home/", "/Users/"):
     assert machine not in text
-  assert "50000 train images" in text or "(5000, 640)" in text   # a full cpu-profile run
+  assert "50000 train images" in text or "(5000, 640)" in text  # a full cpu-profile run
 
 
 def test_the_readme_pictures_exist():
@@ -201,18 +236,31 @@ def test_a_second_run_on_the_same_outputs_is_refused_naming_the_first(tmp_path):
   import subprocess
   import time
   from pipeline import local_runner
+
   holder = subprocess.Popen(
-      [sys.executable, "-c", "import sys, time\nfrom pipeline import local_runner\n"
-       "with local_runner.output_lock(sys.argv[1]):\n  print('held', flush=True)\n"
-       "  time.sleep(600)", str(tmp_path)],
-      cwd=names.PROJECT_DIR, stdout=subprocess.PIPE, text=True)
+      [
+          sys.executable,
+          "-c",
+          "import sys, time\nfrom pipeline import local_runner\n"
+          "with local_runner.output_lock(sys.argv[1]):\n  print('held', flush=True)\n"
+          "  time.sleep(600)",
+          str(tmp_path),
+      ],
+      cwd=names.PROJECT_DIR,
+      stdout=subprocess.PIPE,
+      text=True,
+  )
   try:
     assert holder.stdout.readline().strip() == "held"
     start = time.monotonic()
-    with pytest.raises(SystemExit, match=rf"in use by another pipeline run \(pid {holder.pid} "
-                                         rf"on .*: -c {re.escape(str(tmp_path))}\)"):
-      local_runner.main(["--profile", "smoke", "--data", str(tmp_path / "absent"),
-                         "--output-dir", str(tmp_path)])
+    with pytest.raises(
+        SystemExit,
+        match=rf"in use by another pipeline run \(pid {holder.pid} "
+        rf"on .*: -c {re.escape(str(tmp_path))}\)",
+    ):
+      local_runner.main(
+          ["--profile", "smoke", "--data", str(tmp_path / "absent"), "--output-dir", str(tmp_path)]
+      )
     assert time.monotonic() - start < 5
   finally:
     holder.send_signal(signal.SIGKILL)

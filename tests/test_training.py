@@ -11,8 +11,7 @@ import tensorflow as tf
 from models import config as config_lib
 from models import names
 from models.mae import MaskedAutoencoder
-from models.engine_pretrain import (compile_mae, load_mae, pretrain, save_mae,
-                                    warm_start_source)
+from models.engine_pretrain import (compile_mae, load_mae, pretrain, save_mae, warm_start_source)
 from models.optimization import WarmupCosine, adamw, no_decay, scaled_lr
 from models.precision import precision_policy, resolve_precision, with_resolved_precision
 
@@ -43,9 +42,9 @@ def test_weight_decay_follows_schedule_and_skips_norms_biases_embeddings():
   schedule = WarmupCosine(peak_lr=0.1, total_steps=10, warmup_steps=2)
   opt = adamw(schedule, 0.5, 0.9, 0.95, [kernel, bias])
   zeros = [tf.zeros_like(kernel), tf.zeros_like(bias)]
-  opt.apply_gradients(zip(zeros, [kernel, bias]))            # step 0: lr 0
+  opt.apply_gradients(zip(zeros, [kernel, bias]))  # step 0: lr 0
   np.testing.assert_allclose(kernel.numpy(), 1.0)
-  opt.apply_gradients(zip(zeros, [kernel, bias]))            # step 1: lr 0.05
+  opt.apply_gradients(zip(zeros, [kernel, bias]))  # step 1: lr 0.05
   np.testing.assert_allclose(kernel.numpy(), 1.0 - 0.05 * 0.5, rtol=1e-6)
   np.testing.assert_allclose(bias.numpy(), 1.0)
 
@@ -57,8 +56,7 @@ def test_save_and_load_mae_round_trip(tmp_path, cls_token):
   save_mae(model, str(tmp_path))
   loaded = load_mae(str(tmp_path))
   imgs = tf.random.normal([2, 32, 32, 3])
-  np.testing.assert_allclose(loaded.embed(imgs).numpy(), model.embed(imgs).numpy(),
-                             rtol=1e-6)
+  np.testing.assert_allclose(loaded.embed(imgs).numpy(), model.embed(imgs).numpy(), rtol=1e-6)
 
 
 def test_an_mae_saved_before_the_contrastive_term_loads_as_the_pure_mae(tmp_path):
@@ -71,7 +69,7 @@ def test_an_mae_saved_before_the_contrastive_term_loads_as_the_pure_mae(tmp_path
   saved = json.loads(config_file.read_text())
   del saved["contrastive_weight"], saved["uniformity_weight"]
   config_file.write_text(json.dumps(saved))
-  assert config_lib.ModelConfig().contrastive_weight > 0       # today's default differs
+  assert config_lib.ModelConfig().contrastive_weight > 0  # today's default differs
   loaded = load_mae(str(tmp_path))
   assert loaded.cfg.contrastive_weight == 0.0 and loaded.projector is None
   imgs = tf.random.normal([2, 32, 32, 3])
@@ -81,8 +79,9 @@ def test_an_mae_saved_before_the_contrastive_term_loads_as_the_pure_mae(tmp_path
 def test_an_mae_saved_before_contrastive_blocks_loads_with_its_one_block_projector(tmp_path):
   """A config.json from before `contrastive_blocks` (and the teacher): its
   projector read the last block's tokens, whatever today's default."""
-  cfg = dataclasses.replace(config_lib.get_profile("smoke").model, contrastive_weight=0.03,
-                            contrastive_blocks=1)
+  cfg = dataclasses.replace(
+      config_lib.get_profile("smoke").model, contrastive_weight=0.03, contrastive_blocks=1
+  )
   model = MaskedAutoencoder(cfg).build_for()
   save_mae(model, str(tmp_path))
   config_file = tmp_path / "config.json"
@@ -113,8 +112,7 @@ def test_warm_start_takes_the_blessed_models_mae_only_when_it_fits(tmp_path):
   source, reason = warm_start_source(cfg, serving, "digest-of-span-2")
   assert source == names.carried_mae_dir(serving) and source in reason
 
-  assert warm_start_source(cfg, None, "d") == (
-      None, "no blessed model trained on an earlier span")
+  assert warm_start_source(cfg, None, "d") == (None, "no blessed model trained on an earlier span")
   never = config_lib.get_profile("smoke", {"pretrain": {"warm_start": "never"}})
   assert warm_start_source(never, serving, "d") == (None, "pretrain.warm_start is never")
   # The same examples: nothing new to learn from them.
@@ -137,17 +135,25 @@ def test_warm_start_takes_the_blessed_models_mae_only_when_it_fits(tmp_path):
 def test_a_warm_start_begins_from_the_saved_mae(tmp_path):
   """With a learning rate of 0 (so AdamW neither steps nor decays), the
   pretrained weights are the saved MAE's: the run started from them."""
-  cfg = config_lib.get_profile("smoke", {"pretrain": {"epochs": 1, "batch_size": 16,
-                                                      "base_lr": 0.0}})
+  cfg = config_lib.get_profile(
+      "smoke", {"pretrain": {"epochs": 1, "batch_size": 16, "base_lr": 0.0}}
+  )
   serving, saved = _blessed_model_carrying(tmp_path, cfg.model)
   images = np.random.RandomState(0).randn(32, 32, 32, 3).astype(np.float32)
-  warm, _ = pretrain(cfg, images, str(tmp_path / "logs"), str(tmp_path / "ckpt"),
-                     initial_mae=names.carried_mae_dir(serving))
+  warm, _ = pretrain(
+      cfg,
+      images,
+      str(tmp_path / "logs"),
+      str(tmp_path / "ckpt"),
+      initial_mae=names.carried_mae_dir(serving),
+  )
   for a, b in zip(warm.mae.trainable_variables, saved.trainable_variables):
     np.testing.assert_array_equal(a.numpy(), b.numpy())
   cold, _ = pretrain(cfg, images, str(tmp_path / "logs2"), str(tmp_path / "ckpt2"))
-  assert any(not np.array_equal(a.numpy(), b.numpy())
-             for a, b in zip(cold.mae.trainable_variables, saved.trainable_variables))
+  assert any(
+      not np.array_equal(a.numpy(), b.numpy())
+      for a, b in zip(cold.mae.trainable_variables, saved.trainable_variables)
+  )
 
 
 def test_warm_start_settings_are_checked():
@@ -157,18 +163,17 @@ def test_warm_start_settings_are_checked():
     config_lib.get_profile("smoke", {"pretrain": {"warm_start_epochs": 0}})
   for name in config_lib.PROFILES:
     p = config_lib.get_profile(name).pretrain
-    assert p.warm_start_epochs < p.epochs, name      # a warm start costs less
+    assert p.warm_start_epochs < p.epochs, name  # a warm start costs less
 
 
 def test_killed_pretraining_resumes_from_last_epoch(tmp_path):
   images = np.random.RandomState(0).randn(64, 32, 32, 3).astype(np.float32)
 
   def run(epochs, ckpt):
-    cfg = config_lib.get_profile("smoke", {"pretrain": {"epochs": epochs,
-                                                        "batch_size": 16}})
+    cfg = config_lib.get_profile("smoke", {"pretrain": {"epochs": epochs, "batch_size": 16}})
     return pretrain(cfg, images, str(tmp_path / "logs"), str(tmp_path / ckpt))
 
-  _, first = run(3, "ckpt")             # a run that stopped after epoch 2 of 3 ...
+  _, first = run(3, "ckpt")  # a run that stopped after epoch 2 of 3 ...
   assert [h["epoch"] for h in first] == [1, 2, 3]
   # ... is emulated by dropping the newest checkpoint.
   ckpt = str(tmp_path / "ckpt")
@@ -179,7 +184,7 @@ def test_killed_pretraining_resumes_from_last_epoch(tmp_path):
   with open(os.path.join(ckpt, "checkpoint"), "w") as f:
     f.write('model_checkpoint_path: "ckpt-2"\n')
   model, resumed = run(3, "ckpt")
-  assert [h["epoch"] for h in resumed] == [3]    # only the missing epoch ran
+  assert [h["epoch"] for h in resumed] == [3]  # only the missing epoch ran
   assert int(model.optimizer.iterations.numpy()) == 3 * 4
   # The same batches and masks as an uninterrupted run: the same weights.
   uninterrupted, _ = run(3, "other")
@@ -194,23 +199,28 @@ def test_a_truncated_checkpoint_is_skipped_for_the_one_before(tmp_path, capsys):
   pretrain(cfg, images, str(tmp_path / "logs"), ckpt)
   newest = tf.train.latest_checkpoint(ckpt)
   data = newest + ".data-00000-of-00001"
-  with open(data, "r+b") as f:          # a write cut short by a crash or a full disk
+  with open(data, "r+b") as f:  # a write cut short by a crash or a full disk
     f.truncate(os.path.getsize(data) // 2)
   cfg = dataclasses.replace(cfg, pretrain=dataclasses.replace(cfg.pretrain, epochs=3))
   model, resumed = pretrain(cfg, images, str(tmp_path / "logs"), ckpt)
   out = capsys.readouterr().err
   assert f"checkpoint {newest} is unreadable" in out and "Resuming from" in out
-  assert [h["epoch"] for h in resumed] == [2, 3]   # from epoch 1's checkpoint
+  assert [h["epoch"] for h in resumed] == [2, 3]  # from epoch 1's checkpoint
   assert int(model.optimizer.iterations.numpy()) == 3 * 4
 
 
 def test_keras3_is_refused_with_a_clear_error():
   import subprocess
   import sys
+
   env = dict(os.environ, TF_USE_LEGACY_KERAS="0", TF_CPP_MIN_LOG_LEVEL="3")
   out = subprocess.run(
       [sys.executable, "-c", "from models import runtime; runtime.require_keras2()"],
-      env=env, capture_output=True, text=True, timeout=120)
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=120,
+  )
   assert out.returncode != 0
   assert "set TF_USE_LEGACY_KERAS=1 before TensorFlow is first imported" in out.stderr
 
@@ -220,9 +230,13 @@ def _fit_three_steps(precision, xla_splits):
   fixed start on a fixed batch with fixed masks. The pure MAE: with a
   contrastive term each micro-batch has its own negatives, so splits change
   that term by design."""
-  cfg = config_lib.get_profile("smoke", {
-      "model": {"contrastive_weight": 0.0},
-      "runtime": {"precision": precision, "jit_compile": True, "xla_splits": xla_splits}})
+  cfg = config_lib.get_profile(
+      "smoke",
+      {
+          "model": {"contrastive_weight": 0.0},
+          "runtime": {"precision": precision, "jit_compile": True, "xla_splits": xla_splits},
+      },
+  )
   rng = np.random.RandomState(0)
   images = rng.randn(32, 32, 32, 3).astype(np.float32)
   noise = rng.rand(32, cfg.model.num_patches).astype(np.float32)
@@ -242,29 +256,31 @@ def test_xla_splits_match_the_whole_batch_step(precision, rtol):
   whole, start, whole_losses = _fit_three_steps(precision, xla_splits=1)
   split, split_start, split_losses = _fit_three_steps(precision, xla_splits=4)
   assert split.xla_splits == 4 and whole.xla_splits == 1
-  assert isinstance(split.optimizer, tf.keras.mixed_precision.LossScaleOptimizer) \
-      == (precision == "mixed_float16")
+  assert isinstance(split.optimizer, tf.keras.mixed_precision.LossScaleOptimizer) == (
+      precision == "mixed_float16"
+  )
   for a, b in zip(split_start, start):
-    np.testing.assert_array_equal(a, b)                      # same start
+    np.testing.assert_array_equal(a, b)  # same start
   np.testing.assert_allclose(split_losses, whole_losses, rtol=rtol)
-  assert whole_losses[2] < whole_losses[0]                   # it trained
+  assert whole_losses[2] < whole_losses[0]  # it trained
   for a, b in zip(split.trainable_variables, whole.trainable_variables):
-    np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=rtol, atol=rtol / 10,
-                               err_msg=a.name)
+    np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=rtol, atol=rtol / 10, err_msg=a.name)
 
 
 def test_xla_splits_must_divide_the_batch():
-  cfg = config_lib.get_profile("smoke", {"runtime": {"jit_compile": True,
-                                                     "xla_splits": 3}})
+  cfg = config_lib.get_profile("smoke", {"runtime": {"jit_compile": True, "xla_splits": 3}})
   with pytest.raises(ValueError, match="xla_splits must divide pretrain.batch_size 32; got 3"):
     compile_mae(cfg, tf.distribute.get_strategy(), steps_per_epoch=1)
 
 
-@pytest.mark.parametrize("flags,expected", [
-    ("fpu sse2 avx2 fma", "float32"),                           # AMD Zen 3: emulated bf16
-    ("fpu avx2 avx512f avx512_bf16", "mixed_bfloat16"),         # Cooper Lake, Zen 4
-    ("fpu avx2 avx512f amx_bf16 amx_tile", "mixed_bfloat16"),   # Sapphire Rapids
-])
+@pytest.mark.parametrize(
+    "flags,expected",
+    [
+        ("fpu sse2 avx2 fma", "float32"),  # AMD Zen 3: emulated bf16
+        ("fpu avx2 avx512f avx512_bf16", "mixed_bfloat16"),  # Cooper Lake, Zen 4
+        ("fpu avx2 avx512f amx_bf16 amx_tile", "mixed_bfloat16"),  # Sapphire Rapids
+    ],
+)
 def test_auto_precision_uses_bfloat16_only_where_the_cpu_has_it(tmp_path, flags, expected):
   cpuinfo = tmp_path / "cpuinfo"
   cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n\nprocessor\t: 1\n")
@@ -279,8 +295,9 @@ def test_auto_precision_uses_bfloat16_only_where_the_cpu_has_it(tmp_path, flags,
 
 def test_auto_precision_is_float16_on_gpu(monkeypatch, tmp_path):
   # No GPU on this machine: the device query is the one part faked here.
-  monkeypatch.setattr(tf.config, "list_physical_devices",
-                      lambda kind=None: ["GPU:0"] if kind == "GPU" else [])
+  monkeypatch.setattr(
+      tf.config, "list_physical_devices", lambda kind=None: ["GPU:0"] if kind == "GPU" else []
+  )
   assert resolve_precision("auto", "mirrored", str(tmp_path / "absent")) == "mixed_float16"
 
 
@@ -289,13 +306,18 @@ def test_resolved_config_names_the_policy_and_keeps_the_rest():
   resolved = with_resolved_precision(cfg)
   assert cfg.runtime.precision == "auto"
   assert resolved.runtime.precision == resolve_precision("auto", "default") != "auto"
-  assert resolved.to_dict() == {**cfg.to_dict(), "runtime": {
-      **cfg.to_dict()["runtime"], "precision": resolved.runtime.precision}}
+  assert resolved.to_dict() == {
+      **cfg.to_dict(),
+      "runtime": {**cfg.to_dict()["runtime"], "precision": resolved.runtime.precision},
+  }
 
 
 def test_unknown_precision_is_refused():
-  with pytest.raises(ValueError, match="Unknown runtime.precision 'bf16'; expected one of "
-                                       r"\['auto', 'float32', 'mixed_bfloat16', 'mixed_float16'\]"):
+  with pytest.raises(
+      ValueError,
+      match="Unknown runtime.precision 'bf16'; expected one of "
+      r"\['auto', 'float32', 'mixed_bfloat16', 'mixed_float16'\]",
+  ):
     config_lib.get_profile("cpu", {"runtime": {"precision": "bf16"}})
 
 
@@ -304,7 +326,7 @@ def test_an_mae_with_a_momentum_teacher_saves_and_loads(tmp_path):
   loads back; the embedding is the student's."""
   cfg = dataclasses.replace(config_lib.get_profile("smoke").model, teacher_momentum=0.99)
   model = MaskedAutoencoder(cfg).build_for()
-  for teacher, _ in model.teacher_pairs():     # not the student's copy: a real round trip
+  for teacher, _ in model.teacher_pairs():  # not the student's copy: a real round trip
     teacher.assign(teacher + 0.25)
   save_mae(model, str(tmp_path))
   loaded = load_mae(str(tmp_path))

@@ -22,7 +22,7 @@ def test_pushes_in_the_same_second_get_distinct_versions(tmp_path):
   assert int(b) > int(a)
   assert open(os.path.join(base, a, "saved_model.pb")).read() == "model a"
   assert open(os.path.join(base, b, "saved_model.pb")).read() == "model b"
-  assert sorted(os.listdir(base)) == sorted([a, b])      # no staging leftovers
+  assert sorted(os.listdir(base)) == sorted([a, b])  # no staging leftovers
 
 
 def test_next_version_is_newer_than_any_existing(tmp_path):
@@ -47,10 +47,11 @@ def test_the_model_already_served_newest_is_not_pushed_again(tmp_path):
 def test_the_next_push_removes_staging_left_by_a_killed_push(tmp_path):
   import subprocess
   import sys
+
   base = tmp_path / "serving"
   dead = subprocess.Popen([sys.executable, "-c", "pass"])
-  dead.wait()                                    # a pid that no longer runs
+  dead.wait()  # a pid that no longer runs
   (base / f".staging-1700000000-{dead.pid}" / "variables").mkdir(parents=True)
-  (base / f".staging-1700000001-{os.getpid()}").mkdir()   # a push still running
+  (base / f".staging-1700000001-{os.getpid()}").mkdir()  # a push still running
   version = push_to_filesystem(_model(str(tmp_path / "a"), "model a"), str(base))
   assert sorted(os.listdir(base)) == sorted([version, f".staging-1700000001-{os.getpid()}"])
