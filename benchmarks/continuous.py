@@ -62,6 +62,8 @@ def span_indices(labels: np.ndarray, spans: int, seed: int = 0) -> List[np.ndarr
 
 
 def write_records(path: str, images: np.ndarray, labels: np.ndarray) -> None:
+  """Writes the images, PNG-encoded, with their labels to `path`: one GZIP
+  TFRecord file of tf.Examples."""
   import tensorflow as tf
 
   os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -192,6 +194,9 @@ def _cell(row: Optional[Dict]) -> str:
 
 
 def main(argv=None):
+  """Runs the warm-started chain span by span (and the from-scratch runs
+  beside it) and prints each span's times, accuracies and gate verdict;
+  `--drift-only` prints the drift comparators' values instead."""
   p = argparse.ArgumentParser(
       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
   )

@@ -74,6 +74,8 @@ def small_cifar(data: str, root: str, train_count: int = TRAIN, test_count: int 
 
 
 def runner_args(data_root: str, output_dir: str, mae_epochs: int = MAE_EPOCHS) -> List[str]:
+  """`local_runner`'s arguments: profile `smoke` on `data_root` into
+  `output_dir`, with `mae_epochs` MAE epochs."""
   return [
       "--profile",
       "smoke",
@@ -88,6 +90,8 @@ def runner_args(data_root: str, output_dir: str, mae_epochs: int = MAE_EPOCHS) -
 
 # ---- the child: the runner, with a fault injected at an exact instant -------------
 def child(fault: Optional[str], args: List[str]) -> None:
+  """Runs `local_runner` with `args` in this process, patched to SIGKILL
+  itself at `fault` (`mae_checkpoint_write`, `pusher_copy`; None: no fault)."""
   if fault == "mae_checkpoint_write":
     from models import checkpoints
 
@@ -182,6 +186,9 @@ def kill_at(
 
 
 def outcome(output_dir: str, log_text: str) -> Dict:
+  """What a re-run left: the pushed versions and staging folders, the epoch
+  the MAE resumed from and the checkpoints it skipped as unreadable (from
+  `log_text`), and each run's node states in MLMD."""
   from pipeline import runs
 
   metadata = names.metadata_path(output_dir)
@@ -203,6 +210,8 @@ def outcome(output_dir: str, log_text: str) -> Dict:
 
 
 def mae_weights(output_dir: str) -> Dict[str, np.ndarray]:
+  """The MAE's final weights in a run's output folder, by checkpoint key
+  (the model's variables, not the optimizer's)."""
   import tensorflow as tf
   from pipeline.run_outputs import RunOutputs
   from tfx.utils import path_utils
@@ -285,6 +294,7 @@ def run_matrix(
 
 
 def format_row(row: Dict) -> str:
+  """One `run_matrix` row as a line of the HEADER's Markdown table."""
   runs = list(row["states"].values())
   killed = {n: s for n, s in runs[0].items() if s not in ("COMPLETE", "CACHED")} if runs else {}
   return (
@@ -312,6 +322,9 @@ HEADER = (
 
 
 def main(argv=None):
+  """Kills the pipeline at each `--points` point, re-runs it and prints
+  the table of what each re-run did; returns the rows. With `--child`: the
+  runner itself, as `kill_at` starts it."""
   argv = sys.argv[1:] if argv is None else argv
   if argv[:1] == ["--child"]:
     fault = None if argv[1] == "none" else argv[1]

@@ -215,6 +215,8 @@ def calibration_embeddings(
 def table(
     embeddings: np.ndarray, ids: List[str], class_names: List[str], version: int
 ) -> EmbeddingsFile:
+  """`embeddings` as an embeddings file in memory (float32, with `ids`, the
+  rows' class names and model `version`), as `find_pairs` takes them."""
   return EmbeddingsFile(
       np.asarray(embeddings, np.float32),
       np.array(ids),
@@ -232,7 +234,7 @@ def copy_scores(
   n = len(originals)
   corpus = table(originals, [f"original/{i}" for i in range(n)], class_names, version)
   scores = np.full((len(copies), n), -np.inf)
-  for a, name in enumerate(ALTERATIONS):
+  for a, _name in enumerate(ALTERATIONS):
     queries = table(copies[a], [f"copy/{i}" for i in range(n)], class_names, version)
     found = duplicates.find_pairs(queries, corpus, threshold=lowest)
     for pair in found.pairs:
@@ -278,8 +280,8 @@ def sweep(
 ) -> List[Dict]:
   """One row per threshold: false-positive rates and recalls."""
   rows = []
-  for t in thresholds:
-    t = float(round(t, 6))
+  for value in thresholds:
+    t = float(round(value, 6))
     rows.append(
         dict(
             threshold=t,
@@ -314,6 +316,8 @@ TABLE_HEADER = (
 
 
 def table_row(r: Dict, bold: bool = False) -> str:
+  """One `sweep` row as a line of TABLE_HEADER's Markdown table; `bold`:
+  its threshold in bold (the one picked)."""
   mark = "**" if bold else ""
   return (
       f"| {mark}{r['threshold']:.3f}{mark} | {r['fp_any']:.4f} | {r['fp_hard']:.4f} "
@@ -324,6 +328,8 @@ def table_row(r: Dict, bold: bool = False) -> str:
 
 
 def target_lines(chosen: Dict) -> List[str]:
+  """Whether issue 25's target is met at the `chosen` row: a line per
+  false-positive rate, per alteration's recall and for all alterations."""
   lines = []
   for key, what in (
       ("fp_any", "most similar image"),
@@ -455,6 +461,11 @@ def test_vs_train(
 
 
 def main(argv=None) -> Dict:
+  """Prints the sweep's false-positive rates and recalls, the threshold
+  picked and whether the target is met there; with `--test-vs-train`, lists
+  CIFAR-10's test images with a near-duplicate in train. Returns the rows,
+  the row picked (None: none keeps `--max-fp`), the model version and the
+  listing, if made."""
   p = argparse.ArgumentParser(
       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
   )

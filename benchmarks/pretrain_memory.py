@@ -23,6 +23,9 @@ from models import names
 
 
 def one_run(args) -> dict:
+  """Pretrains in this process on the first `args.examples` train examples,
+  fed as the MAE Trainer feeds them; the image count, whether they were
+  streamed, the memory budget, the last epoch's img/s and the peak RSS (MB)."""
   import tensorflow_transform as tft
   from models import config as config_lib
   from models import data
@@ -52,6 +55,9 @@ def one_run(args) -> dict:
 
 
 def main(argv=None):
+  """Runs each `--examples` N in a fresh process and prints the input path
+  taken, the peak RSS and the last epoch's img/s; with `--one`, is that
+  process and prints its figures as one `RESULT <json>` line."""
   p = argparse.ArgumentParser(
       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
   )

@@ -31,6 +31,9 @@ from pipeline.runs import pipeline_inputs, schema_file
 
 
 def main(argv=None):
+  """Pretrains (or loads, or random-inits) an MAE, probes its frozen
+  encoder and prints the test LP and k-NN top-1, the MAE img/s and each
+  stage's wall time."""
   p = argparse.ArgumentParser(
       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
   )
@@ -102,7 +105,8 @@ def main(argv=None):
       )
   )
   print(
-      f"{f'epochs {args.epochs}' if args.mae is None else args.mae}: LP top-1 {summary['eval_accuracy']:.4f}, "
+      f"{f'epochs {args.epochs}' if args.mae is None else args.mae}: "
+      f"LP top-1 {summary['eval_accuracy']:.4f}, "
       + "".join(f"kNN(k={k}) top-1 {acc:.4f}, " for k, acc in summary["knn"].items())
       + "".join(
           f"unwhitened kNN(k={k}) {acc:.4f}, "

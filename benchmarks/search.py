@@ -82,6 +82,7 @@ def _status_mb(field: str) -> float:
 
 
 def rss_mb() -> float:
+  """This process's resident set size now (VmRSS), in MB."""
   return _status_mb("VmRSS")
 
 
@@ -131,6 +132,8 @@ def loaded_rss_mb(kind: str, folder: str) -> float:
 
 
 def folder_mb(folder: str, leave_out: Tuple[str, ...] = ()) -> float:
+  """The size in MB of the files under `folder`, files named in `leave_out`
+  not counted."""
   total = 0
   for parent, _, files in os.walk(folder):
     total += sum(os.path.getsize(os.path.join(parent, f)) for f in files if f not in leave_out)
@@ -344,6 +347,8 @@ def embeddings(args, data_root: str) -> Tuple[np.ndarray, np.ndarray, np.ndarray
 
 # ---- the indexes --------------------------------------------------------------------
 def tuned(info: Dict) -> str:
+  """The parameters tuning chose, from an index's `info`: the table's
+  "tuned" cell ("-" for exact search)."""
   p = info["params"]
   if info["kind"] == search_index.SCANN:
     return (
@@ -410,6 +415,7 @@ def bench_one(
 
 
 def table_row(r: Dict) -> str:
+  """One `bench_one` row as a line of TABLE_HEADER's Markdown table."""
   return (
       f"| {r['n']} | {r['kind']} | {r['tuned']} | {r['build_s']:.1f} | {r['wall_s']:.1f} "
       f"| {r['peak_mb']:.0f} | {r['disk_mb']:.1f} | {r['index_bytes']:.0f} "
@@ -453,6 +459,10 @@ def targets(rows: List[Dict]) -> List[str]:
 
 
 def main(argv=None) -> List[Dict]:
+  """Builds, saves, loads and measures each `--kinds` index at each
+  `--sizes` corpus size and prints a table row for each, then each
+  approximate kind's speed-up over exact and issue 25's targets at the
+  largest size; returns the rows."""
   p = argparse.ArgumentParser(
       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
   )

@@ -79,10 +79,12 @@ def cifar10_split(data: str, split: str, count: int = None):
 
 
 def test_pngs(data: str, count: int) -> List[bytes]:
+  """The first `count` CIFAR-10 test images, PNG-encoded."""
   return cifar10_split(data, "test", count)[0]
 
 
 def p50_ms(fn: Callable, repeats: int = 300) -> float:
+  """The median milliseconds of `repeats` calls of `fn`, after 20 warm-up calls."""
   for _ in range(20):
     fn()
   times = []
@@ -122,7 +124,7 @@ def breakdown(model: LoadedModel, png: bytes) -> Dict[str, float]:
     steps[f"encoder + whitening, {precision}, compiled"] = lambda c=compiled: c.compiled_embed(
         images
     )[names.EMBEDDING_KEY].numpy()
-  for precision, signature in PRECISIONS.items():
+  for signature in PRECISIONS.values():
     function = model.signatures[signature].function
     steps[f"the {signature} signature as saved (all of it)"] = lambda f=function: f(
         image_bytes=tf.constant([png])
@@ -160,6 +162,9 @@ def batch_embedding(model: LoadedModel, signature: str, pngs: List[bytes]) -> fl
 # 3. The server
 # --------------------------------------------------------------------------
 def rest_client(url: str, name: str, pngs: List[bytes], size: int) -> Callable:
+  """`call(i)`: POSTs the i-th request (cycling) of `size` images of `pngs`
+  to model `name`'s REST predict at `url`, a keep-alive session per thread;
+  raises unless the answer is 200."""
   bodies = [
       orjson.dumps(
           {"instances": [{"b64": base64.b64encode(p).decode()} for p in pngs[i : i + size]]}
@@ -183,6 +188,8 @@ def rest_client(url: str, name: str, pngs: List[bytes], size: int) -> Callable:
 
 
 def grpc_client(target: str, name: str, pngs: List[bytes], size: int) -> Callable:
+  """`call(i)`: sends the i-th Predict request (cycling) of `size` images of
+  `pngs` to model `name` over gRPC at `target`, a channel per thread."""
   import grpc
   from tensorflow_serving.apis import prediction_service_pb2_grpc
   from serving.grpc_api import predict_request
@@ -217,7 +224,7 @@ def load_test(
   wall = dict.fromkeys(calls, 0.0)
   per_round = max(clients, total // rounds)
   with concurrent.futures.ThreadPoolExecutor(clients) as pool:
-    for name, call in calls.items():  # warm-up
+    for call in calls.values():  # warm-up
       list(pool.map(lambda i, c=call: timed(c, i), range(min(total, 10 * clients))))
     for r in range(rounds):
       for name, call in calls.items():
@@ -233,6 +240,7 @@ def load_test(
 
 
 def rss_mb(pid: int) -> float:
+  """Process `pid`'s resident set size now (VmRSS), in MB."""
   with open(f"/proc/{pid}/status") as f:
     return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
 
@@ -318,6 +326,10 @@ def quality(model: LoadedModel, data: str) -> Dict[str, Dict]:
 
 
 def main(argv=None):
+  """Prints the serving figures: one image's milliseconds step by step,
+  batch embedding against the matmul bound, the memory one more loaded
+  version adds, the server's cold start, RSS, latency and img/s per
+  configuration, and with `--quality` bfloat16 against float32."""
   p = argparse.ArgumentParser(
       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
   )

@@ -93,6 +93,8 @@ def soak(
 
 
 def summary(outcome: Dict) -> str:
+  """One line on a `soak`: responses by status, dropped connections, p50
+  and p99 of the good requests served, and the versions that answered."""
   results = outcome["results"]
   statuses: Dict[int, int] = {}
   for status, _, _, _ in results:
@@ -108,6 +110,9 @@ def summary(outcome: Dict) -> str:
 
 
 def main(argv=None):
+  """Soaks (`--flood`: floods) a server on a copy of `--model-dir`, pushing
+  `--push` half-way, then soaks it again for half as long; prints each
+  soak's `summary`, the server's RSS over time and its shedding metrics."""
   p = argparse.ArgumentParser(
       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
   )

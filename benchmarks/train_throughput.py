@@ -38,11 +38,15 @@ from pipeline import data_source
 
 
 def standardised_train_images(data_root: str, limit: int) -> np.ndarray:
+  """The first `limit` CIFAR-10 train images, float32, standardised per
+  channel by their own mean and standard deviation."""
   images = read_split(data_root, "train")[0][:limit].astype(np.float32) / 255.0
   return (images - images.mean((0, 1, 2))) / images.std((0, 1, 2))
 
 
 def main(argv=None):
+  """Pretrains per precision and XLA setting and prints the img/s of the
+  epochs after the first (with `--roofline`, as a share of the matmul bound)."""
   p = argparse.ArgumentParser(description=__doc__)
   p.add_argument("--data", default=os.environ.get(names.CIFAR10_ENV))
   roofline.add_model_arguments(p, default="reference")
