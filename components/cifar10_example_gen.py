@@ -35,9 +35,11 @@ META_FILE = "batches.meta"
 
 
 def batch_file_to_examples(path: str, class_names: List[str]) -> Iterator[tf.train.Example]:
+  """The tf.Examples of one batch file, in file order: {image: PNG, label,
+  class_name} and the image's statistics."""
   images, labels = read_batch_file(path)
-  for image, label in zip(images, labels):
-    label = int(label)
+  for image, label_id in zip(images, labels):
+    label = int(label_id)
     # An id without a name keeps it as its name: the schema flags both.
     name = class_names[label] if 0 <= label < len(class_names) else str(label)
     yield image_example(encode_png(image), label, name, statistics=ImageStatistics.of_array(image))
@@ -69,10 +71,12 @@ class Executor(base_example_gen_executor.BaseExampleGenExecutor):
   """ExampleGen executor for the CIFAR-10 python layout."""
 
   def GetInputSourceToExamplePTransform(self) -> beam.PTransform:
+    """The PTransform that reads one split's batch files into tf.Examples."""
     return _CifarBatchesToExample
 
 
 def cifar10_input_config() -> example_gen_pb2.Input:
+  """ExampleGen's splits of the folder: train (`data_batch_*`), test (`test_batch`)."""
   return example_gen_pb2.Input(
       splits=[
           example_gen_pb2.Input.Split(name="train", pattern=TRAIN_PATTERN),

@@ -45,6 +45,7 @@ def options_config(options: Dict[str, Any]) -> example_gen_pb2.CustomConfig:
 
 
 def read_options(exec_properties: Dict[str, Any]) -> Dict[str, Any]:
+  """The options `options_config` packed into the run's custom_config ({} if none)."""
   config = example_gen_pb2.CustomConfig()
   proto_utils.json_to_proto(
       exec_properties.get(standard_component_specs.CUSTOM_CONFIG_KEY) or "{}", config
@@ -126,6 +127,8 @@ Split = Tuple[beam.pvalue.PCollection, beam.pvalue.PCollection]  # (Examples, ba
 
 
 def unlabeled_files(root: str) -> Iterator[Item]:
+  """The `Item`s of the unlabeled folder's images, any depth: no label or
+  class name; the image path is `unlabeled/<path under root>`."""
   for rel in image_files.list_images(root, recursive=True):
     yield image_files.join_path(root, rel), None, None, f"{UNLABELED_SPLIT}/{rel}"
 
@@ -156,6 +159,7 @@ class ImageExamplesExecutor(base_example_gen_executor.BaseExampleGenExecutor):
   unlabeled folder's split, the list of skipped files and the class names."""
 
   def GetInputSourceToExamplePTransform(self) -> beam.PTransform:
+    """Unused: `Do` builds every split's Beam graph itself, so this raises."""
     raise NotImplementedError(f"{type(self).__name__} builds its splits in Do")
 
   def labeled_splits(
@@ -167,6 +171,7 @@ class ImageExamplesExecutor(base_example_gen_executor.BaseExampleGenExecutor):
     raise NotImplementedError
 
   def Do(self, input_dict, output_dict, exec_properties) -> None:
+    """Writes the splits, `bad_images.txt` and the Examples artifact's properties."""
     self._log_startup(input_dict, output_dict, exec_properties)
     options = read_options(exec_properties)
     skip_bad = bool(options.get("skip_bad_images", False))

@@ -53,6 +53,7 @@ class Executor(ImageExamplesExecutor):
   """Lists the class folders here; reads and checks the images in Beam."""
 
   def labeled_splits(self, pipeline, root, path_prefix, options):
+    """(class names, {split: (Examples, bad files)}) of `root`'s layout."""
     test_fraction = float(options.get("test_fraction", 0.2))
     layout = image_files.detect_layout(root, test_fraction)
     skip_bad = bool(options.get("skip_bad_images", False))

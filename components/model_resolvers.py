@@ -1,6 +1,6 @@
 """The blessed models a run builds on, resolved so that a re-run resolves
 what the first run did (its steps' inputs are then unchanged, and they come
-from the cache):
+from the cache).
 
   LatestBlessedEarlierSpanStrategy  what a new span's MAE warm-starts from:
       the latest blessed model trained on an earlier span than this run's
@@ -128,6 +128,7 @@ class LatestBlessedEarlierSpanStrategy(resolver.ResolverStrategy):
   def resolve_artifacts(
       self, store: mlmd.MetadataStore, input_dict: Dict[str, List[types.Artifact]]
   ) -> Optional[Dict[str, List[types.Artifact]]]:
+    """This run's Examples, with the latest blessed model of earlier spans."""
     if not input_dict[EXAMPLES]:
       return {EXAMPLES: [], MODEL: [], MODEL_BLESSING: []}
     span = max(artifact_span(a) for a in input_dict[EXAMPLES])
@@ -154,6 +155,7 @@ class LatestBlessedBeforeStrategy(resolver.ResolverStrategy):
   def resolve_artifacts(
       self, store: mlmd.MetadataStore, input_dict: Dict[str, List[types.Artifact]]
   ) -> Optional[Dict[str, List[types.Artifact]]]:
+    """The candidate, with the latest blessed model older than it (a smaller id)."""
     del store
     if not input_dict[CANDIDATE]:
       return {CANDIDATE: [], MODEL: [], MODEL_BLESSING: []}
@@ -173,6 +175,8 @@ class BlessedModelStatisticsStrategy(resolver.ResolverStrategy):
   def resolve_artifacts(
       self, store: mlmd.MetadataStore, input_dict: Dict[str, List[types.Artifact]]
   ) -> Optional[Dict[str, List[types.Artifact]]]:
+    """The latest blessed model and its blessing, with its training Examples
+    and their statistics."""
     none = {STATISTICS: [], EXAMPLES: [], MODEL: [], MODEL_BLESSING: []}
     found = _latest_blessed(input_dict)
     read = training_examples(store, found[MODEL][0].id) if found[MODEL] else []
@@ -214,6 +218,7 @@ class LatestSpansStrategy(resolver.ResolverStrategy):
   def resolve_artifacts(
       self, store: mlmd.MetadataStore, input_dict: Dict[str, List[types.Artifact]]
   ) -> Optional[Dict[str, List[types.Artifact]]]:
+    """This run's Examples, then those of the newest earlier spans the gate passed."""
     current = input_dict[CURRENT]
     if not current or self._num_spans == 1:
       return {EXAMPLES: list(current), CURRENT: current}

@@ -32,6 +32,8 @@ from models.names import CORPUS_SPLIT
 
 
 def corpus_files(root: str) -> Iterator[Item]:
+  """The `Item`s of the corpus folder's images, any depth: no label, the
+  first folder as class name (if any), the path under `root` as image path."""
   for rel in image_files.list_images(root, recursive=True):
     yield image_files.join_path(root, rel), None, image_files.folder_label(rel) or None, rel
 
@@ -54,6 +56,7 @@ class Executor(ImageExamplesExecutor):
   """TFRecord files when the folder has them, else its images."""
 
   def labeled_splits(self, pipeline, root, path_prefix, options):
+    """(no class names, {corpus: (Examples, bad files or records)}) of `root`."""
     del path_prefix  # the corpus is not laid out in spans
     if check_corpus(root):
       return [], {

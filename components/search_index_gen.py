@@ -60,6 +60,8 @@ class SearchIndex(artifact.Artifact):  # pylint: disable=abstract-method
 
 
 def is_blessed(marked: artifact.Artifact, key: str = BLESSED_PROPERTY) -> bool:
+  """Whether `marked` has the custom property `key` set to 1 (a ModelBlessing's
+  `blessed`, or this module's `embedded` and `blessed` verdicts)."""
   return marked.has_custom_property(key) and marked.get_int_custom_property(key) == 1
 
 
@@ -115,6 +117,8 @@ class EmbedSplit(beam.PTransform):
     self.split, self.model_path, self.limit = split, model_path, limit
 
   def expand(self, pipeline):
+    """Pipeline -> PCollection of `Embedded`: the files counted (the ids'
+    indices follow file order), read, spread and run through RunInference."""
     spec = model_spec_pb2.InferenceSpecType(
         saved_model_spec=model_spec_pb2.SavedModelSpec(
             model_path=self.model_path, signature_name=[names.EMBED_EXAMPLES]

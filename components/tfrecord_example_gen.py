@@ -113,6 +113,8 @@ class Executor(ImageExamplesExecutor):
   """Reads the TFRecord files in Beam (ReadAllFromTFRecord), maps and checks."""
 
   def labeled_splits(self, pipeline, root, path_prefix, options):
+    """(class names, {split: (Examples, bad records)}): `train/` and `test/`
+    as given, else the records of `root` split by a hash of their images."""
     del path_prefix  # records have no file of their own
     class_names = image_files.read_class_names_file(root)
 

@@ -43,6 +43,7 @@ def _fingerprint(saved_model_dir: str) -> Optional[bytes]:
 
 
 def newest_version(base_directory: str) -> Optional[str]:
+  """The newest pushed version in `base_directory`, or None when it has none."""
   versions = pushed_versions(
       fileio.listdir(base_directory) if fileio.exists(base_directory) else []
   )
@@ -137,6 +138,8 @@ class Executor(pusher_executor.Executor):
       output_dict: Dict[str, List[types.Artifact]],
       exec_properties: Dict[str, Any],
   ) -> None:
+    """Pushes the blessed model, and its search index when given and blessed,
+    as a new version (`push_to_filesystem`); otherwise marks it not pushed."""
     self._log_startup(input_dict, output_dict, exec_properties)
     model_push = artifact_utils.get_single_instance(
         output_dict[standard_component_specs.PUSHED_MODEL_KEY]
@@ -183,6 +186,8 @@ NOT_PUSHED_REASON = "not_pushed_reason"
 
 
 class VersionedPusherSpec(standard_component_specs.PusherSpec):
+  """TFX's PusherSpec with an optional `search_index` input (SearchIndexer's)."""
+
   INPUTS = {
       **standard_component_specs.PusherSpec.INPUTS,
       SEARCH_INDEX_KEY: ChannelParameter(type=search_index_gen.SearchIndex, optional=True),
@@ -190,6 +195,8 @@ class VersionedPusherSpec(standard_component_specs.PusherSpec):
 
 
 class VersionedPusherComponent(base_component.BaseComponent):
+  """TFX's Pusher with a search index input, run by this module's Executor."""
+
   SPEC_CLASS = VersionedPusherSpec
   EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(Executor)
 

@@ -1,3 +1,10 @@
+"""The MAE, the linear probe and what they need (data, configuration,
+search, serving signatures), with no TFX types: `components/` adapts them.
+
+Importing the package sets TensorFlow's environment, which only counts
+before TensorFlow is first imported: the other packages import it first.
+"""
+
 # TFX 1.16 and the models use Keras 2 (tf_keras). TensorFlow picks the Keras
 # behind tf.keras when it is first imported, so say so before anything does.
 import os as _os

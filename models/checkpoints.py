@@ -63,5 +63,7 @@ class EpochCheckpoint(tf.keras.callbacks.Callback):
     return 0
 
   def on_epoch_end(self, epoch, logs=None):
+    """Saves model, optimizer and the epochs done as checkpoint `epoch + 1`:
+    into `directory`, or on a worker given one, its `write_directory`."""
     self.epoch.assign(epoch + 1)
     self.writer.save(checkpoint_number=epoch + 1)

@@ -111,6 +111,7 @@ def read_class_names(meta_path: str) -> List[str]:
 
 
 def encode_png(image: np.ndarray) -> bytes:
+  """[H, W, 3] uint8 RGB image -> PNG bytes (lossless)."""
   buf = io.BytesIO()
   Image.fromarray(image, mode="RGB").save(buf, format="PNG")
   return buf.getvalue()

@@ -86,6 +86,7 @@ class ModelConfig:
 
   @property
   def num_prefix_tokens(self) -> int:
+    """Tokens ahead of the patch tokens: 1 with a [CLS] token, else 0."""
     return int(self.cls_token)
 
   def architecture(self) -> Dict[str, Any]:
@@ -100,6 +101,7 @@ class ModelConfig:
 
   @property
   def num_patches(self) -> int:
+    """L, the patches per image: (image_size / patch_size)^2."""
     return (self.image_size // self.patch_size) ** 2
 
 
@@ -345,6 +347,9 @@ class BeamConfig:
 
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
+  """A complete run: the profile's name and one config per section
+  (`SECTIONS`), checked together when built (ValueError)."""
+
   profile: str = "cpu"
   model: ModelConfig = ModelConfig()
   pretrain: PretrainConfig = PretrainConfig()
@@ -391,9 +396,11 @@ class RunConfig:
     return self.model.embed_dim * (self.probe.feature_blocks or self.model.depth)
 
   def to_dict(self) -> Dict[str, Any]:
+    """Every section as a plain dict (`dataclasses.asdict`); `from_dict` reads it."""
     return dataclasses.asdict(self)
 
   def to_json(self) -> str:
+    """`to_dict` as JSON, keys sorted."""
     return json.dumps(self.to_dict(), sort_keys=True)
 
   def trainer_config(self) -> Dict[str, Any]:
@@ -402,6 +409,9 @@ class RunConfig:
 
   @classmethod
   def from_dict(cls, d: Dict[str, Any]) -> "RunConfig":
+    """The RunConfig of `d` (as `to_dict` gives it): missing sections and
+    fields take their defaults, a missing profile is "custom"; raises
+    ValueError naming unknown sections or fields."""
     unknown = sorted(set(d) - {"profile"} - set(SECTIONS))
     if unknown:
       raise ValueError(

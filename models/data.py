@@ -204,6 +204,8 @@ class Augmentation:
       raise ValueError(f"Augmentation.views must be 1 or 2, got {self.views}")
 
   def view(self, images: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+    """One augmented view, [B, S, S, C] -> [B, S, S, C]: crop + flip, then
+    colour jitter when `color_jitter` > 0."""
     crop_seed, jitter_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
     out = random_resized_crop(images, self.crop_min_scale, crop_seed)
     if not self.color_jitter:
@@ -211,6 +213,7 @@ class Augmentation:
     return color_jitter(out, self.color_jitter, jitter_seed, hue=self.hue_jitter)
 
   def __call__(self, images: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+    """[B, S, S, C] -> one view [B, S, S, C], or two [B, 2, S, S, C] (`views`)."""
     if self.views == 1:
       return self.view(images, seed)
     first, second = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
@@ -302,10 +305,12 @@ class TrainingImages:
 
   @classmethod
   def in_memory(cls, images: np.ndarray) -> "TrainingImages":
+    """`images` [N, S, S, 3], held in memory."""
     return cls(count=len(images), images=images)
 
   @property
   def streamed(self) -> bool:
+    """Whether the batches are streamed from the files (no images in memory)."""
     return self.images is None
 
   def batches(

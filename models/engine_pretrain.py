@@ -64,13 +64,17 @@ class PretrainingModel(tf.keras.Model):
     self.loss_tracker = tf.keras.metrics.Mean(name="loss")
 
   def call(self, imgs, training=False, noise=None):
+    """The MAE's (loss, pred, mask) on `imgs` (see `MaskedAutoencoder.call`)."""
     return self.mae(imgs, training=training, noise=noise)
 
   @property
   def metrics(self):
+    """The mean loss: what `fit` reports, and resets every epoch."""
     return [self.loss_tracker]
 
   def train_step(self, data):
+    """One optimizer step on images, or (images, noise [B, L]) to fix the
+    masks; returns the epoch's mean loss so far."""
     imgs, noise = data if isinstance(data, tuple) else (data, None)
     if noise is None:
       noise = self.mask_noise(imgs)
@@ -93,6 +97,7 @@ class PretrainingModel(tf.keras.Model):
     return tf.random.stateless_uniform(shape, seed)
 
   def test_step(self, imgs):
+    """The loss on images under random masks, no update; returns the mean so far."""
     loss, _, _ = self.mae(imgs, training=False)
     self.loss_tracker.update_state(loss)
     return {"loss": self.loss_tracker.result()}

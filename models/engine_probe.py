@@ -7,8 +7,9 @@ embedding is computed once, streaming the images (`extract_features`; the
 batches come from `data.transformed_batches`), and the head (BatchNorm
 without affine + Dense, `models.linear_probe`) trains on them for many epochs
 in seconds (`train_probe`). The same features give the k-NN accuracy
-(`models.evaluation.evaluate_knn`) and the exported classifier's k-NN bank. No TFX types: the Trainer's run_fn
-(`components/probe_trainer.py`), the benchmarks and the notebooks call these.
+(`models.evaluation.evaluate_knn`) and the exported classifier's k-NN bank.
+No TFX types: the Trainer's run_fn (`components/probe_trainer.py`), the
+benchmarks and the notebooks call these.
 """
 
 import dataclasses
@@ -101,6 +102,8 @@ def train_probe(
 
 @dataclasses.dataclass
 class ProbeResult:
+  """What `linear_probe` returns: the classifier to export, and its numbers."""
+
   classifier: ProbeClassifier  # frozen encoder + trained head (to export)
   summary: Dict[str, Any]  # history, eval_accuracy, knn_accuracy, knn {k: acc}, ...
 

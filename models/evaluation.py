@@ -10,6 +10,7 @@ KNN_TEMPERATURE = 0.07  # InstDisc's and DINO's
 
 
 def l2_normalise(x: np.ndarray) -> np.ndarray:
+  """[N, D] -> [N, D] rows of length 1 (zero rows stay zero)."""
   return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 

@@ -145,6 +145,8 @@ def embedding_example(image_id: str, class_name: str, vector: np.ndarray) -> tf.
 
 
 class EmbeddingRecords(NamedTuple):
+  """A corpus's embeddings read back (`read_embeddings`), in record order."""
+
   ids: List[str]
   class_names: List[str]
   vectors: np.ndarray  # [N, D] float32
@@ -164,6 +166,8 @@ def read_embeddings(file_patterns: List[str]) -> EmbeddingRecords:
 
 
 class ExampleRecords(NamedTuple):
+  """Examples read into memory (`read_examples`), in record order."""
+
   serialized: List[bytes]  # [N] serialized tf.Example
   images: List[bytes]  # [N] encoded images (PNG, JPEG, ...)
   labels: np.ndarray  # [N] int64; -1 where an example has no label

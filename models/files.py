@@ -23,6 +23,8 @@ def write_atomically(path: str, contents) -> None:
 
 
 def write_json(obj, path: str) -> None:
+  """Writes `obj` to `path` as indented JSON, atomically; values JSON has no
+  type for (numpy scalars) are written as floats."""
   write_atomically(path, json.dumps(obj, indent=2, default=float))
 
 

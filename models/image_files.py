@@ -47,6 +47,7 @@ class BadImageError(ValueError):
 
 
 def join_path(root: str, *parts: str) -> str:
+  """`root` joined with `parts`: by '/' under a URL (gs://...), else the OS's way."""
   return posixpath.join(root, *parts) if "://" in root else os.path.join(root, *parts)
 
 
@@ -107,6 +108,7 @@ class FolderLayout:
   files: Dict[str, List[Tuple[str, int]]]  # split -> [(relative path, class id)]
 
   def counts(self) -> Dict[str, int]:
+    """{split: number of files}."""
     return {split: len(files) for split, files in self.files.items()}
 
 
@@ -163,6 +165,8 @@ def read_image(path: str) -> "CheckedImage":
 
 
 class CheckedImage(NamedTuple):
+  """An image as `check_image` passes it on: the bytes to store, and its statistics."""
+
   data: bytes  # what to store: bytes TensorFlow decodes
   statistics: ImageStatistics  # its size and channel means
 

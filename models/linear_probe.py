@@ -125,5 +125,7 @@ class ProbeClassifier(tf.Module):
     return self.whiten(self.pooled_tokens(images, precision))
 
   def probabilities(self, images: tf.Tensor) -> tf.Tensor:
+    """[B, H, W, C] normalised images -> [B, K] float32, the head's class
+    probabilities (K = len(class_names))."""
     logits = self.head(self.embed(images), training=False)
     return tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)

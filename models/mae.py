@@ -113,6 +113,7 @@ class LayerNorm(tf.keras.layers.Layer):
     self.epsilon = epsilon
 
   def build(self, input_shape):
+    """Creates the scale (gamma) and offset (beta), [D] float32."""
     dim = input_shape[-1]
     # experimental_autocast=False: read as float32 inside a bfloat16 layer.
     self.gamma = self.add_weight(
@@ -124,6 +125,7 @@ class LayerNorm(tf.keras.layers.Layer):
     super().build(input_shape)
 
   def call(self, x):
+    """[..., D] -> [..., D], normalised over the last axis."""
     return layer_norm(x, self.gamma, self.beta, self.epsilon)
 
 
@@ -266,6 +268,7 @@ class Decoder(tf.keras.layers.Layer):
     self.pred = tf.keras.layers.Dense(cfg.patch_size**2 * 3, name="pred")
 
   def build(self, input_shape):
+    """Creates the learned mask token, [1, 1, Dd]."""
     self.mask_token = self.add_weight(
         name="mask_token",
         shape=[1, 1, self.cfg.decoder_embed_dim],
@@ -366,7 +369,8 @@ class Projector(tf.keras.layers.Layer):
     self.fc1 = tf.keras.layers.Dense(hidden, activation=tf.nn.gelu, name="fc1")
     self.fc2 = tf.keras.layers.Dense(dim, name="fc2")
 
-  def call(self, x):  # [B, D] -> [B, P]
+  def call(self, x):
+    """[B, D] -> [B, P]."""
     return self.fc2(self.fc1(x))
 
 

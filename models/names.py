@@ -112,6 +112,7 @@ def pipeline_name_for(dataset: Optional[str] = None) -> str:
 
 
 def default_output_dir() -> str:
+  """Where a local run writes: $MAE_TFX_OUTPUT, else <project>/outputs (absolute)."""
   return os.path.abspath(os.environ.get(OUTPUT_ENV) or os.path.join(PROJECT_DIR, "outputs"))
 
 

@@ -17,6 +17,7 @@ class WarmupCosine(tf.keras.optimizers.schedules.LearningRateSchedule):
     self.min_lr = float(min_lr)
 
   def __call__(self, step):
+    """The learning rate at `step`, a float32 scalar."""
     step = tf.cast(step, tf.float32)
     warmup = self.peak_lr * step / max(self.warmup_steps, 1)
     progress = (step - self.warmup_steps) / max(self.total_steps - self.warmup_steps, 1)
@@ -25,6 +26,7 @@ class WarmupCosine(tf.keras.optimizers.schedules.LearningRateSchedule):
     return tf.where(step < self.warmup_steps, warmup, cosine)
 
   def get_config(self):
+    """The constructor's arguments, for Keras to rebuild the schedule."""
     return dict(
         peak_lr=self.peak_lr,
         total_steps=self.total_steps,

@@ -37,6 +37,7 @@ class ProgressLogger(tf.keras.callbacks.Callback):
     self._last_line = -float("inf")
 
   def on_epoch_begin(self, epoch, logs=None):
+    """Starts the epoch's clock."""
     self._start = time.perf_counter()
 
   def seconds_left(self, epochs_done: int) -> float:
@@ -47,6 +48,8 @@ class ProgressLogger(tf.keras.callbacks.Callback):
     return (self.epochs - epochs_done) * sum(typical) / len(typical)
 
   def on_epoch_end(self, epoch, logs=None):
+    """Adds the epoch to `history`, logs its line (unless one came within
+    `min_interval`) and writes img/s and lr to TensorBoard."""
     seconds = time.perf_counter() - self._start
     ips = self.images_per_epoch / seconds
     opt = self.model.optimizer

@@ -67,6 +67,8 @@ def duration(seconds: float) -> str:
 # ---- what is filtered, and why ---------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class Harmless:
+  """A kind of line the filter drops, and why it may."""
+
   pattern: str  # a regular expression searched for in the line
   why: str  # why the line says nothing about the run
   follow: int = 0  # lines after it that belong to the same message
@@ -182,6 +184,7 @@ class LineFilter:
     self.hidden = 0
 
   def keep(self, line: str) -> bool:
+    """Whether `line` stays: not a `HARMLESS` one, nor a line that follows it."""
     if self._skip:
       self._skip -= 1
       self.hidden += 1
@@ -194,6 +197,7 @@ class LineFilter:
     return True
 
   def filter_text(self, text: str) -> str:
+    """`text` without the lines `keep` drops."""
     return "".join(line for line in text.splitlines(keepends=True) if self.keep(line))
 
 

@@ -89,6 +89,7 @@ def add_image_statistics(schema: schema_pb2.Schema) -> schema_pb2.Schema:
 
 
 def read_schema(path: str) -> schema_pb2.Schema:
+  """The Schema in the text-format file at `path` (local or GCS)."""
   from google.protobuf import text_format
   import tensorflow as tf
 
@@ -97,6 +98,7 @@ def read_schema(path: str) -> schema_pb2.Schema:
 
 
 def write_schema(schema: schema_pb2.Schema, path: str, header: str = "") -> None:
+  """Writes `schema` to `path` in text format, `header`'s lines as comments above it."""
   from google.protobuf import text_format
   import tensorflow as tf
 

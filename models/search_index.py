@@ -226,6 +226,7 @@ class SearchIndex:
 
   @property
   def kind(self) -> str:
+    """The searcher's kind: exact, scann or faiss_hnsw."""
     return self.searcher.kind
 
   def __len__(self) -> int:

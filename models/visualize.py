@@ -68,6 +68,7 @@ def reconstruction_grid(
 
 
 def write_png(grid: np.ndarray, path: str) -> None:
+  """Writes a uint8 [H, W, 3] image (a grid) to `path` as PNG, atomically."""
   buf = io.BytesIO()
   Image.fromarray(grid).save(buf, format="PNG")
   files.write_atomically(path, buf.getvalue())
@@ -83,6 +84,7 @@ class ReconstructionLogger(tf.keras.callbacks.Callback):
     self.writer = tf.summary.create_file_writer(log_dir + "/reconstructions")
 
   def on_epoch_end(self, epoch, logs=None):
+    """On the chief: the grid of the MAE's reconstructions, to TensorBoard."""
     if not runtime.is_chief(self.model.distribute_strategy):
       return
     grid = reconstruction_grid(self.model.mae, self.images, self.raw_images)
