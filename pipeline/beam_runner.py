@@ -26,6 +26,7 @@ class LoggedNode(beam_dag_runner.PipelineNodeAsDoFn):
   """Runs one node as BeamDagRunner does, with start and end lines."""
 
   def process(self, element: Any, *signals: Iterable[Any]) -> None:
+    """Runs the node; logs its start, its end and wall time, and its outcome."""
     node = self._node_id
     run_log.log.info("%s: started", node)
     start = time.monotonic()
@@ -54,4 +55,6 @@ class LoggedNode(beam_dag_runner.PipelineNodeAsDoFn):
 
 
 class LoggedBeamDagRunner(beam_dag_runner.BeamDagRunner):
+  """BeamDagRunner running each node as a `LoggedNode` (the local runner's)."""
+
   _PIPELINE_NODE_DO_FN_CLS = LoggedNode

@@ -58,6 +58,7 @@ class VertexConfig:
   serving_machine_type: str = _env("SERVING_MACHINE_TYPE", "n1-standard-4")
 
   def validate(self) -> "VertexConfig":
+    """Returns this config; raises ValueError naming a missing or inconsistent field."""
     missing = [f for f in ("project", "bucket", "image") if not getattr(self, f)]
     if missing:
       raise ValueError(
@@ -245,6 +246,8 @@ def source_config(args, data_format: str, spans: bool = False) -> SourceConfig:
 
 @dataclasses.dataclass
 class PipelineConfig:
+  """One pipeline run's data, outputs, profile and overrides; with `vertex`, the cloud variant."""
+
   data_root: str  # cifar-10-batches-py/, a folder of images or of TFRecords
   source: SourceConfig = dataclasses.field(default_factory=SourceConfig)
   output_dir: str = dataclasses.field(default_factory=names.default_output_dir)
@@ -260,35 +263,42 @@ class PipelineConfig:
   vertex: Optional[VertexConfig] = None  # set: compile the Google Cloud variant
 
   def __post_init__(self):
-    self.run_config  # an unknown profile or override fails here, naming it
+    _ = self.run_config  # an unknown profile or override fails here, naming it
 
   @property
   def pipeline_root(self) -> str:
+    """Where TFX writes the components' artifacts."""
     return os.path.join(self.output_dir, "pipeline_root")
 
   @property
   def metadata_path(self) -> str:
+    """The MLMD SQLite database of the runs written to `output_dir`."""
     return names.metadata_path(self.output_dir)
 
   @property
   def serving_model_dir(self) -> str:
+    """The Pusher's base directory: one numeric sub-directory per pushed version."""
     return names.serving_model_dir(self.output_dir, self.pipeline_name)
 
   @property
   def checkpoint_root(self) -> str:
+    """Where the MAE Trainer keeps pretraining checkpoints, so a re-run resumes."""
     return os.path.join(self.output_dir, "checkpoints")
 
   @property
   def run_config(self) -> model_config.RunConfig:
+    """The profile, with `overrides` applied."""
     return model_config.get_profile(self.profile, self.overrides)
 
   @property
   def beam_args(self) -> List[str]:
+    """Beam's arguments: `beam_pipeline_args` when set, else the profile's."""
     if self.beam_pipeline_args is not None:
       return list(self.beam_pipeline_args)
     return list(self.run_config.beam.pipeline_args)
 
   def trainer_custom_config(self) -> Dict[str, Any]:
+    """custom_config of both Trainers: the run config and the checkpoint root."""
     return {
         model_config.RUN_CONFIG_KEY: self.run_config.trainer_config(),
         model_config.CHECKPOINT_ROOT_KEY: self.checkpoint_root,

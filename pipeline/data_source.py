@@ -51,6 +51,7 @@ def _digest(paths: List[str], algorithm: str) -> str:
 
 
 def check_batches_dir(path: str) -> str:
+  """Returns `path` if it holds every CIFAR-10 batch file, else raises naming those missing."""
   missing = [f for f in REQUIRED_FILES if not os.path.isfile(os.path.join(path, f))]
   if missing:
     raise DataSourceError(f"{path} is not a complete CIFAR-10 python folder: " f"missing {missing}")
@@ -208,12 +209,12 @@ def _tfrecord_label_ids(root: str, label_feature: str) -> List[int]:
       for d in (root, os.path.join(root, "train"), os.path.join(root, "test"))
       for f in tfrecord_files(d)
   ]
+  spec = {label_feature: tf.io.VarLenFeature(tf.int64)}  # the same for every file
   ids = set()
   for path in files:
     records = tf.data.TFRecordDataset(
         path, compression_type="GZIP" if path.lower().endswith(".gz") else ""
     )
-    spec = {label_feature: tf.io.VarLenFeature(tf.int64)}
     for batch in records.batch(4096).map(lambda s: tf.io.parse_example(s, spec)):
       ids.update(int(v) for v in batch[label_feature].values.numpy())
   return sorted(ids)

@@ -26,6 +26,7 @@ _CLASS_COLOURS = "tab10"
 
 
 def png(fig: Figure, dpi: int = 100) -> bytes:
+  """`fig` as PNG bytes, cropped to what it draws (the report embeds them)."""
   buf = io.BytesIO()
   fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
   return buf.getvalue()

@@ -129,6 +129,7 @@ def run(config: configs.PipelineConfig) -> None:
 
 
 def parse_args(argv):
+  """The local runner's command line (`argv` without the program name)."""
   p = argparse.ArgumentParser(
       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
   )
@@ -190,6 +191,10 @@ def overrides_from_args(args) -> dict:
 
 
 def main(argv=None) -> configs.PipelineConfig:
+  """Runs the pipeline `argv` describes and prints its report; returns its config.
+
+  A run already holding the output folder ends this one with SystemExit.
+  """
   args = parse_args(sys.argv[1:] if argv is None else argv)
   overrides = overrides_from_args(args)
   try:

@@ -134,6 +134,7 @@ def to_html(nb) -> str:
 
 
 def main(argv=None):
+  """Executes and saves the notebooks (`make notebooks`) and writes the README's pictures."""
   import nbformat
   p = argparse.ArgumentParser(description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)

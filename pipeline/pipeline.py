@@ -135,6 +135,18 @@ def create_pipeline(
     metadata_connection_config: Optional[metadata_store_pb2.ConnectionConfig] = None,
     beam_pipeline_args: Optional[List[str]] = None,
 ) -> tfx.dsl.Pipeline:
+  """The pipeline of the module docstring, for the data and profile `config` describes.
+
+  With `config.vertex` set it is the Google Cloud variant: the Trainers as
+  Vertex AI Training jobs (with `vertex_training`), only TFX's own resolvers, and
+  a Pusher deploying to a Vertex AI endpoint.
+
+  Args:
+    config: the run: its source, profile, output folder and (set) Vertex AI.
+    metadata_connection_config: the MLMD database; None where the
+      orchestrator keeps its own (Vertex AI).
+    beam_pipeline_args: Beam's arguments; None: `config.beam_args`.
+  """
   examples_gen = example_gen(config)
   vertex = config.vertex
   unlabeled = bool(config.source.unlabeled_root)

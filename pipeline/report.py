@@ -106,7 +106,9 @@ def format_report(
     ):
       acc, base = accuracies.get(output, {}), baseline.get(output, {})
 
-      def versus(key: str, digits: int) -> str:
+      # Called only within this iteration; the default binds `base` explicitly (B023).
+      def versus(key: str, digits: int, base: Dict = base) -> str:
+        """The baseline's value of `key` in brackets; "" without one."""
         return f" ({base[key]:.{digits}f})" if key in base else ""
 
       if "overall" in acc:
@@ -193,6 +195,7 @@ def write_html(
 
 
 def main(argv=None):
+  """Prints a run's report; with --html also writes the HTML page and says where."""
   p = argparse.ArgumentParser(
       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
   )

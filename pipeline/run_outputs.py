@@ -34,6 +34,8 @@ def _split_names(artifact_uri: str) -> List[str]:
 
 
 class Predictions(NamedTuple):
+  """A model's outputs on a run's examples, in example order (`RunOutputs.predictions`)."""
+
   images: List[bytes]  # [N] encoded images
   labels: np.ndarray  # [N] class ids
   probabilities: Optional[np.ndarray]  # [N, classes] the linear probe's
@@ -103,6 +105,8 @@ def gate_failures(evaluation_uri: str) -> List[str]:
 
 @dataclasses.dataclass
 class RunOutputs:
+  """One run of a pipeline, as MLMD records it; its outputs are read on demand."""
+
   output_dir: str
   metadata_path: str
   run_id: str
@@ -144,6 +148,7 @@ class RunOutputs:
     return row
 
   def uri(self, node: str, artifact_type: str) -> str:
+    """Where node `node` wrote its `artifact_type` output; LookupError if it has none."""
     row = self.node(node)
     if not row["outputs"].get(artifact_type):
       raise LookupError(
@@ -164,6 +169,7 @@ class RunOutputs:
 
   # ---- the data -------------------------------------------------------------
   def splits(self) -> List[str]:
+    """The splits ExampleGen wrote."""
     return _split_names(self.uri("ExampleGen", "Examples"))
 
   def statistics(self, split: str):
@@ -178,11 +184,13 @@ class RunOutputs:
     )
 
   def schema(self):
+    """The Schema proto the run imported (ImportSchemaGen)."""
     from models import schema
 
     return schema.read_schema(os.path.join(self.uri("ImportSchemaGen", "Schema"), "schema.pbtxt"))
 
   def class_names(self) -> List[str]:
+    """The class names in id order, as the run's schema lists them."""
     from models import schema
 
     return schema.class_names(self.schema())
@@ -213,6 +221,7 @@ class RunOutputs:
     return images
 
   def transform_output(self):
+    """Transform's graph (a `tft.TFTransformOutput`)."""
     import tensorflow_transform as tft
 
     return tft.TFTransformOutput(self.uri("Transform", "TransformGraph"))
@@ -231,12 +240,14 @@ class RunOutputs:
       return json.load(f)
 
   def reconstructions_png(self) -> bytes:
+    """The MAE Trainer's PNG grid of test images: originals, masked, reconstructed."""
     with open(
         os.path.join(self.uri(names.MAE_TRAINER, "ModelRun"), names.RECONSTRUCTIONS_FILE), "rb"
     ) as f:
       return f.read()
 
   def eval_result(self):
+    """The Evaluator's TFMA EvalResult."""
     import tensorflow_model_analysis as tfma
 
     return tfma.load_eval_result(self.uri("Evaluator", "ModelEvaluation"))
@@ -246,6 +257,7 @@ class RunOutputs:
     return tfma_accuracy(self.uri("Evaluator", "ModelEvaluation"))
 
   def blessed(self) -> bool:
+    """Whether the Evaluator blessed the run's model."""
     return os.path.exists(os.path.join(self.uri("Evaluator", "ModelBlessing"), "BLESSED"))
 
   def search_index(self):

@@ -19,6 +19,7 @@ _STATES = {v: k for k, v in metadata_store_pb2.Execution.State.items()}
 
 
 def open_store(metadata_path: str, writable: bool = False) -> metadata_store.MetadataStore:
+  """The SQLite MLMD store at `metadata_path`, read-only unless `writable`."""
   if not os.path.exists(metadata_path):
     raise FileNotFoundError(
         f"No MLMD database at {metadata_path}: run `make pipeline` "

@@ -51,6 +51,9 @@ def vertex_config(args: argparse.Namespace) -> configs.VertexConfig:
 
 
 def pipeline_config(args: argparse.Namespace) -> configs.PipelineConfig:
+  """The Google Cloud run the flags describe: data and outputs under the bucket,
+  the schema as the container holds it, the distribution strategy the machines
+  call for, and the corpus written for Vector Search."""
   vertex = vertex_config(args)
   overrides = json.loads(args.overrides)
   if vertex.trainer_replicas > 1:  # machines in step, each with all its GPUs
@@ -151,6 +154,9 @@ def vector_search_index(
 
 
 def check_vector_search_folder(contents: str, dimensions: int) -> None:
+  """Raises unless `contents` holds Vector Search files whose (first) embedding
+  has `dimensions` values; a folder that cannot be read (e.g. gs:// without
+  credentials) is left unchecked, with a line on stderr."""
   try:
     files = sorted(tf.io.gfile.glob(f"{contents}/*{vector_search.FILE_SUFFIX}"))
   except tf.errors.OpError as e:  # e.g. gs:// without credentials (a dry run)
@@ -258,6 +264,7 @@ def validate_spec(spec: Dict, image: Optional[str] = None) -> None:
 
 
 def parse_args(argv):
+  """The Vertex runner's command line (`argv` without the program name)."""
   p = argparse.ArgumentParser(
       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
   )
@@ -321,6 +328,8 @@ def parse_args(argv):
 
 
 def main(argv=None) -> Dict:
+  """Runs the command `argv` names (compile, submit, schedule, index), prints
+  what it did and returns it as a dict."""
   args = parse_args(sys.argv[1:] if argv is None else argv)
   config = pipeline_config(args)
   if args.command == "compile":

@@ -92,6 +92,12 @@ class Batcher:
   async def run(
       self, model: LoadedModel, signature: str, values: List[bytes]
   ) -> Dict[str, np.ndarray]:
+    """`model`'s `signature` on `values`, in a call shared with other requests.
+
+    Returns {output: [len(values), ...]}. Raises BadInstance naming the bad
+    instances by their index (or when `values` alone exceed `max_queued`), and
+    Overloaded when the queue has no room for them.
+    """
     if len(values) > self.max_queued:
       raise BadInstance(
           f"{len(values)} instances in one request; this server takes at "
@@ -122,6 +128,7 @@ class Batcher:
     return {k: np.concatenate([r[k] for r in results]) for k in results[0]}
 
   def close(self) -> None:
+    """Stops the model threads without waiting; calls not yet started are cancelled."""
     self._executor.shutdown(wait=False, cancel_futures=True)
 
   async def _drain(self, key) -> None:

@@ -61,13 +61,16 @@ class CompiledImageSignature:
 
   @property
   def buckets(self) -> List[int]:
+    """The batch sizes compiled for, smallest first (`bucket_sizes`)."""
     return list(self._buckets)
 
   @property
   def ready_buckets(self) -> List[int]:
+    """The buckets compiled so far, smallest first."""
     return sorted(self._ready)
 
   def bucket(self, n: int) -> Optional[int]:
+    """The smallest bucket that holds `n` images; None past `max_batch`."""
     return next((b for b in self._buckets if b >= n), None)
 
   def program(self, bucket: int) -> Callable:
@@ -112,6 +115,7 @@ class CompiledImageSignature:
     return True
 
   def run(self, values: List[bytes]) -> Optional[Dict[str, np.ndarray]]:
+    """{output: [len(values), ...]}; None while their bucket is not compiled."""
     bucket = self.bucket(len(values))
     if bucket is None or not self.prepare(bucket):
       return None

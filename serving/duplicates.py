@@ -52,6 +52,8 @@ class BadInput(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Pair:
+  """Two near-duplicate items, by id and class name, and their similarity."""
+
   id_a: str
   class_a: str
   id_b: str
@@ -77,6 +79,7 @@ class Duplicates:
     return len({p.id_a for p in self.pairs}), len({p.id_b for p in self.pairs})
 
   def summary(self) -> str:
+    """One line: how many pairs, what was searched, how many items have a duplicate."""
     a, b = self.items_with_a_duplicate()
     searched = f"threshold {self.threshold:g}, up to {self.max_per_item} neighbours " "per item"
     if b is None:
@@ -197,6 +200,8 @@ def write_pairs(path: str, pairs: List[Pair]) -> None:
 
 
 def main(argv=None) -> Duplicates:
+  """Finds the pairs the flags ask for, writes them to --out and prints the
+  summary and the best of them; returns them."""
   p = argparse.ArgumentParser(
       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
   )

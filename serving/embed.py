@@ -9,12 +9,13 @@ to an embeddings file (`serving.embeddings`).
 
 Images (PNG/JPEG/BMP/GIF, any size) go through the model's `serving_default`
 signature (`--precision bfloat16`: `serving_bfloat16`), compiled as the
-server compiles it (`serving.compiled`), examples through `embed_examples`: the same preparation as every
-other caller. In a folder laid out as `<root>/<label>/<image>`, labels are the
-sub-folder names; ids are paths relative to `<root>`. Examples' ids are the
-ones the pushed index gives them (`models.examples.search_id`). An image that cannot be
-decoded stops the run with its path named (`--skip-bad` skips and lists
-them instead); the output file is written only when complete.
+server compiles it (`serving.compiled`), examples through `embed_examples`:
+the same preparation as every other caller. In a folder laid out as
+`<root>/<label>/<image>`, labels are the sub-folder names; ids are paths
+relative to `<root>`. Examples' ids are the ones the pushed index gives them
+(`models.examples.search_id`). An image that cannot be decoded stops the run
+with its path named (`--skip-bad` skips and lists them instead); the output
+file is written only when complete.
 """
 
 import argparse
@@ -38,7 +39,7 @@ from serving.model_store import MAX_BATCH, LoadedModel, cores, load_version, set
 
 
 class BadImages(ValueError):
-  pass
+  """Items that could not be embedded, named (`embed_all`)."""
 
 
 def list_images(root: str) -> Tuple[List[str], List[str], List[str]]:
@@ -117,6 +118,7 @@ def embed_all(
 
 
 def main(argv=None) -> EmbeddingsFile:
+  """Embeds the folder or split the flags name and writes the embeddings file; returns it."""
   logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
   p = argparse.ArgumentParser(
       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -162,10 +164,12 @@ def main(argv=None) -> EmbeddingsFile:
   else:
     examples = args.examples
     if not tf.io.gfile.isdir(names.split_dir(examples, args.split)):
-      raise SystemExit(
-          f"--examples {examples}: no split {args.split!r}; its splits: "
-          f"{names.split_names(tf.io.gfile.listdir(examples)) if tf.io.gfile.isdir(examples) else 'none (not a folder)'}"
+      splits = (
+          names.split_names(tf.io.gfile.listdir(examples))
+          if tf.io.gfile.isdir(examples)
+          else "none (not a folder)"
       )
+      raise SystemExit(f"--examples {examples}: no split {args.split!r}; its splits: {splits}")
     found = read_examples(names.split_files(examples, args.split))
     records = found.serialized
     labels = [str(x) if x >= 0 else "" for x in found.labels]

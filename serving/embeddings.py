@@ -2,10 +2,11 @@
 
 An embeddings file is one `.npz`: `embeddings` float32 [N, D], `ids` [N]
 (file paths relative to the embedded folder, or for pipeline examples the
-ids the pushed index gives, `models.examples.search_id`), `labels` [N] (class names; "" when unknown) and `meta`
-(JSON: model path and version, signature, when). The model version matters:
-a query must be embedded by the same model as the file, so the search CLI and
-the server's `:neighbors` endpoint use the version recorded here.
+ids the pushed index gives, `models.examples.search_id`), `labels` [N]
+(class names; "" when unknown) and `meta` (JSON: model path and version,
+signature, when). The model version matters: a query must be embedded by the
+same model as the file, so the search CLI and the server's `:neighbors`
+endpoint use the version recorded here.
 
 `EmbeddingsFile.index` searches it exactly (`models.search_index`), as an
 ad-hoc corpus; a pushed version may carry its own index instead
@@ -26,6 +27,8 @@ from models.files import write_atomically
 
 @dataclasses.dataclass
 class EmbeddingsFile:
+  """An embeddings file (the module docstring's format), its rows lined up."""
+
   embeddings: np.ndarray  # [N, D] float32
   ids: np.ndarray  # [N] str
   labels: np.ndarray  # [N] str
@@ -41,6 +44,7 @@ class EmbeddingsFile:
 
   @property
   def model_version(self) -> int:
+    """The version that embedded the file: queries must be embedded by it too."""
     return int(self.meta["model_version"])
 
   def save(self, path: str) -> None:
@@ -66,6 +70,7 @@ class EmbeddingsFile:
 
   @classmethod
   def load(cls, path: str) -> "EmbeddingsFile":
+    """Reads `path`; ValueError naming it when it is not an embeddings file."""
     try:
       with np.load(path, allow_pickle=False) as f:
         return cls(f["embeddings"], f["ids"], f["labels"], json.loads(str(f["meta"])))

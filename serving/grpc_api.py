@@ -92,6 +92,8 @@ def predict_request(
 
 
 def output_protos(outputs: Dict[str, np.ndarray], output_filter) -> Dict:
+  """{output: TensorProto} of the outputs `output_filter` names (empty: all);
+  BadRequest naming those the signature does not have."""
   names = list(output_filter) or sorted(outputs)
   unknown = [n for n in names if n not in outputs]
   if unknown:
@@ -135,9 +137,11 @@ class PredictionService(_Api, prediction_service_pb2_grpc.PredictionServiceServi
   Example-input estimator signatures) answer UNIMPLEMENTED."""
 
   async def Predict(self, request, context):  # pylint: disable=invalid-name
+    """The signature's outputs on the request's strings, batched with other requests."""
     return await self._answer(context, self._predict, request)
 
   async def GetModelMetadata(self, request, context):  # pylint: disable=invalid-name
+    """The version's SignatureDefs, as saved (the `signature_def` field only)."""
     return await self._answer(context, self._metadata, request)
 
   async def _predict(self, request: predict_pb2.PredictRequest):
@@ -180,6 +184,7 @@ class ModelService(_Api, model_service_pb2_grpc.ModelServiceServicer):
   server follows its model folder instead)."""
 
   async def GetModelStatus(self, request, context):  # pylint: disable=invalid-name
+    """The state of the version asked for, or of every version, newest first."""
     return await self._answer(context, self._status, request)
 
   async def _status(self, request: get_model_status_pb2.GetModelStatusRequest):

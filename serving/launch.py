@@ -14,7 +14,11 @@ _GRPC = re.compile(r"^serving\.server: gRPC on (\S+)$")
 
 
 class ServerProcess:
-  """with ServerProcess(["--model-dir", d]) as server: requests.get(server.url + ...)"""
+  """`python -m serving.server` with `args` as a child process: entered once it
+  listens (at `url`, and gRPC at `grpc_target`), terminated on exit.
+
+  with ServerProcess(["--model-dir", d]) as server: requests.get(server.url + ...)
+  """
 
   def __init__(self, args: List[str], timeout_seconds: float = 180.0):
     self.args, self.timeout = list(args), timeout_seconds
@@ -67,6 +71,7 @@ class ServerProcess:
 
   @property
   def stderr(self) -> str:
+    """What the server has written to stderr so far."""
     return "".join(self.stderr_lines)
 
   def __exit__(self, *exc) -> None:

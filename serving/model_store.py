@@ -101,6 +101,7 @@ class Signature:
   function: Callable
 
   def describe(self) -> Dict:
+    """Its input and outputs, {name: {dtype, shape}} each (the REST metadata's)."""
     spec = self.function.structured_input_signature[1][self.input_name]
     return {
         "inputs": {self.input_name: {"dtype": spec.dtype.name, "shape": spec.shape.as_list()}},
@@ -162,6 +163,7 @@ class LoadedModel:
     self._signature_defs: Optional[Dict[str, meta_graph_pb2.SignatureDef]] = None
 
   def signature(self, name: str) -> Signature:
+    """Signature `name`; UnknownSignature, naming those there are, if it has none."""
     if name not in self.signatures:
       raise UnknownSignature(
           f"signature {name!r} not found in version {self.version}; "
@@ -326,6 +328,7 @@ class ModelStore:
   # ---- versions ----------------------------------------------------------
   @property
   def latest_version(self) -> Optional[int]:
+    """The version served by default; None until one has loaded."""
     return self._latest
 
   @property
@@ -364,6 +367,7 @@ class ModelStore:
     return self._latest
 
   def check_name(self, name: str) -> None:
+    """Raises NotFound unless `name` is the model this store serves."""
     if name != self.name:
       raise NotFound(f"model {name!r} not found; this server serves {self.name!r}")
 
@@ -436,6 +440,7 @@ class ModelStore:
     self._poller.start()
 
   def stop(self) -> None:
+    """Stops polling, and each loaded version's compiler after its compile in progress."""
     self._stop.set()
     if self._poller:
       self._poller.join(timeout=5)

@@ -55,6 +55,7 @@ def search(
 
 
 def main(argv=None) -> Dict[str, List[Dict]]:
+  """Prints the k nearest entries of each query image (as JSON with --json); returns them."""
   p = argparse.ArgumentParser(
       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
   )

@@ -44,19 +44,21 @@ if __name__ == "__main__":
     # logged as one line; keep TensorFlow's C++ runtime from also logging it.
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
 
+# TensorFlow loads with the serving modules below: the log set-up above (run_log's
+# filter, or TF_CPP_MIN_LOG_LEVEL) must come first to take effect, hence E402.
 # pylint: disable=wrong-import-position
 
-import numpy as np
-import orjson
-from aiohttp import web
-from aiohttp.http_exceptions import HttpProcessingError
+import numpy as np  # noqa: E402
+import orjson  # noqa: E402
+from aiohttp import web  # noqa: E402
+from aiohttp.http_exceptions import HttpProcessingError  # noqa: E402
 
-from models import search_index
-from models.names import SEARCH_INDEX_DIR, SERVING_DEFAULT
-from serving import grpc_api
-from serving.batcher import BadInstance, Batcher, Overloaded
-from serving.embeddings import EmbeddingsFile
-from serving.model_store import (
+from models import search_index  # noqa: E402
+from models.names import SEARCH_INDEX_DIR, SERVING_DEFAULT  # noqa: E402
+from serving import grpc_api  # noqa: E402
+from serving.batcher import BadInstance, Batcher, Overloaded  # noqa: E402
+from serving.embeddings import EmbeddingsFile  # noqa: E402
+from serving.model_store import (  # noqa: E402
     MAX_BATCH,
     BadRequest,
     ModelStore,
@@ -78,6 +80,7 @@ MAX_NEIGHBOURS = 1000
 # Request parsing (TF Serving REST semantics, string inputs as {"b64": ...})
 # --------------------------------------------------------------------------
 async def read_json_object(request: web.Request) -> Dict:
+  """The request's body as a JSON object; BadRequest if it is not valid JSON or not an object."""
   raw = await request.read()  # 413 past the app's client_max_size
   try:
     body = orjson.loads(raw)
@@ -107,9 +110,9 @@ def decode_instances(body: Dict, input_name: str) -> List[bytes]:
   if not isinstance(items, list) or not items:
     raise BadRequest(f"'{field}' must be a non-empty list, got {_short(items)}")
   values = []
-  for i, item in enumerate(items):
-    if isinstance(item, dict) and set(item) == {input_name}:
-      item = item[input_name]
+  for i, entry in enumerate(items):
+    nested = isinstance(entry, dict) and set(entry) == {input_name}
+    item = entry[input_name] if nested else entry
     if not (isinstance(item, dict) and set(item) == {"b64"} and isinstance(item["b64"], str)):
       raise BadRequest(
           f'{field}[{i}]: expected {{"b64": "<base64 string>"}}, ' f"got {_short(item)}"
@@ -145,11 +148,14 @@ def _check_name(request: web.Request) -> ModelStore:
 # Handlers
 # --------------------------------------------------------------------------
 async def model_status(request: web.Request) -> web.Response:
+  """GET /v1/models/<name>[/versions/<v>]: the state of every version, or of <v>."""
   store = _check_name(request)
   return web.json_response({"model_version_status": store.status(_version(request))})
 
 
 async def model_metadata(request: web.Request) -> web.Response:
+  """GET /v1/models/<name>[/versions/<v>]/metadata: the version's signatures,
+  their inputs and outputs with dtype and shape."""
   store = _check_name(request)
   model = store.get(_version(request))
   return web.json_response(
@@ -165,6 +171,9 @@ async def model_metadata(request: web.Request) -> web.Response:
 
 
 async def predict(request: web.Request) -> web.Response:
+  """POST /v1/models/<name>[/versions/<v>]:predict: the signature's outputs on
+  the instances, as TF Serving answers (`predictions`, or `outputs` for a
+  columnar request); the version that answered in X-Model-Version."""
   store = _check_name(request)
   request.app[BATCHER].check_capacity()
   body = await read_json_object(request)
@@ -339,6 +348,8 @@ def create_app(
     index: Optional[search_index.SearchIndex] = None,
     max_body_bytes: int = 8 << 20,
 ) -> web.Application:
+  """The REST routes of the module docstring over `store` and `batcher`;
+  `:neighbors` searches `index` when given, else each version's own."""
   app = web.Application(middlewares=[json_errors], client_max_size=max_body_bytes)
   app[STORE], app[BATCHER], app[INDEX] = store, batcher, index
   app[RESPONSES] = collections.Counter()
@@ -357,6 +368,7 @@ def create_app(
 # Command line
 # --------------------------------------------------------------------------
 def parse_args(argv):
+  """The server's command line (`argv` without the program name)."""
   p = argparse.ArgumentParser(
       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
   )
@@ -438,6 +450,8 @@ def parse_args(argv):
 
 
 async def serve(args) -> None:
+  """Loads the newest version, then serves REST (and gRPC) until SIGINT or
+  SIGTERM; then finishes the requests in flight and stops."""
   base = os.path.abspath(args.model_dir)
   set_model_threads(args.model_threads)
   precision = args.precision
@@ -512,6 +526,7 @@ class MalformedRequestsAsClientErrors(logging.Filter):
   one INFO line, like every other client error."""
 
   def filter(self, record: logging.LogRecord) -> bool:
+    """Turns a malformed-request record into one INFO line; keeps every record."""
     error = record.exc_info[1] if record.exc_info else None
     if isinstance(error, HttpProcessingError) and 400 <= (error.code or 500) < 500:
       record.levelno, record.levelname = logging.INFO, "INFO"
@@ -522,6 +537,7 @@ class MalformedRequestsAsClientErrors(logging.Filter):
 
 
 def main(argv=None) -> None:
+  """Runs the server the command line `argv` describes until it is stopped."""
   logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
   logging.getLogger("aiohttp.server").addFilter(MalformedRequestsAsClientErrors())
   asyncio.run(serve(parse_args(sys.argv[1:] if argv is None else argv)))
