@@ -23,10 +23,10 @@ from typing import Dict, Iterator, Optional
 from models import names
 
 NOTEBOOK_DIR = os.path.join(names.PROJECT_DIR, "notebooks")
-WALKTHROUGH = "pipeline_walkthrough.ipynb"     # `make report` exports it as HTML
+WALKTHROUGH = "pipeline_walkthrough.ipynb"  # `make report` exports it as HTML
 NOTEBOOKS = (WALKTHROUGH, "explore_embeddings.ipynb")
 CELL_TIMEOUT_S = 1800
-FIGURE_TAG = "figure-"              # a cell tag naming its picture (`pictures`)
+FIGURE_TAG = "figure-"  # a cell tag naming its picture (`pictures`)
 # The walkthrough's pictures the README shows, saved beside the notebooks.
 README_PICTURES = ("reconstructions", "embedding_map")
 README_PICTURE_DIR = os.path.join(NOTEBOOK_DIR, "figures")
@@ -54,8 +54,11 @@ def _environment(values: Dict[str, Optional[str]]) -> Iterator[None]:
 
 def machine_paths(output_dir: str) -> Dict[str, str]:
   """{absolute prefix: what a saved notebook shows instead}, longest first."""
-  prefixes = {os.path.abspath(output_dir): "<output>", names.PROJECT_DIR: ".",
-              os.path.expanduser("~"): "~"}
+  prefixes = {
+      os.path.abspath(output_dir): "<output>",
+      names.PROJECT_DIR: ".",
+      os.path.expanduser("~"): "~",
+  }
   return dict(sorted(prefixes.items(), key=lambda kv: -len(kv[0])))
 
 
@@ -71,15 +74,16 @@ def scrub(nb, output_dir: str) -> None:
 
   for cell in nb.cells:
     cell.metadata.pop("execution", None)
-    if "outputs" in cell:     # blank stderr lines the kernel's fd capture leaves
-      cell.outputs = [o for o in cell.outputs
-                      if not (o.output_type == "stream" and not o.text.strip())]
+    if "outputs" in cell:  # blank stderr lines the kernel's fd capture leaves
+      cell.outputs = [
+          o for o in cell.outputs if not (o.output_type == "stream" and not o.text.strip())
+      ]
     for output in cell.get("outputs", []):
       if "text" in output:
         output["text"] = clean(output["text"])
       for mime, value in output.get("data", {}).items():
         if mime.startswith("text/") or mime.endswith("json"):
-          output["data"][mime] = (clean(value) if isinstance(value, str) else value)
+          output["data"][mime] = clean(value) if isinstance(value, str) else value
 
 
 def execute(name: str, output_dir: str, run_id: Optional[str] = None):
@@ -88,15 +92,22 @@ def execute(name: str, output_dir: str, run_id: Optional[str] = None):
   import nbformat
   from nbclient import NotebookClient
   from traitlets.config import Config
+
   nb = nbformat.read(os.path.join(NOTEBOOK_DIR, name), as_version=4)
-  with _environment({names.OUTPUT_ENV: os.path.abspath(output_dir), names.RUN_ID_ENV: run_id}), \
-      tempfile.TemporaryDirectory() as sockets:
+  with (
+      _environment({names.OUTPUT_ENV: os.path.abspath(output_dir), names.RUN_ID_ENV: run_id}),
+      tempfile.TemporaryDirectory() as sockets,
+  ):
     # The kernel listens on Unix sockets in a private folder, not on loopback
     # TCP ports another user of the machine could reach.
-    config = Config({"KernelManager": {"transport": "ipc",
-                                       "ip": os.path.join(sockets, "kernel")}})
-    NotebookClient(nb, config=config, kernel_name="python3", timeout=CELL_TIMEOUT_S,
-                   resources={"metadata": {"path": names.PROJECT_DIR}}).execute()
+    config = Config({"KernelManager": {"transport": "ipc", "ip": os.path.join(sockets, "kernel")}})
+    NotebookClient(
+        nb,
+        config=config,
+        kernel_name="python3",
+        timeout=CELL_TIMEOUT_S,
+        resources={"metadata": {"path": names.PROJECT_DIR}},
+    ).execute()
   scrub(nb, output_dir)
   return nb
 
@@ -106,8 +117,7 @@ def pictures(nb) -> Dict[str, bytes]:
   `figure-<name>` tag (else `cell-<index>`)."""
   found = {}
   for i, cell in enumerate(nb.cells):
-    tags = [t[len(FIGURE_TAG):] for t in cell.metadata.get("tags", [])
-            if t.startswith(FIGURE_TAG)]
+    tags = [t[len(FIGURE_TAG) :] for t in cell.metadata.get("tags", []) if t.startswith(FIGURE_TAG)]
     for output in cell.get("outputs", []):
       if "image/png" in output.get("data", {}):
         found[tags[0] if tags else f"cell-{i}"] = base64.b64decode(output["data"]["image/png"])
@@ -118,8 +128,8 @@ def to_html(nb) -> str:
   """The executed notebook as one static HTML page, without the code; each
   picture's alt text is its name (`pictures`)."""
   from nbconvert import HTMLExporter
-  exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True,
-                          exclude_output_prompt=True)
+
+  exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
   # The lab template writes no alt text; nbconvert fills a placeholder in
   # and warns. The placeholders are replaced by the pictures' names below.
   level = exporter.log.level
@@ -129,20 +139,28 @@ def to_html(nb) -> str:
   finally:
     exporter.log.setLevel(level)
   names = iter(pictures(nb))
-  return re.sub(re.escape(_NBCONVERT_ALT),
-                lambda _: next(names, "picture").replace("_", " "), page)
+  return re.sub(re.escape(_NBCONVERT_ALT), lambda _: next(names, "picture").replace("_", " "), page)
 
 
 def main(argv=None):
   """Executes and saves the notebooks (`make notebooks`) and writes the README's pictures."""
   import nbformat
-  p = argparse.ArgumentParser(description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--output-dir", default=names.default_output_dir(),
-                 help=f"the runs' output folder (default ${names.OUTPUT_ENV} or outputs/)")
+
+  p = argparse.ArgumentParser(
+      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
+  p.add_argument(
+      "--output-dir",
+      default=names.default_output_dir(),
+      help=f"the runs' output folder (default ${names.OUTPUT_ENV} or outputs/)",
+  )
   p.add_argument("--run-id", default=None, help="which run (default the newest)")
-  p.add_argument("notebooks", nargs="*", default=list(NOTEBOOKS),
-                 help=f"which of notebooks/ (default {' '.join(NOTEBOOKS)})")
+  p.add_argument(
+      "notebooks",
+      nargs="*",
+      default=list(NOTEBOOKS),
+      help=f"which of notebooks/ (default {' '.join(NOTEBOOKS)})",
+  )
   args = p.parse_args(argv)
   for name in args.notebooks:
     nb = execute(name, args.output_dir, args.run_id)

@@ -14,6 +14,10 @@ from models import cifar10
 from models.cifar10 import read_batch_file, write_batch_file  # noqa: F401  (tests use it)
 from pipeline import data_source
 
+# What a session started (pipeline runs, server processes), printed by `make
+# test`; and the check that tests starting either carry their marker.
+pytest_plugins = ["tests.session_tally"]
+
 LOCAL_COPY = os.environ.get(
     names.CIFAR10_ENV, os.path.join(os.path.dirname(names.PROJECT_DIR), "shared", "data", "cifar10")
 )
@@ -310,3 +314,25 @@ def example_files(cifar10_sample, tmp_path_factory):
       write_examples(root / "train.gz", train, train_labels),
       write_examples(root / "test.gz", test, test_labels),
   )
+
+
+# ---- Tiers and workers -----------------------------------------------------
+# A test that uses any of these fixtures reads a smoke run's outputs, so it is
+# marked `pipeline` (modules that run pipelines of their own say so with
+# `pytestmark`).
+SMOKE_RUN_FIXTURES = frozenset({"smoke_run", "smoke_run_log", "model_base"})
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
+def pytest_collection_modifyitems(config, items):
+  """Marks the smoke run's readers `pipeline`. For pytest-xdist's loadgroup
+  (`make test` runs two worker processes), groups them on one worker, so the
+  run is made once, and each other module on one worker, so its module
+  fixtures (a pipeline run or a server of its own) are made once."""
+  groups = config.pluginmanager.hasplugin("xdist")
+  for item in items:
+    smoke = SMOKE_RUN_FIXTURES.intersection(item.fixturenames)
+    if smoke:
+      item.add_marker(pytest.mark.pipeline)
+    if groups:
+      item.add_marker(pytest.mark.xdist_group("smoke_run" if smoke else item.module.__name__))

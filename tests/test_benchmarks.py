@@ -10,6 +10,8 @@ import math
 import os
 import re
 
+import pytest
+
 from benchmarks import kill_matrix, pretrain_memory, probe_ablation, probe_quality
 from benchmarks import roofline, serving_soak, step_profile, train_throughput
 from benchmarks import near_duplicates
@@ -258,6 +260,7 @@ def test_probe_ablation(smoke_run, capsys):
   assert sum("logistic regression" in r for r in rows) == len(blocks) * 2
 
 
+@pytest.mark.server
 def test_serving(model_base, small_cifar_dir, capsys):
   serving_benchmark.main(
       [
@@ -307,6 +310,7 @@ def test_serving(model_base, small_cifar_dir, capsys):
   assert 0.99 < low <= mean <= 1.0 + 1e-6
 
 
+@pytest.mark.server
 def test_serving_soak(model_base, smoke_run, small_cifar_dir, tmp_path, capsys):
   import tensorflow_transform as tft
   from pipeline.runs import pipeline_inputs

@@ -78,21 +78,22 @@ def anchors(path: str) -> Set[str]:
 
 
 def commands(text: str) -> Iterator[str]:
-  """Each shell command the page shows: a line of a fenced block (with its
-  `\\` continuations joined), or an inline code span; a `$(...)` inside one
+  r"""Each shell command the page shows: a line of a fenced block (with its
+  `\` continuations joined), or an inline code span; a `$(...)` inside one
   is a command of its own."""
   spans = []
   for block in _FENCE.findall(text):
     spans += block.replace("\\\n", " ").splitlines()
   spans += [" ".join(span.split()) for span in _INLINE.findall(_FENCE.sub("", text))]
   for span in spans:
+    rest = span
     while True:
-      inner = _SUBSTITUTION.findall(span)
+      inner = _SUBSTITUTION.findall(rest)
       if not inner:
         break
       yield from _pieces(" ".join(inner))
-      span = _SUBSTITUTION.sub("SUBSTITUTION", span)
-    yield from _pieces(span)
+      rest = _SUBSTITUTION.sub("SUBSTITUTION", rest)
+    yield from _pieces(rest)
 
 
 def _pieces(command: str) -> Iterator[str]:

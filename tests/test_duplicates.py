@@ -52,7 +52,9 @@ def files(model_base, cifar10_sample, tmp_path_factory):
 
 
 def _cosines(a: EmbeddingsFile, b: EmbeddingsFile) -> np.ndarray:
-  unit = lambda v: v / np.linalg.norm(v, axis=1, keepdims=True)
+  def unit(v):
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
   return unit(a.embeddings) @ unit(b.embeddings).T
 
 

@@ -21,6 +21,9 @@ from tests.conftest import (
     write_image_files,
 )
 
+# Runs the pipeline: `make test-fast` leaves this module out.
+pytestmark = pytest.mark.pipeline
+
 
 def _run(*flags, output):
   return local_runner.main(["--profile", "smoke", "--output-dir", str(output), *flags])
@@ -305,6 +308,7 @@ def test_gate_stops_an_empty_split_and_a_missing_image_feature(tmp_path, cifar10
   _assert_stopped_at_the_gate(tmp_path / "out")
 
 
+@pytest.mark.server
 def test_a_search_corpus_is_indexed_instead_of_the_train_split(
     small_cifar_dir, cifar10_sample, tmp_path
 ):

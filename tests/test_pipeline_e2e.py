@@ -19,6 +19,9 @@ from models.names import CLASSIFY_EXAMPLES, SERVING_DEFAULT
 from pipeline import configs, local_runner, report, run_outputs, runs
 from tests.conftest import cifar10_class_names, png_bytes, write_cifar_dir
 
+# Runs the pipeline: `make test-fast` leaves this module out.
+pytestmark = pytest.mark.pipeline
+
 RESOLVERS = {
     "previous_statistics_resolver",
     "warm_start_model_resolver",
@@ -69,6 +72,7 @@ def test_every_component_executes(smoke_run):
   assert all(s == "COMPLETE" for s in states.values()), states
 
 
+@pytest.mark.server
 def test_the_pushed_version_answers_neighbors_from_its_own_index(smoke_run, cifar10_sample):
   """`make pipeline` then `make serve`: :neighbors needs no other command; a
   train image finds itself first. The index covers the train split, ids

@@ -23,6 +23,9 @@ from serving.launch import ServerProcess
 from serving.model_store import versions_on_disk
 from tests.conftest import (cifar10_class_names, export_random_classifier, jpeg_bytes, png_bytes)
 
+# Starts server processes: `make test-fast` leaves this module out.
+pytestmark = pytest.mark.server
+
 NAME = "mae-tfx"
 
 

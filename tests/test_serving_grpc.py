@@ -24,6 +24,9 @@ from serving.model_store import versions_on_disk
 from tests.conftest import cifar10_class_names, png_bytes
 from tests.test_signatures import BFLOAT16_COSINE_FLOOR, cosines
 
+# Starts server processes: `make test-fast` leaves this module out.
+pytestmark = pytest.mark.server
+
 NAME = "mae-tfx"
 
 

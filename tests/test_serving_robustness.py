@@ -29,6 +29,9 @@ from serving.launch import ServerProcess
 from serving.model_store import versions_on_disk
 from tests.conftest import export_random_classifier, png_bytes
 
+# Starts server processes: `make test-fast` leaves this module out.
+pytestmark = pytest.mark.server
+
 NAME = "mae-tfx"
 
 

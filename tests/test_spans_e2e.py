@@ -1,5 +1,6 @@
-"""A pipeline that keeps running, through the real DAG (BeamDagRunner, SQLite
-MLMD, TFMA): image folders arriving as span-<N>/ folders, run one after the
+"""A pipeline that keeps running, through the real DAG.
+
+BeamDagRunner, SQLite MLMD, TFMA: image folders arriving as span-<N>/ folders, run one after the
 other as a scheduled job runs them. Each step below is one run, in order, on
 the same output folder:
 
@@ -25,6 +26,9 @@ import pytest
 from models import names, run_log
 from pipeline import local_runner, runs
 from tests.conftest import cifar10_class_names, save_image
+
+# Runs the pipeline: `make test-fast` leaves this module out.
+pytestmark = pytest.mark.pipeline
 
 CLASSES = (0, 3, 8)  # airplane, cat, ship
 PER_CLASS = 32  # per span: ~26 train, ~6 test images a class
