@@ -6,6 +6,8 @@ import logging
 from typing import Optional
 
 import tensorflow as tf
+from tensorflow.python.autograph.core import config as autograph_config
+from tensorflow.python.autograph.core import config_lib as autograph_rules
 
 
 def require_keras2() -> None:
@@ -19,6 +21,30 @@ def require_keras2() -> None:
         "the `models`, `pipeline` or `components` package first does it)"
     )
 
+
+KERAS2_MODULE = "tf_keras"
+
+
+def leave_keras_internals_unconverted() -> None:
+  """Autograph leaves tf_keras's own code alone, as it does `keras`'s.
+
+  TensorFlow's autograph rules list `keras` among the libraries whose code is
+  written for graph mode and so never transpiled, but not `tf_keras`, the
+  same Keras 2 code under its new name. Without the rule every trace of a
+  Keras train or predict function transpiles Keras's internals (Layer.__call__,
+  the optimizer, the training loop), which costs each Trainer about as long as
+  a small model's whole training. Layers' `call` and the function handed to
+  `tf.function` are still converted, as Keras asks for them explicitly.
+  """
+  rules = autograph_config.CONVERSION_RULES
+  if not any(
+      isinstance(rule, autograph_rules.DoNotConvert) and rule.matches(KERAS2_MODULE)
+      for rule in rules
+  ):
+    autograph_config.CONVERSION_RULES = (autograph_rules.DoNotConvert(KERAS2_MODULE), *rules)
+
+
+leave_keras_internals_unconverted()
 
 _multi_worker_strategy: Optional[tf.distribute.Strategy] = None
 

@@ -334,3 +334,31 @@ def test_an_mae_with_a_momentum_teacher_saves_and_loads(tmp_path):
     np.testing.assert_array_equal(t.numpy(), u.numpy())
   imgs = tf.random.normal([2, 32, 32, 3])
   np.testing.assert_allclose(loaded.embed(imgs).numpy(), model.embed(imgs).numpy(), rtol=1e-6)
+
+
+def test_autograph_leaves_keras_internals_alone_and_still_converts_our_layers():
+  """models.runtime gives tf_keras the rule TensorFlow gives `keras`: its own
+  code is called as written; a layer's `call` with a loop over a tensor still
+  traces, as Keras converts `call` itself."""
+  from tensorflow.python.autograph.core import config as autograph_config
+  from tensorflow.python.autograph.impl import conversion
+  from models import runtime
+
+  assert conversion.is_allowlisted(tf.keras.layers.Layer.__call__)
+  assert conversion.is_allowlisted(tf.keras.Model.fit)
+  assert not conversion.is_allowlisted(MaskedAutoencoder.call)
+  rules = len(autograph_config.CONVERSION_RULES)
+  runtime.leave_keras_internals_unconverted()  # a second call adds nothing
+  assert len(autograph_config.CONVERSION_RULES) == rules
+
+  class RowSums(tf.keras.layers.Layer):
+
+    def call(self, x):
+      total = tf.zeros([tf.shape(x)[0]])
+      for column in tf.range(tf.shape(x)[1]):  # needs autograph: a tf.while_loop
+        total += x[:, column]
+      return total
+
+  model = tf.keras.Sequential([tf.keras.Input([3]), RowSums()])
+  got = model.predict(np.ones([4, 3], np.float32), verbose=0)
+  np.testing.assert_allclose(got, [3.0] * 4)
