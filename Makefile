@@ -24,7 +24,7 @@ PYTEST_ARGS ?=
 export TF_USE_LEGACY_KERAS := 1
 export TF_CPU_ALLOCATOR_USE_BFC := true
 
-.PHONY: pipeline test test-all report notebooks serve image vertex-compile vertex-submit lock clean
+.PHONY: pipeline test test-fast test-all lint format report notebooks serve image vertex-compile vertex-submit lock clean
 
 $(VENV)/.installed: setup.py pyproject.toml requirements.lock
 	@test -n "$(PYTHON310)" || { echo "Python 3.10 not found: install it (pyenv install 3.10.13) or set PYTHON310=/path/to/python3.10"; exit 1; }
@@ -39,11 +39,33 @@ pipeline: $(VENV)/.installed
 	@$(PY) -m pipeline.local_runner --profile $(PROFILE) $(if $(DATA),--data $(DATA)) \
 	    $(if $(UNLABELED),--unlabeled $(UNLABELED)) $(if $(SEARCH_CORPUS),--search-corpus $(SEARCH_CORPUS)) $(ARGS)
 
-test: $(VENV)/.installed
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+# The test tiers (docs/testing.md), each after the style check:
+#   test-fast  every test that runs no pipeline and starts no server (the inner loop)
+#   test       those, the pipeline and server tests: what CI runs
+#   test-all   those and the slow full-data checks
+# Two worker processes (pytest-xdist; the smoke run's readers share one, so
+# it runs once); each run ends with the slowest tests and what it started.
+TEST_WORKERS ?= 2
+PYTEST := $(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup --durations=15
 
-test-all: $(VENV)/.installed
-	$(PY) -m pytest $(PYTEST_ARGS)
+test-fast: lint
+	$(PYTEST) -m "not slow and not pipeline and not server" $(PYTEST_ARGS)
+
+test: lint
+	$(PYTEST) -m "not slow" $(PYTEST_ARGS)
+
+test-all: lint
+	$(PYTEST) $(PYTEST_ARGS)
+
+# Google's Python style as TFX writes it (pyproject.toml): pyink formats,
+# ruff lints. `make format` rewrites the tree in it and fixes what ruff can.
+lint: $(VENV)/.installed
+	@$(PY) -m pyink --check --quiet . || { echo "pyink would reformat the files above: run make format"; exit 1; }
+	@$(PY) -m ruff check --quiet .
+
+format: $(VENV)/.installed
+	$(PY) -m pyink --quiet .
+	$(PY) -m ruff check --quiet --fix .
 
 # The newest run under $(MAE_TFX_OUTPUT) or outputs/: its summary, and
 # report.html beside it (every picture of notebooks/pipeline_walkthrough).

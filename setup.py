@@ -39,5 +39,16 @@ setup(
         "kfp-pipeline-spec",  # KubeflowV2DagRunner (Vertex AI Pipelines); the
         # kfp SDK itself conflicts with TFX 1.16's pins
     ],
-    extras_require={"test": ["pytest", "requests", "hypothesis"]},
+    extras_require={
+        "test": [
+            # pytest 9.2's node ids lose the group that pytest-xdist 3.8's
+            # loadgroup adds (the smoke run would run once per worker).
+            "pytest<9.2",
+            "pytest-xdist",  # `make test`'s two worker processes
+            "requests",
+            "hypothesis",
+            "pyink",  # `make lint`: the formatter ...
+            "ruff",  # ... and the linter
+        ]
+    },
 )

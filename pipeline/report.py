@@ -178,18 +178,23 @@ def write_html(
 ) -> str:
   """Runs notebooks/pipeline_walkthrough.ipynb on a run (default: the
   newest under `output_dir`) and writes it as a static page without the code
-  to `path` (default <output_dir>/report.html), and each picture as a PNG
-  into <path without .html>_figures/; returns the path."""
+  to `path` (default <output_dir>/report.html), each picture as a PNG into
+  <path without .html>_figures/, and the executed notebook, code and outputs,
+  to <path without .html>.ipynb (to open in Jupyter and go on from);
+  returns the path."""
+  import nbformat
+
   from models.files import write_atomically
   from pipeline import notebooks
 
   output_dir = output_dir or names.default_output_dir()
   path = path or os.path.join(output_dir, "report.html")
   nb = notebooks.execute(notebooks.WALKTHROUGH, output_dir, run_id)
-  figures_dir = os.path.splitext(path)[0] + "_figures"
-  os.makedirs(figures_dir, exist_ok=True)
+  stem = os.path.splitext(path)[0]
+  os.makedirs(stem + "_figures", exist_ok=True)
   for name, data in notebooks.pictures(nb).items():
-    write_atomically(os.path.join(figures_dir, f"{name}.png"), data)
+    write_atomically(os.path.join(stem + "_figures", f"{name}.png"), data)
+  write_atomically(stem + ".ipynb", nbformat.writes(nb))
   write_atomically(path, notebooks.to_html(nb))
   return path
 

@@ -1,9 +1,11 @@
 """Your own images through the real DAG (BeamDagRunner, SQLite MLMD, TFMA):
 a folder of real photos-like files of several sizes and formats with a
-corrupt one, an unlabeled folder, TFRecords, and the gate on bad layouts."""
+corrupt one, an unlabeled folder, TFRecords (at a smaller image size,
+indexing a search corpus), and the gate on bad layouts."""
 
 import json
 import os
+from typing import NamedTuple
 
 import numpy as np
 import pytest
@@ -11,7 +13,7 @@ import tensorflow as tf
 
 from models import image_files, names, schema
 from models.names import CLASSIFY_EXAMPLES, SERVING_DEFAULT
-from pipeline import local_runner, report, run_outputs, runs
+from pipeline import configs, local_runner, report, run_outputs, runs
 from tests.conftest import (
     IMAGE_FOLDER_CLASSES,
     cifar10_class_names,
@@ -213,9 +215,22 @@ def _write_records(path, items, image_key="img", label_key="y", gzip=False):
       w.write(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
 
 
-def test_tfrecord_source_with_its_own_feature_names(tmp_path, cifar10_sample):
+class RecordsRun(NamedTuple):
+  config: configs.PipelineConfig
+  train_examples: int  # records in the train files
+  corpus: str  # the --search-corpus folder
+
+
+@pytest.fixture(scope="module")
+def records_run(cifar10_sample, tmp_path_factory):
+  """The smoke DAG on TFRecords with feature names of their own (gzip and
+  plain files, two classes), at data.image_size 16, indexing a folder of
+  images it never trained on (`--search-corpus`, nested folders, one image
+  at its root, a bad file skipped with --skip-bad-images): three settings a
+  user sets one at a time, each checked by its own test on this one run."""
   (train, train_labels), (test, test_labels) = cifar10_sample
-  root = tmp_path / "records"
+  folder = tmp_path_factory.mktemp("records_run")
+  root = folder / "records"
   (root / "train").mkdir(parents=True)
   (root / "test").mkdir()
   keep = np.isin(train_labels, (1, 9))
@@ -230,6 +245,11 @@ def test_tfrecord_source_with_its_own_feature_names(tmp_path, cifar10_sample):
       [(png_bytes(i), int(y == 9)) for i, y in zip(test[keep], test_labels[keep])],
   )
   (root / "class_names.txt").write_text("automobile\ntruck\n")
+  corpus = folder / "catalogue"
+  write_image_files(str(corpus / "shoes"), train[:5], "s")
+  write_image_files(str(corpus / "bags" / "2026"), train[5:9], "b")
+  save_image(train[9], str(corpus / "loose.png"))
+  (corpus / "shoes" / "broken.jpg").write_bytes(jpeg_bytes(train[0])[:200])
   config = _run(
       "--data",
       str(root),
@@ -238,16 +258,59 @@ def test_tfrecord_source_with_its_own_feature_names(tmp_path, cifar10_sample):
       "--label-feature",
       "y",
       "--schema",
-      str(tmp_path / "schema.pbtxt"),
-      output=tmp_path / "out",
+      str(folder / "schema.pbtxt"),
+      "--search-corpus",
+      str(corpus),
+      "--skip-bad-images",
+      "--overrides",
+      '{"data": {"image_size": 16}}',
+      output=folder / "out",
   )
+  return RecordsRun(config, len(items), str(corpus))
+
+
+def test_tfrecord_source_with_its_own_feature_names(records_run, cifar10_sample):
+  config = records_run.config
+  _, (test, _) = cifar10_sample
   states = _states(config)
   assert "TFRecordImageExampleGen" in states
   assert all(s == "COMPLETE" for s in states.values()), states
-  assert _summary(config, "linear_probe")["train_examples"] == len(items)
+  assert _summary(config, "linear_probe")["train_examples"] == records_run.train_examples
   model = tf.saved_model.load(_pushed(config))
   out = model.signatures[CLASSIFY_EXAMPLES](examples=tf.constant([_example(png_bytes(test[0]))]))
   assert out["class_name"].numpy()[0].decode() in ("automobile", "truck")
+
+
+def test_a_smaller_image_size_runs_end_to_end(records_run, cifar10_sample):
+  """data.image_size 16: Transform resizes to it and the MAE, the probe, the
+  reconstructions and the signatures follow; the served model still takes
+  images of any size."""
+  import tensorflow_transform as tft
+
+  config = records_run.config
+  states = _states(config)
+  assert all(s == "COMPLETE" for s in states.values()), states
+  rows = runs.last_run_nodes(config.metadata_path)
+  graph = tft.TFTransformOutput(rows["Transform"]["outputs"]["TransformGraph"][0])
+  assert graph.transformed_feature_spec()["image"].shape == [16, 16, 3]
+  mae_dir = os.path.join(rows["mae_pretrain"]["outputs"]["Model"][0], "Format-Serving")
+  with open(os.path.join(mae_dir, names.MAE_CONFIG_FILE)) as f:
+    assert json.load(f)["image_size"] == 16
+  grid = tf.io.decode_png(
+      tf.io.read_file(
+          os.path.join(rows["mae_pretrain"]["outputs"]["ModelRun"][0], names.RECONSTRUCTIONS_FILE)
+      )
+  )
+  assert grid.shape == (3 * (3 * 16 + 4), 3 * (8 * 16 + 7 * 2), 3)
+  _, (test_images, _) = cifar10_sample
+  served = tf.saved_model.load(_pushed(config))
+  emb = served.signatures[SERVING_DEFAULT](
+      image_bytes=tf.constant(
+          [png_bytes(test_images[0]), jpeg_bytes(test_images[1], size=(70, 50))]
+      )
+  )["embedding"]
+  assert emb.shape == (2, config.run_config.embedding_dim)
+  assert np.isfinite(emb.numpy()).all()
 
 
 def _assert_stopped_at_the_gate(config_dir):
@@ -309,33 +372,20 @@ def test_gate_stops_an_empty_split_and_a_missing_image_feature(tmp_path, cifar10
 
 
 @pytest.mark.server
-def test_a_search_corpus_is_indexed_instead_of_the_train_split(
-    small_cifar_dir, cifar10_sample, tmp_path
-):
-  """`--search-corpus`: the CIFAR-10 smoke DAG indexes a folder of images
-  it never trained on (nested folders, one image at its root, a bad file
-  stopping nothing with --skip-bad-images): the pushed index holds exactly
-  its images, ids their paths and classes their first folders, and the
-  server finds one of them first."""
+def test_a_search_corpus_is_indexed_instead_of_the_train_split(records_run):
+  """`--search-corpus`: the DAG indexes a folder of images it never trained
+  on (nested folders, one image at its root, a bad file stopping nothing
+  with --skip-bad-images): the pushed index holds exactly its images, ids
+  their paths and classes their first folders, and the server finds one of
+  them first."""
   import base64
+
   import requests
+
   from models import search_index
   from serving.launch import ServerProcess
 
-  (train, _), _ = cifar10_sample
-  corpus = tmp_path / "catalogue"
-  write_image_files(str(corpus / "shoes"), train[:5], "s")
-  write_image_files(str(corpus / "bags" / "2026"), train[5:9], "b")
-  save_image(train[9], str(corpus / "loose.png"))
-  (corpus / "shoes" / "broken.jpg").write_bytes(jpeg_bytes(train[0])[:200])
-  config = _run(
-      "--data",
-      small_cifar_dir,
-      "--search-corpus",
-      str(corpus),
-      "--skip-bad-images",
-      output=tmp_path / "out",
-  )
+  config, corpus = records_run.config, records_run.corpus
   assert "SearchCorpusGen" in _states(config)
   assert all(s == "COMPLETE" for s in _states(config).values()), _states(config)
   index = search_index.load(os.path.join(_pushed(config), names.SEARCH_INDEX_DIR))
@@ -354,7 +404,7 @@ def test_a_search_corpus_is_indexed_instead_of_the_train_split(
     query = base64.b64encode(f.read()).decode()
   with ServerProcess(["--model-dir", config.serving_model_dir]) as server:
     r = requests.post(
-        f"{server.url}/v1/models/{names.PIPELINE_NAME}:neighbors",
+        f"{server.url}/v1/models/{config.pipeline_name}:neighbors",
         json={"instances": [{"b64": query}], "k": 2},
         timeout=60,
     )

@@ -185,15 +185,42 @@ def _text_outputs(nb) -> str:
   )
 
 
-def test_notebooks_run_on_the_pipeline_outputs(smoke_run):
-  from pipeline import notebooks
-  # A push killed mid-copy leaves a staging folder; the notebooks skip it.
+@pytest.fixture(scope="module")
+def report_page(smoke_run, tmp_path_factory):
+  """`make report` on the smoke run, once for the checks of the page and of
+  the notebooks: the page's path (its figures and the executed walkthrough
+  beside it). A push killed mid-copy leaves a staging folder; the notebooks
+  skip it."""
   staging = os.path.join(smoke_run.serving_model_dir, ".staging-9999999999-1")
   os.makedirs(staging)
   try:  # a failing cell raises CellExecutionError
-    executed = {name: notebooks.execute(name, smoke_run.output_dir) for name in notebooks.NOTEBOOKS}
+    return report.write_html(
+        smoke_run.output_dir, str(tmp_path_factory.mktemp("report") / "report.html")
+    )
   finally:
     shutil.rmtree(staging)
+
+
+def test_notebooks_run_on_the_pipeline_outputs(smoke_run, report_page):
+  """The walkthrough as `make report` executed it, the other notebook here."""
+  import nbformat
+
+  from pipeline import notebooks
+
+  staging = os.path.join(smoke_run.serving_model_dir, ".staging-9999999999-1")
+  os.makedirs(staging)
+  try:
+    executed = {
+        name: notebooks.execute(name, smoke_run.output_dir)
+        for name in notebooks.NOTEBOOKS
+        if name != notebooks.WALKTHROUGH
+    }
+  finally:
+    shutil.rmtree(staging)
+  executed[notebooks.WALKTHROUGH] = nbformat.read(
+      os.path.splitext(report_page)[0] + ".ipynb", as_version=4
+  )
+  assert set(executed) == set(notebooks.NOTEBOOKS)
   walkthrough = executed["pipeline_walkthrough.ipynb"]
   pictures = [
       o for c in walkthrough.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})
@@ -214,9 +241,8 @@ def test_notebooks_run_on_the_pipeline_outputs(smoke_run):
     assert names.PROJECT_DIR not in _text_outputs(nb)
 
 
-def test_report_writes_the_walkthrough_as_a_static_page(smoke_run, tmp_path):
-  path = report.write_html(smoke_run.output_dir, str(tmp_path / "report.html"))
-  with open(path) as f:
+def test_report_writes_the_walkthrough_as_a_static_page(smoke_run, report_page):
+  with open(report_page) as f:
     page = f.read()
   for title in (
       "The DAG",
@@ -235,7 +261,9 @@ def test_report_writes_the_walkthrough_as_a_static_page(smoke_run, tmp_path):
   assert page.count('src="data:image/png;base64,') == 13
   assert "from pipeline import" not in page  # the code is left out
   assert "&lt;output&gt;/serving_model/" in page and smoke_run.output_dir not in page
-  assert sorted(os.listdir(tmp_path / "report_figures")) == sorted(
+  folder = os.path.dirname(report_page)
+  assert sorted(os.listdir(folder)) == ["report.html", "report.ipynb", "report_figures"]
+  assert sorted(os.listdir(os.path.join(folder, "report_figures"))) == sorted(
       f"{name}.png"
       for name in (
           "dag",
@@ -348,51 +376,6 @@ def test_truncated_batch_file_stops_the_pipeline_in_example_gen(tmp_path, small_
     local_runner.run(config)
   assert _states(config)["Cifar10ExampleGen"] == "FAILED"
   _assert_stopped_before_training(config)
-
-
-def test_a_smaller_image_size_runs_end_to_end(tmp_path, small_cifar_dir, cifar10_sample):
-  """data.image_size 16: Transform resizes to it and the MAE, the probe, the
-  reconstructions and the signatures follow; the served model still takes
-  images of any size."""
-  import json
-  import tensorflow_transform as tft
-  from tests.conftest import jpeg_bytes
-
-  config = local_runner.main(
-      [
-          "--profile",
-          "smoke",
-          "--data",
-          small_cifar_dir,
-          "--output-dir",
-          str(tmp_path / "out"),
-          "--overrides",
-          '{"data": {"image_size": 16}}',
-      ]
-  )
-  states = _states(config)
-  assert all(s == "COMPLETE" for s in states.values()), states
-  rows = runs.last_run_nodes(config.metadata_path)
-  graph = tft.TFTransformOutput(rows["Transform"]["outputs"]["TransformGraph"][0])
-  assert graph.transformed_feature_spec()["image"].shape == [16, 16, 3]
-  mae_dir = os.path.join(rows["mae_pretrain"]["outputs"]["Model"][0], "Format-Serving")
-  with open(os.path.join(mae_dir, names.MAE_CONFIG_FILE)) as f:
-    assert json.load(f)["image_size"] == 16
-  grid = tf.io.decode_png(
-      tf.io.read_file(
-          os.path.join(rows["mae_pretrain"]["outputs"]["ModelRun"][0], names.RECONSTRUCTIONS_FILE)
-      )
-  )
-  assert grid.shape == (3 * (3 * 16 + 4), 3 * (8 * 16 + 7 * 2), 3)
-  _, (test_images, _) = cifar10_sample
-  served = tf.saved_model.load(os.path.join(config.serving_model_dir, _versions(config)[-1]))
-  emb = served.signatures[SERVING_DEFAULT](
-      image_bytes=tf.constant(
-          [png_bytes(test_images[0]), jpeg_bytes(test_images[1], size=(70, 50))]
-      )
-  )["embedding"]
-  assert emb.shape == (2, config.run_config.embedding_dim)
-  assert np.isfinite(emb.numpy()).all()
 
 
 @pytest.mark.slow
