@@ -43,10 +43,12 @@ pipeline: $(VENV)/.installed
 #   test-fast  every test that runs no pipeline and starts no server (the inner loop)
 #   test       those, the pipeline and server tests: what CI runs
 #   test-all   those and the slow full-data checks
-# Two worker processes (pytest-xdist; the smoke run's readers share one, so
-# it runs once); each run ends with the slowest tests and what it started.
+# Two worker processes (pytest-xdist), each taking whole test files, so a
+# file's own pipeline run or server is made once; the smoke run is made
+# once for both (tests/conftest.py). Each run ends with the slowest tests
+# and what it started.
 TEST_WORKERS ?= 2
-PYTEST := $(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup --durations=15
+PYTEST := $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=15
 
 test-fast: lint
 	$(PYTEST) -m "not slow and not pipeline and not server" $(PYTEST_ARGS)

@@ -41,9 +41,7 @@ setup(
     ],
     extras_require={
         "test": [
-            # pytest 9.2's node ids lose the group that pytest-xdist 3.8's
-            # loadgroup adds (the smoke run would run once per worker).
-            "pytest<9.2",
+            "pytest",
             "pytest-xdist",  # `make test`'s two worker processes
             "requests",
             "hypothesis",

@@ -1,8 +1,10 @@
 """Shared fixtures: real CIFAR-10 from the local copy, small official-format subsets."""
 
 import os
+import pathlib
 import subprocess
 import sys
+import warnings
 
 import models  # noqa: F401  TensorFlow's environment, before TensorFlow loads
 import numpy as np
@@ -12,7 +14,16 @@ import tensorflow as tf
 from models import names, run_log
 from models import cifar10
 from models.cifar10 import read_batch_file, write_batch_file  # noqa: F401  (tests use it)
-from pipeline import data_source
+
+# TFX brings google-api-core, whose notice about Python 3.10 (harmless:
+# models/run_log.py) comes at import, where pytest's warning filters do not
+# apply: once from each pytest-xdist process, into every CI log. TFX is
+# imported here under a filter (beam_runner: for tests/session_tally.py).
+with warnings.catch_warnings():
+  warnings.filterwarnings(
+      "ignore", message="You are using a non-supported Python version", category=FutureWarning
+  )
+  from pipeline import beam_runner, data_source  # noqa: F401
 
 # What a session started (pipeline runs, server processes), printed by `make
 # test`; and the check that tests starting either carry their marker.
@@ -206,6 +217,14 @@ def transform_output(cifar10_sample, tmp_path_factory):
 
 
 SMOKE_LOG = "smoke_run.log"  # beside the smoke run's output folder: its stderr
+_SMOKE_RUN_DONE = "smoke_run.json"  # ... and its command line and exit code
+
+
+def session_dir(tmp_path_factory) -> pathlib.Path:
+  """This test session's folder, shared by its pytest-xdist workers (each
+  worker's own temporary folders are below it)."""
+  base = tmp_path_factory.getbasetemp()
+  return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
 
 
 @pytest.fixture(scope="session")
@@ -213,25 +232,42 @@ def smoke_run(small_cifar_dir, tmp_path_factory):
   """The real pipeline on the small sample, run as `make pipeline
   PROFILE=smoke` runs it (`python -m pipeline.local_runner`, its own
   process); returns its PipelineConfig. Its stderr, the run log, is kept in
-  SMOKE_LOG beside the output folder (`smoke_run_log`)."""
+  SMOKE_LOG beside the output folder (`smoke_run_log`).
+
+  Made once a session: the first pytest-xdist worker to need it runs it,
+  holding a lock the others wait on, then every worker reads it. So no test
+  changes it: a test that runs the pipeline again on a run's outputs does so
+  on a run of its own."""
+  import fcntl
+  import json
+
   from pipeline import local_runner
 
-  folder = tmp_path_factory.mktemp("smoke_run")
-  argv = ["--profile", "smoke", "--data", small_cifar_dir, "--output-dir", str(folder / "outputs")]
-  env = {k: v for k, v in os.environ.items() if k != run_log.VERBOSE_ENV}
-  run = subprocess.run(
-      [sys.executable, "-m", "pipeline.local_runner", *argv],
-      cwd=names.PROJECT_DIR,
-      env=env,
-      capture_output=True,
-      text=True,
-      timeout=1800,
-  )
-  (folder / SMOKE_LOG).write_text(run.stderr)
-  (folder / "report.txt").write_text(run.stdout)
-  if run.returncode:
-    pytest.fail(f"the smoke pipeline run failed ({run.returncode}):\n{run.stderr[-5000:]}")
-  args = local_runner.parse_args(argv)
+  folder = session_dir(tmp_path_factory) / "smoke_run"
+  folder.mkdir(exist_ok=True)
+  with open(folder / "lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+    if not (folder / _SMOKE_RUN_DONE).exists():
+      argv = [
+          "--profile", "smoke", "--data", small_cifar_dir, "--output-dir", str(folder / "outputs")
+      ]  # fmt: skip
+      env = {k: v for k, v in os.environ.items() if k != run_log.VERBOSE_ENV}
+      run = subprocess.run(
+          [sys.executable, "-m", "pipeline.local_runner", *argv],
+          cwd=names.PROJECT_DIR,
+          env=env,
+          capture_output=True,
+          text=True,
+          timeout=1800,
+      )
+      (folder / SMOKE_LOG).write_text(run.stderr)
+      (folder / "report.txt").write_text(run.stdout)
+      (folder / _SMOKE_RUN_DONE).write_text(json.dumps({"argv": argv, "exit": run.returncode}))
+    done = json.loads((folder / _SMOKE_RUN_DONE).read_text())
+  if done["exit"]:
+    log = (folder / SMOKE_LOG).read_text()
+    pytest.fail(f"the smoke pipeline run failed ({done['exit']}):\n{log[-5000:]}")
+  args = local_runner.parse_args(done["argv"])
   return local_runner.pipeline_config(args, local_runner.overrides_from_args(args))
 
 
@@ -262,7 +298,8 @@ def model_base(smoke_run, tmp_path_factory):
   import shutil
 
   base = tmp_path_factory.mktemp("models") / "mae-tfx"
-  shutil.copytree(smoke_run.serving_model_dir, base)
+  # Not a push in flight (a test leaves one there for a while: report_page).
+  shutil.copytree(smoke_run.serving_model_dir, base, ignore=shutil.ignore_patterns(".staging-*"))
   return str(base)
 
 
@@ -316,23 +353,15 @@ def example_files(cifar10_sample, tmp_path_factory):
   )
 
 
-# ---- Tiers and workers -----------------------------------------------------
+# ---- Tiers -----------------------------------------------------------------
 # A test that uses any of these fixtures reads a smoke run's outputs, so it is
 # marked `pipeline` (modules that run pipelines of their own say so with
 # `pytestmark`).
 SMOKE_RUN_FIXTURES = frozenset({"smoke_run", "smoke_run_log", "model_base"})
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
-def pytest_collection_modifyitems(config, items):
-  """Marks the smoke run's readers `pipeline`. For pytest-xdist's loadgroup
-  (`make test` runs two worker processes), groups them on one worker, so the
-  run is made once, and each other module on one worker, so its module
-  fixtures (a pipeline run or a server of its own) are made once."""
-  groups = config.pluginmanager.hasplugin("xdist")
+def pytest_collection_modifyitems(items):
+  """Marks the smoke run's readers `pipeline`."""
   for item in items:
-    smoke = SMOKE_RUN_FIXTURES.intersection(item.fixturenames)
-    if smoke:
+    if SMOKE_RUN_FIXTURES.intersection(item.fixturenames):
       item.add_marker(pytest.mark.pipeline)
-    if groups:
-      item.add_marker(pytest.mark.xdist_group("smoke_run" if smoke else item.module.__name__))

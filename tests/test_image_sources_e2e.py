@@ -5,6 +5,7 @@ indexing a search corpus), and the gate on bad layouts."""
 
 import json
 import os
+import re
 from typing import NamedTuple
 
 import numpy as np
@@ -194,6 +195,74 @@ def test_rerun_is_served_from_cache(folder_run):
   local_runner.run(folder_run)
   states = _states(folder_run)
   assert states["ImageFolderExampleGen"] == "CACHED" and states["mae_pretrain"] == "CACHED"
+
+
+# The two checks below run the pipeline again on a run's outputs, so they
+# work on this module's own run, not on the smoke run that other modules
+# read at the same time (tests/conftest.py: `smoke_run`).
+def _versions(config):
+  return [str(v) for v in names.pushed_versions(os.listdir(config.serving_model_dir))]
+
+
+def test_second_run_is_served_from_cache(folder_run, capsys):
+  before = _versions(folder_run)
+  local_runner.run(folder_run)
+  log = capsys.readouterr().err
+  assert re.search(r"^\d\d:\d\d:\d\d Transform: done, from the cache \(", log, re.M), log
+  states = _states(folder_run)
+  # The resolvers resolve what they did in the first run (the baseline: the
+  # model blessed before the candidate, none), so every step's inputs are
+  # unchanged; only the gate runs again, now holding the first run's
+  # statistics as the blessed model's data (the same: nothing compared).
+  resolvers = {n for n in states if n.endswith("_resolver")}
+  assert resolvers and all(
+      states[n] == "CACHED" for n in set(states) - resolvers - {"AnomaliesGate"}
+  ), states
+  assert "Nothing new: the data and settings of an earlier run" in log
+  assert _versions(folder_run) == before
+
+
+def test_unblessed_model_is_not_pushed_and_nothing_is_overwritten(folder_run, photo_folder, capsys):
+  before = {
+      v: os.path.getmtime(os.path.join(folder_run.serving_model_dir, v, "saved_model.pb"))
+      for v in _versions(folder_run)
+  }
+  _, unlabeled = photo_folder
+  strict = _run(
+      "--data",
+      folder_run.data_root,
+      "--unlabeled",
+      unlabeled,
+      "--skip-bad-images",
+      "--schema",
+      folder_run.schema_path,
+      "--min-accuracy",
+      "1.01",
+      output=folder_run.output_dir,
+  )
+  log = capsys.readouterr().err
+  assert re.search(
+      r"Evaluator: NOT blessed: linear probe accuracy 0\.\d{4} is below the floor "
+      r"1\.01 \(test accuracy: linear probe 0\.\d{4}, 20-NN 0\.\d{4}\)$",
+      log,
+      re.M,
+  ), log
+  assert (
+      "Pusher: nothing pushed (the model was not blessed); the served versions are "
+      "unchanged" in log
+  )
+  states = _states(strict)
+  assert states["Evaluator"] == "COMPLETE" and states["mae_pretrain"] == "CACHED"
+  rows = _rows(strict)
+  assert os.path.exists(
+      os.path.join(rows["Evaluator"]["outputs"]["ModelBlessing"][0], "NOT_BLESSED")
+  )
+  assert rows["Pusher"]["output_properties"]["PushedModel"][0]["pushed"] == 0
+  after = {
+      v: os.path.getmtime(os.path.join(strict.serving_model_dir, v, "saved_model.pb"))
+      for v in _versions(strict)
+  }
+  assert after == before
 
 
 def test_a_bad_image_stops_the_run_naming_the_file(photo_folder, tmp_path):

@@ -294,57 +294,6 @@ def test_transform_froze_the_train_pixels_mean_and_std(smoke_run, cifar10_sample
   np.testing.assert_allclose(std, pixels.std(0), atol=1e-4)
 
 
-def test_second_run_is_served_from_cache(smoke_run, capsys):
-  before = _versions(smoke_run)
-  local_runner.run(smoke_run)
-  log = capsys.readouterr().err
-  assert re.search(r"^\d\d:\d\d:\d\d Transform: done, from the cache \(", log, re.M), log
-  states = _states(smoke_run)
-  # The resolvers resolve what they did in the first run (the baseline: the
-  # model blessed before the candidate, none), so every step's inputs are
-  # unchanged; only the gate runs again, now holding the first run's
-  # statistics as the blessed model's data (the same: nothing compared).
-  assert all(states[n] == "CACHED" for n in ALL_NODES - RESOLVERS - {"AnomaliesGate"}), states
-  assert "Nothing new: the data and settings of an earlier run" in log
-  assert _versions(smoke_run) == before
-
-
-def test_unblessed_model_is_not_pushed_and_nothing_is_overwritten(smoke_run, capsys):
-  before = {
-      v: os.path.getmtime(os.path.join(smoke_run.serving_model_dir, v, "saved_model.pb"))
-      for v in _versions(smoke_run)
-  }
-  strict = _config(
-      smoke_run.data_root, smoke_run.output_dir, overrides={"evaluation": {"min_accuracy": 1.01}}
-  )
-  local_runner.run(strict)
-  log = capsys.readouterr().err
-  assert re.search(
-      r"Evaluator: NOT blessed: linear probe accuracy 0\.\d{4} is below the floor "
-      r"1\.01 \(test accuracy: linear probe 0\.\d{4}, 20-NN 0\.\d{4}\)$",
-      log,
-      re.M,
-  ), log
-  assert (
-      "Pusher: nothing pushed (the model was not blessed); the served versions are "
-      "unchanged" in log
-  )
-  states = _states(strict)
-  assert states["Evaluator"] == "COMPLETE" and states["mae_pretrain"] == "CACHED"
-  rows = {
-      r["node"]: r for r in runs.last_run_executions(strict.metadata_path, strict.pipeline_name)
-  }
-  assert os.path.exists(
-      os.path.join(rows["Evaluator"]["outputs"]["ModelBlessing"][0], "NOT_BLESSED")
-  )
-  assert rows["Pusher"]["output_properties"]["PushedModel"][0]["pushed"] == 0
-  after = {
-      v: os.path.getmtime(os.path.join(strict.serving_model_dir, v, "saved_model.pb"))
-      for v in _versions(strict)
-  }
-  assert after == before
-
-
 def _assert_stopped_before_training(config):
   states = _states(config)
   assert not TRAINING_NODES & {n for n, s in states.items() if s in ("COMPLETE", "CACHED")}, states
