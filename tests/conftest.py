@@ -360,8 +360,20 @@ def example_files(cifar10_sample, tmp_path_factory):
 SMOKE_RUN_FIXTURES = frozenset({"smoke_run", "smoke_run_log", "model_base"})
 
 
+# The files that take minutes (`make test` prints the slowest tests), which
+# start first: pytest-xdist hands out whole files in collection order, and a
+# worker left alone with one of them at the end would double its time.
+LONGEST_FIRST = ("test_spans_e2e", "test_benchmarks", "test_image_sources_e2e", "test_serving")
+
+
 def pytest_collection_modifyitems(items):
-  """Marks the smoke run's readers `pipeline`."""
+  """Marks the smoke run's readers `pipeline`; puts LONGEST_FIRST first."""
   for item in items:
     if SMOKE_RUN_FIXTURES.intersection(item.fixturenames):
       item.add_marker(pytest.mark.pipeline)
+
+  def rank(item):
+    name = item.module.__name__.rsplit(".", 1)[-1]
+    return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+  items.sort(key=rank)  # stable: each file's tests keep their order
