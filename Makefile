@@ -62,7 +62,7 @@ test-all: lint
 # Google's Python style as TFX writes it (pyproject.toml): pyink formats,
 # ruff lints. `make format` rewrites the tree in it and fixes what ruff can.
 lint: $(VENV)/.installed
-	@$(PY) -m pyink --check --quiet . || { echo "pyink would reformat the files above: run make format"; exit 1; }
+	@$(PY) -m pyink --check . || { echo "run make format"; exit 1; }
 	@$(PY) -m ruff check --quiet .
 
 format: $(VENV)/.installed
