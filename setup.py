@@ -8,7 +8,7 @@ from setuptools import find_packages, setup
 setup(
     name="mae-tfx",
     version="0.1.0",
-    description="TFX pipeline: MAE pretraining, linear probe, TFMA gate, " "embedding SavedModel",
+    description="TFX pipeline: MAE pretraining, linear probe, TFMA gate, embedding SavedModel",
     python_requires=">=3.10,<3.11",
     packages=find_packages(
         include=[

@@ -345,7 +345,7 @@ def main(argv=None):
       "--mae-epochs",
       type=int,
       default=MAE_EPOCHS,
-      help="MAE pretraining epochs (mae_epoch needs 3, " "mae_checkpoint_write 2)",
+      help="MAE pretraining epochs (mae_epoch needs 3, mae_checkpoint_write 2)",
   )
   p.add_argument(
       "--reference-dir",

@@ -513,13 +513,13 @@ def main(argv=None) -> Dict:
       "--test-limit",
       type=int,
       default=0,
-      help="with --test-vs-train: the first " "N test images only (0: all)",
+      help="with --test-vs-train: the first N test images only (0: all)",
   )
   p.add_argument(
       "--train-limit",
       type=int,
       default=0,
-      help="with --test-vs-train: the " "first N train images only (0: all)",
+      help="with --test-vs-train: the first N train images only (0: all)",
   )
   p.add_argument("--show", type=int, default=10, help="pairs printed by the listing")
   args = p.parse_args(sys.argv[1:] if argv is None else argv)

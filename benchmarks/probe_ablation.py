@@ -59,7 +59,7 @@ def main(argv=None):
   p.add_argument(
       "--profile",
       default="cpu",
-      help="model shape for --random-init " "and the baseline probe settings",
+      help="model shape for --random-init and the baseline probe settings",
   )
   p.add_argument(
       "--feature-blocks", default="1,2,4", help="comma-separated k: the last k blocks side by side"

@@ -139,7 +139,7 @@ def main(argv=None):
       "--matmul-size",
       type=int,
       default=2048,
-      help="side of the square matmul timed (smaller: quicker, but " "further from the peak)",
+      help="side of the square matmul timed (smaller: quicker, but further from the peak)",
   )
   p.add_argument("--repeats", type=int, default=20, help="matmuls timed per precision")
   args = p.parse_args(argv)

@@ -343,7 +343,7 @@ def main(argv=None):
   )
   p.add_argument("--clients", default="1,8")
   p.add_argument(
-      "--cold-starts", type=int, default=3, help="server starts timed, the median " "reported"
+      "--cold-starts", type=int, default=3, help="server starts timed, the median reported"
   )
   p.add_argument("--batch-sizes", default="1,32,256", help="images per request")
   p.add_argument("--images", type=int, default=5120, help="for batch embedding")
@@ -351,7 +351,7 @@ def main(argv=None):
       "--roofline",
       metavar="PROFILE",
       default="cpu",
-      help="the profile whose model shape the matmul bound counts (the " "pushed model's)",
+      help="the profile whose model shape the matmul bound counts (the pushed model's)",
   )
   p.add_argument(
       "--quality",

@@ -62,12 +62,12 @@ def main(argv=None):
   p.add_argument(
       "--jit",
       default=None,
-      help="XLA for the whole train step: on, off or on,off; " "default: the profile's setting",
+      help="XLA for the whole train step: on, off or on,off; default: the profile's setting",
   )
   p.add_argument(
       "--xla-splits",
       default=None,
-      help="comma-separated runtime.xla_splits values, e.g. 1,2; " "default: the profile's setting",
+      help="comma-separated runtime.xla_splits values, e.g. 1,2; default: the profile's setting",
   )
   p.add_argument(
       "--pretrain-overrides",

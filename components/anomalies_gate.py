@@ -70,7 +70,7 @@ def read_anomalies(anomalies_artifact) -> List[str]:
       )
     if proto.HasField("dataset_anomaly_info"):
       info = proto.dataset_anomaly_info
-      problems.append(f"split '{split}', dataset: " f"{info.description or info.short_description}")
+      problems.append(f"split '{split}', dataset: {info.description or info.short_description}")
   return problems
 
 
@@ -145,7 +145,7 @@ def compare_statistics(
       )
       compared.append(f"{feature}: {kind} {m.value:.4f} (threshold {m.threshold:g})")
   problems = [
-      f"{what}, feature '{feature}': " f"{info.description or info.short_description}"
+      f"{what}, feature '{feature}': {info.description or info.short_description}"
       for feature, info in sorted(result.anomaly_info.items())
       if any(r.type in _DRIFT_TYPES for r in info.reason)
   ]
@@ -205,7 +205,7 @@ def AnomaliesGate(  # pylint: disable=invalid-name
   )
   if comparison is not None:
     run_log.log.info(
-        "[AnomaliesGate] span %d's train split vs %s's (the served model's data):" "\n  %s",
+        "[AnomaliesGate] span %d's train split vs %s's (the served model's data):\n  %s",
         comparison.span,
         comparison.reference,
         "\n  ".join(comparison.compared or ["no drift comparator in the schema"]),

@@ -50,7 +50,7 @@ class EpochCheckpoint(tf.keras.callbacks.Callback):
         reason = str(e).strip().splitlines()[0][:200]
         unreadable.append(f"{path}: {reason}")
         run_log.log.warning(
-            "WARNING: checkpoint %s is unreadable (%s); trying the one " "before", path, reason
+            "WARNING: checkpoint %s is unreadable (%s); trying the one before", path, reason
         )
         continue
       run_log.log.info("Resuming from %s (epoch %d)", path, int(self.epoch.numpy()))

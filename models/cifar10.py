@@ -65,10 +65,10 @@ def read_batch_file(path: str) -> Tuple[np.ndarray, np.ndarray]:
         f"{len(raw)} bytes; truncated or corrupt files fail this way"
     ) from e
   if not isinstance(batch, dict):
-    raise CifarFormatError(f"{path}: expected a pickled dict, got " f"{type(batch).__name__}")
+    raise CifarFormatError(f"{path}: expected a pickled dict, got {type(batch).__name__}")
   for key in (b"data", b"labels"):
     if key not in batch:
-      raise CifarFormatError(f"{path}: field {key!r} missing; found " f"{sorted(batch)}")
+      raise CifarFormatError(f"{path}: field {key!r} missing; found {sorted(batch)}")
   pixels = batch[b"data"]
   if (
       not isinstance(pixels, np.ndarray)
@@ -82,15 +82,15 @@ def read_batch_file(path: str) -> Tuple[np.ndarray, np.ndarray]:
         else type(pixels).__name__
     )
     raise CifarFormatError(
-        f"{path}: field b'data' must be a uint8 array of " f"shape (N, {_PIXELS}), got {got}"
+        f"{path}: field b'data' must be a uint8 array of shape (N, {_PIXELS}), got {got}"
     )
   try:
     labels = np.asarray(batch[b"labels"], dtype=np.int64).reshape(-1)
   except (TypeError, ValueError) as e:
-    raise CifarFormatError(f"{path}: field b'labels' must be a list of ints " f"({e})") from e
+    raise CifarFormatError(f"{path}: field b'labels' must be a list of ints ({e})") from e
   if len(labels) != len(pixels):
     raise CifarFormatError(
-        f"{path}: {len(pixels)} images in b'data' but " f"{len(labels)} entries in b'labels'"
+        f"{path}: {len(pixels)} images in b'data' but {len(labels)} entries in b'labels'"
     )
   images = pixels.reshape(-1, 3, CIFAR10_SIZE, CIFAR10_SIZE).transpose(0, 2, 3, 1)
   return images, labels
@@ -105,7 +105,7 @@ def read_class_names(meta_path: str) -> List[str]:
     names = [n.decode("utf-8") if isinstance(n, bytes) else str(n) for n in meta[b"label_names"]]
   except Exception as e:  # pickle raises many types for damaged input.
     raise CifarFormatError(
-        f"{meta_path}: no readable b'label_names' " f"({type(e).__name__}: {e})"
+        f"{meta_path}: no readable b'label_names' ({type(e).__name__}: {e})"
     ) from e
   return names
 

@@ -196,11 +196,11 @@ class PretrainConfig:
       )
     if self.warm_start_epochs < 1:
       raise ValueError(
-          f"pretrain.warm_start_epochs must be at least 1, " f"got {self.warm_start_epochs}"
+          f"pretrain.warm_start_epochs must be at least 1, got {self.warm_start_epochs}"
       )
     if self.span_window < 0:
       raise ValueError(
-          f"pretrain.span_window must be 0 (every span) or more, " f"got {self.span_window}"
+          f"pretrain.span_window must be 0 (every span) or more, got {self.span_window}"
       )
 
 
@@ -235,9 +235,7 @@ class ProbeConfig:
 
   def __post_init__(self):
     if self.span_window < 0:
-      raise ValueError(
-          f"probe.span_window must be 0 (every span) or more, " f"got {self.span_window}"
-      )
+      raise ValueError(f"probe.span_window must be 0 (every span) or more, got {self.span_window}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -258,7 +256,7 @@ class RuntimeConfig:
   def __post_init__(self):
     if self.precision not in PRECISIONS:
       raise ValueError(
-          f"Unknown runtime.precision {self.precision!r}; " f"expected one of {list(PRECISIONS)}"
+          f"Unknown runtime.precision {self.precision!r}; expected one of {list(PRECISIONS)}"
       )
 
 
@@ -285,7 +283,7 @@ class ValidationConfig:
   def __post_init__(self):
     if self.on_drift not in DRIFT_ACTIONS:
       raise ValueError(
-          f"validation.on_drift must be one of {list(DRIFT_ACTIONS)}, " f"got {self.on_drift!r}"
+          f"validation.on_drift must be one of {list(DRIFT_ACTIONS)}, got {self.on_drift!r}"
       )
 
 
@@ -318,9 +316,7 @@ class SearchConfig:
 
   def __post_init__(self):
     if self.kind not in SEARCH_KINDS:
-      raise ValueError(
-          f"Unknown search.kind {self.kind!r}; expected one of " f"{list(SEARCH_KINDS)}"
-      )
+      raise ValueError(f"Unknown search.kind {self.kind!r}; expected one of {list(SEARCH_KINDS)}")
     if self.reorder_dtype not in REORDER_DTYPES:
       raise ValueError(
           f"Unknown search.reorder_dtype {self.reorder_dtype!r}; expected "
@@ -381,7 +377,7 @@ class RunConfig:
     size, patch = self.data.image_size, self.model.patch_size
     if size < patch or size % patch:
       raise ValueError(
-          f"data.image_size {size} must be a positive multiple of " f"model.patch_size {patch}"
+          f"data.image_size {size} must be a positive multiple of model.patch_size {patch}"
       )
     if self.model.image_size != size:
       raise ValueError(
@@ -414,9 +410,7 @@ class RunConfig:
     ValueError naming unknown sections or fields."""
     unknown = sorted(set(d) - {"profile"} - set(SECTIONS))
     if unknown:
-      raise ValueError(
-          f"Unknown config section(s) {unknown}; expected some of " f"{sorted(SECTIONS)}"
-      )
+      raise ValueError(f"Unknown config section(s) {unknown}; expected some of {sorted(SECTIONS)}")
     return cls(
         profile=d.get("profile", "custom"),
         **{name: _build(section, d.get(name, {})) for name, section in SECTIONS.items()},
@@ -441,9 +435,7 @@ def _build(cls, values: Dict[str, Any]):
   names = {f.name for f in dataclasses.fields(cls)}
   unknown = sorted(set(values) - names)
   if unknown:
-    raise ValueError(
-        f"Unknown {cls.__name__} field(s) {unknown}; " f"expected some of {sorted(names)}"
-    )
+    raise ValueError(f"Unknown {cls.__name__} field(s) {unknown}; expected some of {sorted(names)}")
   return cls(**values)
 
 

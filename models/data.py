@@ -229,7 +229,7 @@ def pretrain_dataset(
   sees exactly the batches an uninterrupted run saw from there."""
   n = len(images)
   if n < batch_size:
-    raise ValueError(f"Batch size {batch_size} is larger than the " f"{n} training examples")
+    raise ValueError(f"Batch size {batch_size} is larger than the {n} training examples")
   steps_per_epoch = n // batch_size
   pool = tf.constant(images)
 

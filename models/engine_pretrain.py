@@ -232,7 +232,7 @@ def pretrain(
   global_batch = p.batch_size * strategy.num_replicas_in_sync
   steps_per_epoch = p.steps_per_epoch or images.count // global_batch
   if steps_per_epoch < 1:
-    raise ValueError(f"{images.count} training images do not fill one " f"batch of {global_batch}")
+    raise ValueError(f"{images.count} training images do not fill one batch of {global_batch}")
   with precision.precision_policy(rt.precision), strategy.scope():
     model = compile_mae(cfg, strategy, steps_per_epoch)
     chief = runtime.is_chief(strategy)
@@ -260,7 +260,7 @@ def pretrain(
     )
     n_params = sum(int(tf.size(v)) for v in model.trainable_variables)
     run_log.log.info(
-        "[%s] %.2fM parameters, %d images, %d steps/epoch of %d, %d epochs, " "%s, %d replica(s)",
+        "[%s] %.2fM parameters, %d images, %d steps/epoch of %d, %d epochs, %s, %d replica(s)",
         names.MAE_TRAINER,
         n_params / 1e6,
         images.count,

@@ -224,7 +224,7 @@ class Encoder(tf.keras.layers.Layer):
     [B, T, D], or those of the last `last_blocks` blocks side by side
     [B, T, last_blocks * D] (earliest first)."""
     if not 1 <= last_blocks <= len(self.blocks):
-      raise ValueError(f"last_blocks must be in [1, {len(self.blocks)}], " f"got {last_blocks}")
+      raise ValueError(f"last_blocks must be in [1, {len(self.blocks)}], got {last_blocks}")
     outputs = []
     for i, blk in enumerate(self.blocks):
       x = blk(x)

@@ -87,7 +87,7 @@ HARMLESS: Sequence[Harmless] = (
         "import; the project never uses TF-TRT",
     ),
     Harmless(
-        r"All log messages before absl::InitializeLog\(\) is called are written to " r"STDERR",
+        r"All log messages before absl::InitializeLog\(\) is called are written to STDERR",
         "absl's C++ logging announcing where it writes, before the lines below",
     ),
     Harmless(
@@ -132,12 +132,12 @@ HARMLESS: Sequence[Harmless] = (
         "analyzers run in a fixed order, as preprocessing_fn's mean then var do",
     ),
     Harmless(
-        r"Not using the in-place Transform because the following features require " r"analyzing",
+        r"Not using the in-place Transform because the following features require analyzing",
         "Transform analyses the image's channel mean and std on purpose, so it "
         "makes a full pass rather than transforming in place",
     ),
     Harmless(
-        r"`custom_executor_spec` is deprecated\. Please customize component " r"directly\.",
+        r"`custom_executor_spec` is deprecated\. Please customize component directly\.",
         "VersionedPusher replaces only the executor of TFX's Pusher, keeping its "
         "spec and driver, which is what custom_executor_spec is for",
     ),

@@ -240,9 +240,7 @@ class SearchIndex:
       raise ValueError(f"k must be at least 1, got {k}")
     queries = unit(queries)
     if queries.shape[1] != self.info["dim"]:
-      raise ValueError(
-          f"queries have {queries.shape[1]} dimensions, the index " f"{self.info['dim']}"
-      )
+      raise ValueError(f"queries have {queries.shape[1]} dimensions, the index {self.info['dim']}")
     scores, rows = self.searcher.search(queries, min(k, len(self)))
     return np.minimum(scores, 1.0), rows  # float rounding may pass 1
 
@@ -305,12 +303,10 @@ def load(folder: str) -> SearchIndex:
       raise ValueError(f"unknown kind {kind!r}")
   except Exception as e:  # pylint: disable=broad-except
     raise BadIndex(
-        f"{folder}: not a readable search index ({type(e).__name__}: " f"{str(e).strip()[:300]})"
+        f"{folder}: not a readable search index ({type(e).__name__}: {str(e).strip()[:300]})"
     ) from e
   if len(records.ids) != info.get("count"):
-    raise BadIndex(
-        f"{folder}: {len(records.ids)} records but index.json says " f"{info.get('count')}"
-    )
+    raise BadIndex(f"{folder}: {len(records.ids)} records but index.json says {info.get('count')}")
   return SearchIndex(searcher, records, info)
 
 

@@ -176,7 +176,7 @@ class SourceConfig:
       raise ValueError(f"span {self.span} given for data not laid out in spans")
     if self.spans and self.format == data_source.CIFAR10:
       raise ValueError(
-          "the CIFAR-10 archive is one span: spans take an image-folder " "or TFRecord source"
+          "the CIFAR-10 archive is one span: spans take an image-folder or TFRecord source"
       )
     if self.unlabeled_root and self.format == data_source.CIFAR10:
       raise ValueError(
@@ -195,7 +195,7 @@ def add_source_arguments(parser) -> None:
   parser.add_argument(
       "--skip-bad-images",
       action="store_true",
-      help="skip unreadable image files and list them (default: stop, " "naming the file)",
+      help="skip unreadable image files and list them (default: stop, naming the file)",
   )
   parser.add_argument(
       "--test-fraction",
@@ -219,7 +219,7 @@ def add_source_arguments(parser) -> None:
       "--span",
       type=int,
       default=None,
-      help="data laid out in span-<N>/ folders: ingest span N (default: " "the newest)",
+      help="data laid out in span-<N>/ folders: ingest span N (default: the newest)",
   )
   parser.add_argument(
       "--schema",

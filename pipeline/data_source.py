@@ -54,7 +54,7 @@ def check_batches_dir(path: str) -> str:
   """Returns `path` if it holds every CIFAR-10 batch file, else raises naming those missing."""
   missing = [f for f in REQUIRED_FILES if not os.path.isfile(os.path.join(path, f))]
   if missing:
-    raise DataSourceError(f"{path} is not a complete CIFAR-10 python folder: " f"missing {missing}")
+    raise DataSourceError(f"{path} is not a complete CIFAR-10 python folder: missing {missing}")
   return path
 
 
@@ -99,7 +99,7 @@ def download_official(cache_dir: str) -> str:
   md5 = _digest([partial], "md5")
   if md5 != OFFICIAL_MD5:
     os.remove(partial)
-    raise DataSourceError(f"Downloaded {OFFICIAL_URL} has md5 {md5}, " f"expected {OFFICIAL_MD5}")
+    raise DataSourceError(f"Downloaded {OFFICIAL_URL} has md5 {md5}, expected {OFFICIAL_MD5}")
   os.replace(partial, path)
   return path
 
@@ -237,7 +237,7 @@ def class_names(
     ids = _tfrecord_label_ids(source, label_feature)
     if not ids:
       raise DataSourceError(
-          f"{source}: no record has an int64 '{label_feature}' " "feature (set --label-feature)"
+          f"{source}: no record has an int64 '{label_feature}' feature (set --label-feature)"
       )
     return [str(i) for i in range(max(ids) + 1)]
   raise ValueError(f"{data_format}: the curated CIFAR-10 schema names its classes")

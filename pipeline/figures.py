@@ -553,7 +553,7 @@ def confident_mistakes(
   worst = wrong[np.argsort(-confidence[wrong])][:n]
   images = [predictions.images[i] for i in worst]
   captions = [
-      f"{class_names[predictions.labels[i]]}\n→ {class_names[predicted[i]]} " f"{confidence[i]:.2f}"
+      f"{class_names[predictions.labels[i]]}\n→ {class_names[predicted[i]]} {confidence[i]:.2f}"
       for i in worst
   ]
   rows = [images[i : i + per_row] for i in range(0, len(images), per_row)] or [[]]

@@ -153,7 +153,7 @@ def parse_args(argv):
       "--min-accuracy",
       type=float,
       default=None,
-      help="Evaluator floor on test accuracy (default: the profile's " "evaluation.min_accuracy)",
+      help="Evaluator floor on test accuracy (default: the profile's evaluation.min_accuracy)",
   )
   p.add_argument(
       "--max-accuracy-drop",

@@ -143,7 +143,7 @@ def gate_verdict(evaluator: Dict) -> Optional[str]:
   accuracies = tfma_accuracy(evaluation)
   linear_first = sorted(accuracies, key=lambda output: output != names.PROBABILITIES_KEY)
   measured = ", ".join(
-      f"{names.CLASSIFIER_TITLES.get(output, output)} " f"{accuracies[output]['overall']:.4f}"
+      f"{names.CLASSIFIER_TITLES.get(output, output)} {accuracies[output]['overall']:.4f}"
       for output in linear_first
       if "overall" in accuracies[output]
   )
@@ -191,9 +191,10 @@ def write_html(
   path = path or os.path.join(output_dir, "report.html")
   nb = notebooks.execute(notebooks.WALKTHROUGH, output_dir, run_id)
   stem = os.path.splitext(path)[0]
-  os.makedirs(stem + "_figures", exist_ok=True)
+  figures_dir = stem + "_figures"
+  os.makedirs(figures_dir, exist_ok=True)
   for name, data in notebooks.pictures(nb).items():
-    write_atomically(os.path.join(stem + "_figures", f"{name}.png"), data)
+    write_atomically(os.path.join(figures_dir, f"{name}.png"), data)
   write_atomically(stem + ".ipynb", nbformat.writes(nb))
   write_atomically(path, notebooks.to_html(nb))
   return path

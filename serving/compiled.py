@@ -155,7 +155,7 @@ class CompiledImageSignature:
       except Exception:  # pylint: disable=broad-except
         # The signature keeps serving this size; say why once.
         log.exception(
-            "%s: compiling batch bucket %d failed; batches of that size run " "the signature",
+            "%s: compiling batch bucket %d failed; batches of that size run the signature",
             self.name,
             bucket,
         )

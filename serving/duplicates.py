@@ -81,7 +81,7 @@ class Duplicates:
   def summary(self) -> str:
     """One line: how many pairs, what was searched, how many items have a duplicate."""
     a, b = self.items_with_a_duplicate()
-    searched = f"threshold {self.threshold:g}, up to {self.max_per_item} neighbours " "per item"
+    searched = f"threshold {self.threshold:g}, up to {self.max_per_item} neighbours per item"
     if b is None:
       return (
           f"{len(self.pairs)} near-duplicate pairs inside {self.count_a} items "

@@ -76,5 +76,5 @@ class EmbeddingsFile:
         return cls(f["embeddings"], f["ids"], f["labels"], json.loads(str(f["meta"])))
     except (KeyError, ValueError, OSError) as e:
       raise ValueError(
-          f"{path} is not an embeddings file written by " f"`python -m serving.embed`: {e}"
+          f"{path} is not an embeddings file written by `python -m serving.embed`: {e}"
       ) from e

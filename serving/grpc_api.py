@@ -55,7 +55,7 @@ def input_strings(request: predict_pb2.PredictRequest, input_name: str) -> List[
   checks it (the input named, DT_STRING, shape [B])."""
   if set(request.inputs) != {input_name}:
     raise BadRequest(
-        f"inputs must be exactly {{'{input_name}'}}, got " f"{sorted(request.inputs) or 'none'}"
+        f"inputs must be exactly {{'{input_name}'}}, got {sorted(request.inputs) or 'none'}"
     )
   tensor = request.inputs[input_name]
   if tensor.dtype != types_pb2.DT_STRING:

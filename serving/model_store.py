@@ -270,7 +270,7 @@ def version_identity(model_dir: str) -> Tuple[str, int, str]:
     versions = versions_on_disk(model_dir)
     if not versions:
       raise FileNotFoundError(
-          f"{model_dir}: neither a SavedModel nor a folder of numeric " "versions holding one"
+          f"{model_dir}: neither a SavedModel nor a folder of numeric versions holding one"
       )
     model_dir = os.path.join(model_dir, str(versions[-1]))
   version = pushed_versions([os.path.basename(model_dir)])
@@ -296,7 +296,7 @@ def load_version(model_dir: str) -> LoadedModel:
   versions = versions_on_disk(model_dir)
   if not versions:
     raise FileNotFoundError(
-        f"{model_dir} is neither a SavedModel nor a directory " "of numeric versions holding one"
+        f"{model_dir} is neither a SavedModel nor a directory of numeric versions holding one"
     )
   return LoadedModel(versions[-1], os.path.join(model_dir, str(versions[-1])))
 
@@ -377,7 +377,7 @@ class ModelStore:
       if version is None:
         if self._latest is None:
           raise NotFound(
-              f"no version of model {self.name!r} is loaded yet " f"(none under {self.base_dir})"
+              f"no version of model {self.name!r} is loaded yet (none under {self.base_dir})"
           )
         version = self._latest
       if version in self._loaded:
@@ -386,11 +386,11 @@ class ModelStore:
     on_disk = versions_on_disk(self.base_dir)
     if version not in on_disk:
       raise NotFound(
-          f"version {version} of model {self.name!r} not found; " f"available versions: {on_disk}"
+          f"version {version} of model {self.name!r} not found; available versions: {on_disk}"
       )
     if version in self._failed:
       raise NotFound(
-          f"version {version} of model {self.name!r} failed to load: " f"{self._failed[version]}"
+          f"version {version} of model {self.name!r} failed to load: {self._failed[version]}"
       )
     model = self._load(version)
     with self._lock:

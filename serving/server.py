@@ -45,20 +45,20 @@ if __name__ == "__main__":
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
 
 # TensorFlow loads with the serving modules below: the log set-up above (run_log's
-# filter, or TF_CPP_MIN_LOG_LEVEL) must come first to take effect, hence E402.
+# filter, or TF_CPP_MIN_LOG_LEVEL) must come first to take effect.
 # pylint: disable=wrong-import-position
 
-import numpy as np  # noqa: E402
-import orjson  # noqa: E402
-from aiohttp import web  # noqa: E402
-from aiohttp.http_exceptions import HttpProcessingError  # noqa: E402
+import numpy as np
+import orjson
+from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
-from models import search_index  # noqa: E402
-from models.names import SEARCH_INDEX_DIR, SERVING_DEFAULT  # noqa: E402
-from serving import grpc_api  # noqa: E402
-from serving.batcher import BadInstance, Batcher, Overloaded  # noqa: E402
-from serving.embeddings import EmbeddingsFile  # noqa: E402
-from serving.model_store import (  # noqa: E402
+from models import search_index
+from models.names import SEARCH_INDEX_DIR, SERVING_DEFAULT
+from serving import grpc_api
+from serving.batcher import BadInstance, Batcher, Overloaded
+from serving.embeddings import EmbeddingsFile
+from serving.model_store import (
     MAX_BATCH,
     BadRequest,
     ModelStore,
@@ -114,9 +114,7 @@ def decode_instances(body: Dict, input_name: str) -> List[bytes]:
     nested = isinstance(entry, dict) and set(entry) == {input_name}
     item = entry[input_name] if nested else entry
     if not (isinstance(item, dict) and set(item) == {"b64"} and isinstance(item["b64"], str)):
-      raise BadRequest(
-          f'{field}[{i}]: expected {{"b64": "<base64 string>"}}, ' f"got {_short(item)}"
-      )
+      raise BadRequest(f'{field}[{i}]: expected {{"b64": "<base64 string>"}}, got {_short(item)}')
     try:
       values.append(base64.b64decode(item["b64"], validate=True))
     except (binascii.Error, ValueError) as e:
@@ -245,18 +243,18 @@ async def neighbors(request: web.Request) -> web.Response:
       or not -1.0 <= threshold <= 1.0
   ):
     raise BadRequest(
-        "'threshold' must be a number in [-1, 1] (a cosine similarity), " f"got {_short(threshold)}"
+        f"'threshold' must be a number in [-1, 1] (a cosine similarity), got {_short(threshold)}"
     )
   index: Optional[search_index.SearchIndex] = request.app[INDEX]
   if index is not None:
     made_by = index.info["model_version"]
     if _version(request) not in (None, made_by):
-      raise NotFound(f"the --index file was made by version {made_by}, not " f"{_version(request)}")
+      raise NotFound(f"the --index file was made by version {made_by}, not {_version(request)}")
     try:
       model = store.get(made_by)
     except NotFound as e:
       raise NotFound(
-          f"the --index file was made by version {made_by}, which cannot be " f"served: {e}"
+          f"the --index file was made by version {made_by}, which cannot be served: {e}"
       ) from None
   else:
     model = store.get(_version(request))
@@ -384,7 +382,7 @@ def parse_args(argv):
       "--grpc-port",
       type=int,
       default=8500,
-      help="TF Serving's gRPC API (TF Serving's --port); 0: any free port, " "-1: no gRPC",
+      help="TF Serving's gRPC API (TF Serving's --port); 0: any free port, -1: no gRPC",
   )
   p.add_argument(
       "--poll-seconds", type=float, default=2.0, help="how often to look for a newly pushed version"
@@ -444,7 +442,7 @@ def parse_args(argv):
       "-v",
       "--verbose",
       action="store_true",
-      help="show every log line, third-party notices included (also " "MAE_TFX_VERBOSE=1)",
+      help="show every log line, third-party notices included (also MAE_TFX_VERBOSE=1)",
   )
   return p.parse_args(argv)
 

@@ -5,6 +5,7 @@ import pathlib
 import subprocess
 import sys
 import warnings
+from typing import List
 
 import models  # noqa: F401  TensorFlow's environment, before TensorFlow loads
 import numpy as np
@@ -216,6 +217,37 @@ def transform_output(cifar10_sample, tmp_path_factory):
   return analyze_and_write_transform(images[:64], labels[:64], out)
 
 
+def run_pipeline_process(argv, timeout: float = 1800) -> subprocess.CompletedProcess:
+  """`python -m pipeline.local_runner ARGV` as `make pipeline` or a scheduled
+  job starts it: its own process, its run log filtered as by default; stdout
+  (the report) and stderr (the run log) captured."""
+  env = {k: v for k, v in os.environ.items() if k != run_log.VERBOSE_ENV}
+  return subprocess.run(
+      [sys.executable, "-m", "pipeline.local_runner", *argv],
+      cwd=names.PROJECT_DIR,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=timeout,
+  )
+
+
+def pipeline_config_of(argv):
+  """The PipelineConfig `python -m pipeline.local_runner ARGV` runs."""
+  from pipeline import local_runner
+
+  args = local_runner.parse_args(argv)
+  return local_runner.pipeline_config(args, local_runner.overrides_from_args(args))
+
+
+def served_versions(config) -> List[str]:
+  """The versions pushed into `config`'s serving folder, oldest first ([]
+  before the first push)."""
+  if not os.path.isdir(config.serving_model_dir):
+    return []
+  return [str(v) for v in names.pushed_versions(os.listdir(config.serving_model_dir))]
+
+
 SMOKE_LOG = "smoke_run.log"  # beside the smoke run's output folder: its stderr
 _SMOKE_RUN_DONE = "smoke_run.json"  # ... and its command line and exit code
 
@@ -230,9 +262,9 @@ def session_dir(tmp_path_factory) -> pathlib.Path:
 @pytest.fixture(scope="session")
 def smoke_run(small_cifar_dir, tmp_path_factory):
   """The real pipeline on the small sample, run as `make pipeline
-  PROFILE=smoke` runs it (`python -m pipeline.local_runner`, its own
-  process); returns its PipelineConfig. Its stderr, the run log, is kept in
-  SMOKE_LOG beside the output folder (`smoke_run_log`).
+  PROFILE=smoke` runs it (`run_pipeline_process`); returns its
+  PipelineConfig. Its stderr, the run log, is kept in SMOKE_LOG beside the
+  output folder (`smoke_run_log`).
 
   Made once a session: the first pytest-xdist worker to need it runs it,
   holding a lock the others wait on, then every worker reads it. So no test
@@ -240,8 +272,6 @@ def smoke_run(small_cifar_dir, tmp_path_factory):
   on a run of its own."""
   import fcntl
   import json
-
-  from pipeline import local_runner
 
   folder = session_dir(tmp_path_factory) / "smoke_run"
   folder.mkdir(exist_ok=True)
@@ -251,15 +281,7 @@ def smoke_run(small_cifar_dir, tmp_path_factory):
       argv = [
           "--profile", "smoke", "--data", small_cifar_dir, "--output-dir", str(folder / "outputs")
       ]  # fmt: skip
-      env = {k: v for k, v in os.environ.items() if k != run_log.VERBOSE_ENV}
-      run = subprocess.run(
-          [sys.executable, "-m", "pipeline.local_runner", *argv],
-          cwd=names.PROJECT_DIR,
-          env=env,
-          capture_output=True,
-          text=True,
-          timeout=1800,
-      )
+      run = run_pipeline_process(argv)
       (folder / SMOKE_LOG).write_text(run.stderr)
       (folder / "report.txt").write_text(run.stdout)
       (folder / _SMOKE_RUN_DONE).write_text(json.dumps({"argv": argv, "exit": run.returncode}))
@@ -267,8 +289,7 @@ def smoke_run(small_cifar_dir, tmp_path_factory):
   if done["exit"]:
     log = (folder / SMOKE_LOG).read_text()
     pytest.fail(f"the smoke pipeline run failed ({done['exit']}):\n{log[-5000:]}")
-  args = local_runner.parse_args(done["argv"])
-  return local_runner.pipeline_config(args, local_runner.overrides_from_args(args))
+  return pipeline_config_of(done["argv"])
 
 
 @pytest.fixture(scope="session")

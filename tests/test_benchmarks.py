@@ -211,7 +211,7 @@ def test_probe_quality(smoke_run, tmp_path, capsys):
   )
   assert all(0 <= a <= 1 for a in accuracies)
   ips, pretrain_s, probe_s = figures(
-      rf"MAE {NUM} img/s, pretrain {NUM} s, probe {NUM} s, " "models in ", result
+      rf"MAE {NUM} img/s, pretrain {NUM} s, probe {NUM} s, models in ", result
   )
   assert ips > 0 and pretrain_s >= 0 and probe_s >= 0
   # The pretrained MAE is kept for --mae.
@@ -505,7 +505,7 @@ def test_near_duplicates(smoke_run, cifar10_dir, tmp_path, capsys):
     )
     assert 0 <= recall <= 1
   fps = all_figures(
-      rf"^target at 0\.500: different images flagged, .*: {NUM} \(<= 0\.01: " r"(?:met|NOT met)\)$",
+      rf"^target at 0\.500: different images flagged, .*: {NUM} \(<= 0\.01: (?:met|NOT met)\)$",
       summary,
   )
   assert len(fps) == 3 and all(0 <= v <= 1 for v, in fps)
@@ -524,14 +524,14 @@ def test_near_duplicates(smoke_run, cifar10_dir, tmp_path, capsys):
   near_duplicates.main(argv)
   out = capsys.readouterr().out
   assert re.search(
-      r"^cache .*: 30 originals x 6 alterations of model version \d+ \(made .*\), " r"reused$",
+      r"^cache .*: 30 originals x 6 alterations of model version \d+ \(made .*\), reused$",
       out,
       re.MULTILINE,
   ), out
   assert (
       len(
           re.findall(
-              r"^.*cifar10_(test|train)\.npz: \d+ embeddings of model version \d+, " r"reused$",
+              r"^.*cifar10_(test|train)\.npz: \d+ embeddings of model version \d+, reused$",
               out,
               re.MULTILINE,
           )

@@ -257,7 +257,7 @@ def test_make_targets_exist_and_their_args_are_the_modules_flags(page):
   problems = []
   for target, flags in make_commands(page):
     if target not in targets:
-      problems.append(f"make {target}: no such target (the Makefile has " f"{sorted(targets)})")
+      problems.append(f"make {target}: no such target (the Makefile has {sorted(targets)})")
       continue
     module = targets[target]
     problems += [

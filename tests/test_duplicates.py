@@ -194,7 +194,7 @@ def test_files_that_cannot_be_compared_are_refused(files, tmp_path):
   dim = table.embeddings.shape[1]
   with pytest.raises(
       SystemExit,
-      match=rf"--embeddings has {dim}-dimensional embeddings and " r"--against 8-dimensional ones",
+      match=rf"--embeddings has {dim}-dimensional embeddings and --against 8-dimensional ones",
   ):
     duplicates.main(["--embeddings", copies, "--against", narrow])
   with pytest.raises(SystemExit, match=r"--against .*missing\.npz: no such file"):

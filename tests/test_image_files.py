@@ -73,7 +73,7 @@ def test_a_folder_without_class_folders_is_refused(tmp_path, cifar10_sample):
   (images, _), _ = cifar10_sample
   save_image(images[0], str(tmp_path / "loose.png"))
   with pytest.raises(
-      ValueError, match=r"no class folder holds images .* expected " r"<root>/<class>/<image>"
+      ValueError, match=r"no class folder holds images .* expected <root>/<class>/<image>"
   ):
     image_files.detect_layout(str(tmp_path))
   save_image(images[0], str(tmp_path / "train" / "cat" / "a.png"))

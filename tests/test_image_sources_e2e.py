@@ -21,6 +21,7 @@ from tests.conftest import (
     jpeg_bytes,
     png_bytes,
     save_image,
+    served_versions,
     write_image_files,
 )
 
@@ -46,8 +47,7 @@ def _summary(config, node):
 
 
 def _pushed(config):
-  versions = names.pushed_versions(os.listdir(config.serving_model_dir))
-  return os.path.join(config.serving_model_dir, str(versions[-1]))
+  return os.path.join(config.serving_model_dir, served_versions(config)[-1])
 
 
 def _example(image_bytes):
@@ -62,18 +62,22 @@ def _example(image_bytes):
 def folder_run(photo_folder, tmp_path_factory):
   """The smoke DAG on the image folder with its unlabeled folder, skipping the
   corrupt file, as a user runs it (`make pipeline DATA=... UNLABELED=...`)."""
-  root, unlabeled = photo_folder
   out = tmp_path_factory.mktemp("folder_run")
-  return _run(
+  return _run(*_folder_flags(photo_folder, out / "schema" / "schema.pbtxt"), output=out / "out")
+
+
+def _folder_flags(photo_folder, schema_path):
+  """The image folder, its unlabeled folder, the corrupt file skipped."""
+  root, unlabeled = photo_folder
+  return [
       "--data",
       root,
       "--unlabeled",
       unlabeled,
       "--skip-bad-images",
       "--schema",
-      str(out / "schema" / "schema.pbtxt"),
-      output=out / "out",
-  )
+      str(schema_path),
+  ]
 
 
 def test_image_folder_trains_blesses_and_pushes(folder_run, photo_folder):
@@ -200,12 +204,10 @@ def test_rerun_is_served_from_cache(folder_run):
 # The two checks below run the pipeline again on a run's outputs, so they
 # work on this module's own run, not on the smoke run that other modules
 # read at the same time (tests/conftest.py: `smoke_run`).
-def _versions(config):
-  return [str(v) for v in names.pushed_versions(os.listdir(config.serving_model_dir))]
 
 
 def test_second_run_is_served_from_cache(folder_run, capsys):
-  before = _versions(folder_run)
+  before = served_versions(folder_run)
   local_runner.run(folder_run)
   log = capsys.readouterr().err
   assert re.search(r"^\d\d:\d\d:\d\d Transform: done, from the cache \(", log, re.M), log
@@ -219,23 +221,16 @@ def test_second_run_is_served_from_cache(folder_run, capsys):
       states[n] == "CACHED" for n in set(states) - resolvers - {"AnomaliesGate"}
   ), states
   assert "Nothing new: the data and settings of an earlier run" in log
-  assert _versions(folder_run) == before
+  assert served_versions(folder_run) == before
 
 
 def test_unblessed_model_is_not_pushed_and_nothing_is_overwritten(folder_run, photo_folder, capsys):
   before = {
       v: os.path.getmtime(os.path.join(folder_run.serving_model_dir, v, "saved_model.pb"))
-      for v in _versions(folder_run)
+      for v in served_versions(folder_run)
   }
-  _, unlabeled = photo_folder
   strict = _run(
-      "--data",
-      folder_run.data_root,
-      "--unlabeled",
-      unlabeled,
-      "--skip-bad-images",
-      "--schema",
-      folder_run.schema_path,
+      *_folder_flags(photo_folder, folder_run.schema_path),
       "--min-accuracy",
       "1.01",
       output=folder_run.output_dir,
@@ -260,7 +255,7 @@ def test_unblessed_model_is_not_pushed_and_nothing_is_overwritten(folder_run, ph
   assert rows["Pusher"]["output_properties"]["PushedModel"][0]["pushed"] == 0
   after = {
       v: os.path.getmtime(os.path.join(strict.serving_model_dir, v, "saved_model.pb"))
-      for v in _versions(strict)
+      for v in served_versions(strict)
   }
   assert after == before
 

@@ -17,7 +17,7 @@ import tensorflow as tf
 from models import names
 from models.names import CLASSIFY_EXAMPLES, SERVING_DEFAULT
 from pipeline import configs, local_runner, report, run_outputs, runs
-from tests.conftest import cifar10_class_names, png_bytes, write_cifar_dir
+from tests.conftest import cifar10_class_names, png_bytes, served_versions, write_cifar_dir
 
 # Runs the pipeline: `make test-fast` leaves this module out.
 pytestmark = pytest.mark.pipeline
@@ -58,14 +58,6 @@ def _states(config):
   }
 
 
-def _versions(config):
-  return (
-      [str(v) for v in names.pushed_versions(os.listdir(config.serving_model_dir))]
-      if os.path.isdir(config.serving_model_dir)
-      else []
-  )
-
-
 def test_every_component_executes(smoke_run):
   states = _states(smoke_run)
   assert set(states) == ALL_NODES
@@ -82,7 +74,7 @@ def test_the_pushed_version_answers_neighbors_from_its_own_index(smoke_run, cifa
   from models import search_index
   from serving.launch import ServerProcess
 
-  version = _versions(smoke_run)[-1]
+  version = served_versions(smoke_run)[-1]
   index = search_index.load(
       os.path.join(smoke_run.serving_model_dir, version, names.SEARCH_INDEX_DIR)
   )
@@ -113,7 +105,7 @@ def test_the_pushed_version_answers_neighbors_from_its_own_index(smoke_run, cifa
 
 
 def test_blessed_model_is_pushed_and_embeds_png(smoke_run, cifar10_sample):
-  versions = _versions(smoke_run)
+  versions = served_versions(smoke_run)
   assert len(versions) == 1
   path = os.path.join(smoke_run.serving_model_dir, versions[0])
   assert os.path.isfile(os.path.join(path, "saved_model.pb"))
@@ -138,7 +130,7 @@ def test_tfma_accuracy_matches_the_pushed_model(smoke_run, cifar10_sample):
     assert set(accuracy) == {"overall"} | {f"class_name={c}" for c in cifar10_class_names()}
   # Recompute both accuracies with the pushed model on the same test split.
   _, (test_images, test_labels) = cifar10_sample
-  path = os.path.join(smoke_run.serving_model_dir, _versions(smoke_run)[0])
+  path = os.path.join(smoke_run.serving_model_dir, served_versions(smoke_run)[0])
   examples = [
       tf.train.Example(
           features=tf.train.Features(
@@ -187,29 +179,21 @@ def _text_outputs(nb) -> str:
 
 @pytest.fixture(scope="module")
 def report_page(smoke_run, tmp_path_factory):
-  """`make report` on the smoke run, once for the checks of the page and of
-  the notebooks: the page's path (its figures and the executed walkthrough
-  beside it). A push killed mid-copy leaves a staging folder; the notebooks
-  skip it."""
-  staging = os.path.join(smoke_run.serving_model_dir, ".staging-9999999999-1")
-  os.makedirs(staging)
-  try:  # a failing cell raises CellExecutionError
-    return report.write_html(
-        smoke_run.output_dir, str(tmp_path_factory.mktemp("report") / "report.html")
-    )
-  finally:
-    shutil.rmtree(staging)
-
-
-def test_notebooks_run_on_the_pipeline_outputs(smoke_run, report_page):
-  """The walkthrough as `make report` executed it, the other notebook here."""
+  """Every notebook run on the smoke run, once for the checks of the page and
+  of the notebooks: (the path of `make report`'s page, {notebook name:
+  executed notebook}). The walkthrough is the one the report executed and
+  wrote beside its page; the others are executed here. A push killed
+  mid-copy leaves a staging folder; the notebooks skip it."""
   import nbformat
 
   from pipeline import notebooks
 
   staging = os.path.join(smoke_run.serving_model_dir, ".staging-9999999999-1")
   os.makedirs(staging)
-  try:
+  try:  # a failing cell raises CellExecutionError
+    page = report.write_html(
+        smoke_run.output_dir, str(tmp_path_factory.mktemp("report") / "report.html")
+    )
     executed = {
         name: notebooks.execute(name, smoke_run.output_dir)
         for name in notebooks.NOTEBOOKS
@@ -218,8 +202,15 @@ def test_notebooks_run_on_the_pipeline_outputs(smoke_run, report_page):
   finally:
     shutil.rmtree(staging)
   executed[notebooks.WALKTHROUGH] = nbformat.read(
-      os.path.splitext(report_page)[0] + ".ipynb", as_version=4
+      os.path.splitext(page)[0] + ".ipynb", as_version=4
   )
+  return page, executed
+
+
+def test_notebooks_run_on_the_pipeline_outputs(smoke_run, report_page):
+  from pipeline import notebooks
+
+  _, executed = report_page
   assert set(executed) == set(notebooks.NOTEBOOKS)
   walkthrough = executed["pipeline_walkthrough.ipynb"]
   pictures = [
@@ -242,7 +233,8 @@ def test_notebooks_run_on_the_pipeline_outputs(smoke_run, report_page):
 
 
 def test_report_writes_the_walkthrough_as_a_static_page(smoke_run, report_page):
-  with open(report_page) as f:
+  path, _ = report_page
+  with open(path) as f:
     page = f.read()
   for title in (
       "The DAG",
@@ -261,7 +253,7 @@ def test_report_writes_the_walkthrough_as_a_static_page(smoke_run, report_page):
   assert page.count('src="data:image/png;base64,') == 13
   assert "from pipeline import" not in page  # the code is left out
   assert "&lt;output&gt;/serving_model/" in page and smoke_run.output_dir not in page
-  folder = os.path.dirname(report_page)
+  folder = os.path.dirname(path)
   assert sorted(os.listdir(folder)) == ["report.html", "report.ipynb", "report_figures"]
   assert sorted(os.listdir(os.path.join(folder, "report_figures"))) == sorted(
       f"{name}.png"
@@ -307,12 +299,12 @@ def test_label_out_of_range_stops_the_pipeline_before_transform(tmp_path, cifar1
   config = _config(root, tmp_path / "out")
   with pytest.raises(
       Exception,
-      match=r"split 'train', feature 'label': " r"INT_TYPE_BIG_INT: Unexpectedly large value: 12",
+      match=r"split 'train', feature 'label': INT_TYPE_BIG_INT: Unexpectedly large value: 12",
   ):
     local_runner.run(config)
   _assert_stopped_before_training(config)
   assert _states(config)["AnomaliesGate"] == "FAILED"
-  assert _versions(config) == []
+  assert served_versions(config) == []
 
 
 def test_truncated_batch_file_stops_the_pipeline_in_example_gen(tmp_path, small_cifar_dir):

@@ -99,7 +99,7 @@ def test_reported_accuracies_are_the_returned_classifiers(
 def test_labels_outside_the_classes_are_refused(example_files, transform_output, encoder, tmp_path):
   train_files, test_files = example_files
   with pytest.raises(
-      ValueError, match=r"train labels span \[0, 9\], outside the 3 " r"classes \[0, 2\]"
+      ValueError, match=r"train labels span \[0, 9\], outside the 3 classes \[0, 2\]"
   ):
     linear_probe(
         config_lib.get_profile("smoke"),

@@ -21,7 +21,7 @@ EXAMPLES = {
     "factory for plugin cuFFT when one has already been registered",
     1: "2026-12-01 15:24:17.153878: W tensorflow/compiler/tf2tensorrt/utils/py_utils.cc:38]"
     " TF-TRT Warning: Could not find TensorRT",
-    2: "WARNING: All log messages before absl::InitializeLog() is called are written to " "STDERR",
+    2: "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",
     3: "I0000 00:00:1796139551.267089   17293 device_compiler.h:188] Compiled cluster "
     "using XLA!  This line is logged at most once for the lifetime of the process.",
     4: "W0000 00:00:1796138678.228459    2029 op_level_cost_estimator.cc:699] Error in "
@@ -92,7 +92,7 @@ def _run_filtered(code: str, verbose: bool = False) -> subprocess.CompletedProce
   if verbose:
     env[run_log.VERBOSE_ENV] = "1"
   return subprocess.run(
-      [sys.executable, "-c", "from models import run_log\n" "run_log.install()\n" + code],
+      [sys.executable, "-c", "from models import run_log\nrun_log.install()\n" + code],
       cwd=names.PROJECT_DIR,
       env=env,
       capture_output=True,
@@ -195,7 +195,7 @@ def test_the_smoke_run_log_shows_progress_and_no_harmless_line(smoke_run_log):
         rf"^\d\d:\d\d:\d\d {node}: done in (\d+\.\d s|\d+ min \d\d s)$", stderr, re.M
     ), node
   assert re.search(
-      r"\[mae_pretrain\] epoch 1/2 loss \d\.\d{4} lr \S+ \d+ img/s \d+\.\d s, " r"ETA \d", stderr
+      r"\[mae_pretrain\] epoch 1/2 loss \d\.\d{4} lr \S+ \d+ img/s \d+\.\d s, ETA \d", stderr
   )
   assert re.search(r"\[mae_pretrain\] epoch 2/2 loss \d\.\d{4} lr \S+ \d+ img/s", stderr)
   assert re.search(r"\[linear_probe\] epoch 5/5 accuracy \S+ loss \S+ val_accuracy", stderr)

@@ -121,7 +121,7 @@ def test_a_corpus_image_finds_itself_first_in_the_versions_own_index(indexed, co
         ({"k": "3"}, "'k' must be an integer in [1, 1000], got \"3\""),
         (
             {"threshold": 1.5},
-            "'threshold' must be a number in [-1, 1] (a cosine similarity), " "got 1.5",
+            "'threshold' must be a number in [-1, 1] (a cosine similarity), got 1.5",
         ),
         ({"threshold": "high"}, "'threshold' must be a number in [-1, 1]"),
         ({"threshold": True}, "'threshold' must be a number in [-1, 1]"),

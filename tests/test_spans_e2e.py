@@ -16,16 +16,14 @@ the same output folder:
 import json
 import os
 import re
-import subprocess
-import sys
 from typing import NamedTuple
 
 import numpy as np
 import pytest
 
-from models import names, run_log
+from models import names
 from pipeline import local_runner, runs
-from tests.conftest import cifar10_class_names, save_image
+from tests.conftest import cifar10_class_names, pipeline_config_of, run_pipeline_process, save_image
 
 # Runs the pipeline: `make test-fast` leaves this module out.
 pytestmark = pytest.mark.pipeline
@@ -61,17 +59,8 @@ def _run(root, output, *flags) -> Run:
       os.path.join(output, "schema.pbtxt"),
       *flags,
   ]
-  env = {k: v for k, v in os.environ.items() if k != run_log.VERBOSE_ENV}
-  done = subprocess.run(
-      [sys.executable, "-m", "pipeline.local_runner", *argv],
-      cwd=names.PROJECT_DIR,
-      env=env,
-      capture_output=True,
-      text=True,
-      timeout=1200,
-  )
-  args = local_runner.parse_args(argv)
-  config = local_runner.pipeline_config(args, local_runner.overrides_from_args(args))
+  done = run_pipeline_process(argv, timeout=1200)
+  config = pipeline_config_of(argv)
   return Run(
       config,
       done.returncode,

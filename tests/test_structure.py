@@ -146,7 +146,7 @@ def test_default_paths_follow_the_output_env(monkeypatch, tmp_path):
 def test_unknown_profile_is_refused_naming_the_known_ones():
   with pytest.raises(
       ValueError,
-      match=r"Unknown profile 'gpu'; known profiles: " r"\['cpu', 'cpu-long', 'full', 'smoke'\]",
+      match=r"Unknown profile 'gpu'; known profiles: \['cpu', 'cpu-long', 'full', 'smoke'\]",
   ):
     config_lib.get_profile("gpu")
   from pipeline import configs
@@ -195,7 +195,7 @@ def test_the_model_follows_data_image_size_which_must_fit_the_patches():
   assert cfg.data.image_size == cfg.model.image_size == 48
   assert cfg.model.num_patches == (48 // 4) ** 2
   with pytest.raises(
-      ValueError, match="data.image_size 30 must be a positive multiple " "of model.patch_size 4"
+      ValueError, match="data.image_size 30 must be a positive multiple of model.patch_size 4"
   ):
     config_lib.get_profile("smoke", {"data": {"image_size": 30}})
   with pytest.raises(ValueError, match="model.image_size follows data.image_size"):
