@@ -32,7 +32,7 @@ from models.engine_probe import extract_features, train_probe
 from models.names import KNN_KS
 from models.evaluation import evaluate_knn, fit_whitening
 from models.linear_probe import ProbeClassifier
-from models.mae import MaskedAutoencoder
+from models.joint_embedding import build_mae
 from pipeline.runs import pipeline_inputs, schema_file
 
 
@@ -87,7 +87,7 @@ def main(argv=None):
     encoder = load_mae(args.mae).encoder
   else:
     tf.keras.utils.set_random_seed(cfg.runtime.seed)
-    encoder = MaskedAutoencoder(cfg.model).build_for().encoder
+    encoder = build_mae(cfg.model).encoder
   examples, transform = pipeline_inputs(args.metadata)
   tft_output = tft.TFTransformOutput(transform)
   class_names = schema.class_names(schema.read_schema(schema_file(args.metadata)))

@@ -26,7 +26,7 @@ import tensorflow_transform as tft
 
 from models import config as config_lib
 from models import data, engine_pretrain, engine_probe, names, precision, schema
-from models.mae import MaskedAutoencoder
+from models.joint_embedding import build_mae
 from pipeline.runs import pipeline_inputs, schema_file
 
 
@@ -83,7 +83,7 @@ def main(argv=None):
     engine_pretrain.save_mae(mae, os.path.join(work, "mae", "model"))
   else:
     tf.keras.utils.set_random_seed(cfg.runtime.seed)
-    mae = MaskedAutoencoder(cfg.model).build_for()
+    mae = build_mae(cfg.model)
   t1 = time.time()
   class_names = schema.class_names(schema.read_schema(schema_file(args.metadata)))
   result = engine_probe.linear_probe(

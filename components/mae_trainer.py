@@ -14,7 +14,6 @@ reconstruction grid every epoch), the grid and `train_summary.json`, which
 names the warm start (or why there was none).
 """
 
-import dataclasses
 import os
 
 import tensorflow_transform as tft
@@ -22,7 +21,6 @@ from tfx.components.trainer.fn_args_utils import FnArgs
 
 from models import config as config_lib
 from models import data, engine_pretrain, examples, files, names, precision, runtime, visualize
-from models.run_log import log
 
 
 def run_fn(fn_args: FnArgs) -> None:
@@ -46,15 +44,7 @@ def run_fn(fn_args: FnArgs) -> None:
       config_lib.CHECKPOINT_ROOT_KEY
   ) or os.path.join(fn_args.model_run_dir, "checkpoints")
   data_digest = examples.files_digest(fn_args.train_files)
-  warm_from, reason = engine_pretrain.warm_start_source(cfg, fn_args.base_model, data_digest)
-  if warm_from:
-    cfg = dataclasses.replace(
-        cfg, pretrain=dataclasses.replace(cfg.pretrain, epochs=cfg.pretrain.warm_start_epochs)
-    )
-    log.info("[%s] warm start from %s: %d epochs", names.MAE_TRAINER, reason, cfg.pretrain.epochs)
-  else:
-    log.info("[%s] from scratch: %s", names.MAE_TRAINER, reason)
-  warm_start = dict(source=warm_from, reason=reason)
+  cfg, warm_from, warm_start = engine_pretrain.warm_start(cfg, fn_args.base_model, data_digest)
   model, history = engine_pretrain.pretrain(
       cfg,
       train_images,

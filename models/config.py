@@ -83,6 +83,12 @@ class ModelConfig:
   # InfoNCE between the two student views.
   teacher_momentum: float = 0.0
   teacher_mask_ratio: float = 0.0
+  # VICReg's variance and covariance terms (Bardes et al. 2022) on every
+  # view's projections, + weight * (mean hinge of each dimension's std
+  # below 1 + 1/25 x the squared off-diagonal covariances / P): keeps the
+  # dimensions spread and decorrelated, which InfoNCE alone does not ask.
+  # Needs contrastive_weight > 0 (the projector). 0: off.
+  variance_covariance_weight: float = 0.0
 
   @property
   def num_prefix_tokens(self) -> int:
@@ -113,6 +119,7 @@ LOSS_ONLY_FIELDS = (
     "uniformity_tau",
     "contrastive_tau",
     "teacher_mask_ratio",
+    "variance_covariance_weight",
 )
 
 
@@ -173,6 +180,23 @@ class PretrainConfig:
   crop_min_scale: float = 0.2  # RandomResizedCrop scale range (min, 1.0)
   color_jitter: float = 0.4  # strength of data.color_jitter; 0: none
   hue_jitter: float = 0.1  # data.color_jitter's hue rotation, turns (SimCLR's)
+  # Multi-crop (SwAV, DINO): beside the two global views, this many local
+  # views of each image, random-resized crops of area in
+  # [local_crop_min_scale, local_crop_max_scale] fed at their own size
+  # `local_view_size` (16 at patch 4: 16 tokens, a masked global view's
+  # count), flipped and colour-jittered like the global views; each is
+  # pulled toward its image's global views (models/joint_embedding.py).
+  # Needs model.contrastive_weight > 0. 0: none.
+  local_views: int = 0
+  local_view_size: int = 16
+  local_crop_min_scale: float = 0.05
+  local_crop_max_scale: float = 0.4
+  # What search must forgive, as augmentation of the global views: with this
+  # probability an image is resized down to a side of
+  # [downsample_min_scale, 0.75] x its own (one factor per batch) and back
+  # up, as a thumbnail scaled to the served size. 0: never.
+  downsample_prob: float = 0.0
+  downsample_min_scale: float = 0.35
   steps_per_epoch: Optional[int] = None  # None: one pass over the train split
   max_train_examples: Optional[int] = None
   reconstruction_images: int = 8
@@ -368,6 +392,31 @@ class RunConfig:
       raise ValueError(
           f"model.contrastive_blocks must be in [1, model.depth "
           f"{self.model.depth}]; got {self.model.contrastive_blocks}"
+      )
+    p = self.pretrain
+    if (p.local_views or self.model.variance_covariance_weight) and not (
+        self.model.contrastive_weight
+    ):
+      raise ValueError(
+          "pretrain.local_views and model.variance_covariance_weight need "
+          "model.contrastive_weight > 0 (two global views and the projector)"
+      )
+    size_ok = 0 < p.local_view_size <= self.data.image_size
+    if p.local_views and (p.local_view_size % self.model.patch_size or not size_ok):
+      raise ValueError(
+          f"pretrain.local_view_size {p.local_view_size} must be a multiple of "
+          f"model.patch_size {self.model.patch_size} and at most data.image_size "
+          f"{self.data.image_size}"
+      )
+    if not 0.0 < p.local_crop_min_scale <= p.local_crop_max_scale <= 1.0:
+      raise ValueError(
+          "pretrain.local_crop_min_scale <= local_crop_max_scale must lie in (0, 1]; got "
+          f"{p.local_crop_min_scale}, {p.local_crop_max_scale}"
+      )
+    if not 0.0 <= p.downsample_prob <= 1.0 or not 0.0 < p.downsample_min_scale <= 0.75:
+      raise ValueError(
+          f"pretrain.downsample_prob must be in [0, 1] and downsample_min_scale in (0, 0.75]; "
+          f"got {p.downsample_prob}, {p.downsample_min_scale}"
       )
     if not 0.0 <= self.pretrain.hue_jitter <= 0.5:
       raise ValueError(

@@ -6,10 +6,10 @@ pretraining draws shuffled, augmented batches many times over
 (`TrainingImages`): from the split held in memory when it fits the memory
 budget (CIFAR-10 train is 586 MB as float32), otherwise streamed from the
 example files through a shuffle buffer, so memory does not grow with the
-data. Augmentation (random-resized-crop + flip, optionally colour jitter and
-two views of each image) is vectorised over the batch with a different crop
-per image. Pretraining reads only the image, so it
-also takes the examples of an unlabeled split.
+data. Augmentation (random-resized-crop + flip, optionally colour jitter,
+thumbnail resampling, two views of each image and small local views) is
+vectorised over the batch with a different crop per image. Pretraining
+reads only the image, so it also takes the examples of an unlabeled split.
 """
 
 import dataclasses
@@ -27,6 +27,9 @@ from models.names import IMAGE_KEY, LABEL_KEY
 from models.preprocessing import decode_images
 
 _READ_BATCH = 1024
+# A multi-crop pretraining batch's parts (`Augmentation`).
+VIEWS_KEY = "views"
+LOCAL_VIEWS_KEY = "local_views"
 
 
 def _transform_fn(tf_transform_output: tft.TFTransformOutput, labeled: bool = True):
@@ -118,22 +121,29 @@ def _uniforms(seed: tf.Tensor, count: int, shape, low=0.0, high=1.0):
 
 
 def random_resized_crop(
-    images: tf.Tensor, min_scale: float, seed: tf.Tensor, ratio=(3 / 4, 4 / 3)
+    images: tf.Tensor,
+    min_scale: float,
+    seed: tf.Tensor,
+    ratio=(3 / 4, 4 / 3),
+    max_scale: float = 1.0,
+    size: Optional[int] = None,
 ) -> tf.Tensor:
-  """Per-image RandomResizedCrop (area in [min_scale, 1]) + horizontal flip,
-  a function of `seed` ([2] int; stateless, so a batch can be made again).
+  """Per-image RandomResizedCrop (area in [min_scale, max_scale]) + horizontal
+  flip, a function of `seed` ([2] int; stateless, so a batch can be made again).
 
-  [B, S, S, C] -> [B, S, S, C]; boxes are sampled in normalised coordinates.
+  [B, S, S, C] -> [B, size, size, C] (size: S when None); boxes are sampled
+  in normalised coordinates.
   """
   b = tf.shape(images)[0]
   area, log_ratio, y, x, flip = _uniforms(seed, 5, [b])
-  area = min_scale + (1.0 - min_scale) * area
+  area = min_scale + (max_scale - min_scale) * area
   aspect = tf.exp(math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * log_ratio)
   w = tf.minimum(tf.sqrt(area * aspect), 1.0)
   h = tf.minimum(tf.sqrt(area / aspect), 1.0)
   y0, x0 = y * (1.0 - h), x * (1.0 - w)
   boxes = tf.stack([y0, x0, y0 + h, x0 + w], axis=1)  # [B, 4]
-  crops = tf.image.crop_and_resize(images, boxes, tf.range(b), images.shape[1:3].as_list())
+  out_size = [size, size] if size else images.shape[1:3].as_list()
+  crops = tf.image.crop_and_resize(images, boxes, tf.range(b), out_size)
   return tf.where(flip[:, None, None, None] < 0.5, tf.reverse(crops, axis=[2]), crops)
 
 
@@ -187,37 +197,85 @@ def color_jitter(
   return tf.where(grayscale < grayscale_prob, out_gray, out)
 
 
+def random_downsample(
+    images: tf.Tensor, prob: float, min_scale: float, seed: tf.Tensor, max_scale: float = 0.75
+) -> tf.Tensor:
+  """With probability `prob` per image, resized down to a side of f x S
+  (area averaging; f uniform in [min_scale, max_scale], one per batch) and
+  back up to S (bilinear), as a thumbnail scaled to the served size.
+  [B, S, S, C] -> [B, S, S, C], a function of `seed` ([2] int)."""
+  size = images.shape[1]
+  pick_seed, scale_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+  pick = tf.random.stateless_uniform([tf.shape(images)[0], 1, 1, 1], pick_seed)
+  scale = tf.random.stateless_uniform([], scale_seed, min_scale, max_scale)
+  small = tf.maximum(tf.cast(tf.round(scale * size), tf.int32), 1)
+  down = tf.image.resize(images, tf.stack([small, small]), method="area")
+  thumbnails = tf.image.resize(down, [size, size], method="bilinear")
+  return tf.where(pick < prob, thumbnails, images)
+
+
 @dataclasses.dataclass(frozen=True)
 class Augmentation:
   """What a pretraining batch is made of: `views` augmented views of each
   image (2 for a contrastive term: [B, 2, S, S, C]; else [B, S, S, C]), each
-  a random-resized crop + flip, then colour jitter when `color_jitter` > 0.
+  a random-resized crop + flip, then a thumbnail's down-and-up sampling with
+  `downsample_prob`, then colour jitter when `color_jitter` > 0. With
+  `local_views` > 0 the batch is a dict: {"views": [B, 2, S, S, C],
+  "local_views": [B, V, s, s, C]}, small crops (area in `local_crop_scale`)
+  at side s = `local_view_size`, flipped and jittered the same way.
   Stateless: the same images and `seed` give the same batch."""
 
   crop_min_scale: float = 0.2
   color_jitter: float = 0.0
   views: int = 1
   hue_jitter: float = 0.0
+  local_views: int = 0
+  local_view_size: int = 16
+  local_crop_scale: Tuple[float, float] = (0.05, 0.4)
+  downsample_prob: float = 0.0
+  downsample_min_scale: float = 0.35
 
   def __post_init__(self):
     if self.views not in (1, 2):
       raise ValueError(f"Augmentation.views must be 1 or 2, got {self.views}")
+    if self.local_views and self.views != 2:
+      raise ValueError("Augmentation.local_views need two global views")
 
   def view(self, images: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
-    """One augmented view, [B, S, S, C] -> [B, S, S, C]: crop + flip, then
-    colour jitter when `color_jitter` > 0."""
+    """One augmented view, [B, S, S, C] -> [B, S, S, C]: crop + flip, a
+    thumbnail's resampling with `downsample_prob`, then colour jitter when
+    `color_jitter` > 0."""
     crop_seed, jitter_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
     out = random_resized_crop(images, self.crop_min_scale, crop_seed)
-    if not self.color_jitter:
-      return out
-    return color_jitter(out, self.color_jitter, jitter_seed, hue=self.hue_jitter)
+    if self.downsample_prob:
+      down_seed = tf.random.experimental.stateless_fold_in(seed, 1)
+      out = random_downsample(out, self.downsample_prob, self.downsample_min_scale, down_seed)
+    return self._jitter(out, jitter_seed)
 
-  def __call__(self, images: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
-    """[B, S, S, C] -> one view [B, S, S, C], or two [B, 2, S, S, C] (`views`)."""
+  def local_view(self, images: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+    """One local view, [B, S, S, C] -> [B, s, s, C]: a small crop + flip at
+    side `local_view_size`, then colour jitter."""
+    crop_seed, jitter_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    low, high = self.local_crop_scale
+    out = random_resized_crop(images, low, crop_seed, max_scale=high, size=self.local_view_size)
+    return self._jitter(out, jitter_seed)
+
+  def _jitter(self, images, seed):
+    if not self.color_jitter:
+      return images
+    return color_jitter(images, self.color_jitter, seed, hue=self.hue_jitter)
+
+  def __call__(self, images: tf.Tensor, seed: tf.Tensor):
+    """[B, S, S, C] -> one view [B, S, S, C], two [B, 2, S, S, C] (`views`),
+    or with local views the dict of the class docstring."""
     if self.views == 1:
       return self.view(images, seed)
-    first, second = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-    return tf.stack([self.view(images, first), self.view(images, second)], axis=1)
+    seeds = tf.unstack(tf.random.experimental.stateless_split(seed, 2 + self.local_views))
+    views = tf.stack([self.view(images, seeds[0]), self.view(images, seeds[1])], axis=1)
+    if not self.local_views:
+      return views
+    local = tf.stack([self.local_view(images, s) for s in seeds[2:]], axis=1)
+    return {VIEWS_KEY: views, LOCAL_VIEWS_KEY: local}
 
 
 def pretrain_dataset(

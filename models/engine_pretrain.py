@@ -35,12 +35,14 @@ from models import (
     run_log,
     runtime,
 )
-from models.mae import MaskedAutoencoder, teacher_momentum
+from models.joint_embedding import build_mae, teacher_momentum, teacher_of
+from models.mae import MaskedAutoencoder
 
 
 class PretrainingModel(tf.keras.Model):
   """`fit` on batches of images (or (images, noise [B, L]) to fix the masks)
-  trains `self.mae` on its masked-patch loss."""
+  trains `self.mae` on its loss. A multi-crop batch is a dict of global
+  views and local views (`data.Augmentation`)."""
 
   def __init__(
       self,
@@ -65,24 +67,33 @@ class PretrainingModel(tf.keras.Model):
 
   def call(self, imgs, training=False, noise=None):
     """The MAE's (loss, pred, mask) on `imgs` (see `MaskedAutoencoder.call`)."""
-    return self.mae(imgs, training=training, noise=noise)
+    return self._mae_loss(imgs, training, noise)
+
+  def _mae_loss(self, imgs, training, noise, local_views=None):
+    if isinstance(imgs, dict):  # a multi-crop batch
+      imgs, local_views = imgs[data.VIEWS_KEY], imgs[data.LOCAL_VIEWS_KEY]
+    extra = {} if local_views is None else {"local_views": local_views}
+    return self.mae(imgs, training=training, noise=noise, **extra)
 
   @property
   def metrics(self):
     """The mean loss: what `fit` reports, and resets every epoch."""
     return [self.loss_tracker]
 
-  def train_step(self, data):
+  def train_step(self, batch):
     """One optimizer step on images, or (images, noise [B, L]) to fix the
     masks; returns the epoch's mean loss so far."""
-    imgs, noise = data if isinstance(data, tuple) else (data, None)
+    imgs, noise = batch if isinstance(batch, tuple) else (batch, None)
+    local = None
+    if isinstance(imgs, dict):
+      imgs, local = imgs[data.VIEWS_KEY], imgs[data.LOCAL_VIEWS_KEY]
     if noise is None:
       noise = self.mask_noise(imgs)
     if self.xla_splits == 1:
-      loss, grads = self._loss_and_gradients(imgs, noise)
+      loss, grads = self._loss_and_gradients(imgs, noise, local)
       self._apply_gradients(grads)
     else:
-      loss, grads = self._split_loss_and_gradients(imgs, noise)
+      loss, grads = self._split_loss_and_gradients(imgs, noise, local)
       self._xla_apply_gradients(grads)
     self.loss_tracker.update_state(loss)
     return {"loss": self.loss_tracker.result()}
@@ -98,16 +109,16 @@ class PretrainingModel(tf.keras.Model):
 
   def test_step(self, imgs):
     """The loss on images under random masks, no update; returns the mean so far."""
-    loss, _, _ = self.mae(imgs, training=False)
+    loss, _, _ = self._mae_loss(imgs, False, None)
     self.loss_tracker.update_state(loss)
     return {"loss": self.loss_tracker.result()}
 
-  def _loss_and_gradients(self, imgs, noise):
+  def _loss_and_gradients(self, imgs, noise, local_views=None):
     """(batch mean loss, gradients of this replica's share of the global loss)."""
     opt = self.optimizer
     scaled = isinstance(opt, tf.keras.mixed_precision.LossScaleOptimizer)
     with tf.GradientTape() as tape:
-      loss, _, _ = self.mae(imgs, training=True, noise=noise)
+      loss, _, _ = self._mae_loss(imgs, True, noise, local_views)
       # Gradients are summed over replicas: scale each replica's mean loss so
       # the sum is the gradient of the global-batch mean.
       replica_loss = loss / tf.distribute.get_strategy().num_replicas_in_sync
@@ -120,7 +131,7 @@ class PretrainingModel(tf.keras.Model):
     # The optimizer is built before training, so this creates no variables;
     # a LossScaleOptimizer skips the step on non-finite gradients here.
     self.optimizer.apply_gradients(zip(grads, self.trainable_variables))
-    if self.mae.teacher is not None:  # the teacher follows the updated student
+    if teacher_of(self.mae) is not None:  # the teacher follows the updated student
       self.mae.update_teacher(
           teacher_momentum(
               self.mae.cfg.teacher_momentum,
@@ -128,7 +139,7 @@ class PretrainingModel(tf.keras.Model):
           )
       )
 
-  def _split_loss_and_gradients(self, imgs, noise):
+  def _split_loss_and_gradients(self, imgs, noise, local_views=None):
     """The same as `_loss_and_gradients` on B / n equal micro-batches, each
     one XLA program. XLA:CPU runs its reductions (LayerNorm, softmax, the
     weight gradients) on one thread, so one whole-batch program leaves cores
@@ -143,7 +154,8 @@ class PretrainingModel(tf.keras.Model):
       # One fused program for AdamW too (Keras runs it per variable on CPU).
       self._xla_apply_gradients = tf.function(self._apply_gradients, jit_compile=True)
     noises = tf.split(noise, n) if noise is not None else [None] * n
-    outs = [self._split_gradients(i, z) for i, z in zip(tf.split(imgs, n), noises)]
+    locals_ = tf.split(local_views, n) if local_views is not None else [None] * n
+    outs = [self._split_gradients(i, z, v) for i, z, v in zip(tf.split(imgs, n), noises, locals_)]
     loss = tf.add_n([o[0] for o in outs]) / n
     grads = [tf.add_n(list(g)) / n for g in zip(*[o[1] for o in outs])]
     return loss, grads
@@ -165,7 +177,7 @@ def compile_mae(
         f"{p.batch_size}; got {cfg.runtime.xla_splits}"
     )
   model = PretrainingModel(
-      MaskedAutoencoder(cfg.model).build_for(),
+      build_mae(cfg.model),
       xla_splits=splits,
       seed=cfg.runtime.seed,
       total_steps=steps_per_epoch * p.epochs,
@@ -186,13 +198,19 @@ def compile_mae(
 
 
 def augmentation(cfg: config_lib.RunConfig) -> data.Augmentation:
-  """The pretraining batches' augmentation; two views of each image when
-  the MAE has a contrastive term."""
+  """The pretraining batches' augmentation; two views of each image (and
+  the local views, if any) when the MAE has a contrastive term."""
+  p = cfg.pretrain
   return data.Augmentation(
-      cfg.pretrain.crop_min_scale,
-      cfg.pretrain.color_jitter,
+      p.crop_min_scale,
+      p.color_jitter,
       views=2 if cfg.model.contrastive_weight else 1,
-      hue_jitter=cfg.pretrain.hue_jitter,
+      hue_jitter=p.hue_jitter,
+      local_views=p.local_views,
+      local_view_size=p.local_view_size,
+      local_crop_scale=(p.local_crop_min_scale, p.local_crop_max_scale),
+      downsample_prob=p.downsample_prob,
+      downsample_min_scale=p.downsample_min_scale,
   )
 
 
@@ -335,7 +353,7 @@ def _read_weights(model: MaskedAutoencoder, directory: str) -> None:
 
 def load_mae(directory: str) -> MaskedAutoencoder:
   """Rebuilds the MAE saved by `save_mae` (in the current precision policy)."""
-  model = MaskedAutoencoder(read_mae_config(directory)).build_for()
+  model = build_mae(read_mae_config(directory))
   _read_weights(model, directory)
   return model
 
@@ -368,3 +386,23 @@ def warm_start_source(
       if json.load(f).get("data_digest") == data_digest:
         return None, f"the blessed model's MAE ({mae_dir}) was trained on these same examples"
   return mae_dir, f"the MAE of the latest blessed model, {mae_dir}"
+
+
+def warm_start(
+    cfg: config_lib.RunConfig, blessed_model: Optional[str], data_digest: str
+) -> Tuple[config_lib.RunConfig, Optional[str], Dict[str, Optional[str]]]:
+  """The warm-start rule of a run (`warm_start_source` decides): (the config
+  to train with, `pretrain.warm_start_epochs` as its epochs when it starts
+  from a blessed model's MAE; that MAE's directory or None; {source,
+  reason} for the run's summary). Logs which."""
+  source, reason = warm_start_source(cfg, blessed_model, data_digest)
+  if source:
+    cfg = dataclasses.replace(
+        cfg, pretrain=dataclasses.replace(cfg.pretrain, epochs=cfg.pretrain.warm_start_epochs)
+    )
+    run_log.log.info(
+        "[%s] warm start from %s: %d epochs", names.MAE_TRAINER, reason, cfg.pretrain.epochs
+    )
+  else:
+    run_log.log.info("[%s] from scratch: %s", names.MAE_TRAINER, reason)
+  return cfg, source, dict(source=source, reason=reason)

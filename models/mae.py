@@ -41,12 +41,18 @@ def unpatchify(x: tf.Tensor, patch_size: int, channels: int = 3) -> tf.Tensor:
   return tf.reshape(x, [b, g * patch_size, g * patch_size, channels])
 
 
-def sincos_pos_embed(embed_dim: int, grid_size: int) -> np.ndarray:
-  """Fixed 2-D sin-cos position embedding, [grid_size**2, embed_dim]."""
+def sincos_pos_embed(embed_dim: int, grid_size: int, span: Optional[int] = None) -> np.ndarray:
+  """Fixed 2-D sin-cos position embedding, [grid_size**2, embed_dim].
+
+  `span`: the grid the positions cover (default `grid_size`). A smaller
+  view (a local crop) fed at its own size gets grid_size < span positions
+  spread over the full image's range, the sin-cos function sampled where
+  DINO's interpolated table would be: (i + 1/2) * span / grid_size - 1/2.
+  """
   assert embed_dim % 4 == 0, "embed_dim must be divisible by 4"
-  gy, gx = np.meshgrid(
-      np.arange(grid_size, dtype=np.float64), np.arange(grid_size, dtype=np.float64), indexing="ij"
-  )
+  span = span or grid_size
+  pos = (np.arange(grid_size, dtype=np.float64) + 0.5) * span / grid_size - 0.5
+  gy, gx = np.meshgrid(pos, pos, indexing="ij")
 
   def embed_1d(pos):  # [L] -> [L, D/2]
     omega = 1.0 / 10000 ** (np.arange(embed_dim // 4) / (embed_dim / 4.0))
@@ -209,9 +215,12 @@ class Encoder(tf.keras.layers.Layer):
     ]
     self.norm = LayerNorm(name="norm")
 
-  def _embed(self, imgs):  # -> [B, L, D]
+  def _embed(self, imgs):  # -> [B, L, D]; L = (H/p)^2, fewer for a smaller view
     x = self.patch_embed(patchify(imgs, self.cfg.patch_size))
-    return x + tf.cast(self.pos_embed, x.dtype)
+    grid = imgs.shape[1] // self.cfg.patch_size
+    full = self.cfg.image_size // self.cfg.patch_size
+    pos = self.pos_embed if grid == full else sincos_pos_embed(self.cfg.embed_dim, grid, full)[None]
+    return x + tf.cast(pos, x.dtype)
 
   def _prepend_cls(self, x):  # [B, N, D] -> [B, T, D]
     if not self.cfg.cls_token:
@@ -305,75 +314,6 @@ def masked_patch_loss(imgs, pred, mask, patch_size: int, norm_pix_loss: bool) ->
   return tf.reduce_sum(per_patch * mask) / tf.reduce_sum(mask)
 
 
-def uniformity_loss(latent: tf.Tensor, tau: float, prefix_tokens: int = 0) -> tf.Tensor:
-  """U-MAE's regulariser: mean over the batch's pairs of (cos sim / tau)^2 of
-  the pooled visible tokens (the [CLS] token when there is one). [B, T, D] -> ()."""
-  z = tf.math.l2_normalize(pool_tokens(latent, prefix_tokens), axis=-1)  # [B, D]
-  sim = tf.matmul(z, z, transpose_b=True) / tau  # [B, B]
-  return tf.reduce_mean(tf.square(sim))
-
-
-def merge_views(x: tf.Tensor) -> tf.Tensor:
-  """[B, 2, ...] -> [2B, ...], view-major: image i's views at i and B + i."""
-  first, second = tf.unstack(x, axis=1)
-  return tf.concat([first, second], axis=0)
-
-
-def contrastive_loss(z: tf.Tensor, tau: float) -> tf.Tensor:
-  """InfoNCE (SimCLR's NT-Xent) over 2B projections, view-major: row i's
-  positive is row (i + B) mod 2B, the other 2B - 2 rows are its negatives.
-  [2B, P] -> () float32."""
-  z = tf.math.l2_normalize(tf.cast(z, tf.float32), axis=-1)
-  n = tf.shape(z)[0]
-  logits = tf.matmul(z, z, transpose_b=True) / tau  # [2B, 2B]
-  logits -= 1e9 * tf.eye(n)  # not itself
-  positives = (tf.range(n) + n // 2) % n
-  return tf.reduce_mean(
-      tf.nn.sparse_softmax_cross_entropy_with_logits(labels=positives, logits=logits)
-  )
-
-
-def momentum_contrastive_loss(q: tf.Tensor, k: tf.Tensor, tau: float) -> tf.Tensor:
-  """MoCo v3's InfoNCE of 2B student predictions against 2B teacher keys,
-  view-major: query i's positive is the key of the other view of its image,
-  the other images' keys of that view are its negatives. The keys carry no
-  gradient. [2B, P], [2B, P] -> () float32."""
-  q = tf.math.l2_normalize(tf.cast(q, tf.float32), axis=-1)
-  k = tf.math.l2_normalize(tf.cast(tf.stop_gradient(k), tf.float32), axis=-1)
-  q1, q2 = tf.split(q, 2)
-  k1, k2 = tf.split(k, 2)
-  labels = tf.range(tf.shape(q1)[0])
-
-  def ce(queries, keys):
-    logits = tf.matmul(queries, keys, transpose_b=True) / tau  # [B, B]
-    return tf.reduce_mean(
-        tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
-    )
-
-  return (ce(q1, k2) + ce(q2, k1)) / 2
-
-
-def teacher_momentum(base: float, progress: tf.Tensor) -> tf.Tensor:
-  """The EMA momentum at `progress` (0 to 1) of training: `base` rising to 1
-  on a half cosine (BYOL, DINO)."""
-  progress = tf.clip_by_value(tf.cast(progress, tf.float32), 0.0, 1.0)
-  return 1.0 - (1.0 - base) * (tf.cos(np.pi * progress) + 1.0) / 2.0
-
-
-class Projector(tf.keras.layers.Layer):
-  """The contrastive term's MLP head on the pooled embedding (training only);
-  also the momentum teacher's predictor."""
-
-  def __init__(self, hidden: int, dim: int, **kwargs):
-    super().__init__(**kwargs)
-    self.fc1 = tf.keras.layers.Dense(hidden, activation=tf.nn.gelu, name="fc1")
-    self.fc2 = tf.keras.layers.Dense(dim, name="fc2")
-
-  def call(self, x):
-    """[B, D] -> [B, P]."""
-    return self.fc2(self.fc1(x))
-
-
 # --------------------------------------------------------------------------
 # The model
 # --------------------------------------------------------------------------
@@ -381,7 +321,10 @@ class MaskedAutoencoder(tf.keras.Model):
   """MAE: `call(imgs)` -> (loss, pred, mask); `embed(imgs)` -> embeddings.
 
   The model only: how it is trained (optimizer, precision, distribution, XLA)
-  is `models.engine_pretrain`.
+  is `models.engine_pretrain`; the joint-embedding terms beside the
+  reconstruction (views, contrastive, variance-covariance) are
+  `models.joint_embedding`, and `models.joint_embedding.build_mae` picks
+  the class a config needs.
   """
 
   def __init__(self, cfg: ModelConfig, **kwargs):
@@ -389,88 +332,37 @@ class MaskedAutoencoder(tf.keras.Model):
     self.cfg = cfg
     self.encoder = Encoder(cfg, name="encoder")
     self.decoder = Decoder(cfg, name="decoder")
-    self.projector = (
-        Projector(cfg.projector_hidden, cfg.projector_dim, name="projector")
-        if cfg.contrastive_weight
-        else None
-    )
-    # The momentum teacher: copies of the encoder and projector that only
-    # `update_teacher` changes, and the student's predictor.
-    self.teacher = self.teacher_projector = self.predictor = None
-    if cfg.contrastive_weight and cfg.teacher_momentum:
-      self.teacher = Encoder(cfg, name="teacher_encoder", trainable=False)
-      self.teacher_projector = Projector(
-          cfg.projector_hidden, cfg.projector_dim, name="teacher_projector", trainable=False
-      )
-      self.predictor = Projector(cfg.projector_hidden, cfg.projector_dim, name="predictor")
+
+  def forward_encoder(self, imgs, noise=None, last_blocks: int = 1):
+    """Imgs [B, H, W, C] -> latent [B, T_keep, last_blocks * D], mask [B, L],
+    ids_restore [B, L]."""
+    return self.encoder.forward_masked(imgs, self.cfg.mask_ratio, noise, last_blocks)
+
+  def forward_decoder(self, latent, ids_restore):
+    """Latent [B, T_keep, D], ids_restore [B, L] -> pred [B, L, P]."""
+    return self.decoder(latent, ids_restore)
+
+  def forward_loss(self, imgs, pred, mask):
+    """The masked patches' mean squared error, () float32."""
+    return masked_patch_loss(imgs, pred, mask, self.cfg.patch_size, self.cfg.norm_pix_loss)
 
   def call(self, imgs, training=False, noise=None):
-    """Imgs [B, H, W, C] (or two views of each image, [B, 2, H, W, C]),
-    noise [B, L] (or [B, 2, L]) or None -> (loss, pred [B', L, P],
-    mask [B', L]); B' = 2B for two views, which are reconstructed both, and
-    tied by the contrastive term when the config has one."""
-    views = imgs.shape.rank == 5
-    if views:
-      imgs = merge_views(imgs)  # [2B, H, W, C]
-      noise = merge_views(noise) if noise is not None else None
-    contrast = views and self.projector is not None
-    blocks = self.cfg.contrastive_blocks if contrast else 1
-    latent_blocks, mask, ids_restore = self.encoder.forward_masked(
-        imgs, self.cfg.mask_ratio, noise, blocks
-    )  # [B', T_keep, blocks * D]
-    latent = latent_blocks[..., -self.cfg.embed_dim :]  # the last block's tokens
-    pred = self.decoder(latent, ids_restore)
-    loss = masked_patch_loss(imgs, pred, mask, self.cfg.patch_size, self.cfg.norm_pix_loss)
-    prefix = self.cfg.num_prefix_tokens
-    if self.cfg.uniformity_weight:
-      loss += self.cfg.uniformity_weight * uniformity_loss(latent, self.cfg.uniformity_tau, prefix)
-    if contrast:
-      z = self.projector(pool_tokens(latent_blocks, prefix))  # [2B, P]
-      if self.teacher is None:
-        loss += self.cfg.contrastive_weight * contrastive_loss(z, self.cfg.contrastive_tau)
-      else:
-        loss += self.cfg.contrastive_weight * momentum_contrastive_loss(
-            self.predictor(z), self.teacher_keys(imgs, noise), self.cfg.contrastive_tau
-        )
-    return loss, pred, mask
-
-  def teacher_keys(self, imgs, noise=None) -> tf.Tensor:
-    """The teacher's projections of the views [2B, H, W, C] -> [2B, P],
-    without gradient. A masked teacher keeps the patches the student
-    dropped first (the reversed noise)."""
-    ratio, blocks = self.cfg.teacher_mask_ratio, self.cfg.contrastive_blocks
-    if ratio:
-      latent, _, _ = self.teacher.forward_masked(
-          imgs, ratio, None if noise is None else 1.0 - noise, blocks
-      )
-    else:
-      latent = self.teacher(imgs, last_blocks=blocks)
-    keys = self.teacher_projector(pool_tokens(latent, self.cfg.num_prefix_tokens))
-    return tf.stop_gradient(keys)
-
-  def teacher_pairs(self):
-    """(teacher variable, student variable) pairs, in the same order."""
-    return list(
-        zip(
-            self.teacher.weights + self.teacher_projector.weights,
-            self.encoder.weights + self.projector.weights,
-        )
-    )
-
-  def update_teacher(self, momentum) -> None:
-    """Teacher = momentum * teacher + (1 - momentum) * student."""
-    for teacher, student in self.teacher_pairs():
-      teacher.assign(momentum * teacher + (1.0 - momentum) * tf.cast(student, teacher.dtype))
+    """Imgs [B, H, W, C], noise [B, L] or None -> (loss, pred [B, L, P],
+    mask [B, L])."""
+    latent, mask, ids_restore = self.forward_encoder(imgs, noise)
+    pred = self.forward_decoder(latent, ids_restore)
+    return self.forward_loss(imgs, pred, mask), pred, mask
 
   def embed(self, imgs) -> tf.Tensor:
     """[B, H, W, C] -> [B, D] float32 (see `Encoder.embed`)."""
     return self.encoder.embed(imgs)
 
+  def dummy_batch(self, batch: int = 2):
+    """Zeros shaped like a training batch, for `build_for`."""
+    c = self.cfg
+    return tf.zeros([batch, c.image_size, c.image_size, 3])
+
   def build_for(self, batch: int = 2):
     """Creates every variable by running a dummy batch."""
-    c = self.cfg
-    views = [2] if self.projector is not None else []
-    self(tf.zeros([batch, *views, c.image_size, c.image_size, 3]))
-    if self.teacher is not None:
-      self.update_teacher(0.0)  # the teacher starts as the student
+    self(self.dummy_batch(batch))
     return self

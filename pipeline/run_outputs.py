@@ -313,7 +313,7 @@ class RunOutputs:
     from tfx.utils import path_utils
     from models import config as config_lib
     from models import data, engine_pretrain, engine_probe
-    from models.mae import MaskedAutoencoder
+    from models.joint_embedding import build_mae
 
     cfg = config_lib.RunConfig.from_dict(self.summary(names.MAE_TRAINER)["run_config"])
     pretrained = engine_pretrain.load_mae(
@@ -322,7 +322,7 @@ class RunOutputs:
     tf.keras.utils.set_random_seed(cfg.runtime.seed)
     encoders = {
         "pretrained": pretrained.encoder,
-        "random init": MaskedAutoencoder(pretrained.cfg).build_for().encoder,
+        "random init": build_mae(pretrained.cfg).encoder,
     }
     files = {
         s: names.split_files(self.uri("ExampleGen", "Examples"), s)

@@ -330,7 +330,7 @@ def export_random_classifier(tf_transform_output, export_dir, feature_blocks=1, 
   import tensorflow as tf
   from models import config as config_lib
   from models.linear_probe import ProbeClassifier, build_probe_head
-  from models.mae import MaskedAutoencoder
+  from models.joint_embedding import build_mae
   from models.signatures import export_saved_model
 
   tf.keras.utils.set_random_seed(seed)
@@ -338,7 +338,7 @@ def export_random_classifier(tf_transform_output, export_dir, feature_blocks=1, 
   class_names = cifar10_class_names()
   dim = cfg.embed_dim * feature_blocks
   classifier = ProbeClassifier(
-      MaskedAutoencoder(cfg).build_for().encoder,
+      build_mae(cfg).encoder,
       build_probe_head(dim, len(class_names)),
       class_names,
       feature_blocks,

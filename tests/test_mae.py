@@ -7,10 +7,10 @@ import pytest
 import tensorflow as tf
 
 from models.config import get_profile
+from models.joint_embedding import build_mae
 from models.mae import (
     Attention,
     LayerNorm,
-    MaskedAutoencoder,
     masked_patch_loss,
     patchify,
     random_masking,
@@ -18,7 +18,8 @@ from models.mae import (
     unpatchify,
 )
 
-TINY = get_profile("smoke").model
+# The plain MAE (the smoke profile without its contrastive term).
+TINY = dataclasses.replace(get_profile("smoke").model, contrastive_weight=0.0)
 TINY_CLS = dataclasses.replace(TINY, cls_token=True)
 
 
@@ -93,7 +94,7 @@ def test_sincos_pos_embed_is_distinct_per_position():
 
 @pytest.mark.parametrize("cfg", [TINY, TINY_CLS], ids=["mean_pool", "cls_token"])
 def test_encoder_sees_only_visible_tokens_and_decoder_predicts_all(cfg):
-  model = MaskedAutoencoder(cfg).build_for()
+  model = build_mae(cfg)
   imgs = tf.random.normal([3, 32, 32, 3])
   latent, mask, ids_restore = model.encoder.forward_masked(imgs, cfg.mask_ratio)
   assert latent.shape == (3, cfg.num_prefix_tokens + 16, cfg.embed_dim)
@@ -106,11 +107,11 @@ def test_encoder_sees_only_visible_tokens_and_decoder_predicts_all(cfg):
 
 def test_embedding_is_the_patch_mean_or_the_cls_token():
   imgs = tf.random.normal([2, 32, 32, 3])
-  plain = MaskedAutoencoder(TINY).build_for()
+  plain = build_mae(TINY)
   tokens = plain.encoder(imgs)  # [B, L, D]
   assert tokens.shape == (2, 64, TINY.embed_dim)
   np.testing.assert_allclose(plain.embed(imgs), tf.reduce_mean(tokens, 1), atol=1e-6)
-  cls = MaskedAutoencoder(TINY_CLS).build_for()
+  cls = build_mae(TINY_CLS)
   tokens = cls.encoder(imgs)  # [B, 1 + L, D]
   assert tokens.shape == (2, 65, TINY.embed_dim)
   np.testing.assert_allclose(cls.embed(imgs), tokens[:, 0], atol=1e-6)
@@ -126,7 +127,7 @@ def test_embedding_is_the_patch_mean_or_the_cls_token():
 
 def test_decoder_uses_position_embeddings():
   """Same latent tokens, different restore order -> different predictions."""
-  model = MaskedAutoencoder(TINY).build_for()
+  model = build_mae(TINY)
   latent = tf.random.normal([1, 16, TINY.embed_dim])
   ids = tf.range(64)[None]
   a = model.decoder(latent, ids)
@@ -139,7 +140,7 @@ def test_train_step_reduces_loss_on_a_fixed_batch(cfg):
   from models.engine_pretrain import PretrainingModel
 
   tf.keras.utils.set_random_seed(0)
-  model = MaskedAutoencoder(cfg).build_for()
+  model = build_mae(cfg)
   trainer = PretrainingModel(model)
   trainer.compile(optimizer=tf.keras.optimizers.AdamW(1e-3))
   imgs = tf.random.normal([8, 32, 32, 3])
@@ -155,7 +156,7 @@ def test_mixed_bfloat16_forward_returns_float32_loss():
   from models.precision import precision_policy
 
   with precision_policy("mixed_bfloat16"):
-    model = MaskedAutoencoder(TINY).build_for()
+    model = build_mae(TINY)
     loss, pred, _ = model(tf.random.normal([2, 32, 32, 3]))
   assert loss.dtype == tf.float32 and pred.dtype == tf.bfloat16
   assert tf.keras.mixed_precision.global_policy().name == "float32"
@@ -194,7 +195,7 @@ def test_attention_on_flattened_tokens_matches_per_head_reference():
 
 def test_xla_compiled_forward_matches_plain_graph():
   """The train step is jit-compiled; serving graphs are not: same numbers."""
-  model = MaskedAutoencoder(TINY).build_for()
+  model = build_mae(TINY)
   imgs, noise = tf.random.normal([4, 32, 32, 3]), tf.random.uniform([4, 64])
   plain = tf.function(lambda i, z: model(i, noise=z)[0])
   xla = tf.function(lambda i, z: model(i, noise=z)[0], jit_compile=True)
@@ -202,7 +203,7 @@ def test_xla_compiled_forward_matches_plain_graph():
 
 
 def test_encoder_can_give_the_last_blocks_side_by_side():
-  model = MaskedAutoencoder(TINY).build_for()
+  model = build_mae(TINY)
   enc, imgs = model.encoder, tf.random.normal([2, 32, 32, 3])
   np.testing.assert_allclose(enc(imgs, last_blocks=1), enc(imgs), atol=1e-6)
   x = enc._embed(imgs)
@@ -222,163 +223,3 @@ def test_encoder_can_give_the_last_blocks_side_by_side():
   assert enc.embed(imgs, last_blocks=1).shape == (2, TINY.embed_dim)
   with pytest.raises(ValueError, match=r"last_blocks must be in \[1, 2\], got 3"):
     enc(imgs, last_blocks=3)
-
-
-def test_uniformity_term_measures_collapse_and_adds_to_the_loss():
-  from models.mae import uniformity_loss
-
-  same = tf.ones([4, 5, 8])  # every image one direction
-  spread = tf.reshape(tf.eye(8)[:4], [4, 1, 8]) * tf.ones([1, 5, 1])  # orthogonal
-  assert float(uniformity_loss(same, 0.1)) == pytest.approx(100.0)
-  assert float(uniformity_loss(spread, 0.1)) == pytest.approx(100.0 / 4)  # the diagonal only
-  imgs = tf.random.normal([4, 32, 32, 3])
-  noise = tf.random.uniform([4, 64])
-  tf.keras.utils.set_random_seed(0)
-  pure = MaskedAutoencoder(TINY).build_for()
-  tf.keras.utils.set_random_seed(0)
-  umae = MaskedAutoencoder(dataclasses.replace(TINY, uniformity_weight=0.01)).build_for()
-  umae.set_weights(pure.get_weights())
-  latent, _, _ = pure.encoder.forward_masked(imgs, TINY.mask_ratio, noise)
-  expected = float(pure(imgs, noise=noise)[0]) + 0.01 * float(uniformity_loss(latent, 0.1))
-  assert float(umae(imgs, noise=noise)[0]) == pytest.approx(expected, rel=1e-5)
-
-
-def test_contrastive_loss_is_infonce_with_the_other_view_as_positive():
-  from models.mae import contrastive_loss
-
-  rng = np.random.RandomState(0)
-  z = rng.randn(6, 5).astype(np.float32)  # 3 images x 2 views, view-major
-  zn = z / np.linalg.norm(z, axis=1, keepdims=True)
-  logits = zn @ zn.T / 0.2
-  np.fill_diagonal(logits, -np.inf)
-  positives = (np.arange(6) + 3) % 6
-  log_softmax = logits - np.log(np.exp(logits).sum(1, keepdims=True))
-  expected = -log_softmax[np.arange(6), positives].mean()
-  assert float(contrastive_loss(tf.constant(z), 0.2)) == pytest.approx(expected, rel=1e-5)
-  # Two views that agree, far from the other images': near zero.
-  agreeing = np.concatenate([np.eye(5)[:3], np.eye(5)[:3]]).astype(np.float32)
-  assert float(contrastive_loss(tf.constant(agreeing), 0.05)) < 1e-6
-
-
-def test_two_views_are_masked_apart_reconstructed_both_and_tied_by_the_term():
-  from models.mae import contrastive_loss, merge_views, pool_tokens
-
-  cfg = dataclasses.replace(TINY, contrastive_weight=0.5)
-  tf.keras.utils.set_random_seed(0)
-  can = MaskedAutoencoder(cfg).build_for()
-  views = tf.random.normal([4, 2, 32, 32, 3])
-  noise = tf.random.uniform([4, 2, 64])
-  loss, pred, mask = can(views, noise=noise)
-  assert pred.shape == (8, 64, 48) and mask.shape == (8, 64)
-  flat_imgs, flat_noise = merge_views(views), merge_views(noise)
-  np.testing.assert_array_equal(flat_imgs[4].numpy(), views[0, 1].numpy())  # view-major
-  # Same weights without the term (views flattened): the loss differs by exactly it.
-  recon, _, _ = can(flat_imgs, noise=flat_noise)
-  latent, _, _ = can.encoder.forward_masked(flat_imgs, cfg.mask_ratio, flat_noise)
-  term = contrastive_loss(can.projector(pool_tokens(latent)), cfg.contrastive_tau)
-  assert float(loss) == pytest.approx(float(recon) + 0.5 * float(term), rel=1e-5)
-  # The term trains with the MAE (the projector gets gradients) under fit's step.
-  from models.engine_pretrain import PretrainingModel
-
-  trainer = PretrainingModel(can)
-  trainer.compile(optimizer=tf.keras.optimizers.AdamW(1e-3))
-  before = [v.numpy().copy() for v in can.projector.trainable_variables]
-  trainer.train_step(views)
-  assert all(
-      not np.allclose(b, v.numpy()) for b, v in zip(before, can.projector.trainable_variables)
-  )
-
-
-def test_contrastive_term_can_project_the_last_blocks_side_by_side():
-  """contrastive_blocks = k: the projector sees the k blocks' pooled tokens
-  (k * D), the decoder still the last block's, and the early blocks get the
-  term's gradient through their own pooled tokens."""
-  from models.mae import contrastive_loss, merge_views, pool_tokens
-
-  cfg = dataclasses.replace(TINY, contrastive_weight=0.5, contrastive_blocks=2)
-  tf.keras.utils.set_random_seed(0)
-  can = MaskedAutoencoder(cfg).build_for()
-  assert can.projector.fc1.kernel.shape == (2 * cfg.embed_dim, cfg.projector_hidden)
-  views = tf.random.normal([4, 2, 32, 32, 3])
-  noise = tf.random.uniform([4, 2, 64])
-  loss, pred, _ = can(views, noise=noise)
-  flat_imgs, flat_noise = merge_views(views), merge_views(noise)
-  recon, recon_pred, _ = can(flat_imgs, noise=flat_noise)
-  np.testing.assert_allclose(pred.numpy(), recon_pred.numpy(), rtol=1e-5, atol=1e-6)
-  both, _, _ = can.encoder.forward_masked(flat_imgs, cfg.mask_ratio, flat_noise, 2)
-  last, _, _ = can.encoder.forward_masked(flat_imgs, cfg.mask_ratio, flat_noise)
-  assert both.shape == (8, 16, 2 * cfg.embed_dim)
-  np.testing.assert_allclose(both[..., cfg.embed_dim :].numpy(), last.numpy(), rtol=1e-6)
-  term = contrastive_loss(can.projector(pool_tokens(both)), cfg.contrastive_tau)
-  assert float(loss) == pytest.approx(float(recon) + 0.5 * float(term), rel=1e-5)
-  with pytest.raises(ValueError, match="contrastive_blocks must be in"):
-    get_profile("smoke", {"model": {"contrastive_blocks": 3}})
-
-
-def test_momentum_contrastive_loss_is_moco_v3_infonce_against_the_other_views_keys():
-  from models.mae import momentum_contrastive_loss
-
-  rng = np.random.RandomState(1)
-  q, k = rng.randn(6, 5).astype(np.float32), rng.randn(6, 5).astype(np.float32)
-  qn = q / np.linalg.norm(q, axis=1, keepdims=True)
-  kn = k / np.linalg.norm(k, axis=1, keepdims=True)
-
-  def ce(queries, keys):
-    logits = queries @ keys.T / 0.2
-    log_softmax = logits - np.log(np.exp(logits).sum(1, keepdims=True))
-    return -np.diag(log_softmax).mean()
-
-  expected = (ce(qn[:3], kn[3:]) + ce(qn[3:], kn[:3])) / 2
-  assert float(momentum_contrastive_loss(tf.constant(q), tf.constant(k), 0.2)) == pytest.approx(
-      expected, rel=1e-5
-  )
-  # The keys carry no gradient; the queries do.
-  qv, kv = tf.Variable(q), tf.Variable(k)
-  with tf.GradientTape() as tape:
-    loss = momentum_contrastive_loss(qv, kv, 0.2)
-  grad_q, grad_k = tape.gradient(loss, [qv, kv])
-  assert grad_k is None and float(tf.reduce_max(tf.abs(grad_q))) > 0
-
-
-def test_teacher_momentum_rises_from_its_base_to_one_on_a_cosine():
-  from models.mae import teacher_momentum
-
-  values = [float(teacher_momentum(0.99, p)) for p in (0.0, 0.5, 1.0, 2.0)]
-  assert values == pytest.approx([0.99, 0.995, 1.0, 1.0])
-
-
-@pytest.mark.parametrize("teacher_mask_ratio", [0.0, 0.5])
-def test_the_momentum_teacher_follows_the_student_by_ema_never_by_gradient(teacher_mask_ratio):
-  """The teacher starts as a copy of the encoder and projector, has no
-  trainable variable, and after a step equals m * itself + (1 - m) * the
-  updated student; its keys have the projection's shape; the loss falls on
-  a fixed tiny batch."""
-  from models.engine_pretrain import PretrainingModel
-  from models.mae import teacher_momentum
-
-  cfg = dataclasses.replace(
-      TINY, contrastive_weight=0.5, teacher_momentum=0.9, teacher_mask_ratio=teacher_mask_ratio
-  )
-  tf.keras.utils.set_random_seed(0)
-  mae = MaskedAutoencoder(cfg).build_for()
-  pairs = mae.teacher_pairs()
-  assert len(pairs) == len(mae.encoder.weights) + len(mae.projector.weights)
-  assert all(np.array_equal(t.numpy(), s.numpy()) for t, s in pairs)
-  trainable = {id(v) for v in mae.trainable_variables}
-  assert not any(id(t) in trainable for t, _ in pairs)
-  assert {id(v) for v in mae.predictor.trainable_variables} <= trainable
-  views = tf.random.normal([8, 2, 32, 32, 3])
-  keys = mae.teacher_keys(tf.reshape(tf.transpose(views, [1, 0, 2, 3, 4]), [16, 32, 32, 3]))
-  assert keys.shape == (16, cfg.projector_dim)
-
-  trainer = PretrainingModel(mae, total_steps=40)
-  trainer.compile(optimizer=tf.keras.optimizers.AdamW(1e-3))
-  losses = []
-  for step in range(6):
-    teacher_before = [t.numpy().copy() for t, _ in pairs]
-    losses.append(float(trainer.train_step(views)["loss"]))
-    m = float(teacher_momentum(0.9, (step + 1) / 40))
-    for (t, s), before in zip(pairs, teacher_before):
-      np.testing.assert_allclose(t.numpy(), m * before + (1 - m) * s.numpy(), rtol=1e-5, atol=1e-6)
-  assert losses[-1] < losses[0]
-  assert not all(np.array_equal(t.numpy(), s.numpy()) for t, s in pairs)

@@ -11,7 +11,7 @@ from models import config as config_lib
 from models import data
 from models.engine_probe import extract_features, linear_probe, train_probe
 from models.evaluation import evaluate_knn, fit_whitening
-from models.mae import MaskedAutoencoder
+from models.joint_embedding import build_mae
 from models.names import KNN_K, KNN_KS
 from tests.conftest import cifar10_class_names
 
@@ -19,7 +19,7 @@ from tests.conftest import cifar10_class_names
 @pytest.fixture(scope="module")
 def encoder():
   tf.keras.utils.set_random_seed(0)
-  return MaskedAutoencoder(config_lib.get_profile("smoke").model).build_for().encoder
+  return build_mae(config_lib.get_profile("smoke").model).encoder
 
 
 def test_streamed_features_equal_the_in_memory_ones(

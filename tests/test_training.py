@@ -10,6 +10,7 @@ import tensorflow as tf
 
 from models import config as config_lib
 from models import names
+from models.joint_embedding import build_mae
 from models.mae import MaskedAutoencoder
 from models.engine_pretrain import (compile_mae, load_mae, pretrain, save_mae, warm_start_source)
 from models.optimization import WarmupCosine, adamw, no_decay, scaled_lr
@@ -29,7 +30,7 @@ def test_lr_scales_with_batch():
 
 
 def test_weight_decay_follows_schedule_and_skips_norms_biases_embeddings():
-  model = MaskedAutoencoder(config_lib.get_profile("smoke").model).build_for()
+  model = build_mae(config_lib.get_profile("smoke").model)
   decayed = [v.name for v in model.trainable_variables if not no_decay(v)]
   skipped = [v.name for v in model.trainable_variables if no_decay(v)]
   assert all("kernel" in n for n in decayed) and decayed
@@ -52,7 +53,7 @@ def test_weight_decay_follows_schedule_and_skips_norms_biases_embeddings():
 @pytest.mark.parametrize("cls_token", [False, True])
 def test_save_and_load_mae_round_trip(tmp_path, cls_token):
   cfg = dataclasses.replace(config_lib.get_profile("smoke").model, cls_token=cls_token)
-  model = MaskedAutoencoder(cfg).build_for()
+  model = build_mae(cfg)
   save_mae(model, str(tmp_path))
   loaded = load_mae(str(tmp_path))
   imgs = tf.random.normal([2, 32, 32, 3])
@@ -63,7 +64,7 @@ def test_an_mae_saved_before_the_contrastive_term_loads_as_the_pure_mae(tmp_path
   """Its config.json has no contrastive_weight: it was trained without one
   (and has no projector), whatever today's default."""
   cfg = dataclasses.replace(config_lib.get_profile("smoke").model, contrastive_weight=0.0)
-  model = MaskedAutoencoder(cfg).build_for()
+  model = build_mae(cfg)
   save_mae(model, str(tmp_path))
   config_file = tmp_path / "config.json"
   saved = json.loads(config_file.read_text())
@@ -82,7 +83,7 @@ def test_an_mae_saved_before_contrastive_blocks_loads_with_its_one_block_project
   cfg = dataclasses.replace(
       config_lib.get_profile("smoke").model, contrastive_weight=0.03, contrastive_blocks=1
   )
-  model = MaskedAutoencoder(cfg).build_for()
+  model = build_mae(cfg)
   save_mae(model, str(tmp_path))
   config_file = tmp_path / "config.json"
   saved = json.loads(config_file.read_text())
@@ -101,7 +102,7 @@ def _blessed_model_carrying(tmp_path, model_cfg, data_digest="digest-of-span-1")
   `model_cfg` trained on data with `data_digest`; returns (serving dir, MAE)."""
   serving = tmp_path / "model" / "Format-Serving"
   serving.mkdir(parents=True)
-  mae = MaskedAutoencoder(model_cfg).build_for()
+  mae = build_mae(model_cfg)
   save_mae(mae, names.carried_mae_dir(str(serving)), training={"data_digest": data_digest})
   return str(serving), mae
 
@@ -325,7 +326,7 @@ def test_an_mae_with_a_momentum_teacher_saves_and_loads(tmp_path):
   """The teacher is saved with the model (a resumed run needs it) and
   loads back; the embedding is the student's."""
   cfg = dataclasses.replace(config_lib.get_profile("smoke").model, teacher_momentum=0.99)
-  model = MaskedAutoencoder(cfg).build_for()
+  model = build_mae(cfg)
   for teacher, _ in model.teacher_pairs():  # not the student's copy: a real round trip
     teacher.assign(teacher + 0.25)
   save_mae(model, str(tmp_path))

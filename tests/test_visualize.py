@@ -3,7 +3,7 @@
 import numpy as np
 
 from models.config import get_profile
-from models.mae import MaskedAutoencoder
+from models.joint_embedding import build_mae
 from models.visualize import reconstruction_grid, to_pixel_scale
 
 
@@ -17,7 +17,7 @@ def test_pixel_scale_inverts_per_channel_standardisation():
 
 def test_grid_rows_are_original_masked_reconstruction():
   cfg = get_profile("smoke").model
-  model = MaskedAutoencoder(cfg).build_for()
+  model = build_mae(cfg)
   raw = np.random.RandomState(1).rand(8, 32, 32, 3).astype(np.float32)
   normalised = (raw - 0.45) / 0.25
   grid = reconstruction_grid(model, normalised, raw, scale=1)
