@@ -249,6 +249,11 @@ class ProbeConfig:
   # whitening_shrinkage x the largest (benchmarks/RESULTS.md, issue 16).
   whitening: bool = True
   whitening_shrinkage: float = 1e-4
+  # Directions (in the whitening) and features (in the probe head) whose
+  # train variance is below this x the largest are dropped: they hold
+  # rounding noise, not signal, and a classifier that reads them breaks
+  # when the encoder computes less exactly (bfloat16, a GPU's TF32).
+  variance_floor: float = 1e-5
   # The k-NN classifier's bank (the first N train embeddings, saved with the
   # exported model so TFMA scores its predictions): 50,000 x 640 float16 is
   # 64 MB; a larger train split is measured against its first N.

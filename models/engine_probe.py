@@ -23,7 +23,7 @@ from models import config as config_lib
 from models import names, optimization, progress, run_log, runtime
 from models.names import KNN_K, KNN_KS
 from models.evaluation import evaluate_knn, fit_whitening
-from models.linear_probe import FEATURE_BN, ProbeClassifier, build_probe_head
+from models.linear_probe import FEATURE_BN, ProbeClassifier, build_probe_head, drop_empty_features
 from models.mae import Encoder
 
 PROBE_STEPS_PER_EXECUTION = 32
@@ -64,13 +64,17 @@ def train_probe(
           f"outside the {num_classes} classes [0, {num_classes - 1}]"
       )
   tf.keras.utils.set_random_seed(seed)
-  head = build_probe_head(train_features.shape[1], num_classes)
+  variance = train_features.var(0)
+  # The BatchNorm divides by sqrt(variance + epsilon): epsilon at the
+  # floor keeps a near-empty feature from being scaled up a thousandfold.
+  epsilon = max(1e-6, cfg.variance_floor * float(variance.max()))
+  head = build_probe_head(train_features.shape[1], num_classes, epsilon)
   # The BatchNorm's moving statistics (what inference uses) start at the
   # features' exact mean and variance instead of 0 and 1: their moving
   # average forgets its start only after a few hundred steps, and a small
   # data set trains fewer, so with features far from zero mean the start
   # would decide the predictions.
-  head.get_layer(FEATURE_BN).set_weights([train_features.mean(0), train_features.var(0)])
+  head.get_layer(FEATURE_BN).set_weights([train_features.mean(0), variance])
   steps_per_epoch = int(np.ceil(len(train_features) / cfg.batch_size))
   schedule = optimization.WarmupCosine(
       optimization.scaled_lr(cfg.base_lr, cfg.batch_size),
@@ -97,6 +101,15 @@ def train_probe(
       validation_data=(eval_features, eval_labels),
       callbacks=[logger, tf.keras.callbacks.TensorBoard(log_dir, update_freq="epoch")],
   )
+  dropped = drop_empty_features(head, variance, cfg.variance_floor)
+  if dropped.any():
+    run_log.log.info(
+        "[%s] %d of %d features below the variance floor (%g x the largest): not read",
+        names.PROBE_TRAINER,
+        int(dropped.sum()),
+        len(dropped),
+        cfg.variance_floor,
+    )
   return head, logger.history
 
 
@@ -161,7 +174,9 @@ def linear_probe(
     extra["knn_unwhitened"] = {
         str(k): acc for k, acc in knn_accuracies(train_features[bank], eval_features).items()
     }
-    classifier.set_whitening(*fit_whitening(train_features, cfg.probe.whitening_shrinkage))
+    classifier.set_whitening(
+        *fit_whitening(train_features, cfg.probe.whitening_shrinkage, cfg.probe.variance_floor)
+    )
     train_features = classifier.whiten(train_features).numpy()
     eval_features = classifier.whiten(eval_features).numpy()
   head, history = train_probe(

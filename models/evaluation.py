@@ -14,22 +14,31 @@ def l2_normalise(x: np.ndarray) -> np.ndarray:
   return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
-def fit_whitening(features: np.ndarray, shrinkage: float = 1e-4) -> Tuple[np.ndarray, np.ndarray]:
+def fit_whitening(
+    features: np.ndarray, shrinkage: float = 1e-4, floor: float = 0.0
+) -> Tuple[np.ndarray, np.ndarray]:
   """PCA whitening fit on (unlabelled) training embeddings [N, D]: returns
   (mean [D], matrix [D, D]) float32 such that (x - mean) @ matrix has about
   identity covariance. Eigenvalues are shrunk by `shrinkage` x the largest
   before the inverse square root, so near-empty directions are not blown
-  up into noise.
+  up into noise; directions whose eigenvalue is below `floor` x the largest
+  are dropped (their columns are zero, so whatever the encoder puts there,
+  e.g. the rounding of a bfloat16 or TF32 matmul, never reaches the
+  embedding).
 
   Why: MAE embeddings are anisotropic (a few directions carry most of the
   variance), and cosine similarity on them mostly measures those
   directions; whitened, every direction counts the same (PCA whitening of
-  retrieval descriptors, Jegou & Chum 2012)."""
+  retrieval descriptors, Jegou & Chum 2012). The dropped ones are not
+  features: each LayerNorm'ed block output has an exactly constant
+  direction (its values' normalised sum), whose variance in float32 is
+  rounding noise."""
   x = features.astype(np.float64)
   mean = x.mean(axis=0)
   eigenvalues, eigenvectors = np.linalg.eigh(np.cov(x - mean, rowvar=False))
   eigenvalues = np.maximum(eigenvalues, 0.0)
   matrix = eigenvectors / np.sqrt(eigenvalues + shrinkage * eigenvalues.max() + 1e-12)
+  matrix[:, eigenvalues < floor * eigenvalues.max()] = 0.0
   return mean.astype(np.float32), matrix.astype(np.float32)
 
 

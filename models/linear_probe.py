@@ -21,18 +21,33 @@ from models.precision import precision_policy
 FEATURE_BN = "feature_bn"
 
 
-def build_probe_head(feature_dim: int, num_classes: int) -> tf.keras.Model:
-  """[B, D] features -> [B, num_classes] logits."""
+def build_probe_head(feature_dim: int, num_classes: int, epsilon: float = 1e-6) -> tf.keras.Model:
+  """[B, D] features -> [B, num_classes] logits. `epsilon`: the BatchNorm's
+  variance floor (`drop_empty_features` sets it from the features)."""
   features = tf.keras.Input([feature_dim], name="features")
-  x = tf.keras.layers.BatchNormalization(center=False, scale=False, epsilon=1e-6, name=FEATURE_BN)(
-      features
-  )
+  x = tf.keras.layers.BatchNormalization(
+      center=False, scale=False, epsilon=epsilon, name=FEATURE_BN
+  )(features)
   logits = tf.keras.layers.Dense(
       num_classes,
       name="classifier",
       kernel_initializer=tf.keras.initializers.TruncatedNormal(stddev=0.01),
   )(x)
   return tf.keras.Model(features, logits, name="linear_probe")
+
+
+def drop_empty_features(head: tf.keras.Model, variance: np.ndarray, floor: float) -> np.ndarray:
+  """Zeroes the classifier's weights of the features whose train variance
+  [D] is below `floor` x the largest: the BatchNorm would scale such a
+  feature by up to 1 / sqrt(epsilon), so whatever noise reaches it (a
+  bfloat16 encoder's rounding) would swing the logits. Returns the dropped
+  features' mask [D]."""
+  dropped = variance < floor * variance.max()
+  dense = head.get_layer("classifier")
+  kernel, bias = dense.get_weights()
+  kernel[dropped] = 0.0
+  dense.set_weights([kernel, bias])
+  return dropped
 
 
 class ProbeClassifier(tf.Module):
@@ -97,12 +112,13 @@ class ProbeClassifier(tf.Module):
     self.knn_labels = tf.Variable(np.asarray(labels, np.int64), trainable=False, name="knn_labels")
     self.knn_k = min(k, len(labels))
 
-  def knn_probabilities(self, images: tf.Tensor) -> tf.Tensor:
-    """[B, H, W, C] -> [B, K] the k nearest bank embeddings' weighted votes."""
+  def knn_probabilities(self, images: tf.Tensor, precision: str = "float32") -> tf.Tensor:
+    """[B, H, W, C] -> [B, K] the k nearest bank embeddings' weighted votes
+    (the encoder computing in `precision`)."""
     if self.knn_bank is None:
       raise ValueError("ProbeClassifier has no k-NN bank: call set_knn_bank first")
     return knn_votes(
-        self.embed(images),
+        self.embed(images, precision),
         self.knn_bank,
         self.knn_labels,
         self.knn_k,
@@ -124,8 +140,8 @@ class ProbeClassifier(tf.Module):
     pooled tokens, whitened when `set_whitening` was called."""
     return self.whiten(self.pooled_tokens(images, precision))
 
-  def probabilities(self, images: tf.Tensor) -> tf.Tensor:
+  def probabilities(self, images: tf.Tensor, precision: str = "float32") -> tf.Tensor:
     """[B, H, W, C] normalised images -> [B, K] float32, the head's class
-    probabilities (K = len(class_names))."""
-    logits = self.head(self.embed(images), training=False)
+    probabilities (K = len(class_names)), the encoder computing in `precision`."""
+    logits = self.head(self.embed(images, precision), training=False)
     return tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)

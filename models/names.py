@@ -48,6 +48,9 @@ SERVING_DEFAULT = "serving_default"  # image_bytes -> embedding
 SERVING_BFLOAT16 = "serving_bfloat16"  # the same, the encoder computing in bfloat16
 EMBED_EXAMPLES = "embed_examples"  # examples -> embedding
 CLASSIFY_EXAMPLES = "classify_examples"  # examples -> probabilities, knn_probabilities
+CLASSIFY_EXAMPLES_BFLOAT16 = "classify_examples_bfloat16"  # the same, the encoder in bfloat16
+# What answers each float32 signature when a server runs in bfloat16.
+BFLOAT16_TWIN = {SERVING_DEFAULT: SERVING_BFLOAT16, CLASSIFY_EXAMPLES: CLASSIFY_EXAMPLES_BFLOAT16}
 IMAGE_BYTES_INPUT = "image_bytes"  # "_bytes": TF Serving's REST API takes b64
 EXAMPLES_INPUT = "examples"
 EMBEDDING_KEY = "embedding"

@@ -9,6 +9,7 @@ Every signature prepares pixels with the Transform graph:
   classify_examples  examples: serialized tf.Example [B]    -> probabilities [B, K],
                                                               class_name [B],
                                                               knn_probabilities [B, K]
+  classify_examples_bfloat16  the same, the encoder computing in bfloat16
 
 `probabilities` and `class_name` are the linear probe's; `knn_probabilities`
 the weighted votes of the k nearest training embeddings (cosine; the bank is
@@ -40,6 +41,7 @@ from models.names import (
     CLASS_NAME_OUTPUT,
     CLASS_NAMES_FILE,
     CLASSIFY_EXAMPLES,
+    CLASSIFY_EXAMPLES_BFLOAT16,
     EMBED_EXAMPLES,
     EMBEDDING_KEY,
     EXAMPLES_INPUT,
@@ -128,24 +130,28 @@ def build_signatures(
   def embed_examples(examples):
     return {EMBEDDING_KEY: classifier.embed(images_from_examples(examples))}
 
-  @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=EXAMPLES_INPUT)])
-  def classify_examples(examples):
-    images = images_from_examples(examples)
-    probabilities = classifier.probabilities(images)
-    best = tf.argmax(probabilities, axis=-1, output_type=tf.int64)
-    outputs = {
-        PROBABILITIES_KEY: probabilities,
-        CLASS_NAME_OUTPUT: classifier.class_names_table.lookup(best),
-    }
-    if classifier.knn_bank is not None:
-      outputs[KNN_PROBABILITIES_KEY] = classifier.knn_probabilities(images)
-    return outputs
+  def classify_examples(precision):
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=EXAMPLES_INPUT)])
+    def classify(examples):
+      images = images_from_examples(examples)
+      probabilities = classifier.probabilities(images, precision)
+      best = tf.argmax(probabilities, axis=-1, output_type=tf.int64)
+      outputs = {
+          PROBABILITIES_KEY: probabilities,
+          CLASS_NAME_OUTPUT: classifier.class_names_table.lookup(best),
+      }
+      if classifier.knn_bank is not None:
+        outputs[KNN_PROBABILITIES_KEY] = classifier.knn_probabilities(images, precision)
+      return outputs
+
+    return classify
 
   return {
       SERVING_DEFAULT: serve_image_bytes(SERVING_DEFAULT).get_concrete_function(),
       SERVING_BFLOAT16: serve_image_bytes(SERVING_BFLOAT16).get_concrete_function(),
       EMBED_EXAMPLES: embed_examples.get_concrete_function(),
-      CLASSIFY_EXAMPLES: classify_examples.get_concrete_function(),
+      CLASSIFY_EXAMPLES: classify_examples("float32").get_concrete_function(),
+      CLASSIFY_EXAMPLES_BFLOAT16: classify_examples("bfloat16").get_concrete_function(),
   }
 
 

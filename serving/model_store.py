@@ -24,6 +24,7 @@ from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 
 from models import search_index
 from models.names import (
+    BFLOAT16_TWIN,
     EMBED_IMAGES,
     PREPARE_IMAGE_BYTES,
     SEARCH_INDEX_DIR,
@@ -122,7 +123,8 @@ class LoadedModel:
   (`serving.compiled`, up to `max_batch` images a call, buckets compiled in
   the background with `compile_in_background` (a server), else on first
   need; `compiled=False`: always the signature). `precision` "bfloat16" answers `serving_default`
-  with `serving_bfloat16` (when the version has it)."""
+  with `serving_bfloat16` and `classify_examples` with `classify_examples_bfloat16`
+  (when the version has them)."""
 
   def __init__(
       self,
@@ -206,8 +208,9 @@ class LoadedModel:
     return self._compiled.get(self._answered_by(signature_name))
 
   def _answered_by(self, signature_name: str) -> str:
-    if signature_name == SERVING_DEFAULT and self.precision == "bfloat16":
-      return SERVING_BFLOAT16
+    twin = BFLOAT16_TWIN.get(signature_name)
+    if self.precision == "bfloat16" and twin in self.signatures:
+      return twin
     return signature_name
 
   def run_isolating_errors(

@@ -139,3 +139,84 @@ def test_more_classes_than_cifar10(example_files, transform_output, encoder, tmp
   assert result.summary["classes"] == 12
   images, _ = data.load_transformed(test_files, transform_output, 4)
   assert result.classifier.probabilities(tf.constant(images)).shape == (4, 12)
+
+
+def _standardised(images):
+  x = images.astype(np.float32) / 255.0
+  return (x - x.mean((0, 1, 2))) / x.std((0, 1, 2))
+
+
+def _with_relative_noise(x, rng, scale=1e-3):
+  """Returns x [N, D] plus noise of `scale` x each row's norm, in a random direction."""
+  noise = rng.normal(size=x.shape).astype(np.float32)
+  noise *= scale * np.linalg.norm(x, axis=1, keepdims=True) / np.linalg.norm(noise, axis=1)[:, None]
+  return x + noise
+
+
+@pytest.fixture(scope="module")
+def probe_accuracies_under_perturbation(cifar10_dir):
+  """{variance_floor: {how: test top-1}} of the probe on a random-init smoke
+  encoder (5,000 train, 2,000 test real images): float32, the bfloat16
+  encoder twin, 1e-3 relative noise on the pooled tokens (before
+  whitening) and on the served embedding (after)."""
+  import os
+  import tempfile
+
+  from models.cifar10 import read_batch_file
+
+  train = read_batch_file(os.path.join(cifar10_dir, "data_batch_1"))
+  test = read_batch_file(os.path.join(cifar10_dir, "test_batch"))
+  x_train, y_train = _standardised(train[0][:5000]), train[1][:5000].astype(np.int64)
+  x_test, y_test = _standardised(test[0][:2000]), test[1][:2000].astype(np.int64)
+
+  def batches(x, y):
+    return tf.data.Dataset.from_tensor_slices((x, y)).batch(256)
+
+  out = {}
+  for floor in (0.0, config_lib.ProbeConfig().variance_floor):
+    cfg = config_lib.get_profile(
+        "smoke", {"probe": {"variance_floor": floor, "epochs": 20, "batch_size": 64}}
+    )
+    tf.keras.utils.set_random_seed(0)
+    result = linear_probe(
+        cfg,
+        build_mae(cfg.model).encoder,
+        cifar10_class_names(),
+        batches(x_train, y_train),
+        batches(x_test, y_test),
+        tempfile.mkdtemp(),
+    )
+    classifier = result.classifier
+    classifier.add_bfloat16_encoder()
+    pooled = classifier.pooled_tokens(x_test).numpy()
+    embedding = classifier.whiten(pooled).numpy()
+    rng = np.random.default_rng(0)
+    logits = {
+        "float32": classifier.head(embedding),
+        "bfloat16": classifier.head(classifier.embed(x_test, "bfloat16")),
+        "noisy pooled tokens": classifier.head(
+            classifier.whiten(_with_relative_noise(pooled, rng))
+        ),
+        "noisy embedding": classifier.head(_with_relative_noise(embedding, rng)),
+    }
+    out[floor] = {k: float((v.numpy().argmax(1) == y_test).mean()) for k, v in logits.items()}
+    out[floor]["reported"] = result.summary["eval_accuracy"]
+  return out
+
+
+def test_the_probe_keeps_its_accuracy_under_bfloat16_and_small_noise(
+    probe_accuracies_under_perturbation,
+):
+  """With the variance floor, the bfloat16 encoder and 1e-3 relative noise
+  (before or after whitening) leave the probe's accuracy within a point of
+  float32's; without it (floor 0, the behaviour before) they break it."""
+  floor = config_lib.ProbeConfig().variance_floor
+  robust = probe_accuracies_under_perturbation[floor]
+  assert robust["float32"] == pytest.approx(robust["reported"], abs=1e-3)
+  assert robust["float32"] > 0.25  # well above chance (0.1) on 10 classes
+  for how in ("bfloat16", "noisy pooled tokens", "noisy embedding"):
+    assert abs(robust[how] - robust["float32"]) <= 0.01, (how, robust)
+  fragile = probe_accuracies_under_perturbation[0.0]
+  assert min(fragile["bfloat16"], fragile["noisy pooled tokens"]) < fragile["float32"] - 0.05
+  # Only the rounding noise's directions are dropped: float32 keeps its accuracy.
+  assert robust["float32"] >= fragile["float32"] - 0.01

@@ -178,7 +178,13 @@ def test_status_and_metadata(server, model_base):
   }
   meta = requests.get(f"{server.url}/v1/models/{NAME}/versions/{version}/metadata").json()
   sigs = meta["metadata"]["signature_def"]
-  assert set(sigs) == {"serving_default", "serving_bfloat16", "embed_examples", "classify_examples"}
+  assert set(sigs) == {
+      "serving_default",
+      "serving_bfloat16",
+      "embed_examples",
+      "classify_examples",
+      "classify_examples_bfloat16",
+  }
   assert sigs["serving_default"]["inputs"] == {"image_bytes": {"dtype": "string", "shape": [None]}}
 
 

@@ -114,3 +114,27 @@ def test_no_compile_runs_the_signatures_as_saved(version_dir, pngs):
       model.run(SERVING_DEFAULT, pngs[:2])["embedding"],
       _signature(model, SERVING_DEFAULT, pngs[:2]),
   )
+
+
+def test_a_bfloat16_model_answers_classify_examples_with_its_bfloat16_twin(
+    version_dir, cifar10_sample
+):
+  """--precision bfloat16 answers classify_examples with
+  classify_examples_bfloat16 (the probe reads no near-empty direction, so
+  its answers hold); float32 with the signature itself."""
+  from models.examples import image_example
+  from models.names import CLASSIFY_EXAMPLES, CLASSIFY_EXAMPLES_BFLOAT16
+
+  _, (images, labels) = cifar10_sample
+  examples = [
+      image_example(png_bytes(i), int(y), "x").SerializeToString()
+      for i, y in zip(images[:6], labels)
+  ]
+  answers = {}
+  for precision in ("float32", "bfloat16"):
+    model = LoadedModel(1, version_dir, precision=precision, compiled=False)
+    answers[precision] = model.run(CLASSIFY_EXAMPLES, examples)["probabilities"]
+  saved = tf.saved_model.load(version_dir).signatures
+  for precision, name in (("float32", CLASSIFY_EXAMPLES), ("bfloat16", CLASSIFY_EXAMPLES_BFLOAT16)):
+    expected = saved[name](examples=tf.constant(examples))["probabilities"].numpy()
+    np.testing.assert_allclose(answers[precision], expected, atol=1e-6)

@@ -145,6 +145,7 @@ def test_metadata_is_the_saved_signature_defs(channel, model_base):
       "serving_bfloat16",
       "embed_examples",
       "classify_examples",
+      "classify_examples_bfloat16",
   }
   serving = signatures.signature_def["serving_default"]
   assert serving.inputs["image_bytes"].dtype == tf.string.as_datatype_enum

@@ -7,7 +7,13 @@ import tensorflow as tf
 
 from models import config as config_lib
 from models import names
-from models.names import (CLASSIFY_EXAMPLES, EMBED_EXAMPLES, SERVING_BFLOAT16, SERVING_DEFAULT)
+from models.names import (
+    CLASSIFY_EXAMPLES,
+    CLASSIFY_EXAMPLES_BFLOAT16,
+    EMBED_EXAMPLES,
+    SERVING_BFLOAT16,
+    SERVING_DEFAULT,
+)
 from tests.conftest import export_random_classifier, jpeg_bytes, png_bytes
 
 
@@ -32,7 +38,13 @@ def exported(transform_output, tmp_path_factory):
 def test_signatures_and_their_tensors(exported):
   _, loaded, dim = exported
   sigs = loaded.signatures
-  assert set(sigs) == {SERVING_DEFAULT, SERVING_BFLOAT16, EMBED_EXAMPLES, CLASSIFY_EXAMPLES}
+  assert set(sigs) == {
+      SERVING_DEFAULT,
+      SERVING_BFLOAT16,
+      EMBED_EXAMPLES,
+      CLASSIFY_EXAMPLES,
+      CLASSIFY_EXAMPLES_BFLOAT16,
+  }
   assert list(sigs[SERVING_DEFAULT].structured_input_signature[1]) == ["image_bytes"]
   assert list(sigs[SERVING_BFLOAT16].structured_input_signature[1]) == ["image_bytes"]
   assert list(sigs[CLASSIFY_EXAMPLES].structured_input_signature[1]) == ["examples"]
