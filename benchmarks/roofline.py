@@ -40,11 +40,14 @@ def embedding_flops(m: config_lib.ModelConfig) -> float:
   )
 
 
-def mae_train_flops(m: config_lib.ModelConfig) -> float:
+def mae_train_flops(
+    m: config_lib.ModelConfig, local_views: int = 0, local_view_size: int = 16
+) -> float:
   """FLOPs of one image's MAE training step: the forward pass (encoder on the
   visible patches, decoder on all) and a backward pass of twice its matmuls,
   for each of the image's views (two with a contrastive term; its projector
-  and a momentum teacher are not counted)."""
+  and a momentum teacher are not counted), plus the encoder on every patch
+  of each of `local_views` local views of side `local_view_size`."""
   n = m.num_patches
   visible = int(n * (1 - m.mask_ratio))
   prefix = m.num_prefix_tokens  # [CLS], if any
@@ -56,7 +59,9 @@ def mae_train_flops(m: config_lib.ModelConfig) -> float:
       + n * m.decoder_embed_dim * _patch_dim(m)
   )  # per-token pixel head
   views = 2 if m.contrastive_weight else 1
-  return 3 * 2.0 * macs * views
+  tokens = (local_view_size // m.patch_size) ** 2
+  local = tokens * _patch_dim(m) * m.embed_dim + _blocks(m, m.depth, m.embed_dim, prefix + tokens)
+  return 3 * 2.0 * (macs * views + local * local_views)
 
 
 def matmul_flops_per_second(

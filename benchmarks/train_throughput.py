@@ -85,7 +85,9 @@ def main(argv=None):
   root = data_source.resolve_cifar10(args.data, names.DATA_CACHE_DIR)
   images = standardised_train_images(root, 50000)
   model = roofline.model_overrides(args)
-  profile = config_lib.get_profile(args.profile, {"model": model})
+  profile = config_lib.get_profile(
+      args.profile, {"model": model, "pretrain": json.loads(args.pretrain_overrides)}
+  )
   jits = (
       [profile.runtime.jit_compile]
       if args.jit is None
@@ -109,7 +111,12 @@ def main(argv=None):
     for policy in sorted(
         {resolve_precision(pr, profile.runtime.strategy) for pr in args.precision.split(",")}
     ):
-      bounds[policy], line = roofline.img_per_second_bound(policy, roofline.mae_train_flops(m))
+      bounds[policy], line = roofline.img_per_second_bound(
+          policy,
+          roofline.mae_train_flops(
+              m, profile.pretrain.local_views, profile.pretrain.local_view_size
+          ),
+      )
       print(line, flush=True)
   for precision in args.precision.split(","):
     for jit, n in [(j, n) for j in jits for n in (splits if j else [1])]:

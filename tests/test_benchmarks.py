@@ -61,6 +61,19 @@ def test_a_contrastive_step_counts_the_matmuls_of_both_views():
   assert roofline.mae_train_flops(two_views) == 2 * roofline.mae_train_flops(one_view)
 
 
+def test_a_local_view_costs_the_encoder_on_its_own_patches():
+  """A 16 x 16 local view at patch 4 is 16 tokens through the encoder, no
+  decoder: as much encoder work as a global view masked to its 16 visible
+  patches, and the local views add it once each."""
+  import dataclasses
+
+  m = config_lib.get_profile("cpu").model
+  no_decoder = dataclasses.replace(m, decoder_depth=0, decoder_embed_dim=0)
+  encoder_of_one_masked_view = roofline.mae_train_flops(no_decoder) / 2
+  added = roofline.mae_train_flops(m, 4, 16) - roofline.mae_train_flops(m)
+  assert added == pytest.approx(4 * encoder_of_one_masked_view)
+
+
 def test_roofline(capsys):
   bounds = roofline.main(
       ["--model", "reference", "--precision", "float32", "--matmul-size", "256", "--repeats", "3"]

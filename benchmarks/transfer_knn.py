@@ -1,0 +1,166 @@
+"""A second data set: k-NN on images the models never trained on, against raw pixels.
+
+  python -m benchmarks.transfer_knn --shapes /tmp/shapes \
+      --model-dir outputs/serving_model/mae-tfx [--model-dir <another> ...]
+  python -m benchmarks.transfer_knn --images <root>/<label>/<image> --model-dir ...
+
+`--shapes DIR` first generates (once; reused when DIR holds it) a labelled
+set where colour and background say nothing about the class: six shapes
+(disc, square, triangle, plus, ring, bar), 300 of each at 32 x 32, each at a
+random size, position and angle, in a random colour on a random background
+(a two-colour gradient with pixel noise), written as `<shape>/<index>.png`.
+What separates the classes is form, which is what an embedding that "sees
+objects, not colours" should follow.
+
+Each model embeds every image through its `serving_default` signature
+(`serving.embed.embed_all`, as any caller would). The images split 80/20 by
+a hash of their path (`models.image_files.hash_split`); the 20 % are
+classified by the cosine k-NN (k = 20, `models.evaluation.evaluate_knn`)
+among the 80 %. Raw pixels (the images flattened, cosine; and centred
+per pixel, cosine) are the floor a useful embedding must clear.
+"""
+
+import argparse
+import os
+import sys
+
+import numpy as np
+
+from benchmarks.host import host_line
+from models import evaluation, image_files, names
+from serving import embed
+from serving.model_store import load_version, set_model_threads
+
+SHAPES = ("disc", "square", "triangle", "plus", "ring", "bar")
+SIZE = 32
+
+
+def _polygon(cx, cy, radius, sides, angle):
+  t = angle + 2 * np.pi * np.arange(sides) / sides
+  return [(cx + radius * np.cos(a), cy + radius * np.sin(a)) for a in t]
+
+
+def draw_shape(shape: str, rng: np.random.Generator):
+  """One SIZE x SIZE RGB PIL image of `shape` on a noisy gradient."""
+  from PIL import Image, ImageDraw
+
+  colours = rng.integers(0, 256, size=(3, 3))
+  while np.abs(colours[0] - colours[1:].mean(0)).sum() < 120:  # the shape must show
+    colours = rng.integers(0, 256, size=(3, 3))
+  fg, bg_a, bg_b = colours
+  ramp = np.linspace(0, 1, SIZE)[:, None, None]
+  direction = rng.integers(2)
+  ramp = ramp if direction else np.transpose(ramp, (1, 0, 2))
+  background = bg_a * (1 - ramp) + bg_b * ramp + rng.normal(0, 12, (SIZE, SIZE, 3))
+  image = Image.fromarray(np.clip(background, 0, 255).astype(np.uint8))
+  draw = ImageDraw.Draw(image)
+  r = rng.uniform(6, 12)
+  cx, cy = rng.uniform(r, SIZE - r, size=2)
+  angle = rng.uniform(0, 2 * np.pi)
+  colour = tuple(int(c) for c in fg)
+  if shape == "disc":
+    draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=colour)
+  elif shape == "ring":
+    draw.ellipse([cx - r, cy - r, cx + r, cy + r], outline=colour, width=max(2, int(r / 3)))
+  elif shape == "square":
+    draw.polygon(_polygon(cx, cy, r * 1.2, 4, angle), fill=colour)
+  elif shape == "triangle":
+    draw.polygon(_polygon(cx, cy, r * 1.2, 3, angle), fill=colour)
+  elif shape == "plus":
+    for a in (angle, angle + np.pi / 2):
+      d, w = np.array([np.cos(a), np.sin(a)]), np.array([-np.sin(a), np.cos(a)])
+      c = np.array([cx, cy])
+      corners = [c + r * d + 0.3 * r * w, c + r * d - 0.3 * r * w]
+      corners += [c - r * d - 0.3 * r * w, c - r * d + 0.3 * r * w]
+      draw.polygon([tuple(p) for p in corners], fill=colour)
+  elif shape == "bar":
+    d, w = np.array([np.cos(angle), np.sin(angle)]), np.array([-np.sin(angle), np.cos(angle)])
+    c = np.array([cx, cy])
+    corners = [c + r * d + 0.25 * r * w, c + r * d - 0.25 * r * w]
+    corners += [c - r * d - 0.25 * r * w, c - r * d + 0.25 * r * w]
+    draw.polygon([tuple(p) for p in corners], fill=colour)
+  else:
+    raise ValueError(f"unknown shape {shape!r}; expected one of {SHAPES}")
+  return image
+
+
+def write_shapes(root: str, per_class: int = 300, seed: int = 0) -> str:
+  """Writes the shapes set to `root` (`<shape>/<index>.png`) unless it is there."""
+  if all(
+      len(image_files.list_images(os.path.join(root, s))) == per_class
+      for s in SHAPES
+      if os.path.isdir(os.path.join(root, s))
+  ) and all(os.path.isdir(os.path.join(root, s)) for s in SHAPES):
+    return root
+  rng = np.random.default_rng(seed)
+  for shape in SHAPES:
+    os.makedirs(os.path.join(root, shape), exist_ok=True)
+    for i in range(per_class):
+      draw_shape(shape, rng).save(os.path.join(root, shape, f"{i:04d}.png"))
+  return root
+
+
+def knn_accuracy(features: np.ndarray, labels: np.ndarray, is_test: np.ndarray) -> float:
+  """Cosine 20-NN top-1 of the test rows among the train rows."""
+  return evaluation.evaluate_knn(
+      features[~is_test],
+      labels[~is_test],
+      features[is_test],
+      labels[is_test],
+      k=names.KNN_K,
+      num_classes=int(labels.max()) + 1,
+  )
+
+
+def main(argv=None):
+  """Prints the raw pixels' and each model's k-NN accuracy on the set."""
+  p = argparse.ArgumentParser(
+      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+  )
+  source = p.add_mutually_exclusive_group(required=True)
+  source.add_argument("--shapes", help="generate the shapes set here (once) and use it")
+  source.add_argument("--images", help="a labelled folder, <root>/<label>/<image>")
+  p.add_argument("--model-dir", action="append", default=[], help="a pushed version or base")
+  p.add_argument("--per-class", type=int, default=300, help="--shapes: images per shape")
+  args = p.parse_args(argv)
+
+  root = write_shapes(args.shapes, args.per_class) if args.shapes else args.images
+  paths, ids, labels_text = embed.list_images(root)
+  classes = sorted(set(labels_text))
+  labels = np.array([classes.index(t) for t in labels_text])
+  is_test = np.array([image_files.hash_split(i, 0.2) == "test" for i in ids])
+  print(host_line(), flush=True)
+  print(
+      f"{root}: {len(paths)} images, {len(classes)} classes, "
+      f"{int((~is_test).sum())} bank / {int(is_test.sum())} queries; k-NN k = {names.KNN_K}"
+  )
+
+  from PIL import Image
+
+  pixels = np.stack([np.asarray(Image.open(f).convert("RGB").resize((SIZE, SIZE))) for f in paths])
+  pixels = pixels.reshape(len(paths), -1).astype(np.float32) / 255.0
+  print(
+      f"  raw pixels, cosine:                 {100 * knn_accuracy(pixels, labels, is_test):.2f} %"
+  )
+  centred = pixels - pixels[~is_test].mean(0)
+  print(
+      f"  raw pixels centred, cosine:         {100 * knn_accuracy(centred, labels, is_test):.2f} %"
+  )
+  set_model_threads(os.cpu_count() or 1)
+  for model_dir in args.model_dir:
+    model = load_version(model_dir)
+    features, kept = embed.embed_all(
+        model,
+        names.SERVING_DEFAULT,
+        embed.image_batches(paths, 64),
+        ids,
+        progress=False,
+        workers=os.cpu_count() or 1,
+    )
+    if len(kept) != len(paths):
+      raise SystemExit(f"{model.path}: {len(paths) - len(kept)} images failed to embed")
+    print(f"  {model.path}: {100 * knn_accuracy(features, labels, is_test):.2f} %", flush=True)
+
+
+if __name__ == "__main__":
+  sys.exit(main())
