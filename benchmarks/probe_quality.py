@@ -3,6 +3,8 @@
   python -m benchmarks.probe_quality --epochs 10            # MAE, 10 epochs
   python -m benchmarks.probe_quality --epochs 0             # random-init encoder
   python -m benchmarks.probe_quality --mae /tmp/q/mae/model # re-probe a saved MAE
+  python -m benchmarks.probe_quality --mae /tmp/q/mae/model --export /tmp/q/served/1
+                                                           # ... and export it to serve
   python -m benchmarks.probe_quality --epochs 10 \
       --overrides '{"model": {"mask_ratio": 0.6}}'           # an ablation
 
@@ -52,6 +54,12 @@ def main(argv=None):
   p.add_argument(
       "--work-dir", default=None, help="keep the MAE, logs and checkpoints here (default: temp)"
   )
+  p.add_argument(
+      "--export",
+      default=None,
+      help="also write the probed classifier as the pipeline's SavedModel (its "
+      "signatures) here, e.g. <dir>/1 for benchmarks that take a --model-dir",
+  )
   args = p.parse_args(argv)
 
   overrides = json.loads(args.overrides)
@@ -95,6 +103,10 @@ def main(argv=None):
       os.path.join(work, "probe"),
   )
   t2 = time.time()
+  if args.export:
+    from models.signatures import export_saved_model
+
+    export_saved_model(result.classifier, tft_output, args.export)
 
   # The first epoch includes tracing and XLA compilation.
   ips = [h["images_per_second"] for h in history[1:] or history]

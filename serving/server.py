@@ -399,10 +399,10 @@ def parse_args(argv):
       "--precision",
       choices=["float32", "bfloat16"],
       default="float32",
-      help="what serving_default computes in: bfloat16 answers it with the "
-      "version's serving_bfloat16 signature (faster on a CPU with native "
-      "bfloat16; for search and k-NN, not for a classifier trained on "
-      "float32 embeddings: benchmarks/RESULTS.md)",
+      help="what serving_default and classify_examples compute in: bfloat16 "
+      "answers them with the version's serving_bfloat16 and "
+      "classify_examples_bfloat16 signatures (faster on a CPU with native "
+      "bfloat16; docs/serving.md)",
   )
   p.add_argument(
       "--no-compile",
