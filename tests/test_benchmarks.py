@@ -209,6 +209,8 @@ def test_probe_quality(smoke_run, tmp_path, capsys):
           smoke_run.metadata_path,
           "--work-dir",
           str(tmp_path),
+          "--export",
+          str(tmp_path / "served" / "1"),
       ]
   )
   lines = capsys.readouterr().out.strip().splitlines()
@@ -227,8 +229,12 @@ def test_probe_quality(smoke_run, tmp_path, capsys):
       rf"MAE {NUM} img/s, pretrain {NUM} s, probe {NUM} s, models in ", result
   )
   assert ips > 0 and pretrain_s >= 0 and probe_s >= 0
-  # The pretrained MAE is kept for --mae.
+  # The pretrained MAE is kept for --mae; the probed classifier is served as exported.
   assert os.path.exists(os.path.join(tmp_path, "mae", "model", names.MAE_CONFIG_FILE))
+  import tensorflow as tf
+
+  exported = tf.saved_model.load(str(tmp_path / "served" / "1"))
+  assert names.CLASSIFY_EXAMPLES_BFLOAT16 in exported.signatures
 
 
 def test_probe_ablation(smoke_run, capsys):
@@ -321,6 +327,15 @@ def test_serving(model_base, small_cifar_dir, capsys):
     assert 0 <= lp <= 100 and 0 <= knn <= 100
   low, mean = figures(rf"cosine bfloat16 vs float32 embeddings: min {NUM}, mean {NUM}$", out)
   assert 0.99 < low <= mean <= 1.0 + 1e-6
+  # The smoke model's probe reads no near-empty direction: bfloat16 and 1e-3
+  # noise move its accuracy on the 100 test images by at most 2 of them.
+  (lp_float32, _), (lp_bfloat16, _) = (
+      figures(rf"^  {p}: LP {NUM} %, k-NN {NUM} %$", out) for p in ("float32", "bfloat16")
+  )
+  (lp_noisy,) = figures(
+      rf"^  float32 \+ 0.001 noise \(relative, on the embedding\): LP {NUM} %$", out
+  )
+  assert abs(lp_bfloat16 - lp_float32) <= 2 and abs(lp_noisy - lp_float32) <= 2
 
 
 @pytest.mark.server
@@ -552,3 +567,42 @@ def test_near_duplicates(smoke_run, cifar10_dir, tmp_path, capsys):
       == 2
   ), out
   assert "embedded" not in out
+
+
+def test_transfer_knn(model_base, tmp_path, capsys):
+  from benchmarks import transfer_knn
+
+  transfer_knn.main(
+      ["--shapes", str(tmp_path / "shapes"), "--per-class", "12", "--model-dir", model_base]
+  )
+  out = capsys.readouterr().out
+  assert re.search(r"shapes: 72 images, 6 classes, \d+ bank / \d+ queries; k-NN k = 20$", out, re.M)
+  accuracies = [
+      figures(rf"^  raw pixels, cosine:\s+{NUM} %$", out)[0],
+      figures(rf"^  raw pixels centred, cosine:\s+{NUM} %$", out)[0],
+      figures(rf"^  {re.escape(model_base)}/\d+: {NUM} %$", out)[0],
+  ]
+  assert all(0 <= a <= 100 for a in accuracies)
+  assert len(os.listdir(tmp_path / "shapes" / "ring")) == 12  # the set was written
+
+
+def test_budget_figure(tmp_path, capsys):
+  from benchmarks import budget_figure
+
+  points = tmp_path / "points.json"
+  points.write_text(
+      json.dumps(
+          {
+              "host": "a host",
+              "points": [
+                  {"recipe": "a", "minutes": 5.0, "lp": 0.6, "knn": 0.61, "how": "x"},
+                  {"recipe": "a", "minutes": 12.0, "lp": 0.66, "knn": 0.65, "how": "y"},
+                  {"recipe": "b", "minutes": 6.0, "lp": 0.62, "knn": 0.6, "how": "z"},
+              ],
+          }
+      )
+  )
+  budget_figure.main([str(points)])
+  out = capsys.readouterr().out
+  assert "| a | 12.0 | 66.00 % | 65.00 % |" in out
+  assert (tmp_path / "points.png").stat().st_size > 1000
