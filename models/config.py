@@ -195,8 +195,8 @@ class PretrainConfig:
   # probability an image is resized down to a side of
   # [downsample_min_scale, 0.75] x its own (one factor per batch) and back
   # up, as a thumbnail scaled to the served size. 0.3: at equal time and
-  # accuracy, 0.5x thumbnails' similarity to their originals rose from a
-  # median 0.59 to 0.74 (benchmarks/RESULTS.md, issue 37). 0: never.
+  # accuracy, 55 % of 0.5x thumbnails found as duplicates instead of 50 %
+  # (benchmarks/RESULTS.md, issue 37). 0: never.
   downsample_prob: float = 0.3
   downsample_min_scale: float = 0.35
   steps_per_epoch: Optional[int] = None  # None: one pass over the train split
