@@ -307,7 +307,7 @@ def quality(model: LoadedModel, data: str) -> Dict[str, Dict]:
   """Per precision: linear probe and k-NN test accuracy from its embeddings;
   and the cosine between the precisions' embeddings."""
   import tensorflow as tf
-  from models.evaluation import knn_predict
+  from models.evaluation import knn_predict, with_relative_noise
 
   train, train_labels = cifar10_split(data, "train")
   test, test_labels = cifar10_split(data, "test")
@@ -324,11 +324,8 @@ def quality(model: LoadedModel, data: str) -> Dict[str, Dict]:
   a, b = embedded["float32"], embedded["bfloat16"]
   cosine = np.sum(a * b, 1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
   results["cosine"] = dict(min=float(cosine.min()), mean=float(cosine.mean()))
-  # float32 embeddings moved by noise of 1e-3 x their norm, in a random direction:
-  # what any less exact matmul (a GPU's TF32) may do to them.
-  noise = np.random.default_rng(0).normal(size=a.shape).astype(np.float32)
-  noise *= NOISE * np.linalg.norm(a, axis=1, keepdims=True) / np.linalg.norm(noise, axis=1)[:, None]
-  logits = head(tf.constant(a + noise), training=False).numpy()
+  noisy = with_relative_noise(a, NOISE, np.random.default_rng(0))
+  logits = head(tf.constant(noisy), training=False).numpy()
   results[f"float32 + {NOISE:g} noise"] = dict(
       lp=float(np.mean(np.argmax(logits, -1) == test_labels))
   )

@@ -85,9 +85,8 @@ def main(argv=None):
   root = data_source.resolve_cifar10(args.data, names.DATA_CACHE_DIR)
   images = standardised_train_images(root, 50000)
   model = roofline.model_overrides(args)
-  profile = config_lib.get_profile(
-      args.profile, {"model": model, "pretrain": json.loads(args.pretrain_overrides)}
-  )
+  pretrain_overrides = json.loads(args.pretrain_overrides)
+  profile = config_lib.get_profile(args.profile, {"model": model, "pretrain": pretrain_overrides})
   jits = (
       [profile.runtime.jit_compile]
       if args.jit is None
@@ -125,7 +124,7 @@ def main(argv=None):
           {
               "model": model,
               "pretrain": {
-                  **json.loads(args.pretrain_overrides),
+                  **pretrain_overrides,
                   "epochs": args.epochs,
                   "steps_per_epoch": args.steps,
                   "batch_size": args.batch_size,

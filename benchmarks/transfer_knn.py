@@ -40,6 +40,14 @@ def _polygon(cx, cy, radius, sides, angle):
   return [(cx + radius * np.cos(a), cy + radius * np.sin(a)) for a in t]
 
 
+def _bar(cx, cy, half_length, half_width, angle):
+  """The corners of a rectangle centred at (cx, cy), its long side at `angle`."""
+  d = np.array([np.cos(angle), np.sin(angle)]) * half_length
+  w = np.array([-np.sin(angle), np.cos(angle)]) * half_width
+  c = np.array([cx, cy])
+  return [tuple(p) for p in (c + d + w, c + d - w, c - d - w, c - d + w)]
+
+
 def draw_shape(shape: str, rng: np.random.Generator):
   """One SIZE x SIZE RGB PIL image of `shape` on a noisy gradient."""
   from PIL import Image, ImageDraw
@@ -68,17 +76,9 @@ def draw_shape(shape: str, rng: np.random.Generator):
     draw.polygon(_polygon(cx, cy, r * 1.2, 3, angle), fill=colour)
   elif shape == "plus":
     for a in (angle, angle + np.pi / 2):
-      d, w = np.array([np.cos(a), np.sin(a)]), np.array([-np.sin(a), np.cos(a)])
-      c = np.array([cx, cy])
-      corners = [c + r * d + 0.3 * r * w, c + r * d - 0.3 * r * w]
-      corners += [c - r * d - 0.3 * r * w, c - r * d + 0.3 * r * w]
-      draw.polygon([tuple(p) for p in corners], fill=colour)
+      draw.polygon(_bar(cx, cy, r, 0.3 * r, a), fill=colour)
   elif shape == "bar":
-    d, w = np.array([np.cos(angle), np.sin(angle)]), np.array([-np.sin(angle), np.cos(angle)])
-    c = np.array([cx, cy])
-    corners = [c + r * d + 0.25 * r * w, c + r * d - 0.25 * r * w]
-    corners += [c - r * d - 0.25 * r * w, c - r * d + 0.25 * r * w]
-    draw.polygon([tuple(p) for p in corners], fill=colour)
+    draw.polygon(_bar(cx, cy, r, 0.25 * r, angle), fill=colour)
   else:
     raise ValueError(f"unknown shape {shape!r}; expected one of {SHAPES}")
   return image
@@ -86,11 +86,8 @@ def draw_shape(shape: str, rng: np.random.Generator):
 
 def write_shapes(root: str, per_class: int = 300, seed: int = 0) -> str:
   """Writes the shapes set to `root` (`<shape>/<index>.png`) unless it is there."""
-  if all(
-      len(image_files.list_images(os.path.join(root, s))) == per_class
-      for s in SHAPES
-      if os.path.isdir(os.path.join(root, s))
-  ) and all(os.path.isdir(os.path.join(root, s)) for s in SHAPES):
+  folders = [os.path.join(root, s) for s in SHAPES]
+  if all(os.path.isdir(f) and len(image_files.list_images(f)) == per_class for f in folders):
     return root
   rng = np.random.default_rng(seed)
   for shape in SHAPES:

@@ -14,6 +14,14 @@ def l2_normalise(x: np.ndarray) -> np.ndarray:
   return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
+def with_relative_noise(x: np.ndarray, scale: float, rng: np.random.Generator) -> np.ndarray:
+  """Rows of x [N, D] each moved by `scale` x its norm in a random direction:
+  what a less exact encoder (bfloat16, a GPU's TF32) may do to embeddings."""
+  noise = rng.normal(size=x.shape).astype(np.float32)
+  noise *= scale * np.linalg.norm(x, axis=1, keepdims=True) / np.linalg.norm(noise, axis=1)[:, None]
+  return x + noise
+
+
 def fit_whitening(
     features: np.ndarray, shrinkage: float = 1e-4, floor: float = 0.0
 ) -> Tuple[np.ndarray, np.ndarray]:

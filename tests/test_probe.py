@@ -10,7 +10,7 @@ import tensorflow as tf
 from models import config as config_lib
 from models import data
 from models.engine_probe import extract_features, linear_probe, train_probe
-from models.evaluation import evaluate_knn, fit_whitening
+from models.evaluation import evaluate_knn, fit_whitening, with_relative_noise
 from models.joint_embedding import build_mae
 from models.names import KNN_K, KNN_KS
 from tests.conftest import cifar10_class_names
@@ -146,13 +146,6 @@ def _standardised(images):
   return (x - x.mean((0, 1, 2))) / x.std((0, 1, 2))
 
 
-def _with_relative_noise(x, rng, scale=1e-3):
-  """Returns x [N, D] plus noise of `scale` x each row's norm, in a random direction."""
-  noise = rng.normal(size=x.shape).astype(np.float32)
-  noise *= scale * np.linalg.norm(x, axis=1, keepdims=True) / np.linalg.norm(noise, axis=1)[:, None]
-  return x + noise
-
-
 @pytest.fixture(scope="module")
 def probe_accuracies_under_perturbation(cifar10_dir):
   """{variance_floor: {how: test top-1}} of the probe on a random-init smoke
@@ -195,9 +188,9 @@ def probe_accuracies_under_perturbation(cifar10_dir):
         "float32": classifier.head(embedding),
         "bfloat16": classifier.head(classifier.embed(x_test, "bfloat16")),
         "noisy pooled tokens": classifier.head(
-            classifier.whiten(_with_relative_noise(pooled, rng))
+            classifier.whiten(with_relative_noise(pooled, 1e-3, rng))
         ),
-        "noisy embedding": classifier.head(_with_relative_noise(embedding, rng)),
+        "noisy embedding": classifier.head(with_relative_noise(embedding, 1e-3, rng)),
     }
     out[floor] = {k: float((v.numpy().argmax(1) == y_test).mean()) for k, v in logits.items()}
     out[floor]["reported"] = result.summary["eval_accuracy"]
