@@ -65,10 +65,15 @@ def train_probe(
       )
   tf.keras.utils.set_random_seed(seed)
   variance = train_features.var(0)
-  # The BatchNorm divides by sqrt(variance + epsilon): epsilon at the
-  # floor keeps a near-empty feature from being scaled up a thousandfold.
-  epsilon = max(1e-6, cfg.variance_floor * float(variance.max()))
-  head = build_probe_head(train_features.shape[1], num_classes, epsilon)
+  # Features below the floor are zeroed for training as the served head
+  # ignores them (`drop_empty_features`), so the head trained is the head
+  # served; the BatchNorm would otherwise scale them up a thousandfold.
+  dropped = variance < cfg.variance_floor * variance.max()
+  if dropped.any():
+    train_features = np.where(dropped, 0.0, train_features).astype(train_features.dtype)
+    eval_features = np.where(dropped, 0.0, eval_features).astype(eval_features.dtype)
+    variance = np.where(dropped, 0.0, variance)
+  head = build_probe_head(train_features.shape[1], num_classes)
   # The BatchNorm's moving statistics (what inference uses) start at the
   # features' exact mean and variance instead of 0 and 1: their moving
   # average forgets its start only after a few hundred steps, and a small
@@ -101,7 +106,7 @@ def train_probe(
       validation_data=(eval_features, eval_labels),
       callbacks=[logger, tf.keras.callbacks.TensorBoard(log_dir, update_freq="epoch")],
   )
-  dropped = drop_empty_features(head, variance, cfg.variance_floor)
+  drop_empty_features(head, dropped)
   if dropped.any():
     run_log.log.info(
         "[%s] %d of %d features below the variance floor (%g x the largest): not read",

@@ -21,13 +21,12 @@ from models.precision import precision_policy
 FEATURE_BN = "feature_bn"
 
 
-def build_probe_head(feature_dim: int, num_classes: int, epsilon: float = 1e-6) -> tf.keras.Model:
-  """[B, D] features -> [B, num_classes] logits. `epsilon`: the BatchNorm's
-  variance floor (`drop_empty_features` sets it from the features)."""
+def build_probe_head(feature_dim: int, num_classes: int) -> tf.keras.Model:
+  """[B, D] features -> [B, num_classes] logits."""
   features = tf.keras.Input([feature_dim], name="features")
-  x = tf.keras.layers.BatchNormalization(
-      center=False, scale=False, epsilon=epsilon, name=FEATURE_BN
-  )(features)
+  x = tf.keras.layers.BatchNormalization(center=False, scale=False, epsilon=1e-6, name=FEATURE_BN)(
+      features
+  )
   logits = tf.keras.layers.Dense(
       num_classes,
       name="classifier",
@@ -36,18 +35,15 @@ def build_probe_head(feature_dim: int, num_classes: int, epsilon: float = 1e-6) 
   return tf.keras.Model(features, logits, name="linear_probe")
 
 
-def drop_empty_features(head: tf.keras.Model, variance: np.ndarray, floor: float) -> np.ndarray:
-  """Zeroes the classifier's weights of the features whose train variance
-  [D] is below `floor` x the largest: the BatchNorm would scale such a
-  feature by up to 1 / sqrt(epsilon), so whatever noise reaches it (a
-  bfloat16 encoder's rounding) would swing the logits. Returns the dropped
-  features' mask [D]."""
-  dropped = variance < floor * variance.max()
+def drop_empty_features(head: tf.keras.Model, dropped: np.ndarray) -> None:
+  """Zeroes the classifier's weights of the `dropped` features [D] (train
+  variance below `probe.variance_floor` x the largest): the BatchNorm scales
+  such a feature by up to 1 / sqrt(epsilon), so whatever noise reaches it (a
+  bfloat16 encoder's rounding) would swing the logits."""
   dense = head.get_layer("classifier")
   kernel, bias = dense.get_weights()
   kernel[dropped] = 0.0
   dense.set_weights([kernel, bias])
-  return dropped
 
 
 class ProbeClassifier(tf.Module):
