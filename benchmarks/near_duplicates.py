@@ -64,6 +64,7 @@ from models import search_index
 from models.cifar10 import encode_png, read_class_names, read_split
 from models.files import write_atomically
 from models.names import SERVING_DEFAULT
+from models.near_duplicates import encode, project
 from pipeline import data_source
 from serving import duplicates
 from serving.embeddings import EmbeddingsFile
@@ -82,21 +83,13 @@ ALTERATIONS = {
 TARGET_RECALL, TARGET_FP = 0.95, 0.01
 
 
-def _encode(image: np.ndarray, fmt: str = "PNG", **options) -> bytes:
-  from PIL import Image
-
-  buf = io.BytesIO()
-  Image.fromarray(np.asarray(image, np.uint8), mode="RGB").save(buf, format=fmt, **options)
-  return buf.getvalue()
-
-
 def alter(image: np.ndarray, name: str, rng: np.random.Generator) -> bytes:
   """The encoded file of `image` [H, W, 3] uint8 under alteration `name`."""
   from PIL import Image
 
   kind, setting = ALTERATIONS[name]
   if kind == "jpeg":
-    return _encode(image, "JPEG", quality=setting)
+    return encode(image, "JPEG", quality=setting)
   if kind == "scale":
     height, width = image.shape[:2]
     size = (max(1, round(width * setting)), max(1, round(height * setting)))
@@ -209,6 +202,16 @@ def calibration_embeddings(
         ),
     )
   return originals, copies
+
+
+def duplicate_view(model_dir: str, off: bool) -> Tuple[Optional[np.ndarray], Optional[float]]:
+  """(the model's duplicate projection, its threshold): (None, None) when
+  `off` or when the model has none."""
+  if off:
+    return None, None
+  from serving.model_store import load_version
+
+  return load_version(model_dir).duplicate_projection()
 
 
 # ---- the scores ----------------------------------------------------------------------
@@ -366,13 +369,19 @@ def split_file(
     version: int,
     batch_size: int,
     source: str,
+    has_projection: bool,
 ) -> EmbeddingsFile:
   """The embeddings file of a split at `path`: reused when it was made by
-  `version` from as many images, else embedded through serving_default
-  (PNG) and written, as `python -m serving.embed` writes one."""
+  `version` from as many images (with the model's duplicate projection when
+  `has_projection`), else embedded through serving_default (PNG) and
+  written, as `python -m serving.embed` writes one."""
   if os.path.exists(path):
     found = EmbeddingsFile.load(path)
-    if found.model_version == version and len(found.ids) == len(images):
+    if (
+        found.model_version == version
+        and len(found.ids) == len(images)
+        and (found.duplicate_projection is not None) == has_projection
+    ):
       print(f"{path}: {len(images)} embeddings of model version {version}, reused", flush=True)
       return found
   from serving.model_store import load_version
@@ -383,10 +392,12 @@ def split_file(
       model, lambda a, b: [encode_png(i) for i in images[a:b]], len(images), batch_size
   )
   seconds = time.perf_counter() - start
+  projection, threshold = model.duplicate_projection()
   made = EmbeddingsFile(
       embeddings,
       np.array([f"{prefix}/{i}" for i in range(len(images))]),
       np.array(class_names)[labels],
+      duplicate_projection=projection,
       meta={
           "model_dir": os.path.abspath(model.path),
           "model_version": model.version,
@@ -395,6 +406,7 @@ def split_file(
           "count": len(images),
           "skipped": 0,
           "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+          **({} if threshold is None else {"duplicate_threshold": threshold}),
       },
   )
   made.save(path)
@@ -407,7 +419,13 @@ def split_file(
 
 
 def test_vs_train(
-    args, data_root: str, class_names: List[str], model_dir: str, version: int, threshold: float
+    args,
+    data_root: str,
+    class_names: List[str],
+    model_dir: str,
+    version: int,
+    threshold: float,
+    has_projection: bool,
 ) -> duplicates.Duplicates:
   """Embeds the test and train splits into --test-vs-train and lists their
   near-duplicate pairs with the CLI."""
@@ -429,6 +447,7 @@ def test_vs_train(
       version,
       args.batch_size,
       os.path.join(data_root, "test_batch"),
+      has_projection,
   )
   split_file(
       train_path,
@@ -440,6 +459,7 @@ def test_vs_train(
       version,
       args.batch_size,
       data_root,
+      has_projection,
   )
   argv = [
       "--embeddings",
@@ -500,6 +520,11 @@ def main(argv=None) -> Dict:
       help="the hardest negatives the threshold is picked on: each original's "
       "most similar other image of any class (default) or of its class",
   )
+  p.add_argument(
+      "--no-projection",
+      action="store_true",
+      help="compare the embeddings themselves, not through the model's duplicate projection",
+  )
   p.add_argument("--cache", default=None, help="embeddings cache (.npz), reused")
   p.add_argument("--batch-size", type=int, default=256)
   p.add_argument("--seed", type=int, default=0)
@@ -523,6 +548,11 @@ def main(argv=None) -> Dict:
   )
   p.add_argument("--show", type=int, default=10, help="pairs printed by the listing")
   args = p.parse_args(sys.argv[1:] if argv is None else argv)
+  if args.no_projection and args.test_vs_train:
+    raise SystemExit(
+        "--no-projection with --test-vs-train: the listing compares what "
+        "serving.duplicates compares, through the model's projection"
+    )
   low, high, step = (float(v) for v in args.thresholds.split(":"))
   thresholds = np.arange(low, high + step / 2, step)
 
@@ -535,6 +565,10 @@ def main(argv=None) -> Dict:
   images, labels = test_images[: args.images], test_labels[: args.images]
   model_dir, version, fingerprint = version_identity(args.model_dir)
   originals, copies = calibration_embeddings(args, images, model_dir, version, fingerprint)
+  projection, model_threshold = duplicate_view(model_dir, args.no_projection)
+  if projection is not None:
+    originals, copies = project(originals, projection), project(copies, projection)
+  default_threshold = duplicates.DUPLICATE_THRESHOLD if model_threshold is None else model_threshold
   per_image = np.array(class_names)[labels]
 
   start = time.perf_counter()
@@ -567,7 +601,14 @@ def main(argv=None) -> Dict:
   print("\nsummary:")
   print(host_line(load=True))
   print(
-      f"model {model_dir} (version {version}); {len(images)} CIFAR-10 test images x "
+      f"model {model_dir} (version {version}), compared "
+      + (
+          f"through its {projection.shape[1]}-d duplicate projection"
+          if projection is not None
+          else "on the embedding itself"
+          + (" (--no-projection)" if args.no_projection else " (the model has no projection)")
+      )
+      + f"; {len(images)} CIFAR-10 test images x "
       f"{len(ALTERATIONS)} alterations; negatives per original: its most similar other "
       f"original, its most similar other same-class original, {args.random_pairs} random "
       "same-class ones"
@@ -611,19 +652,32 @@ def main(argv=None) -> Dict:
   print(
       f"threshold picked: {chosen['threshold']:.3f}, the lowest of the sweep at which at "
       f"most {args.max_fp:.0%} of originals have a different image "
-      f"{'of any class' if args.pick_on == 'any' else 'of their class'} at or above it "
-      f"(serving.duplicates.DUPLICATE_THRESHOLD is {duplicates.DUPLICATE_THRESHOLD:g}"
+      f"{'of any class' if args.pick_on == 'any' else 'of their class'} at or above it"
+  )
+  # The target is judged where serving.duplicates flags pairs by default.
+  default_row = sweep([default_threshold], copy, hardest_any, hardest, random_scores)[0]
+  print(
+      f"default threshold: {default_threshold:.3f}, "
       + (
-          ")"
-          if abs(duplicates.DUPLICATE_THRESHOLD - chosen["threshold"]) < 1e-9
-          else ": not this calibration's)"
+          "the model's own (calibrated on held-out train images when it was trained)"
+          if model_threshold is not None
+          else "serving.duplicates.DUPLICATE_THRESHOLD (the model has no projection)"
       )
   )
-  for line in target_lines(chosen):
+  result["default"] = default_row
+  for line in target_lines(default_row):
     print(line)
   if args.test_vs_train:
     print()
-    found = test_vs_train(args, data_root, class_names, model_dir, version, chosen["threshold"])
+    found = test_vs_train(
+        args,
+        data_root,
+        class_names,
+        model_dir,
+        version,
+        chosen["threshold"],
+        projection is not None,
+    )
     result["test_vs_train"] = found
   return result
 

@@ -106,6 +106,8 @@ def main(argv=None):
   if args.export:
     from models.signatures import export_saved_model
 
+    if cfg.search.duplicate_dims:  # as the probe Trainer does
+      engine_probe.fit_duplicate_projection(cfg, result.classifier, tft_output, train_files)
     export_saved_model(result.classifier, tft_output, args.export)
 
   # The first epoch includes tracing and XLA compilation.

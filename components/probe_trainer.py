@@ -6,7 +6,9 @@ serving signatures of `models.signatures` (what the Evaluator scores and the
 Pusher pushes), and the MAE itself is copied beside it
 (`names.carried_mae_dir`: what a later span warm-starts from once this
 model is blessed); the ModelRun dir gets TensorBoard logs and
-`train_summary.json` (linear and k-NN test accuracy). The classes (number
+`train_summary.json` (linear and k-NN test accuracy, the near-duplicate
+projection's fit). The exported model carries near-duplicate search's
+projection and threshold (`engine_probe.fit_duplicate_projection`). The classes (number
 and names, id order) come from the schema's `class_name` domain.
 """
 
@@ -35,6 +37,10 @@ def run_fn(fn_args: FnArgs) -> None:
       data.transformed_batches(fn_args.eval_files, tft_output),
       fn_args.model_run_dir,
   )
+  if cfg.search.duplicate_dims:
+    result.summary["duplicates"] = engine_probe.fit_duplicate_projection(
+        cfg, result.classifier, tft_output, fn_args.train_files
+    )
 
   signatures.export_saved_model(result.classifier, tft_output, fn_args.serving_model_dir)
   files.copy_tree(fn_args.base_model, names.carried_mae_dir(fn_args.serving_model_dir))

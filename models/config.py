@@ -348,8 +348,30 @@ class SearchConfig:
   # The corpus also in Vertex AI Vector Search's input format (JSON lines;
   # models/vector_search.py): on by default on Vertex AI.
   vector_search_json: bool = False
+  # Near-duplicate search's projection of the embedding (models/near_duplicates.py,
+  # fit by the probe Trainer): `duplicate_dims` directions (0: none, cosine on
+  # the embedding itself) fit on the first `duplicate_fit_images` train images
+  # and their altered copies; its threshold flags at most `duplicate_max_fp`
+  # of a corpus of 2,000 images, drawn from the next
+  # `duplicate_calibration_images` (benchmarks/RESULTS.md, issue 37).
+  duplicate_dims: int = 96
+  duplicate_fit_images: int = 5_000
+  duplicate_calibration_images: int = 4_000
+  duplicate_max_fp: float = 0.01
+  duplicate_shrinkage: float = 1e-3
 
   def __post_init__(self):
+    if self.duplicate_dims < 0 or self.duplicate_fit_images < 4:
+      raise ValueError(
+          "search.duplicate_dims must be >= 0 and search.duplicate_fit_images >= 4; "
+          f"got {self.duplicate_dims}, {self.duplicate_fit_images}"
+      )
+    if not 0.0 <= self.duplicate_max_fp < 1.0 or self.duplicate_calibration_images < 2:
+      raise ValueError(
+          "search.duplicate_max_fp must be in [0, 1) and "
+          "search.duplicate_calibration_images >= 2; "
+          f"got {self.duplicate_max_fp}, {self.duplicate_calibration_images}"
+      )
     if self.kind not in SEARCH_KINDS:
       raise ValueError(f"Unknown search.kind {self.kind!r}; expected one of {list(SEARCH_KINDS)}")
     if self.reorder_dtype not in REORDER_DTYPES:

@@ -107,7 +107,8 @@ def channel_statistics(tf_transform_output: tft.TFTransformOutput) -> Tuple[np.n
 
 def load_raw_images(file_patterns: List[str], feature_spec, count: int, size: int) -> np.ndarray:
   """The first `count` images decoded to [count, size, size, 3] float32 in
-  [0, 1] (what the Transform graph starts from), for pictures."""
+  [0, 1] (what the Transform graph starts from): for pictures, and the
+  images the near-duplicate projection is fit on."""
   serialized = tf.stack(list(serialized_examples(file_patterns, count)))
   return decode_images(tf.io.parse_example(serialized, feature_spec)[IMAGE_KEY], size).numpy()
 

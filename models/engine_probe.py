@@ -20,7 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from models import config as config_lib
-from models import names, optimization, progress, run_log, runtime
+from models import data, names, near_duplicates, optimization, progress, run_log, runtime
 from models.names import KNN_K, KNN_KS
 from models.evaluation import evaluate_knn, fit_whitening
 from models.linear_probe import FEATURE_BN, ProbeClassifier, build_probe_head, drop_empty_features
@@ -228,3 +228,87 @@ def linear_probe(
           **extra,
       ),
   )
+
+
+def fit_duplicate_projection(
+    cfg: config_lib.RunConfig,
+    classifier: ProbeClassifier,
+    tf_transform_output,
+    train_files: List[str],
+) -> Dict[str, Any]:
+  """Fits near-duplicate search's projection and threshold
+  (`models.near_duplicates`) on the first train images and sets them on the
+  probed `classifier`; returns what was fit, for the run's summary.
+
+  The images are the examples' files decoded to the model's size
+  (`data.load_raw_images`), the copies files made from them, and both are
+  embedded through the Transform graph, as a served image is. The last
+  `search.duplicate_calibration_images` are held out to pick the threshold
+  (at most a third when the split has fewer than both counts); the rest
+  are fit."""
+  search = cfg.search
+  start = time.perf_counter()
+  pixels = data.load_raw_images(
+      train_files,
+      tf_transform_output.raw_feature_spec(),
+      search.duplicate_fit_images + search.duplicate_calibration_images,
+      cfg.data.image_size,
+  )
+  pixels = np.clip(np.round(pixels * 255.0), 0, 255).astype(np.uint8)
+  # Short of fit + calibration images, a third at most is held out.
+  held_out = min(
+      search.duplicate_calibration_images,
+      max(len(pixels) - search.duplicate_fit_images, len(pixels) // 3),
+  )
+  if held_out < 2:
+    raise ValueError(
+        f"fitting the duplicate projection takes at least 6 train images, got {len(pixels)}"
+    )
+  fit, calibration = pixels[:-held_out], pixels[-held_out:]
+  prepare = tf_transform_output.transform_features_layer()
+
+  @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+  def embed_batch(image_bytes):
+    raw = {names.IMAGE_KEY: tf.reshape(image_bytes, [-1, 1])}
+    return classifier.embed(prepare(raw)[names.IMAGE_KEY])
+
+  def embed_files(files: List[bytes]) -> np.ndarray:
+    return np.concatenate(
+        [embed_batch(tf.constant(files[i : i + 256])).numpy() for i in range(0, len(files), 256)]
+    )
+
+  originals = embed_files([near_duplicates.encode(image) for image in fit])
+  copies = np.stack(
+      [embed_files(files) for files in near_duplicates.altered_copies(fit, cfg.runtime.seed)]
+  )
+  projection = near_duplicates.fit_projection(
+      originals, copies, search.duplicate_dims, search.duplicate_shrinkage
+  )
+  held_out_vectors = near_duplicates.project(
+      embed_files([near_duplicates.encode(image) for image in calibration]), projection
+  )
+  threshold = near_duplicates.calibrate_threshold(
+      held_out_vectors, search.duplicate_max_fp, seed=cfg.runtime.seed
+  )
+  classifier.set_duplicate_projection(projection, threshold)
+  summary = dict(
+      dims=int(projection.shape[1]),
+      fit_images=len(fit),
+      copies_per_image=len(copies),
+      calibration_images=len(calibration),
+      threshold=threshold,
+      seconds=round(time.perf_counter() - start, 1),
+  )
+  run_log.log.info(
+      "[%s] duplicate projection: %d dims fit on %d train images x %d copies, "
+      "threshold %.3f (at most %g of a corpus of held-out images flagged; %d held out) in %s",
+      names.PROBE_TRAINER,
+      summary["dims"],
+      len(fit),
+      len(copies),
+      threshold,
+      search.duplicate_max_fp,
+      len(calibration),
+      run_log.duration(summary["seconds"]),
+  )
+  return summary

@@ -66,6 +66,7 @@ class ProbeClassifier(tf.Module):
     self.knn_bank = self.knn_labels = None
     self.knn_k = 0
     self.whitening_mean = self.whitening_matrix = None
+    self.duplicate_projection = self.duplicate_threshold = None
     self.encoder_bfloat16: Optional[Encoder] = None
 
   def add_bfloat16_encoder(self) -> None:
@@ -95,6 +96,17 @@ class ProbeClassifier(tf.Module):
     if self.whitening_mean is None:
       return features
     return tf.matmul(features - self.whitening_mean, self.whitening_matrix)
+
+  def set_duplicate_projection(self, projection: np.ndarray, threshold: float) -> None:
+    """Near-duplicate search's view of the embedding: vectors embedding @
+    projection [E, k] (`models.near_duplicates.fit_projection`), pairs at
+    cosine >= threshold; saved with the model, read by `serving.embed`."""
+    self.duplicate_projection = tf.Variable(
+        projection.astype(np.float32), trainable=False, name="duplicate_projection"
+    )
+    self.duplicate_threshold = tf.Variable(
+        float(threshold), dtype=tf.float32, trainable=False, name="duplicate_threshold"
+    )
 
   def set_knn_bank(self, features: np.ndarray, labels: np.ndarray, k: int) -> None:
     """The k-NN classifier's bank: embeddings [N, E] and their labels [N],

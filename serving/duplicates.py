@@ -7,9 +7,14 @@ inside one corpus or between two (issue 25).
 
 The files are embeddings files written by `python -m serving.embed`; two
 files must come from the same model version (the embeddings of different
-models are not comparable). A pair is two items whose cosine similarity is
-at or above `--threshold` (default `DUPLICATE_THRESHOLD`, calibrated on
-altered copies of real CIFAR-10 images against pairs of different images).
+models are not comparable). Items are compared through the model's
+near-duplicate projection when the files carry it (`models.near_duplicates`:
+a view of the embedding under which re-compressed, rescaled and cropped
+copies stay close), else on the embeddings themselves. A pair is two items
+whose cosine similarity is at or above `--threshold` (default: the threshold
+the model calibrated with its projection, saved in the file; for files
+without one `DUPLICATE_THRESHOLD`, calibrated on altered copies of real
+CIFAR-10 images against pairs of different images).
 Each item's `--max-per-item` nearest neighbours are searched
 (`models.search_index`, exact); a pair is listed when either item has the
 other among its neighbours. Inside one corpus an item is never paired with
@@ -30,10 +35,12 @@ import os
 import sys
 from typing import Dict, List, Optional, Tuple
 
+from models import search_index
 from models.files import write_atomically
 from serving.embeddings import EmbeddingsFile
 
-# The cosine similarity at or above which two images are called
+# For embeddings files without a duplicate projection (older models), the
+# cosine similarity at or above which two images are called
 # near-duplicates: the lowest threshold at which at most 1 % of 2,000 real
 # CIFAR-10 test images have a different image among them at or above it,
 # calibrated on the `cpu` model by benchmarks/near_duplicates.py. The sweep,
@@ -110,8 +117,9 @@ def load(path: str, flag: str) -> EmbeddingsFile:
 def check_comparable(
     a: EmbeddingsFile, b: EmbeddingsFile, names: Tuple[str, str] = ("--embeddings", "--against")
 ) -> None:
-  """Raises `BadInput` unless `a` and `b` come from one model version and
-  have vectors of one dimension."""
+  """Raises `BadInput` unless `a` and `b` come from one model version, have
+  vectors of one dimension and both carry its duplicate projection or
+  neither does."""
   if a.model_version != b.model_version:
     raise BadInput(
         f"{names[0]} was embedded by model version {a.model_version} and "
@@ -124,19 +132,42 @@ def check_comparable(
         f"{names[1]} {b.embeddings.shape[1]}-dimensional ones (both say model "
         f"version {a.model_version}): they cannot be compared"
     )
+  if (a.duplicate_projection is None) != (b.duplicate_projection is None):
+    with_projection = names[0] if a.duplicate_projection is not None else names[1]
+    raise BadInput(
+        f"only {with_projection} carries the model's duplicate projection (the other "
+        "was written by an older serving.embed): re-embed it with this version"
+    )
+
+
+def default_threshold(a: EmbeddingsFile) -> float:
+  """The threshold the model calibrated with its duplicate projection, else
+  DUPLICATE_THRESHOLD."""
+  return DUPLICATE_THRESHOLD if a.duplicate_threshold is None else a.duplicate_threshold
+
+
+def _vectors_and_index(table: EmbeddingsFile):
+  """(vectors [N, k], exact index over them): what near-duplicate search compares."""
+  vectors = table.duplicate_vectors()
+  records = search_index.Records(table.ids, table.labels)
+  return vectors, search_index.exact_index(vectors, records, model_version=table.model_version)
 
 
 def find_pairs(
     a: EmbeddingsFile,
     b: Optional[EmbeddingsFile] = None,
-    threshold: float = DUPLICATE_THRESHOLD,
+    threshold: Optional[float] = None,
     max_per_item: int = DEFAULT_MAX_PER_ITEM,
 ) -> Duplicates:
   """Near-duplicate pairs inside `a` (b None) or between `a` and `b`: two
-  items with cosine similarity >= `threshold` where one is among the other's
-  `max_per_item` nearest neighbours; best first. Inside one corpus no item
-  is paired with itself and each unordered pair comes once (id_a the
-  earlier row); between two, id_a is from `a` and id_b from `b`."""
+  items with cosine similarity >= `threshold` (None: `default_threshold`)
+  between their duplicate vectors (`EmbeddingsFile.duplicate_vectors`) where
+  one is among the other's `max_per_item` nearest neighbours; best first.
+  Inside one corpus no item is paired with itself and each unordered pair
+  comes once (id_a the earlier row); between two, id_a is from `a` and id_b
+  from `b`."""
+  if threshold is None:
+    threshold = default_threshold(a)
   if not -1.0 <= threshold <= 1.0:
     raise BadInput(f"threshold {threshold} is not a cosine similarity (-1 to 1)")
   if max_per_item < 1:
@@ -156,21 +187,23 @@ def find_pairs(
         if row >= 0 and score >= threshold:
           yield query, int(row), float(score)
 
+  a_vectors, a_index = _vectors_and_index(a)
   if b is None:
     # One more neighbour than asked: the item itself is (almost always) one.
     taken: Dict[int, int] = {}
-    for row, other, score in close(a.index(), a.embeddings, max_per_item + 1):
+    for row, other, score in close(a_index, a_vectors, max_per_item + 1):
       if other != row and taken.get(row, 0) < max_per_item:
         taken[row] = taken.get(row, 0) + 1
         keep((min(row, other), max(row, other)), score)
     second = a
   else:
     check_comparable(a, b)
-    for row, other, score in close(b.index(), a.embeddings, max_per_item):
+    b_vectors, b_index = _vectors_and_index(b)
+    for row, other, score in close(b_index, a_vectors, max_per_item):
       keep((row, other), score)
     # And the other way: an item of b whose neighbours in a include one
     # that does not have it among its own.
-    for row, other, score in close(a.index(), b.embeddings, max_per_item):
+    for row, other, score in close(a_index, b_vectors, max_per_item):
       keep((other, row), score)
     second = b
   pairs = [
@@ -219,9 +252,10 @@ def main(argv=None) -> Duplicates:
   p.add_argument(
       "--threshold",
       type=float,
-      default=DUPLICATE_THRESHOLD,
-      help="cosine similarity at or above which two items are a pair "
-      "(default %(default)s, calibrated: benchmarks/RESULTS.md)",
+      default=None,
+      help="cosine similarity at or above which two items are a pair (default: "
+      "the model's calibrated threshold, in the file; for files without one "
+      f"{DUPLICATE_THRESHOLD}: benchmarks/RESULTS.md)",
   )
   p.add_argument(
       "-k",

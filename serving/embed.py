@@ -10,7 +10,9 @@ to an embeddings file (`serving.embeddings`).
 Images (PNG/JPEG/BMP/GIF, any size) go through the model's `serving_default`
 signature (`--precision bfloat16`: `serving_bfloat16`), compiled as the
 server compiles it (`serving.compiled`), examples through `embed_examples`:
-the same preparation as every other caller. In a folder laid out as
+the same preparation as every other caller. A model with near-duplicate
+search's projection (`models.near_duplicates`) puts it and its threshold in
+the file, for `serving.duplicates`. In a folder laid out as
 `<root>/<label>/<image>`, labels are the sub-folder names; ids are paths
 relative to `<root>`. Examples' ids are the ones the pushed index gives them
 (`models.examples.search_id`). An image that cannot be decoded stops the run
@@ -182,6 +184,7 @@ def main(argv=None) -> EmbeddingsFile:
       model, signature, batches, ids, args.skip_bad, progress=not args.no_progress, workers=cores()
   )
   seconds = time.perf_counter() - start
+  projection, threshold = model.duplicate_projection()
   table = EmbeddingsFile(
       embeddings,
       np.array(ids)[kept],
@@ -194,7 +197,9 @@ def main(argv=None) -> EmbeddingsFile:
           "count": len(kept),
           "skipped": len(ids) - len(kept),
           "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+          **({} if threshold is None else {"duplicate_threshold": threshold}),
       },
+      duplicate_projection=projection,
   )
   table.save(args.out)
   print(

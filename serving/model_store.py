@@ -164,6 +164,16 @@ class LoadedModel:
         )
     self._signature_defs: Optional[Dict[str, meta_graph_pb2.SignatureDef]] = None
 
+  def duplicate_projection(self) -> Tuple[Optional[np.ndarray], Optional[float]]:
+    """(near-duplicate search's projection [D, k], its threshold) saved with
+    the version (`models.near_duplicates`); (None, None) for a version
+    without them (older models, `search.duplicate_dims` 0)."""
+    projection = getattr(self.saved_model, "duplicate_projection", None)
+    if projection is None:
+      return None, None
+    threshold = float(self.saved_model.duplicate_threshold.numpy())
+    return projection.numpy(), round(threshold, 6)
+
   def signature(self, name: str) -> Signature:
     """Signature `name`; UnknownSignature, naming those there are, if it has none."""
     if name not in self.signatures:

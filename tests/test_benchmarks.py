@@ -10,6 +10,8 @@ import math
 import os
 import re
 
+import numpy as np
+
 import pytest
 
 from benchmarks import kill_matrix, pretrain_memory, probe_ablation, probe_quality
@@ -76,7 +78,16 @@ def test_a_local_view_costs_the_encoder_on_its_own_patches():
 
 def test_roofline(capsys):
   bounds = roofline.main(
-      ["--model", "reference", "--precision", "float32", "--matmul-size", "256", "--repeats", "3"]
+      [
+          "--model",
+          "reference",
+          "--precision",
+          "float32",
+          "--matmul-size",
+          "256",
+          "--repeats",
+          "3",
+      ]
   )
   out = capsys.readouterr().out
   train, embed = figures(
@@ -120,7 +131,9 @@ def test_train_throughput_reference_model(small_cifar_dir, capsys):
   )
   out = capsys.readouterr().out
   assert re.search(
-      r"^model: encoder 6x128 \(4 heads\), decoder 2x64, patch 4, .* batch 16", out, re.MULTILINE
+      r"^model: encoder 6x128 \(4 heads\), decoder 2x64, patch 4, .* batch 16",
+      out,
+      re.MULTILINE,
   ), out
   figures(
       rf"^float32: 2048x2048 matmul at {NUM} GFLOP/s, {NUM} MFLOP per image in "
@@ -267,7 +280,8 @@ def test_probe_ablation(smoke_run, capsys):
   summary = out.split("\nsummary (test top-1 on ")[1].splitlines()
   assert re.match(r"[\d,]+ images\):$", summary[0]), summary[0]
   assert re.search(
-      r" LP +" + " +".join(f"kNN k={k}" for k in names.KNN_KS) + " +probe s$", summary[1]
+      r" LP +" + " +".join(f"kNN k={k}" for k in names.KNN_KS) + " +probe s$",
+      summary[1],
   ), summary[1]
   rows = summary[2:]
   # feature blocks x whitening x (logistic regression, the one probe)
@@ -343,10 +357,13 @@ def test_serving_soak(model_base, smoke_run, small_cifar_dir, tmp_path, capsys):
   import tensorflow_transform as tft
   from pipeline.runs import pipeline_inputs
   from tests.conftest import export_random_classifier
+
   # Another model to push half-way (the served one again would be no new version).
   export = tmp_path / "export"
   export_random_classifier(
-      tft.TFTransformOutput(pipeline_inputs(smoke_run.metadata_path)[1]), export, seed=11
+      tft.TFTransformOutput(pipeline_inputs(smoke_run.metadata_path)[1]),
+      export,
+      seed=11,
   )
   serving_soak.main(
       [
@@ -466,7 +483,8 @@ def test_search(smoke_run, cifar10_dir, tmp_path, capsys):
   assert search_benchmark.TABLE_HEADER.format(k=10) in summary
   for kind in search_benchmark.KINDS:
     ((build, wall, peak, disk, per_vector, loaded, recall, fresh, p50, p99, qps),) = all_figures(
-        rf"^\| 3000 \| {kind} \| [^|]+ \|" + r" {} \|".format(NUM) * 11 + "$", summary
+        rf"^\| 3000 \| {kind} \| [^|]+ \|" + r" {} \|".format(NUM) * 11 + "$",
+        summary,
     )
     assert 0 <= build <= wall and disk > 0 and per_vector > 0, kind
     assert 0 <= recall <= 1 and 0 <= fresh <= 1 and 0 < p50 <= p99 and qps > 0, kind
@@ -523,13 +541,15 @@ def test_near_duplicates(smoke_run, cifar10_dir, tmp_path, capsys):
   assert near_duplicates.TABLE_HEADER in summary
   kinds = list(near_duplicates.ALTERATIONS)
   rows = all_figures(
-      r"^\| \**" + NUM + r"\** \|" + r" {} \|".format(NUM) * (3 + len(kinds) + 1) + "$", summary
+      r"^\| \**" + NUM + r"\** \|" + r" {} \|".format(NUM) * (3 + len(kinds) + 1) + "$",
+      summary,
   )
   assert all(0 <= v <= 1 for row in rows for v in row), rows
   assert len(result["rows"]) == 10 and result["chosen"]["threshold"] == 0.5
   for name in kinds:
     (recall,) = figures(
-        rf"^target at 0\.500, {name}: recall {NUM} \(>= 0\.95: (?:met|NOT met)\)$", summary
+        rf"^target at 0\.500, {name}: recall {NUM} \(>= 0\.95: (?:met|NOT met)\)$",
+        summary,
     )
     assert 0 <= recall <= 1
   fps = all_figures(
@@ -573,7 +593,14 @@ def test_transfer_knn(model_base, tmp_path, capsys):
   from benchmarks import transfer_knn
 
   transfer_knn.main(
-      ["--shapes", str(tmp_path / "shapes"), "--per-class", "12", "--model-dir", model_base]
+      [
+          "--shapes",
+          str(tmp_path / "shapes"),
+          "--per-class",
+          "12",
+          "--model-dir",
+          model_base,
+      ]
   )
   out = capsys.readouterr().out
   assert re.search(r"shapes: 72 images, 6 classes, \d+ bank / \d+ queries; k-NN k = 20$", out, re.M)
@@ -586,6 +613,35 @@ def test_transfer_knn(model_base, tmp_path, capsys):
   assert len(os.listdir(tmp_path / "shapes" / "ring")) == 12  # the set was written
 
 
+def test_transfer_knn_digits(tmp_path, capsys):
+  """scikit-learn's digits, written once in both variants: plain ones are
+  the digit enlarged; coloured ones put it somewhere in two colours."""
+  from benchmarks import transfer_knn
+  from sklearn.datasets import load_digits
+
+  digit = load_digits().images[0]
+  plain = transfer_knn.digit_image(digit, "plain", np.random.default_rng(0))
+  assert plain.shape == (32, 32, 3) and np.all(plain[..., 0] == plain[..., 2])
+  coloured = [
+      transfer_knn.digit_image(digit, "coloured", np.random.default_rng(i)) for i in range(2)
+  ]
+  assert (
+      coloured[0].shape == (32, 32, 3)
+      and np.abs(coloured[0].mean((0, 1)) - coloured[1].mean((0, 1))).max() > 5
+  )
+  with pytest.raises(ValueError, match="unknown digits variant 'bold'"):
+    transfer_knn.digit_image(digit, "bold", np.random.default_rng(0))
+  transfer_knn.main(["--digits", str(tmp_path / "digits")])
+  out = capsys.readouterr().out
+  for variant in transfer_knn.DIGIT_VARIANTS:
+    assert re.search(rf"digits/{variant}: 1797 images, 10 classes, \d+ bank / \d+ queries", out)
+  (plain_pixels,), (coloured_pixels,) = all_figures(rf"^  raw pixels, cosine:\s+{NUM} %$", out)[:2]
+  assert plain_pixels > 90 > coloured_pixels  # pixels see the plain digits only
+  written = os.path.getmtime(tmp_path / "digits" / "plain" / "0" / "0000.png")
+  transfer_knn.main(["--digits", str(tmp_path / "digits")])  # reused, not rewritten
+  assert os.path.getmtime(tmp_path / "digits" / "plain" / "0" / "0000.png") == written
+
+
 def test_budget_figure(tmp_path, capsys):
   from benchmarks import budget_figure
 
@@ -596,7 +652,13 @@ def test_budget_figure(tmp_path, capsys):
               "host": "a host",
               "points": [
                   {"recipe": "a", "minutes": 5.0, "lp": 0.6, "knn": 0.61, "how": "x"},
-                  {"recipe": "a", "minutes": 12.0, "lp": 0.66, "knn": 0.65, "how": "y"},
+                  {
+                      "recipe": "a",
+                      "minutes": 12.0,
+                      "lp": 0.66,
+                      "knn": 0.65,
+                      "how": "y",
+                  },
                   {"recipe": "b", "minutes": 6.0, "lp": 0.62, "knn": 0.6, "how": "z"},
               ],
           }

@@ -52,10 +52,12 @@ def files(model_base, cifar10_sample, tmp_path_factory):
 
 
 def _cosines(a: EmbeddingsFile, b: EmbeddingsFile) -> np.ndarray:
+  """What near-duplicate search compares: cosines of the duplicate vectors."""
+
   def unit(v):
     return v / np.linalg.norm(v, axis=1, keepdims=True)
 
-  return unit(a.embeddings) @ unit(b.embeddings).T
+  return unit(a.duplicate_vectors()) @ unit(b.duplicate_vectors()).T
 
 
 def _stem(item_id: str) -> str:
@@ -162,13 +164,55 @@ def test_between_two_corpora_the_cli_writes_every_pair(files, tmp_path, capsys):
         f"{len(expected)} near-duplicate pairs between {COPIED} and 30 items" in printed
         and f"items with a duplicate: {COPIED} of {COPIED} (100.00%) in the first" in printed
     ), printed
-  # The default threshold and neighbours per item.
+  # The default threshold (the model's own, carried by the files) and
+  # neighbours per item.
+  model_threshold = a.duplicate_threshold
+  assert model_threshold is not None and model_threshold == b.duplicate_threshold
   found = duplicates.main(["--embeddings", copies, "--against", originals])
   assert (found.threshold, found.max_per_item) == (
-      duplicates.DUPLICATE_THRESHOLD,
+      model_threshold,
       duplicates.DEFAULT_MAX_PER_ITEM,
   )
-  assert all(p.score >= duplicates.DUPLICATE_THRESHOLD for p in found.pairs)
+  assert all(p.score >= model_threshold for p in found.pairs)
+
+
+def test_files_carry_the_models_duplicate_projection_and_older_files_still_work(
+    files, model_base, tmp_path
+):
+  """serving.embed writes the pushed model's projection and threshold into
+  the file; a file without them (older code) is searched on its embeddings
+  at DUPLICATE_THRESHOLD, and is not mixed with one that has them."""
+  from serving.model_store import load_version
+
+  originals, copies = files
+  table = EmbeddingsFile.load(originals)
+  projection, threshold = load_version(model_base).duplicate_projection()
+  assert projection is not None and projection.shape[0] == table.embeddings.shape[1]
+  np.testing.assert_array_equal(table.duplicate_projection, projection)
+  assert table.duplicate_threshold == threshold and -1.0 < threshold <= 1.0
+  np.testing.assert_allclose(
+      table.duplicate_vectors(), table.embeddings @ projection, rtol=1e-5, atol=1e-5
+  )
+  older = str(tmp_path / "older.npz")
+  meta = {k: v for k, v in table.meta.items() if k != "duplicate_threshold"}
+  EmbeddingsFile(table.embeddings, table.ids, table.labels, meta).save(older)
+  reloaded = EmbeddingsFile.load(older)
+  assert reloaded.duplicate_projection is None and reloaded.duplicate_threshold is None
+  found = duplicates.find_pairs(reloaded, max_per_item=len(reloaded.ids))
+  assert found.threshold == duplicates.DUPLICATE_THRESHOLD
+  raw = reloaded.embeddings / np.linalg.norm(reloaded.embeddings, axis=1, keepdims=True)
+  sims = raw @ raw.T
+  expected = {
+      (reloaded.ids[i], reloaded.ids[j])
+      for i in range(len(sims))
+      for j in range(i + 1, len(sims))
+      if sims[i, j] >= duplicates.DUPLICATE_THRESHOLD
+  }
+  assert {(p.id_a, p.id_b) for p in found.pairs} == expected
+  with pytest.raises(
+      SystemExit, match=r"only --against carries the model's duplicate projection.*re-embed"
+  ):
+    duplicates.main(["--embeddings", older, "--against", copies])
 
 
 def test_files_that_cannot_be_compared_are_refused(files, tmp_path):
@@ -210,3 +254,6 @@ def test_files_that_cannot_be_compared_are_refused(files, tmp_path):
   with pytest.raises(SystemExit, match=r"max_per_item must be at least 1"):
     duplicates.main(["--embeddings", copies, "-k", "0"])
   assert sorted(os.listdir(tmp_path)) == ["junk.npz", "narrow.npz", "other_version.npz"]
+  bad = EmbeddingsFile.load(copies)
+  with pytest.raises(ValueError, match=r"duplicate_projection \(8, 4\) does not take the"):
+    EmbeddingsFile(bad.embeddings, bad.ids, bad.labels, bad.meta, np.zeros((8, 4), np.float32))
