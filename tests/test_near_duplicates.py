@@ -43,6 +43,7 @@ def test_the_projection_whitens_the_copies_moves_and_orders_the_images_spread():
   first = near_duplicates.fit_projection(originals, copies, dims - 3, shrinkage=0.0)
   weight = np.abs(first) / np.abs(first).sum(axis=0)
   assert weight[:3].sum(axis=0).max() < 0.05
+
   # So copies score closer to their originals than under the identity.
   def cosine_to_original(p):
     a, b = originals @ p, copies[0] @ p
