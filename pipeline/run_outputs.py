@@ -220,6 +220,28 @@ class RunOutputs:
       images.update(zip(records.search_ids(split), records.images))
     return images
 
+  def corpus_embeddings(self):
+    """The CorpusEmbedder's vectors of the search corpus as a
+    `serving.embeddings.EmbeddingsFile`, with the probe model's duplicate
+    projection and threshold: what `serving.embed` writes for them."""
+    from models.examples import read_embeddings
+    from serving.embeddings import EmbeddingsFile
+
+    node = self.node("CorpusEmbedder")["output_properties"][names.EMBEDDINGS_TYPE][0]
+    uri = self.uri("CorpusEmbedder", names.EMBEDDINGS_TYPE)
+    parts = [read_embeddings(names.split_files(uri, s)) for s in node["corpus_splits"].split(",")]
+    projection, threshold = self.probe_model().duplicate_projection()
+    return EmbeddingsFile(
+        np.concatenate([p.vectors for p in parts]),
+        np.array(sum((p.ids for p in parts), [])),
+        np.array(sum((p.class_names for p in parts), [])),
+        meta={
+            "model_version": 0,
+            **({} if threshold is None else {"duplicate_threshold": threshold}),
+        },
+        duplicate_projection=projection,
+    )
+
   def transform_output(self):
     """Transform's graph (a `tft.TFTransformOutput`)."""
     import tensorflow_transform as tft

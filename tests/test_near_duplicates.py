@@ -132,3 +132,20 @@ def test_the_pushed_model_carries_the_projection_its_probe_trainer_fit(smoke_run
   assert fit["calibration_images"] == 320 // 3 and fit["fit_images"] == 320 - 320 // 3
   assert fit["copies_per_image"] == len(near_duplicates.FIT_ALTERATIONS)
   assert fit["dims"] == projection.shape[1] and fit["threshold"] == pytest.approx(threshold)
+
+
+def test_the_runs_corpus_comes_as_an_embeddings_file_with_the_projection(smoke_run):
+  """`RunOutputs.corpus_embeddings` (the walkthrough's near-duplicates): the
+  CorpusEmbedder's vectors, with the probe model's projection and threshold;
+  each train image's nearest through it is itself."""
+  from pipeline.run_outputs import RunOutputs
+  from serving import duplicates
+
+  run = RunOutputs.load(smoke_run.output_dir)
+  corpus = run.corpus_embeddings()
+  projection, threshold = run.probe_model().duplicate_projection()
+  assert len(corpus.ids) == 320 and len(set(corpus.ids)) == 320
+  np.testing.assert_array_equal(corpus.duplicate_projection, projection)
+  assert corpus.duplicate_threshold == threshold
+  found = duplicates.find_pairs(corpus, corpus, threshold=-1.0, max_per_item=1)
+  assert all(p.id_a == p.id_b for p in found.pairs) and len(found.pairs) == 320
