@@ -546,14 +546,21 @@ def test_near_duplicates(smoke_run, cifar10_dir, tmp_path, capsys):
   )
   assert all(0 <= v <= 1 for row in rows for v in row), rows
   assert len(result["rows"]) == 10 and result["chosen"]["threshold"] == 0.5
+  # The target is judged at the model's own threshold, through its projection.
+  from serving.model_store import load_version
+
+  projection, threshold = load_version(smoke_run.serving_model_dir).duplicate_projection()
+  assert f"compared through its {projection.shape[1]}-d duplicate projection" in summary
+  (default,) = figures(rf"^default threshold: {NUM}, the model's own", summary)
+  assert default == pytest.approx(threshold, abs=5e-4)
+  at = re.escape(f"{threshold:.3f}")
   for name in kinds:
     (recall,) = figures(
-        rf"^target at 0\.500, {name}: recall {NUM} \(>= 0\.95: (?:met|NOT met)\)$",
-        summary,
+        rf"^target at {at}, {name}: recall {NUM} \(>= 0\.95: (?:met|NOT met)\)$", summary
     )
-    assert 0 <= recall <= 1
+    assert recall == pytest.approx(result["default"]["recall"][name], abs=5e-5)
   fps = all_figures(
-      rf"^target at 0\.500: different images flagged, .*: {NUM} \(<= 0\.01: (?:met|NOT met)\)$",
+      rf"^target at {at}: different images flagged, .*: {NUM} \(<= 0\.01: (?:met|NOT met)\)$",
       summary,
   )
   assert len(fps) == 3 and all(0 <= v <= 1 for v, in fps)
@@ -568,6 +575,16 @@ def test_near_duplicates(smoke_run, cifar10_dir, tmp_path, capsys):
     lines = f.read().splitlines()
   assert lines[0].split("\t") == ["id_a", "class_a", "id_b", "class_b", "score"]
   assert len(lines) == pairs + 1
+  # The embeddings themselves (cached: the projection is applied after),
+  # judged at DUPLICATE_THRESHOLD; not with the listing, which compares what
+  # serving.duplicates compares.
+  plain = argv[: argv.index("--test-vs-train")] + ["--no-projection"]
+  near_duplicates.main(plain)
+  out = capsys.readouterr().out
+  assert "compared on the embedding itself (--no-projection)" in out
+  assert "default threshold: 0.650, serving.duplicates.DUPLICATE_THRESHOLD" in out
+  with pytest.raises(SystemExit, match="--no-projection with --test-vs-train"):
+    near_duplicates.main(argv + ["--no-projection"])
   # The caches are reused: nothing is embedded again.
   near_duplicates.main(argv)
   out = capsys.readouterr().out
