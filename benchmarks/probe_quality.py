@@ -107,7 +107,9 @@ def main(argv=None):
     from models.signatures import export_saved_model
 
     if cfg.search.duplicate_dims:  # as the probe Trainer does
-      engine_probe.fit_duplicate_projection(cfg, result.classifier, tft_output, train_files)
+      engine_probe.fit_duplicate_projection(
+          cfg, result.classifier, tft_output, train_files, result.train_embeddings
+      )
     export_saved_model(result.classifier, tft_output, args.export)
 
   # The first epoch includes tracing and XLA compilation.

@@ -39,7 +39,7 @@ def run_fn(fn_args: FnArgs) -> None:
   )
   if cfg.search.duplicate_dims:
     result.summary["duplicates"] = engine_probe.fit_duplicate_projection(
-        cfg, result.classifier, tft_output, fn_args.train_files
+        cfg, result.classifier, tft_output, fn_args.train_files, result.train_embeddings
     )
 
   signatures.export_saved_model(result.classifier, tft_output, fn_args.serving_model_dir)

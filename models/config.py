@@ -352,11 +352,11 @@ class SearchConfig:
   # fit by the probe Trainer): `duplicate_dims` directions (0: none, cosine on
   # the embedding itself) fit on the first `duplicate_fit_images` train images
   # and their altered copies; its threshold flags at most `duplicate_max_fp`
-  # of a corpus of 2,000 images, drawn from the next
-  # `duplicate_calibration_images` (benchmarks/RESULTS.md, issue 37).
+  # of a corpus of 2,000 images, the median over `duplicate_calibration_draws`
+  # corpora drawn from the other train images (benchmarks/RESULTS.md, issue 37).
   duplicate_dims: int = 96
   duplicate_fit_images: int = 5_000
-  duplicate_calibration_images: int = 4_000
+  duplicate_calibration_draws: int = 25
   duplicate_max_fp: float = 0.01
   duplicate_shrinkage: float = 1e-3
 
@@ -366,11 +366,11 @@ class SearchConfig:
           "search.duplicate_dims must be >= 0 and search.duplicate_fit_images >= 4; "
           f"got {self.duplicate_dims}, {self.duplicate_fit_images}"
       )
-    if not 0.0 <= self.duplicate_max_fp < 1.0 or self.duplicate_calibration_images < 2:
+    if not 0.0 <= self.duplicate_max_fp < 1.0 or self.duplicate_calibration_draws < 1:
       raise ValueError(
           "search.duplicate_max_fp must be in [0, 1) and "
-          "search.duplicate_calibration_images >= 2; "
-          f"got {self.duplicate_max_fp}, {self.duplicate_calibration_images}"
+          "search.duplicate_calibration_draws >= 1; "
+          f"got {self.duplicate_max_fp}, {self.duplicate_calibration_draws}"
       )
     if self.kind not in SEARCH_KINDS:
       raise ValueError(f"Unknown search.kind {self.kind!r}; expected one of {list(SEARCH_KINDS)}")

@@ -124,6 +124,7 @@ class ProbeResult:
 
   classifier: ProbeClassifier  # frozen encoder + trained head (to export)
   summary: Dict[str, Any]  # history, eval_accuracy, knn_accuracy, knn {k: acc}, ...
+  train_embeddings: np.ndarray  # [N, E] the served embedding of each train image, in order
 
 
 def linear_probe(
@@ -227,6 +228,7 @@ def linear_probe(
           whitening=cfg.probe.whitening,
           **extra,
       ),
+      train_features,
   )
 
 
@@ -235,36 +237,30 @@ def fit_duplicate_projection(
     classifier: ProbeClassifier,
     tf_transform_output,
     train_files: List[str],
+    train_embeddings: np.ndarray,
 ) -> Dict[str, Any]:
   """Fits near-duplicate search's projection and threshold
-  (`models.near_duplicates`) on the first train images and sets them on the
-  probed `classifier`; returns what was fit, for the run's summary.
+  (`models.near_duplicates`) on the train split and sets them on the probed
+  `classifier`; returns what was fit, for the run's summary.
 
-  The images are the examples' files decoded to the model's size
-  (`data.load_raw_images`), the copies files made from them, and both are
-  embedded through the Transform graph, as a served image is. The last
-  `search.duplicate_calibration_images` are held out to pick the threshold
-  (at most a third when the split has fewer than both counts); the rest
-  are fit."""
+  The first `search.duplicate_fit_images` train images are fit: the
+  examples' files decoded to the model's size (`data.load_raw_images`) and
+  copies made of them, both embedded through the Transform graph as a
+  served image is. The threshold is calibrated on every other train image,
+  through `train_embeddings` (the served embeddings of the split in file
+  order, `linear_probe`'s): many corpora drawn from tens of thousands of
+  images pin it down where one held-out corpus leaves it about 0.01 loose.
+  A split too small for both holds out a third."""
   search = cfg.search
   start = time.perf_counter()
+  count = len(train_embeddings)
+  held_out = max(count - search.duplicate_fit_images, count // 3)
+  if held_out < 2 or count - held_out < 4:
+    raise ValueError(f"fitting the duplicate projection takes at least 6 train images, got {count}")
   pixels = data.load_raw_images(
-      train_files,
-      tf_transform_output.raw_feature_spec(),
-      search.duplicate_fit_images + search.duplicate_calibration_images,
-      cfg.data.image_size,
+      train_files, tf_transform_output.raw_feature_spec(), count - held_out, cfg.data.image_size
   )
-  pixels = np.clip(np.round(pixels * 255.0), 0, 255).astype(np.uint8)
-  # Short of fit + calibration images, a third at most is held out.
-  held_out = min(
-      search.duplicate_calibration_images,
-      max(len(pixels) - search.duplicate_fit_images, len(pixels) // 3),
-  )
-  if held_out < 2:
-    raise ValueError(
-        f"fitting the duplicate projection takes at least 6 train images, got {len(pixels)}"
-    )
-  fit, calibration = pixels[:-held_out], pixels[-held_out:]
+  fit = np.clip(np.round(pixels * 255.0), 0, 255).astype(np.uint8)
   prepare = tf_transform_output.transform_features_layer()
 
   @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
@@ -284,31 +280,34 @@ def fit_duplicate_projection(
   projection = near_duplicates.fit_projection(
       originals, copies, search.duplicate_dims, search.duplicate_shrinkage
   )
-  held_out_vectors = near_duplicates.project(
-      embed_files([near_duplicates.encode(image) for image in calibration]), projection
-  )
   threshold = near_duplicates.calibrate_threshold(
-      held_out_vectors, search.duplicate_max_fp, seed=cfg.runtime.seed
+      near_duplicates.project(train_embeddings[len(fit) :], projection),
+      search.duplicate_max_fp,
+      draws=search.duplicate_calibration_draws,
+      seed=cfg.runtime.seed,
   )
   classifier.set_duplicate_projection(projection, threshold)
   summary = dict(
       dims=int(projection.shape[1]),
       fit_images=len(fit),
       copies_per_image=len(copies),
-      calibration_images=len(calibration),
+      calibration_images=held_out,
       threshold=threshold,
       seconds=round(time.perf_counter() - start, 1),
   )
   run_log.log.info(
       "[%s] duplicate projection: %d dims fit on %d train images x %d copies, "
-      "threshold %.3f (at most %g of a corpus of held-out images flagged; %d held out) in %s",
+      "threshold %.3f (at most %g of a corpus of %d flagged: the median of %d corpora "
+      "drawn from %d held-out images) in %s",
       names.PROBE_TRAINER,
       summary["dims"],
       len(fit),
       len(copies),
       threshold,
       search.duplicate_max_fp,
-      len(calibration),
+      near_duplicates.CALIBRATION_CORPUS,
+      search.duplicate_calibration_draws,
+      held_out,
       run_log.duration(summary["seconds"]),
   )
   return summary
