@@ -373,7 +373,14 @@ def bench_one(
 ) -> Dict:
   """One row: build (through the library, tuned to --min-recall), save,
   load, and measure the loaded index."""
-  cfg = SearchConfig(kind=kind, k=args.k, min_recall=args.min_recall, eval_queries=len(queries))
+  # Tuned on the first half of the queries, scored on the other half.
+  cfg = SearchConfig(
+      kind=kind,
+      k=args.k,
+      min_recall=args.min_recall,
+      tune_queries=len(queries) // 2,
+      eval_queries=len(queries) - len(queries) // 2,
+  )
   gc.collect()
   before = rss_mb()
   has_peak = reset_peak_rss()

@@ -208,8 +208,9 @@ def SearchIndexer(  # pylint: disable=invalid-name
     search_config: tfx.dsl.components.Parameter[str],
 ) -> None:
   """Builds the index the profile's `search` section asks for over the
-  corpus, scores it on the held-out queries against exact search, and
-  blesses it at recall@k >= search.min_recall."""
+  corpus, tunes it on the first `search.tune_queries` held-out queries,
+  scores it on the next `search.eval_queries` against exact search, and
+  blesses it at recall@k >= search.min_recall on those."""
   if not is_blessed(embeddings, EMBEDDED_PROPERTY):
     search_index_artifact.set_int_custom_property(BLESSED_PROPERTY, 0)
     search_index_artifact.set_string_custom_property(

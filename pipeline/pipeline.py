@@ -305,7 +305,7 @@ def create_pipeline(
       model_blessing=evaluator.outputs["blessing"],
       corpus_splits=",".join([TRAIN_SPLIT] + [UNLABELED_SPLIT] * unlabeled),
       query_split=TEST_SPLIT,
-      query_limit=search_config.eval_queries,
+      query_limit=search_config.tune_queries + search_config.eval_queries,
       vector_search_json=int(search_config.vector_search_json),
       corpus_examples=search_corpus[0].outputs["examples"] if search_corpus else None,
   )
