@@ -14,6 +14,8 @@ DATA      ?= $(firstword $(MAE_TFX_CIFAR10) $(wildcard ../shared/data/cifar10))
 UNLABELED ?=
 # Images the search index covers instead of the train split (a folder, or TFRecords).
 SEARCH_CORPUS ?=
+# Ids to take out of search for good, one a line (default: $(DATA)/removed.txt).
+REMOVED   ?=
 ARGS      ?=
 PYTEST_ARGS ?=
 
@@ -37,7 +39,8 @@ $(VENV)/.installed: setup.py pyproject.toml requirements.lock
 # The run log (stderr) starts by naming what it runs.
 pipeline: $(VENV)/.installed
 	@$(PY) -m pipeline.local_runner --profile $(PROFILE) $(if $(DATA),--data $(DATA)) \
-	    $(if $(UNLABELED),--unlabeled $(UNLABELED)) $(if $(SEARCH_CORPUS),--search-corpus $(SEARCH_CORPUS)) $(ARGS)
+	    $(if $(UNLABELED),--unlabeled $(UNLABELED)) $(if $(SEARCH_CORPUS),--search-corpus $(SEARCH_CORPUS)) \
+	    $(if $(REMOVED),--removed $(REMOVED)) $(ARGS)
 
 # The test tiers (docs/testing.md), each after the style check:
 #   test-fast  every test that runs no pipeline and starts no server (the inner loop)

@@ -1,6 +1,6 @@
 """SearchCorpusGen: images to search that the model was not trained on (the
 runners' `--search-corpus`), as one split, `corpus`, of Examples; the
-CorpusEmbedder then indexes them instead of the train split.
+CorpusEmbedder then indexes them beside the train split.
 
 `input_base` is a folder of images, any depth, or a folder of TFRecord files
 of tf.Examples (`image_feature`, `label_feature` and an optional

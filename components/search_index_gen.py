@@ -1,30 +1,38 @@
 """The search part of the DAG: CorpusEmbedder embeds the corpus with the
-blessed model (Beam RunInference, so on Dataflow too), SearchIndexer builds
-and scores the nearest-neighbour index over it (`models.search_index`), and
-the Pusher ships the index inside the model's version folder.
+model the index ships with (Beam RunInference, so on Dataflow too),
+SearchIndexer builds and scores the nearest-neighbour index over it
+(`models.search_index`), and the Pusher ships the index inside a model
+version folder.
 
-CorpusEmbedder writes, per split, GZIP TFRecords of {id, class_name,
-embedding} (`models.examples.embedding_example`): the corpus splits (train,
-and unlabeled when there is one; or, when given, the `corpus` split of a
-SearchCorpusGen's examples) and the first `query_limit` examples of the
-held-out query split (test), on which SearchIndexer measures recall against
-exact search. An id is `models.examples.search_id`: the image's file under
-its data root when the examples carry it (image folders), otherwise
-`<split>/<index>`, as `serving.embed --examples` numbers them. With
-`vector_search_json` the corpus is also written in Vertex AI Vector
-Search's input format (`models.vector_search`), in `<uri>/vector_search/`:
-the folder an index is created from.
-When the Evaluator did not bless the model, nothing is embedded and the
-index is marked not blessed: the Pusher pushes neither.
+The corpus is every image the pipeline accepted: the train (and unlabeled)
+split of every span the gate passed, plus a SearchCorpusGen's images, less
+the removed ids. When the candidate is blessed it embeds them all; when
+not, the served version is kept and its index extended: only images it
+lacks are embedded, by the served model, the rest reused from the served
+index (and the Pusher pushes that model again with the new index); when
+neither, nothing is embedded and nothing is pushed.
+
+CorpusEmbedder writes, per corpus part, GZIP TFRecords of {id, class_name,
+embedding, span} (`models.examples.embedding_example`), the reused vectors
+(`reused.npz`), and the first `query_limit` examples of the held-out query
+split (test), on which SearchIndexer tunes and scores recall against exact
+search. An id is `models.examples.search_id`: the image's file under its
+data root when the examples carry it (image folders), otherwise
+`<split>/<index>`, as `serving.embed --examples` numbers them; in spans,
+`span-<N>/` first. With `vector_search_json` the embedded corpus is also
+written in Vertex AI Vector Search's input format (`models.vector_search`),
+in `<uri>/vector_search/`: the folder an index is created from.
 """
 
+import io
 import json
 import os
-from typing import Iterator, List, Tuple
+from typing import Dict, FrozenSet, Iterator, List, NamedTuple, Optional, Tuple
 
 import apache_beam as beam
 import numpy as np
 import tensorflow as tf
+from absl import logging
 from tfx import v1 as tfx
 from tfx.types import artifact, artifact_utils
 from tfx.utils import path_utils
@@ -33,6 +41,7 @@ from tfx_bsl.public.proto import model_spec_pb2
 
 from models import config as config_lib
 from models import names, search_index, vector_search
+from models.names import SPAN_FOLDER_PREFIX
 from models.examples import (
     COMPRESSION,
     embedding_example,
@@ -70,11 +79,15 @@ def _count(path: str) -> int:
   return sum(1 for _ in tf.data.TFRecordDataset(path, compression_type=COMPRESSION))
 
 
+Keyed = Tuple[Tuple[str, str], tf.train.Example]  # ((id, class name), example)
+
+
 def _keyed_examples(
-    file: Tuple[int, str], split: str, counts: List[int], limit: int
-) -> Iterator[Tuple[Tuple[str, str], tf.train.Example]]:
+    file: Tuple[int, str], split: str, counts: List[int], limit: int, id_prefix: str
+) -> Iterator[Keyed]:
   """((id, class name), example) of one file: the id is the example's file
-  or its index in the split."""
+  or its index in the split, after `id_prefix` (`span-<N>/`) unless it
+  already starts with it."""
   number, path = file
   index = sum(counts[:number])
   for record in tf.data.TFRecordDataset(path, compression_type=COMPRESSION):
@@ -85,13 +98,10 @@ def _keyed_examples(
     path, class_name = (
         feature[key].bytes_list.value for key in (names.IMAGE_PATH_KEY, names.CLASS_NAME_KEY)
     )
-    yield (
-        (
-            search_id(path[0].decode("utf-8") if path else "", split, index),
-            class_name[0].decode("utf-8") if class_name else "",
-        ),
-        example,
-    )
+    image_id = search_id(path[0].decode("utf-8") if path else "", split, index)
+    if not image_id.startswith(id_prefix):
+      image_id = id_prefix + image_id
+    yield ((image_id, class_name[0].decode("utf-8") if class_name else ""), example)
     index += 1
 
 
@@ -109,12 +119,24 @@ def _embedded(keyed_log) -> Embedded:
 
 class EmbedSplit(beam.PTransform):
   """The first `limit` (0: all) examples of one split, embedded by the
-  SavedModel's `embed_examples` signature: `Embedded` tuples."""
+  SavedModel's `embed_examples` signature: `Embedded` tuples, except those
+  whose id is in `skip` (their vectors are reused, or they are removed).
+  With `ids_to`, every id the split holds is also written there (text)."""
 
-  def __init__(self, examples_uri: str, split: str, model_path: str, limit: int = 0):
+  def __init__(
+      self,
+      examples_uri: str,
+      split: str,
+      model_path: str,
+      limit: int = 0,
+      id_prefix: str = "",
+      skip: FrozenSet[str] = frozenset(),
+      ids_to: str = "",
+  ):
     super().__init__()
     self.files = example_files(names.split_files(examples_uri, split))
     self.split, self.model_path, self.limit = split, model_path, limit
+    self.id_prefix, self.skip, self.ids_to = id_prefix, skip, ids_to
 
   def expand(self, pipeline):
     """Pipeline -> PCollection of `Embedded`: the files counted (the ids'
@@ -131,14 +153,104 @@ class EmbedSplit(beam.PTransform):
         | "Counts" >> beam.combiners.ToList()
         | "InOrder" >> beam.Map(lambda pairs: [n for _, n in sorted(pairs)])
     )
+    keyed = files | "Read" >> beam.FlatMap(
+        _keyed_examples,
+        self.split,
+        beam.pvalue.AsSingleton(counts),
+        self.limit,
+        self.id_prefix,
+    )
+    if self.ids_to:
+      _ = (
+          keyed
+          | "Ids" >> beam.Map(lambda k: k[0][0])
+          | "WriteIds" >> beam.io.WriteToText(self.ids_to, shard_name_template="")
+      )
+    skip = self.skip
     return (
-        files
-        | "Read"
-        >> beam.FlatMap(_keyed_examples, self.split, beam.pvalue.AsSingleton(counts), self.limit)
+        keyed
+        | "New" >> beam.Filter(lambda k: k[0][0] not in skip)
         | "Spread" >> beam.Reshuffle()
         | "Embed" >> RunInference(spec)
         | "Unpack" >> beam.Map(_embedded)
     )
+
+
+class CorpusPart(NamedTuple):
+  """One split of one Examples artifact in the corpus, and what its records
+  are called: the output split `name`, the ids' prefix and their span."""
+
+  name: str
+  examples_uri: str
+  split: str
+  id_prefix: str
+  span: str
+
+
+def corpus_parts(
+    spans: List[artifact.Artifact],
+    corpus_splits: List[str],
+    span_ids: bool,
+    search_corpus: Optional[artifact.Artifact] = None,
+) -> List[CorpusPart]:
+  """The corpus: the `corpus_splits` each Examples of `spans` has (named
+  `span-<N>-<split>` and their ids `span-<N>/...` when `span_ids`, else as
+  the split), then the search corpus's images, ids as they are."""
+  from components.model_resolvers import artifact_span
+
+  parts = []
+  for examples in sorted(spans, key=artifact_span):
+    span = artifact_span(examples)
+    available = artifact_utils.decode_split_names(examples.split_names)
+    for split in (s for s in corpus_splits if s in available):
+      prefix = f"{SPAN_FOLDER_PREFIX}{span}" if span_ids else ""
+      parts.append(
+          CorpusPart(
+              f"{prefix}-{split}" if span_ids else split,
+              examples.uri,
+              split,
+              f"{prefix}/" if span_ids else "",
+              str(span),
+          )
+      )
+  if search_corpus is not None:
+    parts.append(CorpusPart(names.CORPUS_SPLIT, search_corpus.uri, names.CORPUS_SPLIT, "", ""))
+  return parts
+
+
+def _served(served_models: str) -> Tuple[Optional[str], Optional[search_index.SearchIndex]]:
+  """(the newest pushed version's folder, its search index) under
+  `served_models` (the Pusher's base directory): (None, None) when nothing
+  is pushed; an index that is missing or cannot be read is None (logged)."""
+  from components.versioned_pusher import newest_version  # it imports this module
+
+  newest = served_models and newest_version(served_models)
+  if not newest:
+    return None, None
+  folder = os.path.join(served_models, newest)
+  index_dir = os.path.join(folder, names.SEARCH_INDEX_DIR)
+  if not tf.io.gfile.exists(index_dir):
+    return folder, None
+  try:
+    return folder, search_index.load(index_dir)
+  except search_index.BadIndex as e:
+    logging.warning("The served index cannot be reused, every image is embedded: %s", e)
+    return folder, None
+
+
+def same_saved_model(a: str, b: str) -> bool:
+  """Whether two SavedModel folders hold the same model (their fingerprint.pb)."""
+  paths = [os.path.join(folder, "fingerprint.pb") for folder in (a, b)]
+  if not all(tf.io.gfile.exists(p) for p in paths):
+    return False
+  contents = []
+  for path in paths:
+    with tf.io.gfile.GFile(path, "rb") as f:
+      contents.append(f.read())
+  return contents[0] == contents[1]
+
+
+REUSED_FILE = "reused.npz"  # in the Embeddings artifact: vectors taken from the served index
 
 
 @tfx.dsl.components.component(use_beam=True)
@@ -151,53 +263,188 @@ def CorpusEmbedder(  # pylint: disable=invalid-name
     query_split: tfx.dsl.components.Parameter[str],
     query_limit: tfx.dsl.components.Parameter[int],
     vector_search_json: tfx.dsl.components.Parameter[int] = 0,
+    served_models: tfx.dsl.components.Parameter[str] = "",
+    removed_ids: tfx.dsl.components.Parameter[str] = "",
+    span_ids: tfx.dsl.components.Parameter[int] = 0,
+    corpus_spans: tfx.dsl.components.InputArtifact[
+        List[tfx.types.standard_artifacts.Examples]
+    ] = None,
     corpus_examples: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.Examples] = None,
     beam_pipeline: tfx.dsl.components.BeamComponentParameter[beam.Pipeline] = None,
 ) -> None:
-  """Embeds the corpus splits of `examples` (comma-separated; those it has),
-  or the `corpus` split of `corpus_examples` when given, and the first
-  `query_limit` of the query split, with the blessed model;
-  `vector_search_json` 1: the corpus also as Vector Search's input."""
-  if not is_blessed(model_blessing):
+  """Embeds the search corpus with the model the index will ship with, and
+  the first `query_limit` examples of the query split.
+
+  The corpus: the `corpus_splits` (comma-separated) of every span in
+  `corpus_spans` (the spans the gate passed; this run's `examples` when not
+  given), plus the images of `corpus_examples`; ids `span-<N>/...` with
+  `span_ids`; the ids in `removed_ids` (newline-separated) and those the
+  served index removed are left out for good.
+
+  Which model: the candidate when blessed; otherwise the newest version
+  under `served_models` (the Pusher's base directory), whose index is then
+  extended (an index-only version); neither: nothing is embedded. Vectors
+  of the served index are reused when it was made by that same model, so
+  only images it lacks are embedded. The case and the counts are logged
+  and set as properties.
+  """
+  served_dir, served_index = _served(served_models)
+  if is_blessed(model_blessing):
+    model_path = path_utils.serving_model_path(model.uri)
+    case = "the new model, blessed: the whole corpus embedded by it"
+  elif served_dir:
+    model_path = served_dir
+    case = f"the model was not blessed: the served version {os.path.basename(served_dir)} kept"
+  else:
     embeddings.set_int_custom_property(EMBEDDED_PROPERTY, 0)
+    embeddings.set_string_custom_property(
+        "case", "the model was not blessed and none is served: nothing embedded"
+    )
+    logging.info("Search corpus: the model was not blessed and none is served: nothing embedded")
     return
-  corpus = corpus_examples or examples
-  available = artifact_utils.decode_split_names(corpus.split_names)
-  wanted = [names.CORPUS_SPLIT] if corpus_examples else corpus_splits.split(",")
-  splits = [s for s in wanted if s in available]
-  model_path = path_utils.serving_model_path(model.uri)
+  removed = {line.strip() for line in removed_ids.splitlines() if line.strip()}
+  reusable: Dict[str, int] = {}
+  if served_index is not None:
+    removed |= set(served_index.removed)
+    if served_index.vectors is not None and same_saved_model(model_path, served_dir):
+      reusable = {image_id: row for row, image_id in enumerate(served_index.records.ids)}
+      if model_path != served_dir:
+        case = "the blessed model is the one served: its vectors reused"
+  parts = corpus_parts(
+      corpus_spans or [examples], corpus_splits.split(","), bool(span_ids), corpus_examples
+  )
+  skip = frozenset(reusable) | frozenset(removed)
+  ids_dir = os.path.join(embeddings.uri, "ids")
   with beam_pipeline as pipeline:
-    for split in splits + [query_split]:
-      limit, source = (query_limit, examples) if split == query_split else (0, corpus)
-      embedded = pipeline | f"Embed[{split}]" >> EmbedSplit(source.uri, split, model_path, limit)
-      _ = (
-          embedded
-          | f"Serialize[{split}]" >> beam.Map(lambda e: embedding_example(*e).SerializeToString())
-          | f"Write[{split}]"
-          >> beam.io.WriteToTFRecord(
-              os.path.join(names.split_dir(embeddings.uri, split), "embeddings"),
-              file_name_suffix=".gz",
-              compression_type=beam.io.filesystem.CompressionTypes.GZIP,
-          )
+    for part in parts:
+      embedded = pipeline | f"Embed[{part.name}]" >> EmbedSplit(
+          part.examples_uri,
+          part.split,
+          model_path,
+          id_prefix=part.id_prefix,
+          skip=skip,
+          ids_to=os.path.join(ids_dir, part.name),
       )
-      if vector_search_json and split != query_split:
-        _ = (
-            embedded
-            | f"VectorSearchLines[{split}]" >> beam.MapTuple(vector_search.json_line)
-            | f"WriteVectorSearch[{split}]"
-            >> beam.io.WriteToText(
-                os.path.join(embeddings.uri, vector_search.FOLDER, split),
-                file_name_suffix=vector_search.FILE_SUFFIX,
-            )
-        )
-  embeddings.set_string_custom_property("corpus_splits", ",".join(splits))
-  embeddings.set_string_custom_property("corpus_examples", corpus.uri)
+      _write(embedded, embeddings.uri, part.name, part.span, vector_search_json)
+    queries = pipeline | f"Embed[{query_split}]" >> EmbedSplit(
+        examples.uri, query_split, model_path, query_limit
+    )
+    _write(queries, embeddings.uri, query_split, "", False)
+  # Which vectors of the served index stay: those of images still in the
+  # corpus and not removed.
+  seen = []
+  for part in parts:
+    with tf.io.gfile.GFile(os.path.join(ids_dir, part.name)) as f:
+      seen += f.read().splitlines()
+  seen_set = set(seen)
+  kept_rows = sorted(
+      row for image_id, row in reusable.items() if image_id in seen_set and image_id not in removed
+  )
+  if kept_rows:
+    records = served_index.records
+    buffer = io.BytesIO()  # np.savez seeks: GFile (gs:// too) takes the bytes
+    np.savez(
+        buffer,
+        ids=records.ids[kept_rows],
+        class_names=records.class_names[kept_rows],
+        spans=records.spans[kept_rows],
+        vectors=np.asarray(served_index.vectors[kept_rows], np.float32),
+    )
+    with tf.io.gfile.GFile(os.path.join(embeddings.uri, REUSED_FILE), "wb") as f:
+      f.write(buffer.getvalue())
+  added = len(seen_set - set(reusable) - removed)
+  dropped = len(removed & (seen_set | set(reusable)))
+  unknown = sorted(removed - seen_set - set(reusable))
+  logging.info(
+      "Search corpus (%s): %d images; %d vectors added, %d reused, %d removed",
+      case,
+      len(seen_set) - len(removed & seen_set),
+      added,
+      len(kept_rows),
+      dropped,
+  )
+  if unknown:
+    logging.warning(
+        "%d removed id(s) are not in the corpus (ignored): %s",
+        len(unknown),
+        ", ".join(unknown[:20]) + (" ..." if len(unknown) > 20 else ""),
+    )
+  embeddings.set_string_custom_property("corpus_splits", ",".join(p.name for p in parts))
+  embeddings.set_string_custom_property("corpus_parts", json.dumps([p._asdict() for p in parts]))
+  embeddings.set_string_custom_property("corpus_examples", parts[0].examples_uri if parts else "")
   embeddings.set_string_custom_property("query_split", query_split)
+  embeddings.set_string_custom_property("model_path", model_path)
+  embeddings.set_string_custom_property("case", case)
+  embeddings.set_int_custom_property("index_only", int(model_path == served_dir))
+  embeddings.set_int_custom_property("added", added)
+  embeddings.set_int_custom_property("reused", len(kept_rows))
+  embeddings.set_int_custom_property("removed", dropped)
+  embeddings.set_string_custom_property("removed_ids", "\n".join(sorted(removed)))
+  embeddings.set_string_custom_property("unknown_removed", "\n".join(unknown))
   embeddings.set_int_custom_property(EMBEDDED_PROPERTY, 1)
   if vector_search_json:
     embeddings.set_string_custom_property(
         "vector_search", os.path.join(embeddings.uri, vector_search.FOLDER)
     )
+
+
+def _write(embedded, uri: str, name: str, span: str, vector_search_json: bool) -> None:
+  """Writes `Embedded` tuples as the split `name` of the Embeddings at
+  `uri` (their span `span`), and as Vector Search's input when asked."""
+  _ = (
+      embedded
+      | f"Serialize[{name}]"
+      >> beam.Map(lambda e: embedding_example(*e, span=span).SerializeToString())
+      | f"Write[{name}]"
+      >> beam.io.WriteToTFRecord(
+          os.path.join(names.split_dir(uri, name), "embeddings"),
+          file_name_suffix=".gz",
+          compression_type=beam.io.filesystem.CompressionTypes.GZIP,
+      )
+  )
+  if vector_search_json:
+    _ = (
+        embedded
+        | f"VectorSearchLines[{name}]"
+        >> beam.MapTuple(lambda i, c, v: vector_search.json_line(i, c, v, span))
+        | f"WriteVectorSearch[{name}]"
+        >> beam.io.WriteToText(
+            os.path.join(uri, vector_search.FOLDER, name),
+            file_name_suffix=vector_search.FILE_SUFFIX,
+        )
+    )
+
+
+def read_corpus(uri: str, corpus_splits: List[str]) -> Tuple[np.ndarray, search_index.Records]:
+  """The corpus the Embeddings artifact at `uri` holds: the vectors it
+  reused from the served index, then those it embedded, split by split
+  ([N, D], Records)."""
+  vectors, ids, class_names, spans = [], [], [], []
+  reused = os.path.join(uri, REUSED_FILE)
+  if tf.io.gfile.exists(reused):
+    with tf.io.gfile.GFile(reused, "rb") as f, np.load(f) as data:
+      vectors.append(data["vectors"])
+      ids += list(data["ids"])
+      class_names += list(data["class_names"])
+      spans += list(data["spans"])
+  for split in corpus_splits:
+    files = names.split_files(uri, split)
+    part = read_embeddings(files) if _has_files(files) else None
+    if part is None or not part.ids:
+      continue
+    vectors.append(part.vectors)
+    ids += part.ids
+    class_names += part.class_names
+    spans += part.spans
+  dim = next((v.shape[1] for v in vectors if v.size), 0)
+  return (
+      np.concatenate([v for v in vectors if v.size]) if dim else np.zeros([0, 0], np.float32),
+      search_index.Records(ids, class_names, spans),
+  )
+
+
+def _has_files(file_patterns: List[str]) -> bool:
+  return any(tf.io.gfile.glob(p) for p in file_patterns)
 
 
 # ---- the index -------------------------------------------------------------------
@@ -219,20 +466,19 @@ def SearchIndexer(  # pylint: disable=invalid-name
     return
   cfg = config_lib.SearchConfig(**json.loads(search_config))
   corpus_splits = embeddings.get_string_custom_property("corpus_splits").split(",")
-  corpus = [read_embeddings(names.split_files(embeddings.uri, s)) for s in corpus_splits]
+  vectors, records = read_corpus(embeddings.uri, corpus_splits)
   queries = read_embeddings(
       names.split_files(embeddings.uri, embeddings.get_string_custom_property("query_split"))
   )
-  records = search_index.Records(
-      sum((c.ids for c in corpus), []), sum((c.class_names for c in corpus), [])
-  )
   index = search_index.build(
-      np.concatenate([c.vectors for c in corpus]),
+      vectors,
       records,
       cfg,
       queries.vectors,
       corpus_splits=corpus_splits,
+      spans=sorted({s for s in records.spans if s}, key=lambda s: (len(s), s)),
   )
+  index.removed = [i for i in embeddings.get_string_custom_property("removed_ids").split("\n") if i]
   index.save(os.path.join(search_index_artifact.uri, INDEX_FOLDER))
   evaluation = index.info["evaluation"]
   search_index_artifact.set_int_custom_property(BLESSED_PROPERTY, int(evaluation["blessed"]))
@@ -240,3 +486,11 @@ def SearchIndexer(  # pylint: disable=invalid-name
   search_index_artifact.set_string_custom_property("reason", index.info["reason"])
   search_index_artifact.set_float_custom_property("recall_at_k", evaluation["recall_at_k"])
   search_index_artifact.set_string_custom_property("summary", search_index.describe(index))
+  # Which model the index was made by: the Pusher ships the two together.
+  for key in ("model_path", "case"):
+    search_index_artifact.set_string_custom_property(
+        key, embeddings.get_string_custom_property(key)
+    )
+  search_index_artifact.set_int_custom_property(
+      "index_only", embeddings.get_int_custom_property("index_only")
+  )

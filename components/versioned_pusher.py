@@ -8,12 +8,17 @@ staging directory and renames it into place, so a model server polling
 `<base>/<version>/` (TF Serving layout) never sees a half-copied model.
 The search index (SearchIndexer's) goes into the same staging folder, at
 names.SEARCH_INDEX_DIR, so model and index land together; an index that was
-not blessed stops the push. A model identical to the newest version (same
+not blessed stops the push. When the model was not blessed but the index
+was made by the served version (an index-only update: a span the gate did
+not bless still becomes searchable, removals take effect), that version's
+SavedModel is pushed again, unchanged (hard-linked where the filesystem
+allows), with the new index. A model identical to the newest version (same
 SavedModel fingerprint and index records) is not pushed again. A staging
 directory a killed push left behind is removed by the next push.
 """
 
 import os
+import shutil
 import time
 from typing import Any, Dict, List, Optional
 
@@ -95,8 +100,31 @@ def _index_records(index_dir: Optional[str]) -> Optional[bytes]:
     return f.read()
 
 
+def _link_tree(source: str, target: str, leave_out: str) -> None:
+  """`source`'s files at `target`, hard links where the filesystem allows
+  (copies otherwise), without its top-level `leave_out` entry."""
+  if "://" in source or "://" in target:
+    io_utils.copy_dir(source, target)
+    if fileio.exists(os.path.join(target, leave_out)):
+      io_utils.delete_dir(os.path.join(target, leave_out))
+    return
+  for folder, dirs, files in os.walk(source):
+    if folder == source and leave_out in dirs:
+      dirs.remove(leave_out)
+    destination = os.path.join(target, os.path.relpath(folder, source))
+    os.makedirs(destination, exist_ok=True)
+    for name in files:
+      try:
+        os.link(os.path.join(folder, name), os.path.join(destination, name))
+      except OSError:
+        shutil.copy2(os.path.join(folder, name), os.path.join(destination, name))
+
+
 def push_to_filesystem(
-    model_path: str, base_directory: str, index_path: Optional[str] = None
+    model_path: str,
+    base_directory: str,
+    index_path: Optional[str] = None,
+    link: bool = False,
 ) -> str:
   """Copies `model_path`, with the search index at `index_path` inside it
   (names.SEARCH_INDEX_DIR), to `<base>/<new version>` atomically: model and
@@ -105,7 +133,9 @@ def push_to_filesystem(
   When the newest version already is this very model with the same corpus
   (same SavedModel fingerprint and index records, e.g. a re-run whose
   Evaluator re-blessed the same model against itself), nothing is copied
-  and that version is returned.
+  and that version is returned. With `link`, `model_path` is a pushed
+  version folder whose SavedModel is pushed again as it is (hard links),
+  its own index left behind.
   """
   fileio.makedirs(base_directory)
   remove_stale_staging(base_directory)
@@ -122,7 +152,10 @@ def push_to_filesystem(
     return newest
   version = str(next_version(base_directory, int(time.time())))
   staging = os.path.join(base_directory, f"{STAGING_PREFIX}{version}-{os.getpid()}")
-  io_utils.copy_dir(model_path, staging)
+  if link:
+    _link_tree(model_path, staging, SEARCH_INDEX_DIR)
+  else:
+    io_utils.copy_dir(model_path, staging)
   if index_path:
     io_utils.copy_dir(index_path, os.path.join(staging, SEARCH_INDEX_DIR))
   fileio.rename(staging, os.path.join(base_directory, version), overwrite=False)
@@ -144,10 +177,8 @@ class Executor(pusher_executor.Executor):
     model_push = artifact_utils.get_single_instance(
         output_dict[standard_component_specs.PUSHED_MODEL_KEY]
     )
-    if not self.CheckBlessing(input_dict):
-      self._MarkNotPushed(model_push)
-      return
-    index_path = None
+    model_blessed = self.CheckBlessing(input_dict)
+    index_path, index_only_model = None, None
     if input_dict.get(SEARCH_INDEX_KEY):
       index = artifact_utils.get_single_instance(input_dict[SEARCH_INDEX_KEY])
       if not search_index_gen.is_blessed(index):
@@ -162,6 +193,11 @@ class Executor(pusher_executor.Executor):
         self._MarkNotPushed(model_push)
         return
       index_path = os.path.join(index.uri, search_index_gen.INDEX_FOLDER)
+      if search_index_gen.is_blessed(index, "index_only"):
+        index_only_model = index.get_string_custom_property("model_path")
+    if not model_blessed and not index_only_model:
+      self._MarkNotPushed(model_push)
+      return
     destination = pusher_pb2.PushDestination()
     proto_utils.json_to_proto(
         exec_properties[standard_component_specs.PUSH_DESTINATION_KEY], destination
@@ -171,14 +207,25 @@ class Executor(pusher_executor.Executor):
           "VersionedPusher pushes to a filesystem destination "
           f"only, got {destination.WhichOneof('destination')}"
       )
-    model_path = self.GetModelPath(input_dict)
     base = destination.filesystem.base_directory
-    version = push_to_filesystem(model_path, base, index_path)
-    io_utils.copy_dir(model_path, model_push.uri)
+    if index_only_model:
+      # The served version again, with the index extended (or trimmed).
+      version = push_to_filesystem(index_only_model, base, index_path, link=True)
+      model_push.set_int_custom_property("index_only", 1)
+      model_push.set_string_custom_property("model_from", index_only_model)
+      logging.info(
+          "Search index pushed to %s with the served model of %s (index-only version)",
+          os.path.join(base, version),
+          index_only_model,
+      )
+    else:
+      model_path = self.GetModelPath(input_dict)
+      version = push_to_filesystem(model_path, base, index_path)
+      io_utils.copy_dir(model_path, model_push.uri)
+      logging.info("Model pushed to %s", os.path.join(base, version))
     self._MarkPushed(
         model_push, pushed_destination=os.path.join(base, version), pushed_version=version
     )
-    logging.info("Model pushed to %s", os.path.join(base, version))
 
 
 SEARCH_INDEX_KEY = "search_index"

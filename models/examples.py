@@ -19,6 +19,7 @@ from models.names import (
     CLASS_NAME_KEY,
     EMBEDDING_KEY,
     ID_KEY,
+    SPAN_KEY,
     IMAGE_HEIGHT_KEY,
     IMAGE_KEY,
     IMAGE_PATH_KEY,
@@ -127,8 +128,11 @@ def serialized_examples(file_patterns: List[str], limit: Optional[int] = None) -
   return ds.take(limit) if limit else ds
 
 
-def embedding_example(image_id: str, class_name: str, vector: np.ndarray) -> tf.train.Example:
-  """One record of a corpus's embeddings: {id, class_name ("" unknown), embedding}."""
+def embedding_example(
+    image_id: str, class_name: str, vector: np.ndarray, span: str = ""
+) -> tf.train.Example:
+  """One record of a corpus's embeddings: {id, class_name ("" unknown),
+  embedding, span ("" unknown)}."""
   return tf.train.Example(
       features=tf.train.Features(
           feature={
@@ -139,6 +143,7 @@ def embedding_example(image_id: str, class_name: str, vector: np.ndarray) -> tf.
               EMBEDDING_KEY: tf.train.Feature(
                   float_list=tf.train.FloatList(value=np.asarray(vector, np.float32).ravel())
               ),
+              SPAN_KEY: tf.train.Feature(bytes_list=tf.train.BytesList(value=[span.encode()])),
           }
       )
   )
@@ -150,18 +155,21 @@ class EmbeddingRecords(NamedTuple):
   ids: List[str]
   class_names: List[str]
   vectors: np.ndarray  # [N, D] float32
+  spans: List[str]  # "" where unknown (records written before spans were kept)
 
 
 def read_embeddings(file_patterns: List[str]) -> EmbeddingRecords:
   """The `embedding_example` records of the files, in file order."""
-  ids, class_names, vectors = [], [], []
+  ids, class_names, vectors, spans = [], [], [], []
   for record in serialized_examples(file_patterns):
     feature = tf.train.Example.FromString(record.numpy()).features.feature
     ids.append(feature[ID_KEY].bytes_list.value[0].decode())
     class_names.append(feature[CLASS_NAME_KEY].bytes_list.value[0].decode("utf-8"))
     vectors.append(np.asarray(feature[EMBEDDING_KEY].float_list.value, np.float32))
+    span = feature[SPAN_KEY].bytes_list.value if SPAN_KEY in feature else []
+    spans.append(span[0].decode() if span else "")
   return EmbeddingRecords(
-      ids, class_names, np.stack(vectors) if vectors else np.zeros([0, 0], np.float32)
+      ids, class_names, np.stack(vectors) if vectors else np.zeros([0, 0], np.float32), spans
   )
 
 

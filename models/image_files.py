@@ -33,7 +33,7 @@ from typing import Dict, List, NamedTuple, Optional, Tuple
 import tensorflow as tf
 
 from models.examples import ImageStatistics
-from models.names import CLASS_NAMES_FILE, SPAN_FOLDER_PREFIX
+from models.names import CLASS_NAMES_FILE, REMOVED_FILE, SPAN_FOLDER_PREFIX
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 SPLIT_FOLDERS = ("train", "test")
@@ -229,6 +229,8 @@ def folder_fingerprint(root: Optional[str]) -> str:
   for folder, dirs, files in os.walk(root):
     dirs[:] = sorted(d for d in dirs if _visible(d))
     for name in sorted(f for f in files if _visible(f)):
+      if folder == root and name == REMOVED_FILE:
+        continue  # a removal changes the index, not the data (docs/continuous.md)
       st = os.stat(os.path.join(folder, name))
       rel = os.path.relpath(os.path.join(folder, name), root)
       h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())

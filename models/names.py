@@ -21,6 +21,7 @@ CLASS_NAME_KEY = "class_name"  # domain in the schema (the name <-> id mapping)
 TRAIN_SPLIT, TEST_SPLIT, UNLABELED_SPLIT = "train", "test", "unlabeled"
 CORPUS_SPLIT = "corpus"  # SearchCorpusGen's one split: images searched, not trained on
 ID_KEY = "id"  # an embedding record's image (components/search_index_gen.py)
+SPAN_KEY = "span"  # an embedding record's span: the search filter's `span` namespace
 # An image-folder example's file, relative to its root ("cat/x.png"; the
 # unlabeled folder's as "unlabeled/<relative path>"): its search id.
 IMAGE_PATH_KEY = "image_path"
@@ -76,6 +77,8 @@ MAE_TRAINING_FILE = "training.json"  # a saved MAE's data digest and warm start
 SUMMARY_FILE = "train_summary.json"  # each Trainer's, in its ModelRun dir
 RECONSTRUCTIONS_FILE = "reconstructions.png"
 CLASS_NAMES_FILE = "class_names.txt"  # one name a line, line i = id i (an asset)
+# Ids taken out of search for good, one a line, in the data folder (or --removed).
+REMOVED_FILE = "removed.txt"
 # A pushed version's nearest-neighbour index over its corpus
 # (models/search_index.py): beside the SavedModel, where TF Serving ignores it.
 SEARCH_INDEX_DIR = os.path.join("assets.extra", "search_index")

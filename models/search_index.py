@@ -9,10 +9,18 @@ so a score is the cosine similarity of query and neighbour (1: same direction).
 An index is a folder, relocatable (the Pusher copies it into a model version):
 
   index.json      kind, dim, count, parameters, why this kind, its evaluation
-  records.npz     ids [N] and class names [N] ("" where unknown), row order
-  vectors.npy     exact: the unit vectors, float32 [N, D]
+  records.npz     ids [N], class names [N] and spans [N] ("" where unknown), row order
+  vectors.npy     the unit vectors [N, D]: exact search scans them (float32);
+                  the other kinds keep a float16 copy (scores within ~1e-3)
+                  for queries by id, filtered scans and the next index that
+                  reuses them
   scann/          scann: ScaNN's serialized searcher (asset paths relative)
   faiss.index     faiss_hnsw: faiss's HNSW graph with its vectors
+  removed.txt     ids taken out of search for good (`removed`), one a line
+
+Filters follow Vertex AI Vector Search's token restricts (`Restricts`): a
+search with filters returns the k nearest records that pass, not the k
+nearest filtered afterwards.
 """
 
 import dataclasses
@@ -28,10 +36,15 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 from models.config import SearchConfig
+from models.vector_search import CLASS_NAMESPACE, NAMESPACES, SPAN_NAMESPACE
 
 EXACT, SCANN, FAISS_HNSW = "exact", "scann", "faiss_hnsw"
-MANIFEST, RECORDS = "index.json", "records.npz"
+MANIFEST, RECORDS, VECTORS, REMOVED = "index.json", "records.npz", "vectors.npy", "removed.txt"
 _EXACT_CHUNK = 256  # queries per matrix product in exact search
+# A filtered search scans the vectors that pass when there are at most this
+# many (about 60 ms a query at 640 dimensions on 2 cores), and otherwise asks
+# the index for more candidates until k of them pass.
+FILTERED_SCAN_MAX = 100_000
 
 
 class BadIndex(ValueError):
@@ -53,12 +66,82 @@ class Records:
 
   ids: np.ndarray  # [N] str: a path under the data root, or split/index
   class_names: np.ndarray  # [N] str, "" where unknown
+  spans: Optional[np.ndarray] = None  # [N] str: the span the image came in, "" unknown
 
   def __post_init__(self):
     self.ids = np.asarray(self.ids).astype(str)
     self.class_names = np.asarray(self.class_names).astype(str)
-    if len(self.ids) != len(self.class_names):
-      raise ValueError(f"{len(self.ids)} ids but {len(self.class_names)} class names")
+    if self.spans is None:
+      self.spans = np.full(len(self.ids), "")
+    self.spans = np.asarray(self.spans).astype(str)
+    if not len(self.ids) == len(self.class_names) == len(self.spans):
+      raise ValueError(
+          f"{len(self.ids)} ids but {len(self.class_names)} class names and "
+          f"{len(self.spans)} spans"
+      )
+
+  def namespace(self, name: str) -> np.ndarray:
+    """[N] str: each record's token in the filter namespace `name`."""
+    return {CLASS_NAMESPACE: self.class_names, SPAN_NAMESPACE: self.spans}[name]
+
+
+class BadRestricts(ValueError):
+  """A filter that names an unknown namespace or is not shaped as Vector Search's."""
+
+
+@dataclasses.dataclass
+class Restricts:
+  """Vertex AI Vector Search's token restricts over the records' namespaces
+  (`class`, `span`): a record passes when, in every namespace restricted,
+  its token is in the `allow` list (when there is one) and not in the
+  `deny` list; namespaces AND, tokens within one OR. A record without a
+  token in a namespace (an unlabeled image's class) passes no allow list
+  there."""
+
+  rules: List[Tuple[str, frozenset, frozenset]]  # (namespace, allow, deny)
+
+  @classmethod
+  def parse(cls, value, field: str = "restricts") -> "Restricts":
+    """[{"namespace": "class", "allow": [...], "deny": [...]}, ...] -> Restricts;
+    BadRestricts naming the entry and what is wrong."""
+    if not isinstance(value, list):
+      raise BadRestricts(f"'{field}' must be a list of {{namespace, allow, deny}} objects")
+    rules = []
+    for i, entry in enumerate(value):
+      where = f"{field}[{i}]"
+      if not isinstance(entry, dict) or "namespace" not in entry:
+        raise BadRestricts(f'{where}: expected {{"namespace": ..., "allow"|"deny": [...]}}')
+      unknown = set(entry) - {"namespace", "allow", "deny"}
+      if unknown:
+        raise BadRestricts(
+            f"{where}: unknown field(s) {sorted(unknown)}; expected namespace, allow, deny"
+        )
+      namespace = entry["namespace"]
+      if namespace not in NAMESPACES:
+        raise BadRestricts(
+            f"{where}: unknown namespace {namespace!r}; expected one of {list(NAMESPACES)}"
+        )
+      lists = []
+      for key in ("allow", "deny"):
+        tokens = entry.get(key, [])
+        if not isinstance(tokens, list) or not all(isinstance(t, (str, int)) for t in tokens):
+          raise BadRestricts(f"{where}.{key} must be a list of strings, got {tokens!r:.60}")
+        lists.append(frozenset(str(t) for t in tokens))
+      if not lists[0] and not lists[1]:
+        raise BadRestricts(f"{where}: give 'allow' or 'deny' tokens for namespace {namespace!r}")
+      rules.append((namespace, *lists))
+    return cls(rules)
+
+  def mask(self, records: Records) -> np.ndarray:
+    """[N] bool: the records that pass."""
+    keep = np.ones(len(records.ids), bool)
+    for namespace, allow, deny in self.rules:
+      tokens = records.namespace(namespace)
+      if allow:
+        keep &= np.isin(tokens, list(allow)) & (tokens != "")
+      if deny:
+        keep &= ~np.isin(tokens, list(deny))
+    return keep
 
 
 # ---- the kinds ------------------------------------------------------------------
@@ -108,9 +191,10 @@ class _Scann(_Searcher):
   kind = SCANN
   FOLDER = "scann"
 
-  def __init__(self, searcher, leaves_to_search: int):
+  def __init__(self, searcher, leaves_to_search: int, reorder: int = 0):
     self.searcher = searcher
     self.leaves_to_search = leaves_to_search
+    self.reorder = reorder  # candidates re-scored; a search for more re-scores more
 
   @classmethod
   def build(
@@ -136,11 +220,14 @@ class _Scann(_Searcher):
         .reorder(reorder, quantize=getattr(ReorderType, reorder_dtype.upper()))
         .build()
     )
-    return cls(searcher, max(1, leaves // 10)), leaves
+    return cls(searcher, max(1, leaves // 10), reorder), leaves
 
   def search(self, queries, k):
     rows, scores = self.searcher.search_batched(
-        queries, final_num_neighbors=k, leaves_to_search=self.leaves_to_search
+        queries,
+        final_num_neighbors=k,
+        leaves_to_search=self.leaves_to_search,
+        pre_reorder_num_neighbors=max(k, self.reorder) if self.reorder else None,
     )
     return np.asarray(scores, np.float32), np.asarray(rows, np.int64)
 
@@ -163,7 +250,7 @@ class _Scann(_Searcher):
       )
 
   @classmethod
-  def load(cls, folder, leaves_to_search: int):
+  def load(cls, folder, leaves_to_search: int, reorder: int = 0):
     from scann.scann_ops.py import scann_ops_pybind
 
     source = os.path.abspath(os.path.join(folder, cls.FOLDER))
@@ -176,7 +263,7 @@ class _Scann(_Searcher):
     searcher = scann_ops_pybind.ScannSearcher(
         scann_ops_pybind.scann_pybind.ScannNumpy(source, assets)
     )
-    return cls(searcher, leaves_to_search)
+    return cls(searcher, leaves_to_search, reorder)
 
 
 class _FaissHnsw(_Searcher):
@@ -223,6 +310,15 @@ class SearchIndex:
   searcher: _Searcher
   records: Records
   info: Dict  # index.json: kind, dim, count, params, reason, evaluation
+  # [N, D] unit float32 (memory-mapped when loaded); None in indexes saved
+  # before every kind kept them (no queries by id nor scanned filters there).
+  vectors: Optional[np.ndarray] = None
+  removed: List[str] = dataclasses.field(default_factory=list)  # ids out of search for good
+
+  def __post_init__(self):
+    if self.vectors is None and isinstance(self.searcher, _Exact):
+      self.vectors = self.searcher.vectors
+    self._rows: Optional[Dict[str, int]] = None
 
   @property
   def kind(self) -> str:
@@ -232,29 +328,118 @@ class SearchIndex:
   def __len__(self) -> int:
     return len(self.records.ids)
 
-  def neighbours(self, queries: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
+  def rows_of(self, ids: List[str]) -> List[int]:
+    """The record rows of `ids`; KeyError listing those the index lacks."""
+    if self._rows is None:
+      self._rows = {image_id: row for row, image_id in enumerate(self.records.ids)}
+    missing = [i for i in ids if i not in self._rows]
+    if missing:
+      raise KeyError(missing)
+    return [self._rows[i] for i in ids]
+
+  def neighbours(
+      self,
+      queries: np.ndarray,
+      k: int,
+      passing: Optional[np.ndarray] = None,
+      exclude: Optional[np.ndarray] = None,
+  ) -> Tuple[np.ndarray, np.ndarray]:
     """(scores [Q, k'] cosine, rows [Q, k'] of `records`), best first,
     k' = min(k, len(self)); a row of -1 is no neighbour (a graph search
-    may find fewer than k)."""
+    may find fewer than k, a filter may pass fewer). `passing` ([N] bool):
+    only those records, the k nearest of them; `exclude` ([Q] rows, -1
+    none): leave that record out of its query's results."""
     if k < 1:
       raise ValueError(f"k must be at least 1, got {k}")
     queries = unit(queries)
     if queries.shape[1] != self.info["dim"]:
       raise ValueError(f"queries have {queries.shape[1]} dimensions, the index {self.info['dim']}")
-    scores, rows = self.searcher.search(queries, min(k, len(self)))
-    return np.minimum(scores, 1.0), rows  # float rounding may pass 1
+    if passing is None and exclude is None:
+      scores, rows = self.searcher.search(queries, min(k, len(self)))
+      return np.minimum(scores, 1.0), rows  # float rounding may pass 1
+    if passing is None:
+      passing = np.ones(len(self), bool)
+    if exclude is None:
+      exclude = np.full(len(queries), -1)
+    count = int(passing.sum())
+    if self.vectors is not None and (self.kind == EXACT or count <= FILTERED_SCAN_MAX):
+      scores, rows = self._scan(queries, k, np.flatnonzero(passing), exclude)
+    else:
+      scores, rows = self._oversample(queries, k, passing, exclude, count)
+    return np.minimum(scores, 1.0), rows
+
+  def _scan(self, queries, k, candidates, exclude):
+    """Exact search over the `candidates` rows: the k nearest that pass."""
+    scores = np.full([len(queries), k], -np.inf, np.float32)
+    rows = np.full([len(queries), k], -1, np.int64)
+    if not len(candidates):
+      return scores, rows
+    vectors = np.asarray(self.vectors[candidates], np.float32)  # [M, D]
+    for start in range(0, len(queries), _EXACT_CHUNK):
+      sims = queries[start : start + _EXACT_CHUNK] @ vectors.T  # [q, M]
+      own = candidates[None, :] == exclude[start : start + _EXACT_CHUNK, None]
+      sims[own] = -np.inf
+      top = min(k, len(candidates))
+      best = np.argpartition(-sims, top - 1, axis=1)[:, :top]
+      best_sims = np.take_along_axis(sims, best, axis=1)
+      order = np.argsort(-best_sims, axis=1, kind="stable")
+      best, best_sims = np.take_along_axis(best, order, 1), np.take_along_axis(best_sims, order, 1)
+      found = np.isfinite(best_sims)
+      end = start + len(best)
+      rows[start:end, :top] = np.where(found, candidates[best], -1)
+      scores[start:end, :top] = np.where(found, best_sims, -np.inf)
+    return scores, rows
+
+  def _oversample(self, queries, k, passing, exclude, count):
+    """The index's own search for more candidates (k over the share that
+    passes, twice over, doubled up to 3 times) until each query has k that
+    pass; then, if some still lack them, a scan of the passing vectors (an
+    approximate index need not find a query's 100th neighbour)."""
+    fetch = min(len(self), int(math.ceil((k + 1) * len(self) / max(count, 1) * 2)))
+    for attempt in range(4):
+      all_scores, all_rows = self.searcher.search(queries, fetch)
+      scores = np.full([len(queries), k], -np.inf, np.float32)
+      rows = np.full([len(queries), k], -1, np.int64)
+      short = False
+      for q, (q_scores, q_rows) in enumerate(zip(all_scores, all_rows)):
+        # ScaNN pads a short answer by repeating a row: keep first occurrences.
+        first = np.zeros(len(q_rows), bool)
+        first[np.unique(q_rows, return_index=True)[1]] = True
+        ok = first & (q_rows >= 0) & (q_rows != exclude[q]) & np.isfinite(q_scores)
+        ok[ok] &= passing[q_rows[ok]]
+        kept = np.flatnonzero(ok)[:k]
+        rows[q, : len(kept)], scores[q, : len(kept)] = q_rows[kept], q_scores[kept]
+        available = count - int(exclude[q] >= 0 and passing[exclude[q]])
+        short |= len(kept) < min(k, available)
+      if not short:
+        return scores, rows
+      if attempt == 3 or fetch >= len(self):
+        break
+      fetch = min(len(self), fetch * 2)
+    if self.vectors is None:
+      return scores, rows  # an index saved without its vectors: what was found
+    return self._scan(queries, k, np.flatnonzero(passing), exclude)
 
   def search(
-      self, queries: np.ndarray, k: int, threshold: Optional[float] = None
+      self,
+      queries: np.ndarray,
+      k: int,
+      threshold: Optional[float] = None,
+      restricts: Optional["Restricts"] = None,
+      exclude: Optional[np.ndarray] = None,
   ) -> List[List[Dict]]:
     """For each query: its k nearest records, best first, as {id,
-    class_name, score}; with `threshold`, only those scoring at least it."""
-    scores, rows = self.neighbours(queries, k)
+    class_name, span, score}; with `threshold`, only those scoring at least
+    it; with `restricts`, the k nearest that pass them; `exclude` as in
+    `neighbours` (a query by id leaves its own record out)."""
+    passing = restricts.mask(self.records) if restricts is not None else None
+    scores, rows = self.neighbours(queries, k, passing, exclude)
     return [
         [
             {
                 "id": str(self.records.ids[row]),
                 "class_name": str(self.records.class_names[row]),
+                "span": str(self.records.spans[row]),
                 "score": float(score),
             }
             for score, row in zip(query_scores, query_rows)
@@ -273,9 +458,16 @@ class SearchIndex:
     tmp = tempfile.mkdtemp(dir=parent, prefix=".index-")
     try:
       self.searcher.save(tmp)
+      if self.kind != EXACT and self.vectors is not None:
+        np.save(os.path.join(tmp, VECTORS), np.asarray(self.vectors, np.float16))
       np.savez(
-          os.path.join(tmp, RECORDS), ids=self.records.ids, class_names=self.records.class_names
+          os.path.join(tmp, RECORDS),
+          ids=self.records.ids,
+          class_names=self.records.class_names,
+          spans=self.records.spans,
       )
+      with open(os.path.join(tmp, REMOVED), "w") as f:
+        f.writelines(f"{i}\n" for i in sorted(self.removed))
       with open(os.path.join(tmp, MANIFEST), "w") as f:
         json.dump(self.info, f, indent=2, sort_keys=True, default=float)
       os.rename(tmp, folder)
@@ -291,12 +483,14 @@ def load(folder: str) -> SearchIndex:
     with open(os.path.join(folder, MANIFEST)) as f:
       info = json.load(f)
     with np.load(os.path.join(folder, RECORDS), allow_pickle=False) as f:
-      records = Records(f["ids"], f["class_names"])
+      records = Records(f["ids"], f["class_names"], f["spans"] if "spans" in f else None)
     kind = info["kind"]
     if kind == EXACT:
       searcher = _Exact.load(folder)
     elif kind == SCANN:
-      searcher = _Scann.load(folder, int(info["params"]["leaves_to_search"]))
+      searcher = _Scann.load(
+          folder, int(info["params"]["leaves_to_search"]), int(info["params"].get("reorder", 0))
+      )
     elif kind == FAISS_HNSW:
       searcher = _FaissHnsw.load(folder, int(info["params"]["ef_search"]))
     else:
@@ -307,7 +501,19 @@ def load(folder: str) -> SearchIndex:
     ) from e
   if len(records.ids) != info.get("count"):
     raise BadIndex(f"{folder}: {len(records.ids)} records but index.json says {info.get('count')}")
-  return SearchIndex(searcher, records, info)
+  vectors = None
+  if kind != EXACT and os.path.exists(os.path.join(folder, VECTORS)):
+    vectors = np.load(os.path.join(folder, VECTORS), mmap_mode="r")
+  return SearchIndex(searcher, records, info, vectors, read_removed(folder))
+
+
+def read_removed(folder: str) -> List[str]:
+  """The ids an index folder lists as removed for good ([] when none)."""
+  path = os.path.join(folder, REMOVED)
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [line.strip() for line in f if line.strip()]
 
 
 def exact_index(vectors: np.ndarray, records: Records, **info) -> SearchIndex:
@@ -477,6 +683,7 @@ def build(
           evaluation=evaluation,
           **info,
       ),
+      vectors=vectors,
   )
 
 

@@ -3,8 +3,9 @@ and the request that creates an index over it.
 
 Input files: JSON lines of {"id", "embedding", "restricts"} in one folder
 (the index's contentsDeltaUri), each file named *.json; the image's class
-is a `restricts` entry in the "class" namespace, so a query can be limited
-to classes. Format:
+and the span it came in are `restricts` entries in the "class" and "span"
+namespaces, so a query can be limited to classes and spans (the local
+server's `:neighbors` takes the same filters: `models.search_index.Restricts`). Format:
 https://cloud.google.com/vertex-ai/docs/vector-search/setup/format-structure
 
 The index is tree-AH (ScaNN, as `models.search_index` builds locally) over
@@ -15,7 +16,8 @@ the local index and the server's `score` use.
 import json
 from typing import Any, Dict, Sequence
 
-CLASS_NAMESPACE = "class"
+CLASS_NAMESPACE, SPAN_NAMESPACE = "class", "span"
+NAMESPACES = (CLASS_NAMESPACE, SPAN_NAMESPACE)
 FOLDER = "vector_search"  # in the Embeddings artifact; the contentsDeltaUri
 FILE_SUFFIX = ".json"
 # Vector Search's own defaults, written out so the request says what it builds.
@@ -23,11 +25,17 @@ LEAF_NODE_EMBEDDING_COUNT = 1000
 LEAF_NODES_TO_SEARCH_PERCENT = 10
 
 
-def json_line(image_id: str, class_name: str, vector: Sequence[float]) -> str:
-  """One datapoint; an image without a class (unlabeled) has no restricts."""
+def json_line(image_id: str, class_name: str, vector: Sequence[float], span: str = "") -> str:
+  """One datapoint; an image without a class (unlabeled) has no class
+  restrict, one of unknown span no span restrict."""
   record: Dict[str, Any] = {"id": image_id, "embedding": [float(v) for v in vector]}
-  if class_name:
-    record["restricts"] = [{"namespace": CLASS_NAMESPACE, "allow": [class_name]}]
+  restricts = [
+      {"namespace": namespace, "allow": [token]}
+      for namespace, token in ((CLASS_NAMESPACE, class_name), (SPAN_NAMESPACE, span))
+      if token
+  ]
+  if restricts:
+    record["restricts"] = restricts
   return json.dumps(record)
 
 

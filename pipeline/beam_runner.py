@@ -17,6 +17,7 @@ from pipeline import report, runs
 # What a node's end line adds: its decision, from its MLMD execution row.
 OUTCOMES = {
     "Evaluator": report.gate_verdict,
+    "CorpusEmbedder": report.corpus_outcome,
     "SearchIndexer": report.index_outcome,
     "Pusher": report.push_outcome,
 }

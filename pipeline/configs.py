@@ -160,7 +160,7 @@ class SourceConfig:
   # A digest of the local input files: a changed file re-runs ExampleGen.
   fingerprint: str = ""
   # Images (a folder, any depth, or TFRecord files) the search index covers
-  # instead of the train split, the model not trained on them
+  # beside the train split, the model not trained on them
   # (components/search_corpus_gen.py), and the digest of its local files.
   search_corpus: Optional[str] = None
   search_corpus_fingerprint: str = ""
@@ -168,6 +168,8 @@ class SourceConfig:
   # or `span` (ExampleGen's driver resolves it; TFX's {SPAN} convention).
   spans: bool = False
   span: Optional[int] = None
+  # Ids left out of every search index from now on, one a line (`read_removed`).
+  removed_ids: str = ""
 
   def __post_init__(self):
     if self.format not in data_source.FORMATS:
@@ -212,7 +214,7 @@ def add_source_arguments(parser) -> None:
   parser.add_argument(
       "--search-corpus",
       default=None,
-      help="images the search index covers instead of the train split: a "
+      help="images the search index also covers, beside the train split: a "
       "folder of images (any depth) or of TFRecord files",
   )
   parser.add_argument(
@@ -220,6 +222,12 @@ def add_source_arguments(parser) -> None:
       type=int,
       default=None,
       help="data laid out in span-<N>/ folders: ingest span N (default: the newest)",
+  )
+  parser.add_argument(
+      "--removed",
+      default=None,
+      help=f"ids to take out of search for good, one a line (default: <data>/{names.REMOVED_FILE} "
+      "when there is one); the next pushed index leaves them out without retraining",
   )
   parser.add_argument(
       "--schema",
@@ -241,7 +249,30 @@ def source_config(args, data_format: str, spans: bool = False) -> SourceConfig:
       label_feature=args.label_feature,
       spans=spans,
       span=args.span,
+      removed_ids=read_removed(args.removed or _default_removed(args.data)),
   )
+
+
+def _default_removed(data: Optional[str]) -> Optional[str]:
+  if not data or "://" in data:
+    return None
+  path = os.path.join(os.path.expanduser(data), names.REMOVED_FILE)
+  return path if os.path.isfile(path) else None
+
+
+def read_removed(path: Optional[str]) -> str:
+  """The ids in a removals file (one a line; blank lines and `#` comments
+  skipped), sorted and newline-joined: '' for none. A missing file given
+  explicitly is an error naming it."""
+  if not path:
+    return ""
+  try:
+    with open(os.path.expanduser(path), encoding="utf-8") as f:
+      lines = f.read().splitlines()
+  except OSError as e:
+    raise SystemExit(f"--removed {path}: cannot be read ({e.strerror})") from None
+  ids = {line.strip() for line in lines}
+  return "\n".join(sorted(i for i in ids if i and not i.startswith("#")))
 
 
 @dataclasses.dataclass

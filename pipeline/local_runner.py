@@ -15,7 +15,8 @@ than CIFAR-10 the first run writes the dataset's schema for review
 data set is its own pipeline, `mae-tfx-<folder>` (CIFAR-10: `mae-tfx`), with
 its own runs, blessed models and served versions
 (<output>/serving_model/<pipeline>/). The search index pushed with the model
-covers the train split (and --unlabeled), or the images of --search-corpus.
+covers every image accepted so far: the train split (and --unlabeled) of every
+span the gate passed, plus the images of --search-corpus, less --removed ids.
 
 The run log (stderr) says what runs, its progress and outcome; the report
 (stdout) what the run did. `-v` / MAE_TFX_VERBOSE=1 shows every log line.

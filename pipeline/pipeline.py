@@ -1,15 +1,20 @@
 """create_pipeline: the mae-tfx DAG, the same for every orchestrator.
 
-ExampleGen (CIFAR-10, image folder or TFRecord; a span of them) -> StatisticsGen
-  -> ImportSchemaGen -> ExampleValidator -> AnomaliesGate (+ drift from the
-     data of the latest blessed model)
-  -> Transform -> Trainer(mae_pretrain; a new span warm-starts from the
-     MAE of the latest blessed model of an earlier span)
-  -> Trainer(linear_probe, base_model=MAE) -> Evaluator (vs the model blessed before)
-  -> CorpusEmbedder (the blessed model embeds the corpus) -> SearchIndexer
-  -> Pusher: locally a versioned push of the blessed encoder with its index;
-     on Vertex AI a deployment to an endpoint, the corpus written for
-     Vector Search beside it (`python -m pipeline.vertex_runner index`)
+It is built in four stages, each a function returning its nodes:
+
+data_stage: ExampleGen (CIFAR-10, image folder or TFRecord; a span of them)
+  -> StatisticsGen -> ImportSchemaGen -> ExampleValidator -> AnomaliesGate
+     (+ drift from the data of the latest blessed model) -> Transform
+training_stage: Trainer(mae_pretrain; a new span warm-starts from the MAE of
+  the latest blessed model of an earlier span) -> Trainer(linear_probe,
+  base_model=MAE)
+evaluation_stage: Evaluator (vs the model blessed before)
+search_and_push_stage: CorpusEmbedder (every image accepted so far, by the
+  model the index ships with) -> SearchIndexer -> Pusher: locally a
+  versioned push of the blessed encoder with its index (or of the served
+  one with its index extended); on Vertex AI a deployment to an endpoint,
+  the corpus written for Vector Search beside it (`python -m
+  pipeline.vertex_runner index`)
 """
 
 import dataclasses
@@ -48,9 +53,6 @@ from models.names import (
 from pipeline import data_source
 from pipeline.configs import PipelineConfig
 
-# (upstream, downstream) node ids ordered without an artifact between them:
-# nothing is transformed or trained until the gate passed the data.
-CONTROL_DEPENDENCIES = (("AnomaliesGate", "Transform"),)
 PREPROCESSING_FN = "models.preprocessing.preprocessing_fn"
 MAE_RUN_FN = "components.mae_trainer.run_fn"
 PROBE_RUN_FN = "components.probe_trainer.run_fn"
@@ -58,6 +60,10 @@ SEARCH_CORPUS_GEN = "SearchCorpusGen"
 PREVIOUS_STATISTICS_RESOLVER = "previous_statistics_resolver"
 WARM_START_RESOLVER = "warm_start_model_resolver"
 BASELINE_RESOLVER = "latest_blessed_model_resolver"
+# (upstream, downstream) node ids ordered without an artifact between them:
+# nothing is transformed or trained until the gate passed the data.
+CONTROL_DEPENDENCIES = (("AnomaliesGate", "Transform"),)
+CORPUS_SPANS_RESOLVER = "corpus_spans_resolver"
 
 
 def eval_config(min_accuracy: float, max_drop: float) -> tfma.EvalConfig:
@@ -130,43 +136,47 @@ def example_gen(config: PipelineConfig):
   )
 
 
-def create_pipeline(
-    config: PipelineConfig,
-    metadata_connection_config: Optional[metadata_store_pb2.ConnectionConfig] = None,
-    beam_pipeline_args: Optional[List[str]] = None,
-) -> tfx.dsl.Pipeline:
-  """The pipeline of the module docstring, for the data and profile `config` describes.
+@dataclasses.dataclass
+class DataStage:
+  """Ingest, check and transform: the nodes, and what later stages read."""
 
-  With `config.vertex` set it is the Google Cloud variant: the Trainers as
-  Vertex AI Training jobs (with `vertex_training`), only TFX's own resolvers, and
-  a Pusher deploying to a Vertex AI endpoint.
+  nodes: List
+  examples: tfx.dsl.Channel  # this run's Examples
+  schema: tfx.dsl.Channel
+  transform_graph: tfx.dsl.Channel
 
-  Args:
-    config: the run: its source, profile, output folder and (set) Vertex AI.
-    metadata_connection_config: the MLMD database; None where the
-      orchestrator keeps its own (Vertex AI).
-    beam_pipeline_args: Beam's arguments; None: `config.beam_args`.
-  """
+
+@dataclasses.dataclass
+class TrainingStage:
+  """The two Trainers and the resolvers feeding them."""
+
+  nodes: List
+  model: tfx.dsl.Channel  # the probe Trainer's Model: the candidate
+
+
+@dataclasses.dataclass
+class EvaluationStage:
+  """The Evaluator against the model blessed before."""
+
+  nodes: List
+  blessing: tfx.dsl.Channel
+
+
+def data_stage(config: PipelineConfig) -> DataStage:
+  """ExampleGen -> StatisticsGen -> ImportSchemaGen -> ExampleValidator ->
+  AnomaliesGate (schema anomalies, and drift against the statistics of the
+  data the latest blessed model was trained on) -> Transform.
+
+  Vertex AI compiles only TFX's own resolvers: there the drift reference is
+  the latest statistics, resolved before this run's exist."""
   examples_gen = example_gen(config)
-  vertex = config.vertex
   unlabeled = bool(config.source.unlabeled_root)
-  statistics_gen = tfx.components.StatisticsGen(examples=examples_gen.outputs["examples"])
-  schema_gen = tfx.components.ImportSchemaGen(schema_file=config.schema_path)
-  # The unlabeled split has no label to check; its images were checked by
-  # ExampleGen, and its statistics are there to look at.
-  example_validator = tfx.components.ExampleValidator(
-      statistics=statistics_gen.outputs["statistics"],
-      schema=schema_gen.outputs["schema"],
-      exclude_splits=[UNLABELED_SPLIT] if unlabeled else [],
-  )
-  # What a new span is compared with: the statistics of the data the latest
-  # blessed model was trained on (components/model_resolvers.py; on Vertex
-  # AI the latest statistics, resolved before this run's exist).
-  if vertex:
+  if config.vertex:
     previous_statistics = tfx.dsl.Resolver(
         strategy_class=tfx.dsl.experimental.LatestArtifactStrategy,
         statistics=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ExampleStatistics),
     )
+    previous_examples = None
   else:
     previous_statistics = tfx.dsl.Resolver(
         strategy_class=BlessedModelStatisticsStrategy,
@@ -175,18 +185,27 @@ def create_pipeline(
         model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
         model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
     )
+    previous_examples = previous_statistics.outputs["examples"]
   previous_statistics = previous_statistics.with_id(PREVIOUS_STATISTICS_RESOLVER)
+  statistics_gen = tfx.components.StatisticsGen(examples=examples_gen.outputs["examples"])
   statistics_gen.add_upstream_node(previous_statistics)
+  schema_gen = tfx.components.ImportSchemaGen(schema_file=config.schema_path)
+  # The unlabeled split has no label to check; its images were checked by
+  # ExampleGen, and its statistics are there to look at.
+  example_validator = tfx.components.ExampleValidator(
+      statistics=statistics_gen.outputs["statistics"],
+      schema=schema_gen.outputs["schema"],
+      exclude_splits=[UNLABELED_SPLIT] if unlabeled else [],
+  )
   anomalies_gate = AnomaliesGate(
       anomalies=example_validator.outputs["anomalies"],
       statistics=statistics_gen.outputs["statistics"],
       schema=schema_gen.outputs["schema"],
       examples=examples_gen.outputs["examples"],
       previous_statistics=previous_statistics.outputs["statistics"],
-      previous_examples=None if vertex else previous_statistics.outputs["examples"],
+      previous_examples=previous_examples,
       on_drift=config.run_config.validation.on_drift,
   )
-
   # Analyse on train only; the Trainers apply the graph themselves, so the
   # 3,072-float images are not materialised.
   transform = tfx.components.Transform(
@@ -198,28 +217,65 @@ def create_pipeline(
       materialize=False,
       disable_statistics=True,
   )
+  return DataStage(
+      [
+          examples_gen,
+          previous_statistics,
+          statistics_gen,
+          schema_gen,
+          example_validator,
+          anomalies_gate,
+          transform,
+      ],
+      examples_gen.outputs["examples"],
+      schema_gen.outputs["schema"],
+      transform.outputs["transform_graph"],
+  )
 
-  # What each Trainer reads: this run's span, or (data in spans, locally)
-  # the newest `span_window` spans the gate passed; Vertex AI compiles only
-  # TFX's own resolvers, so there both read this run's span.
-  windows = []
 
-  def span_window(node_id: str, num_spans: int):
-    if not config.source.spans or vertex or num_spans == 1:
-      return examples_gen.outputs["examples"]
-    windows.append(
-        tfx.dsl.Resolver(
-            strategy_class=LatestSpansStrategy,
-            config={"num_spans": num_spans},
-            examples=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Examples),
-            current=examples_gen.outputs["examples"],
-        ).with_id(node_id)
-    )
-    return windows[-1].outputs["examples"]
+def spans_resolver(config: PipelineConfig, node_id: str, examples, num_spans: int):
+  """A resolver of this run's Examples and those of the newest spans the gate
+  passed, `num_spans` in all (0: every one); None where a run reads its own
+  span only: data not in spans, a window of 1, or Vertex AI (TFX's own
+  resolvers only)."""
+  if not config.source.spans or config.vertex or num_spans == 1:
+    return None
+  return tfx.dsl.Resolver(
+      strategy_class=LatestSpansStrategy,
+      config={"num_spans": num_spans},
+      examples=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Examples),
+      current=examples,
+  ).with_id(node_id)
+
+
+def blessed_model_resolver(
+    config: PipelineConfig, node_id: str, strategy, **current
+) -> tfx.dsl.Resolver:
+  """A blessed model resolved by `strategy` (components/model_resolvers.py),
+  so that a re-run gets what the first run got; on Vertex AI, which
+  compiles only TFX's own resolvers, the latest blessed model."""
+  if config.vertex:
+    strategy, current = tfx.dsl.experimental.LatestBlessedModelStrategy, {}
+  return tfx.dsl.Resolver(
+      strategy_class=strategy,
+      model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
+      model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
+      **current,
+  ).with_id(node_id)
+
+
+def training_stage(config: PipelineConfig, data: DataStage) -> TrainingStage:
+  """Trainer(mae_pretrain) -> Trainer(linear_probe, base_model=the MAE).
+
+  The MAE warm-starts from the MAE of the latest blessed model of an earlier
+  span; each Trainer reads this run's span or the newest spans the gate
+  passed (its `span_window`). On Vertex AI the Trainers run as Vertex AI
+  Training jobs (with `vertex_training`) and read this run's span."""
+  vertex = config.vertex
+  run_config = config.run_config
+  unlabeled = bool(config.source.unlabeled_root)
 
   def trainer(run_fn: str, examples, train_splits, **inputs) -> tfx.components.Trainer:
-    """Both Trainers read their examples through the same Transform graph;
-    on Google Cloud they run as Vertex AI Training jobs."""
     custom_config = config.trainer_custom_config()
     component = tfx.components.Trainer
     if vertex and vertex.vertex_training:
@@ -228,86 +284,104 @@ def create_pipeline(
     return component(
         run_fn=run_fn,
         examples=examples,
-        transform_graph=transform.outputs["transform_graph"],
-        schema=schema_gen.outputs["schema"],
+        transform_graph=data.transform_graph,
+        schema=data.schema,
         train_args=tfx.proto.TrainArgs(splits=train_splits),
         eval_args=tfx.proto.EvalArgs(splits=[TEST_SPLIT]),
         custom_config=custom_config,
         **inputs,
     )
 
-  # What a run builds on: the MAE of a blessed model of an earlier span (a
-  # new span's warm start; it carries its MAE), and the model blessed before
-  # the candidate (the Evaluator's baseline); resolved so that a re-run gets
-  # what the first run got (components/model_resolvers.py). Vertex AI
-  # compiles only TFX's own resolvers: there both are the latest blessed model.
-  def blessed_model_resolver(node_id: str, strategy, **current) -> tfx.dsl.Resolver:
-    if vertex:
-      strategy, current = tfx.dsl.experimental.LatestBlessedModelStrategy, {}
-    return tfx.dsl.Resolver(
-        strategy_class=strategy,
-        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
-        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
-        **current,
-    ).with_id(node_id)
-
+  windows = [
+      spans_resolver(config, node_id, data.examples, num_spans)
+      for node_id, num_spans in (
+          ("mae_spans_resolver", run_config.pretrain.span_window),
+          ("probe_spans_resolver", run_config.probe.span_window),
+      )
+  ]
+  mae_examples, probe_examples = (w.outputs["examples"] if w else data.examples for w in windows)
   warm_start_resolver = blessed_model_resolver(
-      WARM_START_RESOLVER,
-      LatestBlessedEarlierSpanStrategy,
-      examples=examples_gen.outputs["examples"],
+      config, WARM_START_RESOLVER, LatestBlessedEarlierSpanStrategy, examples=data.examples
   )
-
   # The MAE also learns from the unlabeled images; the probe only from labels.
-  run_config = config.run_config
   mae_trainer = trainer(
       MAE_RUN_FN,
-      span_window("mae_spans_resolver", run_config.pretrain.span_window),
+      mae_examples,
       [TRAIN_SPLIT] + [UNLABELED_SPLIT] * unlabeled,
       base_model=warm_start_resolver.outputs["model"],
   ).with_id(names.MAE_TRAINER)
   probe_trainer = trainer(
-      PROBE_RUN_FN,
-      span_window("probe_spans_resolver", run_config.probe.span_window),
-      [TRAIN_SPLIT],
-      base_model=mae_trainer.outputs["model"],
+      PROBE_RUN_FN, probe_examples, [TRAIN_SPLIT], base_model=mae_trainer.outputs["model"]
   ).with_id(names.PROBE_TRAINER)
-  baseline_resolver = blessed_model_resolver(
-      BASELINE_RESOLVER, LatestBlessedBeforeStrategy, candidate=probe_trainer.outputs["model"]
+  return TrainingStage(
+      [warm_start_resolver, *[w for w in windows if w], mae_trainer, probe_trainer],
+      probe_trainer.outputs["model"],
   )
 
+
+def evaluation_stage(
+    config: PipelineConfig, data: DataStage, training: TrainingStage
+) -> EvaluationStage:
+  """Evaluator: the candidate's two classifiers on this run's test split,
+  blessed against `eval_config`'s floor and the model blessed before it."""
+  baseline_resolver = blessed_model_resolver(
+      config, BASELINE_RESOLVER, LatestBlessedBeforeStrategy, candidate=training.model
+  )
   gate = config.run_config.evaluation
   evaluator = tfx.components.Evaluator(
-      examples=examples_gen.outputs["examples"],
-      model=probe_trainer.outputs["model"],
+      examples=data.examples,
+      model=training.model,
       baseline_model=baseline_resolver.outputs["model"],
       example_splits=[TEST_SPLIT],
       eval_config=eval_config(gate.min_accuracy, gate.max_accuracy_drop),
   )
+  return EvaluationStage([baseline_resolver, evaluator], evaluator.outputs["blessing"])
 
-  # The blessed model embeds the corpus (Beam: on Dataflow in the cloud): the
-  # train split, or the images of --search-corpus; the index over it is
-  # scored on held-out queries.
-  search_corpus = []
-  if config.source.search_corpus:
-    search_corpus = [
-        SearchCorpusGen(
-            input_base=config.source.search_corpus,
-            image_feature=config.source.image_feature,
-            label_feature=config.source.label_feature,
-            skip_bad_images=config.source.skip_bad_images,
-            fingerprint=config.source.search_corpus_fingerprint,
-        ).with_id(SEARCH_CORPUS_GEN)
-    ]
+
+def search_and_push_stage(
+    config: PipelineConfig,
+    data: DataStage,
+    training: TrainingStage,
+    evaluation: EvaluationStage,
+) -> List:
+  """CorpusEmbedder -> SearchIndexer -> Pusher.
+
+  Locally the index covers every image accepted so far (every span the gate
+  passed, plus --search-corpus, less the removed ids), embedded by the
+  model it ships with: the candidate when blessed, else the served version,
+  pushed again with the extended index (components/search_index_gen.py).
+  On Vertex AI the index covers this run's span, the Pusher deploys the
+  blessed model to an endpoint and the corpus is written for Vector Search
+  beside it (`python -m pipeline.vertex_runner index`)."""
+  vertex = config.vertex
+  source = config.source
   search_config = config.run_config.search
+  nodes = []
+  search_corpus = None
+  if source.search_corpus:
+    search_corpus = SearchCorpusGen(
+        input_base=source.search_corpus,
+        image_feature=source.image_feature,
+        label_feature=source.label_feature,
+        skip_bad_images=source.skip_bad_images,
+        fingerprint=source.search_corpus_fingerprint,
+    ).with_id(SEARCH_CORPUS_GEN)
+    nodes.append(search_corpus)
+  corpus_spans = spans_resolver(config, CORPUS_SPANS_RESOLVER, data.examples, 0)
+  nodes += [corpus_spans] if corpus_spans else []
   corpus_embedder = CorpusEmbedder(
-      examples=examples_gen.outputs["examples"],
-      model=probe_trainer.outputs["model"],
-      model_blessing=evaluator.outputs["blessing"],
-      corpus_splits=",".join([TRAIN_SPLIT] + [UNLABELED_SPLIT] * unlabeled),
+      examples=data.examples,
+      model=training.model,
+      model_blessing=evaluation.blessing,
+      corpus_splits=",".join([TRAIN_SPLIT] + [UNLABELED_SPLIT] * bool(source.unlabeled_root)),
       query_split=TEST_SPLIT,
       query_limit=search_config.tune_queries + search_config.eval_queries,
       vector_search_json=int(search_config.vector_search_json),
-      corpus_examples=search_corpus[0].outputs["examples"] if search_corpus else None,
+      served_models="" if vertex else config.serving_model_dir,
+      removed_ids=source.removed_ids,
+      span_ids=int(source.spans),
+      corpus_spans=corpus_spans.outputs["examples"] if corpus_spans else None,
+      corpus_examples=search_corpus.outputs["examples"] if search_corpus else None,
   )
   search_indexer = SearchIndexer(
       embeddings=corpus_embedder.outputs["embeddings"],
@@ -315,37 +389,47 @@ def create_pipeline(
   )
   if vertex:  # a Vertex AI endpoint, serving with a prebuilt TF container
     pusher = tfx.extensions.google_cloud_ai_platform.Pusher(
-        model=probe_trainer.outputs["model"],
-        model_blessing=evaluator.outputs["blessing"],
+        model=training.model,
+        model_blessing=evaluation.blessing,
         custom_config=vertex.pusher_custom_config(),
     )
   else:  # the index inside the model's version
     pusher = VersionedPusher(
-        model=probe_trainer.outputs["model"],
-        model_blessing=evaluator.outputs["blessing"],
+        model=training.model,
+        model_blessing=evaluation.blessing,
         base_directory=config.serving_model_dir,
         search_index=search_indexer.outputs["search_index_artifact"],
     )
+  return nodes + [corpus_embedder, search_indexer, pusher]
 
-  components = [
-      examples_gen,
-      *search_corpus,
-      previous_statistics,
-      statistics_gen,
-      schema_gen,
-      example_validator,
-      anomalies_gate,
-      transform,
-      warm_start_resolver,
-      *windows,
-      mae_trainer,
-      probe_trainer,
-      baseline_resolver,
-      evaluator,
-      corpus_embedder,
-      search_indexer,
-      pusher,
-  ]
+
+def create_pipeline(
+    config: PipelineConfig,
+    metadata_connection_config: Optional[metadata_store_pb2.ConnectionConfig] = None,
+    beam_pipeline_args: Optional[List[str]] = None,
+) -> tfx.dsl.Pipeline:
+  """The pipeline of the module docstring, for the data and profile `config`
+  describes: the four stages in order, each holding its Vertex AI variant.
+
+  With `config.vertex` set it is the Google Cloud variant: the Trainers as
+  Vertex AI Training jobs (with `vertex_training`), only TFX's own resolvers, and
+  a Pusher deploying to a Vertex AI endpoint.
+
+  Args:
+    config: the run: its source, profile, output folder and (set) Vertex AI.
+    metadata_connection_config: the MLMD database; None where the
+      orchestrator keeps its own (Vertex AI).
+    beam_pipeline_args: Beam's arguments; None: `config.beam_args`.
+  """
+  data = data_stage(config)
+  training = training_stage(config, data)
+  evaluation = evaluation_stage(config, data, training)
+  components = (
+      data.nodes
+      + training.nodes
+      + evaluation.nodes
+      + search_and_push_stage(config, data, training, evaluation)
+  )
   by_id = {c.id: c for c in components}
   for upstream, downstream in CONTROL_DEPENDENCIES:
     by_id[downstream].add_upstream_node(by_id[upstream])

@@ -152,6 +152,28 @@ def gate_verdict(evaluator: Dict) -> Optional[str]:
   return f"NOT blessed: {'; '.join(gate_failures(evaluation))} (test accuracy: {measured})"
 
 
+def corpus_outcome(embedder: Dict) -> Optional[str]:
+  """Which model embedded the search corpus, and how many vectors were
+  added, reused from the served index and removed (a CorpusEmbedder row)."""
+  corpus = (embedder["output_properties"].get(names.EMBEDDINGS_TYPE) or [None])[0]
+  if corpus is None or not corpus.get("case"):
+    return None
+  if not corpus.get("embedded"):
+    return corpus["case"]
+  line = (
+      f"{corpus['case']}; {corpus.get('added', 0)} vectors added, {corpus.get('reused', 0)} "
+      f"reused, {corpus.get('removed', 0)} removed"
+  )
+  unknown = [i for i in (corpus.get("unknown_removed") or "").split("\n") if i]
+  if unknown:
+    line += (
+        f"; {len(unknown)} removed id(s) not in the corpus, ignored: "
+        + ", ".join(unknown[:10])
+        + (" ..." if len(unknown) > 10 else "")
+    )
+  return line
+
+
 def index_outcome(indexer: Dict) -> Optional[str]:
   """What the SearchIndexer built, why, how it scored, and its verdict."""
   index = (indexer["output_properties"].get(names.SEARCH_INDEX_TYPE) or [None])[0]
@@ -166,6 +188,11 @@ def push_outcome(pusher: Dict) -> Optional[str]:
   pushed = (pusher["output_properties"].get("PushedModel") or [None])[0]
   if pushed is None:
     return None
+  if pushed.get("pushed") and pushed.get("index_only"):
+    return (
+        f"pushed version {pushed.get('pushed_version')} to {pushed.get('pushed_destination')}: "
+        f"the served model of {pushed.get('model_from')} with the new search index (index-only)"
+    )
   if pushed.get("pushed"):
     return f"pushed version {pushed.get('pushed_version')} to {pushed.get('pushed_destination')}"
   why = pushed.get("not_pushed_reason") or "the model was not blessed"

@@ -213,6 +213,14 @@ class RunOutputs:
     (`models.examples.search_id`)."""
     corpus = self.node("CorpusEmbedder")["output_properties"][names.EMBEDDINGS_TYPE][0]
     images = {}
+    if corpus.get("corpus_parts"):  # each split of each span, and --search-corpus
+      for part in json.loads(corpus["corpus_parts"]):
+        records = read_examples(names.split_files(part["examples_uri"], part["split"]))
+        images.update(
+            (i if i.startswith(part["id_prefix"]) else part["id_prefix"] + i, image)
+            for i, image in zip(records.search_ids(part["split"]), records.images)
+        )
+      return images
     # Runs before --search-corpus existed embedded their ExampleGen's examples.
     examples = corpus.get("corpus_examples") or self.uri("ExampleGen", "Examples")
     for split in corpus["corpus_splits"].split(","):
@@ -224,17 +232,17 @@ class RunOutputs:
     """The CorpusEmbedder's vectors of the search corpus as a
     `serving.embeddings.EmbeddingsFile`, with the probe model's duplicate
     projection and threshold: what `serving.embed` writes for them."""
-    from models.examples import read_embeddings
+    from components.search_index_gen import read_corpus
     from serving.embeddings import EmbeddingsFile
 
     node = self.node("CorpusEmbedder")["output_properties"][names.EMBEDDINGS_TYPE][0]
     uri = self.uri("CorpusEmbedder", names.EMBEDDINGS_TYPE)
-    parts = [read_embeddings(names.split_files(uri, s)) for s in node["corpus_splits"].split(",")]
+    vectors, records = read_corpus(uri, node["corpus_splits"].split(","))
     projection, threshold = self.probe_model().duplicate_projection()
     return EmbeddingsFile(
-        np.concatenate([p.vectors for p in parts]),
-        np.array(sum((p.ids for p in parts), [])),
-        np.array(sum((p.class_names for p in parts), [])),
+        vectors,
+        records.ids,
+        records.class_names,
         meta={
             "model_version": 0,
             **({} if threshold is None else {"duplicate_threshold": threshold}),

@@ -8,7 +8,9 @@
   POST /v1/models/<name>[/versions/<v>]:predict    {"instances": [{"b64": ...}],
                                                     "signature_name": optional}
   POST /v1/models/<name>[/versions/<v>]:neighbors  {"instances": [{"b64": ...}], "k": 10,
-                                                    "threshold": optional cosine}
+                                                    "threshold": optional cosine,
+                                                    "restricts": optional filters}
+                                                   or {"ids": ["<indexed id>", ...], ...}
   GET  /monitoring/prometheus/metrics              request and batching counters
 
 and TF Serving's gRPC API on --grpc-port (8500, as TF Serving's --port):
@@ -27,6 +29,7 @@ import asyncio
 import base64
 import binascii
 import collections
+import functools
 import json
 import logging
 import os
@@ -226,11 +229,14 @@ def _format_outputs(outputs: Dict[str, np.ndarray], columnar: bool) -> Dict:
 
 
 async def neighbors(request: web.Request) -> web.Response:
-  """The k nearest corpus images of each query image (at or above an
-  optional cosine `threshold`): from the served version's own search index,
-  or from the --index file, with queries embedded by the model version that
-  made the corpus. Model and index of a version are loaded together, so a
-  hot reload never pairs one version's queries with another's corpus."""
+  """The k nearest corpus images of each query (at or above an optional
+  cosine `threshold`, passing optional Vector Search `restricts`): from the
+  served version's own search index, or from the --index file. A query is
+  an image, embedded by the model version that made the corpus, or the id
+  of an indexed image, whose stored vector is the query and which is left
+  out of its own results. Model and index of a version are loaded
+  together, so a hot reload never pairs one version's queries with
+  another's corpus."""
   store = _check_name(request)
   body = await read_json_object(request)
   k = body.get("k", 10)
@@ -245,6 +251,18 @@ async def neighbors(request: web.Request) -> web.Response:
     raise BadRequest(
         f"'threshold' must be a number in [-1, 1] (a cosine similarity), got {_short(threshold)}"
     )
+  restricts = None
+  if body.get("restricts") is not None:
+    try:
+      restricts = search_index.Restricts.parse(body["restricts"])
+    except search_index.BadRestricts as e:
+      raise BadRequest(str(e)) from None
+  ids = body.get("ids")
+  if ids is not None:
+    if "instances" in body or "inputs" in body:
+      raise BadRequest("give query images ('instances') or indexed ids ('ids'), not both")
+    if not isinstance(ids, list) or not ids or not all(isinstance(i, str) for i in ids):
+      raise BadRequest(f"'ids' must be a non-empty list of indexed image ids, got {_short(ids)}")
   index: Optional[search_index.SearchIndex] = request.app[INDEX]
   if index is not None:
     made_by = index.info["model_version"]
@@ -265,16 +283,40 @@ async def neighbors(request: web.Request) -> web.Response:
           f"index ({SEARCH_INDEX_DIR} in its folder); start the server with "
           "--index FILE to search an embeddings file instead"
       )
-  signature = model.signature(SERVING_DEFAULT)
-  values = decode_instances(body, signature.input_name)
-  outputs = await request.app[BATCHER].run(model, SERVING_DEFAULT, values)
+  if ids is not None:
+    queries, exclude = _stored_queries(index, ids, model.version)
+  else:
+    signature = model.signature(SERVING_DEFAULT)
+    values = decode_instances(body, signature.input_name)
+    outputs = await request.app[BATCHER].run(model, SERVING_DEFAULT, values)
+    queries, exclude = outputs[signature.output_names[0]], None
   hits = await asyncio.get_running_loop().run_in_executor(
-      None, index.search, outputs[signature.output_names[0]], k, threshold
+      None, functools.partial(index.search, queries, k, threshold, restricts, exclude)
   )
   return web.json_response(
       {"model_version": str(model.version), "neighbors": hits},
       headers={"X-Model-Version": str(model.version)},
   )
+
+
+def _stored_queries(index: search_index.SearchIndex, ids: List[str], version: int):
+  """(the indexed vectors of `ids`, their rows to leave out of their own
+  results); NotFound naming the ids the index does not hold."""
+  if index.vectors is None:
+    raise BadRequest(
+        f"the search index of version {version} keeps no vectors (saved by an "
+        "older pipeline): query with images, or push a new version"
+    )
+  try:
+    rows = index.rows_of(ids)
+  except KeyError as e:
+    missing = e.args[0]
+    raise NotFound(
+        f"{len(missing)} id(s) not in the search index of version {version}: "
+        + ", ".join(repr(i) for i in missing[:5])
+        + (" ..." if len(missing) > 5 else "")
+    ) from None
+  return np.asarray(index.vectors[rows], np.float32), np.asarray(rows)
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -436,12 +436,12 @@ def test_gate_stops_an_empty_split_and_a_missing_image_feature(tmp_path, cifar10
 
 
 @pytest.mark.server
-def test_a_search_corpus_is_indexed_instead_of_the_train_split(records_run):
-  """`--search-corpus`: the DAG indexes a folder of images it never trained
-  on (nested folders, one image at its root, a bad file stopping nothing
-  with --skip-bad-images): the pushed index holds exactly its images, ids
-  their paths and classes their first folders, and the server finds one of
-  them first."""
+def test_a_search_corpus_is_indexed_beside_the_train_split(records_run):
+  """`--search-corpus`: the DAG also indexes a folder of images it never
+  trained on (nested folders, one image at its root, a bad file stopping
+  nothing with --skip-bad-images): the pushed index holds the train split
+  and exactly the folder's images, ids their paths and classes their first
+  folders, and the server finds one of them first."""
   import base64
 
   import requests
@@ -458,7 +458,11 @@ def test_a_search_corpus_is_indexed_instead_of_the_train_split(records_run):
       for rel in image_files.list_images(str(corpus), recursive=True)
       if not rel.endswith("broken.jpg")
   }
-  assert dict(zip(index.records.ids, index.records.class_names)) == expected
+  indexed = dict(zip(index.records.ids, index.records.class_names))
+  train = {i for i in indexed if i.startswith("train/")}
+  assert train == {f"train/{n}" for n in range(len(train))} and train
+  assert {i: c for i, c in indexed.items() if i not in train} == expected
+  assert len(index) == len(indexed)  # each image once
   assert (
       len(expected) == 10
       and expected["loose.png"] == ""

@@ -204,9 +204,14 @@ def test_the_smoke_run_log_shows_progress_and_no_harmless_line(smoke_run_log):
       r"0\.\d{4}, 20-NN 0\.\d{4}\)",
       stderr,
   )
+  assert (
+      "CorpusEmbedder: the new model, blessed: the whole corpus embedded by it; "
+      "320 vectors added, 0 reused, 0 removed" in stderr
+  )
   assert re.search(
       r"SearchIndexer: blessed: exact index of 320 x 64 \(320 vectors < "
-      r"search.exact_below 20000: .*\): recall@10 1\.0000 on 100 held-out queries",
+      r"search.exact_below 20000: .*\): recall@10 1\.0000 on 50 held-out queries "
+      r"\(min 0\.95; tuned on 50 others: recall 1\.0000\)",
       stderr,
   )
   assert re.search(r"Pusher: pushed version \d+ to \S+serving_model/mae-tfx/\d+", stderr)

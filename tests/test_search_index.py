@@ -87,10 +87,11 @@ def test_scores_are_cosines_and_threshold_keeps_those_at_or_above(
   expected = unit @ search_index.unit(query[None])[0]
   for hit in hits:
     np.testing.assert_allclose(hit["score"], expected[int(hit["id"].split("/")[1])], atol=tolerance)
-  # The re-scoring copy is what the folder mostly holds: 4 or 2 bytes a value.
+  # The folder mostly holds the re-scoring copy (4 or 2 bytes a value) and
+  # the float16 vectors kept for queries by id and the next index.
   index.save(str(tmp_path / "index"))
-  copy_bytes = 2000 * 192 * (4 if reorder_dtype == "float32" else 2)
-  assert copy_bytes <= _folder_bytes(str(tmp_path / "index")) < copy_bytes * 1.6
+  copy_bytes = 2000 * 192 * (4 if reorder_dtype == "float32" else 2) + 2000 * 192 * 2
+  assert copy_bytes <= _folder_bytes(str(tmp_path / "index")) < copy_bytes * 1.4
   cut = hits[4]["score"]
   kept = index.search(query[None], k=10, threshold=cut)[0]
   assert kept == [h for h in hits if h["score"] >= cut] and len(kept) >= 5
@@ -133,3 +134,119 @@ def test_a_missing_partial_or_corrupt_index_is_named(pixels, tmp_path):
   os.remove(os.path.join(folder, "records.npz"))
   with pytest.raises(search_index.BadIndex, match=r"records\.npz"):
     search_index.load(folder)
+
+
+def _exact_filtered(vectors, queries, passing, k, exclude=None):
+  """The k nearest passing rows of each query by brute force: the reference."""
+  unit = search_index.unit(vectors)
+  sims = search_index.unit(queries) @ unit.T
+  sims[:, ~passing] = -np.inf
+  if exclude is not None:
+    sims[np.arange(len(queries)), exclude] = -np.inf
+  order = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+  return [[r for r in row if np.isfinite(s[r])] for row, s in zip(order, sims)]
+
+
+@pytest.mark.parametrize("kind,scan_max", [("exact", None), ("scann", None), ("scann", 0)])
+def test_filtered_search_returns_the_k_nearest_that_pass(kind, scan_max, pixels, monkeypatch):
+  """Filters (Vector Search's restricts over class and span) give the k
+  nearest passing records, the same as exact search on the same vectors,
+  whether the passing vectors are scanned or the index oversampled."""
+  if scan_max is not None:
+    monkeypatch.setattr(search_index, "FILTERED_SCAN_MAX", scan_max)
+  vectors, names = pixels
+  spans = np.array([str(1 + i % 3) for i in range(9000)])
+  records = search_index.Records([f"test/{i}" for i in range(9000)], names[:9000], spans)
+  index = search_index.build(
+      vectors[:9000],
+      records,
+      SearchConfig(kind=kind, tune_queries=200, eval_queries=200),
+      vectors[9000:9400],
+  )
+  queries = vectors[9500:9540]
+  for restricts, share in (
+      ([{"namespace": "class", "allow": ["cat"]}], 0.1),
+      (
+          [{"namespace": "class", "allow": ["cat", "dog"]}, {"namespace": "span", "deny": ["1"]}],
+          0.13,
+      ),
+      ([{"namespace": "span", "deny": ["2", "3"]}], 0.33),
+  ):
+    parsed = search_index.Restricts.parse(restricts)
+    passing = parsed.mask(records)
+    assert abs(passing.mean() - share) < 0.03
+    found = index.search(queries, k=10, restricts=parsed)
+    expected = _exact_filtered(np.asarray(index.vectors, np.float32), queries, passing, 10)
+    got = [[int(h["id"].split("/")[1]) for h in hits] for hits in found]
+    assert all(len(g) == 10 and all(passing[g]) for g in got), restricts
+    recall = search_index.recall_at_k(np.array(got), np.array(expected))
+    if scan_max is None:  # the passing vectors scanned: exact
+      assert recall == 1.0, restricts
+    else:  # the index asked for more candidates: as approximate as unfiltered
+      assert recall >= index.info["evaluation"]["min_recall"] - 0.05, (restricts, recall)
+  # A filter keeping 5 records returns those 5 and no more.
+  rare = search_index.Restricts.parse([{"namespace": "class", "allow": ["cat"]}])
+  few = search_index.Records(records.ids, np.where(np.arange(9000) < 5, "cat", "dog"), spans)
+  small = search_index.SearchIndex(index.searcher, few, index.info, index.vectors)
+  assert sorted(h["id"] for h in small.search(queries[:1], k=10, restricts=rare)[0]) == [
+      f"test/{i}" for i in range(5)
+  ]
+
+
+def test_a_query_by_a_stored_vector_leaves_its_own_record_out(pixels):
+  vectors, names = pixels
+  index = search_index.build(
+      vectors[:3000],
+      _records(names[:3000]),
+      SearchConfig(kind="exact", eval_queries=100),
+      vectors[3000:3100],
+  )
+  rows = index.rows_of(["test/5", "test/77"])
+  hits = index.search(np.asarray(index.vectors[rows]), k=5, exclude=np.asarray(rows))
+  expected = _exact_filtered(vectors[:3000], vectors[[5, 77]], np.ones(3000, bool), 5, rows)
+  assert [[int(h["id"].split("/")[1]) for h in q] for q in hits] == expected
+  assert all(h["id"] not in ("test/5", "test/77") for q in hits for h in q)
+  with pytest.raises(KeyError) as missing:
+    index.rows_of(["test/5", "nope/1"])
+  assert missing.value.args[0] == ["nope/1"]
+
+
+@pytest.mark.parametrize(
+    "restricts,message",
+    [
+        ({"namespace": "class"}, "must be a list"),
+        ([{"namespace": "colour", "allow": ["red"]}], "unknown namespace 'colour'"),
+        ([{"namespace": "class"}], "give 'allow' or 'deny'"),
+        ([{"namespace": "class", "allow": "cat"}], "restricts[0].allow must be a list"),
+        ([{"namespace": "class", "allow": ["cat"], "only": 1}], "unknown field(s) ['only']"),
+    ],
+)
+def test_a_bad_filter_is_refused_naming_what_is_wrong(restricts, message):
+  with pytest.raises(
+      search_index.BadRestricts,
+      match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[").replace("]", r"\]"),
+  ):
+    search_index.Restricts.parse(restricts)
+
+
+def test_an_index_saved_before_spans_and_vectors_were_kept_still_loads(pixels, tmp_path):
+  vectors, names = pixels
+  index = search_index.build(
+      vectors[:3000],
+      _records(names[:3000]),
+      SearchConfig(kind="scann", eval_queries=100),
+      vectors[3000:3100],
+  )
+  folder = str(tmp_path / "index")
+  index.save(folder)
+  # As older code wrote it: no spans in the records, no vectors, no removals.
+  os.remove(os.path.join(folder, search_index.VECTORS))
+  os.remove(os.path.join(folder, search_index.REMOVED))
+  np.savez(
+      os.path.join(folder, search_index.RECORDS),
+      ids=index.records.ids,
+      class_names=index.records.class_names,
+  )
+  old = search_index.load(folder)
+  assert old.vectors is None and old.removed == [] and set(old.records.spans) == {""}
+  assert old.search(vectors[[5]], k=1)[0][0]["id"] == "test/5"

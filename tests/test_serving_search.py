@@ -8,6 +8,7 @@ import os
 import shutil
 import time
 
+import numpy as np
 import pytest
 import requests
 
@@ -23,6 +24,11 @@ from tests.conftest import cifar10_class_names, export_random_classifier, png_by
 pytestmark = pytest.mark.server
 
 NAME = "mae-tfx"
+
+
+def SPAN_OF(row: int) -> str:  # pylint: disable=invalid-name
+  """The span the test corpus puts its row-th image in (three spans)."""
+  return str(1 + row % 3)
 
 
 def _b64(data: bytes):
@@ -49,7 +55,9 @@ def add_index(version_dir: str, corpus, id_prefix: str = "") -> None:
   vectors = model.run(SERVING_DEFAULT, files)["embedding"]
   index = search_index.build(
       vectors,
-      search_index.Records([id_prefix + i for i in ids], class_names),
+      search_index.Records(
+          [id_prefix + i for i in ids], class_names, [SPAN_OF(i) for i in range(len(ids))]
+      ),
       SearchConfig(kind="exact", eval_queries=10),
       vectors[:10],
   )
@@ -91,6 +99,94 @@ def neighbors(server, files, path=f"/v1/models/{NAME}", **body):
   )
 
 
+def by_ids(server, ids, path=f"/v1/models/{NAME}", **body):
+  return requests.post(f"{server.url}{path}:neighbors", json={"ids": ids, **body}, timeout=60)
+
+
+def _reference(base, newest, corpus, query_rows, passing, k):
+  """Exact search on the index's own vectors: each query row's k nearest
+  passing rows, itself left out."""
+  index = search_index.load(os.path.join(base, str(newest), SEARCH_INDEX_DIR))
+  vectors = search_index.unit(np.asarray(index.vectors, np.float32))
+  sims = vectors[query_rows] @ vectors.T
+  sims[:, ~passing] = -np.inf
+  sims[np.arange(len(query_rows)), query_rows] = -np.inf
+  order = np.argsort(-sims, axis=1)[:, :k]
+  return [[corpus[1][r] for r in row if np.isfinite(s[r])] for row, s in zip(order, sims)]
+
+
+def test_a_query_by_id_is_more_like_an_indexed_image(indexed, corpus):
+  base, newest, server = indexed
+  _, ids, _ = corpus
+  r = by_ids(server, [ids[3], ids[41]], k=5)
+  assert r.status_code == 200, r.text
+  found = [[h["id"] for h in hits] for hits in r.json()["neighbors"]]
+  everyone = np.ones(len(ids), bool)
+  assert found == _reference(base, newest, corpus, [3, 41], everyone, 5)
+  assert ids[3] not in found[0] and ids[41] not in found[1]  # left out of its own
+  # An id the index does not hold is a 404 naming it; so is a removed one.
+  r = by_ids(server, [ids[3], "span-9/nobody.png"])
+  assert r.status_code == 404 and "'span-9/nobody.png'" in r.json()["error"], r.text
+  r = requests.post(
+      f"{server.url}/v1/models/{NAME}:neighbors",
+      json={"ids": [ids[3]], "instances": [{"b64": "AAAA"}]},
+      timeout=60,
+  )
+  assert r.status_code == 400 and "not both" in r.json()["error"]
+
+
+def test_filters_return_the_k_nearest_that_pass_over_rest(indexed, corpus):
+  """Allow and deny over class and span: every result passes, and they are
+  the k nearest passing ones (exact search on the same vectors), k of them
+  whenever k pass."""
+  base, newest, server = indexed
+  files, ids, class_names = corpus
+  classes, spans = np.array(class_names), np.array([SPAN_OF(i) for i in range(len(ids))])
+  cases = [
+      ([{"namespace": "class", "allow": ["cat"]}], classes == "cat"),
+      ([{"namespace": "span", "deny": ["1"]}], spans != "1"),
+      (
+          [
+              {"namespace": "class", "allow": ["cat", "dog", "frog"]},
+              {"namespace": "span", "allow": ["2", "3"], "deny": ["3"]},
+          ],
+          np.isin(classes, ["cat", "dog", "frog"]) & (spans == "2"),
+      ),
+  ]
+  for restricts, passing in cases:
+    assert 2 <= passing.sum() < len(ids) - 10, restricts
+    query_rows = [int(np.flatnonzero(passing)[0]), int(np.flatnonzero(~passing)[0])]
+    r = by_ids(server, [ids[q] for q in query_rows], k=10, restricts=restricts)
+    assert r.status_code == 200, r.text
+    hits = r.json()["neighbors"]
+    for q, query_hits in zip(query_rows, hits):
+      available = int(passing.sum()) - int(passing[q])
+      assert len(query_hits) == min(10, available), (restricts, query_hits)
+      for h in query_hits:
+        row = ids.index(h["id"])
+        assert passing[row] and h["span"] == spans[row] and h["class_name"] == classes[row]
+    assert [[h["id"] for h in q] for q in hits] == _reference(
+        base, newest, corpus, query_rows, passing, 10
+    ), restricts
+  # The same filters on image queries.
+  r = neighbors(server, [files[0]], k=3, restricts=cases[0][0])
+  assert r.status_code == 200 and all(h["class_name"] == "cat" for h in r.json()["neighbors"][0])
+
+
+@pytest.mark.parametrize(
+    "restricts,message",
+    [
+        ([{"namespace": "colour", "allow": ["red"]}], "unknown namespace 'colour'"),
+        ([{"namespace": "span"}], "give 'allow' or 'deny'"),
+        ({"namespace": "class", "allow": ["cat"]}, "must be a list"),
+    ],
+)
+def test_a_bad_filter_is_a_400_naming_it(indexed, corpus, restricts, message):
+  _, _, server = indexed
+  r = by_ids(server, [corpus[1][0]], restricts=restricts)
+  assert r.status_code == 400 and message in r.json()["error"], r.text
+
+
 def test_a_corpus_image_finds_itself_first_in_the_versions_own_index(indexed, corpus):
   _, newest, server = indexed
   files, ids, class_names = corpus
@@ -99,7 +195,7 @@ def test_a_corpus_image_finds_itself_first_in_the_versions_own_index(indexed, co
   body = r.json()
   assert body["model_version"] == str(newest) == r.headers["X-Model-Version"]
   for hits, i in zip(body["neighbors"], (3, 41)):
-    assert len(hits) == 5 and set(hits[0]) == {"id", "class_name", "score"}
+    assert len(hits) == 5 and set(hits[0]) == {"id", "class_name", "span", "score"}
     assert hits[0]["id"] == ids[i] and hits[0]["class_name"] == class_names[i]
     assert hits[0]["score"] >= 0.999
     assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)

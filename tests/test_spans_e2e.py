@@ -10,7 +10,13 @@ the same output folder:
   4. span 3 lacks a class: stopped, naming it; the served version stays;
   5. span 3 again, drift only warned, with a wider encoder, the MAE on the
      newest span only and a gate nobody passes: from scratch (the
-     architecture differs, said why), not blessed, the served version stays.
+     architecture differs, said why), not blessed: the served model stays,
+     pushed again with its index extended by span 3 (an index-only version);
+  6. the same, with an image of span 1 (and an id nobody has) in the data
+     folder's removed.txt: nothing trained, a version without that image.
+
+After each, the served search index holds every image of every span the
+gate passed so far, less the removed ones.
 """
 
 import json
@@ -88,30 +94,50 @@ def span_runs(cifar10_sample, tmp_path_factory):
   _write_span(root, 2, images[:, :, ::-1], labels)
   done = {1: _run(root, output, "--span", "1")}
   done[2] = _run(root, output)
-  versions_after_2 = _versions(done[2].config)
   for step in (1, 2):
     assert done[step].returncode == 0, (step, done[step].log[-5000:])
+  versions_after_2 = _versions(done[2].config)
   done[3] = _run(root, output)
   _write_span(root, 3, images, labels, classes=(0, 8))  # no cat
   done[4] = _run(root, output)
-  done[5] = _run(
-      root,
-      output,
-      "--min-accuracy",
-      "1.01",
-      "--overrides",
-      json.dumps(
-          {
-              "model": {"embed_dim": 48},
-              "validation": {"on_drift": "warn"},
-              "pretrain": {"span_window": 1},
-          }
-      ),
-  )
-  for step in (1, 2, 3, 5):
+  done[5] = _run(root, output, *STEP_5_FLAGS)
+  versions_after_5 = _versions(done[5].config)
+  # A span-1 image the served index holds (train split), and an unknown id.
+  served = _served(done[5].config, versions_after_5[-1]).index
+  removed_id = sorted(i for i in served.records.ids if i.startswith("span-1/"))[0]
+  with open(os.path.join(root, names.REMOVED_FILE), "w") as f:
+    f.write(f"# taken down on request\n{removed_id}\n{UNKNOWN_ID}\n")
+  done[6] = _run(root, output, *STEP_5_FLAGS)
+  for step in (1, 2, 3, 5, 6):
     assert done[step].returncode == 0, (step, done[step].log[-5000:])
   done["versions_after_2"] = versions_after_2
+  done["versions_after_5"] = versions_after_5
+  done["root"] = root
+  done["removed_id"] = removed_id
   return done
+
+
+# A wider encoder, drift warned, the MAE on the newest span, a gate nobody passes.
+STEP_5_FLAGS = (
+    "--min-accuracy",
+    "1.01",
+    "--overrides",
+    json.dumps(
+        {
+            "model": {"embed_dim": 48},
+            "validation": {"on_drift": "warn"},
+            "pretrain": {"span_window": 1},
+        }
+    ),
+)
+UNKNOWN_ID = "span-9/not/there.png"
+
+
+def _served(config, version):
+  """The pushed version's model and search index (serving.model_store)."""
+  from serving.model_store import LoadedModel
+
+  return LoadedModel(version, os.path.join(config.serving_model_dir, str(version)))
 
 
 def _summary(run, trainer=names.MAE_TRAINER):
@@ -215,5 +241,77 @@ def test_another_architecture_trains_from_scratch_and_an_unblessed_span_pushes_n
   probe = _summary(last, names.PROBE_TRAINER)["train_examples"]
   assert 0 < span_3 < _summary(span_runs[1])["train_examples"]  # two classes of three
   assert probe == 2 * _summary(span_runs[1])["train_examples"] + span_3
-  assert "Pusher: nothing pushed (the model was not blessed)" in last.log
-  assert _versions(last.config) == span_runs["versions_after_2"]
+  assert "Pusher: nothing pushed" not in last.log
+
+
+def test_two_blessed_spans_are_searched_together(span_runs):
+  second = span_runs[2]
+  config = second.config
+  v1, v2 = span_runs["versions_after_2"]
+  index_1, index_2 = _served(config, v1).index, _served(config, v2).index
+  ids_1, ids_2 = set(index_1.records.ids), set(index_2.records.ids)
+  # Span 1's model indexed span 1; span 2's model re-embedded spans 1 and 2
+  # (every span the gate passed), each image once, its span named.
+  assert ids_1 and all(i.startswith("span-1/") for i in ids_1)
+  assert ids_1 < ids_2 and len(ids_2) == len(set(index_2.records.ids)) == len(index_2)
+  assert {i.split("/")[0] for i in ids_2} == {"span-1", "span-2"}
+  assert set(index_2.records.spans) == {"1", "2"}
+  assert len(ids_2) == _summary(second, names.PROBE_TRAINER)["train_examples"]
+  assert "CorpusEmbedder: the new model, blessed: the whole corpus embedded by it" in second.log
+  # A span-1 image, queried as bytes through span 2's version, finds itself first.
+  model = _served(config, v2)
+  image_id = sorted(i for i in ids_2 if i.startswith("span-1/"))[0]
+  with open(os.path.join(span_runs["root"], image_id), "rb") as f:
+    query = model.run(names.SERVING_DEFAULT, [f.read()])["embedding"]
+  hits = model.index.search(query, k=3)[0]
+  assert hits[0]["id"] == image_id and hits[0]["span"] == "1" and hits[0]["score"] > 0.999, hits
+
+
+def test_an_unblessed_span_is_added_to_the_served_models_index(span_runs):
+  last = span_runs[5]
+  config = last.config
+  before, after = span_runs["versions_after_2"], span_runs["versions_after_5"]
+  assert after[:-1] == before  # one new version
+  served, extended = before[-1], after[-1]
+  old, new = (os.path.join(config.serving_model_dir, str(v)) for v in (served, extended))
+  # The served SavedModel, unchanged and hard-linked; the index extended.
+  with (
+      open(os.path.join(old, "fingerprint.pb"), "rb") as a,
+      open(os.path.join(new, "fingerprint.pb"), "rb") as b,
+  ):
+    assert a.read() == b.read()
+  assert os.path.samefile(os.path.join(old, "saved_model.pb"), os.path.join(new, "saved_model.pb"))
+  old_index, new_index = _served(config, served).index, _served(config, extended).index
+  span_3 = {i for i in new_index.records.ids if i.startswith("span-3/")}
+  assert set(new_index.records.ids) == set(old_index.records.ids) | span_3 and span_3
+  assert len(new_index) == len(set(new_index.records.ids))
+  # Earlier vectors reused as they were, span 3's embedded by the served model.
+  rows = new_index.rows_of(list(old_index.records.ids))
+  np.testing.assert_allclose(
+      np.asarray(new_index.vectors[rows], np.float32),
+      np.asarray(old_index.vectors, np.float32),
+      atol=1e-3,
+  )
+  assert re.search(
+      rf"CorpusEmbedder: the model was not blessed: the served version {served} kept; "
+      rf"{len(span_3)} vectors added, {len(old_index)} reused, 0 removed",
+      last.log,
+  ), last.log[-3000:]
+  assert f"Pusher: pushed version {extended}" in last.log and "(index-only)" in last.log
+
+
+def test_a_removed_image_leaves_search_for_good(span_runs):
+  removal = span_runs[6]
+  config = removal.config
+  versions = _versions(config)
+  assert versions[:-1] == span_runs["versions_after_5"]  # one new version
+  for node in (names.MAE_TRAINER, names.PROBE_TRAINER, "Evaluator"):
+    assert removal.nodes[node]["state"] == "CACHED", node
+  removed_id = span_runs["removed_id"]
+  previous, newest = (_served(config, v).index for v in versions[-2:])
+  assert removed_id in previous.records.ids and removed_id not in newest.records.ids
+  assert set(newest.records.ids) == set(previous.records.ids) - {removed_id}
+  # Kept with the index, so later spans leave them out too.
+  assert newest.removed == sorted([removed_id, UNKNOWN_ID])
+  assert f"1 removed id(s) not in the corpus, ignored: {UNKNOWN_ID}" in removal.log
+  assert re.search(r"0 vectors added, \d+ reused, 1 removed", removal.log), removal.log[-3000:]
