@@ -6,7 +6,8 @@ seen so far.
 
   python -m benchmarks.continuous --data ../shared/data/cifar10 \
       --work-dir /tmp/continuous [--spans 5] [--variant balanced|drift] \
-      [--no-scratch] [--profile cpu] [--overrides JSON]
+      [--no-scratch] [--profile cpu] [--overrides JSON] \
+      [--index-only-last] [--scale 1000000]
 
 The spans are class-balanced slices of the train split, written as
 TFRecords in <work-dir>/<variant>/arrivals/span-<N>/{train,test}/; each
@@ -23,6 +24,18 @@ Prints per span the wall time, the pretraining time, the linear probe and
 k-NN (k = 20) test accuracy of the warm-started chain and of the
 from-scratch run, the MAE's warm start and the gate's verdict; then the
 chain's total pretraining time as a share of the from-scratch runs'.
+
+Search after each run of the chain: the vectors and spans the served
+index holds (every span accepted so far), its recall@10 against exact
+search on held-out queries (and on those it was tuned on), and what the
+CorpusEmbedder did (vectors added, reused, removed) in how long.
+`--index-only-last` runs the last span first with a gate nobody passes (an
+index-only update: the served model embeds the new span, the rest is
+reused), then as usual (the new model re-embeds everything): the two at
+the same corpus size. `--scale N` then times the index build over N
+vectors (the served ones, tiled with small noise) and projects a full
+re-embed of N images at the rate measured: what each kind of update costs
+at that size.
 """
 
 import argparse
@@ -182,6 +195,76 @@ def run_pipeline(data: str, output: str, profile: str, log_path: str, *flags: st
   return row
 
 
+def search_row(output: str) -> Dict:
+  """What the last run did for search and what the served index holds."""
+  from models import search_index
+
+  run = RunOutputs.load(output)
+  embedder = run.node("CorpusEmbedder")
+  corpus = embedder["output_properties"][names.EMBEDDINGS_TYPE][0]
+  serving = os.path.join(output, "serving_model")
+  base = os.path.join(serving, os.listdir(serving)[0])
+  newest = names.pushed_versions(os.listdir(base))[-1]
+  index = search_index.load(os.path.join(base, str(newest), names.SEARCH_INDEX_DIR))
+  evaluation = index.info["evaluation"]
+  return dict(
+      version=newest,
+      vectors=len(index),
+      spans=",".join(sorted(set(index.records.spans), key=int)),
+      recall=evaluation["recall_at_k"],
+      tune_recall=evaluation.get("tune_recall_at_k", float("nan")),
+      kind=index.kind,
+      embed_seconds=embedder["seconds"],
+      index_seconds=run.node("SearchIndexer")["seconds"],
+      case=corpus.get("case", ""),
+      added=int(corpus.get("added", 0)),
+      reused=int(corpus.get("reused", 0)),
+      removed=int(corpus.get("removed", 0)),
+      index_dir=os.path.join(base, str(newest), names.SEARCH_INDEX_DIR),
+  )
+
+
+def _search_line(label: str, row: Dict) -> str:
+  return (
+      f"{label:>14s} | {row['vectors']:7d} {row['spans']:>9s} {row['kind']:>6s} "
+      f"{row['recall']:.4f} ({row['tune_recall']:.4f}) | {row['added']:6d} {row['reused']:6d} "
+      f"{row['removed']:4d} {row['embed_seconds']:7.1f} s {row['index_seconds']:6.1f} s | "
+      f"{row['case']}"
+  )
+
+
+def scale_figures(index_dir: str, size: int, full: Dict, index_only: Dict) -> None:
+  """Times the index build over `size` vectors made from the served ones
+  and prints each kind of update's cost at that size: the index-only one
+  embeds a span and rebuilds, the full one re-embeds every image."""
+  from models import search_index
+  from models.config import SearchConfig
+
+  served = search_index.load(index_dir)
+  base = np.asarray(served.vectors, np.float32)
+  rng = np.random.default_rng(0)
+  tiles = [base]
+  while sum(len(t) for t in tiles) < size:
+    tiles.append(base + rng.normal(0, 0.02, base.shape).astype(np.float32))
+  vectors = np.concatenate(tiles)[:size]
+  records = search_index.Records([f"v/{i}" for i in range(size)], np.full(size, ""))
+  start = time.monotonic()
+  index = search_index.build(vectors, records, SearchConfig(), base[:2000])
+  build = time.monotonic() - start
+  rate = full["added"] / max(full["embed_seconds"], 1e-9)  # images a second, the new model
+  span_images = index_only["added"]
+  print(
+      f"\nat {size:,} vectors: {index.kind} index built, tuned and scored in {build:.0f} s "
+      f"(recall@10 {index.info['evaluation']['recall_at_k']:.4f}); embedding measured at "
+      f"{rate:.0f} images/s (the full re-embed of {full['added']:,})"
+  )
+  print(
+      f"  index-only update (embed a span of {span_images:,}, rebuild): about "
+      f"{span_images / rate + build:.0f} s; full re-embed of {size:,} images and rebuild: "
+      f"about {size / rate + build:.0f} s"
+  )
+
+
 def _cell(row: Optional[Dict]) -> str:
   if row is None:
     return f"{'':>39s}"
@@ -221,6 +304,18 @@ def main(argv=None):
       help="run only the first N spans (a quick check of the benchmark)",
   )
   p.add_argument(
+      "--index-only-last",
+      action="store_true",
+      help="run the last span first with a gate nobody passes (an index-only update), "
+      "then as usual (a full re-embed)",
+  )
+  p.add_argument(
+      "--scale",
+      type=int,
+      default=0,
+      help="then time the index build at this many vectors (e.g. 1000000)",
+  )
+  p.add_argument(
       "--drift-only",
       action="store_true",
       help="only the drift comparators' values between spans, no pipeline",
@@ -237,12 +332,27 @@ def main(argv=None):
     return
   arrivals = os.path.join(work, "arrivals")
   seen_images, seen_labels = [], []
-  table = []
+  table, search = [], []
+  last = len(slices[: args.max_spans])
   for k, idx in enumerate(slices[: args.max_spans], start=1):
     images, labels = span_data(k, args.variant, train[idx], train_labels[idx])
     write_dataset(
         os.path.join(arrivals, f"span-{k}"), images, labels, test, test_labels, class_names
     )
+    if args.index_only_last and k == last:
+      unblessed = run_pipeline(
+          arrivals,
+          os.path.join(work, "chain"),
+          args.profile,
+          os.path.join(work, f"chain-span-{k}-unblessed.log"),
+          "--overrides",
+          args.overrides,
+          "--min-accuracy",
+          "1.01",
+      )
+      if unblessed["ok"]:
+        search.append((f"span {k}, unblessed", search_row(os.path.join(work, "chain"))))
+        print(_search_line(*search[-1]), flush=True)
     warm = run_pipeline(
         arrivals,
         os.path.join(work, "chain"),
@@ -253,6 +363,8 @@ def main(argv=None):
     )
     scratch = None
     if warm["ok"]:
+      search.append((f"span {k}", search_row(os.path.join(work, "chain"))))
+      print(_search_line(*search[-1]), flush=True)
       seen_images.append(images)
       seen_labels.append(labels)
     if k == 1:
@@ -309,6 +421,16 @@ def main(argv=None):
   for k, _, warm, _ in table:
     if not warm["ok"]:
       print(f"span {k} stopped:\n  " + "\n  ".join(warm["stopped"]))
+  print(
+      f"\nsearch, after each run of the warm chain: the served index\n"
+      f"{'run':>14s} | {'vectors':>7s} {'spans':>9s} {'kind':>6s} recall@10 (tuned on) | "
+      f"{'added':>6s} {'reused':>6s} {'rem.':>4s} {'embed':>9s} {'index':>8s} | case"
+  )
+  for label, row in search:
+    print(_search_line(label, row))
+  unblessed = [row for label, row in search if label.endswith("unblessed")]
+  if args.scale and unblessed and search[-1][1]["added"]:
+    scale_figures(search[-1][1]["index_dir"], args.scale, search[-1][1], unblessed[-1])
   done = [(w, s) for _, _, w, s in table if w["ok"] and s and s["ok"]]
   if done:
     warm_total = sum(w["pretrain"] for w, _ in done)
