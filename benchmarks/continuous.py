@@ -255,7 +255,7 @@ def scale_figures(index_dir: str, size: int, full: Dict, index_only: Dict) -> No
   span_images = index_only["added"]
   print(
       f"\nat {size:,} vectors: {index.kind} index built, tuned and scored in {build:.0f} s "
-      f"(recall@10 {index.info['evaluation']['recall_at_k']:.4f}); embedding measured at "
+      "(on tiled copies of the served vectors: a time, not a quality figure); embedding at "
       f"{rate:.0f} images/s (the full re-embed of {full['added']:,})"
   )
   print(
