@@ -195,24 +195,25 @@ def corpus_parts(
 ) -> List[CorpusPart]:
   """The corpus: the `corpus_splits` each Examples of `spans` has (named
   `span-<N>-<split>` and their ids `span-<N>/...` when `span_ids`, else as
-  the split), then the search corpus's images, ids as they are."""
+  the split), but `unlabeled` once, the newest span's, ids as they are
+  (every run reads the same --unlabeled folder); then the search corpus's
+  images, ids as they are."""
   from components.model_resolvers import artifact_span
 
   parts = []
-  for examples in sorted(spans, key=artifact_span):
+  spans = sorted(spans, key=artifact_span)
+  for examples in spans:
     span = artifact_span(examples)
     available = artifact_utils.decode_split_names(examples.split_names)
     for split in (s for s in corpus_splits if s in available):
-      prefix = f"{SPAN_FOLDER_PREFIX}{span}" if span_ids else ""
-      parts.append(
-          CorpusPart(
-              f"{prefix}-{split}" if span_ids else split,
-              examples.uri,
-              split,
-              f"{prefix}/" if span_ids else "",
-              str(span),
-          )
-      )
+      if split == names.UNLABELED_SPLIT:
+        if examples is spans[-1]:  # every run reads the same --unlabeled folder: once
+          parts.append(CorpusPart(split, examples.uri, split, "", ""))
+      elif span_ids:
+        prefix = f"{SPAN_FOLDER_PREFIX}{span}"
+        parts.append(CorpusPart(f"{prefix}-{split}", examples.uri, split, f"{prefix}/", str(span)))
+      else:
+        parts.append(CorpusPart(split, examples.uri, split, "", str(span)))
   if search_corpus is not None:
     parts.append(CorpusPart(names.CORPUS_SPLIT, search_corpus.uri, names.CORPUS_SPLIT, "", ""))
   return parts

@@ -250,3 +250,32 @@ def test_an_index_saved_before_spans_and_vectors_were_kept_still_loads(pixels, t
   old = search_index.load(folder)
   assert old.vectors is None and old.removed == [] and set(old.records.spans) == {""}
   assert old.search(vectors[[5]], k=1)[0][0]["id"] == "test/5"
+
+
+def test_the_corpus_is_every_span_once_with_ids_by_span():
+  """`search_index_gen.corpus_parts`: each span's train split under
+  `span-<N>/`, the unlabeled folder once (the newest run's), then the
+  search corpus; without spans, the splits as they are."""
+  from tfx.types import standard_artifacts
+  from tfx.types.artifact_utils import encode_split_names
+
+  from components.search_index_gen import corpus_parts
+
+  def examples(span, splits):
+    a = standard_artifacts.Examples()
+    a.uri = f"/examples/{span}"
+    a.split_names = encode_split_names(splits)
+    a.set_int_custom_property("span", span)
+    return a
+
+  spans = [examples(2, ["train", "test", "unlabeled"]), examples(1, ["train", "test", "unlabeled"])]
+  corpus = examples(0, ["corpus"])
+  parts = corpus_parts(spans, ["train", "unlabeled"], True, corpus)
+  assert [(p.name, p.examples_uri, p.split, p.id_prefix, p.span) for p in parts] == [
+      ("span-1-train", "/examples/1", "train", "span-1/", "1"),
+      ("span-2-train", "/examples/2", "train", "span-2/", "2"),
+      ("unlabeled", "/examples/2", "unlabeled", "", ""),
+      ("corpus", "/examples/0", "corpus", "", ""),
+  ]
+  parts = corpus_parts([examples(0, ["train", "test"])], ["train", "unlabeled"], False)
+  assert [(p.name, p.id_prefix, p.span) for p in parts] == [("train", "", "0")]

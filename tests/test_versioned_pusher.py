@@ -55,3 +55,28 @@ def test_the_next_push_removes_staging_left_by_a_killed_push(tmp_path):
   (base / f".staging-1700000001-{os.getpid()}").mkdir()  # a push still running
   version = push_to_filesystem(_model(str(tmp_path / "a"), "model a"), str(base))
   assert sorted(os.listdir(base)) == sorted([version, f".staging-1700000001-{os.getpid()}"])
+
+
+def test_an_index_only_push_links_the_served_model_with_the_new_index(tmp_path):
+  """The served version's SavedModel again (hard links, its own index left
+  behind) with a new index: a new version, the served one untouched."""
+  from models.names import SEARCH_INDEX_DIR
+
+  base = str(tmp_path / "serving")
+  model = _model(str(tmp_path / "a"), "model a", fingerprint="fp-a")
+  os.makedirs(os.path.join(model, SEARCH_INDEX_DIR))
+  with open(os.path.join(model, SEARCH_INDEX_DIR, "records.npz"), "w") as f:
+    f.write("old records")
+  served = push_to_filesystem(model, base)
+  new_index = str(tmp_path / "index")
+  os.makedirs(new_index)
+  with open(os.path.join(new_index, "records.npz"), "w") as f:
+    f.write("new records")
+  version = push_to_filesystem(os.path.join(base, served), base, new_index, link=True)
+  assert int(version) > int(served)
+  old, new = os.path.join(base, served), os.path.join(base, version)
+  assert os.path.samefile(os.path.join(old, "saved_model.pb"), os.path.join(new, "saved_model.pb"))
+  assert open(os.path.join(new, SEARCH_INDEX_DIR, "records.npz")).read() == "new records"
+  assert open(os.path.join(old, SEARCH_INDEX_DIR, "records.npz")).read() == "old records"
+  # The same index again is not a new version.
+  assert push_to_filesystem(new, base, new_index, link=True) == version

@@ -294,9 +294,10 @@ def test_an_image_folder_on_gcs_compiles(tmp_path):
 def test_index_request_from_a_runs_vector_search_corpus(smoke_run, tmp_path):
   """The smoke run writes its corpus for Vector Search (as every Vertex run
   does): the same records as the local index's, one JSON line each, the class
-  as a restricts entry; `index --dry-run` makes the creation request of it."""
+  and the span as restricts entries; `index --dry-run` makes the creation
+  request of it."""
   from models.examples import read_embeddings
-  from models.vector_search import CLASS_NAMESPACE, FOLDER
+  from models.vector_search import CLASS_NAMESPACE, FOLDER, SPAN_NAMESPACE
   # The first run's (later ones may be cached, or not blessed by design).
   first = runs.list_runs(smoke_run.metadata_path, smoke_run.pipeline_name)[0]["run_id"]
   rows = {
@@ -314,9 +315,13 @@ def test_index_request_from_a_runs_vector_search_corpus(smoke_run, tmp_path):
   corpus = read_embeddings(names.split_files(embeddings, "train"))
   by_id = {line["id"]: line for line in lines}
   assert len(lines) == len(by_id) == len(corpus.ids) > 0
+  assert set(corpus.spans) == {"0"}  # CIFAR-10 is span 0
   for image_id, class_name, vector in zip(corpus.ids, corpus.class_names, corpus.vectors):
     line = by_id[image_id]
-    assert line["restricts"] == [{"namespace": CLASS_NAMESPACE, "allow": [class_name]}]
+    assert line["restricts"] == [
+        {"namespace": CLASS_NAMESPACE, "allow": [class_name]},
+        {"namespace": SPAN_NAMESPACE, "allow": ["0"]},
+    ]
     np.testing.assert_allclose(line["embedding"], vector, rtol=1e-6)
 
   request = vertex_runner.main(
