@@ -30,6 +30,13 @@ import tempfile
 import time
 from typing import Dict, List, Optional
 
+from models import run_log
+
+if __name__ == "__main__":
+  # Before TensorFlow is imported: its start-up lines go through the filter too.
+  run_log.install()
+
+# pylint: disable=wrong-import-position
 import numpy as np
 
 from models import names

@@ -56,6 +56,13 @@ import sys
 import time
 from typing import Callable, Dict, List, Optional, Tuple
 
+from models import run_log
+
+if __name__ == "__main__":
+  # Before TensorFlow is imported: its start-up lines go through the filter too.
+  run_log.install()
+
+# pylint: disable=wrong-import-position
 import numpy as np
 
 from benchmarks.host import host_line

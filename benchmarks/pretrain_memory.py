@@ -19,6 +19,13 @@ import subprocess
 import sys
 import tempfile
 
+from models import run_log
+
+if __name__ == "__main__":
+  # Before TensorFlow is imported: its start-up lines go through the filter too.
+  run_log.install()
+
+# pylint: disable=wrong-import-position
 from models import names
 
 

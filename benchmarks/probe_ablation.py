@@ -22,6 +22,13 @@ import json
 import tempfile
 import time
 
+from models import run_log
+
+if __name__ == "__main__":
+  # Before TensorFlow is imported: its start-up lines go through the filter too.
+  run_log.install()
+
+# pylint: disable=wrong-import-position
 import tensorflow as tf
 import tensorflow_transform as tft
 

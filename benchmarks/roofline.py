@@ -18,6 +18,13 @@ import json
 import time
 from typing import Any, Dict, Tuple
 
+from models import run_log
+
+if __name__ == "__main__":
+  # Before TensorFlow is imported: its start-up lines go through the filter too.
+  run_log.install()
+
+# pylint: disable=wrong-import-position
 from models import config as config_lib
 
 

@@ -46,6 +46,13 @@ import threading
 import time
 from typing import Callable, Dict, List
 
+from models import run_log
+
+if __name__ == "__main__":
+  # Before TensorFlow is imported: its start-up lines go through the filter too.
+  run_log.install()
+
+# pylint: disable=wrong-import-position
 import numpy as np
 import orjson
 import requests

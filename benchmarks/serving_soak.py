@@ -25,6 +25,13 @@ import threading
 import time
 from typing import Callable, Dict, List, Optional
 
+from models import run_log
+
+if __name__ == "__main__":
+  # Before TensorFlow is imported: its start-up lines go through the filter too.
+  run_log.install()
+
+# pylint: disable=wrong-import-position
 import numpy as np
 import requests
 

@@ -36,6 +36,13 @@ import tempfile  # noqa: E402
 import time  # noqa: E402
 from typing import Dict  # noqa: E402
 
+from models import run_log
+
+if __name__ == "__main__":
+  # Before TensorFlow is imported: its start-up lines go through the filter too.
+  run_log.install()
+
+# pylint: disable=wrong-import-position
 from benchmarks import roofline  # noqa: E402
 from benchmarks.train_throughput import standardised_train_images  # noqa: E402
 from models import config as config_lib  # noqa: E402

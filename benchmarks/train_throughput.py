@@ -26,6 +26,13 @@ import json
 import os
 import tempfile
 
+from models import run_log
+
+if __name__ == "__main__":
+  # Before TensorFlow is imported: its start-up lines go through the filter too.
+  run_log.install()
+
+# pylint: disable=wrong-import-position
 import numpy as np
 
 from benchmarks import roofline

@@ -33,6 +33,13 @@ import os
 import sys
 from typing import List
 
+from models import run_log
+
+if __name__ == "__main__":
+  # Before TensorFlow is imported: its start-up lines go through the filter too.
+  run_log.install()
+
+# pylint: disable=wrong-import-position
 import numpy as np
 
 from benchmarks.host import host_line

@@ -10,6 +10,13 @@ import argparse
 import os
 from typing import Dict, List, Optional, Tuple
 
+from models import run_log
+
+if __name__ == "__main__":
+  # Before TensorFlow is imported: its start-up lines go through the filter too.
+  run_log.install()
+
+# pylint: disable=wrong-import-position
 from ml_metadata import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 

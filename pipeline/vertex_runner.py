@@ -30,6 +30,13 @@ import os
 import sys
 from typing import Any, Dict, Optional
 
+from models import run_log
+
+if __name__ == "__main__":
+  # Before TensorFlow is imported: its start-up lines go through the filter too.
+  run_log.install()
+
+# pylint: disable=wrong-import-position
 import tensorflow as tf
 
 from models import names, vector_search

@@ -35,6 +35,13 @@ import os
 import sys
 from typing import Dict, List, Optional, Tuple
 
+from models import run_log
+
+if __name__ == "__main__":
+  # Before TensorFlow is imported: its start-up lines go through the filter too.
+  run_log.install()
+
+# pylint: disable=wrong-import-position
 from models import search_index
 from models.files import write_atomically
 from serving.embeddings import EmbeddingsFile

@@ -29,6 +29,13 @@ import sys
 import time
 from typing import Iterator, List, Tuple
 
+from models import run_log
+
+if __name__ == "__main__":
+  # Before TensorFlow is imported: its start-up lines go through the filter too.
+  run_log.install()
+
+# pylint: disable=wrong-import-position
 import numpy as np
 import tensorflow as tf
 from tqdm import tqdm

@@ -33,6 +33,7 @@ from models.names import (
     pushed_versions,
 )
 from serving.compiled import CompiledImageSignature
+from serving.metrics import folder_bytes
 
 log = logging.getLogger("serving.model_store")
 
@@ -163,6 +164,10 @@ class LoadedModel:
             name, prepare, embed, max_batch, compile_in_background
         )
     self._signature_defs: Optional[Dict[str, meta_graph_pb2.SignatureDef]] = None
+    self.load_seconds = 0.0  # set by the ModelStore that loads it
+    local = "://" not in path
+    self.size_bytes = folder_bytes(path, SEARCH_INDEX_DIR) if local else 0
+    self.index_size_bytes = folder_bytes(index_dir) if local and self.index is not None else 0
 
   def duplicate_projection(self) -> Tuple[Optional[np.ndarray], Optional[float]]:
     """(near-duplicate search's projection [D, k], its threshold) saved with
@@ -452,6 +457,11 @@ class ModelStore:
     self._poller = threading.Thread(target=poll, name="model-poller", daemon=True)
     self._poller.start()
 
+  def loaded_models(self) -> List[LoadedModel]:
+    """The versions loaded now, oldest first."""
+    with self._lock:
+      return list(self._loaded.values())
+
   def stop(self) -> None:
     """Stops polling, and each loaded version's compiler after its compile in progress."""
     self._stop.set()
@@ -466,7 +476,8 @@ class ModelStore:
   def _load(self, version: int) -> LoadedModel:
     start = time.perf_counter()
     model = LoadedModel(version, os.path.join(self.base_dir, str(version)), **self.load_options)
-    log.info("Loaded %s version %d in %.1f s", self.name, version, time.perf_counter() - start)
+    model.load_seconds = time.perf_counter() - start
+    log.info("Loaded %s version %d in %.1f s", self.name, version, model.load_seconds)
     return model
 
   def _remember(self, model: LoadedModel) -> LoadedModel:

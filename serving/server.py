@@ -28,13 +28,13 @@ import argparse
 import asyncio
 import base64
 import binascii
-import collections
 import functools
 import json
 import logging
 import os
 import signal
 import sys
+import time
 from typing import Dict, List, Optional
 
 from models import run_log
@@ -61,6 +61,7 @@ from models.names import SEARCH_INDEX_DIR, SERVING_DEFAULT
 from serving import grpc_api
 from serving.batcher import BadInstance, Batcher, Overloaded
 from serving.embeddings import EmbeddingsFile
+from serving.metrics import CONTENT_TYPE, ServerMetrics
 from serving.model_store import (
     MAX_BATCH,
     BadRequest,
@@ -75,7 +76,8 @@ log = logging.getLogger("serving")
 STORE = web.AppKey("store", ModelStore)
 BATCHER = web.AppKey("batcher", Batcher)
 INDEX = web.AppKey("index", object)
-RESPONSES = web.AppKey("responses", collections.Counter)  # status -> count
+METRICS = web.AppKey("metrics", ServerMetrics)
+SIGNATURE = "signature"  # the request's signature, for the latency metric
 MAX_NEIGHBOURS = 1000
 
 
@@ -181,6 +183,7 @@ async def predict(request: web.Request) -> web.Response:
   signature_name = body.get("signature_name", SERVING_DEFAULT)
   if not isinstance(signature_name, str):
     raise BadRequest(f"'signature_name' must be a string, got {_short(signature_name)}")
+  request[SIGNATURE] = signature_name
   model = store.get(_version(request))
   try:
     signature = model.signature(signature_name)
@@ -286,6 +289,7 @@ async def neighbors(request: web.Request) -> web.Response:
   if ids is not None:
     queries, exclude = _stored_queries(index, ids, model.version)
   else:
+    request[SIGNATURE] = SERVING_DEFAULT
     signature = model.signature(SERVING_DEFAULT)
     values = decode_instances(body, signature.input_name)
     outputs = await request.app[BATCHER].run(model, SERVING_DEFAULT, values)
@@ -320,34 +324,24 @@ def _stored_queries(index: search_index.SearchIndex, ids: List[str], version: in
 
 
 async def metrics(request: web.Request) -> web.Response:
-  """Counters in the Prometheus text format (TF Serving serves its own at
-  this path): responses by status, model calls and instances, so batching
-  is visible (instances per call > 1 under concurrent load), the instances
-  queued and the requests shed with a 503."""
-  batcher = request.app[BATCHER]
-  lines = ["# TYPE mae_tfx_responses_total counter"]
-  lines += [
-      f'mae_tfx_responses_total{{status="{status}"}} {count}'
-      for status, count in sorted(request.app[RESPONSES].items())
-  ]
-  lines += [
-      "# TYPE mae_tfx_model_calls_total counter",
-      f"mae_tfx_model_calls_total {batcher.calls}",
-      "# TYPE mae_tfx_model_instances_total counter",
-      f"mae_tfx_model_instances_total {batcher.instances}",
-      "# TYPE mae_tfx_queued_instances gauge",
-      f"mae_tfx_queued_instances {batcher.queued}",
-      "# TYPE mae_tfx_shed_requests_total counter",
-      f"mae_tfx_shed_requests_total {batcher.shed}",
-  ]
-  return web.Response(text="\n".join(lines) + "\n")
+  """Every metric in the Prometheus text format (`serving.metrics`; TF
+  Serving serves its own at this path)."""
+  return web.Response(
+      body=request.app[METRICS].exposition(), headers={"Content-Type": CONTENT_TYPE}
+  )
 
 
 @web.middleware
 async def json_errors(request: web.Request, handler):
-  """Client errors as {"error": message} with a 4xx and one log line."""
+  """Client errors as {"error": message} with a 4xx and one log line; each
+  response counted, with its latency by route and signature."""
+  start = time.perf_counter()
   response = await _json_errors(request, handler)
-  request.app[RESPONSES][response.status] += 1
+  route = request.match_info.route
+  name = getattr(route.handler, "__name__", "") if route.resource is not None else "unmatched"
+  request.app[METRICS].observe(
+      name, request.get(SIGNATURE, ""), response.status, time.perf_counter() - start
+  )
   return response
 
 
@@ -392,7 +386,7 @@ def create_app(
   `:neighbors` searches `index` when given, else each version's own."""
   app = web.Application(middlewares=[json_errors], client_max_size=max_body_bytes)
   app[STORE], app[BATCHER], app[INDEX] = store, batcher, index
-  app[RESPONSES] = collections.Counter()
+  app[METRICS] = ServerMetrics(batcher, store)
   app.router.add_get("/monitoring/prometheus/metrics", metrics)
   model = "/v1/models/{name:[^/:]+}"
   version = model + "/versions/{version:[^/:]+}"

@@ -251,7 +251,10 @@ def _calls_and_instances(server):
   values = dict(
       line.rsplit(" ", 1) for line in text.splitlines() if line.startswith("mae_tfx_model")
   )
-  return int(values["mae_tfx_model_calls_total"]), int(values["mae_tfx_model_instances_total"])
+  return (
+      int(float(values["mae_tfx_model_calls_total"])),
+      int(float(values["mae_tfx_model_instances_total"])),
+  )
 
 
 def test_concurrent_requests_are_batched_and_a_bad_one_fails_alone(

@@ -246,13 +246,13 @@ def test_overload_is_shed_with_resource_exhausted(model_base, pngs):
         for e in shed
     )
     metrics = requests.get(f"{server.url}/monitoring/prometheus/metrics", timeout=60).text
-    assert f"mae_tfx_shed_requests_total {len(shed)}" in metrics
+    assert f"mae_tfx_shed_requests_total {float(len(shed))}" in metrics
 
 
 def test_rest_and_grpc_requests_share_one_batcher(server, predict, pngs):
   def metric(name):
     text = requests.get(f"{server.url}/monitoring/prometheus/metrics", timeout=60).text
-    return int(next(line.split()[1] for line in text.splitlines() if line.startswith(name)))
+    return int(float(next(line.split()[1] for line in text.splitlines() if line.startswith(name))))
 
   before = metric("mae_tfx_model_instances_total")
   rest_body = {"instances": [{"b64": base64.b64encode(pngs[0]).decode()}]}
