@@ -17,10 +17,13 @@ SavedModel fingerprint and index records) is not pushed again. A staging
 directory a killed push left behind is removed by the next push.
 """
 
+import io
 import os
 import shutil
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
 
 from absl import logging
 from tfx import types
@@ -90,14 +93,27 @@ def remove_stale_staging(base_directory: str) -> List[str]:
   return removed
 
 
-def _index_records(index_dir: Optional[str]) -> Optional[bytes]:
-  """The records file of the search index in `index_dir`, if there is one:
-  which images the index holds, to tell a new corpus from the same one."""
+def _index_records(index_dir: Optional[str]) -> Optional[Tuple]:
+  """What the search index in `index_dir` holds, if there is one: its
+  records (ids, class names, spans) and removed ids, to tell a new corpus
+  from the same one (by content: np.savez stamps each save's time)."""
   path = index_dir and os.path.join(index_dir, search_index.RECORDS)
   if not path or not fileio.exists(path):
     return None
-  with fileio.open(path, "rb") as f:
-    return f.read()
+  with fileio.open(path, "rb") as f, np.load(io.BytesIO(f.read())) as records:
+    arrays = tuple(tuple(records[key].tolist()) for key in sorted(records.files))
+  return arrays + (tuple(search_index.read_removed(index_dir)),)
+
+
+def same_version(version_dir: str, model_path: str, index_path: Optional[str]) -> bool:
+  """Whether the pushed version in `version_dir` already is this model (its
+  SavedModel fingerprint) with this index's records."""
+  fingerprint = _fingerprint(model_path)
+  return (
+      fingerprint is not None
+      and _fingerprint(version_dir) == fingerprint
+      and _index_records(os.path.join(version_dir, SEARCH_INDEX_DIR)) == _index_records(index_path)
+  )
 
 
 def _link_tree(source: str, target: str, leave_out: str) -> None:
@@ -140,14 +156,7 @@ def push_to_filesystem(
   fileio.makedirs(base_directory)
   remove_stale_staging(base_directory)
   newest = newest_version(base_directory)
-  fingerprint = _fingerprint(model_path)
-  if (
-      newest
-      and fingerprint is not None
-      and _fingerprint(os.path.join(base_directory, newest)) == fingerprint
-      and _index_records(os.path.join(base_directory, newest, SEARCH_INDEX_DIR))
-      == _index_records(index_path)
-  ):
+  if newest and same_version(os.path.join(base_directory, newest), model_path, index_path):
     logging.info("Model %s is already served as version %s", model_path, newest)
     return newest
   version = str(next_version(base_directory, int(time.time())))
@@ -209,6 +218,15 @@ class Executor(pusher_executor.Executor):
       )
     base = destination.filesystem.base_directory
     if index_only_model:
+      newest = newest_version(base)
+      if newest and same_version(os.path.join(base, newest), index_only_model, index_path):
+        model_push.set_string_custom_property(
+            NOT_PUSHED_REASON,
+            "the model was not blessed, and the served version already searches every "
+            "image accepted",
+        )
+        self._MarkNotPushed(model_push)
+        return
       # The served version again, with the index extended (or trimmed).
       version = push_to_filesystem(index_only_model, base, index_path, link=True)
       model_push.set_int_custom_property("index_only", 1)

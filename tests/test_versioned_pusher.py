@@ -59,24 +59,32 @@ def test_the_next_push_removes_staging_left_by_a_killed_push(tmp_path):
 
 def test_an_index_only_push_links_the_served_model_with_the_new_index(tmp_path):
   """The served version's SavedModel again (hard links, its own index left
-  behind) with a new index: a new version, the served one untouched."""
+  behind) with a new index: a new version, the served one untouched; the
+  same records again (saved anew) are not a new version."""
+  import numpy as np
+
   from models.names import SEARCH_INDEX_DIR
+
+  def records(folder, ids):
+    os.makedirs(folder, exist_ok=True)
+    np.savez(os.path.join(folder, "records.npz"), ids=np.array(ids), class_names=np.array(ids))
 
   base = str(tmp_path / "serving")
   model = _model(str(tmp_path / "a"), "model a", fingerprint="fp-a")
-  os.makedirs(os.path.join(model, SEARCH_INDEX_DIR))
-  with open(os.path.join(model, SEARCH_INDEX_DIR, "records.npz"), "w") as f:
-    f.write("old records")
+  records(os.path.join(model, SEARCH_INDEX_DIR), ["x"])
   served = push_to_filesystem(model, base)
   new_index = str(tmp_path / "index")
-  os.makedirs(new_index)
-  with open(os.path.join(new_index, "records.npz"), "w") as f:
-    f.write("new records")
+  records(new_index, ["x", "y"])
   version = push_to_filesystem(os.path.join(base, served), base, new_index, link=True)
   assert int(version) > int(served)
   old, new = os.path.join(base, served), os.path.join(base, version)
   assert os.path.samefile(os.path.join(old, "saved_model.pb"), os.path.join(new, "saved_model.pb"))
-  assert open(os.path.join(new, SEARCH_INDEX_DIR, "records.npz")).read() == "new records"
-  assert open(os.path.join(old, SEARCH_INDEX_DIR, "records.npz")).read() == "old records"
-  # The same index again is not a new version.
-  assert push_to_filesystem(new, base, new_index, link=True) == version
+  with np.load(os.path.join(new, SEARCH_INDEX_DIR, "records.npz")) as f:
+    assert f["ids"].tolist() == ["x", "y"]
+  with np.load(os.path.join(old, SEARCH_INDEX_DIR, "records.npz")) as f:
+    assert f["ids"].tolist() == ["x"]
+  # The same records, written again (another time stamp in the zip), are
+  # not a new version.
+  again = str(tmp_path / "again")
+  records(again, ["x", "y"])
+  assert push_to_filesystem(new, base, again, link=True) == version
