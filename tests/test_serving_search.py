@@ -187,6 +187,48 @@ def test_a_bad_filter_is_a_400_naming_it(indexed, corpus, restricts, message):
   assert r.status_code == 400 and message in r.json()["error"], r.text
 
 
+def test_metrics_give_latency_per_route_and_each_loaded_version(indexed, corpus):
+  """`/monitoring/prometheus/metrics`, parsed by prometheus_client's own
+  parser: request latency histograms by route and signature, and each
+  loaded version's load time and size, with its index's vectors."""
+  from prometheus_client.parser import text_string_to_metric_families
+
+  _, newest, server = indexed
+  files, ids, _ = corpus
+  assert neighbors(server, files[:2], k=3).status_code == 200
+  assert by_ids(server, ids[:1], k=3).status_code == 200
+  r = requests.get(f"{server.url}/monitoring/prometheus/metrics", timeout=60)
+  assert r.status_code == 200 and r.headers["Content-Type"].startswith("text/plain")
+  families = {f.name: f for f in text_string_to_metric_families(r.text)}
+  counts = {
+      (s.labels["route"], s.labels["signature"]): s.value
+      for s in families["mae_tfx_request_seconds"].samples
+      if s.name.endswith("_count")
+  }
+  assert counts[("neighbors", "serving_default")] >= 1 and counts[("neighbors", "")] >= 1
+  buckets = [
+      s
+      for s in families["mae_tfx_request_seconds"].samples
+      if s.name.endswith("_bucket") and s.labels["route"] == "neighbors"
+  ]
+  assert {s.labels["le"] for s in buckets} >= {"0.005", "0.1", "+Inf"}
+  by_version = {
+      name: {s.labels["version"]: s.value for s in families[name].samples}
+      for name in (
+          "mae_tfx_model_load_seconds",
+          "mae_tfx_model_size_bytes",
+          "mae_tfx_index_vectors",
+          "mae_tfx_index_size_bytes",
+      )
+  }
+  assert by_version["mae_tfx_model_load_seconds"][str(newest)] > 0
+  assert by_version["mae_tfx_model_size_bytes"][str(newest)] > 10_000
+  assert by_version["mae_tfx_index_vectors"][str(newest)] == len(ids)
+  assert by_version["mae_tfx_index_size_bytes"][str(newest)] > len(ids) * 16
+  statuses = {s.labels["status"]: s.value for s in families["mae_tfx_responses"].samples}
+  assert statuses["200"] >= 2
+
+
 def test_a_corpus_image_finds_itself_first_in_the_versions_own_index(indexed, corpus):
   _, newest, server = indexed
   files, ids, class_names = corpus
@@ -273,45 +315,3 @@ def test_a_hot_reload_swaps_model_and_index_together_and_a_corrupt_index_is_skip
   assert SEARCH_INDEX_DIR in row["status"]["error_message"]
   r = neighbors(server, [files[7]], k=1)
   assert r.status_code == 200 and r.json()["model_version"] == str(newest + 1)
-
-
-def test_metrics_give_latency_per_route_and_each_loaded_version(indexed, corpus):
-  """`/monitoring/prometheus/metrics`, parsed by prometheus_client's own
-  parser: request latency histograms by route and signature, and each
-  loaded version's load time and size, with its index's vectors."""
-  from prometheus_client.parser import text_string_to_metric_families
-
-  _, newest, server = indexed
-  files, ids, _ = corpus
-  assert neighbors(server, files[:2], k=3).status_code == 200
-  assert by_ids(server, ids[:1], k=3).status_code == 200
-  r = requests.get(f"{server.url}/monitoring/prometheus/metrics", timeout=60)
-  assert r.status_code == 200 and r.headers["Content-Type"].startswith("text/plain")
-  families = {f.name: f for f in text_string_to_metric_families(r.text)}
-  counts = {
-      (s.labels["route"], s.labels["signature"]): s.value
-      for s in families["mae_tfx_request_seconds"].samples
-      if s.name.endswith("_count")
-  }
-  assert counts[("neighbors", "serving_default")] >= 1 and counts[("neighbors", "")] >= 1
-  buckets = [
-      s
-      for s in families["mae_tfx_request_seconds"].samples
-      if s.name.endswith("_bucket") and s.labels["route"] == "neighbors"
-  ]
-  assert {s.labels["le"] for s in buckets} >= {"0.005", "0.1", "+Inf"}
-  by_version = {
-      name: {s.labels["version"]: s.value for s in families[name].samples}
-      for name in (
-          "mae_tfx_model_load_seconds",
-          "mae_tfx_model_size_bytes",
-          "mae_tfx_index_vectors",
-          "mae_tfx_index_size_bytes",
-      )
-  }
-  assert by_version["mae_tfx_model_load_seconds"][str(newest)] > 0
-  assert by_version["mae_tfx_model_size_bytes"][str(newest)] > 10_000
-  assert by_version["mae_tfx_index_vectors"][str(newest)] == len(ids)
-  assert by_version["mae_tfx_index_size_bytes"][str(newest)] > len(ids) * 16
-  statuses = {s.labels["status"]: s.value for s in families["mae_tfx_responses"].samples}
-  assert statuses["200"] >= 2
