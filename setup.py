@@ -29,6 +29,7 @@ setup(
         "pillow",
         "aiohttp",  # the embedding server (serving/): REST
         "orjson",  # ... its JSON, numpy arrays written in C
+        "prometheus-client",  # ... its metrics (serving/metrics.py)
         "grpcio",  # ... and TF Serving's gRPC API, with its messages
         "tensorflow-serving-api",
         "scikit-learn",  # t-SNE (pipeline/figures.py), logistic regression (benchmarks)
