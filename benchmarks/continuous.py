@@ -209,10 +209,12 @@ def search_row(output: str) -> Dict:
   run = RunOutputs.load(output)
   embedder = run.node("CorpusEmbedder")
   corpus = embedder["output_properties"][names.EMBEDDINGS_TYPE][0]
+  from components.versioned_pusher import newest_version
+
   serving = os.path.join(output, "serving_model")
-  base = os.path.join(serving, os.listdir(serving)[0])
-  newest = names.pushed_versions(os.listdir(base))[-1]
-  index = search_index.load(os.path.join(base, str(newest), names.SEARCH_INDEX_DIR))
+  base = os.path.join(serving, os.listdir(serving)[0])  # the one pipeline of the chain
+  newest = newest_version(base)
+  index = search_index.load(os.path.join(base, newest, names.SEARCH_INDEX_DIR))
   evaluation = index.info["evaluation"]
   return dict(
       version=newest,
@@ -227,7 +229,7 @@ def search_row(output: str) -> Dict:
       added=int(corpus.get("added", 0)),
       reused=int(corpus.get("reused", 0)),
       removed=int(corpus.get("removed", 0)),
-      index_dir=os.path.join(base, str(newest), names.SEARCH_INDEX_DIR),
+      index_dir=os.path.join(base, newest, names.SEARCH_INDEX_DIR),
   )
 
 

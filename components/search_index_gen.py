@@ -98,9 +98,9 @@ def _keyed_examples(
     path, class_name = (
         feature[key].bytes_list.value for key in (names.IMAGE_PATH_KEY, names.CLASS_NAME_KEY)
     )
-    image_id = search_id(path[0].decode("utf-8") if path else "", split, index)
-    if not image_id.startswith(id_prefix):
-      image_id = id_prefix + image_id
+    image_id = prefixed_id(
+        search_id(path[0].decode("utf-8") if path else "", split, index), id_prefix
+    )
     yield ((image_id, class_name[0].decode("utf-8") if class_name else ""), example)
     index += 1
 
@@ -219,36 +219,45 @@ def corpus_parts(
   return parts
 
 
-def _served(served_models: str) -> Tuple[Optional[str], Optional[search_index.SearchIndex]]:
-  """(the newest pushed version's folder, its search index) under
-  `served_models` (the Pusher's base directory): (None, None) when nothing
-  is pushed; an index that is missing or cannot be read is None (logged)."""
+class Served(NamedTuple):
+  """The newest pushed version: its folder, and what its search index holds
+  (read without loading the searcher: records, vectors, removed ids)."""
+
+  folder: str
+  records: Optional[search_index.Records] = None  # None: no index to reuse
+  vectors: Optional[np.ndarray] = None  # None: saved before indexes kept them
+  removed: Tuple[str, ...] = ()
+
+
+def _served(served_models: str) -> Optional[Served]:
+  """The newest version under `served_models` (the Pusher's base
+  directory); None when nothing is pushed. An index that is missing or
+  cannot be read is reused as none (logged)."""
   from components.versioned_pusher import newest_version  # it imports this module
 
   newest = served_models and newest_version(served_models)
   if not newest:
-    return None, None
+    return None
   folder = os.path.join(served_models, newest)
   index_dir = os.path.join(folder, names.SEARCH_INDEX_DIR)
   if not tf.io.gfile.exists(index_dir):
-    return folder, None
+    return Served(folder)
   try:
-    return folder, search_index.load(index_dir)
-  except search_index.BadIndex as e:
+    return Served(
+        folder,
+        search_index.read_records(index_dir),
+        search_index.read_vectors(index_dir),
+        tuple(search_index.read_removed(index_dir)),
+    )
+  except (OSError, ValueError, KeyError) as e:
     logging.warning("The served index cannot be reused, every image is embedded: %s", e)
-    return folder, None
+    return Served(folder)
 
 
-def same_saved_model(a: str, b: str) -> bool:
-  """Whether two SavedModel folders hold the same model (their fingerprint.pb)."""
-  paths = [os.path.join(folder, "fingerprint.pb") for folder in (a, b)]
-  if not all(tf.io.gfile.exists(p) for p in paths):
-    return False
-  contents = []
-  for path in paths:
-    with tf.io.gfile.GFile(path, "rb") as f:
-      contents.append(f.read())
-  return contents[0] == contents[1]
+def prefixed_id(image_id: str, prefix: str) -> str:
+  """An image's search id in the corpus: `prefix` (`span-<N>/`) first,
+  unless it already starts with it (an image folder's path does)."""
+  return image_id if image_id.startswith(prefix) else prefix + image_id
 
 
 REUSED_FILE = "reused.npz"  # in the Embeddings artifact: vectors taken from the served index
@@ -289,13 +298,15 @@ def CorpusEmbedder(  # pylint: disable=invalid-name
   only images it lacks are embedded. The case and the counts are logged
   and set as properties.
   """
-  served_dir, served_index = _served(served_models)
+  from components.versioned_pusher import same_saved_model  # it imports this module
+
+  served = _served(served_models)
   if is_blessed(model_blessing):
     model_path = path_utils.serving_model_path(model.uri)
     case = "the new model, blessed: the whole corpus embedded by it"
-  elif served_dir:
-    model_path = served_dir
-    case = f"the model was not blessed: the served version {os.path.basename(served_dir)} kept"
+  elif served:
+    model_path = served.folder
+    case = f"the model was not blessed: the served version {os.path.basename(served.folder)} kept"
   else:
     embeddings.set_int_custom_property(EMBEDDED_PROPERTY, 0)
     embeddings.set_string_custom_property(
@@ -305,11 +316,11 @@ def CorpusEmbedder(  # pylint: disable=invalid-name
     return
   removed = {line.strip() for line in removed_ids.splitlines() if line.strip()}
   reusable: Dict[str, int] = {}
-  if served_index is not None:
-    removed |= set(served_index.removed)
-    if served_index.vectors is not None and same_saved_model(model_path, served_dir):
-      reusable = {image_id: row for row, image_id in enumerate(served_index.records.ids)}
-      if model_path != served_dir:
+  if served and served.records is not None:
+    removed |= set(served.removed)
+    if served.vectors is not None and same_saved_model(model_path, served.folder):
+      reusable = {image_id: row for row, image_id in enumerate(served.records.ids)}
+      if model_path != served.folder:
         case = "the blessed model is the one served: its vectors reused"
   parts = corpus_parts(
       corpus_spans or [examples], corpus_splits.split(","), bool(span_ids), corpus_examples
@@ -342,14 +353,14 @@ def CorpusEmbedder(  # pylint: disable=invalid-name
       row for image_id, row in reusable.items() if image_id in seen_set and image_id not in removed
   )
   if kept_rows:
-    records = served_index.records
+    records = served.records
     buffer = io.BytesIO()  # np.savez seeks: GFile (gs:// too) takes the bytes
     np.savez(
         buffer,
         ids=records.ids[kept_rows],
         class_names=records.class_names[kept_rows],
         spans=records.spans[kept_rows],
-        vectors=np.asarray(served_index.vectors[kept_rows], np.float32),
+        vectors=np.asarray(served.vectors[kept_rows], np.float32),
     )
     with tf.io.gfile.GFile(os.path.join(embeddings.uri, REUSED_FILE), "wb") as f:
       f.write(buffer.getvalue())
@@ -376,7 +387,9 @@ def CorpusEmbedder(  # pylint: disable=invalid-name
   embeddings.set_string_custom_property("query_split", query_split)
   embeddings.set_string_custom_property("model_path", model_path)
   embeddings.set_string_custom_property("case", case)
-  embeddings.set_int_custom_property("index_only", int(model_path == served_dir))
+  embeddings.set_int_custom_property(
+      "index_only", int(bool(served) and model_path == served.folder)
+  )
   embeddings.set_int_custom_property("added", added)
   embeddings.set_int_custom_property("reused", len(kept_rows))
   embeddings.set_int_custom_property("removed", dropped)

@@ -17,13 +17,11 @@ SavedModel fingerprint and index records) is not pushed again. A staging
 directory a killed push left behind is removed by the next push.
 """
 
-import io
 import os
 import shutil
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
-import numpy as np
 
 from absl import logging
 from tfx import types
@@ -100,20 +98,27 @@ def _index_records(index_dir: Optional[str]) -> Optional[Tuple]:
   path = index_dir and os.path.join(index_dir, search_index.RECORDS)
   if not path or not fileio.exists(path):
     return None
-  with fileio.open(path, "rb") as f, np.load(io.BytesIO(f.read())) as records:
-    arrays = tuple(tuple(records[key].tolist()) for key in sorted(records.files))
-  return arrays + (tuple(search_index.read_removed(index_dir)),)
+  records = search_index.read_records(index_dir)
+  return (
+      tuple(records.ids.tolist()),
+      tuple(records.class_names.tolist()),
+      tuple(records.spans.tolist()),
+      tuple(search_index.read_removed(index_dir)),
+  )
+
+
+def same_saved_model(a: str, b: str) -> bool:
+  """Whether two SavedModel folders hold the same model (their fingerprint.pb)."""
+  fingerprint = _fingerprint(a)
+  return fingerprint is not None and _fingerprint(b) == fingerprint
 
 
 def same_version(version_dir: str, model_path: str, index_path: Optional[str]) -> bool:
   """Whether the pushed version in `version_dir` already is this model (its
   SavedModel fingerprint) with this index's records."""
-  fingerprint = _fingerprint(model_path)
-  return (
-      fingerprint is not None
-      and _fingerprint(version_dir) == fingerprint
-      and _index_records(os.path.join(version_dir, SEARCH_INDEX_DIR)) == _index_records(index_path)
-  )
+  return same_saved_model(model_path, version_dir) and _index_records(
+      os.path.join(version_dir, SEARCH_INDEX_DIR)
+  ) == _index_records(index_path)
 
 
 def _link_tree(source: str, target: str, leave_out: str) -> None:
@@ -218,8 +223,11 @@ class Executor(pusher_executor.Executor):
       )
     base = destination.filesystem.base_directory
     if index_only_model:
+      # The served version again, with the index extended (or trimmed); the
+      # newest version back when it already holds this very index.
       newest = newest_version(base)
-      if newest and same_version(os.path.join(base, newest), index_only_model, index_path):
+      version = push_to_filesystem(index_only_model, base, index_path, link=True)
+      if version == newest:
         model_push.set_string_custom_property(
             NOT_PUSHED_REASON,
             "the model was not blessed, and the served version already searches every "
@@ -227,8 +235,6 @@ class Executor(pusher_executor.Executor):
         )
         self._MarkNotPushed(model_push)
         return
-      # The served version again, with the index extended (or trimmed).
-      version = push_to_filesystem(index_only_model, base, index_path, link=True)
       model_push.set_int_custom_property("index_only", 1)
       model_push.set_string_custom_property("model_from", index_only_model)
       logging.info(

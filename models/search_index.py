@@ -80,9 +80,15 @@ class Records:
           f"{len(self.spans)} spans"
       )
 
-  def namespace(self, name: str) -> np.ndarray:
-    """[N] str: each record's token in the filter namespace `name`."""
-    return {CLASS_NAMESPACE: self.class_names, SPAN_NAMESPACE: self.spans}[name]
+  def namespace(self, name: str) -> Tuple[np.ndarray, np.ndarray]:
+    """(the distinct tokens [T] str, each record's token as an index into
+    them [N]) of the filter namespace `name`: computed once, so a filtered
+    search costs one integer lookup a record, not string comparisons."""
+    cache = self.__dict__.setdefault("_namespaces", {})
+    if name not in cache:
+      tokens = {CLASS_NAMESPACE: self.class_names, SPAN_NAMESPACE: self.spans}[name]
+      cache[name] = np.unique(tokens, return_inverse=True)
+    return cache[name]
 
 
 class BadRestricts(ValueError):
@@ -136,11 +142,13 @@ class Restricts:
     """[N] bool: the records that pass."""
     keep = np.ones(len(records.ids), bool)
     for namespace, allow, deny in self.rules:
-      tokens = records.namespace(namespace)
+      tokens, of_record = records.namespace(namespace)
+      passing = np.ones(len(tokens), bool)  # per distinct token
       if allow:
-        keep &= np.isin(tokens, list(allow)) & (tokens != "")
+        passing &= np.isin(tokens, list(allow)) & (tokens != "")
       if deny:
-        keep &= ~np.isin(tokens, list(deny))
+        passing &= ~np.isin(tokens, list(deny))
+      keep &= passing[of_record]
     return keep
 
 
@@ -482,8 +490,7 @@ def load(folder: str) -> SearchIndex:
   try:
     with open(os.path.join(folder, MANIFEST)) as f:
       info = json.load(f)
-    with np.load(os.path.join(folder, RECORDS), allow_pickle=False) as f:
-      records = Records(f["ids"], f["class_names"], f["spans"] if "spans" in f else None)
+    records = read_records(folder)
     kind = info["kind"]
     if kind == EXACT:
       searcher = _Exact.load(folder)
@@ -501,10 +508,21 @@ def load(folder: str) -> SearchIndex:
     ) from e
   if len(records.ids) != info.get("count"):
     raise BadIndex(f"{folder}: {len(records.ids)} records but index.json says {info.get('count')}")
-  vectors = None
-  if kind != EXACT and os.path.exists(os.path.join(folder, VECTORS)):
-    vectors = np.load(os.path.join(folder, VECTORS), mmap_mode="r")
+  vectors = read_vectors(folder) if kind != EXACT else None  # exact: the searcher's
   return SearchIndex(searcher, records, info, vectors, read_removed(folder))
+
+
+def read_records(folder: str) -> Records:
+  """The records of the index saved in `folder` (no spans before they were kept)."""
+  with np.load(os.path.join(folder, RECORDS), allow_pickle=False) as f:
+    return Records(f["ids"], f["class_names"], f["spans"] if "spans" in f else None)
+
+
+def read_vectors(folder: str) -> Optional[np.ndarray]:
+  """The unit vectors of the index saved in `folder`, memory-mapped, without
+  loading its searcher (None for an index saved before every kind kept them)."""
+  path = os.path.join(folder, VECTORS)
+  return np.load(path, mmap_mode="r") if os.path.exists(path) else None
 
 
 def read_removed(folder: str) -> List[str]:

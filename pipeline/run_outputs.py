@@ -214,10 +214,12 @@ class RunOutputs:
     corpus = self.node("CorpusEmbedder")["output_properties"][names.EMBEDDINGS_TYPE][0]
     images = {}
     if corpus.get("corpus_parts"):  # each split of each span, and --search-corpus
+      from components.search_index_gen import prefixed_id
+
       for part in json.loads(corpus["corpus_parts"]):
         records = read_examples(names.split_files(part["examples_uri"], part["split"]))
         images.update(
-            (i if i.startswith(part["id_prefix"]) else part["id_prefix"] + i, image)
+            (prefixed_id(i, part["id_prefix"]), image)
             for i, image in zip(records.search_ids(part["split"]), records.images)
         )
       return images

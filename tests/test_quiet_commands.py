@@ -67,20 +67,26 @@ def test_serving_embed_is_quiet(tiny):
   assert not _harmless_lines(stderr), stderr
 
 
-def test_each_command_line_tool_is_quiet(tiny, tmp_path):
+def _search(tiny, k):
+  """`serving.search`'s command line: the first airplane's k nearest."""
   folder, embeddings, smoke_run, _ = tiny
-  query = sorted(os.listdir(folder / "images" / "airplane"))[0]
+  query = sorted((folder / "images" / "airplane").iterdir())[0]
+  return (
+      "serving.search",
+      "--embeddings",
+      embeddings,
+      "--model-dir",
+      smoke_run.serving_model_dir,
+      "-k",
+      str(k),
+      str(query),
+  )
+
+
+def test_each_command_line_tool_is_quiet(tiny, tmp_path):
+  _, embeddings, smoke_run, _ = tiny
   commands = [
-      (
-          "serving.search",
-          "--embeddings",
-          embeddings,
-          "--model-dir",
-          smoke_run.serving_model_dir,
-          "-k",
-          "2",
-          str(folder / "images" / "airplane" / query),
-      ),
+      _search(tiny, 2),
       ("serving.duplicates", "--embeddings", embeddings, "--out", str(tmp_path / "pairs.tsv")),
       ("pipeline.runs", "--output-dir", smoke_run.output_dir),
       (
@@ -107,16 +113,5 @@ def test_each_command_line_tool_is_quiet(tiny, tmp_path):
 def test_verbose_still_shows_everything(tiny):
   """-v / MAE_TFX_VERBOSE=1: the filter is off, TensorFlow's start-up lines
   come through (what a bug report needs)."""
-  folder, embeddings, smoke_run, _ = tiny
-  stderr = _run(
-      "serving.search",
-      "--embeddings",
-      embeddings,
-      "--model-dir",
-      smoke_run.serving_model_dir,
-      "-k",
-      "1",
-      str(next((folder / "images" / "airplane").iterdir())),
-      verbose=True,
-  ).stderr
+  stderr = _run(*_search(tiny, 1), verbose=True).stderr
   assert _harmless_lines(stderr), stderr[-2000:]
