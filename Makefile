@@ -26,7 +26,7 @@ PYTEST_ARGS ?=
 export TF_USE_LEGACY_KERAS := 1
 export TF_CPU_ALLOCATOR_USE_BFC := true
 
-.PHONY: pipeline test test-fast test-all lint format report notebooks serve image vertex-compile vertex-submit lock clean
+.PHONY: pipeline test test-fast test-all browser lint format report notebooks serve image vertex-compile vertex-submit lock clean
 
 $(VENV)/.installed: setup.py pyproject.toml requirements.lock
 	@test -n "$(PYTHON310)" || { echo "Python 3.10 not found: install it (pyenv install 3.10.13) or set PYTHON310=/path/to/python3.10"; exit 1; }
@@ -56,11 +56,20 @@ PYTEST := $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=15
 test-fast: lint
 	$(PYTEST) -m "not slow and not pipeline and not server" $(PYTEST_ARGS)
 
-test: lint
+test: lint browser
 	$(PYTEST) -m "not slow" $(PYTEST_ARGS)
 
-test-all: lint
+test-all: lint browser
 	$(PYTEST) $(PYTEST_ARGS)
+
+# The search page's browser test drives Debian's headless Chromium through
+# chromedriver: installed here when missing (as root, or through sudo).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  echo "Installing Debian's chromium and chromium-driver (the search page's browser test)"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive \
+	    apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null; }
 
 # Google's Python style as TFX writes it (pyproject.toml): pyink formats,
 # ruff lints. `make format` rewrites the tree in it and fixes what ruff can.

@@ -22,7 +22,8 @@ setup(
             "serving.*",
         ]
     ),
-    package_data={"": ["*.pbtxt"]},
+    # serving/page/: the search page's HTML, script and style, served by the server.
+    package_data={"": ["*.pbtxt"], "serving": ["page/*.html", "page/*.js", "page/*.css"]},
     install_requires=[
         "tfx==1.16.0",
         "dill",  # tfx-bsl 1.16 imports it; apache-beam 2.74 no longer brings it
@@ -46,6 +47,7 @@ setup(
             "pytest-xdist",  # `make test`'s two worker processes
             "requests",
             "hypothesis",
+            "selenium",  # drives Debian's headless Chromium over the search page
             "pyink",  # `make lint`: the formatter ...
             "ruff",  # ... and the linter
         ]

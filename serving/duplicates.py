@@ -33,7 +33,7 @@ import dataclasses
 import io
 import os
 import sys
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from models import run_log
 
@@ -42,6 +42,8 @@ if __name__ == "__main__":
   run_log.install()
 
 # pylint: disable=wrong-import-position
+import numpy as np
+
 from models import search_index
 from models.files import write_atomically
 from serving.embeddings import EmbeddingsFile
@@ -219,6 +221,94 @@ def find_pairs(
   ]
   pairs.sort(key=lambda p: (-p.score, p.id_a, p.id_b))
   return Duplicates(pairs, threshold, max_per_item, len(a.ids), None if b is None else len(b.ids))
+
+
+@dataclasses.dataclass(frozen=True)
+class Group:
+  """Images joined by near-duplicate pairs (a connected component): each
+  item's row and its best score with another member, best first."""
+
+  rows: Tuple[int, ...]
+  scores: Tuple[float, ...]
+
+  @property
+  def score(self) -> float:
+    """The group's best pair score."""
+    return self.scores[0]
+
+
+def groups_of(found: Duplicates, ids: Sequence[str]) -> List[Group]:
+  """The pairs found inside one corpus (rows of `ids`) joined into groups:
+  largest first, then best score, then first id."""
+  row_of = {image_id: row for row, image_id in enumerate(ids)}
+  parent: Dict[int, int] = {}
+
+  def root(row: int) -> int:
+    parent.setdefault(row, row)
+    while parent[row] != row:
+      parent[row] = parent[parent[row]]  # path halving
+      row = parent[row]
+    return row
+
+  best: Dict[int, float] = {}
+  for pair in found.pairs:
+    a, b = row_of[pair.id_a], row_of[pair.id_b]
+    parent[root(a)] = root(b)
+    for row in (a, b):
+      best[row] = max(best.get(row, -1.0), pair.score)
+  members: Dict[int, List[int]] = {}
+  for row in best:
+    members.setdefault(root(row), []).append(row)
+  groups = []
+  for rows in members.values():
+    rows.sort(key=lambda r: (-best[r], ids[r]))
+    groups.append(Group(tuple(rows), tuple(best[r] for r in rows)))
+  groups.sort(key=lambda g: (-len(g.rows), -g.score, ids[g.rows[0]]))
+  return groups
+
+
+def corpus_groups(
+    vectors: np.ndarray,
+    records: search_index.Records,
+    projection: Optional[np.ndarray],
+    threshold: float,
+    model_version: int,
+    max_per_item: int = DEFAULT_MAX_PER_ITEM,
+) -> List[Group]:
+  """The near-duplicate groups inside a search index's corpus (its
+  `vectors` [N, D] and `records`), compared through `projection` as
+  `find_pairs` compares an embeddings file."""
+  table = EmbeddingsFile(
+      np.asarray(vectors, np.float32),
+      records.ids,
+      records.class_names,
+      {"model_version": model_version, "duplicate_threshold": threshold},
+      projection,
+  )
+  return groups_of(find_pairs(table, threshold=threshold, max_per_item=max_per_item), records.ids)
+
+
+GROUP_COLUMNS = ("group", "id", "class_name", "span", "score")
+
+
+def groups_text(groups: List[Group], records: search_index.Records, delimiter: str = ",") -> str:
+  """The groups as a table (GROUP_COLUMNS, a row per image, groups numbered
+  from 1 in order), scores to 6 places."""
+  buf = io.StringIO()
+  writer = csv.writer(buf, delimiter=delimiter, lineterminator="\n")
+  writer.writerow(GROUP_COLUMNS)
+  for number, group in enumerate(groups, 1):
+    for row, score in zip(group.rows, group.scores):
+      writer.writerow(
+          [
+              number,
+              records.ids[row],
+              records.class_names[row],
+              records.spans[row],
+              f"{score:.6f}",
+          ]
+      )
+  return buf.getvalue()
 
 
 def pairs_text(pairs: List[Pair], delimiter: str = "\t") -> str:

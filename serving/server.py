@@ -29,13 +29,14 @@ import asyncio
 import base64
 import binascii
 import functools
+import html
 import json
 import logging
 import os
 import signal
 import sys
 import time
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from models import run_log
 
@@ -58,7 +59,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from models import search_index
 from models.names import SEARCH_INDEX_DIR, SERVING_DEFAULT
-from serving import grpc_api
+from serving import duplicates, grpc_api
 from serving.batcher import BadInstance, Batcher, Overloaded
 from serving.embeddings import EmbeddingsFile
 from serving.metrics import CONTENT_TYPE, ServerMetrics
@@ -76,6 +77,10 @@ log = logging.getLogger("serving")
 STORE = web.AppKey("store", ModelStore)
 BATCHER = web.AppKey("batcher", Batcher)
 INDEX = web.AppKey("index", object)
+# The --index file's (near-duplicate projection or None, threshold or None).
+INDEX_DUPLICATE_VIEW = web.AppKey("index_duplicate_view", tuple)
+DUPLICATES = web.AppKey("duplicates", dict)  # (version, index) -> groups (a future)
+PAGE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "page")
 METRICS = web.AppKey("metrics", ServerMetrics)
 SIGNATURE = "signature"  # the request's signature, for the latency metric
 MAX_NEIGHBOURS = 1000
@@ -240,7 +245,7 @@ async def neighbors(request: web.Request) -> web.Response:
   out of its own results. Model and index of a version are loaded
   together, so a hot reload never pairs one version's queries with
   another's corpus."""
-  store = _check_name(request)
+  _check_name(request)
   body = await read_json_object(request)
   k = body.get("k", 10)
   if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= MAX_NEIGHBOURS:
@@ -266,26 +271,7 @@ async def neighbors(request: web.Request) -> web.Response:
       raise BadRequest("give query images ('instances') or indexed ids ('ids'), not both")
     if not isinstance(ids, list) or not ids or not all(isinstance(i, str) for i in ids):
       raise BadRequest(f"'ids' must be a non-empty list of indexed image ids, got {_short(ids)}")
-  index: Optional[search_index.SearchIndex] = request.app[INDEX]
-  if index is not None:
-    made_by = index.info["model_version"]
-    if _version(request) not in (None, made_by):
-      raise NotFound(f"the --index file was made by version {made_by}, not {_version(request)}")
-    try:
-      model = store.get(made_by)
-    except NotFound as e:
-      raise NotFound(
-          f"the --index file was made by version {made_by}, which cannot be served: {e}"
-      ) from None
-  else:
-    model = store.get(_version(request))
-    index = model.index
-    if index is None:
-      raise NotFound(
-          f"version {model.version} of model {store.name!r} has no search "
-          f"index ({SEARCH_INDEX_DIR} in its folder); start the server with "
-          "--index FILE to search an embeddings file instead"
-      )
+  model, index = _searched(request)
   if ids is not None:
     queries, exclude = _stored_queries(index, ids, model.version)
   else:
@@ -301,6 +287,32 @@ async def neighbors(request: web.Request) -> web.Response:
       {"model_version": str(model.version), "neighbors": hits},
       headers={"X-Model-Version": str(model.version)},
   )
+
+
+def _searched(request: web.Request):
+  """(the model that embeds queries, the index searched) for a search
+  request: the --index file and the version that made it, else the
+  requested version and its own index; NotFound naming what is missing."""
+  store = request.app[STORE]
+  index: Optional[search_index.SearchIndex] = request.app[INDEX]
+  if index is not None:
+    made_by = index.info["model_version"]
+    if _version(request) not in (None, made_by):
+      raise NotFound(f"the --index file was made by version {made_by}, not {_version(request)}")
+    try:
+      return store.get(made_by), index
+    except NotFound as e:
+      raise NotFound(
+          f"the --index file was made by version {made_by}, which cannot be served: {e}"
+      ) from None
+  model = store.get(_version(request))
+  if model.index is None:
+    raise NotFound(
+        f"version {model.version} of model {store.name!r} has no search "
+        f"index ({SEARCH_INDEX_DIR} in its folder); start the server with "
+        "--index FILE to search an embeddings file instead"
+    )
+  return model, model.index
 
 
 def _stored_queries(index: search_index.SearchIndex, ids: List[str], version: int):
@@ -321,6 +333,163 @@ def _stored_queries(index: search_index.SearchIndex, ids: List[str], version: in
         + (" ..." if len(missing) > 5 else "")
     ) from None
   return np.asarray(index.vectors[rows], np.float32), np.asarray(rows)
+
+
+async def search_index_info(request: web.Request) -> web.Response:
+  """GET /v1/models/<name>[/versions/<v>]/search_index: what the index
+  searched holds (kind, size, recall, the class and span tokens its filters
+  take, with counts), whether it has thumbnails, and near-duplicate search's
+  threshold: what a client (the search page) needs to offer its filters."""
+  _check_name(request)
+  model, index = _searched(request)
+  projection, threshold = _duplicate_view(request, model)
+  info = index.info
+  return web.json_response(
+      {
+          "model_version": str(model.version),
+          "kind": index.kind,
+          "count": len(index),
+          "dim": info.get("dim"),
+          "k": info.get("evaluation", {}).get("k"),
+          "recall_at_k": info.get("evaluation", {}).get("recall_at_k"),
+          "removed": len(index.removed),
+          "classes": _token_counts(index.records, search_index.CLASS_NAMESPACE),
+          "spans": _token_counts(index.records, search_index.SPAN_NAMESPACE),
+          "thumbnails": getattr(model, "thumbnails", None) is not None
+          and request.app[INDEX] is None,
+          "duplicate_threshold": threshold,
+          "duplicate_projection": projection is not None,
+      },
+      headers={"X-Model-Version": str(model.version)},
+  )
+
+
+def _token_counts(records: search_index.Records, namespace: str) -> List[Dict]:
+  """[{"name", "count"}] of the records' tokens in `namespace`, "" (none) left out."""
+  tokens, rows = records.namespace(namespace)
+  counts = np.bincount(rows, minlength=len(tokens))
+  return [{"name": str(t), "count": int(c)} for t, c in zip(tokens, counts) if t]
+
+
+def _duplicate_view(request: web.Request, model) -> Tuple[Optional[np.ndarray], float]:
+  """(near-duplicate search's projection or None, its threshold) for the
+  index searched: the --index file's, else the version's own; without a
+  projection, cosine on the embedding at `duplicates.DUPLICATE_THRESHOLD`."""
+  if request.app[INDEX] is not None:
+    projection, threshold = request.app[INDEX_DUPLICATE_VIEW]
+  else:
+    projection, threshold = model.duplicate_projection()
+  return projection, duplicates.DUPLICATE_THRESHOLD if threshold is None else threshold
+
+
+MAX_REVIEWED = 200_000  # images the duplicates review compares all-pairs (exact search)
+GROUPS_PAGE = 20
+
+
+async def duplicate_groups(request: web.Request) -> web.Response:
+  """GET /v1/models/<name>[/versions/<v>]/duplicates[?offset=0&limit=20&format=json|csv]:
+  the index's images joined into near-duplicate groups (pairs at or above
+  the model's threshold, through its projection), largest first; `limit`
+  0 is every group; `format=csv` downloads them all, a row per image."""
+  _check_name(request)
+  model, index = _searched(request)
+  offset, limit = (
+      _query_int(request, key, default) for key, default in (("offset", 0), ("limit", GROUPS_PAGE))
+  )
+  form = request.query.get("format", "json")
+  if form not in ("json", "csv"):
+    raise BadRequest(f"'format' must be json or csv, got {form!r}")
+  if index.vectors is None:
+    raise BadRequest(
+        f"the search index of version {model.version} keeps no vectors (saved by an "
+        "older pipeline): push a new version to review its duplicates"
+    )
+  if len(index) > MAX_REVIEWED:
+    raise BadRequest(
+        f"the index holds {len(index)} images, more than the server reviews at once "
+        f"({MAX_REVIEWED}): run `python -m serving.duplicates` on an embeddings file"
+    )
+  projection, threshold = _duplicate_view(request, model)
+  groups = await _groups_of(request.app, model.version, index, projection, threshold)
+  headers = {"X-Model-Version": str(model.version)}
+  if form == "csv":
+    headers["Content-Disposition"] = f'attachment; filename="duplicates-v{model.version}.csv"'
+    return web.Response(
+        text=duplicates.groups_text(groups, index.records),
+        content_type="text/csv",
+        headers=headers,
+    )
+  shown = groups[offset : offset + limit] if limit else groups[offset:]
+  records = index.records
+  return web.json_response(
+      {
+          "model_version": str(model.version),
+          "threshold": threshold,
+          "projection": projection is not None,
+          "images": len(index),
+          "images_in_groups": sum(len(g.rows) for g in groups),
+          "groups_total": len(groups),
+          "offset": offset,
+          "groups": [
+              {
+                  "score": g.score,
+                  "items": [
+                      {
+                          "id": str(records.ids[row]),
+                          "class_name": str(records.class_names[row]),
+                          "span": str(records.spans[row]),
+                          "score": score,
+                      }
+                      for row, score in zip(g.rows, g.scores)
+                  ],
+              }
+              for g in shown
+          ],
+      },
+      headers=headers,
+  )
+
+
+def _query_int(request: web.Request, key: str, default: int) -> int:
+  text = request.query.get(key)
+  if text is None:
+    return default
+  if not text.isdigit():
+    raise BadRequest(f"'{key}' must be a whole number >= 0, got {text!r}")
+  return int(text)
+
+
+async def _groups_of(app: web.Application, version: int, index, projection, threshold):
+  """The index's near-duplicate groups, found once per index (in a thread:
+  an exact all-pairs search) and kept for the two newest indexes asked."""
+  cache: Dict = app[DUPLICATES]
+  key = (version, id(index))
+  if key not in cache:
+    vectors, records = index.vectors, index.records
+    cache[key] = asyncio.get_running_loop().run_in_executor(
+        None,
+        functools.partial(
+            duplicates.corpus_groups, vectors, records, projection, threshold, version
+        ),
+    )
+    for old in list(cache)[:-2]:
+      del cache[old]
+  try:
+    return await asyncio.shield(cache[key])
+  except Exception:
+    cache.pop(key, None)
+    raise
+
+
+async def search_page(request: web.Request) -> web.Response:
+  """GET /: the search page (serving/page/), for the served model."""
+  with open(os.path.join(PAGE_DIR, "index.html"), encoding="utf-8") as f:
+    page = f.read()
+  return web.Response(
+      text=page.replace("{{MODEL_NAME}}", html.escape(request.app[STORE].name, quote=True)),
+      content_type="text/html",
+      headers={"Cache-Control": "no-cache"},
+  )
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -381,11 +550,16 @@ def create_app(
     batcher: Batcher,
     index: Optional[search_index.SearchIndex] = None,
     max_body_bytes: int = 8 << 20,
+    index_duplicate_view: Tuple = (None, None),
 ) -> web.Application:
-  """The REST routes of the module docstring over `store` and `batcher`;
-  `:neighbors` searches `index` when given, else each version's own."""
+  """The routes of the module docstring over `store` and `batcher`;
+  `:neighbors` searches `index` when given (its near-duplicate projection
+  and threshold `index_duplicate_view`), else each version's own."""
   app = web.Application(middlewares=[json_errors], client_max_size=max_body_bytes)
   app[STORE], app[BATCHER], app[INDEX] = store, batcher, index
+  app[INDEX_DUPLICATE_VIEW], app[DUPLICATES] = index_duplicate_view, {}
+  app.router.add_get("/", search_page)
+  app.router.add_static("/static/", PAGE_DIR, append_version=False)
   app[METRICS] = ServerMetrics(batcher, store)
   app.router.add_get("/monitoring/prometheus/metrics", metrics)
   model = "/v1/models/{name:[^/:]+}"
@@ -395,6 +569,8 @@ def create_app(
     app.router.add_get(prefix + "/metadata", model_metadata)
     app.router.add_post(prefix + ":predict", predict)
     app.router.add_post(prefix + ":neighbors", neighbors)
+    app.router.add_get(prefix + "/search_index", search_index_info)
+    app.router.add_get(prefix + "/duplicates", duplicate_groups)
   return app
 
 
@@ -510,11 +686,18 @@ async def serve(args) -> None:
         )
     )
   store.start_polling(args.poll_seconds)
-  index = EmbeddingsFile.load(args.index).index() if args.index else None
+  table = EmbeddingsFile.load(args.index) if args.index else None
+  index = table.index() if table else None
   batcher = Batcher(
       max_batch=args.max_batch, threads=max(1, args.model_threads), max_queued=args.max_queued
   )
-  app = create_app(store, batcher, index, int(args.max_body_mb * (1 << 20)))
+  app = create_app(
+      store,
+      batcher,
+      index,
+      int(args.max_body_mb * (1 << 20)),
+      (table.duplicate_projection, table.duplicate_threshold) if table else (None, None),
+  )
   runner = web.AppRunner(
       app, access_log=log if args.access_log else None, shutdown_timeout=args.drain_seconds
   )

@@ -257,3 +257,60 @@ def test_files_that_cannot_be_compared_are_refused(files, tmp_path):
   bad = EmbeddingsFile.load(copies)
   with pytest.raises(ValueError, match=r"duplicate_projection \(8, 4\) does not take the"):
     EmbeddingsFile(bad.embeddings, bad.ids, bad.labels, bad.meta, np.zeros((8, 4), np.float32))
+
+
+def test_groups_are_the_connected_pairs_largest_first(files):
+  """The duplicates review's groups (`corpus_groups`, as the server finds
+  them over a search index) over originals and their JPEG copies as one
+  corpus: every pair inside one group, no pair across two, each group
+  connected, each image's score its best pair's, largest groups first; the
+  CSV has a row per grouped image."""
+  from models import search_index
+
+  a, b = (EmbeddingsFile.load(f) for f in files)
+  records = search_index.Records(
+      np.concatenate([a.ids, ["copy/" + i for i in b.ids]]), np.concatenate([a.labels, b.labels])
+  )
+  both = EmbeddingsFile(
+      np.concatenate([a.embeddings, b.embeddings]),
+      records.ids,
+      records.class_names,
+      a.meta,
+      a.duplicate_projection,
+  )
+  threshold = duplicates.default_threshold(a)
+  pairs = duplicates.find_pairs(both, threshold=threshold).pairs
+  groups = duplicates.corpus_groups(
+      both.embeddings, records, a.duplicate_projection, threshold, a.model_version
+  )
+  assert pairs and groups
+  group_of = {records.ids[row]: g for g, group in enumerate(groups) for row in group.rows}
+  assert sum(len(g.rows) for g in groups) == len(group_of)  # an image is in one group
+  best = {}
+  for p in pairs:
+    assert group_of[p.id_a] == group_of[p.id_b]
+    for image_id in (p.id_a, p.id_b):
+      best[image_id] = max(best.get(image_id, -1.0), p.score)
+  assert set(best) == set(group_of)
+  for group in groups:
+    ids = {records.ids[row] for row in group.rows}
+    reached, frontier = set(), [records.ids[group.rows[0]]]
+    while frontier:  # connected through the pairs
+      image_id = frontier.pop()
+      reached.add(image_id)
+      frontier += [
+          other
+          for p in pairs
+          for one, other in ((p.id_a, p.id_b), (p.id_b, p.id_a))
+          if one == image_id and other not in reached
+      ]
+    assert reached == ids, ids
+    assert list(group.scores) == [best[records.ids[r]] for r in group.rows]
+    assert list(group.scores) == sorted(group.scores, reverse=True)
+  assert [len(g.rows) for g in groups] == sorted((len(g.rows) for g in groups), reverse=True)
+  # The JPEG copies the pair test finds are grouped with their originals.
+  copied = [p for p in pairs if p.id_b.startswith("copy/") and _stem(p.id_a) == _stem(p.id_b)]
+  assert copied and all(group_of[p.id_a] == group_of[p.id_b] for p in copied)
+  rows = list(csv.DictReader(duplicates.groups_text(groups, records).splitlines()))
+  assert len(rows) == len(group_of)
+  assert {r["id"]: int(r["group"]) - 1 for r in rows} == group_of

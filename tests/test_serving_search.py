@@ -315,3 +315,45 @@ def test_a_hot_reload_swaps_model_and_index_together_and_a_corrupt_index_is_skip
   assert SEARCH_INDEX_DIR in row["status"]["error_message"]
   r = neighbors(server, [files[7]], k=1)
   assert r.status_code == 200 and r.json()["model_version"] == str(newest + 1)
+
+
+def test_search_index_and_duplicates_routes(indexed, corpus):
+  """What the search page reads: the index's size and filter tokens, and
+  its near-duplicate groups, the same as `serving.duplicates` finds over
+  the version's own vectors and projection; paged, and as CSV."""
+  from serving import duplicates
+
+  base, newest, server = indexed
+  _, ids, class_names = corpus
+  info = requests.get(f"{server.url}/v1/models/{NAME}/search_index", timeout=60).json()
+  assert info["model_version"] == str(newest) and info["count"] == len(ids)
+  assert {c["name"]: c["count"] for c in info["classes"]} == {
+      c: class_names.count(c) for c in set(class_names)
+  }
+  assert [s["name"] for s in info["spans"]] == ["1", "2", "3"]
+  model = LoadedModel(newest, os.path.join(base, str(newest)))
+  projection, threshold = model.duplicate_projection()
+  assert info["duplicate_threshold"] == threshold
+  assert info["duplicate_projection"] == (projection is not None)
+  expected = duplicates.corpus_groups(
+      model.index.vectors, model.index.records, projection, threshold, newest
+  )
+  url = f"{server.url}/v1/models/{NAME}/versions/{newest}/duplicates"
+  every = requests.get(url, params={"limit": 0}, timeout=60).json()
+  assert every["groups_total"] == len(expected) and every["images"] == len(ids)
+  assert [[i["id"] for i in g["items"]] for g in every["groups"]] == [
+      [ids[r] for r in g.rows] for g in expected
+  ]
+  page = requests.get(url, params={"offset": 1, "limit": 1}, timeout=60).json()
+  assert page["groups"] == every["groups"][1:2]
+  csv_text = requests.get(url, params={"format": "csv"}, timeout=60)
+  assert csv_text.headers["Content-Disposition"].startswith("attachment")
+  assert csv_text.text == duplicates.groups_text(expected, model.index.records)
+  for params, message in (
+      ({"format": "xml"}, "'format' must be json or csv"),
+      ({"offset": "-1"}, "'offset' must be a whole number"),
+  ):
+    r = requests.get(url, params=params, timeout=60)
+    assert r.status_code == 400 and message in r.json()["error"], r.text
+  r = requests.get(f"{server.url}/v1/models/{NAME}/versions/{newest - 1}/duplicates", timeout=60)
+  assert r.status_code == 404 and "has no search index" in r.json()["error"]
