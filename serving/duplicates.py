@@ -15,9 +15,9 @@ whose cosine similarity is at or above `--threshold` (default: the threshold
 the model calibrated with its projection, saved in the file; for files
 without one `DUPLICATE_THRESHOLD`, calibrated on altered copies of real
 CIFAR-10 images against pairs of different images).
-Each item's `--max-per-item` nearest neighbours are searched
-(`models.search_index`, exact); a pair is listed when either item has the
-other among its neighbours. Inside one corpus an item is never paired with
+Each item's `--max-per-item` nearest neighbours at or above the threshold
+are found exactly (`close_pairs`: every item compared with every other); a
+pair is listed when either item has the other among its neighbours. Inside one corpus an item is never paired with
 itself and each unordered pair is listed once (id_a is the earlier row);
 between two corpora id_a is from `--embeddings`, id_b from `--against`.
 
@@ -33,7 +33,7 @@ import dataclasses
 import io
 import os
 import sys
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 from models import run_log
 
@@ -155,11 +155,27 @@ def default_threshold(a: EmbeddingsFile) -> float:
   return DUPLICATE_THRESHOLD if a.duplicate_threshold is None else a.duplicate_threshold
 
 
-def _vectors_and_index(table: EmbeddingsFile):
-  """(vectors [N, k], exact index over them): what near-duplicate search compares."""
-  vectors = table.duplicate_vectors()
-  records = search_index.Records(table.ids, table.labels)
-  return vectors, search_index.exact_index(vectors, records, model_version=table.model_version)
+CHUNK_ROWS = 512  # query rows per matrix product: 512 x 50,000 float32 is 100 MB
+
+
+def close_pairs(
+    queries: np.ndarray, corpus: np.ndarray, k: int, threshold: float
+) -> Iterator[Tuple[int, int, float]]:
+  """(query row, corpus row, cosine) of each query's `k` nearest corpus rows
+  at or above `threshold`, best first per query. Near-duplicates are rare:
+  the rows that pass are found by comparing the similarities with the
+  threshold, and only those ranked, instead of ranking every row."""
+  queries, corpus = search_index.unit(queries), search_index.unit(corpus)
+  for start in range(0, len(queries), CHUNK_ROWS):
+    scores = queries[start : start + CHUNK_ROWS] @ corpus.T
+    rows, cols = np.nonzero(scores >= threshold)  # row-major: each row's together
+    firsts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]]) if len(rows) else []
+    for first, end in zip(firsts, [*firsts[1:], len(rows)]):
+      row, candidates = rows[first], cols[first:end]
+      found = scores[row, candidates]
+      best = np.argsort(-found, kind="stable")[:k]
+      for col, score in zip(candidates[best], found[best]):
+        yield start + int(row), int(col), float(score)
 
 
 def find_pairs(
@@ -188,31 +204,23 @@ def find_pairs(
     # gives the same one both ways, up to float rounding).
     best[key] = max(score, best.get(key, -1.0))
 
-  def close(index, queries, k):
-    """(query row, neighbour row, score) at or above the threshold."""
-    scores, rows = index.neighbours(queries, k)
-    for query, (query_scores, query_rows) in enumerate(zip(scores, rows)):
-      for score, row in zip(query_scores, query_rows):
-        if row >= 0 and score >= threshold:
-          yield query, int(row), float(score)
-
-  a_vectors, a_index = _vectors_and_index(a)
+  a_vectors = a.duplicate_vectors()
   if b is None:
     # One more neighbour than asked: the item itself is (almost always) one.
     taken: Dict[int, int] = {}
-    for row, other, score in close(a_index, a_vectors, max_per_item + 1):
+    for row, other, score in close_pairs(a_vectors, a_vectors, max_per_item + 1, threshold):
       if other != row and taken.get(row, 0) < max_per_item:
         taken[row] = taken.get(row, 0) + 1
         keep((min(row, other), max(row, other)), score)
     second = a
   else:
     check_comparable(a, b)
-    b_vectors, b_index = _vectors_and_index(b)
-    for row, other, score in close(b_index, a_vectors, max_per_item):
+    b_vectors = b.duplicate_vectors()
+    for row, other, score in close_pairs(a_vectors, b_vectors, max_per_item, threshold):
       keep((row, other), score)
     # And the other way: an item of b whose neighbours in a include one
     # that does not have it among its own.
-    for row, other, score in close(a_index, b_vectors, max_per_item):
+    for row, other, score in close_pairs(b_vectors, a_vectors, max_per_item, threshold):
       keep((other, row), score)
     second = b
   pairs = [
