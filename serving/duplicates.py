@@ -17,9 +17,10 @@ without one `DUPLICATE_THRESHOLD`, calibrated on altered copies of real
 CIFAR-10 images against pairs of different images).
 Each item's `--max-per-item` nearest neighbours at or above the threshold
 are found exactly (`close_pairs`: every item compared with every other); a
-pair is listed when either item has the other among its neighbours.
-Inside one corpus an item is never paired with itself and each unordered
-pair is listed once (id_a is the earlier row); between two corpora id_a is from `--embeddings`, id_b from `--against`.
+pair is listed when either item has the other among its neighbours. Inside
+one corpus an item is never paired with itself and each unordered pair is
+listed once (id_a is the earlier row); between two corpora id_a is from
+`--embeddings`, id_b from `--against`.
 
 `--out` gets every pair, best first, with the columns id_a, class_a, id_b,
 class_b, score: tab-separated, or comma-separated when the name ends in
