@@ -18,6 +18,7 @@ from benchmarks import kill_matrix, pretrain_memory, probe_ablation, probe_quali
 from benchmarks import roofline, serving_soak, step_profile, train_throughput
 from benchmarks import near_duplicates
 from benchmarks import search as search_benchmark
+from benchmarks import search_page as search_page_benchmark
 from benchmarks import serving as serving_benchmark
 from models import config as config_lib
 from models import names
@@ -685,3 +686,15 @@ def test_budget_figure(tmp_path, capsys):
   out = capsys.readouterr().out
   assert "| a | 12.0 | 66.00 % | 65.00 % |" in out
   assert (tmp_path / "points.png").stat().st_size > 1000
+
+
+def test_search_page(model_base, tmp_path, capsys):
+  shot = tmp_path / "page.png"
+  figures = search_page_benchmark.main(
+      ["--model-dir", model_base, "--repeats", "1", "--screenshot", str(shot)]
+  )
+  out = capsys.readouterr().out
+  assert re.search(r"^version \d+: \d+ thumbnails, [\d.]+ MB \(\d+ bytes an image", out, re.M), out
+  for line in ("page to ready: ", "search by id, 12 results and their thumbnails: ", "first "):
+    assert line in out, out
+  assert all(v > 0 for v in figures.values()) and shot.stat().st_size > 10_000

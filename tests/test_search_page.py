@@ -16,11 +16,11 @@ from models import names
 from models.examples import read_examples
 from pipeline.runs import pipeline_inputs
 from serving.launch import ServerProcess
+from serving.page_browser import NoBrowser, chromium, images_loaded, results, stale, wait_ready
 
 pytestmark = pytest.mark.server
 
 NAME = "mae-tfx"
-WAIT_SECONDS = 60
 PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -35,23 +35,11 @@ def server(model_base):
 def browser():
   """Headless Chromium (Debian's `chromium` and `chromium-driver`, which
   `make test` installs when missing)."""
-  from selenium import webdriver
-  from selenium.webdriver.chrome.service import Service
-
-  chromium, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
-  if not (chromium and driver_path):
-    pytest.fail(
-        "Chromium or chromedriver is missing: `make test` installs Debian's chromium "
-        "and chromium-driver (apt-get install chromium chromium-driver)"
-    )
-  options = webdriver.ChromeOptions()
-  options.binary_location = chromium
-  for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
-    options.add_argument(arg)
-  options.add_argument("--window-size=1280,900")
-  driver = webdriver.Chrome(service=Service(driver_path), options=options)
-  yield driver
-  driver.quit()
+  try:
+    with chromium() as driver:
+      yield driver
+  except NoBrowser as e:
+    pytest.fail(str(e))
 
 
 @pytest.fixture(scope="module")
@@ -70,42 +58,6 @@ def corpus_image(smoke_run, tmp_path_factory):
   path = tmp_path_factory.mktemp("upload") / "train-5.png"
   path.write_bytes(records.images[5])
   return str(path), "train/5"
-
-
-def stale(driver):
-  """Marks the page's state stale before an action whose answer comes
-  later (a file read, a search), so `wait_ready` waits for that answer."""
-  driver.execute_script("document.body.dataset.state = 'stale'")
-
-
-def wait_ready(driver, state="ready"):
-  """Waits until the page has finished what it was doing (body data-state)."""
-  from selenium.webdriver.support.ui import WebDriverWait
-
-  WebDriverWait(driver, WAIT_SECONDS).until(
-      lambda d: d.find_element("tag name", "body").get_attribute("data-state") == state
-  )
-
-
-def results(driver):
-  """[{id, class, score}] of the result cards shown, in order."""
-  return driver.execute_script(
-      """return [...document.querySelectorAll('#results .result')].map(r => ({
-        id: r.querySelector('.id').textContent,
-        cls: r.querySelector('.class').textContent,
-        score: parseFloat(r.querySelector('.score').textContent)}));"""
-  )
-
-
-def thumbnails_loaded(driver, selector):
-  """Waits for the images `selector` finds to load; their natural widths."""
-  from selenium.webdriver.support.ui import WebDriverWait
-
-  script = f"return [...document.querySelectorAll({json.dumps(selector)})]"
-  WebDriverWait(driver, WAIT_SECONDS).until(
-      lambda d: d.execute_script(script + ".every(i => i.complete)")
-  )
-  return driver.execute_script(script + ".map(i => i.naturalWidth)")
 
 
 def test_search_page_in_a_real_browser(server, browser, shots, corpus_image):
@@ -131,7 +83,7 @@ def test_search_page_in_a_real_browser(server, browser, shots, corpus_image):
   found = results(browser)
   assert found[0]["id"] == image_id and found[0]["score"] >= 0.999, found[:3]
   assert len(found) == 12
-  widths = thumbnails_loaded(browser, "#results img.thumb")
+  widths = images_loaded(browser, "#results img.thumb")
   assert len(widths) == 12 and all(w > 0 for w in widths), widths
   browser.save_screenshot(str(shots / "1-upload.png"))
 
@@ -175,7 +127,7 @@ def test_search_page_in_a_real_browser(server, browser, shots, corpus_image):
   if shown:
     sizes = [len(g.find_elements(By.CSS_SELECTOR, ".result")) for g in shown]
     assert sizes == [len(g["items"]) for g in groups["groups"]] == sorted(sizes, reverse=True)
-    assert all(w > 0 for w in thumbnails_loaded(browser, "#groups img.thumb"))
+    assert all(w > 0 for w in images_loaded(browser, "#groups img.thumb"))
   csv_link = browser.find_element(By.ID, "dup-csv").get_attribute("href")
   csv = requests.get(csv_link, timeout=60)
   assert csv.headers["Content-Type"].startswith("text/csv")
