@@ -11,7 +11,10 @@
                                                     "threshold": optional cosine,
                                                     "restricts": optional filters}
                                                    or {"ids": ["<indexed id>", ...], ...}
-  GET  /monitoring/prometheus/metrics              request and batching counters
+  GET  /v1/models/<name>[/versions/<v>]/search_index  what the index searched holds
+  GET  /v1/models/<name>[/versions/<v>]/duplicates    near-duplicate groups (?offset&limit&format)
+  GET  /monitoring/prometheus/metrics              request, batching, model and index metrics
+  GET  /                                           the search page (serving/page/)
 
 and TF Serving's gRPC API on --grpc-port (8500, as TF Serving's --port):
 PredictionService Predict / GetModelMetadata, ModelService GetModelStatus
@@ -720,6 +723,7 @@ async def serve(args) -> None:
       f"(serving_default in {precision}, {how}) on http://{host}:{port}",
       flush=True,
   )
+  print(f"serving.server: the search page is http://{host}:{port}/", flush=True)
   stop = asyncio.Event()
   for sig in (signal.SIGINT, signal.SIGTERM):
     asyncio.get_running_loop().add_signal_handler(sig, stop.set)
