@@ -688,6 +688,7 @@ def test_budget_figure(tmp_path, capsys):
   assert (tmp_path / "points.png").stat().st_size > 1000
 
 
+@pytest.mark.server
 def test_search_page(model_base, tmp_path, capsys):
   shot = tmp_path / "page.png"
   figures = search_page_benchmark.main(
