@@ -13,15 +13,18 @@ index (and the Pusher pushes that model again with the new index); when
 neither, nothing is embedded and nothing is pushed.
 
 CorpusEmbedder writes, per corpus part, GZIP TFRecords of {id, class_name,
-embedding, span} (`models.examples.embedding_example`), the reused vectors
-(`reused.npz`), and the first `query_limit` examples of the held-out query
-split (test), on which SearchIndexer tunes and scores recall against exact
-search. An id is `models.examples.search_id`: the image's file under its
-data root when the examples carry it (image folders), otherwise
-`<split>/<index>`, as `serving.embed --examples` numbers them; in spans,
-`span-<N>/` first. With `vector_search_json` the embedded corpus is also
-written in Vertex AI Vector Search's input format (`models.vector_search`),
-in `<uri>/vector_search/`: the folder an index is created from.
+embedding, span, thumbnail} (`models.examples.embedding_example`), the
+reused vectors with their thumbnails (`reused.npz`), and the first
+`query_limit` examples of the held-out query split (test), on which
+SearchIndexer tunes and scores recall against exact search. SearchIndexer
+writes the corpus's thumbnails (`models.thumbnails`, search.thumbnail_px)
+into the index folder, so they are pushed with it. An id is
+`models.examples.search_id`: the image's file under its data root when the
+examples carry it (image folders), otherwise `<split>/<index>`, as
+`serving.embed --examples` numbers them; in spans, `span-<N>/` first.
+With `vector_search_json` the embedded corpus is also written in Vertex AI
+Vector Search's input format (`models.vector_search`), in
+`<uri>/vector_search/`: the folder an index is created from.
 """
 
 import io
@@ -40,7 +43,7 @@ from tfx_bsl.public.beam import RunInference
 from tfx_bsl.public.proto import model_spec_pb2
 
 from models import config as config_lib
-from models import names, search_index, vector_search
+from models import names, search_index, thumbnails, vector_search
 from models.names import SPAN_FOLDER_PREFIX
 from models.examples import (
     COMPRESSION,
@@ -105,23 +108,34 @@ def _keyed_examples(
     index += 1
 
 
-Embedded = Tuple[str, str, np.ndarray]  # (id, class name, embedding)
+def _with_thumbnail(keyed: Keyed, size: int) -> Tuple[Tuple[str, str, bytes], tf.train.Example]:
+  """((id, class name, thumbnail), example): the image's JPEG at most `size`
+  px (`models.thumbnails`) carried in the key through RunInference; b""
+  when `size` is 0 or the image does not decode."""
+  (image_id, class_name), example = keyed
+  image = example.features.feature[names.IMAGE_KEY].bytes_list.value
+  return (image_id, class_name, thumbnails.make(image[0], size) if size and image else b""), example
+
+
+Embedded = Tuple[str, str, np.ndarray, bytes]  # (id, class name, embedding, thumbnail)
 
 
 def _embedded(keyed_log) -> Embedded:
-  (image_id, class_name), log = keyed_log
+  (image_id, class_name, thumbnail), log = keyed_log
   return (
       image_id,
       class_name,
       tf.make_ndarray(log.predict_log.response.outputs[names.EMBEDDING_KEY])[0],
+      thumbnail,
   )
 
 
 class EmbedSplit(beam.PTransform):
   """The first `limit` (0: all) examples of one split, embedded by the
   SavedModel's `embed_examples` signature: `Embedded` tuples, except those
-  whose id is in `skip` (their vectors are reused, or they are removed).
-  With `ids_to`, every id the split holds is also written there (text)."""
+  whose id is in `skip` (their vectors are reused, or they are removed),
+  each with its thumbnail at most `thumbnail_px` px (b"" with 0). With
+  `ids_to`, every id the split holds is also written there (text)."""
 
   def __init__(
       self,
@@ -132,15 +146,18 @@ class EmbedSplit(beam.PTransform):
       id_prefix: str = "",
       skip: FrozenSet[str] = frozenset(),
       ids_to: str = "",
+      thumbnail_px: int = 0,
   ):
     super().__init__()
     self.files = example_files(names.split_files(examples_uri, split))
     self.split, self.model_path, self.limit = split, model_path, limit
     self.id_prefix, self.skip, self.ids_to = id_prefix, skip, ids_to
+    self.thumbnail_px = thumbnail_px
 
   def expand(self, pipeline):
     """Pipeline -> PCollection of `Embedded`: the files counted (the ids'
-    indices follow file order), read, spread and run through RunInference."""
+    indices follow file order), read, spread, thumbnailed and run through
+    RunInference."""
     spec = model_spec_pb2.InferenceSpecType(
         saved_model_spec=model_spec_pb2.SavedModelSpec(
             model_path=self.model_path, signature_name=[names.EMBED_EXAMPLES]
@@ -171,6 +188,7 @@ class EmbedSplit(beam.PTransform):
         keyed
         | "New" >> beam.Filter(lambda k: k[0][0] not in skip)
         | "Spread" >> beam.Reshuffle()
+        | "Thumbnail" >> beam.Map(_with_thumbnail, self.thumbnail_px)
         | "Embed" >> RunInference(spec)
         | "Unpack" >> beam.Map(_embedded)
     )
@@ -221,12 +239,14 @@ def corpus_parts(
 
 class Served(NamedTuple):
   """The newest pushed version: its folder, and what its search index holds
-  (read without loading the searcher: records, vectors, removed ids)."""
+  (read without loading the searcher: records, vectors, removed ids,
+  thumbnails)."""
 
   folder: str
   records: Optional[search_index.Records] = None  # None: no index to reuse
   vectors: Optional[np.ndarray] = None  # None: saved before indexes kept them
   removed: Tuple[str, ...] = ()
+  thumbnail_store: Optional[thumbnails.ThumbnailStore] = None  # None: it has none
 
 
 def _served(served_models: str) -> Optional[Served]:
@@ -243,15 +263,34 @@ def _served(served_models: str) -> Optional[Served]:
   if not tf.io.gfile.exists(index_dir):
     return Served(folder)
   try:
+    records = search_index.read_records(index_dir)
     return Served(
         folder,
-        search_index.read_records(index_dir),
+        records,
         search_index.read_vectors(index_dir),
         tuple(search_index.read_removed(index_dir)),
+        _served_thumbnails(index_dir, len(records.ids)),
     )
   except (OSError, ValueError, KeyError) as e:
     logging.warning("The served index cannot be reused, every image is embedded: %s", e)
     return Served(folder)
+
+
+def _served_thumbnails(index_dir: str, count: int) -> Optional[thumbnails.ThumbnailStore]:
+  """The thumbnail store of the served index of `count` records; None when
+  it has none, or one that cannot be read or does not match its records
+  (logged: the images whose vectors are reused then have none)."""
+  try:
+    store = thumbnails.ThumbnailStore.load(index_dir)
+  except (OSError, ValueError) as e:
+    logging.warning("The served index's thumbnails cannot be read, none reused: %s", e)
+    return None
+  if store is not None and len(store) != count:
+    logging.warning(
+        "The served index has %d thumbnails for %d records, none reused", len(store), count
+    )
+    return None
+  return store
 
 
 def prefixed_id(image_id: str, prefix: str) -> str:
@@ -261,6 +300,8 @@ def prefixed_id(image_id: str, prefix: str) -> str:
 
 
 REUSED_FILE = "reused.npz"  # in the Embeddings artifact: vectors taken from the served index
+# ... and their thumbnails: the JPEGs one after the other, and where each starts.
+REUSED_THUMBNAILS, REUSED_THUMBNAIL_OFFSETS = "thumbnails", "thumbnail_offsets"
 
 
 @tfx.dsl.components.component(use_beam=True)
@@ -276,6 +317,7 @@ def CorpusEmbedder(  # pylint: disable=invalid-name
     served_models: tfx.dsl.components.Parameter[str] = "",
     removed_ids: tfx.dsl.components.Parameter[str] = "",
     span_ids: tfx.dsl.components.Parameter[int] = 0,
+    thumbnail_px: tfx.dsl.components.Parameter[int] = 0,
     corpus_spans: tfx.dsl.components.InputArtifact[
         List[tfx.types.standard_artifacts.Examples]
     ] = None,
@@ -289,13 +331,15 @@ def CorpusEmbedder(  # pylint: disable=invalid-name
   `corpus_spans` (the spans the gate passed; this run's `examples` when not
   given), plus the images of `corpus_examples`; ids `span-<N>/...` with
   `span_ids`; the ids in `removed_ids` (newline-separated) and those the
-  served index removed are left out for good.
+  served index removed are left out for good. Each corpus image gets a
+  thumbnail at most `thumbnail_px` px (0: none; search.thumbnail_px).
 
   Which model: the candidate when blessed; otherwise the newest version
   under `served_models` (the Pusher's base directory), whose index is then
   extended (an index-only version); neither: nothing is embedded. Vectors
   of the served index are reused when it was made by that same model, so
-  only images it lacks are embedded. The case and the counts are logged
+  only images it lacks are embedded; their thumbnails come from its store
+  (none where it has none). The case and the counts are logged
   and set as properties.
   """
   from components.versioned_pusher import same_saved_model  # it imports this module
@@ -336,6 +380,7 @@ def CorpusEmbedder(  # pylint: disable=invalid-name
           id_prefix=part.id_prefix,
           skip=skip,
           ids_to=os.path.join(ids_dir, part.name),
+          thumbnail_px=thumbnail_px,
       )
       _write(embedded, embeddings.uri, part.name, part.span, vector_search_json)
     queries = pipeline | f"Embed[{query_split}]" >> EmbedSplit(
@@ -353,17 +398,12 @@ def CorpusEmbedder(  # pylint: disable=invalid-name
       row for image_id, row in reusable.items() if image_id in seen_set and image_id not in removed
   )
   if kept_rows:
-    records = served.records
-    buffer = io.BytesIO()  # np.savez seeks: GFile (gs:// too) takes the bytes
-    np.savez(
-        buffer,
-        ids=records.ids[kept_rows],
-        class_names=records.class_names[kept_rows],
-        spans=records.spans[kept_rows],
-        vectors=np.asarray(served.vectors[kept_rows], np.float32),
+    _write_reused(
+        os.path.join(embeddings.uri, REUSED_FILE),
+        served,
+        kept_rows,
+        bool(thumbnail_px) and served.thumbnail_store is not None,
     )
-    with tf.io.gfile.GFile(os.path.join(embeddings.uri, REUSED_FILE), "wb") as f:
-      f.write(buffer.getvalue())
   added = len(seen_set - set(reusable) - removed)
   dropped = len(removed & (seen_set | set(reusable)))
   unknown = sorted(removed - seen_set - set(reusable))
@@ -402,13 +442,36 @@ def CorpusEmbedder(  # pylint: disable=invalid-name
     )
 
 
+def _write_reused(path: str, served: Served, rows: List[int], with_thumbnails: bool) -> None:
+  """Writes the records and vectors of the served index's `rows` to `path`
+  (REUSED_FILE, `read_corpus` reads it), with their thumbnails as the
+  JPEGs' bytes one after the other and their offsets (no pickle)."""
+  records = served.records
+  arrays = dict(
+      ids=records.ids[rows],
+      class_names=records.class_names[rows],
+      spans=records.spans[rows],
+      vectors=np.asarray(served.vectors[rows], np.float32),
+  )
+  if with_thumbnails:
+    kept = served.thumbnail_store.select(rows)
+    arrays[REUSED_THUMBNAILS] = np.frombuffer(b"".join(kept), np.uint8)
+    arrays[REUSED_THUMBNAIL_OFFSETS] = thumbnails.offsets_of(kept)
+  buffer = io.BytesIO()  # np.savez seeks: GFile (gs:// too) takes the bytes
+  np.savez(buffer, **arrays)
+  with tf.io.gfile.GFile(path, "wb") as f:
+    f.write(buffer.getvalue())
+
+
 def _write(embedded, uri: str, name: str, span: str, vector_search_json: bool) -> None:
   """Writes `Embedded` tuples as the split `name` of the Embeddings at
   `uri` (their span `span`), and as Vector Search's input when asked."""
   _ = (
       embedded
       | f"Serialize[{name}]"
-      >> beam.Map(lambda e: embedding_example(*e, span=span).SerializeToString())
+      >> beam.MapTuple(
+          lambda i, c, v, t: embedding_example(i, c, v, span=span, thumbnail=t).SerializeToString()
+      )
       | f"Write[{name}]"
       >> beam.io.WriteToTFRecord(
           os.path.join(names.split_dir(uri, name), "embeddings"),
@@ -420,7 +483,7 @@ def _write(embedded, uri: str, name: str, span: str, vector_search_json: bool) -
     _ = (
         embedded
         | f"VectorSearchLines[{name}]"
-        >> beam.MapTuple(lambda i, c, v: vector_search.json_line(i, c, v, span))
+        >> beam.MapTuple(lambda i, c, v, _: vector_search.json_line(i, c, v, span))
         | f"WriteVectorSearch[{name}]"
         >> beam.io.WriteToText(
             os.path.join(uri, vector_search.FOLDER, name),
@@ -429,11 +492,18 @@ def _write(embedded, uri: str, name: str, span: str, vector_search_json: bool) -
     )
 
 
-def read_corpus(uri: str, corpus_splits: List[str]) -> Tuple[np.ndarray, search_index.Records]:
+class Corpus(NamedTuple):
+  """The corpus an Embeddings artifact holds (`read_corpus`), row for row."""
+
+  vectors: np.ndarray  # [N, D] float32
+  records: search_index.Records
+  thumbnails: List[bytes]  # JPEGs (`models.thumbnails`); b"" where an image has none
+
+
+def read_corpus(uri: str, corpus_splits: List[str]) -> Corpus:
   """The corpus the Embeddings artifact at `uri` holds: the vectors it
-  reused from the served index, then those it embedded, split by split
-  ([N, D], Records)."""
-  vectors, ids, class_names, spans = [], [], [], []
+  reused from the served index, then those it embedded, split by split."""
+  vectors, ids, class_names, spans, jpegs = [], [], [], [], []
   reused = os.path.join(uri, REUSED_FILE)
   if tf.io.gfile.exists(reused):
     with tf.io.gfile.GFile(reused, "rb") as f, np.load(f) as data:
@@ -441,6 +511,7 @@ def read_corpus(uri: str, corpus_splits: List[str]) -> Tuple[np.ndarray, search_
       ids += list(data["ids"])
       class_names += list(data["class_names"])
       spans += list(data["spans"])
+      jpegs += _reused_thumbnails(data)
   for split in corpus_splits:
     files = names.split_files(uri, split)
     part = read_embeddings(files) if _has_files(files) else None
@@ -450,11 +521,23 @@ def read_corpus(uri: str, corpus_splits: List[str]) -> Tuple[np.ndarray, search_
     ids += part.ids
     class_names += part.class_names
     spans += part.spans
+    jpegs += part.thumbnails
   dim = next((v.shape[1] for v in vectors if v.size), 0)
-  return (
+  return Corpus(
       np.concatenate([v for v in vectors if v.size]) if dim else np.zeros([0, 0], np.float32),
       search_index.Records(ids, class_names, spans),
+      jpegs,
   )
+
+
+def _reused_thumbnails(reused) -> List[bytes]:
+  """The thumbnails of REUSED_FILE's rows (`_write_reused`); b"" each when
+  it has none."""
+  count = len(reused["ids"])
+  if REUSED_THUMBNAIL_OFFSETS not in reused:
+    return [b""] * count
+  store = thumbnails.ThumbnailStore(reused[REUSED_THUMBNAILS], reused[REUSED_THUMBNAIL_OFFSETS])
+  return store.select(range(count))
 
 
 def _has_files(file_patterns: List[str]) -> bool:
@@ -471,7 +554,8 @@ def SearchIndexer(  # pylint: disable=invalid-name
   """Builds the index the profile's `search` section asks for over the
   corpus, tunes it on the first `search.tune_queries` held-out queries,
   scores it on the next `search.eval_queries` against exact search, and
-  blesses it at recall@k >= search.min_recall on those."""
+  blesses it at recall@k >= search.min_recall on those. With
+  search.thumbnail_px, the corpus's thumbnails go into the index folder."""
   if not is_blessed(embeddings, EMBEDDED_PROPERTY):
     search_index_artifact.set_int_custom_property(BLESSED_PROPERTY, 0)
     search_index_artifact.set_string_custom_property(
@@ -480,20 +564,23 @@ def SearchIndexer(  # pylint: disable=invalid-name
     return
   cfg = config_lib.SearchConfig(**json.loads(search_config))
   corpus_splits = embeddings.get_string_custom_property("corpus_splits").split(",")
-  vectors, records = read_corpus(embeddings.uri, corpus_splits)
+  corpus = read_corpus(embeddings.uri, corpus_splits)
   queries = read_embeddings(
       names.split_files(embeddings.uri, embeddings.get_string_custom_property("query_split"))
   )
   index = search_index.build(
-      vectors,
-      records,
+      corpus.vectors,
+      corpus.records,
       cfg,
       queries.vectors,
       corpus_splits=corpus_splits,
-      spans=sorted({s for s in records.spans if s}, key=lambda s: (len(s), s)),
+      spans=sorted({s for s in corpus.records.spans if s}, key=lambda s: (len(s), s)),
   )
   index.removed = [i for i in embeddings.get_string_custom_property("removed_ids").split("\n") if i]
-  index.save(os.path.join(search_index_artifact.uri, INDEX_FOLDER))
+  index_dir = os.path.join(search_index_artifact.uri, INDEX_FOLDER)
+  index.save(index_dir)
+  if cfg.thumbnail_px:
+    _write_thumbnails(index_dir, corpus.thumbnails, search_index_artifact)
   evaluation = index.info["evaluation"]
   search_index_artifact.set_int_custom_property(BLESSED_PROPERTY, int(evaluation["blessed"]))
   search_index_artifact.set_string_custom_property("kind", index.kind)
@@ -507,4 +594,14 @@ def SearchIndexer(  # pylint: disable=invalid-name
     )
   search_index_artifact.set_int_custom_property(
       "index_only", embeddings.get_int_custom_property("index_only")
+  )
+
+
+def _write_thumbnails(index_dir: str, jpegs: List[bytes], marked: artifact.Artifact) -> None:
+  """Writes the thumbnail store beside the index (row for row: b"" where an
+  image has none) and sets its size as `marked`'s property."""
+  size = thumbnails.write(index_dir, jpegs)
+  marked.set_int_custom_property(names.THUMBNAIL_BYTES_PROPERTY, size)
+  logging.info(
+      "Thumbnails: %d of %d images, %.1f MB", sum(map(bool, jpegs)), len(jpegs), size / 1e6
   )

@@ -363,8 +363,16 @@ class SearchConfig:
   duplicate_calibration_draws: int = 25
   duplicate_max_fp: float = 0.01
   duplicate_shrinkage: float = 1e-3
+  # A JPEG of each corpus image at most this many px on its longer side, in
+  # a store the index carries (models/thumbnails.py; never enlarged:
+  # CIFAR-10's stay 32 px, ~1 KB each, ~50 MB per 50,000 images), so that
+  # search results can be shown as pictures (the server's thumbnails route).
+  # 0: no store, for corpora too large to carry one: results are ids only.
+  thumbnail_px: int = 64
 
   def __post_init__(self):
+    if self.thumbnail_px < 0:
+      raise ValueError(f"search.thumbnail_px must be >= 0 (0: none); got {self.thumbnail_px}")
     if self.duplicate_dims < 0 or self.duplicate_fit_images < 4:
       raise ValueError(
           "search.duplicate_dims must be >= 0 and search.duplicate_fit_images >= 4; "

@@ -25,6 +25,7 @@ from models.names import (
     IMAGE_PATH_KEY,
     IMAGE_WIDTH_KEY,
     LABEL_KEY,
+    THUMBNAIL_KEY,
 )
 
 COMPRESSION = "GZIP"
@@ -129,24 +130,24 @@ def serialized_examples(file_patterns: List[str], limit: Optional[int] = None) -
 
 
 def embedding_example(
-    image_id: str, class_name: str, vector: np.ndarray, span: str = ""
+    image_id: str, class_name: str, vector: np.ndarray, span: str = "", thumbnail: bytes = b""
 ) -> tf.train.Example:
   """One record of a corpus's embeddings: {id, class_name ("" unknown),
-  embedding, span ("" unknown)}."""
-  return tf.train.Example(
-      features=tf.train.Features(
-          feature={
-              ID_KEY: tf.train.Feature(bytes_list=tf.train.BytesList(value=[image_id.encode()])),
-              CLASS_NAME_KEY: tf.train.Feature(
-                  bytes_list=tf.train.BytesList(value=[class_name.encode("utf-8")])
-              ),
-              EMBEDDING_KEY: tf.train.Feature(
-                  float_list=tf.train.FloatList(value=np.asarray(vector, np.float32).ravel())
-              ),
-              SPAN_KEY: tf.train.Feature(bytes_list=tf.train.BytesList(value=[span.encode()])),
-          }
-      )
-  )
+  embedding, span ("" unknown)}, and the image's thumbnail (a JPEG,
+  `models.thumbnails`) when it has one."""
+  feature = {
+      ID_KEY: tf.train.Feature(bytes_list=tf.train.BytesList(value=[image_id.encode()])),
+      CLASS_NAME_KEY: tf.train.Feature(
+          bytes_list=tf.train.BytesList(value=[class_name.encode("utf-8")])
+      ),
+      EMBEDDING_KEY: tf.train.Feature(
+          float_list=tf.train.FloatList(value=np.asarray(vector, np.float32).ravel())
+      ),
+      SPAN_KEY: tf.train.Feature(bytes_list=tf.train.BytesList(value=[span.encode()])),
+  }
+  if thumbnail:
+    feature[THUMBNAIL_KEY] = tf.train.Feature(bytes_list=tf.train.BytesList(value=[thumbnail]))
+  return tf.train.Example(features=tf.train.Features(feature=feature))
 
 
 class EmbeddingRecords(NamedTuple):
@@ -156,20 +157,31 @@ class EmbeddingRecords(NamedTuple):
   class_names: List[str]
   vectors: np.ndarray  # [N, D] float32
   spans: List[str]  # "" where unknown (records written before spans were kept)
+  thumbnails: List[bytes]  # JPEGs; b"" where a record has none
+
+
+def _first_bytes(feature, key: str) -> bytes:
+  """The first value of a record's bytes feature `key`; b"" when it has none."""
+  values = feature[key].bytes_list.value if key in feature else []
+  return values[0] if values else b""
 
 
 def read_embeddings(file_patterns: List[str]) -> EmbeddingRecords:
   """The `embedding_example` records of the files, in file order."""
-  ids, class_names, vectors, spans = [], [], [], []
+  ids, class_names, vectors, spans, thumbnails = [], [], [], [], []
   for record in serialized_examples(file_patterns):
     feature = tf.train.Example.FromString(record.numpy()).features.feature
     ids.append(feature[ID_KEY].bytes_list.value[0].decode())
     class_names.append(feature[CLASS_NAME_KEY].bytes_list.value[0].decode("utf-8"))
     vectors.append(np.asarray(feature[EMBEDDING_KEY].float_list.value, np.float32))
-    span = feature[SPAN_KEY].bytes_list.value if SPAN_KEY in feature else []
-    spans.append(span[0].decode() if span else "")
+    spans.append(_first_bytes(feature, SPAN_KEY).decode())
+    thumbnails.append(_first_bytes(feature, THUMBNAIL_KEY))
   return EmbeddingRecords(
-      ids, class_names, np.stack(vectors) if vectors else np.zeros([0, 0], np.float32), spans
+      ids,
+      class_names,
+      np.stack(vectors) if vectors else np.zeros([0, 0], np.float32),
+      spans,
+      thumbnails,
   )
 
 

@@ -22,6 +22,9 @@ TRAIN_SPLIT, TEST_SPLIT, UNLABELED_SPLIT = "train", "test", "unlabeled"
 CORPUS_SPLIT = "corpus"  # SearchCorpusGen's one split: images searched, not trained on
 ID_KEY = "id"  # an embedding record's image (components/search_index_gen.py)
 SPAN_KEY = "span"  # an embedding record's span: the search filter's `span` namespace
+# An embedding record's small JPEG of its image (models/thumbnails.py), for
+# the index's thumbnail store; absent when search.thumbnail_px is 0.
+THUMBNAIL_KEY = "thumbnail"
 # An image-folder example's file, relative to its root ("cat/x.png"; the
 # unlabeled folder's as "unlabeled/<relative path>"): its search id.
 IMAGE_PATH_KEY = "image_path"
@@ -86,6 +89,8 @@ SEARCH_INDEX_DIR = os.path.join("assets.extra", "search_index")
 # Pipelines requires of a custom type.
 EMBEDDINGS_TYPE = "mae_tfx.Embeddings"
 SEARCH_INDEX_TYPE = "mae_tfx.SearchIndex"
+# A SearchIndex artifact's property: the size of the thumbnail store it wrote.
+THUMBNAIL_BYTES_PROPERTY = "thumbnail_bytes"
 
 # ---- an Examples artifact: its split folders, files and MLMD properties -----
 SPLIT_PREFIX = "Split-"  # <artifact>/Split-<name>/ (TFX's layout)

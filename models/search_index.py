@@ -17,6 +17,9 @@ An index is a folder, relocatable (the Pusher copies it into a model version):
   scann/          scann: ScaNN's serialized searcher (asset paths relative)
   faiss.index     faiss_hnsw: faiss's HNSW graph with its vectors
   removed.txt     ids taken out of search for good (`removed`), one a line
+  thumbnails.bin, thumbnail_offsets.npy
+                  the pipeline's small JPEG of each record's image, beside
+                  the index (`models.thumbnails`; none with search.thumbnail_px 0)
 
 Filters follow Vertex AI Vector Search's token restricts (`Restricts`): a
 search with filters returns the k nearest records that pass, not the k

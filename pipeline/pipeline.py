@@ -380,6 +380,7 @@ def search_and_push_stage(
       served_models="" if vertex else config.serving_model_dir,
       removed_ids=source.removed_ids,
       span_ids=int(source.spans),
+      thumbnail_px=search_config.thumbnail_px,
       corpus_spans=corpus_spans.outputs["examples"] if corpus_spans else None,
       corpus_examples=search_corpus.outputs["examples"] if search_corpus else None,
   )

@@ -175,12 +175,16 @@ def corpus_outcome(embedder: Dict) -> Optional[str]:
 
 
 def index_outcome(indexer: Dict) -> Optional[str]:
-  """What the SearchIndexer built, why, how it scored, and its verdict."""
+  """What the SearchIndexer built, why, how it scored, and its verdict;
+  the size of its thumbnails when it wrote them."""
   index = (indexer["output_properties"].get(names.SEARCH_INDEX_TYPE) or [None])[0]
   if index is None:
     return None
   verdict = "blessed" if index.get("blessed") else "NOT blessed"
-  return f"{verdict}: {index.get('summary') or index.get('reason')}"
+  line = f"{verdict}: {index.get('summary') or index.get('reason')}"
+  if index.get(names.THUMBNAIL_BYTES_PROPERTY):
+    line += f"; thumbnails {index[names.THUMBNAIL_BYTES_PROPERTY] / 1e6:.2f} MB"
+  return line
 
 
 def push_outcome(pusher: Dict) -> Optional[str]:

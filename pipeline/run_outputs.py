@@ -239,12 +239,12 @@ class RunOutputs:
 
     node = self.node("CorpusEmbedder")["output_properties"][names.EMBEDDINGS_TYPE][0]
     uri = self.uri("CorpusEmbedder", names.EMBEDDINGS_TYPE)
-    vectors, records = read_corpus(uri, node["corpus_splits"].split(","))
+    corpus = read_corpus(uri, node["corpus_splits"].split(","))
     projection, threshold = self.probe_model().duplicate_projection()
     return EmbeddingsFile(
-        vectors,
-        records.ids,
-        records.class_names,
+        corpus.vectors,
+        corpus.records.ids,
+        corpus.records.class_names,
         meta={
             "model_version": 0,
             **({} if threshold is None else {"duplicate_threshold": threshold}),

@@ -22,7 +22,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 
-from models import search_index
+from models import search_index, thumbnails
 from models.names import (
     BFLOAT16_TWIN,
     EMBED_IMAGES,
@@ -116,7 +116,8 @@ class Signature:
 
 class LoadedModel:
   """One SavedModel version, its string-input signatures, and the search
-  index pushed with it (None when it has none). A version whose index is
+  index pushed with it (None when it has none) with its thumbnails (None
+  when it has none: search.thumbnail_px 0). A version whose index is
   there but cannot be loaded fails to load as a whole: model and index are
   served together or not at all.
 
@@ -143,6 +144,7 @@ class LoadedModel:
       index = pool.submit(search_index.load, index_dir) if tf.io.gfile.exists(index_dir) else None
       self.saved_model = tf.saved_model.load(path)
       self.index: Optional[search_index.SearchIndex] = index.result() if index else None
+    self.thumbnails = _thumbnails_of(self.index, index_dir) if self.index is not None else None
     self.signatures: Dict[str, Signature] = {}
     for name, function in self.saved_model.signatures.items():
       inputs = function.structured_input_signature[1]
@@ -265,6 +267,17 @@ class LoadedModel:
       if compiled:
         compiled.prepare(1)
       self.run(SERVING_DEFAULT, [png])
+
+
+def _thumbnails_of(
+    index: search_index.SearchIndex, index_dir: str
+) -> Optional[thumbnails.ThumbnailStore]:
+  """The thumbnail store in `index_dir` (None when it has none); ValueError
+  when it cannot be read or holds another number of rows than `index`."""
+  store = thumbnails.ThumbnailStore.load(index_dir)
+  if store is not None and len(store) != len(index):
+    raise ValueError(f"{index_dir}: {len(store)} thumbnails for an index of {len(index)} records")
+  return store
 
 
 def versions_on_disk(base_dir: str) -> List[int]:

@@ -13,6 +13,10 @@
                                                    or {"ids": ["<indexed id>", ...], ...}
   GET  /v1/models/<name>[/versions/<v>]/search_index  what the index searched holds
   GET  /v1/models/<name>[/versions/<v>]/duplicates    near-duplicate groups (?offset&limit&format)
+  GET  /v1/models/<name>[/versions/<v>]/thumbnails/<id>
+                                                   an indexed image's thumbnail (image/jpeg);
+                                                   <id> is the rest of the path, "/" in it
+                                                   percent-encoded or not
   GET  /monitoring/prometheus/metrics              request, batching, model and index metrics
   GET  /                                           the search page (serving/page/)
 
@@ -32,6 +36,7 @@ import asyncio
 import base64
 import binascii
 import functools
+import hashlib
 import html
 import json
 import logging
@@ -69,6 +74,7 @@ from serving.metrics import CONTENT_TYPE, ServerMetrics
 from serving.model_store import (
     MAX_BATCH,
     BadRequest,
+    LoadedModel,
     ModelStore,
     NotFound,
     cores,
@@ -358,8 +364,7 @@ async def search_index_info(request: web.Request) -> web.Response:
           "removed": len(index.removed),
           "classes": _token_counts(index.records, search_index.CLASS_NAMESPACE),
           "spans": _token_counts(index.records, search_index.SPAN_NAMESPACE),
-          "thumbnails": getattr(model, "thumbnails", None) is not None
-          and request.app[INDEX] is None,
+          "thumbnails": model.thumbnails is not None and request.app[INDEX] is None,
           "duplicate_threshold": threshold,
           "duplicate_projection": projection is not None,
       },
@@ -497,6 +502,59 @@ async def search_page(request: web.Request) -> web.Response:
   )
 
 
+# A versioned thumbnail URL never changes (a pushed version is never
+# rewritten): browsers keep it for a year without asking again. The
+# unversioned one answers from whichever version is newest: revalidated
+# (its ETag, a hash of the JPEG, stays when a new version reuses it).
+VERSIONED_CACHE_CONTROL = "public, max-age=31536000, immutable"
+LATEST_CACHE_CONTROL = "no-cache"
+
+
+async def thumbnail(request: web.Request) -> web.Response:
+  """GET /v1/models/<name>[/versions/<v>]/thumbnails/<id>: the JPEG of an
+  indexed image from the version's thumbnail store (`models.thumbnails`),
+  with caching headers; 304 when If-None-Match holds its ETag."""
+  store = _check_name(request)
+  version = _version(request)
+  model = store.get(version)
+  jpeg = _thumbnail_of(model, store.name, request.match_info["id"])
+  etag = hashlib.blake2b(jpeg, digest_size=12).hexdigest()
+  headers = {
+      "Cache-Control": LATEST_CACHE_CONTROL if version is None else VERSIONED_CACHE_CONTROL,
+      "ETag": f'"{etag}"',
+      "X-Model-Version": str(model.version),
+  }
+  if any(tag.value in (etag, "*") for tag in request.if_none_match or ()):
+    return web.Response(status=304, headers=headers)
+  return web.Response(body=jpeg, content_type="image/jpeg", headers=headers)
+
+
+def _thumbnail_of(model: LoadedModel, model_name: str, image_id: str) -> bytes:
+  """The thumbnail of `image_id` in `model`'s search index; NotFound naming
+  the id and version and why there is none."""
+  where = f"version {model.version} of model {model_name!r}"
+  if model.index is None:
+    raise NotFound(
+        f"{where} has no search index ({SEARCH_INDEX_DIR} in its folder), so no thumbnails"
+    )
+  if model.thumbnails is None:
+    raise NotFound(
+        f"{where} has no thumbnails: its index was built with search.thumbnail_px 0 "
+        "(or before thumbnails were kept)"
+    )
+  try:
+    (row,) = model.index.rows_of([image_id])
+  except KeyError:
+    raise NotFound(f"id {image_id!r} not in the search index of {where}") from None
+  jpeg = model.thumbnails[row]
+  if not jpeg:
+    raise NotFound(
+        f"id {image_id!r} has no thumbnail in {where}: its image did not decode, or its "
+        "vector was reused from a version without thumbnails"
+    )
+  return jpeg
+
+
 async def metrics(request: web.Request) -> web.Response:
   """Every metric in the Prometheus text format (`serving.metrics`; TF
   Serving serves its own at this path)."""
@@ -576,6 +634,8 @@ def create_app(
     app.router.add_post(prefix + ":neighbors", neighbors)
     app.router.add_get(prefix + "/search_index", search_index_info)
     app.router.add_get(prefix + "/duplicates", duplicate_groups)
+    # The id is the rest of the path: image folder ids hold "/".
+    app.router.add_get(prefix + "/thumbnails/{id:.+}", thumbnail)
   return app
 
 

@@ -64,6 +64,41 @@ def test_every_component_executes(smoke_run):
   assert all(s == "COMPLETE" for s in states.values()), states
 
 
+def test_the_pushed_version_has_a_thumbnail_of_each_corpus_image(smoke_run):
+  """search.thumbnail_px (64 in the smoke profile too): a JPEG a record, row
+  for row, of the image its id names at that image's size (CIFAR-10's 32 px
+  are not enlarged), within the size docs/serving.md states."""
+  import io
+
+  from PIL import Image
+
+  from models import search_index, thumbnails
+
+  assert smoke_run.run_config.search.thumbnail_px == 64
+  version = served_versions(smoke_run)[-1]
+  index_dir = os.path.join(smoke_run.serving_model_dir, version, names.SEARCH_INDEX_DIR)
+  ids = search_index.read_records(index_dir).ids
+  store = thumbnails.ThumbnailStore.load(index_dir)
+  assert store is not None and len(store) == len(ids) == 320
+  run = run_outputs.RunOutputs.load(smoke_run.output_dir)
+  images = run.search_corpus_images()
+  for row, image_id in enumerate(ids):
+    original = np.asarray(Image.open(io.BytesIO(images[image_id])).convert("RGB"), int)
+    with Image.open(io.BytesIO(store[row])) as jpeg:
+      assert jpeg.format == "JPEG"
+      small = np.asarray(jpeg, int)
+    assert small.shape == original.shape == (32, 32, 3), image_id
+    assert np.abs(small - original).mean() < 12, image_id  # the same picture, JPEG q85
+  # About 1 KB an image (docs/serving.md: ~50 MB per 50,000), as the
+  # SearchIndexer reported it.
+  assert 500 * len(ids) < store.size_bytes < 1500 * len(ids)
+  indexer = run.node("SearchIndexer")["output_properties"][names.SEARCH_INDEX_TYPE][0]
+  assert indexer[names.THUMBNAIL_BYTES_PROPERTY] == store.size_bytes
+  assert f"thumbnails {store.size_bytes / 1e6:.2f} MB" in report.format_report(
+      smoke_run.metadata_path, smoke_run.pipeline_name
+  )
+
+
 @pytest.mark.server
 def test_the_pushed_version_answers_neighbors_from_its_own_index(smoke_run, cifar10_sample):
   """`make pipeline` then `make serve`: :neighbors needs no other command; a

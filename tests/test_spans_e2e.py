@@ -19,6 +19,7 @@ After each, the served search index holds every image of every span the
 gate passed so far, less the removed ones.
 """
 
+import io
 import json
 import os
 import re
@@ -26,6 +27,7 @@ from typing import NamedTuple
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from models import names
 from pipeline import local_runner, runs
@@ -283,7 +285,8 @@ def test_an_unblessed_span_is_added_to_the_served_models_index(span_runs):
   ):
     assert a.read() == b.read()
   assert os.path.samefile(os.path.join(old, "saved_model.pb"), os.path.join(new, "saved_model.pb"))
-  old_index, new_index = _served(config, served).index, _served(config, extended).index
+  old_model, new_model = _served(config, served), _served(config, extended)
+  old_index, new_index = old_model.index, new_model.index
   span_3 = {i for i in new_index.records.ids if i.startswith("span-3/")}
   assert set(new_index.records.ids) == set(old_index.records.ids) | span_3 and span_3
   assert len(new_index) == len(set(new_index.records.ids))
@@ -294,6 +297,16 @@ def test_an_unblessed_span_is_added_to_the_served_models_index(span_runs):
       np.asarray(old_index.vectors, np.float32),
       atol=1e-3,
   )
+  # Their thumbnails kept with them (the served store's, through reused.npz);
+  # span 3's made from its files.
+  reused = old_model.thumbnails.select(range(len(old_index)))
+  assert all(reused) and new_model.thumbnails.select(rows) == reused
+  for image_id in sorted(span_3)[:5]:
+    with Image.open(os.path.join(span_runs["root"], image_id)) as original:
+      expected = np.asarray(original.convert("RGB"), int)
+    (row,) = new_index.rows_of([image_id])
+    with Image.open(io.BytesIO(new_model.thumbnails[row])) as thumbnail:
+      assert np.abs(np.asarray(thumbnail, int) - expected).mean() < 12, image_id
   assert re.search(
       rf"CorpusEmbedder: the model was not blessed: the served version {served} kept; "
       rf"{len(span_3)} vectors added, {len(old_index)} reused, 0 removed",
@@ -310,9 +323,15 @@ def test_a_removed_image_leaves_search_for_good(span_runs):
   for node in (names.MAE_TRAINER, names.PROBE_TRAINER, "Evaluator"):
     assert removal.nodes[node]["state"] == "CACHED", node
   removed_id = span_runs["removed_id"]
-  previous, newest = (_served(config, v).index for v in versions[-2:])
+  previous_model, newest_model = (_served(config, v) for v in versions[-2:])
+  previous, newest = previous_model.index, newest_model.index
   assert removed_id in previous.records.ids and removed_id not in newest.records.ids
   assert set(newest.records.ids) == set(previous.records.ids) - {removed_id}
+  # Every image kept keeps its thumbnail.
+  kept = list(newest.records.ids)
+  assert newest_model.thumbnails.select(newest.rows_of(kept)) == (
+      previous_model.thumbnails.select(previous.rows_of(kept))
+  )
   # Kept with the index, so later spans leave them out too.
   assert newest.removed == sorted([removed_id, UNKNOWN_ID])
   assert f"1 removed id(s) not in the corpus, ignored: {UNKNOWN_ID}" in removal.log
