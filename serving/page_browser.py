@@ -59,11 +59,14 @@ def wait_ready(driver, state: str = "ready") -> None:
 
 
 def images_loaded(driver, selector: str) -> List[int]:
-  """Waits for the images `selector` finds to load; their natural widths
-  (0: failed)."""
+  """Scrolls each image `selector` finds into view (the page loads them
+  lazily, as they come into view), waits for them to load, and returns
+  their natural widths (0: failed)."""
   from selenium.webdriver.support.ui import WebDriverWait
 
   script = f"return [...document.querySelectorAll('{selector}')]"
+  driver.execute_script(script.replace("return ", "") + ".forEach(i => i.scrollIntoView())")
+  driver.execute_script("window.scrollTo(0, 0)")
   WebDriverWait(driver, WAIT_SECONDS).until(
       lambda d: d.execute_script(script + ".every(i => i.complete)")
   )

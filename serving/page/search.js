@@ -149,6 +149,7 @@ function showQuery(src, caption) {
   box.replaceChildren();
   if (src) {
     const img = document.createElement("img");
+    img.onerror = () => img.remove(); // not an image: the server's error says why
     img.src = src;
     img.alt = "the query";
     box.append(img);
