@@ -122,6 +122,19 @@ def default_output_dir() -> str:
   return os.path.abspath(os.environ.get(OUTPUT_ENV) or os.path.join(PROJECT_DIR, "outputs"))
 
 
+def pipeline_root(output_dir: Optional[str] = None) -> str:
+  """Where TFX writes the components' artifacts, and the Trainers their
+  TensorBoard logs: the logdir of `make tensorboard`."""
+  return os.path.join(output_dir or default_output_dir(), "pipeline_root")
+
+
+def projector_dir(output_dir: Optional[str] = None, pipeline_name: str = PIPELINE_NAME) -> str:
+  """Where the Pusher writes TensorBoard's Embedding Projector files of the
+  newest version it pushed (`<this>/<version>/`, models/projector.py): in
+  the pipeline root, so TensorBoard shows them beside the Trainers' curves."""
+  return os.path.join(pipeline_root(output_dir), "projector", pipeline_name)
+
+
 def metadata_path(output_dir: Optional[str] = None) -> str:
   """The MLMD SQLite database of the runs written to `output_dir`."""
   return os.path.join(output_dir or default_output_dir(), "metadata.sqlite")

@@ -1,6 +1,6 @@
 """The Embedding Projector files (`models.projector`), read back with
 TensorBoard's own proto and TensorFlow's checkpoint reader: tensor rows,
-metadata rows and sprite cells line up."""
+metadata rows and sprite cells line up, for a pushed index too."""
 
 import os
 
@@ -59,3 +59,106 @@ def test_a_large_sample_shrinks_the_cells_to_fit_8192_px():
   assert sheet.shape[0] == 100 * 32 <= projector.SPRITE_MAX_PX
   many = [np.zeros([4, 4, 3], np.uint8)] * 300_000
   assert projector.sprite(many).shape[0] <= projector.SPRITE_MAX_PX
+
+
+# ---- a pushed index's projector (models.projector.publish) ------------------
+def _index_with_thumbnails(folder, images, labels, thumbnail_rows):
+  """A saved exact index of random vectors over `images`, carrying a
+  thumbnail store (models/thumbnails.py) as a pushed version's does: the
+  rows in `thumbnail_rows` have one, the others none."""
+  from models import search_index, thumbnails
+  from tests.conftest import png_bytes
+
+  rng = np.random.default_rng(1)
+  records = search_index.Records(
+      [f"train/{i}" for i in range(len(images))],
+      [f"class {label}" for label in labels],
+      ["1"] * len(images),
+  )
+  search_index.exact_index(rng.normal(size=(len(images), 8)), records).save(folder)
+  store = [
+      thumbnails.make(png_bytes(image), 64) if i in thumbnail_rows else b""
+      for i, image in enumerate(images)
+  ]
+  thumbnails.write(folder, store)
+  return records
+
+
+def _decoded(jpeg):
+  import io
+
+  return np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB"))
+
+
+def sprite_cell(folder, embedding, i, count):
+  """Cell `i` of the sprite of a projector folder holding `count` points."""
+  sheet = np.asarray(Image.open(os.path.join(folder, embedding.sprite.image_path)))
+  cell = embedding.sprite.single_image_dim[0]
+  row, col = divmod(i, int(np.ceil(np.sqrt(count))))
+  return sheet[row * cell : (row + 1) * cell, col * cell : (col + 1) * cell]
+
+
+def read_config(folder):
+  """The folder's projector_config.pbtxt, parsed with TensorBoard's proto."""
+  config = tb_projector.ProjectorConfig()
+  with open(os.path.join(folder, "projector_config.pbtxt")) as f:
+    text_format.Parse(f.read(), config)
+  return config
+
+
+def test_publish_writes_the_index_with_its_thumbnails_and_replaces_the_older_version(
+    cifar10_sample, tmp_path
+):
+  from models import search_index, thumbnails
+
+  (images, labels), _ = cifar10_sample
+  images, labels = images[:40], labels[:40]
+  index_dir = str(tmp_path / "index")
+  records = _index_with_thumbnails(index_dir, images, labels, set(range(40)) - {5})
+  root = str(tmp_path / "projector" / "mae-tfx")
+  os.makedirs(os.path.join(root, ".staging-7-99999"))  # a killed write's
+  projector.publish(root, "7", index_dir, 30, "mae-tfx version 7")
+  written = projector.publish(root, "8", index_dir, 30, "mae-tfx version 8")
+  # Only the newest push's, moved into place whole.
+  assert os.listdir(root) == ["8"] and written["folder"] == os.path.join(root, "8")
+  assert written["points"] == 30 and written["total"] == 40 and written["sprite"]
+  assert projector.describe(written) == (
+      "30 of 40 vectors, drawn at random (8-d), with a sprite of their thumbnails"
+  )
+  folder = written["folder"]
+  (embedding,) = read_config(folder).embeddings
+  # The checkpoint is named relative to its folder: found after the rename.
+  tensor = tf.train.load_checkpoint(folder).get_tensor(embedding.tensor_name)
+  metadata = projector.read_metadata(folder)[1:]
+  store = thumbnails.ThumbnailStore.load(index_dir)
+  vectors = search_index.read_vectors(index_dir)
+  row_of = {i: r for r, i in enumerate(records.ids)}
+  assert tensor.shape == (30, 8) and len(metadata) == 30
+  for i, (image_id, class_name, span) in enumerate(metadata):
+    r = row_of[image_id]
+    np.testing.assert_array_equal(tensor[i], vectors[r])
+    assert (class_name, span) == (records.class_names[r], records.spans[r])
+    cell = sprite_cell(folder, embedding, i, 30)
+    if r == 5:  # no thumbnail: a black cell
+      assert not cell.any()
+    else:  # 32 px thumbnails in 32 px cells: the decoded JPEG itself
+      np.testing.assert_array_equal(cell, _decoded(store[r]))
+
+
+def test_publish_without_thumbnails_writes_no_sprite_and_a_wide_image_is_not_stretched(
+    cifar10_sample, tmp_path
+):
+  (images, labels), _ = cifar10_sample
+  index_dir = str(tmp_path / "index")
+  _index_with_thumbnails(index_dir, images[:4], labels[:4], set())
+  for name in ("thumbnails.bin", "thumbnail_offsets.npy"):
+    os.remove(os.path.join(index_dir, name))
+  written = projector.publish(str(tmp_path / "p"), "1", index_dir, 10, "v1")
+  assert (
+      not written["sprite"] and not read_config(written["folder"]).embeddings[0].sprite.image_path
+  )
+  assert not os.path.exists(os.path.join(written["folder"], "sprite.png"))
+  wide = np.full([16, 32, 3], 255, np.uint8)  # 2:1, in a 32 px cell: 8 black rows above and below
+  cell = projector.sprite([wide])
+  assert not cell[:8].any() and not cell[24:].any() and (cell[8:24] == 255).all()
+
