@@ -82,6 +82,9 @@ REMOVED_FILE = "removed.txt"
 # A pushed version's nearest-neighbour index over its corpus
 # (models/search_index.py): beside the SavedModel, where TF Serving ignores it.
 SEARCH_INDEX_DIR = os.path.join("assets.extra", "search_index")
+# The Pusher's PushedModel properties: the Embedding Projector folder it
+# wrote for the version (`projector_dir`), and what that holds, or why none.
+PROJECTOR_PROPERTY, PROJECTOR_SUMMARY_PROPERTY = "projector", "projector_summary"
 # The search artifacts' MLMD types; "<namespace>.<Name>", as Vertex AI
 # Pipelines requires of a custom type.
 EMBEDDINGS_TYPE = "mae_tfx.Embeddings"

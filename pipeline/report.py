@@ -188,15 +188,19 @@ def push_outcome(pusher: Dict) -> Optional[str]:
   pushed = (pusher["output_properties"].get("PushedModel") or [None])[0]
   if pushed is None:
     return None
-  if pushed.get("pushed") and pushed.get("index_only"):
-    return (
-        f"pushed version {pushed.get('pushed_version')} to {pushed.get('pushed_destination')}: "
-        f"the served model of {pushed.get('model_from')} with the new search index (index-only)"
+  if not pushed.get("pushed"):
+    why = pushed.get("not_pushed_reason") or "the model was not blessed"
+    return f"nothing pushed ({why}); the served versions are unchanged (no projector files written)"
+  line = f"pushed version {pushed.get('pushed_version')} to {pushed.get('pushed_destination')}"
+  if pushed.get("index_only"):
+    line += (
+        f": the served model of {pushed.get('model_from')} with the new search index (index-only)"
     )
-  if pushed.get("pushed"):
-    return f"pushed version {pushed.get('pushed_version')} to {pushed.get('pushed_destination')}"
-  why = pushed.get("not_pushed_reason") or "the model was not blessed"
-  return f"nothing pushed ({why}); the served versions are unchanged"
+  summary = pushed.get(names.PROJECTOR_SUMMARY_PROPERTY)
+  if summary:
+    folder = pushed.get(names.PROJECTOR_PROPERTY)
+    line += f"; Embedding Projector: {summary}" + (f", in {folder}" if folder else "")
+  return line
 
 
 # ---- the HTML report -----------------------------------------------------------

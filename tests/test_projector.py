@@ -1,16 +1,19 @@
 """The Embedding Projector files (`models.projector`), read back with
 TensorBoard's own proto and TensorFlow's checkpoint reader: tensor rows,
-metadata rows and sprite cells line up, for a pushed index too."""
+metadata rows and sprite cells line up; the Pusher writes them for the
+index it pushed (the smoke run's)."""
 
 import os
 
 import numpy as np
+import pytest
 import tensorflow as tf
 from google.protobuf import text_format
 from PIL import Image
 from tensorboard.plugins import projector as tb_projector
 
-from models import projector
+from models import config as config_lib
+from models import names, projector
 
 
 def test_tensor_metadata_and_sprite_line_up(cifar10_sample, tmp_path):
@@ -161,4 +164,50 @@ def test_publish_without_thumbnails_writes_no_sprite_and_a_wide_image_is_not_str
   wide = np.full([16, 32, 3], 255, np.uint8)  # 2:1, in a 32 px cell: 8 black rows above and below
   cell = projector.sprite([wide])
   assert not cell[:8].any() and not cell[24:].any() and (cell[8:24] == 255).all()
+
+
+# ---- the smoke run's (the Pusher's) ------------------------------------------
+@pytest.fixture(scope="module")
+def pushed_projector(smoke_run):
+  """(the projector folder the smoke run's Pusher wrote, the pushed version's
+  index folder)."""
+  from tests.conftest import served_versions
+
+  version = served_versions(smoke_run)[-1]
+  root = smoke_run.projector_dir
+  assert os.listdir(root) == [version], "the newest push's projector only"
+  index_dir = os.path.join(smoke_run.serving_model_dir, version, names.SEARCH_INDEX_DIR)
+  return os.path.join(root, version), index_dir
+
+
+def test_the_pusher_writes_the_pushed_index_as_a_projector(pushed_projector, smoke_run_log):
+  from models import search_index, thumbnails
+
+  folder, index_dir = pushed_projector
+  records = search_index.read_records(index_dir)
+  vectors = search_index.read_vectors(index_dir)
+  (embedding,) = read_config(folder).embeddings
+  tensor = tf.train.load_checkpoint(folder).get_tensor(embedding.tensor_name)
+  metadata = projector.read_metadata(folder)
+  points = min(len(records.ids), config_lib.SearchConfig().projector_points)
+  assert metadata[0] == ["id", "class", "span"]
+  assert tensor.shape == (points, vectors.shape[1]) and len(metadata) - 1 == points
+  row_of = {image_id: r for r, image_id in enumerate(records.ids)}
+  rows = [row_of[image_id] for image_id, _, _ in metadata[1:]]
+  assert len(set(rows)) == points
+  np.testing.assert_array_equal(tensor, np.asarray(vectors[rows], np.float32))
+  assert [m[1:] for m in metadata[1:]] == [
+      [records.class_names[r] or "-", records.spans[r] or "-"] for r in rows
+  ]
+  store = thumbnails.ThumbnailStore.load(index_dir)
+  if store is None:  # a run that writes no thumbnails has no sprite
+    assert not embedding.sprite.image_path
+  else:
+    for i, r in enumerate(rows):
+      expected = projector.sprite([_decoded(store[r])]) if store[r] else 0
+      np.testing.assert_array_equal(sprite_cell(folder, embedding, i, points), expected)
+  # The run log says where it went.
+  log, report = smoke_run_log
+  line = f"Embedding Projector: all {points} vectors ({vectors.shape[1]}-d)"
+  assert line in log and f"in {folder}" in log and line in report
 
