@@ -21,7 +21,7 @@ from typing import Dict, Optional
 
 from models import names
 from pipeline.run_outputs import gate_failures, tfma_accuracy
-from pipeline.runs import example_gen_row, last_run_executions
+from pipeline.runs import add_output_dir_argument, example_gen_row, last_run_executions
 
 
 def _read_json(path: str):
@@ -236,11 +236,7 @@ def main(argv=None):
   p = argparse.ArgumentParser(
       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
   )
-  p.add_argument(
-      "--output-dir",
-      default=names.default_output_dir(),
-      help=f"the run's output folder (default ${names.OUTPUT_ENV} or outputs/)",
-  )
+  add_output_dir_argument(p)
   p.add_argument(
       "--metadata", default=None, help="its MLMD database (default <output-dir>/metadata.sqlite)"
   )
