@@ -1,12 +1,19 @@
 """The Embedding Projector files (`models.projector`), read back with
 TensorBoard's own proto and TensorFlow's checkpoint reader: tensor rows,
 metadata rows and sprite cells line up; the Pusher writes them for the
-index it pushed (the smoke run's)."""
+index it pushed (the smoke run's), and TensorBoard, started as `make
+tensorboard` starts it, serves them beside the Trainers' curves."""
 
 import os
+import re
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
+import requests
 import tensorflow as tf
 from google.protobuf import text_format
 from PIL import Image
@@ -211,3 +218,93 @@ def test_the_pusher_writes_the_pushed_index_as_a_projector(pushed_projector, smo
   line = f"Embedding Projector: all {points} vectors ({vectors.shape[1]}-d)"
   assert line in log and f"in {folder}" in log and line in report
 
+
+@pytest.mark.server
+def test_tensorboard_shows_the_projector_beside_the_training_curves(
+    smoke_run, pushed_projector, tmp_path
+):
+  """`make tensorboard`'s command on the smoke run's outputs, a real
+  TensorBoard on loopback: its projector plugin lists the pushed version's
+  run and serves the tensor, metadata and sprite the files hold; the
+  Trainers' logs are runs beside it."""
+  folder, _ = pushed_projector
+  run = os.path.relpath(folder, smoke_run.pipeline_root)
+  board = TensorBoardProcess(smoke_run.output_dir, tmp_path / "stderr.txt")
+  with board as url:
+    projector_runs = requests.get(f"{url}/data/plugin/projector/runs", timeout=30).json()
+    info = requests.get(f"{url}/data/plugin/projector/info", params={"run": run}, timeout=30)
+    (embedding,) = info.json()["embeddings"]
+    name = embedding["tensorName"]
+    tensor = requests.get(
+        f"{url}/data/plugin/projector/tensor", params={"run": run, "name": name}, timeout=30
+    )
+    metadata = requests.get(
+        f"{url}/data/plugin/projector/metadata", params={"run": run, "name": name}, timeout=30
+    )
+    sprite = requests.get(
+        f"{url}/data/plugin/projector/sprite_image", params={"run": run, "name": name}, timeout=30
+    )
+    runs = requests.get(f"{url}/data/runs", timeout=30).json()
+  assert projector_runs == [run]
+  expected = tf.train.load_checkpoint(folder).get_tensor(projector.TENSOR_NAME)
+  assert name == projector.TENSOR_NAME and embedding["tensorShape"] == list(expected.shape)
+  np.testing.assert_array_equal(
+      np.frombuffer(tensor.content, np.float32).reshape(expected.shape), expected
+  )
+  assert metadata.text.splitlines() == ["\t".join(row) for row in projector.read_metadata(folder)]
+  if embedding.get("sprite"):
+    with open(os.path.join(folder, "sprite.png"), "rb") as f:
+      assert sprite.content == f.read()
+  else:
+    assert sprite.status_code == 400  # no sprite: no thumbnails in this run
+  trainer_runs = {r.split("/")[0] for r in runs if "/model_run/" in r}
+  assert trainer_runs == {names.MAE_TRAINER, names.PROBE_TRAINER} and run in runs
+  # Its log: what it shows, TensorBoard's own lines, no known-harmless one.
+  assert f"Embedding Projector: run {run}" in board.stderr and "Traceback" not in board.stderr
+  assert "fast data loading" not in board.stderr, board.stderr
+
+
+class TensorBoardProcess:
+  """`python -m pipeline.tensorboard_logs` (`make tensorboard`) on an
+  output folder, on a free loopback port: entered with its URL once it
+  listens, terminated on exit; its stderr kept in `stderr_path`."""
+
+  _LISTENING = re.compile(r"TensorBoard \S+ at (http://127\.0\.0\.1:\d+)/")
+
+  def __init__(self, output_dir, stderr_path, timeout=120.0):
+    self.args = ["--output-dir", str(output_dir), "--port", "0"]
+    self.stderr_path, self.timeout = str(stderr_path), timeout
+
+  def __enter__(self) -> str:
+    with open(self.stderr_path, "w") as stderr:
+      self.process = subprocess.Popen(
+          [sys.executable, "-m", "pipeline.tensorboard_logs", *self.args],
+          cwd=names.PROJECT_DIR,
+          stdout=subprocess.DEVNULL,
+          stderr=stderr,
+          start_new_session=True,  # its own process group, for `__exit__`'s Ctrl-C
+      )
+    deadline = time.monotonic() + self.timeout
+    while time.monotonic() < deadline and self.process.poll() is None:
+      listening = self._LISTENING.search(self.stderr)
+      if listening:
+        return listening.group(1)
+      time.sleep(0.2)
+    self.__exit__()
+    raise RuntimeError(f"TensorBoard did not start:\n{self.stderr[-3000:]}")
+
+  @property
+  def stderr(self) -> str:
+    with open(self.stderr_path) as f:
+      return f.read()
+
+  def __exit__(self, *exc) -> None:
+    # Ctrl-C, as at a terminal: to TensorBoard and its data server alike (a
+    # TERM to TensorBoard alone leaves the data server holding its stderr,
+    # which the run-log filter then waits 10 s for).
+    os.killpg(self.process.pid, signal.SIGINT)
+    try:
+      self.process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+      self.process.kill()
+      self.process.wait()
