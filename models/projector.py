@@ -29,6 +29,7 @@ from models.thumbnails import ThumbnailStore
 SPRITE_MAX_PX = 8192  # the largest sprite TensorBoard's projector loads
 CELL_MAX_PX = 32  # CIFAR-10's own size: no image is enlarged past it
 TENSOR_NAME = "embedding/.ATTRIBUTES/VARIABLE_VALUE"  # tf.train.Checkpoint(embedding=...)
+CONFIG_FILE = "projector_config.pbtxt"  # the name TensorBoard's projector reads
 
 
 def sample_rows(count: int, max_points: int, seed: int = 0) -> np.ndarray:
@@ -100,7 +101,7 @@ def write(
     cell = sheet.shape[0] // max(1, math.ceil(math.sqrt(len(rows))))
     embedding.sprite.image_path = "sprite.png"
     embedding.sprite.single_image_dim.extend([cell, cell])
-  projector.visualize_embeddings(folder, config)
+  projector.visualize_embeddings(folder, config)  # writes CONFIG_FILE
   return dict(points=len(rows), dim=int(vectors.shape[1]), sprite_cell=cell, rows=rows.tolist())
 
 

@@ -29,18 +29,21 @@ if __name__ == "__main__":
   run_log.install()
 
 # pylint: disable=wrong-import-position
-from models import names
+from models import names, projector
 from models.run_log import log
 from pipeline import runs
 
 DEFAULT_PORT = 6006  # TensorBoard's own
 
 
-def projector_runs(logdir: str) -> List[str]:
-  """The Embedding Projector folders under `logdir`, as TensorBoard names
-  its runs (`projector/<pipeline>/<version>`)."""
-  configs = glob.glob(os.path.join(logdir, "projector", "*", "*", "projector_config.pbtxt"))
-  return sorted(os.path.relpath(os.path.dirname(c), logdir) for c in configs)
+def projector_runs(output_dir: str) -> List[str]:
+  """The Embedding Projector folders the Pusher wrote in `output_dir`, as
+  TensorBoard names its runs (`projector/<pipeline>/<version>`)."""
+  folders = os.path.join(names.projector_dir(output_dir, "*"), "*")
+  configs = glob.glob(os.path.join(folders, projector.CONFIG_FILE))
+  return sorted(
+      os.path.relpath(os.path.dirname(c), names.pipeline_root(output_dir)) for c in configs
+  )
 
 
 def _pkg_resources_stand_in() -> None:
@@ -99,13 +102,14 @@ def main(argv=None) -> int:
   )
   p.add_argument("-v", "--verbose", action="store_true", help="show every log line")
   args = p.parse_args(argv)
-  logdir = names.pipeline_root(os.path.abspath(args.output_dir))
+  output_dir = os.path.abspath(args.output_dir)
+  logdir = names.pipeline_root(output_dir)
   if not os.path.isdir(logdir):
     raise SystemExit(
         f"No runs in {args.output_dir}: no {logdir}. Run `make pipeline` first, or name the "
         f"run's output folder (--output-dir, ${names.OUTPUT_ENV})"
     )
-  found = projector_runs(logdir)
+  found = projector_runs(output_dir)
   for run in found:
     log.info("Embedding Projector: run %s (TensorBoard's Projector tab)", run)
   if not found:
