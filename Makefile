@@ -20,13 +20,13 @@ ARGS      ?=
 PYTEST_ARGS ?=
 
 # TensorFlow's environment is set by models/__init__.py, which every entry
-# point imports first; exported here too for tools run outside the packages
-# (tensorboard, a bare python). What the log leaves out, and why:
+# point (`make tensorboard`'s too) imports first; exported here too for tools
+# run outside the packages (a bare python). What the log leaves out, and why:
 # models/run_log.py; MAE_TFX_VERBOSE=1 (or ARGS=-v) shows everything.
 export TF_USE_LEGACY_KERAS := 1
 export TF_CPU_ALLOCATOR_USE_BFC := true
 
-.PHONY: pipeline test test-fast test-all browser lint format report notebooks serve image vertex-compile vertex-submit lock clean
+.PHONY: pipeline test test-fast test-all browser lint format report notebooks serve tensorboard image vertex-compile vertex-submit lock clean
 
 $(VENV)/.installed: setup.py pyproject.toml requirements.lock
 	@test -n "$(PYTHON310)" || { echo "Python 3.10 not found: install it (pyenv install 3.10.13) or set PYTHON310=/path/to/python3.10"; exit 1; }
@@ -93,9 +93,15 @@ notebooks: $(VENV)/.installed
 # The embedding server (TF Serving REST subset) on the pushed versions;
 # INDEX=file.npz (from `python -m serving.embed`) enables :neighbors.
 MODEL_DIR ?= $(or $(MAE_TFX_OUTPUT),outputs)/serving_model/mae-tfx
-PORT      ?= 8501
+serve: PORT ?= 8501
 serve: $(VENV)/.installed
 	$(PY) -m serving.server --model-dir $(MODEL_DIR) --port $(PORT) $(if $(INDEX),--index $(INDEX))
+
+# TensorBoard on loopback on the runs under $(MAE_TFX_OUTPUT) or outputs/:
+# the Trainers' curves and the Embedding Projector of the newest push.
+tensorboard: PORT ?= 6006
+tensorboard: $(VENV)/.installed
+	$(PY) -m pipeline.tensorboard_logs --port $(PORT) $(ARGS)
 
 # Google Cloud (docs/vertex_ai.md): MAE_TFX_PROJECT, MAE_TFX_BUCKET and
 # MAE_TFX_IMAGE (or the runner's flags) say where.

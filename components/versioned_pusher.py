@@ -15,8 +15,15 @@ SavedModel is pushed again, unchanged (hard-linked where the filesystem
 allows), with the new index. A model identical to the newest version (same
 SavedModel fingerprint and index records) is not pushed again. A staging
 directory a killed push left behind is removed by the next push.
+
+Once a version is pushed, TensorBoard's Embedding Projector files of its
+search index (a sample of its vectors, their ids, classes and spans, a
+sprite of their thumbnails) replace the previous push's in the folder
+custom_config names (names.projector_dir: in the pipeline root, beside the
+Trainers' logs); nothing pushed, none written.
 """
 
+import json
 import os
 import shutil
 import time
@@ -35,8 +42,13 @@ from tfx.types.component_spec import ChannelParameter
 from tfx.utils import io_utils, proto_utils
 
 from components import search_index_gen
-from models import search_index
-from models.names import SEARCH_INDEX_DIR, pushed_versions
+from models import projector, search_index
+from models.names import (
+    PROJECTOR_PROPERTY,
+    PROJECTOR_SUMMARY_PROPERTY,
+    SEARCH_INDEX_DIR,
+    pushed_versions,
+)
 
 
 def _fingerprint(saved_model_dir: str) -> Optional[bytes]:
@@ -176,6 +188,34 @@ def push_to_filesystem(
   return version
 
 
+def write_projector(model_push: types.Artifact, version_dir: str, custom_config: Dict) -> None:
+  """The Embedding Projector files of the search index pushed in
+  `version_dir` (`models.projector.publish`), in custom_config's
+  PROJECTOR_DIR_KEY, at most its PROJECTOR_POINTS_KEY vectors (0 or
+  absent: none); `model_push` records where and what."""
+  points = int(custom_config.get(PROJECTOR_POINTS_KEY) or 0)
+  folder = custom_config.get(PROJECTOR_DIR_KEY)
+  index_dir = os.path.join(version_dir, SEARCH_INDEX_DIR)
+  if not points or not folder:
+    model_push.set_string_custom_property(
+        PROJECTOR_SUMMARY_PROPERTY, "off (search.projector_points 0)"
+    )
+    return
+  if not fileio.exists(os.path.join(index_dir, search_index.RECORDS)):
+    model_push.set_string_custom_property(
+        PROJECTOR_SUMMARY_PROPERTY, "none: no search index pushed"
+    )
+    return
+  base, version = os.path.split(version_dir.rstrip("/"))
+  written = projector.publish(
+      folder, version, index_dir, points, title=f"{os.path.basename(base)} version {version}"
+  )
+  summary = projector.describe(written)
+  model_push.set_string_custom_property(PROJECTOR_PROPERTY, written["folder"])
+  model_push.set_string_custom_property(PROJECTOR_SUMMARY_PROPERTY, summary)
+  logging.info("Embedding Projector files of version %s in %s: %s", version, folder, summary)
+
+
 class Executor(pusher_executor.Executor):
   """Filesystem push with fresh, atomic versions, the search index inside."""
 
@@ -222,6 +262,9 @@ class Executor(pusher_executor.Executor):
           f"only, got {destination.WhichOneof('destination')}"
       )
     base = destination.filesystem.base_directory
+    custom_config = (
+        json.loads(exec_properties.get(standard_component_specs.CUSTOM_CONFIG_KEY) or "null") or {}
+    )
     if index_only_model:
       # The served version again, with the index extended (or trimmed); the
       # newest version back when it already holds this very index.
@@ -247,6 +290,7 @@ class Executor(pusher_executor.Executor):
       version = push_to_filesystem(model_path, base, index_path)
       io_utils.copy_dir(model_path, model_push.uri)
       logging.info("Model pushed to %s", os.path.join(base, version))
+    write_projector(model_push, os.path.join(base, version), custom_config)
     self._MarkPushed(
         model_push, pushed_destination=os.path.join(base, version), pushed_version=version
     )
@@ -254,6 +298,8 @@ class Executor(pusher_executor.Executor):
 
 SEARCH_INDEX_KEY = "search_index"
 NOT_PUSHED_REASON = "not_pushed_reason"
+# custom_config: where the projector files go, and how many vectors at most.
+PROJECTOR_DIR_KEY, PROJECTOR_POINTS_KEY = "projector_dir", "projector_points"
 
 
 class VersionedPusherSpec(standard_component_specs.PusherSpec):
@@ -272,11 +318,18 @@ class VersionedPusherComponent(base_component.BaseComponent):
   EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(Executor)
 
 
-def VersionedPusher(
-    model, model_blessing, base_directory: str, search_index=None  # pylint: disable=invalid-name
+def VersionedPusher(  # pylint: disable=invalid-name
+    model,
+    model_blessing,
+    base_directory: str,
+    search_index=None,
+    projector_dir: str = "",
+    projector_points: int = 0,
 ) -> VersionedPusherComponent:
   """The pipeline's Pusher (node id "Pusher"): the model, and its search
-  index when given, to a new version under `base_directory`."""
+  index when given, to a new version under `base_directory`; the Embedding
+  Projector files of at most `projector_points` of the index's vectors
+  into `projector_dir` (0: none)."""
   return VersionedPusherComponent(
       spec=VersionedPusherSpec(
           model=model,
@@ -284,6 +337,9 @@ def VersionedPusher(
           search_index=search_index,
           push_destination=pusher_pb2.PushDestination(
               filesystem=pusher_pb2.PushDestination.Filesystem(base_directory=base_directory)
+          ),
+          custom_config=json.dumps(
+              {PROJECTOR_DIR_KEY: projector_dir, PROJECTOR_POINTS_KEY: projector_points}
           ),
           pushed_model=tfx_channel.Channel(type=standard_artifacts.PushedModel),
       )

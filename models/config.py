@@ -352,6 +352,10 @@ class SearchConfig:
   # The corpus also in Vertex AI Vector Search's input format (JSON lines;
   # models/vector_search.py): on by default on Vertex AI.
   vector_search_json: bool = False
+  # TensorBoard's Embedding Projector of each pushed version: at most this
+  # many of its vectors, drawn at random, with their id, class and span and
+  # a sprite of their thumbnails (models/projector.py). 0: none.
+  projector_points: int = 10_000
   # Near-duplicate search's projection of the embedding (models/near_duplicates.py,
   # fit by the probe Trainer): `duplicate_dims` directions (0: none, cosine on
   # the embedding itself) fit on the first `duplicate_fit_images` train images
@@ -390,6 +394,10 @@ class SearchConfig:
       raise ValueError(
           f"Unknown search.reorder_dtype {self.reorder_dtype!r}; expected "
           f"one of {list(REORDER_DTYPES)}"
+      )
+    if self.projector_points < 0:
+      raise ValueError(
+          f"search.projector_points must be >= 0 (0: no projector); got {self.projector_points}"
       )
 
 

@@ -85,6 +85,9 @@ REMOVED_FILE = "removed.txt"
 # A pushed version's nearest-neighbour index over its corpus
 # (models/search_index.py): beside the SavedModel, where TF Serving ignores it.
 SEARCH_INDEX_DIR = os.path.join("assets.extra", "search_index")
+# The Pusher's PushedModel properties: the Embedding Projector folder it
+# wrote for the version (`projector_dir`), and what that holds, or why none.
+PROJECTOR_PROPERTY, PROJECTOR_SUMMARY_PROPERTY = "projector", "projector_summary"
 # The search artifacts' MLMD types; "<namespace>.<Name>", as Vertex AI
 # Pipelines requires of a custom type.
 EMBEDDINGS_TYPE = "mae_tfx.Embeddings"
@@ -125,6 +128,19 @@ def pipeline_name_for(dataset: Optional[str] = None) -> str:
 def default_output_dir() -> str:
   """Where a local run writes: $MAE_TFX_OUTPUT, else <project>/outputs (absolute)."""
   return os.path.abspath(os.environ.get(OUTPUT_ENV) or os.path.join(PROJECT_DIR, "outputs"))
+
+
+def pipeline_root(output_dir: Optional[str] = None) -> str:
+  """Where TFX writes the components' artifacts, and the Trainers their
+  TensorBoard logs: the logdir of `make tensorboard`."""
+  return os.path.join(output_dir or default_output_dir(), "pipeline_root")
+
+
+def projector_dir(output_dir: Optional[str] = None, pipeline_name: str = PIPELINE_NAME) -> str:
+  """Where the Pusher writes TensorBoard's Embedding Projector files of the
+  newest version it pushed (`<this>/<version>/`, models/projector.py): in
+  the pipeline root, so TensorBoard shows them beside the Trainers' curves."""
+  return os.path.join(pipeline_root(output_dir), "projector", pipeline_name)
 
 
 def metadata_path(output_dir: Optional[str] = None) -> str:

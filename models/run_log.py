@@ -171,6 +171,13 @@ HARMLESS: Sequence[Harmless] = (
         "TFX that installs here) requires",
         follow=1,
     ),
+    Harmless(
+        r"^NOTE: Using experimental fast data loading logic\. To disable, pass",
+        "TensorBoard saying it reads the logs with its data server "
+        "(tensorboard-data-server, in the lock), as it has by default since 2.5; "
+        "without one it falls back to its Python reader by itself",
+        follow=3,
+    ),
 )
 
 

@@ -299,7 +299,7 @@ class PipelineConfig:
   @property
   def pipeline_root(self) -> str:
     """Where TFX writes the components' artifacts."""
-    return os.path.join(self.output_dir, "pipeline_root")
+    return names.pipeline_root(self.output_dir)
 
   @property
   def metadata_path(self) -> str:
@@ -310,6 +310,11 @@ class PipelineConfig:
   def serving_model_dir(self) -> str:
     """The Pusher's base directory: one numeric sub-directory per pushed version."""
     return names.serving_model_dir(self.output_dir, self.pipeline_name)
+
+  @property
+  def projector_dir(self) -> str:
+    """Where the Pusher writes the Embedding Projector files of its newest push."""
+    return names.projector_dir(self.output_dir, self.pipeline_name)
 
   @property
   def checkpoint_root(self) -> str:

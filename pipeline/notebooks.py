@@ -21,6 +21,7 @@ import tempfile
 from typing import Dict, Iterator, Optional
 
 from models import names
+from pipeline import runs
 
 NOTEBOOK_DIR = os.path.join(names.PROJECT_DIR, "notebooks")
 WALKTHROUGH = "pipeline_walkthrough.ipynb"  # `make report` exports it as HTML
@@ -149,11 +150,7 @@ def main(argv=None):
   p = argparse.ArgumentParser(
       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
   )
-  p.add_argument(
-      "--output-dir",
-      default=names.default_output_dir(),
-      help=f"the runs' output folder (default ${names.OUTPUT_ENV} or outputs/)",
-  )
+  runs.add_output_dir_argument(p)
   p.add_argument("--run-id", default=None, help="which run (default the newest)")
   p.add_argument(
       "notebooks",

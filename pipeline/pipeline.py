@@ -12,9 +12,10 @@ evaluation_stage: Evaluator (vs the model blessed before)
 search_and_push_stage: CorpusEmbedder (every image accepted so far, by the
   model the index ships with) -> SearchIndexer -> Pusher: locally a
   versioned push of the blessed encoder with its index (or of the served
-  one with its index extended); on Vertex AI a deployment to an endpoint,
-  the corpus written for Vector Search beside it (`python -m
-  pipeline.vertex_runner index`)
+  one with its index extended), the pushed index also written as
+  TensorBoard's Embedding Projector files in the pipeline root; on Vertex
+  AI a deployment to an endpoint, the corpus written for Vector Search
+  beside it (`python -m pipeline.vertex_runner index`)
 """
 
 import dataclasses
@@ -349,7 +350,9 @@ def search_and_push_stage(
   Locally the index covers every image accepted so far (every span the gate
   passed, plus --search-corpus, less the removed ids), embedded by the
   model it ships with: the candidate when blessed, else the served version,
-  pushed again with the extended index (components/search_index_gen.py).
+  pushed again with the extended index (components/search_index_gen.py);
+  the Pusher also writes the Embedding Projector files of the index it
+  pushed (`config.projector_dir`, a TensorBoard run in the pipeline root).
   On Vertex AI the index covers this run's span, the Pusher deploys the
   blessed model to an endpoint and the corpus is written for Vector Search
   beside it (`python -m pipeline.vertex_runner index`)."""
@@ -394,12 +397,14 @@ def search_and_push_stage(
         model_blessing=evaluation.blessing,
         custom_config=vertex.pusher_custom_config(),
     )
-  else:  # the index inside the model's version
+  else:  # the index inside the model's version; its projector beside the Trainers' logs
     pusher = VersionedPusher(
         model=training.model,
         model_blessing=evaluation.blessing,
         base_directory=config.serving_model_dir,
         search_index=search_indexer.outputs["search_index_artifact"],
+        projector_dir=config.projector_dir,
+        projector_points=search_config.projector_points,
     )
   return nodes + [corpus_embedder, search_indexer, pusher]
 

@@ -21,7 +21,7 @@ from typing import Dict, Optional
 
 from models import names
 from pipeline.run_outputs import gate_failures, tfma_accuracy
-from pipeline.runs import example_gen_row, last_run_executions
+from pipeline.runs import add_output_dir_argument, example_gen_row, last_run_executions
 
 
 def _read_json(path: str):
@@ -192,15 +192,19 @@ def push_outcome(pusher: Dict) -> Optional[str]:
   pushed = (pusher["output_properties"].get("PushedModel") or [None])[0]
   if pushed is None:
     return None
-  if pushed.get("pushed") and pushed.get("index_only"):
-    return (
-        f"pushed version {pushed.get('pushed_version')} to {pushed.get('pushed_destination')}: "
-        f"the served model of {pushed.get('model_from')} with the new search index (index-only)"
+  if not pushed.get("pushed"):
+    why = pushed.get("not_pushed_reason") or "the model was not blessed"
+    return f"nothing pushed ({why}); the served versions are unchanged (no projector files written)"
+  line = f"pushed version {pushed.get('pushed_version')} to {pushed.get('pushed_destination')}"
+  if pushed.get("index_only"):
+    line += (
+        f": the served model of {pushed.get('model_from')} with the new search index (index-only)"
     )
-  if pushed.get("pushed"):
-    return f"pushed version {pushed.get('pushed_version')} to {pushed.get('pushed_destination')}"
-  why = pushed.get("not_pushed_reason") or "the model was not blessed"
-  return f"nothing pushed ({why}); the served versions are unchanged"
+  summary = pushed.get(names.PROJECTOR_SUMMARY_PROPERTY)
+  if summary:
+    folder = pushed.get(names.PROJECTOR_PROPERTY)
+    line += f"; Embedding Projector: {summary}" + (f", in {folder}" if folder else "")
+  return line
 
 
 # ---- the HTML report -----------------------------------------------------------
@@ -236,11 +240,7 @@ def main(argv=None):
   p = argparse.ArgumentParser(
       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
   )
-  p.add_argument(
-      "--output-dir",
-      default=names.default_output_dir(),
-      help=f"the run's output folder (default ${names.OUTPUT_ENV} or outputs/)",
-  )
+  add_output_dir_argument(p)
   p.add_argument(
       "--metadata", default=None, help="its MLMD database (default <output-dir>/metadata.sqlite)"
   )

@@ -223,15 +223,20 @@ def schema_file(metadata_path: str, pipeline_name: Optional[str] = None) -> str:
   return os.path.join(uri, "schema.pbtxt")
 
 
-def main(argv=None) -> None:
-  """Lists the runs of an output folder, or prints one path of the newest run
-  for scripts (e.g. `serving.embed --examples "$(python -m pipeline.runs --examples)"`)."""
-  p = argparse.ArgumentParser(description=main.__doc__)
-  p.add_argument(
+def add_output_dir_argument(parser: argparse.ArgumentParser) -> None:
+  """The commands' --output-dir: a local run's output folder."""
+  parser.add_argument(
       "--output-dir",
       default=names.default_output_dir(),
       help=f"the runs' output folder (default ${names.OUTPUT_ENV} or outputs/)",
   )
+
+
+def main(argv=None) -> None:
+  """Lists the runs of an output folder, or prints one path of the newest run
+  for scripts (e.g. `serving.embed --examples "$(python -m pipeline.runs --examples)"`)."""
+  p = argparse.ArgumentParser(description=main.__doc__)
+  add_output_dir_argument(p)
   p.add_argument(
       "--pipeline-name",
       default=None,

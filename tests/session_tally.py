@@ -6,9 +6,10 @@ the tiers honest: a test that starts either without its marker (`pipeline`,
 `server`; `make test-fast` leaves those out) fails, naming what it started.
 
 Counted where they start: the DAG runner's `run` in this process (a run
-refused before its DAG starts is none), and
-`python -m pipeline.local_runner` / `python -m serving.server` children of
-it (each process of pytest-xdist counts its own; the controller adds them).
+refused before its DAG starts is none), and `python -m
+pipeline.local_runner` / `python -m serving.server` (or
+`pipeline.tensorboard_logs`, TensorBoard's) children of it (each process of
+pytest-xdist counts its own; the controller adds them).
 """
 
 import collections
@@ -21,7 +22,11 @@ PIPELINE_IN_PROCESS = "pipeline runs in the test process"
 PIPELINE_PROCESS = "pipeline runs as processes"
 SERVER_PROCESS = "server processes"
 # What a child started with `python -m <module>` is, by its module.
-_CHILD_KINDS = {"pipeline.local_runner": PIPELINE_PROCESS, "serving.server": SERVER_PROCESS}
+_CHILD_KINDS = {
+    "pipeline.local_runner": PIPELINE_PROCESS,
+    "serving.server": SERVER_PROCESS,
+    "pipeline.tensorboard_logs": SERVER_PROCESS,  # TensorBoard's
+}
 # The marker a test needs to start each kind.
 MARKER = {PIPELINE_IN_PROCESS: "pipeline", PIPELINE_PROCESS: "pipeline", SERVER_PROCESS: "server"}
 

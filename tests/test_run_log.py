@@ -59,6 +59,9 @@ EXAMPLES = {
     16: "/x/google/api_core/_python_version_support.py:246: FutureWarning: You are using "
     "a non-supported Python version (3.10.13). Google will not post any further "
     "updates\n  warnings.warn(message, FutureWarning)",
+    17: "NOTE: Using experimental fast data loading logic. To disable, pass\n"
+    '    "--load_fast=false" and report issues on GitHub. More details:\n'
+    "    https://github.com/tensorflow/tensorboard/issues/4784\n",
 }
 KEPT = [
     "2026-12-01 15:24:37.309720: W tensorflow/core/framework/local_rendezvous.cc:404] "
