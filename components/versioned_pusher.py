@@ -29,7 +29,7 @@ import shutil
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
-
+import tensorflow as tf
 from absl import logging
 from tfx import types
 from tfx.components.pusher import executor as pusher_executor
@@ -290,7 +290,13 @@ class Executor(pusher_executor.Executor):
       version = push_to_filesystem(model_path, base, index_path)
       io_utils.copy_dir(model_path, model_push.uri)
       logging.info("Model pushed to %s", os.path.join(base, version))
-    write_projector(model_push, os.path.join(base, version), custom_config)
+    try:
+      write_projector(model_push, os.path.join(base, version), custom_config)
+    except (OSError, ValueError, tf.errors.OpError) as e:
+      # The version is live: a view of it that could not be written is
+      # reported, not a failed push (the next push writes it again).
+      logging.error("Embedding Projector files of version %s not written: %s", version, e)
+      model_push.set_string_custom_property(PROJECTOR_SUMMARY_PROPERTY, f"not written: {e}")
     self._MarkPushed(
         model_push, pushed_destination=os.path.join(base, version), pushed_version=version
     )

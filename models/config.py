@@ -370,8 +370,8 @@ class SearchConfig:
   # A JPEG of each corpus image at most this many px on its longer side, in
   # a store the index carries (models/thumbnails.py; never enlarged:
   # CIFAR-10's stay 32 px, ~1 KB each, ~50 MB per 50,000 images), so that
-  # search results can be shown as pictures (the server's thumbnails route).
-  # 0: no store, for corpora too large to carry one: results are ids only.
+  # the search page shows results as pictures (the server's thumbnails route).
+  # 0: no store, for corpora too large to carry one: the page shows ids only.
   thumbnail_px: int = 64
 
   def __post_init__(self):
