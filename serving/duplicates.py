@@ -234,8 +234,9 @@ def find_pairs(
 
 @dataclasses.dataclass(frozen=True)
 class Group:
-  """Images joined by near-duplicate pairs (a connected component): each
-  item's row and its best score with another member, best first."""
+  """An image (the first row) and its near-duplicates: each row with the
+  score it joined the group by (the first's: its best with a member),
+  best first after the first."""
 
   rows: Tuple[int, ...]
   scores: Tuple[float, ...]
@@ -247,31 +248,42 @@ class Group:
 
 
 def groups_of(found: Duplicates, ids: Sequence[str]) -> List[Group]:
-  """The pairs found inside one corpus (rows of `ids`) joined into groups:
-  largest first, then best score, then first id."""
+  """The pairs found inside one corpus (rows of `ids`) as groups, largest
+  first, then best score, then first id. Pairs are taken best first: two
+  images in no group start one around the first; an image pairing with a
+  group's first joins it. Then an image left out (its near-duplicates all
+  joined other groups) joins the group of its best partner. So every image
+  with a near-duplicate is in one group, each at most two pairs from the
+  group's first: groups of connected pairs would chain through thousands of
+  images in a large corpus, where a threshold that flags 1 % of 2,000
+  images flags many more."""
   row_of = {image_id: row for row, image_id in enumerate(ids)}
-  parent: Dict[int, int] = {}
-
-  def root(row: int) -> int:
-    parent.setdefault(row, row)
-    while parent[row] != row:
-      parent[row] = parent[parent[row]]  # path halving
-      row = parent[row]
-    return row
-
-  best: Dict[int, float] = {}
-  for pair in found.pairs:
-    a, b = row_of[pair.id_a], row_of[pair.id_b]
-    parent[root(a)] = root(b)
-    for row in (a, b):
-      best[row] = max(best.get(row, -1.0), pair.score)
-  members: Dict[int, List[int]] = {}
-  for row in best:
-    members.setdefault(root(row), []).append(row)
+  pairs = [(row_of[p.id_a], row_of[p.id_b], p.score) for p in found.pairs]  # best first
+  first_of: Dict[int, int] = {}  # row -> the first row of its group
+  joined: Dict[int, List[Tuple[int, float]]] = {}  # first row -> [(row, score)]
+  for a, b, score in pairs:
+    if a not in first_of and b not in first_of:
+      first_of[a] = first_of[b] = a
+      joined[a] = [(b, score)]
+    else:
+      for first, other in ((a, b), (b, a)):
+        if first_of.get(first) == first and other not in first_of:
+          first_of[other] = first
+          joined[first].append((other, score))
+  placed = set(first_of)
+  for a, b, score in pairs:  # the images left out, through their best partner
+    for member, other in ((a, b), (b, a)):
+      if member in placed and other not in first_of:
+        first_of[other] = first_of[member]
+        joined[first_of[member]].append((other, score))
   groups = []
-  for rows in members.values():
-    rows.sort(key=lambda r: (-best[r], ids[r]))
-    groups.append(Group(tuple(rows), tuple(best[r] for r in rows)))
+  for first, members in joined.items():
+    members.sort(key=lambda m: (-m[1], ids[m[0]]))
+    groups.append(
+        Group(
+            (first,) + tuple(r for r, _ in members), (members[0][1],) + tuple(s for _, s in members)
+        )
+    )
   groups.sort(key=lambda g: (-len(g.rows), -g.score, ids[g.rows[0]]))
   return groups
 

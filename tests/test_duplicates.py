@@ -259,12 +259,13 @@ def test_files_that_cannot_be_compared_are_refused(files, tmp_path):
     EmbeddingsFile(bad.embeddings, bad.ids, bad.labels, bad.meta, np.zeros((8, 4), np.float32))
 
 
-def test_groups_are_the_connected_pairs_largest_first(files):
+def test_groups_hold_every_paired_image_once_around_its_first(files):
   """The duplicates review's groups (`corpus_groups`, as the server finds
   them over a search index) over originals and their JPEG copies as one
-  corpus: every pair inside one group, no pair across two, each group
-  connected, each image's score its best pair's, largest groups first; the
-  CSV has a row per grouped image."""
+  corpus: every image of a pair in exactly one group, each joined by a pair
+  at its score with the group's first or with an image that pairs with the
+  first (groups do not chain), largest first; each JPEG copy with its
+  original; the CSV has a row per grouped image."""
   from models import search_index
 
   a, b = (EmbeddingsFile.load(f) for f in files)
@@ -284,29 +285,19 @@ def test_groups_are_the_connected_pairs_largest_first(files):
       both.embeddings, records, a.duplicate_projection, threshold, a.model_version
   )
   assert pairs and groups
+  score = {frozenset((p.id_a, p.id_b)): p.score for p in pairs}
   group_of = {records.ids[row]: g for g, group in enumerate(groups) for row in group.rows}
   assert sum(len(g.rows) for g in groups) == len(group_of)  # an image is in one group
-  best = {}
-  for p in pairs:
-    assert group_of[p.id_a] == group_of[p.id_b]
-    for image_id in (p.id_a, p.id_b):
-      best[image_id] = max(best.get(image_id, -1.0), p.score)
-  assert set(best) == set(group_of)
+  assert set(group_of) == {i for p in pairs for i in (p.id_a, p.id_b)}
   for group in groups:
-    ids = {records.ids[row] for row in group.rows}
-    reached, frontier = set(), [records.ids[group.rows[0]]]
-    while frontier:  # connected through the pairs
-      image_id = frontier.pop()
-      reached.add(image_id)
-      frontier += [
-          other
-          for p in pairs
-          for one, other in ((p.id_a, p.id_b), (p.id_b, p.id_a))
-          if one == image_id and other not in reached
-      ]
-    assert reached == ids, ids
-    assert list(group.scores) == [best[records.ids[r]] for r in group.rows]
-    assert list(group.scores) == sorted(group.scores, reverse=True)
+    first, *members = [records.ids[r] for r in group.rows]
+    near_first = {m for m in members if frozenset((first, m)) in score}
+    assert near_first, group
+    for member, member_score in zip(members, group.scores[1:]):
+      by = [o for o in [first, *near_first] if score.get(frozenset((member, o))) == member_score]
+      assert by, (member, member_score, group)
+    assert group.scores[0] == max(group.scores[1:])
+    assert list(group.scores[1:]) == sorted(group.scores[1:], reverse=True)
   assert [len(g.rows) for g in groups] == sorted((len(g.rows) for g in groups), reverse=True)
   # The JPEG copies the pair test finds are grouped with their originals.
   copied = [p for p in pairs if p.id_b.startswith("copy/") and _stem(p.id_a) == _stem(p.id_b)]
