@@ -368,12 +368,15 @@ class SearchIndex:
     if passing is None and exclude is None:
       scores, rows = self.searcher.search(queries, min(k, len(self)))
       return np.minimum(scores, 1.0), rows  # float rounding may pass 1
+    filtered = passing is not None
     if passing is None:
       passing = np.ones(len(self), bool)
     if exclude is None:
       exclude = np.full(len(queries), -1)
     count = int(passing.sum())
-    if self.vectors is not None and (self.kind == EXACT or count <= FILTERED_SCAN_MAX):
+    # A filter scans what passes when that is few enough; a query that only
+    # leaves its own record out asks the index for one more instead.
+    if filtered and self.vectors is not None and (self.kind == EXACT or count <= FILTERED_SCAN_MAX):
       scores, rows = self._scan(queries, k, np.flatnonzero(passing), exclude)
     else:
       scores, rows = self._oversample(queries, k, passing, exclude, count)

@@ -13,6 +13,7 @@ import shutil
 from typing import Iterator, List, Tuple
 
 WAIT_SECONDS = 60
+POLL_SECONDS = 0.02  # how often a wait looks again: the page answers in tens of ms
 
 
 class NoBrowser(RuntimeError):
@@ -53,7 +54,7 @@ def wait_ready(driver, state: str = "ready") -> None:
   """Waits until the page has finished what it was doing (body data-state)."""
   from selenium.webdriver.support.ui import WebDriverWait
 
-  WebDriverWait(driver, WAIT_SECONDS).until(
+  WebDriverWait(driver, WAIT_SECONDS, poll_frequency=POLL_SECONDS).until(
       lambda d: d.find_element("tag name", "body").get_attribute("data-state") == state
   )
 
@@ -67,7 +68,7 @@ def images_loaded(driver, selector: str) -> List[int]:
   script = f"return [...document.querySelectorAll('{selector}')]"
   driver.execute_script(script.replace("return ", "") + ".forEach(i => i.scrollIntoView())")
   driver.execute_script("window.scrollTo(0, 0)")
-  WebDriverWait(driver, WAIT_SECONDS).until(
+  WebDriverWait(driver, WAIT_SECONDS, poll_frequency=POLL_SECONDS).until(
       lambda d: d.execute_script(script + ".every(i => i.complete)")
   )
   return driver.execute_script(script + ".map(i => i.naturalWidth)")

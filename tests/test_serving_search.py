@@ -325,7 +325,9 @@ def test_search_index_and_duplicates_routes(indexed, corpus):
 
   base, newest, server = indexed
   _, ids, class_names = corpus
-  info = requests.get(f"{server.url}/v1/models/{NAME}/search_index", timeout=60).json()
+  info = requests.get(
+      f"{server.url}/v1/models/{NAME}/versions/{newest}/search_index", timeout=60
+  ).json()
   assert info["model_version"] == str(newest) and info["count"] == len(ids)
   assert {c["name"]: c["count"] for c in info["classes"]} == {
       c: class_names.count(c) for c in set(class_names)

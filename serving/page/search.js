@@ -97,7 +97,7 @@ function card(hit) {
   const lines = [
     ["score", hit.score.toFixed(3)],
     ["class", hit.class_name || "(no class)"],
-    ["span", hit.span ? `span ${hit.span}` : ""],
+    ["span", hit.span && index.spans.length > 1 ? `span ${hit.span}` : ""],
     ["id", hit.id],
   ];
   for (const [name, text] of lines) {
