@@ -281,16 +281,10 @@ def _served_thumbnails(index_dir: str, count: int) -> Optional[thumbnails.Thumbn
   it has none, or one that cannot be read or does not match its records
   (logged: the images whose vectors are reused then have none)."""
   try:
-    store = thumbnails.ThumbnailStore.load(index_dir)
+    return thumbnails.ThumbnailStore.load(index_dir, count)
   except (OSError, ValueError) as e:
-    logging.warning("The served index's thumbnails cannot be read, none reused: %s", e)
+    logging.warning("The served index's thumbnails cannot be reused, none kept: %s", e)
     return None
-  if store is not None and len(store) != count:
-    logging.warning(
-        "The served index has %d thumbnails for %d records, none reused", len(store), count
-    )
-    return None
-  return store
 
 
 def prefixed_id(image_id: str, prefix: str) -> str:
@@ -454,9 +448,9 @@ def _write_reused(path: str, served: Served, rows: List[int], with_thumbnails: b
       vectors=np.asarray(served.vectors[rows], np.float32),
   )
   if with_thumbnails:
-    kept = served.thumbnail_store.select(rows)
-    arrays[REUSED_THUMBNAILS] = np.frombuffer(b"".join(kept), np.uint8)
-    arrays[REUSED_THUMBNAIL_OFFSETS] = thumbnails.offsets_of(kept)
+    arrays[REUSED_THUMBNAILS], arrays[REUSED_THUMBNAIL_OFFSETS] = thumbnails.pack(
+        served.thumbnail_store.select(rows)
+    )
   buffer = io.BytesIO()  # np.savez seeks: GFile (gs:// too) takes the bytes
   np.savez(buffer, **arrays)
   with tf.io.gfile.GFile(path, "wb") as f:

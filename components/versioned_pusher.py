@@ -47,6 +47,7 @@ from models.names import (
     PROJECTOR_PROPERTY,
     PROJECTOR_SUMMARY_PROPERTY,
     SEARCH_INDEX_DIR,
+    STAGING_PREFIX,
     pushed_versions,
 )
 
@@ -72,9 +73,6 @@ def next_version(base_directory: str, now: int) -> int:
   """A version number newer than every version already in `base_directory`."""
   newest = newest_version(base_directory)
   return max(now, int(newest) + 1) if newest else now
-
-
-STAGING_PREFIX = ".staging-"  # .staging-<version>-<pid>
 
 
 def _process_alive(pid: int) -> bool:

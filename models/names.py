@@ -82,6 +82,10 @@ RECONSTRUCTIONS_FILE = "reconstructions.png"
 CLASS_NAMES_FILE = "class_names.txt"  # one name a line, line i = id i (an asset)
 # Ids taken out of search for good, one a line, in the data folder (or --removed).
 REMOVED_FILE = "removed.txt"
+# A folder being written, `.staging-<version>-<pid>`, renamed into place when
+# whole (a pushed version, its projector): readers skip it, the next writer
+# removes one a killed process left.
+STAGING_PREFIX = ".staging-"
 # A pushed version's nearest-neighbour index over its corpus
 # (models/search_index.py): beside the SavedModel, where TF Serving ignores it.
 SEARCH_INDEX_DIR = os.path.join("assets.extra", "search_index")

@@ -24,6 +24,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from models import search_index
+from models.names import STAGING_PREFIX
 from models.thumbnails import ThumbnailStore
 
 SPRITE_MAX_PX = 8192  # the largest sprite TensorBoard's projector loads
@@ -147,9 +148,7 @@ def write_index(folder: str, index_dir: str, max_points: int, title: str) -> Dic
         f"{index_dir} keeps no {search_index.VECTORS}: an index saved before "
         "indexes kept their vectors has none to project"
     )
-  store = ThumbnailStore.load(index_dir)
-  if store is not None and len(store) != len(vectors):
-    raise ValueError(f"{index_dir}: {len(store)} thumbnails for {len(vectors)} vectors")
+  store = ThumbnailStore.load(index_dir, len(vectors))
   written = write(
       folder,
       vectors,
@@ -185,9 +184,6 @@ def mark_run(folder: str, note: str) -> None:
   with writer.as_default():
     tf.summary.text("projector", note, step=0)
   writer.close()
-
-
-STAGING_PREFIX = ".staging-"  # a version's projector being written
 
 
 def publish(root: str, version: str, index_dir: str, max_points: int, title: str) -> Dict:

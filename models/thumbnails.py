@@ -13,7 +13,7 @@ enlarged) and saved as a baseline JPEG: CIFAR-10's 32 x 32 images stay
 
 import io
 import os
-from typing import Iterable, Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -38,9 +38,12 @@ def make(encoded_image: bytes, size: int) -> bytes:
     return b""
 
 
-def offsets_of(thumbnails: Iterable[bytes]) -> np.ndarray:
-  """int64 [N + 1]: where each thumbnail starts in their concatenation, and the end."""
-  return np.concatenate([[0], np.cumsum([len(t) for t in thumbnails], dtype=np.int64)])
+def pack(thumbnails: Sequence[bytes]) -> Tuple[np.ndarray, np.ndarray]:
+  """The store's layout of `thumbnails` (row for row, b"" for none): (the
+  JPEGs one after the other, uint8 [B]; int64 [N + 1], where each starts
+  and the end)."""
+  offsets = np.concatenate([[0], np.cumsum([len(t) for t in thumbnails], dtype=np.int64)])
+  return np.frombuffer(b"".join(thumbnails), np.uint8), offsets
 
 
 def write(folder: str, thumbnails: Sequence[bytes]) -> int:
@@ -49,15 +52,14 @@ def write(folder: str, thumbnails: Sequence[bytes]) -> int:
   import tensorflow as tf
 
   tf.io.gfile.makedirs(folder)
-  offsets = offsets_of(thumbnails)
+  data, offsets = pack(thumbnails)
   with tf.io.gfile.GFile(os.path.join(folder, DATA_FILE), "wb") as f:
-    for thumbnail in thumbnails:
-      f.write(thumbnail)
+    f.write(data.tobytes())
   buffer = io.BytesIO()
   np.save(buffer, offsets)
   with tf.io.gfile.GFile(os.path.join(folder, OFFSETS_FILE), "wb") as f:
     f.write(buffer.getvalue())
-  return int(offsets[-1]) + offsets.nbytes
+  return len(data) + offsets.nbytes
 
 
 class ThumbnailStore:
@@ -68,8 +70,10 @@ class ThumbnailStore:
     self._data, self.offsets = data, offsets
 
   @classmethod
-  def load(cls, folder: str) -> Optional["ThumbnailStore"]:
-    """The store in `folder`; None when it has none."""
+  def load(cls, folder: str, rows: Optional[int] = None) -> Optional["ThumbnailStore"]:
+    """The store in `folder`; None when it has none; ValueError when it
+    cannot be read, or holds another number of rows than `rows` (the
+    index's records) when given."""
     import tensorflow as tf
 
     data_path, offsets_path = (os.path.join(folder, n) for n in (DATA_FILE, OFFSETS_FILE))
@@ -86,6 +90,8 @@ class ThumbnailStore:
       data = np.zeros([0], np.uint8)
     if len(data) != offsets[-1]:
       raise ValueError(f"{data_path}: {len(data)} bytes, its offsets say {int(offsets[-1])}")
+    if rows is not None and len(offsets) - 1 != rows:
+      raise ValueError(f"{folder}: {len(offsets) - 1} thumbnails for an index of {rows} records")
     return cls(data, offsets)
 
   def __len__(self) -> int:

@@ -144,7 +144,11 @@ class LoadedModel:
       index = pool.submit(search_index.load, index_dir) if tf.io.gfile.exists(index_dir) else None
       self.saved_model = tf.saved_model.load(path)
       self.index: Optional[search_index.SearchIndex] = index.result() if index else None
-    self.thumbnails = _thumbnails_of(self.index, index_dir) if self.index is not None else None
+    self.thumbnails = (
+        thumbnails.ThumbnailStore.load(index_dir, len(self.index))
+        if self.index is not None
+        else None
+    )
     self.signatures: Dict[str, Signature] = {}
     for name, function in self.saved_model.signatures.items():
       inputs = function.structured_input_signature[1]
@@ -267,17 +271,6 @@ class LoadedModel:
       if compiled:
         compiled.prepare(1)
       self.run(SERVING_DEFAULT, [png])
-
-
-def _thumbnails_of(
-    index: search_index.SearchIndex, index_dir: str
-) -> Optional[thumbnails.ThumbnailStore]:
-  """The thumbnail store in `index_dir` (None when it has none); ValueError
-  when it cannot be read or holds another number of rows than `index`."""
-  store = thumbnails.ThumbnailStore.load(index_dir)
-  if store is not None and len(store) != len(index):
-    raise ValueError(f"{index_dir}: {len(store)} thumbnails for an index of {len(index)} records")
-  return store
 
 
 def versions_on_disk(base_dir: str) -> List[int]:

@@ -90,6 +90,7 @@ INDEX = web.AppKey("index", object)
 INDEX_DUPLICATE_VIEW = web.AppKey("index_duplicate_view", tuple)
 DUPLICATES = web.AppKey("duplicates", dict)  # (version, index) -> groups (a future)
 PAGE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "page")
+PAGE = web.AppKey("page", str)  # the search page's HTML
 METRICS = web.AppKey("metrics", ServerMetrics)
 SIGNATURE = "signature"  # the request's signature, for the latency metric
 MAX_NEIGHBOURS = 1000
@@ -491,14 +492,16 @@ async def _groups_of(app: web.Application, version: int, index, projection, thre
     raise
 
 
-async def search_page(request: web.Request) -> web.Response:
-  """GET /: the search page (serving/page/), for the served model."""
+def search_page_html(model_name: str) -> str:
+  """The search page (serving/page/index.html) for the model `model_name`."""
   with open(os.path.join(PAGE_DIR, "index.html"), encoding="utf-8") as f:
-    page = f.read()
+    return f.read().replace("{{MODEL_NAME}}", html.escape(model_name, quote=True))
+
+
+async def search_page(request: web.Request) -> web.Response:
+  """GET /: the search page, rendered once when the app is made."""
   return web.Response(
-      text=page.replace("{{MODEL_NAME}}", html.escape(request.app[STORE].name, quote=True)),
-      content_type="text/html",
-      headers={"Cache-Control": "no-cache"},
+      text=request.app[PAGE], content_type="text/html", headers={"Cache-Control": "no-cache"}
   )
 
 
@@ -621,6 +624,7 @@ def create_app(
   app = web.Application(middlewares=[json_errors], client_max_size=max_body_bytes)
   app[STORE], app[BATCHER], app[INDEX] = store, batcher, index
   app[INDEX_DUPLICATE_VIEW], app[DUPLICATES] = index_duplicate_view, {}
+  app[PAGE] = search_page_html(store.name)
   app.router.add_get("/", search_page)
   app.router.add_static("/static/", PAGE_DIR, append_version=False)
   app[METRICS] = ServerMetrics(batcher, store)
