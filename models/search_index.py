@@ -34,7 +34,7 @@ import re
 import shutil
 import tempfile
 import time
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -48,6 +48,10 @@ _EXACT_CHUNK = 256  # queries per matrix product in exact search
 # many (about 60 ms a query at 640 dimensions on 2 cores), and otherwise asks
 # the index for more candidates until k of them pass.
 FILTERED_SCAN_MAX = 100_000
+# The shares of records a filter may pass that a ScaNN index is tuned for:
+# the k nearest of a tenth of the records lie about 10x deeper than the k
+# nearest of all, in partitions a search tuned for the k nearest skips.
+FILTER_TUNE_SHARES = (0.5, 0.25, 0.125, 1 / 16, 1 / 32, 1 / 64, 1 / 128)
 
 
 class BadIndex(ValueError):
@@ -157,11 +161,15 @@ class Restricts:
 
 # ---- the kinds ------------------------------------------------------------------
 class _Searcher:
-  """[Q, D] unit queries -> (scores [Q, k] cosine, rows [Q, k]), best first."""
+  """[Q, D] unit queries -> (scores [Q, k] cosine, rows [Q, k]), best first.
+  `share`: the share of the records a filter passes, when the candidates
+  asked for are to be filtered; a searcher may look further for them."""
 
   kind = ""
 
-  def search(self, queries: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
+  def search(
+      self, queries: np.ndarray, k: int, share: float = 1.0
+  ) -> Tuple[np.ndarray, np.ndarray]:
     raise NotImplementedError
 
   def save(self, folder: str) -> None:
@@ -174,7 +182,7 @@ class _Exact(_Searcher):
   def __init__(self, vectors: np.ndarray):
     self.vectors = vectors
 
-  def search(self, queries, k):
+  def search(self, queries, k, share=1.0):
     k = min(k, len(self.vectors))
     scores, rows = [], []
     for start in range(0, len(queries), _EXACT_CHUNK):
@@ -197,15 +205,36 @@ class _Exact(_Searcher):
 class _Scann(_Searcher):
   """A partition tree with anisotropic quantization, top candidates
   re-scored from a float32, bfloat16 or int8 copy of the vectors: the
-  scores returned are the cosines to that copy."""
+  scores returned are the cosines to that copy. A search for candidates to
+  filter searches the partitions tuned for the share that passes."""
 
   kind = SCANN
   FOLDER = "scann"
 
-  def __init__(self, searcher, leaves_to_search: int, reorder: int = 0):
+  def __init__(
+      self,
+      searcher,
+      leaves_to_search: int,
+      reorder: int = 0,
+      num_leaves: int = 0,
+      filtered_leaves: Optional[Dict[float, int]] = None,
+  ):
     self.searcher = searcher
     self.leaves_to_search = leaves_to_search
     self.reorder = reorder  # candidates re-scored; a search for more re-scores more
+    self.num_leaves = num_leaves
+    # {share of FILTER_TUNE_SHARES: partitions to search}; empty in indexes
+    # built before filtered search was tuned (they search leaves_to_search).
+    self.filtered_leaves = dict(filtered_leaves or {})
+
+  def leaves_for(self, share: float) -> int:
+    """The partitions to search for candidates a filter passing `share` of
+    the records will keep: those tuned for the largest share at most it
+    (a harder case), all of them below the smallest share tuned."""
+    if share >= 1.0 or not self.filtered_leaves:
+      return self.leaves_to_search
+    tuned = [s for s in self.filtered_leaves if s <= share]
+    return self.filtered_leaves[max(tuned)] if tuned else self.num_leaves
 
   @classmethod
   def build(
@@ -231,14 +260,17 @@ class _Scann(_Searcher):
         .reorder(reorder, quantize=getattr(ReorderType, reorder_dtype.upper()))
         .build()
     )
-    return cls(searcher, max(1, leaves // 10), reorder), leaves
+    return cls(searcher, max(1, leaves // 10), reorder, leaves), leaves
 
-  def search(self, queries, k):
+  def search(self, queries, k, share=1.0):
+    # Candidates for a filter passing a share of the records are re-scored
+    # as deep as the unfiltered search re-scores for all of them.
+    reorder = int(math.ceil(self.reorder / max(share, 1e-9)))
     rows, scores = self.searcher.search_batched(
         queries,
         final_num_neighbors=k,
-        leaves_to_search=self.leaves_to_search,
-        pre_reorder_num_neighbors=max(k, self.reorder) if self.reorder else None,
+        leaves_to_search=self.leaves_for(share),
+        pre_reorder_num_neighbors=max(k, reorder) if self.reorder else None,
     )
     return np.asarray(scores, np.float32), np.asarray(rows, np.int64)
 
@@ -261,7 +293,8 @@ class _Scann(_Searcher):
       )
 
   @classmethod
-  def load(cls, folder, leaves_to_search: int, reorder: int = 0):
+  def load(cls, folder, params: Dict):
+    """The searcher saved in `folder`, searched as index.json's `params` say."""
     from scann.scann_ops.py import scann_ops_pybind
 
     source = os.path.abspath(os.path.join(folder, cls.FOLDER))
@@ -274,7 +307,13 @@ class _Scann(_Searcher):
     searcher = scann_ops_pybind.ScannSearcher(
         scann_ops_pybind.scann_pybind.ScannNumpy(source, assets)
     )
-    return cls(searcher, leaves_to_search, reorder)
+    return cls(
+        searcher,
+        int(params["leaves_to_search"]),
+        int(params.get("reorder", 0)),
+        int(params.get("num_leaves", 0)),
+        {float(s): int(v) for s, v in params.get("filtered_leaves_to_search", {}).items()},
+    )
 
 
 class _FaissHnsw(_Searcher):
@@ -296,7 +335,8 @@ class _FaissHnsw(_Searcher):
     index.add(vectors)
     return cls(index, 64)
 
-  def search(self, queries, k):
+  def search(self, queries, k, share=1.0):
+    # The graph search keeps ef_search candidates: asking for more widens it.
     self.index.hnsw.efSearch = max(self.ef_search, k)
     scores, rows = self.index.search(queries, k)
     return scores.astype(np.float32), rows.astype(np.int64)
@@ -406,26 +446,17 @@ class SearchIndex:
 
   def _oversample(self, queries, k, passing, exclude, count):
     """The index's own search for more candidates (k over the share that
-    passes, twice over, doubled up to 3 times) until each query has k that
-    pass; then, if some still lack them, a scan of the passing vectors (an
+    passes, twice over, doubled up to 3 times; a ScaNN index searches the
+    partitions tuned for that share) until each query has k that pass;
+    then, if some still lack them, a scan of the passing vectors (an
     approximate index need not find a query's 100th neighbour)."""
-    fetch = min(len(self), int(math.ceil((k + 1) * len(self) / max(count, 1) * 2)))
+    fetch = oversample_fetch(k, count, len(self))
+    excluded_passes = (exclude >= 0) & passing[np.maximum(exclude, 0)]
+    wanted = np.minimum(k, count - excluded_passes)  # [Q]
     for attempt in range(4):
-      all_scores, all_rows = self.searcher.search(queries, fetch)
-      scores = np.full([len(queries), k], -np.inf, np.float32)
-      rows = np.full([len(queries), k], -1, np.int64)
-      short = False
-      for q, (q_scores, q_rows) in enumerate(zip(all_scores, all_rows)):
-        # ScaNN pads a short answer by repeating a row: keep first occurrences.
-        first = np.zeros(len(q_rows), bool)
-        first[np.unique(q_rows, return_index=True)[1]] = True
-        ok = first & (q_rows >= 0) & (q_rows != exclude[q]) & np.isfinite(q_scores)
-        ok[ok] &= passing[q_rows[ok]]
-        kept = np.flatnonzero(ok)[:k]
-        rows[q, : len(kept)], scores[q, : len(kept)] = q_rows[kept], q_scores[kept]
-        available = count - int(exclude[q] >= 0 and passing[exclude[q]])
-        short |= len(kept) < min(k, available)
-      if not short:
+      all_scores, all_rows = self.searcher.search(queries, fetch, count / len(self))
+      scores, rows = keep_passing(all_scores, all_rows, k, passing, exclude)
+      if np.all((rows >= 0).sum(1) >= wanted):
         return scores, rows
       if attempt == 3 or fetch >= len(self):
         break
@@ -501,9 +532,7 @@ def load(folder: str) -> SearchIndex:
     if kind == EXACT:
       searcher = _Exact.load(folder)
     elif kind == SCANN:
-      searcher = _Scann.load(
-          folder, int(info["params"]["leaves_to_search"]), int(info["params"].get("reorder", 0))
-      )
+      searcher = _Scann.load(folder, info["params"])
     elif kind == FAISS_HNSW:
       searcher = _FaissHnsw.load(folder, int(info["params"]["ef_search"]))
     else:
@@ -567,6 +596,31 @@ def exact_neighbours(
   return _Exact(unit(vectors)).search(unit(queries), k)
 
 
+def oversample_fetch(k: int, count: int, total: int) -> int:
+  """Candidates to ask an index of `total` records for when a filter passes
+  `count` of them: about twice k + 1 (a query by id may find itself) pass."""
+  return min(total, int(math.ceil((k + 1) * total / max(count, 1) * 2)))
+
+
+def keep_passing(
+    all_scores: np.ndarray, all_rows: np.ndarray, k: int, passing: np.ndarray, exclude: np.ndarray
+) -> Tuple[np.ndarray, np.ndarray]:
+  """The first k candidates of each query ([Q, fetch] scores and rows, best
+  first) that pass and are not its `exclude` row: (scores [Q, k], rows [Q,
+  k]), -inf and -1 where fewer are left."""
+  scores = np.full([len(all_rows), k], -np.inf, np.float32)
+  rows = np.full([len(all_rows), k], -1, np.int64)
+  for q, (q_scores, q_rows) in enumerate(zip(all_scores, all_rows)):
+    # ScaNN pads a short answer by repeating a row: keep first occurrences.
+    first = np.zeros(len(q_rows), bool)
+    first[np.unique(q_rows, return_index=True)[1]] = True
+    ok = first & (q_rows >= 0) & (q_rows != exclude[q]) & np.isfinite(q_scores)
+    ok[ok] &= passing[q_rows[ok]]
+    kept = np.flatnonzero(ok)[:k]
+    rows[q, : len(kept)], scores[q, : len(kept)] = q_rows[kept], q_scores[kept]
+  return scores, rows
+
+
 def query_recalls(found_rows: np.ndarray, true_rows: np.ndarray) -> np.ndarray:
   """Per query, the share of its true k nearest that the search returned."""
   k = true_rows.shape[1]
@@ -611,6 +665,18 @@ def measure(
   )
 
 
+def _cheapest(values: List[int], recalls_of: Callable[[int], np.ndarray], min_recall: float) -> int:
+  """The first of `values` (cheapest first) whose per-query recalls clear
+  `min_recall` by TUNE_MARGIN_STANDARD_ERRORS standard errors of their
+  mean, else the last."""
+  for value in values:
+    recalls = recalls_of(value)
+    standard_error = recalls.std(ddof=1) / math.sqrt(len(recalls)) if len(recalls) > 1 else 0.0
+    if recalls.mean() - TUNE_MARGIN_STANDARD_ERRORS * standard_error >= min_recall:
+      return value
+  return values[-1]
+
+
 def _tune(
     searcher: _Searcher,
     knob: str,
@@ -620,16 +686,66 @@ def _tune(
     k: int,
     min_recall: float,
 ) -> None:
-  """Sets the searcher's `knob` to the first of `values` (cheapest first)
-  whose recall@k on `queries` clears `min_recall` by
-  TUNE_MARGIN_STANDARD_ERRORS standard errors of its mean, else to the last."""
-  for value in values:
+  """Sets the searcher's `knob` to the cheapest of `values` whose recall@k
+  on `queries` reaches `min_recall` (`_cheapest`)."""
+
+  def recalls_of(value):
     setattr(searcher, knob, value)
-    _, rows = searcher.search(queries, k)
-    recalls = query_recalls(rows, true_rows)
-    standard_error = recalls.std(ddof=1) / math.sqrt(len(recalls)) if len(recalls) > 1 else 0.0
-    if recalls.mean() - TUNE_MARGIN_STANDARD_ERRORS * standard_error >= min_recall:
-      return
+    return query_recalls(searcher.search(queries, k)[1], true_rows)
+
+  setattr(searcher, knob, _cheapest(values, recalls_of, min_recall))
+
+
+def _exact_passing(
+    vectors: np.ndarray, queries: np.ndarray, k: int, masks: List[np.ndarray]
+) -> List[np.ndarray]:
+  """For each [N] bool mask, the rows [Q, k] of the k nearest passing
+  vectors of each query, by brute force in one pass over the vectors."""
+  found = [[] for _ in masks]
+  for start in range(0, len(queries), 64):
+    sims = queries[start : start + 64] @ vectors.T  # [q, N]
+    for rows, mask in zip(found, masks):
+      masked = np.where(mask, sims, -np.inf)
+      top = np.argpartition(-masked, k - 1, axis=1)[:, :k]
+      order = np.argsort(-np.take_along_axis(masked, top, axis=1), axis=1, kind="stable")
+      rows.append(np.take_along_axis(top, order, axis=1))
+  return [np.concatenate(rows) for rows in found]
+
+
+def _tune_filtered(
+    searcher: _Scann,
+    values: List[int],
+    vectors: np.ndarray,
+    queries: np.ndarray,
+    k: int,
+    min_recall: float,
+) -> Dict[float, int]:
+  """{share: partitions} for the filtered search of each of
+  FILTER_TUNE_SHARES: the cheapest of `values` at which the k nearest
+  passing a random filter of that share, found as a filtered search finds
+  them (oversample_fetch candidates, then keep_passing), reach `min_recall`
+  on `queries` (`_cheapest`), until one needs every partition. Random
+  filters are the hard case: a filter on class keeps more of a query's own
+  neighbourhood."""
+  rng = np.random.default_rng(0)
+  shares = [s for s in FILTER_TUNE_SHARES if s * len(vectors) >= 2 * k]
+  masks = [rng.random(len(vectors)) < share for share in shares]
+  truths = _exact_passing(vectors, queries, k, masks)
+  exclude = np.full(len(queries), -1)
+  cheapest = values.index(searcher.leaves_to_search)  # a smaller share needs no fewer
+  for share, mask, true_rows in zip(shares, masks, truths):
+    fetch = oversample_fetch(k, int(mask.sum()), len(vectors))
+
+    def recalls_of(value, share=share, mask=mask, true_rows=true_rows, fetch=fetch):
+      searcher.filtered_leaves[share] = value
+      scores, rows = searcher.search(queries, fetch, share)
+      return query_recalls(keep_passing(scores, rows, k, mask, exclude)[1], true_rows)
+
+    searcher.filtered_leaves[share] = _cheapest(values[cheapest:], recalls_of, min_recall)
+    cheapest = values.index(searcher.filtered_leaves[share])
+    if cheapest == len(values) - 1:
+      break  # every partition already: so for the smaller shares (`leaves_for`)
+  return dict(searcher.filtered_leaves)
 
 
 def choose_kind(count: int, cfg: SearchConfig) -> Tuple[str, str]:
@@ -678,26 +794,22 @@ def build(
   elif kind == SCANN:
     target = cfg.num_leaves or int(round(math.sqrt(len(vectors))))
     searcher, leaves = _Scann.build(vectors, target, cfg.reorder, k, cfg.reorder_dtype)
-    # The fewest partitions per query that reach the recall asked for.
-    _tune(
-        searcher,
-        "leaves_to_search",
-        sorted(
-            {
-                max(1, int(round(leaves * share)))
-                for share in (0.02, 0.03, 0.05, 0.07, 0.1, 0.14, 0.2, 0.3, 0.4, 0.6, 1.0)
-            }
-        ),
-        tune_set,
-        tune_true_rows,
-        k,
-        cfg.min_recall,
+    # The fewest partitions per query that reach the recall asked for, for
+    # all records and for the k nearest of a share of them.
+    values = sorted(
+        {
+            max(1, int(round(leaves * share)))
+            for share in (0.02, 0.03, 0.05, 0.07, 0.1, 0.14, 0.2, 0.3, 0.4, 0.6, 1.0)
+        }
     )
+    _tune(searcher, "leaves_to_search", values, tune_set, tune_true_rows, k, cfg.min_recall)
+    filtered = _tune_filtered(searcher, values, vectors, tune_set, k, cfg.min_recall)
     params = dict(
         num_leaves=leaves,
         reorder=cfg.reorder,
         reorder_dtype=cfg.reorder_dtype,
         leaves_to_search=searcher.leaves_to_search,
+        filtered_leaves_to_search={str(share): n for share, n in filtered.items()},
     )
   elif kind == FAISS_HNSW:
     searcher = _FaissHnsw.build(vectors)
