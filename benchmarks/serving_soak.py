@@ -49,9 +49,13 @@ def soak(
     on_half: Optional[Callable[[], None]] = None,
     images_per_request: int = 2,
     bad_every: int = 3,
+    until: Optional[Callable[[List], bool]] = None,
+    most_seconds: float = 120.0,
 ) -> Dict:
   """Clients mixing good requests and (every `bad_every`-th) bad ones for
-  `seconds`. Returns {"results": [(status, X-Model-Version, seconds,
+  `seconds`, and past that while `until(results so far)` is false, for at
+  most `most_seconds` in all (a pushed version loads slower on a busy
+  machine). Returns {"results": [(status, X-Model-Version, seconds,
   good?)], "dropped": connections that failed}."""
   good = json.dumps(
       {"instances": [{"b64": base64.b64encode(p).decode()} for p in pngs[:images_per_request]]}
@@ -61,12 +65,19 @@ def soak(
       json.dumps({"instances": [{"b64": "@@"}]}).encode(),
       json.dumps({"instances": [{"b64": base64.b64encode(b"text").decode()}]}).encode(),
   ]
-  stop_at = time.monotonic() + seconds
+  start_at = time.monotonic()
   results, dropped, lock = [], [0], threading.Lock()
+
+  def going() -> bool:
+    elapsed = time.monotonic() - start_at
+    if elapsed < seconds or until is None:
+      return elapsed < seconds
+    with lock:
+      return elapsed < most_seconds and not until(results)
 
   def client(i: int) -> None:
     session, n = requests.Session(), 0
-    while time.monotonic() < stop_at:
+    while going():
       is_good = not bad_every or (i + n) % bad_every != 0
       start = time.monotonic()
       try:
@@ -97,6 +108,12 @@ def soak(
   for t in threads:
     t.join()
   return {"results": results, "dropped": dropped[0]}
+
+
+def answered_by(pushed: List[str]) -> Callable[[List], bool]:
+  """A `soak(until=...)` that holds once the version in `pushed` (empty
+  until the push returns) has answered a request."""
+  return lambda results: bool(pushed) and any(v == pushed[0] for s, v, _, _ in results if s == 200)
 
 
 def summary(outcome: Dict) -> str:
@@ -158,10 +175,12 @@ def main(argv=None):
       pid = server.process.pid
       samples = [("start", rss_mb(pid))]
 
+      pushed = []
+
       def push():
         samples.append(("before push", rss_mb(pid)))
-        version = push_to_filesystem(args.push, base)
-        print(f"pushed version {version}", flush=True)
+        pushed.append(push_to_filesystem(args.push, base))
+        print(f"pushed version {pushed[0]}", flush=True)
 
       outcome = soak(
           server.url,
@@ -171,6 +190,7 @@ def main(argv=None):
           on_half=push if args.push else None,
           images_per_request=args.images_per_request or (32 if args.flood else 2),
           bad_every=(args.bad_every if args.bad_every is not None else 0 if args.flood else 3),
+          until=answered_by(pushed) if args.push else None,
       )
       samples.append(("end", rss_mb(pid)))
       settle = soak(server.url, pngs, args.seconds / 2, args.clients)

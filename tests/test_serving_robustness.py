@@ -20,7 +20,7 @@ import tensorflow as tf
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from benchmarks.serving_soak import rss_mb, soak
+from benchmarks.serving_soak import answered_by, rss_mb, soak
 from components.versioned_pusher import push_to_filesystem
 from pipeline.runs import pipeline_inputs
 from tensorflow_serving.apis import prediction_service_pb2_grpc
@@ -154,7 +154,15 @@ def test_soak_with_a_push_in_the_middle(model_base, test_images, smoke_run, tmp_
       pushed.append(push_to_filesystem(str(export), model_base))
 
     pngs = [png_bytes(i) for i in test_images[:2]]
-    outcome = soak(server.url, pngs, seconds=10, clients=6, on_half=push)
+    outcome = soak(  # until the pushed version answers: it loads slower on a busy machine
+        server.url,
+        pngs,
+        seconds=10,
+        clients=6,
+        on_half=push,
+        until=answered_by(pushed),
+        most_seconds=90,
+    )
     results = outcome["results"]
     assert outcome["dropped"] == 0
     assert not [s for s, _, _, _ in results if s >= 500]
