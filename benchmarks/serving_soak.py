@@ -144,7 +144,14 @@ def main(argv=None):
   p.add_argument("--data", required=True, help="CIFAR-10 (its test PNGs are the requests)")
   p.add_argument("--seconds", type=float, default=60)
   p.add_argument("--clients", type=int, default=16)
-  p.add_argument("--push", default=None, help="a SavedModel to push half-way")
+  p.add_argument(
+      "--push",
+      default=None,
+      help=(
+          "a SavedModel to push half-way; the clients go on until it answers "
+          "(for at most 120 s or --seconds, the longer)"
+      ),
+  )
   p.add_argument("--max-queued", type=int, default=512)
   p.add_argument(
       "--flood", action="store_true", help="32-image requests as fast as possible, no bad ones"
