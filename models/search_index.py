@@ -27,6 +27,7 @@ nearest filtered afterwards.
 """
 
 import dataclasses
+import io
 import json
 import math
 import os
@@ -86,6 +87,15 @@ class Records:
           f"{len(self.ids)} ids but {len(self.class_names)} class names and "
           f"{len(self.spans)} spans"
       )
+
+  def hit(self, row: int, score: float) -> Dict:
+    """Record `row` found at `score`, as the search routes return it."""
+    return {
+        "id": str(self.ids[row]),
+        "class_name": str(self.class_names[row]),
+        "span": str(self.spans[row]),
+        "score": float(score),
+    }
 
   def namespace(self, name: str) -> Tuple[np.ndarray, np.ndarray]:
     """(the distinct tokens [T] str, each record's token as an index into
@@ -159,6 +169,15 @@ class Restricts:
     return keep
 
 
+def _top_k(sims: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
+  """(scores [q, k], columns [q, k]) of each row's k largest of `sims` [q,
+  N], best first: a partial sort, then a sort of the k."""
+  top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+  top_sims = np.take_along_axis(sims, top, axis=1)
+  order = np.argsort(-top_sims, axis=1, kind="stable")
+  return np.take_along_axis(top_sims, order, axis=1), np.take_along_axis(top, order, axis=1)
+
+
 # ---- the kinds ------------------------------------------------------------------
 class _Searcher:
   """[Q, D] unit queries -> (scores [Q, k] cosine, rows [Q, k]), best first.
@@ -186,12 +205,9 @@ class _Exact(_Searcher):
     k = min(k, len(self.vectors))
     scores, rows = [], []
     for start in range(0, len(queries), _EXACT_CHUNK):
-      sims = queries[start : start + _EXACT_CHUNK] @ self.vectors.T  # [q, N]
-      top = np.argpartition(sims, len(self.vectors) - k, axis=1)[:, -k:]
-      top_sims = np.take_along_axis(sims, top, axis=1)
-      order = np.argsort(-top_sims, axis=1, kind="stable")
-      rows.append(np.take_along_axis(top, order, axis=1))
-      scores.append(np.take_along_axis(top_sims, order, axis=1))
+      top_sims, top = _top_k(queries[start : start + _EXACT_CHUNK] @ self.vectors.T, k)
+      rows.append(top)
+      scores.append(top_sims)
     return np.concatenate(scores), np.concatenate(rows)
 
   def save(self, folder):
@@ -434,10 +450,7 @@ class SearchIndex:
       own = candidates[None, :] == exclude[start : start + _EXACT_CHUNK, None]
       sims[own] = -np.inf
       top = min(k, len(candidates))
-      best = np.argpartition(-sims, top - 1, axis=1)[:, :top]
-      best_sims = np.take_along_axis(sims, best, axis=1)
-      order = np.argsort(-best_sims, axis=1, kind="stable")
-      best, best_sims = np.take_along_axis(best, order, 1), np.take_along_axis(best_sims, order, 1)
+      best_sims, best = _top_k(sims, top)
       found = np.isfinite(best_sims)
       end = start + len(best)
       rows[start:end, :top] = np.where(found, candidates[best], -1)
@@ -481,12 +494,7 @@ class SearchIndex:
     scores, rows = self.neighbours(queries, k, passing, exclude)
     return [
         [
-            {
-                "id": str(self.records.ids[row]),
-                "class_name": str(self.records.class_names[row]),
-                "span": str(self.records.spans[row]),
-                "score": float(score),
-            }
+            self.records.hit(row, score)
             for score, row in zip(query_scores, query_rows)
             if row >= 0 and (threshold is None or score >= threshold)
         ]
@@ -548,8 +556,13 @@ def load(folder: str) -> SearchIndex:
 
 
 def read_records(folder: str) -> Records:
-  """The records of the index saved in `folder` (no spans before they were kept)."""
-  with np.load(os.path.join(folder, RECORDS), allow_pickle=False) as f:
+  """The records of the index saved in `folder` (no spans before they were
+  kept), local or on any filesystem TensorFlow reads (gs://)."""
+  import tensorflow as tf
+
+  with tf.io.gfile.GFile(os.path.join(folder, RECORDS), "rb") as f:
+    data = io.BytesIO(f.read())
+  with np.load(data, allow_pickle=False) as f:
     return Records(f["ids"], f["class_names"], f["spans"] if "spans" in f else None)
 
 
@@ -562,10 +575,12 @@ def read_vectors(folder: str) -> Optional[np.ndarray]:
 
 def read_removed(folder: str) -> List[str]:
   """The ids an index folder lists as removed for good ([] when none)."""
+  import tensorflow as tf
+
   path = os.path.join(folder, REMOVED)
-  if not os.path.exists(path):
+  if not tf.io.gfile.exists(path):
     return []
-  with open(path) as f:
+  with tf.io.gfile.GFile(path) as f:
     return [line.strip() for line in f if line.strip()]
 
 
@@ -705,10 +720,7 @@ def _exact_passing(
   for start in range(0, len(queries), 64):
     sims = queries[start : start + 64] @ vectors.T  # [q, N]
     for rows, mask in zip(found, masks):
-      masked = np.where(mask, sims, -np.inf)
-      top = np.argpartition(-masked, k - 1, axis=1)[:, :k]
-      order = np.argsort(-np.take_along_axis(masked, top, axis=1), axis=1, kind="stable")
-      rows.append(np.take_along_axis(top, order, axis=1))
+      rows.append(_top_k(np.where(mask, sims, -np.inf), k)[1])
   return [np.concatenate(rows) for rows in found]
 
 

@@ -444,15 +444,7 @@ async def duplicate_groups(request: web.Request) -> web.Response:
           "groups": [
               {
                   "score": g.score,
-                  "items": [
-                      {
-                          "id": str(records.ids[row]),
-                          "class_name": str(records.class_names[row]),
-                          "span": str(records.spans[row]),
-                          "score": score,
-                      }
-                      for row, score in zip(g.rows, g.scores)
-                  ],
+                  "items": [records.hit(row, score) for row, score in zip(g.rows, g.scores)],
               }
               for g in shown
           ],
